@@ -1,0 +1,44 @@
+"""nina-fl: the Pulumi program. `pulumi up --stack test|uat`.
+
+Reads the `nina:` config namespace, validates it (an invalid config stops here with one
+message naming each key and its fix), plans the deployment as plain data, then declares it.
+"""
+
+import json
+
+import pulumi
+from pulumi.runtime.config import CONFIG, get_config_env
+
+from components.platform import Platform, PlatformArgs
+from nina.config import NAMESPACE, ConfigError, load_config
+from nina.plan import build_plan
+
+
+def nina_config() -> dict:
+    """Every `nina:*` key of the stack, structured values decoded (Pulumi passes them as JSON)."""
+    raw = {**get_config_env(), **CONFIG.get()}
+    out = {}
+    for full_key, value in sorted(raw.items()):
+        namespace, _, key = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        # Structured values arrive as JSON text, booleans as "true"/"false"; anything else is
+        # the plain string it was in the YAML (so "2024" stays a string, as `nina config check` reads it).
+        if isinstance(value, str) and (value[:1] in ("{", "[") or value in ("true", "false")):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[key] = value
+    return out
+
+
+try:
+    config = load_config(nina_config())
+except ConfigError as err:
+    # RunError stops the program with the message alone, no traceback.
+    raise pulumi.RunError(err.message()) from None
+
+platform = Platform("nina", PlatformArgs(build_plan(config)))
+for output_name, value in platform.outputs.items():
+    pulumi.export(output_name, value)

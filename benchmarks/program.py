@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Benchmark: evaluate the real Pulumi program under mocks for 1, 10 and 100 organisations.
+
+Prints, per size: wall time to evaluate, resources declared, and the longest dependency
+chain (in resources) ending at any VM; then t(100)/t(10). Targets (issue 2, 2 cores):
+100 organisations < 15 s, t(100)/t(10) < 12, chain to every VM <= 4 and no VM depending
+on another VM or a certificate.
+
+    .venv/bin/python benchmarks/program.py [--sizes 1 10 100] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import INSTANCE, run_program, stack_config  # noqa: E402
+
+CERTS = {"tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert", "tls:index/certRequest:CertRequest"}
+
+
+def config_with(n: int) -> dict:
+    cfg = stack_config("test")
+    cfg["nina:organisations"] = [
+        {"slug": f"org-{i:03d}", "name": f"Organisation {i}", "placement": "cloud",
+         "cidr": f"10.{101 + i // 256}.{i % 256}.0/24"}
+        for i in range(n)
+    ]
+    return cfg
+
+
+def chain_stats(run) -> tuple[int, bool]:
+    """Longest dependency chain to any VM, and whether every VM is free of VM/certificate dependencies."""
+    vms = [r.urn for r in run.registrations if r.type == INSTANCE]
+    clean = all(not ({run.by_urn[u].type for u in run.upstream(vm)} & (CERTS | {INSTANCE})) for vm in vms)
+    return max(run.chain_length(vm) for vm in vms), clean
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    run_program(config_with(1))  # warm imports
+    times: dict[int, float] = {}
+    print(f"{'orgs':>5} {'seconds (median)':>17} {'resources':>10} {'longest chain to a VM':>22} {'VMs wait on VM/cert':>20}")
+    for n in args.sizes:
+        samples = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            run = run_program(config_with(n))
+            samples.append(time.perf_counter() - start)
+            assert run.error is None, run.error
+        times[n] = statistics.median(samples)
+        chain, clean = chain_stats(run)
+        custom = sum(1 for r in run.registrations if r.custom)
+        print(f"{n:>5} {times[n]:>17.2f} {custom:>10} {chain:>22} {'no' if clean else 'YES':>20}")
+    if 10 in times and 100 in times:
+        print(f"t(100)/t(10) = {times[100] / times[10]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Operator SSH access: one key pair for the `ubuntu` login on every VM, and SSH connections
+to private hosts through the bastion (used by pulumi-command to deliver keys and membership)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+import pulumi_openstack as openstack
+import pulumi_tls as tls
+
+from nina import facts
+from nina.plan import Plan
+
+
+@dataclass
+class OperatorAccessArgs:
+    plan: Plan
+
+
+class OperatorAccess(pulumi.ComponentResource):
+    private_key_openssh: pulumi.Output[str]
+    key_pair_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: OperatorAccessArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("nina:compute:OperatorAccess", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # Nova key pairs force VM replacement when changed: this key takes no config input.
+        key = tls.PrivateKey("ops-ssh-key", algorithm="ED25519", opts=child)
+        keypair = openstack.compute.Keypair(
+            "ops-keypair", name=args.plan.prefix("ops"), public_key=key.public_key_openssh, opts=child
+        )
+        self.private_key_openssh = key.private_key_openssh
+        self.key_pair_name = keypair.name
+        self.bastion_ip: pulumi.Output[str] | None = None
+        self.register_outputs({"key_pair_name": self.key_pair_name})
+
+    def connection(self, host_ip: str) -> command.remote.ConnectionArgs:
+        """SSH to a private host's fixed address, jumping through the bastion's floating IP."""
+        assert self.bastion_ip is not None, "set bastion_ip before connecting"
+        return command.remote.ConnectionArgs(
+            host=host_ip,
+            user=facts.DEFAULT_LOGIN_USER,
+            private_key=self.private_key_openssh,
+            dial_error_limit=30,
+            proxy=command.remote.ProxyConnectionArgs(
+                host=self.bastion_ip,
+                user=facts.DEFAULT_LOGIN_USER,
+                private_key=self.private_key_openssh,
+                dial_error_limit=30,
+            ),
+        )

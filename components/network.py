@@ -1,0 +1,73 @@
+"""Network segments: the server segment and (stack `test`) one segment per cloud organisation,
+all on one router to the external network, so segments are routed to each other and traffic
+between them is filtered by security groups (the manual's cloud-only variant, section 2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_openstack as openstack
+
+from nina.plan import Plan
+
+
+@dataclass
+class NetworkArgs:
+    plan: Plan
+
+
+class Network(pulumi.ComponentResource):
+    network_ids: dict[str, pulumi.Output[str]]
+    subnet_ids: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("nina:network:Network", name, None, opts)
+        plan, cloud = args.plan, args.plan.cfg.cloud
+        child = pulumi.ResourceOptions(parent=self)
+        external = openstack.networking.get_network_output(name=cloud.external_network, opts=pulumi.InvokeOutputOptions(parent=self))
+        self.router = openstack.networking.Router(
+            "router",
+            name=plan.prefix("router"),
+            external_network_id=external.id,
+            availability_zone_hints=[cloud.availability_zone],
+            opts=child,
+        )
+        self.network_ids, self.subnet_ids = {}, {}
+        interfaces = []
+        for seg in plan.segments:
+            net = openstack.networking.Network(
+                f"net-{seg.name}",
+                name=plan.prefix(seg.name),
+                admin_state_up=True,
+                opts=child,
+            )
+            start, end = seg.pool
+            subnet = openstack.networking.Subnet(
+                f"subnet-{seg.name}",
+                name=plan.prefix(seg.name),
+                network_id=net.id,
+                cidr=str(seg.cidr),
+                ip_version=4,
+                gateway_ip=seg.gateway_ip,
+                allocation_pools=[openstack.networking.SubnetAllocationPoolArgs(start=start, end=end)],
+                dns_nameservers=[str(ip) for ip in cloud.dns_nameservers] or None,
+                opts=child,
+            )
+            interfaces.append(openstack.networking.RouterInterface(
+                f"router-{seg.name}", router_id=self.router.id, subnet_id=subnet.id, opts=child
+            ))
+            self.network_ids[seg.name] = net.id
+            self.subnet_ids[seg.name] = subnet.id
+        # Traffic to a VPN pool (e.g. monitoring scraping on-premise exporters) goes to the
+        # tenancy's OpenVPN server.
+        for host in plan.hosts:
+            for cidr in host.routed_cidrs:
+                openstack.networking.RouterRoute(
+                    f"route-{cidr.replace('/', '_')}",
+                    router_id=self.router.id,
+                    destination_cidr=cidr,
+                    next_hop=host.fixed_ip,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=list(interfaces)),
+                )
+        self.register_outputs({"router_id": self.router.id, "subnet_ids": self.subnet_ids})

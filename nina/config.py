@@ -1,0 +1,482 @@
+"""Stack configuration: the `nina:` namespace of `Pulumi.<stack>.yaml`, validated.
+
+`load_config(raw)` takes the namespace as a plain dict (keys without the `nina:` prefix) and
+returns a `StackConfig` or raises `ConfigError` whose message names every bad key and its fix.
+Shape and type errors come from pydantic; cross-field rules (overlaps, uniqueness,
+co-location, ...) are checked afterwards by plain functions that know each key's path.
+
+This module never imports pulumi: the CLI (`nina config check`) and the tests use it as is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Network
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from nina import facts
+
+NAMESPACE = "nina"
+# \Z, not $: `$` also matches before a trailing newline, which would let "abc\n" through.
+SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z")
+SLUG_FIX = "use 1-40 lowercase letters, digits and '-', not starting or ending with '-' (e.g. 'metro-north')"
+# Roles of the shared hosts. Each tenancy additionally gets its own SuperLink VM unless the
+# single tenancy's SuperLink is co-located on a shared host (the manual's "one large VM").
+SHARED_ROLES = ("bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "superlink")
+Role = Literal["bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "superlink"]
+SUPPORTED_FLWR_VERSIONS = (facts.FLWR_VERSION,)
+MAX_TENANCIES = facts.VPN_SERVER_OFFSET - facts.SUPERLINK_OFFSET
+MAX_SHARED_HOSTS = facts.SUPERLINK_OFFSET - facts.SHARED_HOST_OFFSET
+# Segments must be RFC 1918 space. `IPv4Network.is_private` is not that test: it also
+# accepts loopback, link-local, TEST-NET and 0.0.0.0/8 ranges, none of which Neutron can route.
+RFC1918 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
+# A string that must not be empty (flavor, image, AZ names): "" only fails at deploy time.
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+def _written_out(example: str):
+    """Refuse numbers (and booleans) where an address is due: pydantic would turn `cidr: 10`
+    into 0.0.0.10/32 and `cidr: yes` into 0.0.0.1/32."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} is a {'boolean' if isinstance(value, bool) else 'number'}, not an address; write it like {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+Cidr = Annotated[IPv4Network, _written_out("10.10.0.0/24")]
+Address = Annotated[ipaddress.IPv4Address, _written_out("8.8.8.8")]
+
+
+class ConfigError(Exception):
+    """An invalid stack config. `problems` holds (key, message) pairs, key like `nina:network.server_cidr`."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        head = f"invalid stack config ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"
+        return "\n".join([head, *(f"  {key}: {msg}" for key, msg in self.problems)])
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _slug(value: str) -> str:
+    if not isinstance(value, str) or not SLUG_RE.match(value):
+        raise ValueError(f"{_show(value)} is not DNS-safe; {SLUG_FIX}")
+    return value
+
+
+class CloudConfig(_Strict):
+    availability_zone: NonEmptyStr = facts.DEFAULT_AVAILABILITY_ZONE
+    external_network: NonEmptyStr = facts.DEFAULT_EXTERNAL_NETWORK
+    image: NonEmptyStr = facts.DEFAULT_IMAGE
+    dns_nameservers: list[Address] = Field(default_factory=list)
+    # Optional DNS domain (Designate zone, e.g. "myproject.cloud.edu.au"); host names in it
+    # are added to certificate SANs.
+    dns_domain: str | None = None
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.rstrip(".")
+        if not all(SLUG_RE.match(label) for label in value.split(".")):
+            raise ValueError(f"{_show(value)} is not a DNS domain; use dot-separated DNS-safe labels like 'myproject.cloud.edu.au'")
+        return value
+
+
+class NetworkConfig(_Strict):
+    server_cidr: Cidr = IPv4Network("10.100.0.0/24")
+    vpn_pool_cidr: Cidr = IPv4Network("192.168.99.0/24")
+    admin_cidrs: list[Cidr] = Field(min_length=1)
+    # SSH from 0.0.0.0/0 is refused unless this is set deliberately.
+    allow_ssh_from_anywhere: bool = False
+
+
+class HostGroup(_Strict):
+    """A shared VM and the roles it runs (the manual allows one VM per role or one large VM)."""
+
+    name: str
+    roles: list[Role] = Field(min_length=1)
+    flavor: NonEmptyStr = "m3.small"
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+
+class SuperLinkSizing(_Strict):
+    flavor: NonEmptyStr = "m3.medium"
+    state_volume_gb: int = Field(default=20, ge=1, le=2000)
+
+
+class SuperNodeSizing(_Strict):
+    flavor: NonEmptyStr = "m3.medium"
+    gpu_flavor: NonEmptyStr | None = None
+    data_volume_gb: int = Field(default=0, ge=0, le=10000)
+
+
+class VpnSizing(_Strict):
+    flavor: NonEmptyStr = "m3.small"
+
+
+class DatabaseConfig(_Strict):
+    """The managed Postgres (Nectar Database service, i.e. Trove) for Keycloak and Grafana."""
+
+    enabled: bool = True
+    flavor: NonEmptyStr = "db3.small"
+    size_gb: int = Field(default=10, ge=1, le=1000)
+    datastore_version: NonEmptyStr = "16"
+
+
+class FlowerConfig(_Strict):
+    version: str = facts.FLWR_VERSION
+
+    @field_validator("version")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value not in SUPPORTED_FLWR_VERSIONS:
+            raise ValueError(
+                f"flwr {_show(value)} is not supported; use {' or '.join(SUPPORTED_FLWR_VERSIONS)} "
+                "(newer releases change ports and CLI config, see README)"
+            )
+        return value
+
+
+class Organisation(_Strict):
+    slug: str
+    name: str = Field(min_length=1, max_length=120)
+    placement: Literal["cloud", "onprem"]
+    partition_id: int | None = Field(default=None, ge=0)
+    gpu: bool = False
+    # The organisation's own segment inside Nectar; required for `cloud`, not for `onprem`.
+    cidr: Cidr | None = None
+    flavor: NonEmptyStr | None = None
+    # Bring-your-own keys: an organisation that keeps its private keys at home supplies a
+    # PEM certificate signing request for its VPN client certificate (CN = slug) and/or the
+    # OpenSSH public key of its SuperNode key pair; then no private key of theirs is in the stack.
+    vpn_csr_pem: NonEmptyStr | None = None
+    supernode_public_key: NonEmptyStr | None = None
+
+    _slug_ok = field_validator("slug")(classmethod(lambda cls, v: _slug(v)))
+
+
+class Tenancy(_Strict):
+    """One federation: its own SuperLink (and in UAT its own OpenVPN server and pool)."""
+
+    name: str
+    organisations: list[Organisation] = Field(min_length=1)
+    # This tenancy's OpenVPN pool; defaults to nina:network.vpn_pool_cidr (one tenancy only).
+    vpn_pool_cidr: Cidr | None = None
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+
+class StackConfig(_Strict):
+    environment: str
+    cloud: CloudConfig = CloudConfig()
+    network: NetworkConfig
+    hosts: list[HostGroup] = Field(default_factory=lambda: [HostGroup(name="gateway", roles=["bastion"])])
+    superlink: SuperLinkSizing = SuperLinkSizing()
+    supernode: SuperNodeSizing = SuperNodeSizing()
+    vpn: VpnSizing = VpnSizing()
+    database: DatabaseConfig = DatabaseConfig()
+    flower: FlowerConfig = FlowerConfig()
+    # `organisations` is the one-tenancy shorthand; `tenancies` the general form.
+    organisations: list[Organisation] | None = None
+    tenancies: list[Tenancy] | None = None
+    # Protect the CA and state volumes from deletion (turn off only for throwaway stacks).
+    protect: bool = True
+
+    _env = field_validator("environment")(classmethod(lambda cls, v: _slug(v)))
+
+    # ---- derived views (valid only after load_config's checks) -------------------------
+    @property
+    def all_tenancies(self) -> list[Tenancy]:
+        if self.tenancies is not None:
+            return self.tenancies
+        # model_construct: `organisations: []` is reported by load_config, not by a crash here.
+        return [Tenancy.model_construct(name="main", organisations=list(self.organisations or []))]
+
+    def vpn_pool(self, tenancy: Tenancy) -> IPv4Network | None:
+        """The tenancy's VPN pool, or None when it has no on-premise organisation (no VPN)."""
+        if not any(o.placement == "onprem" for o in tenancy.organisations):
+            return None
+        return tenancy.vpn_pool_cidr or self.network.vpn_pool_cidr
+
+    def partition_ids(self, tenancy: Tenancy) -> dict[str, int]:
+        """Partition id per org slug: explicit ids kept, the others get the lowest free ids in list order."""
+        taken = {o.partition_id for o in tenancy.organisations if o.partition_id is not None}
+        free = (i for i in range(len(tenancy.organisations) + len(taken) + 1) if i not in taken)
+        return {
+            o.slug: o.partition_id if o.partition_id is not None else next(free)
+            for o in tenancy.organisations
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and error reporting
+# ---------------------------------------------------------------------------------------
+
+_TYPE_FIXES = {
+    "missing": "is required; add it",
+    "ip_v4_network": "must be an IPv4 network in CIDR form with no host bits set, e.g. 10.10.0.0/24",
+    "ip_v4_address": "must be an IPv4 address, e.g. 8.8.8.8",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "dict_type": "must be a mapping of keys to values",
+    "too_short": "must not be empty; list at least one entry",
+    "string_too_short": "must not be empty; give a value, or leave an optional key out to use its default",
+    "recursion_loop": "refers to itself (a YAML alias cycle); write the value out",
+}
+
+
+def _key(loc: Iterable[Any]) -> str:
+    out = NAMESPACE + ":"
+    first = True
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("" if first else ".") + str(part)
+        first = False
+    return out
+
+
+def _error_key(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "invalid_key" and loc:
+        # The last part is the offending mapping key itself, not a list index.
+        return _key(loc[:-1]) + ("" if len(loc) == 1 else ".") + str(loc[-1])
+    return _key(loc)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() for a message, cut short: the input may be a whole misplaced subtree."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "invalid_key":
+        return f"key {_show(err['input'])} is not a string; keys are names such as 'server_cidr'"
+    if kind == "string_too_long":
+        return f"is too long; use at most {err['ctx']['max_length']} characters"
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or fix its spelling (see README, 'Stack config')"
+    if kind == "value_error":
+        return str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+    if kind == "literal_error":
+        return f"{_show(err['input'])} is not allowed; {err['msg'].lower()}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{_show(err['input'])}: {err['msg'].lower()}"
+    if kind.startswith("ip_v4") and "input" in err:
+        return f"{_show(err['input'])} {_TYPE_FIXES.get(kind, err['msg'])}"
+    if kind in _TYPE_FIXES:
+        return _TYPE_FIXES[kind]
+    return err["msg"]
+
+
+def load_config(raw: Mapping[str, Any]) -> StackConfig:
+    """Validate the `nina:` namespace (keys without prefix). Raises ConfigError, never anything else."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([(NAMESPACE + ":", "the stack config must be a mapping of keys to values")])
+    try:
+        cfg = StackConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = [(_error_key(e), _describe(e)) for e in exc.errors(include_url=False)]
+        raise ConfigError(problems) from None
+    problems = list(_semantic_problems(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    yield from _check_tenancy_form(cfg)
+    if cfg.tenancies is None and cfg.organisations is None:
+        return
+    yield from _check_names(cfg)
+    yield from _check_partitions(cfg)
+    yield from _check_segments(cfg)
+    yield from _check_ssh(cfg)
+    yield from _check_cloud(cfg)
+    yield from _check_hosts(cfg)
+    yield from _check_vpn(cfg)
+    yield from _check_own_keys(cfg)
+
+
+def _tenancy_key(cfg: StackConfig, t: int) -> str:
+    return "nina:organisations" if cfg.tenancies is None else f"nina:tenancies[{t}].organisations"
+
+
+def _check_tenancy_form(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    if cfg.tenancies is not None and cfg.organisations is not None:
+        yield ("nina:organisations", "give either nina:organisations (one tenancy) or nina:tenancies, not both")
+    elif cfg.tenancies is None and cfg.organisations is None:
+        yield ("nina:organisations", "is required; list the organisations (or use nina:tenancies for several federations)")
+    elif cfg.organisations is not None and not cfg.organisations:
+        yield ("nina:organisations", "must not be empty; list at least one organisation")
+    elif cfg.tenancies is not None and not cfg.tenancies:
+        yield ("nina:tenancies", "must not be empty; list at least one tenancy")
+    elif cfg.tenancies is not None and len(cfg.tenancies) > MAX_TENANCIES:
+        yield ("nina:tenancies", f"{len(cfg.tenancies)} tenancies; at most {MAX_TENANCIES} are supported")
+
+
+def _check_names(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    seen_t: dict[str, int] = {}
+    for t, ten in enumerate(cfg.all_tenancies):
+        if ten.name in seen_t:
+            yield (f"nina:tenancies[{t}].name", f"duplicate tenancy name {ten.name!r} (also tenancies[{seen_t[ten.name]}]); give each a unique name")
+        seen_t.setdefault(ten.name, t)
+    seen: dict[str, str] = {}
+    for t, ten in enumerate(cfg.all_tenancies):
+        for o, org in enumerate(ten.organisations):
+            key = f"{_tenancy_key(cfg, t)}[{o}].slug"
+            if org.slug in seen:
+                yield (key, f"duplicate organisation slug {org.slug!r} (also {seen[org.slug]}); slugs name site kits and must be unique across the stack")
+            seen.setdefault(org.slug, key)
+
+
+def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    for t, ten in enumerate(cfg.all_tenancies):
+        seen: dict[int, int] = {}
+        for o, org in enumerate(ten.organisations):
+            if org.partition_id is None:
+                continue
+            key = f"{_tenancy_key(cfg, t)}[{o}].partition_id"
+            if org.partition_id in seen:
+                yield (key, f"duplicate partition id {org.partition_id} (also organisation [{seen[org.partition_id]}]); partition ids are unique within a tenancy")
+            seen.setdefault(org.partition_id, o)
+        if len(seen) != sum(1 for org in ten.organisations if org.partition_id is not None):
+            continue
+        ids = sorted(cfg.partition_ids(ten).values())
+        n = len(ten.organisations)
+        if ids != list(range(n)):
+            bad = [o for o, org in enumerate(ten.organisations) if org.partition_id is not None and org.partition_id >= n]
+            key = f"{_tenancy_key(cfg, t)}[{bad[0] if bad else 0}].partition_id"
+            yield (key, f"partition ids must be contiguous 0..{n - 1} for {n} organisations; renumber them or leave partition_id out to assign in list order")
+
+
+def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    segments: list[tuple[str, IPv4Network]] = [
+        ("nina:network.server_cidr", cfg.network.server_cidr),
+        ("nina:network.vpn_pool_cidr", cfg.network.vpn_pool_cidr),
+    ]
+    for t, ten in enumerate(cfg.all_tenancies):
+        for o, org in enumerate(ten.organisations):
+            key = f"{_tenancy_key(cfg, t)}[{o}].cidr"
+            if org.placement == "cloud" and org.cidr is None:
+                yield (key, f"organisation {org.slug!r} is placed in the cloud and needs its own segment; add a CIDR such as 10.{101 + o}.0.0/24")
+            elif org.placement == "onprem" and org.cidr is not None:
+                yield (key, f"organisation {org.slug!r} is on premise and joins over the VPN; remove cidr (its address comes from nina:network.vpn_pool_cidr)")
+            elif org.cidr is not None:
+                segments.append((key, org.cidr))
+    for t, ten in enumerate(cfg.all_tenancies):
+        if ten.vpn_pool_cidr is not None:
+            segments.append((f"nina:tenancies[{t}].vpn_pool_cidr", ten.vpn_pool_cidr))
+    for key, net in segments:
+        if net.prefixlen > facts.MAX_SEGMENT_PREFIX:
+            yield (key, f"{net} is too small; use a /{facts.MAX_SEGMENT_PREFIX} or larger (fixed addresses use .10-.99, DHCP starts at .{facts.DHCP_POOL_OFFSET})")
+        if not any(net.subnet_of(private) for private in RFC1918):
+            yield (key, f"{net} is not a private range; use an RFC 1918 network (inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)")
+    for i, (key_a, a) in enumerate(segments):
+        for key_b, b in segments[i + 1:]:
+            if a.overlaps(b):
+                yield (key_b, f"{b} overlaps {a} ({key_a}); give every segment its own range")
+
+
+def _check_ssh(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    for i, net in enumerate(cfg.network.admin_cidrs):
+        if net.prefixlen == 0 and not cfg.network.allow_ssh_from_anywhere:
+            yield (f"nina:network.admin_cidrs[{i}]", "0.0.0.0/0 opens SSH to the whole internet; list your admin networks, or set nina:network.allow_ssh_from_anywhere: true to accept that risk")
+
+
+def _check_cloud(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    expected = facts.AZ_EXTERNAL_NETWORKS.get(cfg.cloud.availability_zone)
+    if expected is not None and cfg.cloud.external_network != expected:
+        yield ("nina:cloud.external_network", f"{cfg.cloud.external_network!r} does not serve availability zone {cfg.cloud.availability_zone!r}; routers and floating IPs there use {expected!r}")
+    gpu_orgs = [org.slug for ten in cfg.all_tenancies for org in ten.organisations if org.gpu and org.placement == "cloud" and not org.flavor]
+    if gpu_orgs and not cfg.supernode.gpu_flavor:
+        yield ("nina:supernode.gpu_flavor", f"cloud organisations {', '.join(gpu_orgs)} want a GPU; set a GPU flavor (e.g. 'reservation:<id>') or a per-organisation flavor")
+
+
+def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    if len(cfg.hosts) > MAX_SHARED_HOSTS:
+        yield ("nina:hosts", f"{len(cfg.hosts)} shared hosts; at most {MAX_SHARED_HOSTS} are supported")
+    names: dict[str, int] = {}
+    where: dict[str, int] = {}
+    for h, host in enumerate(cfg.hosts):
+        if host.name in names:
+            yield (f"nina:hosts[{h}].name", f"duplicate host name {host.name!r}; give each shared host a unique name")
+        names.setdefault(host.name, h)
+        if host.name.startswith(("superlink-", "supernode-", "vpn-")):
+            yield (f"nina:hosts[{h}].name", f"{host.name!r} is reserved for per-tenancy and per-organisation hosts; choose another name")
+        for role in sorted(set(host.roles)):
+            if host.roles.count(role) > 1:
+                yield (f"nina:hosts[{h}].roles", f"role {role!r} is listed {host.roles.count(role)} times; list each role once")
+        for role in host.roles:
+            if role in where and where[role] != h:
+                yield (f"nina:hosts[{h}].roles", f"role {role!r} is already on hosts[{where[role]}]; each shared role runs on exactly one host")
+            where.setdefault(role, h)
+        if "monitoring" in host.roles and "superlink" in host.roles:
+            yield (f"nina:hosts[{h}].roles", "monitoring may never share a VM with the SuperLink (Prometheus 9090/9091/9093 clash with the SuperLink's ports); put them on separate hosts")
+    if "bastion" not in where:
+        yield ("nina:hosts", "no host has the 'bastion' role; one host must carry it (operators and pulumi reach the private hosts through it)")
+    if "superlink" in where and len(cfg.all_tenancies) > 1:
+        yield (f"nina:hosts[{where['superlink']}].roles", "a shared host can carry the SuperLink only with a single tenancy; every tenancy gets its own SuperLink VM, so remove 'superlink' here")
+
+
+def _check_vpn(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    users: dict[IPv4Network, int] = {}
+    for t, ten in enumerate(cfg.all_tenancies):
+        pool = cfg.vpn_pool(ten)
+        if pool is None:
+            continue
+        if pool in users:
+            yield (f"nina:tenancies[{t}].vpn_pool_cidr", f"tenancy {ten.name!r} would share the VPN pool {pool} with tenancies[{users[pool]}]; each tenancy has its own OpenVPN server, so give it its own vpn_pool_cidr (e.g. 192.168.{100 + t}.0/24)")
+        users.setdefault(pool, t)
+        room = pool.num_addresses - 2 - facts.VPN_CLIENT_OFFSET
+        if len(ten.organisations) > room:
+            yield (f"{_tenancy_key(cfg, t)}", f"{len(ten.organisations)} organisations do not fit the VPN pool {pool} (room for {room}); use a larger pool")
+
+
+def _check_own_keys(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    from nina.keys import KeyError_, check_csr, check_openssh_public_key
+
+    for t, ten in enumerate(cfg.all_tenancies):
+        for o, org in enumerate(ten.organisations):
+            base = f"{_tenancy_key(cfg, t)}[{o}]"
+            if org.vpn_csr_pem is not None:
+                if org.placement != "onprem":
+                    yield (f"{base}.vpn_csr_pem", f"organisation {org.slug!r} is not on premise and gets no VPN certificate; remove vpn_csr_pem")
+                else:
+                    try:
+                        check_csr(org.vpn_csr_pem, org.slug)
+                    except KeyError_ as exc:
+                        yield (f"{base}.vpn_csr_pem", str(exc))
+            if org.supernode_public_key is not None and org.placement != "onprem":
+                yield (f"{base}.supernode_public_key", f"organisation {org.slug!r} runs its SuperNode on a Nectar VM that nina provisions, so nina makes its key; remove supernode_public_key")
+            elif org.supernode_public_key is not None:
+                try:
+                    check_openssh_public_key(org.supernode_public_key)
+                except KeyError_ as exc:
+                    yield (f"{base}.supernode_public_key", str(exc))

@@ -1,0 +1,223 @@
+"""The one place that defines each fact: ports, paths, users, versions, Nectar defaults.
+
+Everything else (config defaults, firewall rules, rendered files, tests) derives from here.
+Sources: the operations manual (sections 3.3.1 ports, 4.1.1 directory layout, 4.1.2.17
+systemd) and ../shared/notes/facts.md for flwr 1.25 behaviour.
+"""
+
+from __future__ import annotations
+
+# --- versions -------------------------------------------------------------------------
+FLWR_VERSION = "1.25.0"
+UBUNTU_RELEASE = "24.04"
+
+# --- Nectar / QCIF defaults -------------------------------------------------------------
+DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
+DEFAULT_EXTERNAL_NETWORK = "QRIScloud"
+DEFAULT_IMAGE = "NeCTAR Ubuntu 24.04 LTS (Noble) amd64"
+DEFAULT_LOGIN_USER = "ubuntu"
+NOVA_USER_DATA_LIMIT = 65535  # bytes, after base64
+# Known AZ -> the external network that routers and floating IPs must use in that AZ.
+AZ_EXTERNAL_NETWORKS: dict[str, str] = {
+    "QRIScloud": "QRIScloud",
+    "melbourne-qh2": "melbourne",
+    "monash-01": "monash",
+    "monash-02": "monash",
+    "auckland": "auckland",
+    "intersect": "intersect",
+    "tasmania": "tasmania",
+    "tasmania-02": "tasmania",
+}
+
+# --- ports (manual 3.3.1) ------------------------------------------------------------
+SSH_PORT = 22
+HTTPS_PORT = 443
+KEYCLOAK_PORT = 8443
+POSTGRES_PORT = 5432
+SUPERLINK_SERVERAPPIO_PORT = 9091  # never TLS: bound to loopback
+SUPERLINK_FLEET_PORT = 9092
+SUPERLINK_CONTROL_PORT = 9093
+SUPERNODE_CLIENTAPPIO_PORT = 9094  # never TLS: bound to loopback (range 9094-9099)
+OPENVPN_UDP_PORT = 1194
+OPENVPN_TCP_PORT = 443
+NODE_EXPORTER_PORT = 9900
+DCGM_EXPORTER_PORT = 9400
+GRAFANA_PORT = 3000
+PROMETHEUS_PORT = 9090
+LOOPBACK = "127.0.0.1"
+
+# --- users and groups (manual 4.1.2.1) ---------------------------------------------
+SYSTEM_GROUP = "fl_system"
+SERVICE_USERS = {
+    "superlink": "superlink",
+    "supernode": "supernode",
+    "keycloak": "keycloak",
+    "jupyterhub": "jupyterhub",
+}
+
+# --- directory layout (manual 4.1.1) -----------------------------------------------
+FLOWER_VENV = "/opt/python/flower_env"
+JUPYTER_VENV = "/opt/python/jupyter_env"
+ETC_FLWR = "/etc/flwr"
+SUPERLINK_ETC = "/etc/flwr/superlink"
+SUPERLINK_CERTS = "/etc/flwr/superlink/certs"
+SUPERLINK_OPT = "/opt/flwr/superlink"
+# The SuperLink state DB lives on a Cinder volume mounted here, so it survives a new VM.
+SUPERLINK_STATE_DIR = "/opt/flwr/superlink/state"
+SUPERLINK_STATE_DB = "/opt/flwr/superlink/state/superlink_state.db"
+# Which organisation holds which registered node id (written by nina-membership).
+SUPERLINK_MEMBERS_DIR = "/opt/flwr/superlink/state/members"
+# A minimal Flower project whose pyproject.toml names the local Control API, so that
+# `flwr supernode register|unregister|ls` can run on the SuperLink host.
+SUPERLINK_ADMIN_APP = "/opt/flwr/superlink/admin-app"
+SUPERLINK_ADMIN_FEDERATION = "local"
+SUPERNODE_ETC = "/etc/flwr/supernode"
+SUPERNODE_CERTS = "/etc/flwr/supernode/certs"
+SUPERNODE_OPT = "/opt/flwr/supernode"
+SUPERNODE_DATA = "/media/data"
+SSL_CERTS = "/etc/ssl/certs"
+SSL_PRIVATE = "/etc/ssl/private"
+LOCAL_CA_TRUST = "/usr/local/share/ca-certificates/nina-local-ca.crt"
+OPENVPN_ETC = "/etc/openvpn"
+JUPYTERHUB_ETC = "/etc/jupyterhub"
+JUPYTERHUB_OPT = "/opt/jupyterhub"
+KEYCLOAK_OPT = "/opt/keycloak"
+NGINX_CONF_D = "/etc/nginx/conf.d"
+
+# File names inside the cert directories (manual 4.1.2.17.3 / 4.1.3.3.1).
+CA_CERT_FILE = "ca.crt"
+SERVER_CERT_FILE = "server.pem"
+SERVER_KEY_FILE = "server.key"
+SUPERNODE_KEY_FILE = "client_credentials"
+SUPERNODE_PUB_FILE = "client_credentials.pub"
+
+# Programs nina installs on every host (user-data, no secrets).
+INSTALL_FILES_BIN = "/usr/local/sbin/nina-install-files"
+MEMBERSHIP_BIN = "/usr/local/sbin/nina-membership"
+PREPARE_VOLUME_BIN = "/usr/local/sbin/nina-prepare-volume"
+
+# --- addressing inside a segment ------------------------------------------------------
+# Fixed addresses are planned from the config (offsets from the network address), so that
+# they are known before any VM or certificate. DHCP hands out only what lies above.
+DATABASE_OFFSET = 5  # the managed Postgres (Trove) instance
+SHARED_HOST_OFFSET = 10  # nina:hosts[i]           -> .10 + i
+SUPERLINK_OFFSET = 40  # tenancy i's SuperLink       -> .40 + i
+VPN_SERVER_OFFSET = 70  # tenancy i's OpenVPN server -> .70 + i (UAT issue)
+SUPERNODE_OFFSET = 10  # the SuperNode in its own organisation segment
+DHCP_POOL_OFFSET = 100  # dynamic addresses start here
+VPN_CLIENT_OFFSET = 10  # an organisation's fixed VPN address: pool + 10 + partition id
+MAX_SEGMENT_PREFIX = 24  # every segment must hold the static range and a pool
+
+# Databases on the managed Postgres (manual 4.3.1): name -> owner role.
+DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
+TROVE_DATASTORE = "postgresql"
+
+# --- PKI ---------------------------------------------------------------------------------
+CA_VALIDITY_HOURS = 10 * 365 * 24
+CA_EARLY_RENEWAL_HOURS = 365 * 24
+LEAF_VALIDITY_HOURS = 2 * 365 * 24
+LEAF_EARLY_RENEWAL_HOURS = 60 * 24
+KEY_ALGORITHM = "ECDSA"
+KEY_CURVE = "P384"
+
+# --- journald / logrotate (manual 5.4) --------------------------------------------------
+JOURNALD_SYSTEM_MAX_USE = "1G"
+JOURNALD_SYSTEM_KEEP_FREE = "2G"
+
+# --- rendering layer (nina.render, cloudinit.userdata) -----------------------------------
+ANY_ADDRESS = "0.0.0.0"
+SERVICE_SHELL = "/bin/false"  # manual 4.1.2.1: service users get no shell
+BASH = "/bin/bash"
+SERVICE_BASE_PATH = "/usr/bin:/bin"  # appended to the venv's bin/ in the flower units' PATH
+SYSTEMD_SYSTEM_DIR = "/etc/systemd/system"
+SUPERLINK_UNIT = "superlink.service"
+SUPERNODE_UNIT = "supernode.service"
+SUPERLINK_RUN_SCRIPT = "/opt/flwr/superlink/run_superlink.sh"
+SUPERNODE_RUN_SCRIPT = "/opt/flwr/supernode/run_supernode.sh"
+SUPERNODE_CONF = "/etc/flwr/supernode/supernode.conf"
+# Flower's home (installed FABs, FFS objects). The SuperLink's is on the state volume.
+SUPERLINK_FLWR_HOME = "/opt/flwr/superlink/state/flwr-home"
+SUPERNODE_FLWR_HOME = "/opt/flwr/supernode/flwr-home"
+# FLWR_HOME of the `flwr` CLI that nina-membership runs as root on the SuperLink host.
+SUPERLINK_ADMIN_FLWR_HOME = "/opt/flwr/superlink/state/admin-flwr-home"
+MEMBERSHIP_WAIT_SECONDS = 120  # how long nina-membership waits for the Control API
+JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
+# Cinder volumes: a virtio disk shows up as /dev/disk/by-id/virtio-<first 20 chars of its id>.
+VOLUME_BY_ID_PREFIX = "/dev/disk/by-id/virtio-"
+VOLUME_SERIAL_LENGTH = 20
+VOLUME_WAIT_SECONDS = 300
+VOLUME_DEVICE_TIMEOUT = "5min"  # fstab x-systemd.device-timeout
+FSTAB = "/etc/fstab"
+# Host housekeeping files (manual 5.2.2 and 5.4).
+JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/nina.conf"
+JOURNALD_UNIT = "systemd-journald.service"
+NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_LOGROTATE = "/etc/logrotate.d/prometheus-node-exporter"
+NODE_EXPORTER_LOG = "/var/log/prometheus/prometheus-node-exporter.log"
+NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+
+# --- OpenVPN (manual 4.1.2.3-4.1.2.4, 4.1.3.2) ----------------------------------------------
+OPENVPN_DEVICE = "tap"  # the manual's tap device (one per server: tap0)
+OPENVPN_SERVER_DIR = "/etc/openvpn/server"
+OPENVPN_SERVER_CONF = "/etc/openvpn/server/server.conf"
+OPENVPN_SERVER_UNIT = "openvpn-server@server.service"
+OPENVPN_CCD_DIR = "/etc/openvpn/server/ccd"
+OPENVPN_SERVER_PKI = "/etc/openvpn/server/pki"  # ca.crt, issued/server.crt, private/server.key, private/ta.key
+OPENVPN_CLIENT_CONF = "/etc/openvpn/client/client.conf"
+OPENVPN_CLIENT_UNIT = "openvpn-client@client.service"
+OPENVPN_CLIENT_CERTS = "/etc/openvpn/clientcerts"  # ca.crt, issued/<slug>.crt, private/<slug>.key, private/ta.key
+OPENVPN_KEEPALIVE = (10, 60)
+
+# --- certificate profiles (shared by pulumi-tls resources and nina.localpki) ---------------
+CA_SUBJECT = {
+    "common_name": "NINA Federated Learning local CA",
+    "organization": "QCIF",
+    "organizational_unit": "NINA",
+    "country": "AU",
+    "province": "Queensland",
+}
+LEAF_ORGANIZATION = "QCIF"
+CA_CERT_USES = ("cert_signing", "crl_signing", "digital_signature")
+SERVER_CERT_USES = ("digital_signature", "key_encipherment", "server_auth")
+CLIENT_CERT_USES = ("digital_signature", "key_encipherment", "client_auth")
+
+# --- OpenVPN hub on the VPN host (nina.vpn) -------------------------------------------------
+# Two server instances share one address plan: UDP (server.conf, the manual's) and the TCP 443
+# fallback (server-tcp.conf). Each owns a persistent tap device; both taps are isolated ports of
+# one Linux bridge that holds the pool's first address, so an organisation keeps its fixed
+# address whichever transport it uses (see nina/vpn.py).
+OPENVPN_TCP_SERVER_CONF = "/etc/openvpn/server/server-tcp.conf"
+OPENVPN_TCP_SERVER_UNIT = "openvpn-server@server-tcp.service"
+OPENVPN_SERVER_UNIT_TEMPLATE = "openvpn-server@.service"
+OPENVPN_SERVER_DROPIN = "/etc/systemd/system/openvpn-server@.service.d/nina.conf"
+OPENVPN_BRIDGE = "br-nina-vpn"  # holds the pool's first address (VpnPlan.server_ip)
+OPENVPN_TAP_UDP = "tap-nina-udp"  # port of OPENVPN_BRIDGE, used by server.conf
+OPENVPN_TAP_TCP = "tap-nina-tcp"  # port of OPENVPN_BRIDGE, used by server-tcp.conf
+OPENVPN_CA_FILE = "ca.crt"  # the files under OPENVPN_SERVER_PKI and OPENVPN_CLIENT_CERTS
+OPENVPN_ISSUED_DIR = "issued"
+OPENVPN_PRIVATE_DIR = "private"
+OPENVPN_SERVER_CERT_NAME = "server"  # issued/server.crt, private/server.key
+OPENVPN_TLS_AUTH_FILE = "ta.key"  # in private/
+OPENVPN_USER = "nobody"
+OPENVPN_GROUP = "nogroup"
+OPENVPN_SERVER_POLL_TIMEOUT = 10  # seconds a client waits on UDP before trying TCP
+TLS_AUTH_KEY_BYTES = 256  # OpenVPN static key: 2048 bits
+VPN_FORWARDING_BIN = "/usr/local/sbin/nina-vpn-forwarding"
+VPN_FORWARDING_UNIT = "nina-vpn-forwarding.service"
+VPN_SYSCTL_DROPIN = "/etc/sysctl.d/60-nina-vpn.conf"
+VPN_ROUTE_WAIT_SECONDS = 120  # how long the forwarding script waits for a route to the SuperLink
+VPN_IPTABLES_CHAINS = {"nat": "NINA-VPN-NAT", "forward": "NINA-VPN-FORWARD", "input": "NINA-VPN-INPUT"}
+
+# --- site kits for on-premise SuperNodes (nina.kit, manual 4.1.3, 5.7) ----------------------
+SUPERNODE_CONTAINERS = "/opt/flwr/supernode/containers"  # Dockerfiles and run scripts (install.sh --containers)
+SITEKIT_SUFFIX = "-sitekit"  # <slug>-sitekit/ inside <slug>-sitekit.tar.gz
+
+# --- offline rehearsal (nina.rehearse, `nina rehearse`) ---------------------------------------
+# The stack outputs a rehearsal assembles carry a documentation address (RFC 5737 TEST-NET-1)
+# as the VPN server's public IP: nothing is dialled there, it only fills the kits' client.conf.
+REHEARSAL_PUBLIC_IP = "192.0.2.1"
+REHEARSAL_FEDERATION = "rehearsal"  # federation name written into the app copy's pyproject
+REHEARSAL_ROUNDS = 3
+REHEARSAL_START_TIMEOUT = 60  # seconds for a SuperLink's Control API / nodes to come up
+REHEARSAL_ROUND_TIMEOUT = 60  # seconds the validation app waits for one round's replies
+REHEARSAL_STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL of a process group

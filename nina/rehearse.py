@@ -1,0 +1,775 @@
+"""Offline rehearsal of a stack's federation on this machine: real Flower, real PKI, no cloud.
+
+    nina rehearse --stack NAME [--dir DIR] [--rounds N] [--keep DIR] [--insecure]
+
+From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a rehearsal:
+
+1. makes the PKI with nina.localpki from the plan's certificate specs (CA, each tenancy's
+   SuperLink certificate, one SuperNode key per organisation, VPN client certificates and a
+   tls-auth key for on-premise organisations) in pulumi-tls's formats;
+2. assembles the stack outputs in exactly the schema nina.kit reads (`stack_outputs`; the VPN's
+   public IP is the documentation address facts.REHEARSAL_PUBLIC_IP) and builds and extracts
+   every organisation's site kit with nina.kit.build_kit;
+3. installs the SuperLink's delivery (nina.render.superlink_delivery) with the real
+   nina-install-files under a temporary root, starts the SuperLink from the rendered
+   run_superlink.sh (TLS, --enable-supernode-auth, state DB under the root), registers every
+   SuperNode key with the real nina-membership, starts one SuperNode per organisation from its
+   kit's run_supernode.sh and etc/flwr/supernode/;
+4. runs validation_app/ with `flwr run` against the Control API and checks that every
+   organisation answered in every round.
+
+Rehearsal-only edits, each printed: the copy of run_superlink.sh listens on free loopback ports
+(9091-9093 if free) instead of 0.0.0.0; each kit's supernode.conf copy gets
+superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin
+project's pyproject names the rehearsal's Control port and the CA under the temporary root.
+`insecure=True` (benchmarks) also drops TLS and SuperNode authentication from the script copies.
+
+Every process the rehearsal starts runs in its own process group and is stopped (SIGTERM, then
+SIGKILL) when the Rehearsal closes, also on errors and Ctrl-C. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nina import facts, kit, localpki, render, vpn
+from nina.plan import Certificate, Member, Plan, TenancyPlan
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VALIDATION_APP = REPO_ROOT / "validation_app"
+ROUND_PREFIX = "NINA-ROUND "
+SUMMARY_PREFIX = "NINA-SUMMARY "
+
+
+class RehearsalError(Exception):
+    """The rehearsal could not be set up or a step failed; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------
+# PKI and stack outputs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca_cert: str
+    ca_key: str
+    superlinks: dict[str, tuple[str, str]]  # tenancy -> (cert, key) PEM
+    supernodes: dict[str, localpki.KeyPair]  # slug -> OpenSSH key pair
+    vpn_clients: dict[str, tuple[str, str]]  # slug -> (cert, key) PEM
+    tls_auth: dict[str, str]  # tenancy -> static key file
+    notes: list[str] = field(default_factory=list)
+
+
+def _key() -> localpki.KeyPair:
+    return localpki.generate_key(facts.KEY_ALGORITHM, facts.KEY_CURVE)
+
+
+def _leaf(spec: Certificate, ca_cert: str, ca_key: str) -> tuple[str, str]:
+    """A leaf certificate as nina:pki:LeafCertificate makes it (subject, SANs, uses, validity)."""
+    key = _key().private_key_pem
+    csr = localpki.cert_request(key, {"common_name": spec.common_name, "organization": facts.LEAF_ORGANIZATION},
+                                spec.dns_names, spec.ip_addresses)
+    uses = facts.SERVER_CERT_USES if spec.server else facts.CLIENT_CERT_USES
+    return localpki.sign_certificate(csr, ca_key, ca_cert, facts.LEAF_VALIDITY_HOURS, uses), key
+
+
+def build_pki(plan: Plan) -> Pki:
+    ca_key = _key().private_key_pem
+    ca_cert = localpki.self_signed_ca(ca_key, facts.CA_SUBJECT, facts.CA_VALIDITY_HOURS, facts.CA_CERT_USES)
+    pki = Pki(ca_cert, ca_key, {}, {}, {}, {})
+    for t in plan.tenancies:
+        pki.superlinks[t.name] = _leaf(t.certificate, ca_cert, ca_key)
+        for m in t.members:
+            pki.supernodes[m.slug] = _key()
+            if m.own_supernode_public_key or m.own_vpn_csr:
+                pki.notes.append(f"{m.slug} keeps its own keys in the stack; the rehearsal uses stand-in keys for it")
+        if t.vpn is not None:
+            pki.tls_auth[t.name] = vpn.tls_auth_key(secrets.token_hex(facts.TLS_AUTH_KEY_BYTES))
+            for spec in t.vpn.clients:
+                pki.vpn_clients[spec.common_name] = _leaf(spec, ca_cert, ca_key)
+    return pki
+
+
+def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
+    """The outputs `pulumi stack output --json --show-secrets` would print (components/platform.py's
+    schema, as nina.kit.parse_outputs reads it). Public IPs are documentation addresses."""
+    tenancies: dict[str, Any] = {}
+    for t in plan.tenancies:
+        vpn_out = None
+        if t.vpn is not None:
+            v = t.vpn
+            vpn_out = {"host": v.host, "public_ip": facts.REHEARSAL_PUBLIC_IP, "internal_ip": v.internal_ip,
+                       "udp_port": facts.OPENVPN_UDP_PORT, "tcp_port": facts.OPENVPN_TCP_PORT,
+                       "pool_cidr": str(v.pool), "server_ip": v.server_ip, "server_name": v.certificate.common_name,
+                       "routes": [str(r) for r in v.routes]}
+        orgs = {}
+        for m in t.members:
+            client = pki.vpn_clients.get(m.slug)
+            orgs[m.slug] = {
+                "display_name": m.display_name, "placement": m.placement, "partition_id": m.partition_id,
+                "num_partitions": m.num_partitions, "gpu": m.gpu,
+                "supernode_public_key_openssh": pki.supernodes[m.slug].public_key_openssh,
+                "vpn_address": m.vpn_address, "vpn_client_cert_pem": client[0] if client else None,
+                # Stand-in keys (see build_pki): the rehearsal holds every private key itself.
+                "keys_held_by_organisation": {"vpn": False, "supernode": False},
+            }
+        tenancies[t.name] = {
+            "superlink": {"host": t.superlink_host, "internal_ip": t.superlink_ip, "fleet_address": t.fleet_address,
+                          "control_address": t.control_address, "server_names": list(t.certificate.dns_names)},
+            "vpn": vpn_out,
+            "organisations": orgs,
+        }
+    return {
+        "environment": plan.cfg.environment,
+        "ca_cert_pem": pki.ca_cert,
+        "tenancies": tenancies,
+        "hosts": {h.name: {"roles": list(h.roles), "fixed_ip": h.fixed_ip,
+                           "floating_ip": facts.REHEARSAL_PUBLIC_IP if h.public else None} for h in plan.hosts},
+        "bastion_ip": facts.REHEARSAL_PUBLIC_IP,
+        "database": None,
+        "supernode_private_keys": {slug: k.private_key_openssh for slug, k in pki.supernodes.items()},
+        "vpn_client_private_keys": {slug: c[1] for slug, c in pki.vpn_clients.items()},
+        "vpn_tls_auth_keys": dict(pki.tls_auth),
+        "database_passwords": {},
+        "ops_ssh_private_key": _key().private_key_openssh,
+    }
+
+
+def extract_kit(archive: bytes, dest: Path) -> Path:
+    """Extract a kit archive into dest; returns the kit's top directory."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        top = {m.name.split("/")[0] for m in tar.getmembers()}
+        if len(top) != 1:
+            raise RehearsalError(f"a kit must have one top directory, found {sorted(top)}")
+        tar.extractall(dest, filter="data")
+    return dest / top.pop()
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------
+
+
+def port_free(port: int, host: str = facts.LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(preferred: Sequence[int], taken: set[int] | None = None) -> list[int]:
+    """The preferred ports if all are free (and not taken), else as many free ephemeral ports."""
+    taken = taken if taken is not None else set()
+    if all(port_free(p) and p not in taken for p in preferred):
+        chosen = list(preferred)
+    else:
+        chosen = []
+        while len(chosen) < len(preferred):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((facts.LOOPBACK, 0))
+                p = s.getsockname()[1]
+            if p not in taken and p not in chosen:
+                chosen.append(p)
+    taken.update(chosen)
+    return chosen
+
+
+def _replace_once(text: str, old: str, new: str, what: str) -> str:
+    if text.count(old) != 1:
+        raise RehearsalError(f"{what}: expected {old!r} exactly once in the rendered file (the template changed?)")
+    return text.replace(old, new)
+
+
+def _set_line(text: str, pattern: str, new: str, what: str) -> str:
+    rx = re.compile(pattern, re.M)
+    if len(rx.findall(text)) != 1:
+        raise RehearsalError(f"{what}: expected one line matching {pattern!r}")
+    return rx.sub(new.replace("\\", r"\\"), text)
+
+
+def _drop_option(script: str, option: str, what: str, replacement: str | None = None) -> str:
+    """Remove (or replace) the continuation line `  --option ...` of the exec command."""
+    lines = script.splitlines()
+    idx = [i for i, line in enumerate(lines) if line.strip().startswith(option + " ") or line.strip() in (option, option + " \\")]
+    if len(idx) != 1:
+        raise RehearsalError(f"{what}: expected one {option} line")
+    i = idx[0]
+    last = not lines[i].rstrip().endswith("\\")
+    if replacement is not None:
+        lines[i] = f"  {replacement}" + ("" if last else " \\")
+    else:
+        del lines[i]
+        if last:
+            lines[i - 1] = lines[i - 1].rstrip().removesuffix("\\").rstrip()
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def _venv() -> Path:
+    venv = Path(sys.prefix)
+    missing = [n for n in ("activate", "flwr", "flower-superlink", "flower-supernode", "flower-superexec")
+               if not (venv / "bin" / n).exists()]
+    if missing:
+        raise RehearsalError(f"{venv} is not a venv with flwr {facts.FLWR_VERSION} (missing bin/{', bin/'.join(missing)}); "
+                             "run nina from the project's venv")
+    return venv
+
+
+def parse_json(out: str) -> Any:
+    """The first JSON object in flwr's output."""
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(out):
+        if ch == "{":
+            try:
+                obj, _ = decoder.raw_decode(out, i)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = facts.REHEARSAL_STOP_TIMEOUT) -> int | None:
+        """Signal the process group; SIGKILL it if it outlives `timeout`. Returns the exit code."""
+        pgid = self.popen.pid  # start_new_session: the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.popen.wait(timeout=timeout)
+        # Children that outlived the leader (superexec, app processes) share its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        return self.popen.returncode
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    rounds: list[dict[str, Any]]
+    error: str | None
+    seconds: float
+    output: str
+    expected: list[int]
+
+    def table(self) -> str:
+        lines = [f"{'round':>5}  {'partitions':<16} hosts"]
+        for r in self.rounds:
+            parts = ",".join(str(p) for p in r.get("partitions", [])) or "-"
+            hosts = ", ".join(f"{p}@{h}" for p, h in sorted(r.get("hosts", {}).items())) or "-"
+            miss = f"  MISSING {r['missing']}" if r.get("missing") else ""
+            lines.append(f"{r.get('round', '?'):>5}  {parts:<16} {hosts}{miss}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The rehearsal of one tenancy
+# ---------------------------------------------------------------------------------------
+
+
+class Rehearsal:
+    """One tenancy's federation on loopback. Use as a context manager: closing stops everything.
+
+        with Rehearsal(plan, workdir) as r:
+            r.start_superlink(); r.register_all(); r.start_supernodes(); r.wait_online(len(r.members))
+            result = r.run_app(rounds=2)
+
+    `fleet_bind`: the Fleet API's listen address (default loopback; "0.0.0.0" to let a test dial
+    another loopback name). `pki`/`outputs` may be shared between tenancies of one stack.
+    """
+
+    def __init__(self, plan: Plan, workdir: Path | str, tenancy: str | None = None, *, insecure: bool = False,
+                 log: Callable[[str], None] = print, fleet_bind: str = facts.LOOPBACK, pki: Pki | None = None,
+                 ports_taken: set[int] | None = None, app_dir: Path | str = VALIDATION_APP) -> None:
+        self.plan = plan
+        self.tenancy: TenancyPlan = next((t for t in plan.tenancies if tenancy in (None, t.name)), None)  # type: ignore[assignment]
+        if self.tenancy is None:
+            raise RehearsalError(f"no tenancy {tenancy!r}; the stack has {', '.join(t.name for t in plan.tenancies)}")
+        self.members: tuple[Member, ...] = self.tenancy.members
+        self.dir = Path(workdir) / self.tenancy.name
+        self.insecure = insecure
+        self.say = log
+        self.fleet_bind = fleet_bind
+        self.pki = pki
+        self.app_dir = Path(app_dir)
+        self.venv = _venv()
+        self._taken = ports_taken if ports_taken is not None else set()
+        self.procs: dict[str, Proc] = {}
+        self.superlink: Proc | None = None
+        self.kits: dict[str, Path] = {}
+        self.node_ports: dict[str, int] = {}
+        self.edits: list[str] = []
+        self._prepared = False
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Rehearsal:
+        try:
+            self.prepare()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    def _rooted(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    @property
+    def ca_path(self) -> Path:
+        return self._rooted(f"{facts.SUPERLINK_CERTS}/{facts.CA_CERT_FILE}")
+
+    @property
+    def state_db(self) -> Path:
+        return self._rooted(facts.SUPERLINK_STATE_DB)
+
+    @property
+    def admin_app(self) -> Path:
+        return self._rooted(facts.SUPERLINK_ADMIN_APP)
+
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        t = self.tenancy
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # kits and keys live here
+        if self.pki is None:
+            self.pki = build_pki(self.plan)
+        outputs = kit.parse_outputs(stack_outputs(self.plan, self.pki))
+        for m in self.members:
+            self.kits[m.slug] = extract_kit(kit.build_kit(outputs, m.slug), self.dir / "kits")
+
+        # The SuperLink host's files, through the real installer.
+        bindir = self.dir / "bin"
+        installer = _write(bindir / "nina-install-files", render.install_files_script(), 0o755)
+        self.membership = _write(bindir / "nina-membership", render.membership_script(), 0o755)
+        cert, key = self.pki.superlinks[t.name]
+        payload = render.superlink_delivery(t, self.pki.ca_cert, cert, key)
+        proc = subprocess.run([sys.executable, str(installer), "--root", str(self.root)], input=payload, text=True,
+                              capture_output=True, timeout=60, env=self._env())
+        if proc.returncode != 0:
+            raise RehearsalError(f"nina-install-files failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+        self.serverappio_port, self.fleet_port, self.control_port = pick_ports(
+            (facts.SUPERLINK_SERVERAPPIO_PORT, facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT), self._taken)
+        for i, m in enumerate(self.members):
+            self.node_ports[m.slug] = pick_ports((facts.SUPERNODE_CLIENTAPPIO_PORT + i,), self._taken)[0]
+
+        self._superlink_script = _write(self.dir / "run_superlink.sh", self._superlink_sh(), 0o755)
+        admin = self.admin_app / "pyproject.toml"
+        admin.write_text(self._federation(admin.read_text(), facts.SUPERLINK_ADMIN_FEDERATION))
+        self.edits.append(f"admin project: Control API {facts.LOOPBACK}:{self.control_port}, CA {self.ca_path}")
+        self._prepared = True
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"FLWR_TELEMETRY_ENABLED": "0", "NO_COLOR": "1", "TERM": "dumb",
+                    "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"})
+        env.update(extra)
+        return env
+
+    def _superlink_sh(self) -> str:
+        text = render.run_superlink_sh()
+        what = "run_superlink.sh (rehearsal copy)"
+        sa, fl, co = facts.SUPERLINK_SERVERAPPIO_PORT, facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT
+        text = _replace_once(text, f'--serverappio-api-address "{facts.LOOPBACK}:{sa}"',
+                             f'--serverappio-api-address "{facts.LOOPBACK}:{self.serverappio_port}"', what)
+        text = _replace_once(text, f'--fleet-api-address "{facts.ANY_ADDRESS}:{fl}"',
+                             f'--fleet-api-address "{self.fleet_bind}:{self.fleet_port}"', what)
+        text = _replace_once(text, f'--control-api-address "{facts.ANY_ADDRESS}:{co}"',
+                             f'--control-api-address "{facts.LOOPBACK}:{self.control_port}"', what)
+        self.edits.append(f"run_superlink.sh copy: ServerAppIo {facts.LOOPBACK}:{self.serverappio_port}, "
+                          f"Fleet {self.fleet_bind}:{self.fleet_port}, Control {facts.LOOPBACK}:{self.control_port}")
+        if self.insecure:
+            for opt in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
+                text = _drop_option(text, opt, what)
+            text = _drop_option(text, "--enable-supernode-auth", what, replacement="--insecure")
+            self.edits.append("run_superlink.sh copy: --insecure, no TLS files, no --enable-supernode-auth (benchmark mode)")
+        return text
+
+    def _federation(self, pyproject: str, name: str) -> str:
+        """Point a pyproject's federation `name` at this rehearsal's Control API."""
+        header = f"[tool.flwr.federations.{name}]"
+        body = f'address = "{facts.LOOPBACK}:{self.control_port}"\n'
+        body += "insecure = true\n" if self.insecure else f"root-certificates = {json.dumps(str(self.ca_path))}\n"
+        if header in pyproject:
+            head, _, rest = pyproject.partition(header)
+            nxt = rest.find("\n[")
+            rest = rest[nxt + 1:] if nxt >= 0 else ""
+            return f"{head}{header}\n{body}\n{rest}"
+        return pyproject.rstrip("\n") + f"\n\n{header}\n{body}"
+
+    # --- SuperLink -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
+        logs = self.dir / "logs"
+        logs.mkdir(exist_ok=True)
+        log = logs / f"{name}.log"
+        fh = open(log, "a")
+        fh.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n")
+        fh.flush()
+        try:
+            popen = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=self.dir)
+        finally:
+            fh.close()
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> Proc:
+        if self.superlink is not None and self.superlink.alive():
+            raise RehearsalError("the SuperLink is already running")
+        state = self._rooted(facts.SUPERLINK_STATE_DIR)
+        state.mkdir(parents=True, exist_ok=True)
+        env = self._env(PYTHONENV=str(self.venv), CONF_DIR=str(self._rooted(facts.SUPERLINK_ETC)),
+                        STATE_DIR=str(state), FLWR_HOME=str(self._rooted(facts.SUPERLINK_FLWR_HOME)))
+        self.superlink = self._spawn("superlink", ["bash", str(self._superlink_script)], env)
+        deadline = time.monotonic() + timeout
+        while not self._listening(self.control_port) or not self._listening(self.fleet_port):
+            if not self.superlink.alive():
+                raise RehearsalError(f"the SuperLink exited with code {self.superlink.popen.returncode}:\n"
+                                     f"{self.superlink.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RehearsalError(f"the SuperLink's APIs did not come up within {timeout:g} s:\n{self.superlink.output()[-3000:]}")
+            time.sleep(0.2)
+        return self.superlink
+
+    @staticmethod
+    def _listening(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            return s.connect_ex((facts.LOOPBACK, port)) == 0
+
+    def stop_superlink(self) -> None:
+        if self.superlink is not None:
+            self.superlink.stop()
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink's whole process group (as a crashed VM would lose it)."""
+        if self.superlink is not None:
+            self.superlink.stop(signal.SIGKILL)
+
+    def restart_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> Proc:
+        """Start the SuperLink again on the same ports and state DB."""
+        if self.superlink is not None and self.superlink.alive():
+            self.stop_superlink()
+        deadline = time.monotonic() + timeout
+        while not all(port_free(p) for p in (self.serverappio_port, self.control_port)):
+            if time.monotonic() > deadline:
+                raise RehearsalError("the SuperLink's ports stay busy after it stopped")
+            time.sleep(0.2)
+        return self.start_superlink(timeout)
+
+    # --- membership ----------------------------------------------------------------------
+
+    def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
+        env = self._env(NINA_FLWR=str(self.venv / "bin" / "flwr"),
+                        NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
+                        NINA_ADMIN_APP=str(self.admin_app), NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
+                        NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT), NINA_RETRY_INTERVAL="1")
+        proc = subprocess.run([sys.executable, str(self.membership), *args], input=stdin or "", text=True,
+                              capture_output=True, env=env, timeout=facts.REHEARSAL_START_TIMEOUT + 60)
+        if proc.returncode != 0:
+            raise RehearsalError(f"nina-membership {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        return json.loads(proc.stdout)
+
+    def register(self, slug: str) -> str:
+        """Register the organisation's SuperNode key (from its kit) with nina-membership; returns the node id."""
+        pub = (self.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE).read_text()
+        return self._membership("register", slug, stdin=pub)["node-id"]
+
+    def unregister(self, slug: str) -> dict[str, Any]:
+        return self._membership("unregister", slug)
+
+    def registered(self) -> dict[str, str]:
+        """slug -> node id, as `nina-membership list` records them."""
+        return {m["slug"]: str(m["node-id"]) for m in self._membership("list")["members"]}
+
+    def register_all(self) -> dict[str, str]:
+        if self.insecure:
+            return {}  # no --enable-supernode-auth: nothing to register
+        return {m.slug: self.register(m.slug) for m in self.members}
+
+    def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
+        return subprocess.run([str(self.venv / "bin" / "flwr"), *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """`flwr supernode ls` through the admin project (empty if the Control API does not answer)."""
+        try:
+            proc = self._flwr("supernode", "ls", str(self.admin_app), facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json", timeout=30)
+        except subprocess.TimeoutExpired:
+            return []
+        doc = parse_json(proc.stdout) or {}
+        return list(doc.get("nodes") or [])
+
+    def wait_online(self, count: int, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> float:
+        """Wait until `count` nodes are online; returns the seconds waited."""
+        start = time.monotonic()
+        while True:
+            online = [n for n in self.nodes() if n.get("status") == "online"]
+            if len(online) >= count:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise RehearsalError(f"{len(online)} of {count} SuperNodes online after {timeout:g} s; "
+                                     f"logs in {self.dir / 'logs'}")
+            time.sleep(0.5)
+
+    # --- SuperNodes ----------------------------------------------------------------------
+
+    def supernode_conf_dir(self, slug: str, *, superlink_host: str = facts.LOOPBACK) -> Path:
+        """A copy of the kit's etc/flwr/supernode/ with the rehearsal's edits to supernode.conf."""
+        src = self.kits[slug] / facts.SUPERNODE_ETC.lstrip("/")
+        dst = self.dir / "nodes" / slug / "etc"
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+        conf = dst / posixpath_name(facts.SUPERNODE_CONF)
+        text = conf.read_text()
+        what = f"{slug}: supernode.conf (rehearsal copy)"
+        text = _set_line(text, r"^superlink_server=.*$", f"superlink_server={superlink_host}", what)
+        text = _set_line(text, r"^superlink_port=.*$", f"superlink_port={self.fleet_port}", what)
+        text = _set_line(text, r"^local_port=.*$", f"local_port={self.node_ports[slug]}", what)
+        conf.write_text(text)
+        return dst
+
+    def _supernode_script(self, slug: str, trust_ca: bool) -> Path:
+        script = self.kits[slug] / facts.SUPERNODE_RUN_SCRIPT.lstrip("/")
+        if not self.insecure and trust_ca:
+            return script  # the kit's own script, unchanged
+        text = script.read_text()
+        what = f"{slug}: run_supernode.sh (rehearsal copy)"
+        if self.insecure:
+            text = _drop_option(text, "--root-certificates", what, replacement="--insecure")
+            text = _drop_option(text, "--auth-supernode-private-key", what)
+        else:
+            text = _drop_option(text, "--root-certificates", what)
+        return _write(self.dir / "nodes" / slug / "run_supernode.sh", text, 0o755)
+
+    def start_supernode(self, slug: str, *, superlink_host: str = facts.LOOPBACK, trust_ca: bool = True,
+                        env: dict[str, str] | None = None) -> Proc:
+        """Start the organisation's SuperNode from its kit's run_supernode.sh. `trust_ca=False`
+        drops --root-certificates (system trust store); `superlink_host` is the name it dials."""
+        name = f"supernode-{slug}"
+        old = self.procs.get(name)
+        if old is not None and old.alive():
+            raise RehearsalError(f"{name} is already running")
+        conf_dir = self.supernode_conf_dir(slug, superlink_host=superlink_host)
+        script = self._supernode_script(slug, trust_ca)
+        env = self._env(PYTHONENV=str(self.venv), CONF_DIR=str(conf_dir), FLWR_HOME=str(self.dir / "nodes" / slug / "flwr-home"),
+                        **(env or {}))
+        return self._spawn(name, ["bash", str(script)], env)
+
+    def start_supernodes(self, slugs: Iterable[str] | None = None) -> None:
+        for slug in (list(slugs) if slugs is not None else [m.slug for m in self.members]):
+            self.start_supernode(slug)
+
+    def stop_supernode(self, slug: str) -> None:
+        proc = self.procs.get(f"supernode-{slug}")
+        if proc is not None:
+            proc.stop()
+
+    def supernode(self, slug: str) -> Proc:
+        return self.procs[f"supernode-{slug}"]
+
+    # --- the validation app --------------------------------------------------------------
+
+    def _app_copy(self) -> Path:
+        dst = self.dir / "app"
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(self.app_dir, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        pyproject = dst / "pyproject.toml"
+        pyproject.write_text(self._federation(pyproject.read_text(), facts.REHEARSAL_FEDERATION))
+        return dst
+
+    def start_app(self, rounds: int = facts.REHEARSAL_ROUNDS, expected_partitions: Iterable[int] | None = None,
+                  round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT, tag: str = "run") -> AppRun:
+        """Submit the validation app with `flwr run --stream` (not waiting); see AppRun.wait."""
+        expected = sorted(expected_partitions) if expected_partitions is not None else sorted(m.partition_id for m in self.members)
+        app = self._app_copy()
+        summary = self.dir / f"{tag}-summary.json"
+        summary.unlink(missing_ok=True)
+        run_config = (f'num-server-rounds={int(rounds)} expected-nodes={len(expected)} '
+                      f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
+                      f'round-timeout={int(round_timeout)} summary-path="{summary}"')
+        cmd = [str(self.venv / "bin" / "flwr"), "run", str(app), facts.REHEARSAL_FEDERATION, "--run-config", run_config, "--stream"]
+        proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.dir / "cli-home")))
+        budget = round_timeout * (rounds + 1) + 90
+        return AppRun(self, proc, summary, expected, time.monotonic(), budget)
+
+    def run_app(self, rounds: int = facts.REHEARSAL_ROUNDS, expected_partitions: Iterable[int] | None = None,
+                round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT, tag: str = "run") -> RunResult:
+        return self.start_app(rounds, expected_partitions, round_timeout, tag).wait()
+
+    # --- teardown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process this rehearsal started (process groups), SuperNodes first."""
+        order = sorted(self.procs.values(), key=lambda p: (p.name == "superlink", p.name))
+        for proc in order:
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+def posixpath_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class AppRun:
+    rehearsal: Rehearsal
+    proc: Proc
+    summary_path: Path
+    expected: list[int]
+    started: float
+    budget: float
+
+    def rounds_so_far(self) -> list[dict[str, Any]]:
+        return _round_lines(self.proc.output())
+
+    def wait(self) -> RunResult:
+        try:
+            self.proc.popen.wait(timeout=max(1.0, self.started + self.budget - time.monotonic()))
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        self.proc.stop()
+        seconds = time.monotonic() - self.started
+        out = self.proc.output()
+        summary = None
+        with contextlib.suppress(OSError, ValueError):
+            summary = json.loads(self.summary_path.read_text())
+        if summary is None:
+            summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
+        rounds = summary["rounds"] if summary else _round_lines(out)
+        error = None
+        if timed_out:
+            error = f"`flwr run` did not finish within {self.budget:g} s"
+        elif summary is None:
+            error = f"the ServerApp wrote no summary (flwr run exit {self.proc.popen.returncode}); see {self.proc.log}"
+        elif not summary.get("ok"):
+            error = summary.get("error") or "the ServerApp reported a failure"
+        elif self.proc.popen.returncode not in (0, None):
+            error = f"`flwr run` exited with code {self.proc.popen.returncode}"
+        if error is None:
+            # The app already checks this; check again here so a changed app cannot pass silently.
+            for r in rounds:
+                missing = sorted(set(self.expected) - set(r.get("partitions", [])))
+                if missing:
+                    error = f"round {r.get('round')}: partitions {missing} did not answer"
+                    break
+            if not rounds:
+                error = "no rounds ran"
+        return RunResult(error is None, rounds, error, seconds, out, self.expected)
+
+
+def _round_lines(out: str) -> list[dict[str, Any]]:
+    rounds = []
+    for line in out.splitlines():
+        if ROUND_PREFIX in line:
+            with contextlib.suppress(ValueError):
+                rounds.append(json.loads(line.split(ROUND_PREFIX, 1)[1]))
+    return rounds
+
+
+# ---------------------------------------------------------------------------------------
+# The whole stack (what `nina rehearse` runs)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TenancyReport:
+    tenancy: str
+    ok: bool
+    reason: str | None
+    ready_seconds: float | None
+    result: RunResult | None
+
+
+def rehearse(plan: Plan, workdir: Path, *, rounds: int = facts.REHEARSAL_ROUNDS, insecure: bool = False,
+             log: Callable[[str], None] = print) -> list[TenancyReport]:
+    """Rehearse every tenancy of the plan in turn (one SuperLink at a time); never raises RehearsalError."""
+    reports = []
+    pki = build_pki(plan)
+    for note in pki.notes:
+        log(f"note: {note}")
+    for t in plan.tenancies:
+        log(f"== tenancy {t.name}: {len(t.members)} organisation(s): {', '.join(m.slug for m in t.members)}")
+        try:
+            with Rehearsal(plan, workdir, t.name, insecure=insecure, log=log, pki=pki) as r:
+                log(f"kits built and extracted in {r.dir / 'kits'} (VPN public IP {facts.REHEARSAL_PUBLIC_IP} is a "
+                    "documentation address: the VPN is not rehearsed)")
+                for edit in r.edits:
+                    log(f"rehearsal edit: {edit}")
+                t0 = time.monotonic()
+                r.start_superlink()
+                ids = r.register_all()
+                for slug, node in ids.items():
+                    log(f"registered {slug} with nina-membership: node {node}")
+                r.start_supernodes()
+                log(f"rehearsal edit: each kit's supernode.conf copy: superlink_server={facts.LOOPBACK}, "
+                    f"superlink_port={r.fleet_port}, local_port " + ", ".join(f"{s}={p}" for s, p in r.node_ports.items()))
+                r.wait_online(len(r.members))
+                ready = time.monotonic() - t0
+                log(f"federation ready: {len(r.members)} SuperNode(s) online after {ready:.1f} s")
+                result = r.run_app(rounds)
+                log(result.table())
+                log(f"run time {result.seconds:.1f} s")
+                reports.append(TenancyReport(t.name, result.ok, result.error, ready, result))
+        except RehearsalError as exc:
+            reports.append(TenancyReport(t.name, False, str(exc), None, None))
+        except subprocess.TimeoutExpired as exc:
+            reports.append(TenancyReport(t.name, False, f"timed out: {exc}", None, None))
+    return reports

@@ -1,0 +1,246 @@
+"""The rendering layer: files for hosts and SuperLink/SuperNode deliveries, as plain strings.
+
+Pure: never imports pulumi, reads nothing but its templates (nina/templates, Jinja2 with
+StrictUndefined), and every value comes from `nina.facts`, the plan or the arguments.
+Output is deterministic (no timestamps, stable order), so re-rendering an unchanged plan
+gives byte-identical files and Pulumi sees no diff.
+
+Two kinds of output:
+- files without secrets (scripts, units, configs) that go into cloud-init user-data
+  (`cloudinit.userdata`) and, later, into site kits;
+- delivery payloads (`superlink_delivery`, `supernode_delivery`): JSON that pulumi-command
+  pipes over SSH into `nina-install-files` on the host. These carry keys, so they only
+  travel over SSH stdin and never appear in user-data.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import jinja2
+
+from nina import config, facts, templating
+from nina.plan import Member, TenancyPlan
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = templating.environment()
+    # TOML basic strings and Python string literals: JSON escaping is valid for both.
+    env.filters["toml_str"] = lambda v: json.dumps(str(v))
+    env.filters["py_str"] = lambda v: json.dumps(str(v))
+    env.globals.update(
+        facts=facts,
+        flwr_version=facts.FLWR_VERSION,
+        certs_subdir=posixpath.relpath(facts.SUPERLINK_CERTS, facts.SUPERLINK_ETC),
+        state_db_name=posixpath.relpath(facts.SUPERLINK_STATE_DB, facts.SUPERLINK_STATE_DIR),
+        conf_name=posixpath.relpath(facts.SUPERNODE_CONF, facts.SUPERNODE_ETC),
+        slug_pattern=config.SLUG_RE.pattern,
+    )
+    # The SuperNode's certs/ sits in the same place relative to its etc dir.
+    assert posixpath.relpath(facts.SUPERNODE_CERTS, facts.SUPERNODE_ETC) == env.globals["certs_subdir"]
+    return env
+
+
+def _render(name: str, **context: object) -> str:
+    return _env().get_template(name).render(**context)
+
+
+# --- Flower services ---------------------------------------------------------------------
+
+
+def run_superlink_sh() -> str:
+    """The SuperLink wrapper script (installed at facts.SUPERLINK_RUN_SCRIPT)."""
+    return _render("run_superlink.sh.j2")
+
+
+def superlink_service() -> str:
+    """The systemd unit `superlink.service` (installed in facts.SYSTEMD_SYSTEM_DIR)."""
+    return _render("superlink.service.j2")
+
+
+def run_supernode_sh() -> str:
+    """The SuperNode wrapper script (facts.SUPERNODE_RUN_SCRIPT; also a container ENTRYPOINT)."""
+    return _render("run_supernode.sh.j2")
+
+
+def supernode_service() -> str:
+    """The systemd unit `supernode.service`."""
+    return _render("supernode.service.j2")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not _HOST_RE.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"superlink address {address!r} must look like '10.100.0.40:{facts.SUPERLINK_FLEET_PORT}'")
+    return host, int(port)
+
+
+def supernode_conf(member: Member, superlink_address: str) -> str:
+    """supernode.conf (manual 4.1.3.3.1) for a member; `superlink_address` is the Fleet API "ip:port"."""
+    host, port = _split_address(superlink_address)
+    return _render(
+        "supernode.conf.j2",
+        slug=member.slug,
+        tenancy=member.tenancy,
+        superlink_server=host,
+        superlink_port=port,
+        partition_id=int(member.partition_id),
+        num_partitions=int(member.num_partitions),
+    )
+
+
+def admin_app_pyproject(tenancy_name: str) -> str:
+    """pyproject.toml of the admin Flower project on the SuperLink host (facts.SUPERLINK_ADMIN_APP)."""
+    if not config.SLUG_RE.match(tenancy_name):
+        raise ValueError(f"tenancy name {tenancy_name!r} is not a slug")
+    return _render("admin_app_pyproject.toml.j2", tenancy_name=tenancy_name, project_name=f"nina-admin-{tenancy_name}")
+
+
+# --- delivery payloads (secrets: SSH stdin only) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveredFile:
+    path: str
+    content: str
+    mode: int
+    owner: str
+    group: str
+
+    def __post_init__(self) -> None:
+        p = self.path
+        if not p.startswith("/") or p == "/" or posixpath.normpath(p) != p or ".." in p.split("/"):
+            raise ValueError(f"delivered path {self.path!r} must be absolute and normalised, without '..'")
+        if not 0 <= self.mode <= 0o777:
+            raise ValueError(f"{self.path}: mode {self.mode:o} out of range")
+        for who in (self.owner, self.group):
+            if not _NAME_RE.match(who):
+                raise ValueError(f"{self.path}: {who!r} is not a user or group name")
+
+
+def _prunable(directory: str, paths: list[str]) -> bool:
+    """As nina-install-files checks it: normalised, at least /a/b/c deep, at or under a payload file's directory."""
+    d = directory
+    if not isinstance(d, str) or not d.startswith("/") or posixpath.normpath(d) != d or ".." in d.split("/"):
+        return False
+    if len(d.strip("/").split("/")) < 3:
+        return False
+    parents = {posixpath.dirname(p) for p in paths}
+    return any(d == p or d.startswith(p + "/") for p in parents)
+
+
+def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = ()) -> str:
+    """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
+
+    `prune`: directories in which `nina-install-files` deletes the regular files that the
+    payload does not carry (not recursive); each must lie at or under the directory of a
+    delivered file. Without it the payload has no "prune" key (unchanged from before).
+    """
+    paths = [f.path for f in files]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"duplicate paths in delivery: {sorted(p for p in paths if paths.count(p) > 1)}")
+    for unit in restart:
+        if not _UNIT_RE.match(unit):
+            raise ValueError(f"{unit!r} is not a systemd unit name")
+    if isinstance(prune, str):
+        raise ValueError("prune must be a list of directories, not a string")
+    for directory in prune:
+        if not _prunable(directory, paths):
+            raise ValueError(f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
+                             "three levels deep, at or under the directory of a delivered file")
+    payload: dict[str, object] = {"files": [asdict(f) for f in files], "restart": list(restart)}
+    if prune:
+        payload["prune"] = list(dict.fromkeys(prune))
+    return json.dumps(payload, sort_keys=True) + "\n"
+
+
+def _text(value: str, what: str, marker: str) -> str:
+    if marker not in value:
+        raise ValueError(f"{what} does not look right: expected {marker!r} in it")
+    return value if value.endswith("\n") else value + "\n"
+
+
+def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
+    return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644, "root", "root")
+
+
+def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
+    """Certificates, key and admin project for a tenancy's SuperLink; restarts superlink.service."""
+    ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
+    user, group = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
+    certs = facts.SUPERLINK_CERTS
+    files = [
+        DeliveredFile(f"{certs}/{facts.CA_CERT_FILE}", ca, 0o644, user, group),
+        DeliveredFile(f"{certs}/{facts.SERVER_CERT_FILE}", _text(cert_pem, "server certificate", "BEGIN CERTIFICATE"), 0o644, user, group),
+        DeliveredFile(f"{certs}/{facts.SERVER_KEY_FILE}", _text(key_pem, "server key", "PRIVATE KEY"), 0o600, user, group),
+        _ca_trust(ca),
+        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+    ]
+    return delivery_payload(files, [facts.SUPERLINK_UNIT])
+
+
+def supernode_delivery(
+    member: Member,
+    superlink_address: str,
+    ca_cert_pem: str,
+    private_key_openssh: str,
+    public_key_openssh: str,
+) -> str:
+    """CA, OpenSSH key pair and supernode.conf for a member's SuperNode; restarts supernode.service."""
+    ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
+    user, group = facts.SERVICE_USERS["supernode"], facts.SYSTEM_GROUP
+    certs = facts.SUPERNODE_CERTS
+    files = [
+        DeliveredFile(f"{certs}/{facts.CA_CERT_FILE}", ca, 0o644, user, group),
+        DeliveredFile(f"{certs}/{facts.SUPERNODE_KEY_FILE}", _text(private_key_openssh, "SuperNode private key", "BEGIN OPENSSH PRIVATE KEY"), 0o600, user, group),
+        DeliveredFile(f"{certs}/{facts.SUPERNODE_PUB_FILE}", _text(public_key_openssh, "SuperNode public key", "ecdsa-sha2-nistp"), 0o644, user, group),
+        DeliveredFile(facts.SUPERNODE_CONF, supernode_conf(member, superlink_address), 0o644, user, group),
+        _ca_trust(ca),
+    ]
+    return delivery_payload(files, [facts.SUPERNODE_UNIT])
+
+
+# --- host programs (no secrets: they go into user-data) ----------------------------------
+
+
+def install_files_script() -> str:
+    """`nina-install-files` (facts.INSTALL_FILES_BIN): installs a delivery payload from stdin."""
+    return _render("nina-install-files.py.j2")
+
+
+def membership_script() -> str:
+    """`nina-membership` (facts.MEMBERSHIP_BIN): registers SuperNode keys at the local SuperLink."""
+    return _render("nina-membership.py.j2")
+
+
+def prepare_volume_script() -> str:
+    """`nina-prepare-volume` (facts.PREPARE_VOLUME_BIN): formats (once) and mounts a Cinder volume."""
+    return _render("nina-prepare-volume.sh.j2")
+
+
+# --- host housekeeping (manual 5.2.2, 5.4) -----------------------------------------------
+
+
+def journald_conf() -> str:
+    """Drop-in for /etc/systemd/journald.conf.d (facts.JOURNALD_DROPIN)."""
+    return _render("journald.conf.j2")
+
+
+def logrotate_conf() -> str:
+    """/etc/logrotate.d/prometheus-node-exporter (manual 5.4.2)."""
+    return _render("logrotate-node-exporter.j2")
+
+
+def node_exporter_defaults() -> str:
+    """/etc/default/prometheus-node-exporter: listen on facts.NODE_EXPORTER_PORT (manual 5.2.2)."""
+    return _render("node-exporter.default.j2")

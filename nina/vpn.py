@@ -1,0 +1,299 @@
+"""The OpenVPN hub of a tenancy (manual 4.1.2.3-4.1.2.4, client 4.1.3.2) as plain files.
+
+Pure like `nina.render`: never imports pulumi, renders Jinja2 templates from
+nina/templates/vpn with StrictUndefined, takes every port and path from `nina.facts`, and
+gives byte-identical output for the same input.
+
+Design: UDP with a TCP 443 fallback, one fixed address per organisation
+----------------------------------------------------------------------------
+OpenVPN 2.6 listens on one transport per process, so the hub runs two server instances:
+`server.conf` (UDP facts.OPENVPN_UDP_PORT, the manual's, unit openvpn-server@server) and
+`server-tcp.conf` (TCP facts.OPENVPN_TCP_PORT, unit openvpn-server@server-tcp). Two processes
+cannot share one tap device, and two tap devices that each carry the same subnet on one host
+make the return path ambiguous. So neither instance configures an address (no `server`
+directive, which would `ifconfig` its tap); instead:
+
+- `nina-vpn-forwarding` (run at boot by facts.VPN_FORWARDING_UNIT, before both instances)
+  creates the Linux bridge facts.OPENVPN_BRIDGE holding the pool's first address
+  (`VpnPlan.server_ip`, e.g. 192.168.99.1/24) and two persistent tap devices
+  (facts.OPENVPN_TAP_UDP, facts.OPENVPN_TAP_TCP) as its ports, with bridge port isolation
+  so that no frame passes from one tap to the other;
+- each instance runs `mode server` + `tls-server` on its own tap (`dev-type tap`) and
+  pushes `route-gateway <server_ip>` and a route to each network in `VpnPlan.routes`;
+- each organisation's address comes from its client-config-dir file (`ifconfig-push
+  <Member.vpn_address> <netmask>`, file name = certificate CN = slug), read by whichever
+  instance the client reached: the address is the same over UDP and TCP. `ccd-exclusive`
+  refuses any certificate without such a file, so deleting the file (the delivery prunes
+  files of removed organisations) locks an organisation out without a CRL.
+
+There is no dynamic pool: a client without a CCD file never gets in. An organisation that
+connects over both transports at once would hold its address twice (its own problem; the
+client config uses one connection at a time). The client tries UDP first and falls back
+to TCP after facts.OPENVPN_SERVER_POLL_TIMEOUT seconds without an answer.
+
+Routing and firewall (forwarding_script): IP forwarding on; the internal interface is found
+at boot (`ip -4 route get <superlink_ip>`); the pool is masqueraded onto it (manual
+4.1.2.4.1); forwarded traffic from the pool may only reach the SuperLink's Fleet API, the
+server segment may only reach the organisations' exporters, anything else to or from the
+pool is dropped, in particular organisation to organisation (manual 3.2.4), which the bridge
+port isolation already stops at layer 2. From the pool, this host accepts only replies and ping.
+
+Certificates must carry key usage and extended key usage (`remote-cert-tls` on both sides:
+serverAuth for the server, clientAuth for clients), as facts.SERVER_CERT_USES and
+facts.CLIENT_CERT_USES give them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+import jinja2
+
+from nina import config, facts, templating
+from nina.plan import Member, VpnPlan
+from nina.render import DeliveredFile, delivery_payload
+
+SERVER_UNITS = (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT)
+STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
+STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]*$")
+_ROOT = "root"
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return templating.environment("vpn")
+
+
+def _render(name: str, **context: object) -> str:
+    return _env().get_template(name).render(**context)
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _slug(slug: str) -> str:
+    if not isinstance(slug, str) or not config.SLUG_RE.match(slug):
+        raise ValueError(f"{slug!r} is not an organisation slug; {config.SLUG_FIX}")
+    return slug
+
+
+def _host(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _HOST_RE.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must be an IPv4 address or a DNS name")
+    return value
+
+
+def _port(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ValueError(f"{what} {value!r} must be a port number (1-65535)")
+    return value
+
+
+def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except (ipaddress.AddressValueError, TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def _check_vpn(vpn: VpnPlan) -> None:
+    pool = vpn.pool
+    if not isinstance(pool, ipaddress.IPv4Network) or pool.prefixlen > 30:
+        raise ValueError(f"VPN pool {pool!r} must be an IPv4 network of /30 or larger")
+    _ipv4(vpn.superlink_ip, "SuperLink address")
+    _ipv4(vpn.internal_ip, "VPN server internal address")
+    if ipaddress.IPv4Address(vpn.superlink_ip) in pool:
+        raise ValueError(f"the SuperLink {vpn.superlink_ip} lies inside the VPN pool {pool}")
+    for net in vpn.routes:
+        if not isinstance(net, ipaddress.IPv4Network) or net.overlaps(pool):
+            raise ValueError(f"pushed route {net!r} must be an IPv4 network outside the VPN pool {pool}")
+    _host(vpn.certificate.common_name, "server certificate CN")
+
+
+def _pem(value: str, what: str, marker: str) -> str:
+    if not isinstance(value, str) or marker not in value:
+        raise ValueError(f"{what} does not look right: expected {marker!r} in it")
+    return value if value.endswith("\n") else value + "\n"
+
+
+# --- client (on-premise organisation) -------------------------------------------------------
+
+
+def client_certs_paths(slug: str) -> dict[str, str]:
+    """Where the client config expects its files (manual 4.1.2.3.1): ca, cert, key, tls_auth."""
+    base = facts.OPENVPN_CLIENT_CERTS
+    return {
+        "ca": f"{base}/{facts.OPENVPN_CA_FILE}",
+        "cert": f"{base}/{facts.OPENVPN_ISSUED_DIR}/{_slug(slug)}.crt",
+        "key": f"{base}/{facts.OPENVPN_PRIVATE_DIR}/{slug}.key",
+        "tls_auth": f"{base}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_AUTH_FILE}",
+    }
+
+
+def client_conf(slug: str, server_name: str, public_ip: str, udp_port: int, tcp_port: int) -> str:
+    """/etc/openvpn/client/client.conf (facts.OPENVPN_CLIENT_CONF) for organisation `slug`.
+
+    UDP `public_ip:udp_port` first, then TCP `tcp_port`; the server certificate must carry
+    serverAuth and the CN `server_name` (VpnPlan.certificate.common_name).
+    """
+    return _render(
+        "client.conf.j2",
+        slug=_slug(slug),
+        server_name=_host(server_name, "server name"),
+        public_ip=_host(public_ip, "public address"),
+        udp_port=_port(udp_port, "UDP port"),
+        tcp_port=_port(tcp_port, "TCP port"),
+        certs=facts.OPENVPN_CLIENT_CERTS,
+    )
+
+
+# --- server ---------------------------------------------------------------------------------
+
+
+def _server(vpn: VpnPlan, proto: str) -> str:
+    _check_vpn(vpn)
+    udp = proto == "udp"
+    return _render(
+        "server.conf.j2",
+        host=vpn.host,
+        proto_name="UDP" if udp else "TCP fallback",
+        unit=SERVER_UNITS[0] if udp else SERVER_UNITS[1],
+        sibling=SERVER_UNITS[1] if udp else SERVER_UNITS[0],
+        port=facts.OPENVPN_UDP_PORT if udp else facts.OPENVPN_TCP_PORT,
+        proto=proto,
+        device=facts.OPENVPN_TAP_UDP if udp else facts.OPENVPN_TAP_TCP,
+        server_ip=vpn.server_ip,
+        prefix=vpn.pool.prefixlen,
+        routes=[(str(n.network_address), str(n.netmask)) for n in vpn.routes],
+        pki=facts.OPENVPN_SERVER_PKI,
+    )
+
+
+def server_conf(vpn: VpnPlan) -> str:
+    """The UDP instance, facts.OPENVPN_SERVER_CONF (manual 4.1.2.4), unit openvpn-server@server."""
+    return _server(vpn, "udp")
+
+
+def server_tcp_conf(vpn: VpnPlan) -> str:
+    """The TCP fallback instance, facts.OPENVPN_TCP_SERVER_CONF, unit openvpn-server@server-tcp."""
+    return _server(vpn, "tcp-server")
+
+
+def ccd_entry(vpn: VpnPlan, member: Member) -> str:
+    """The client-config-dir file of an on-premise member (named after its slug = cert CN)."""
+    _slug(member.slug)
+    if member.vpn_address is None:
+        raise ValueError(f"organisation {member.slug!r} has no VPN address (it is not on premise)")
+    address = _ipv4(member.vpn_address, f"VPN address of {member.slug!r}")
+    pool = vpn.pool
+    if address not in pool or address in (pool.network_address, pool.broadcast_address) or str(address) == vpn.server_ip:
+        raise ValueError(f"VPN address {address} of {member.slug!r} is not a client address of the pool {pool}")
+    return _render("ccd.j2", slug=member.slug, address=str(address), netmask=str(pool.netmask))
+
+
+# --- host: forwarding, units ----------------------------------------------------------------
+
+
+def forwarding_script(vpn: VpnPlan) -> str:
+    """`nina-vpn-forwarding` (facts.VPN_FORWARDING_BIN): bridge, ip_forward, NAT and filter rules."""
+    _check_vpn(vpn)
+    return _render(
+        "nina-vpn-forwarding.sh.j2",
+        host=vpn.host,
+        pool=str(vpn.pool),
+        server_ip=vpn.server_ip,
+        prefix=vpn.pool.prefixlen,
+        superlink_ip=vpn.superlink_ip,
+        routes=[str(n) for n in vpn.routes],
+        chains=facts.VPN_IPTABLES_CHAINS,
+    )
+
+
+def forwarding_unit() -> str:
+    """facts.VPN_FORWARDING_UNIT: oneshot, after network-online, before both server instances."""
+    return _render("forwarding.service.j2", server_units=SERVER_UNITS)
+
+
+def openvpn_server_dropin() -> str:
+    """facts.OPENVPN_SERVER_DROPIN for openvpn-server@.service: start only once delivered."""
+    return _render("openvpn-server.dropin.conf.j2")
+
+
+# --- tls-auth key ---------------------------------------------------------------------------
+
+
+def tls_auth_key(hex_2048_bits: str) -> str:
+    """OpenVPN's static key file (as `openvpn --genkey secret` writes it) from 512 hex digits."""
+    size = facts.TLS_AUTH_KEY_BYTES
+    if not isinstance(hex_2048_bits, str):
+        raise ValueError(f"tls-auth key must be a string of {2 * size} hex digits")
+    digits = hex_2048_bits.strip().lower()
+    if len(digits) != 2 * size or not _HEX_RE.match(digits):
+        raise ValueError(f"tls-auth key must be exactly {2 * size} hex digits ({size} random bytes), got {len(digits)} characters")
+    if len(set(digits)) < 2:
+        raise ValueError("tls-auth key is a single repeated digit: not random bytes")
+    lines = [digits[i:i + 32] for i in range(0, len(digits), 32)]
+    return "\n".join(["#", f"# {size * 8} bit OpenVPN static key", "#", STATIC_KEY_BEGIN, *lines, STATIC_KEY_END]) + "\n"
+
+
+def _static_key(value: str) -> str:
+    """A formatted static key (re-checked) or 512 hex digits (formatted)."""
+    if isinstance(value, str) and STATIC_KEY_BEGIN in value:
+        body = value.split(STATIC_KEY_BEGIN, 1)[1]
+        if STATIC_KEY_END not in body:
+            raise ValueError("tls-auth key has no END line")
+        return tls_auth_key("".join(body.split(STATIC_KEY_END, 1)[0].split()))
+    return tls_auth_key(value)
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def server_pki_paths() -> dict[str, str]:
+    """Where server.conf expects its files under facts.OPENVPN_SERVER_PKI."""
+    pki, name = facts.OPENVPN_SERVER_PKI, facts.OPENVPN_SERVER_CERT_NAME
+    return {
+        "ca": f"{pki}/{facts.OPENVPN_CA_FILE}",
+        "cert": f"{pki}/{facts.OPENVPN_ISSUED_DIR}/{name}.crt",
+        "key": f"{pki}/{facts.OPENVPN_PRIVATE_DIR}/{name}.key",
+        "tls_auth": f"{pki}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_AUTH_FILE}",
+    }
+
+
+def vpn_delivery(
+    vpn: VpnPlan,
+    members: Sequence[Member],
+    ca_cert_pem: str,
+    server_cert_pem: str,
+    server_key_pem: str,
+    tls_auth_key: str,
+) -> str:
+    """Payload for the VPN host: both server configs, the PKI, one CCD file per on-premise
+    member (others are pruned: a removed organisation is refused), restart of both instances.
+
+    `tls_auth_key` is the static key file (`tls_auth_key()`) or its 512 hex digits.
+    """
+    paths = server_pki_paths()
+    files = [
+        DeliveredFile(facts.OPENVPN_SERVER_CONF, server_conf(vpn), 0o644, _ROOT, _ROOT),
+        DeliveredFile(facts.OPENVPN_TCP_SERVER_CONF, server_tcp_conf(vpn), 0o644, _ROOT, _ROOT),
+        DeliveredFile(paths["ca"], _pem(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE"), 0o644, _ROOT, _ROOT),
+        DeliveredFile(paths["cert"], _pem(server_cert_pem, "VPN server certificate", "BEGIN CERTIFICATE"), 0o644, _ROOT, _ROOT),
+        DeliveredFile(paths["key"], _pem(server_key_pem, "VPN server key", "PRIVATE KEY"), 0o600, _ROOT, _ROOT),
+        DeliveredFile(paths["tls_auth"], _static_key(tls_auth_key), 0o600, _ROOT, _ROOT),
+    ]
+    on_premise = sorted((m for m in members if m.vpn_address is not None), key=lambda m: m.slug)
+    seen: dict[str, str] = {}
+    for m in on_premise:
+        entry = ccd_entry(vpn, m)
+        if m.vpn_address in seen:
+            raise ValueError(f"{m.slug!r} and {seen[m.vpn_address]!r} share the VPN address {m.vpn_address}")
+        seen[m.vpn_address] = m.slug
+        files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644, _ROOT, _ROOT))
+    return delivery_payload(files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR])

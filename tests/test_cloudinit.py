@@ -1,0 +1,194 @@
+"""cloud-init user-data per host (cloudinit.userdata), validated with the real `cloud-init schema`."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from cloudinit.userdata import user_data
+from nina import facts, render
+
+CLOUD_INIT = shutil.which("cloud-init")
+SECRET_MARKERS = ("PRIVATE KEY", "OPENSSH", "-----BEGIN")
+
+
+def all_hosts(plans):
+    return [(name, plan, host) for name, plan in plans.items() for host in plan.hosts]
+
+
+def host_ids(plans):
+    return [f"{name}/{host.name}" for name, _, host in all_hosts(plans)]
+
+
+@pytest.fixture(scope="module")
+def rendered(render_plans, render_volume_ids):
+    """(plan name, host name) -> (host, user-data text, parsed document)."""
+    out = {}
+    for name, plan, host in all_hosts(render_plans):
+        text = user_data(plan, host, render_volume_ids(host))
+        out[(name, host.name)] = (host, text, yaml.safe_load(text))
+    return out
+
+
+def files_of(doc):
+    return {f["path"]: f for f in doc["write_files"]}
+
+
+@pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
+def test_every_user_data_passes_cloud_init_schema(rendered, tmp_path):
+    for (plan, host), (_, text, _) in rendered.items():
+        path = tmp_path / f"{plan}-{host}.yaml"
+        path.write_text(text)
+        proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, (plan, host, proc.stdout, proc.stderr)
+
+
+@pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
+def test_cloud_init_schema_catches_errors(rendered, tmp_path):
+    """The schema check can fail: a wrong type for a key we use is reported."""
+    _, text, _ = rendered[("test", "superlink-main")]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace("package_update: true", "package_update: 'sometimes'"))
+    proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+
+
+def test_header_size_and_no_secrets(rendered):
+    for key, (_, text, doc) in rendered.items():
+        assert text.startswith("#cloud-config\n"), key
+        assert len(base64.b64encode(text.encode())) <= facts.NOVA_USER_DATA_LIMIT, key
+        for marker in SECRET_MARKERS:
+            assert marker not in text, (key, marker)
+        assert isinstance(doc, dict) and doc["hostname"] == key[1]
+
+
+def test_byte_identical_across_renders(render_plans, render_volume_ids, rendered):
+    for name, plan, host in all_hosts(render_plans):
+        assert user_data(plan, host, render_volume_ids(host)) == rendered[(name, host.name)][1]
+
+
+def test_multiline_contents_are_literal_blocks(rendered):
+    """Scripts stay readable (and small) in user-data: no escaped one-line strings."""
+    _, text, _ = rendered[("all-in-one", "gateway")]
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.ScalarEvent) and "\n" in event.value:
+            assert event.style == "|", event.value[:80]
+
+
+def test_base_for_every_host(rendered):
+    for key, (host, _, doc) in rendered.items():
+        assert doc["package_update"] is True
+        assert {"python3-venv", "prometheus-node-exporter"} <= set(doc["packages"]), key
+        assert doc["groups"] == [facts.SYSTEM_GROUP]
+        assert doc["users"][0] == "default"
+        assert ["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER] in doc["runcmd"]
+        assert ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT] == doc["runcmd"][-1]
+        files = files_of(doc)
+        assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
+        assert files[facts.INSTALL_FILES_BIN]["permissions"] == "0755"
+        assert files[facts.JOURNALD_DROPIN]["content"] == render.journald_conf()
+        assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
+        assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
+        for f in doc["write_files"]:
+            assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
+            assert f.get("defer", False) == (f["owner"] != "root:root"), f["path"]
+
+
+def test_service_users_follow_roles(rendered):
+    for key, (host, _, doc) in rendered.items():
+        users = {u["name"]: u for u in doc["users"][1:]}
+        assert set(users) == {facts.SERVICE_USERS[r] for r in host.roles if r in facts.SERVICE_USERS}, key
+        for u in users.values():
+            assert u["system"] is True and u["shell"] == "/bin/false"
+            assert u["groups"] == [facts.SYSTEM_GROUP]
+
+
+def test_superlink_host(render_plans, rendered):
+    host, text, doc = rendered[("test", "superlink-main")]
+    version = render_plans["test"].cfg.flower.version
+    assert f"flwr=={version}" in text
+    assert ["python3", "-m", "venv", facts.FLOWER_VENV] in doc["runcmd"]
+    files = files_of(doc)
+    assert files[facts.SUPERLINK_RUN_SCRIPT]["content"] == render.run_superlink_sh()
+    assert files[f"/etc/systemd/system/{facts.SUPERLINK_UNIT}"]["content"] == render.superlink_service()
+    assert files[facts.MEMBERSHIP_BIN]["content"] == render.membership_script()
+    assert files[facts.PREPARE_VOLUME_BIN]["content"] == render.prepare_volume_script()
+    assert ["systemctl", "enable", facts.SUPERLINK_UNIT] in doc["runcmd"]
+    assert not any(facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
+    # The state volume is prepared with its id, after its mount point exists, before the venv.
+    cmds = doc["runcmd"]
+    prep = next(i for i, c in enumerate(cmds) if c[0] == facts.PREPARE_VOLUME_BIN)
+    vol = host.volumes[0]
+    assert cmds[prep][1:] == [cmds[prep][1], facts.SUPERLINK_STATE_DIR, facts.SERVICE_USERS["superlink"]]
+    assert cmds[prep][1] == "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6" and vol.mount_point == facts.SUPERLINK_STATE_DIR
+    mkdirs = {c[-1]: c for c in cmds if c[:2] == ["install", "-d"]}
+    assert max(i for i, c in enumerate(cmds) if c[:2] == ["install", "-d"]) < prep
+    assert mkdirs[facts.SUPERLINK_CERTS][3] == "0750"
+    assert mkdirs[facts.SUPERLINK_OPT][5] == facts.SERVICE_USERS["superlink"]
+    assert mkdirs["/opt/python"][3] == "2775" and mkdirs["/opt/python"][7] == facts.SYSTEM_GROUP
+
+
+def test_supernode_host(rendered):
+    _, text, doc = rendered[("test", "supernode-test-org-a")]
+    files = files_of(doc)
+    assert files[facts.SUPERNODE_RUN_SCRIPT]["content"] == render.run_supernode_sh()
+    assert files[f"/etc/systemd/system/{facts.SUPERNODE_UNIT}"]["content"] == render.supernode_service()
+    assert ["systemctl", "enable", facts.SUPERNODE_UNIT] in doc["runcmd"]
+    assert facts.MEMBERSHIP_BIN not in files and facts.PREPARE_VOLUME_BIN not in files  # no data volume here
+    mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
+    assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= mkdirs
+    assert f"flwr=={facts.FLWR_VERSION}" in text
+
+
+def test_supernode_data_volume(rendered):
+    _, _, doc = rendered[("all-in-one", "supernode-test-org-a")]
+    prep = [c for c in doc["runcmd"] if c[0] == facts.PREPARE_VOLUME_BIN]
+    assert prep == [[facts.PREPARE_VOLUME_BIN, "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6", facts.SUPERNODE_DATA, facts.SERVICE_USERS["supernode"]]]
+
+
+def test_base_only_roles_get_no_flower(rendered):
+    for key in [("test", "gateway"), ("all-in-one", "monitor")]:
+        _, text, doc = rendered[key]
+        assert "flwr" not in " ".join(" ".join(c) for c in doc["runcmd"])
+        assert not any(p.startswith(("/etc/systemd/system/", "/opt/flwr")) for p in files_of(doc))
+        assert doc["users"] == ["default"]
+
+
+def test_all_in_one_host(rendered):
+    host, _, doc = rendered[("all-in-one", "gateway")]
+    assert doc["fqdn"] == "gateway.myproject.cloud.edu.au"
+    mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
+    assert {facts.KEYCLOAK_OPT, facts.JUPYTERHUB_ETC, facts.JUPYTERHUB_CONFIG, facts.JUPYTERHUB_OPT, facts.SUPERLINK_CERTS} <= mkdirs
+    assert "fqdn" not in rendered[("test", "gateway")][2]
+
+
+def test_volume_ids_are_required_and_checked(render_plans):
+    plan = render_plans["test"]
+    host = plan.host_by_name["superlink-main"]
+    with pytest.raises(ValueError, match="state"):
+        user_data(plan, host)
+    with pytest.raises(ValueError, match="not an OpenStack id"):
+        user_data(plan, host, {"state": "abc; reboot"})
+
+
+def test_vpn_host(render_plans, rendered):
+    """The OpenVPN hub (details and the real tunnel: test_vpn.py, test_vpn_tunnel.py)."""
+    from nina import vpn
+
+    host, text, doc = rendered[("uat", "vpn-main")]
+    hub = next(t.vpn for t in render_plans["uat"].tenancies if t.vpn is not None)
+    assert host.roles == ("vpn",) and {"openvpn", "iptables"} <= set(doc["packages"])
+    files = files_of(doc)
+    assert files[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
+    assert files[f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
+    assert files[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
+    assert ["systemctl", "enable", facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT] in doc["runcmd"]
+    assert ["systemctl", "start", facts.VPN_FORWARDING_UNIT] in doc["runcmd"]
+    assert "flwr" not in text and doc["users"] == ["default"]
+    for key, (other, _, other_doc) in rendered.items():
+        if "vpn" not in other.roles:
+            assert facts.VPN_FORWARDING_BIN not in files_of(other_doc) and "openvpn" not in other_doc["packages"], key

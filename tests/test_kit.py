@@ -1,0 +1,764 @@
+"""Site kits (nina.kit, `nina kit export`): layout and modes, isolation between organisations,
+determinism, one source with the cloud SuperNodes, the installer run for real (--dry-run,
+--root, tampered kits, keys kept by the organisation), shellcheck, README, the CLI, and
+validation of the stack outputs (every problem is a KitError naming its JSON path).
+
+The stack (conftest `kit_built`, from benchmarks/outputs_fixture.py) has a real ECDSA P-384
+PKI: tenancy `main` with hospital-a and hospital-b on premise, cloud-lab in the cloud and
+hospital-own on premise keeping its own keys; tenancy `beta` with beta-clinic on premise.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import grp
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nina import cli, facts, kit, render, vpn
+from nina.plan import Member
+
+REPO = Path(__file__).resolve().parent.parent
+SHELLCHECK = shutil.which("shellcheck")
+ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
+ALL = sorted(ONPREM + ["cloud-lab"])
+CONTAINER_FILES = {"containers/Dockerfile.cpu": 0o644, "containers/Dockerfile.cuda": 0o644, "containers/build.sh": 0o755,
+                   "containers/run-docker.sh": 0o755, "containers/run-docker-gpu.sh": 0o755,
+                   "containers/run-podman.sh": 0o755, "containers/run-podman-gpu.sh": 0o755}
+
+
+def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
+    """The kit's files and modes, written out by hand from the brief (not derived from nina.kit)."""
+    files = {
+        "README.md": 0o644, "SHA256SUMS": 0o644, "install.sh": 0o755, **CONTAINER_FILES,
+        "etc/default/prometheus-node-exporter": 0o644,
+        "etc/flwr/supernode/supernode.conf": 0o644,
+        "etc/flwr/supernode/certs/ca.crt": 0o644,
+        "etc/flwr/supernode/certs/client_credentials.pub": 0o644,
+        "opt/flwr/supernode/run_supernode.sh": 0o755,
+        "opt/flwr/supernode/supernode.service": 0o644,
+    }
+    if not own_keys:
+        files["etc/flwr/supernode/certs/client_credentials"] = 0o600
+    if onprem:
+        files.update({
+            "etc/openvpn/client/client.conf": 0o644,
+            "etc/openvpn/clientcerts/ca.crt": 0o644,
+            f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
+            "etc/openvpn/clientcerts/private/ta.key": 0o600,
+        })
+        if not own_keys:
+            files[f"etc/openvpn/clientcerts/private/{slug}.key"] = 0o600
+    return files
+
+
+def members(data: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return tar.getmembers()
+
+
+def contents(data: bytes) -> dict[str, bytes]:
+    """path inside the kit's top directory -> bytes, for every regular file."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile():
+                out[m.name.split("/", 1)[1]] = tar.extractfile(m).read()
+    return out
+
+
+def extract(data: bytes, dest: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="tar")
+    (top,) = [p for p in dest.iterdir() if p.name.endswith("-sitekit")]
+    return top
+
+
+def install(kit_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(kit_dir / "install.sh"), *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def tree_digest(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_mode, p.read_bytes() if p.is_file() else b"")
+            for p in sorted(root.rglob("*"))}
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_exact_members_and_modes(kit_archives, slug):
+    entries = members(kit_archives[slug])
+    top = f"{slug}-sitekit"
+    files = {m.name.removeprefix(top + "/"): stat.S_IMODE(m.mode) for m in entries if m.isfile()}
+    onprem, own = slug in ONPREM, slug == "hospital-own"
+    assert files == expected_files(slug, onprem, own)
+    # Only regular files and directories; every directory is a parent of a file, with its mode.
+    assert all(m.isfile() or m.isdir() for m in entries)
+    dirs = {m.name: stat.S_IMODE(m.mode) for m in entries if m.isdir()}
+    parents = {top} | {f"{top}/" + "/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+    assert set(dirs) == parents
+    private = {top, f"{top}/etc/flwr/supernode/certs", f"{top}/etc/openvpn/clientcerts/private"}
+    assert {d: (0o700 if d in private else 0o755) for d in dirs} == dirs
+    # Owners, times and order are fixed.
+    assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in entries} == {(0, 0, "root", "root", 0)}
+    names = [m.name for m in entries]
+    assert names == sorted(names, key=lambda n: n.split("/"))
+    assert all(n == top or n.startswith(top + "/") for n in names)
+
+
+def test_gzip_header_has_no_time_and_no_name(kit_archives):
+    for data in kit_archives.values():
+        assert data[:3] == b"\x1f\x8b\x08"
+        assert data[3] & 0x08 == 0, "FNAME flag set"
+        assert data[4:8] == b"\0\0\0\0", "gzip mtime not zero"
+
+
+def test_sha256sums_cover_every_other_file(kit_archives, tmp_path):
+    for slug, data in kit_archives.items():
+        files = contents(data)
+        lines = files["SHA256SUMS"].decode().splitlines()
+        listed = {line[66:]: line[:64] for line in lines}
+        assert [line[66:] for line in lines] == sorted(listed)
+        assert all(line[64:66] == "  " for line in lines)
+        assert listed == {p: hashlib.sha256(b).hexdigest() for p, b in files.items() if p != "SHA256SUMS"}
+        top = extract(data, tmp_path / slug)
+        subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=top, check=True)
+
+
+# --- nothing of another organisation ---------------------------------------------------------
+
+
+def _pem_bodies(pem: str) -> list[str]:
+    """The base64 lines of a PEM/OpenSSH block, long enough to be unique."""
+    return [line for line in pem.splitlines() if len(line) >= 40 and "-----" not in line]
+
+
+def foreign_markers(outputs: dict, slug: str) -> list[str]:
+    """Strings that belong to other organisations, other tenancies, or no kit at all."""
+    tenancy = next(t for t, v in outputs["tenancies"].items() if slug in v["organisations"])
+    own = outputs["tenancies"][tenancy]["organisations"][slug]
+    # Certificates from one CA share lines (issuer, validity): only the others' own lines count.
+    # Private keys of one format share their structural lines: the same goes for those.
+    shared = {line for pem in (outputs["ca_cert_pem"], own["vpn_client_cert_pem"] or "",
+                               outputs["supernode_private_keys"].get(slug, ""), outputs["vpn_client_private_keys"].get(slug, ""))
+              for line in _pem_bodies(pem)}
+    markers = []
+    for t_name, t in outputs["tenancies"].items():
+        for other, org in t["organisations"].items():
+            if other == slug:
+                continue
+            markers += [other, org["display_name"]]
+            cert_lines = [line for line in _pem_bodies(org["vpn_client_cert_pem"] or "") if line not in shared]
+            assert cert_lines or not org["vpn_client_cert_pem"]
+            markers += cert_lines
+            markers.append(org["supernode_public_key_openssh"].split()[1])
+            if org["vpn_address"]:
+                markers.append(re.escape(org["vpn_address"]) + r"(?![0-9])")
+        if t_name != tenancy:
+            markers += [t["superlink"]["internal_ip"], t["superlink"]["host"]]
+            if t["vpn"]:
+                markers += [t["vpn"]["public_ip"], t["vpn"]["host"], t["vpn"]["pool_cidr"].rsplit(".", 1)[0] + "."]
+            if t_name in outputs["vpn_tls_auth_keys"]:
+                markers += [line for line in outputs["vpn_tls_auth_keys"][t_name].splitlines() if re.fullmatch("[0-9a-f]{32}", line)]
+    for name in ("supernode_private_keys", "vpn_client_private_keys"):
+        for other, pem in outputs[name].items():
+            if other != slug:
+                markers += [line for line in _pem_bodies(pem) if line not in shared]
+    markers += [line for line in _pem_bodies(outputs["ops_ssh_private_key"]) if line not in shared]
+    markers += list(outputs["database_passwords"].values())
+    return markers
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_nothing_of_other_organisations_inside(kit_archives, kit_built, slug):
+    outputs = kit_built.outputs
+    markers = foreign_markers(outputs, slug)
+    assert len(markers) > 20
+    files = contents(kit_archives[slug])
+    for path, data in files.items():
+        text = data.decode()
+        for marker in markers:
+            pattern = marker if marker.endswith("(?![0-9])") else re.escape(marker)
+            assert not re.search(pattern, path), f"{slug}: {path} is named after {marker!r}"
+            assert not re.search(pattern, text), f"{slug}: {path} holds {marker!r}"
+    # ... while its own things are there.
+    org = next(t["organisations"][slug] for t in outputs["tenancies"].values() if slug in t["organisations"])
+    assert files["etc/flwr/supernode/certs/client_credentials.pub"].decode() == org["supernode_public_key_openssh"]
+    if slug in ONPREM:
+        assert files[f"etc/openvpn/clientcerts/issued/{slug}.crt"].decode() == org["vpn_client_cert_pem"]
+        assert org["vpn_address"] in files["README.md"].decode()
+
+
+def test_organisation_keeping_its_keys_gets_no_private_key(kit_archives, kit_built):
+    files = contents(kit_archives["hospital-own"])
+    for path, data in files.items():
+        assert b"PRIVATE KEY-----" not in data, path
+    held = kit_built.held["hospital-own"]
+    assert set(held) == {"vpn_key_pem", "supernode_key_openssh"}
+    for pem in held.values():
+        for body in _pem_bodies(pem):
+            assert all(body.encode() not in data for data in files.values())
+    # ... but the tls-auth key of its tenancy, which is not an organisation's key.
+    assert b"BEGIN OpenVPN Static key V1" in files["etc/openvpn/clientcerts/private/ta.key"]
+
+
+# --- determinism and export ------------------------------------------------------------------
+
+
+def test_builds_are_byte_identical(kit_built, kit_archives):
+    again = json.loads(json.dumps(kit_built.outputs))  # as the CLI reads it
+    for slug, data in kit_archives.items():
+        assert kit.build_kit(again, slug) == data
+
+
+def test_export_kits_writes_0600_files_identical_across_runs(kit_built, kit_archives, tmp_path):
+    old = os.umask(0)  # the mode must not depend on the umask
+    try:
+        first = kit.export_kits(kit_built.outputs, None, tmp_path / "a")
+        (tmp_path / "b").mkdir()
+        stale = tmp_path / "b" / "hospital-a-sitekit.tar.gz"
+        stale.write_bytes(b"old")
+        stale.chmod(0o644)
+        second = kit.export_kits(kit_built.outputs, ["hospital-a", "cloud-lab", "hospital-a"], tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert [p.name for p in first] == [f"{s}-sitekit.tar.gz" for s in ALL]
+    assert [p.name for p in second] == ["hospital-a-sitekit.tar.gz", "cloud-lab-sitekit.tar.gz"]
+    for path in first + second:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_bytes() == kit_archives[path.name.removesuffix("-sitekit.tar.gz")]
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["cloud-lab-sitekit.tar.gz", "hospital-a-sitekit.tar.gz"]
+
+
+def test_export_writes_nothing_when_one_kit_fails(kit_outputs, tmp_path):
+    kit_outputs["supernode_private_keys"]["hospital-b"] = kit_outputs["supernode_private_keys"]["hospital-a"]
+    with pytest.raises(kit.KitError, match=r"supernode_private_keys\.hospital-b: does not belong to"):
+        kit.export_kits(kit_outputs, None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(kit.UnknownOrganisation, match="known slugs: beta-clinic, cloud-lab, hospital-a"):
+        kit.export_kits(kit_outputs, ["hospital-a", "nope"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- one source with the cloud SuperNodes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab", "beta-clinic"])
+def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_built, slug):
+    outputs = kit_built.outputs
+    tname, t = next((n, t) for n, t in outputs["tenancies"].items() if slug in t["organisations"])
+    o = t["organisations"][slug]
+    member = Member(tname, slug, o["display_name"], o["placement"], o["partition_id"], o["num_partitions"], o["gpu"],
+                    vpn_address=o["vpn_address"])
+    files = contents(kit_archives[slug])
+    fleet = f"{t['superlink']['internal_ip']}:{facts.SUPERLINK_FLEET_PORT}"
+    assert files["etc/flwr/supernode/supernode.conf"] == render.supernode_conf(member, fleet).encode()
+    assert files["opt/flwr/supernode/run_supernode.sh"] == render.run_supernode_sh().encode()
+    assert files["opt/flwr/supernode/supernode.service"] == render.supernode_service().encode()
+    assert files["etc/default/prometheus-node-exporter"] == render.node_exporter_defaults().encode()
+    # The very payload a cloud SuperNode gets over SSH carries the same files.
+    payload = json.loads(render.supernode_delivery(member, t["superlink"]["fleet_address"], outputs["ca_cert_pem"],
+                                                   outputs["supernode_private_keys"][slug], o["supernode_public_key_openssh"]))
+    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"]
+                 if f["path"] != facts.LOCAL_CA_TRUST}
+    assert {p: files[p] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
+    if o["placement"] == "onprem":
+        v = t["vpn"]
+        assert files["etc/openvpn/client/client.conf"] == vpn.client_conf(
+            slug, v["server_name"], v["public_ip"], v["udp_port"], v["tcp_port"]).encode()
+        for key, path in vpn.client_certs_paths(slug).items():
+            assert path.lstrip("/") in files, key
+        assert b"tls-auth " + facts.OPENVPN_CLIENT_CERTS.encode() + b"/private/ta.key 1" in files["etc/openvpn/client/client.conf"]
+
+
+# --- install.sh, run for real ------------------------------------------------------------------
+
+
+def dest_of(path: str) -> str | None:
+    if path in ("README.md", "SHA256SUMS", "install.sh"):
+        return None
+    if path == "opt/flwr/supernode/supernode.service":
+        return "/etc/systemd/system/supernode.service"
+    if path.startswith("containers/"):
+        return "/opt/flwr/supernode/containers/" + path.split("/", 1)[1]
+    return "/" + path
+
+
+INSTALLED_DIRS = {"/etc/flwr": 0o755, "/etc/flwr/supernode": 0o750, "/etc/flwr/supernode/certs": 0o750,
+                  "/opt/flwr": 0o755, "/opt/flwr/supernode": 0o755, "/media/data": 0o750}
+
+
+def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-a"], tmp_path / "kit")
+    before = tree_digest(top)
+    root = tmp_path / "root"
+    proc = install(top, "--dry-run", "--root", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert not root.exists()
+    assert tree_digest(top) == before
+    out = proc.stdout
+    assert f"all {len(expected_files('hospital-a', True, False)) - 1} files match SHA256SUMS" in out
+    for path, mode in expected_files("hospital-a", True, False).items():
+        dest = dest_of(path)
+        if dest and not path.startswith("containers/"):
+            assert re.search(rf"\[dry-run\] install -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(path)} {re.escape(str(root) + dest)}\n", out), path
+    for d, mode in INSTALLED_DIRS.items():
+        assert re.search(rf"\[dry-run\] install -d -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(str(root) + d)}\n", out), d
+    assert "skipped: --root: group fl_system and user supernode are not created" in out
+    assert "skipped: --root: systemd is left alone (units: openvpn-client@client.service, supernode.service" in out
+    assert "dry run finished: nothing was changed" in out
+    # A dry run on the real host (not root here or not) also changes nothing and names each step.
+    proc = install(top, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "[dry-run] install -m 0600 -o root -g root etc/openvpn/clientcerts/private/hospital-a.key /etc/openvpn/clientcerts/private/hospital-a.key" in proc.stdout
+    assert "[dry-run] systemctl enable openvpn-client@client.service" in proc.stdout
+    assert tree_digest(top) == before
+
+
+@pytest.mark.parametrize("slug", ALL)
+@pytest.mark.parametrize("containers", [False, True], ids=["systemd", "containers"])
+def test_dry_run_of_every_kit(kit_archives, tmp_path, slug, containers):
+    top = extract(kit_archives[slug], tmp_path / "kit")
+    root = tmp_path / "root"
+    proc = install(top, "--dry-run", "--root", str(root), *(["--containers"] if containers else []))
+    assert not root.exists()
+    if slug == "hospital-own":  # its keys are not under root: it says so and would stop before services
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "(dry run) install.sh would stop here, before starting any service" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "dry run finished: nothing was changed" in proc.stdout
+    assert ("/opt/flwr/supernode/containers/build.sh" in proc.stdout) == containers
+    assert ("/etc/systemd/system/supernode.service" in proc.stdout) != containers
+    assert ("openvpn" in proc.stdout) == (slug in ONPREM)
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+def test_root_install_puts_files_in_place_with_modes_and_is_idempotent(kit_archives, tmp_path, slug):
+    top = extract(kit_archives[slug], tmp_path / "kit")
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = contents(kit_archives[slug])
+    expected = {dest_of(p): m for p, m in expected_files(slug, slug in ONPREM, False).items()
+                if dest_of(p) and not p.startswith("containers/")}
+    installed = {"/" + str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
+    assert installed == expected
+    for path in files:
+        dest = dest_of(path)
+        if dest in expected:
+            assert (root / dest.lstrip("/")).read_bytes() == files[path]
+    for d, mode in INSTALLED_DIRS.items():
+        assert stat.S_IMODE((root / d.lstrip("/")).stat().st_mode) == mode, d
+    assert stat.S_IMODE((root / "opt/python").stat().st_mode) == 0o2775
+    if slug in ONPREM:
+        assert stat.S_IMODE((root / "etc/openvpn/clientcerts/private").stat().st_mode) == 0o700
+    if os.geteuid() == 0:
+        # Owners are given only where the user exists on this machine (CI has no `supernode`).
+        key = root / "etc/flwr/supernode/certs/client_credentials"
+        try:
+            want = pwd.getpwnam("supernode").pw_uid
+            grp.getgrnam("fl_system")
+        except KeyError:
+            want = 0
+        assert key.stat().st_uid == want
+    # Again: nothing to do. A file changed on the host is put back, and a loosened mode fixed.
+    again = install(top, "--root", str(root))
+    assert again.returncode == 0 and f"done: 0 file(s) installed or updated, {len(expected)} unchanged" in again.stdout
+    (root / "etc/flwr/supernode/supernode.conf").write_text("edited\n")
+    (root / "etc/flwr/supernode/certs/client_credentials").chmod(0o644)
+    fixed = install(top, "--root", str(root))
+    assert fixed.returncode == 0 and "done: 1 file(s) installed or updated" in fixed.stdout
+    assert (root / "etc/flwr/supernode/supernode.conf").read_bytes() == files["etc/flwr/supernode/supernode.conf"]
+    assert stat.S_IMODE((root / "etc/flwr/supernode/certs/client_credentials").stat().st_mode) == 0o600
+
+
+def test_root_install_with_containers(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    root = tmp_path / "root"
+    proc = install(top, "--containers", "--root", str(root))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installed = {"/" + str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
+    assert {p: m for p, m in installed.items() if p.startswith("/opt/flwr/supernode/containers/")} == {
+        dest_of(p): m for p, m in CONTAINER_FILES.items()}
+    assert "/etc/systemd/system/supernode.service" not in installed
+    assert "/opt/flwr/supernode/run_supernode.sh" in installed  # the image build copies it
+    assert "/etc/flwr/supernode/certs/client_credentials" in installed
+    assert not (root / "opt/python").exists()
+
+
+def test_organisation_keys_must_be_in_place_before_services(kit_archives, kit_built, kit_outputs, tmp_path):
+    top = extract(kit_archives["hospital-own"], tmp_path / "kit")
+    root = tmp_path / "root"
+    first = install(top, "--root", str(root))
+    assert first.returncode == 3
+    assert f"{root}/etc/flwr/supernode/certs/client_credentials" in first.stderr
+    assert f"{root}/etc/openvpn/clientcerts/private/hospital-own.key" in first.stderr
+    assert "systemd is left alone" not in first.stdout  # stopped before the services step
+    assert (root / "etc/flwr/supernode/supernode.conf").is_file()  # the rest is installed
+    held = kit_built.held["hospital-own"]
+    sn_key = root / "etc/flwr/supernode/certs/client_credentials"
+    vpn_key = root / "etc/openvpn/clientcerts/private/hospital-own.key"
+    sn_key.write_text(held["supernode_key_openssh"])
+    vpn_key.write_text(held["vpn_key_pem"])
+    sn_key.chmod(0o644)
+    second = install(top, "--root", str(root))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert stat.S_IMODE(sn_key.stat().st_mode) == 0o600
+    if shutil.which("ssh-keygen") and shutil.which("openssl"):
+        assert "client_credentials is present and matches" in second.stdout
+        assert "hospital-own.key is present and matches" in second.stdout
+        vpn_key.write_text(kit_outputs["vpn_client_private_keys"]["hospital-a"])  # someone else's key
+        wrong = install(top, "--root", str(root))
+        assert wrong.returncode == 3 and "does not belong to etc/openvpn/clientcerts/issued/hospital-own.crt" in wrong.stderr
+
+
+def _tampered_cases() -> list[str]:
+    return sorted(expected_files("hospital-a", True, False))
+
+
+@pytest.mark.parametrize("victim", _tampered_cases())
+def test_a_changed_byte_anywhere_makes_install_refuse_before_anything(kit_archives, tmp_path, victim):
+    top = extract(kit_archives["hospital-a"], tmp_path / "kit")
+    target = top / victim
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    root = tmp_path / "root"
+    proc = subprocess.run(["bash", str(top / "install.sh"), "--root", str(root)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    if victim != "install.sh":  # a broken install.sh may fail any way, but must still not install
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "REFUSED" in proc.stderr and "nothing was changed" in proc.stderr
+        assert proc.stdout.strip() == "" or "match SHA256SUMS" not in proc.stdout
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "symlink", "sums-line"])
+def test_added_or_missing_files_make_install_refuse(kit_archives, tmp_path, change):
+    top = extract(kit_archives["hospital-a"], tmp_path / "kit")
+    if change == "add":
+        (top / "etc/flwr/supernode/certs/extra.key").write_text("x")
+    elif change == "remove":
+        (top / "etc/openvpn/clientcerts/private/ta.key").unlink()
+    elif change == "symlink":
+        (top / "etc/flwr/supernode/link").symlink_to("/etc/passwd")
+    else:  # a SHA256SUMS line pointing outside the kit
+        with (top / "SHA256SUMS").open("a") as fh:
+            fh.write(hashlib.sha256(b"").hexdigest() + "  ../outside\n")
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "REFUSED" in proc.stderr
+    assert not root.exists()
+    if change == "add":
+        assert "added: etc/flwr/supernode/certs/extra.key;" in proc.stderr
+    if change == "remove":
+        assert "missing: etc/openvpn/clientcerts/private/ta.key)" in proc.stderr
+
+
+def test_install_usage_errors(kit_archives, tmp_path):
+    top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
+    assert install(top, "--bogus").returncode == 64
+    assert install(top, "--root").returncode == 64
+    assert install(top, "--root", "/").returncode == 64
+    helped = install(top, "--help")
+    assert helped.returncode == 0 and "--containers" in helped.stdout
+    if os.geteuid() != 0:
+        assert install(top).returncode == 1
+
+
+def test_every_shell_script_parses_and_passes_shellcheck(kit_archives, tmp_path):
+    scripts: dict[bytes, str] = {}
+    for slug, data in kit_archives.items():
+        for path, body in contents(data).items():
+            if path.endswith(".sh"):
+                assert body.startswith(b"#!/bin/bash\n"), path
+                scripts.setdefault(body, f"{slug}/{path}")
+    assert len(scripts) >= 20  # install.sh and the run scripts differ per kit
+    files = []
+    for body, name in scripts.items():
+        f = tmp_path / name.replace("/", "__")
+        f.write_bytes(body)
+        files.append(str(f))
+        subprocess.run(["bash", "-n", str(f)], check=True)
+    if SHELLCHECK is None:
+        pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
+    proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_container_files_follow_the_manual(kit_archives):
+    files = contents(kit_archives["hospital-b"])
+    for variant in ("cpu", "cuda"):
+        docker = files[f"containers/Dockerfile.{variant}"].decode()
+        assert f'"flwr=={facts.FLWR_VERSION}"' in docker
+        assert not re.search(r"tensorflow|torch", docker.split("ARG BASE_IMAGE")[1]), "no training libraries by default"
+        assert 'VOLUME ["/etc/flwr/supernode"]' in docker and 'VOLUME ["/media/data"]' in docker
+        assert "\nUSER supernode\n" in docker and docker.rstrip().endswith('ENTRYPOINT ["bash", "run_supernode.sh"]')
+    for name in ("run-docker.sh", "run-podman.sh", "run-docker-gpu.sh", "run-podman-gpu.sh"):
+        script = files[f"containers/{name}"].decode()
+        assert "--network host" in script
+        assert '--mount "type=bind,src=$conf_dir,dst=/etc/flwr/supernode,readonly"' in script
+        assert '--mount "type=bind,src=$data_dir,dst=/media/data$data_opts"' in script
+        assert "data_dir=${SUPERNODE_DATA_DIR:-/media/data}" in script
+    assert '--gpus "$gpus"' in files["containers/run-docker-gpu.sh"].decode()
+    assert '--device "nvidia.com/gpu=$gpus"' in files["containers/run-podman-gpu.sh"].decode()
+    assert "--gpus" not in files["containers/run-docker.sh"].decode()
+
+
+# --- README ------------------------------------------------------------------------------------
+
+
+def test_readme_for_on_premise_organisation(kit_archives, kit_built):
+    outputs = kit_built.outputs
+    readme = contents(kit_archives["hospital-a"])["README.md"].decode()
+    ca = x509.load_pem_x509_certificate(outputs["ca_cert_pem"].encode())
+    fingerprint = ":".join(f"{b:02X}" for b in ca.fingerprint(hashes.SHA256()))
+    assert f"SHA256 Fingerprint={fingerprint}" in readme
+    assert "openssl x509 -in hospital-a-sitekit/etc/flwr/supernode/certs/ca.crt -noout -fingerprint -sha256" in readme
+    assert "Hospital A (Brisbane)" in readme and "`hospital-a`" in readme and "tenancy `main`" in readme
+    assert "| 203.0.113.7 | UDP 1194 |" in readme and "| 203.0.113.7 | TCP 443 |" in readme
+    assert "**nothing inbound**" in readme
+    assert "systemctl status openvpn-client@client" in readme
+    assert "ip addr show tap0" in readme and "inet 192.168.99.10/24" in readme
+    assert "ping -c 3 192.168.99.1 " in readme
+    assert "systemctl status supernode" in readme and "journalctl -u supernode -f" in readme
+    assert "/media/data" in readme and "re-issued kit" in readme
+    assert "contact the NINA platform operators (QCIF)".lower() in readme.lower()
+    assert "install.sh --containers" in readme and "EXTRA_PIP_PACKAGES" in readme
+    for path in expected_files("hospital-a", True, False):
+        assert f"`{path}`" in readme, path
+
+
+def test_readme_for_cloud_and_own_key_organisations(kit_archives):
+    cloud = contents(kit_archives["cloud-lab"])["README.md"].decode()
+    assert "None via the VPN" in cloud and "UDP 1194" not in cloud and "openvpn-client" not in cloud
+    assert "in the NINA cloud" in cloud
+    own = contents(kit_archives["hospital-own"])["README.md"].decode()
+    assert "Keys your organisation keeps itself" in own
+    assert "`/etc/flwr/supernode/certs/client_credentials`" in own
+    assert "`/etc/openvpn/clientcerts/private/hospital-own.key`" in own
+    assert "the SuperNode's private key" not in own.split("## 1.")[0]
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nina.cli", *args], input=stdin, capture_output=True, timeout=120,
+                          cwd=REPO, env=env)
+
+
+def test_cli_exports_from_file_and_stdin(kit_built, kit_archives, tmp_path):
+    doc = tmp_path / "outputs.json"
+    doc.write_text(json.dumps(kit_built.outputs))
+    code = cli.main(["kit", "export", "--outputs", str(doc), "--org", "hospital-a", "--org", "cloud-lab",
+                     "--out", str(tmp_path / "a")])
+    assert code == 0
+    proc = run_cli("kit", "export", "--outputs", "-", "--all", "--out", str(tmp_path / "b"),
+                   stdin=json.dumps(kit_built.outputs).encode())
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == len(ALL)
+    for line, slug in zip(lines, ALL):
+        digest, path = line.split("  ")
+        assert Path(path) == tmp_path / "b" / f"{slug}-sitekit.tar.gz"
+        assert digest == hashlib.sha256(kit_archives[slug]).hexdigest() == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["cloud-lab-sitekit.tar.gz", "hospital-a-sitekit.tar.gz"]
+
+
+def test_cli_with_stack_runs_pulumi(kit_built, tmp_path):
+    fake = tmp_path / "bin" / "pulumi"
+    fake.parent.mkdir()
+    doc = tmp_path / "outputs.json"
+    doc.write_text(json.dumps(kit_built.outputs))
+    fake.write_text(f'#!/bin/bash\n[ "$*" = "stack output --json --show-secrets --stack=uat" ] || {{ echo "error: bad args $*" >&2; exit 255; }}\ncat {doc}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:/usr/bin:/bin"}
+    ok = run_cli("kit", "export", "--stack", "uat", "--org", "beta-clinic", "--out", str(tmp_path / "o"), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.decode().endswith("beta-clinic-sitekit.tar.gz\n")
+    bad = run_cli("kit", "export", "--stack", "prod", "--all", "--out", str(tmp_path / "o"), env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.decode() == "nina kit export: `pulumi stack output` of stack prod failed (exit 255): error: bad args stack output --json --show-secrets --stack=prod\n"
+
+
+def test_cli_errors(kit_built, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "o")
+    doc = tmp_path / "outputs.json"
+    doc.write_text(json.dumps(kit_built.outputs))
+
+    def err(*args):
+        code = cli.main(["kit", "export", *args])
+        return code, capsys.readouterr().err
+
+    code, msg = err("--outputs", str(doc), "--org", "nope", "--out", out)
+    assert code == 2
+    assert msg == "nina kit export: organisation 'nope': not in the stack outputs; known slugs: " + ", ".join(ALL) + "\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"environment": "uat",')
+    code, msg = err("--outputs", str(bad), "--all", "--out", out)
+    assert code == 2 and msg.count("\n") == 1 and msg.startswith(f"nina kit export: {bad}: not valid JSON (line 1")
+    code, msg = err("--outputs", str(tmp_path / "missing.json"), "--all", "--out", out)
+    assert code == 2 and "no such file" in msg and msg.count("\n") == 1
+    broken = copy.deepcopy(kit_built.outputs)
+    del broken["tenancies"]["main"]["organisations"]["hospital-b"]["partition_id"]
+    doc.write_text(json.dumps(broken))
+    code, msg = err("--outputs", str(doc), "--all", "--out", out)
+    assert code == 2
+    assert msg == f"nina kit export: {doc}: tenancies.main.organisations.hospital-b.partition_id: missing; expected an integer\n"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, msg = err("--stack", "uat", "--all", "--out", out)
+    assert code == 2 and "not on PATH" in msg and "--outputs -" in msg and msg.count("\n") == 1
+    assert cli.main(["kit", "export", "--outputs", str(doc), "--org", "a", "--all", "--out", out]) == 2
+    assert cli.main(["kit", "export", "--stack", "x", "--outputs", str(doc), "--all", "--out", out]) == 2
+    assert cli.main(["kit", "export", "--outputs", str(doc), "--all"]) == 2
+    assert not Path(out).exists()
+
+
+# --- validation of the outputs -------------------------------------------------------------------
+
+
+def _org(doc, slug="hospital-a", tenancy="main"):
+    return doc["tenancies"][tenancy]["organisations"][slug]
+
+
+MUTATIONS = {
+    "missing-field": (lambda d: _org(d).pop("partition_id"),
+                      "tenancies.main.organisations.hospital-a.partition_id: missing; expected an integer"),
+    "wrong-type": (lambda d: _org(d).__setitem__("partition_id", "0"),
+                   "tenancies.main.organisations.hospital-a.partition_id: is a string; expected an integer"),
+    "bool-not-int": (lambda d: _org(d).__setitem__("num_partitions", True),
+                     "tenancies.main.organisations.hospital-a.num_partitions: is a boolean; expected an integer"),
+    "gpu": (lambda d: _org(d).__setitem__("gpu", "yes"), "tenancies.main.organisations.hospital-a.gpu: is a string; expected true or false"),
+    "partition-range": (lambda d: _org(d).__setitem__("partition_id", 9),
+                        "tenancies.main.organisations.hospital-a.partition_id: 9 must be in 0..3"),
+    "placement": (lambda d: _org(d).__setitem__("placement", "moon"), "tenancies.main.organisations.hospital-a.placement: 'moon' is neither"),
+    "port": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("udp_port", 70000), "tenancies.main.vpn.udp_port: 70000 is not a TCP/UDP port"),
+    "ip": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("public_ip", "example"), "tenancies.main.vpn.public_ip: 'example' is not an IPv4 address"),
+    "fleet": (lambda d: d["tenancies"]["beta"]["superlink"].__setitem__("fleet_address", "10.0.0.1"),
+              "tenancies.beta.superlink.fleet_address: '10.0.0.1' is not an address"),
+    "vpn-null": (lambda d: d["tenancies"]["beta"].__setitem__("vpn", None),
+                 "tenancies.beta.vpn: is null, but organisation 'beta-clinic' is on premise"),
+    "vpn-address-outside": (lambda d: _org(d).__setitem__("vpn_address", "10.9.9.9"),
+                            "tenancies.main.organisations.hospital-a.vpn_address: 10.9.9.9 is outside the tenancy's VPN pool"),
+    "route": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("routes", ["10.200.0.0/24"]),
+              "tenancies.main.vpn.routes: no route covers the SuperLink's internal IP 10.110.0.40"),
+    "ca": (lambda d: d.__setitem__("ca_cert_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+           "ca_cert_pem: is not a usable CA certificate"),
+    "hidden-secrets": (lambda d: d.__setitem__("supernode_private_keys", "[secret]"),
+                       "supernode_private_keys: is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`"),
+    "missing-key": (lambda d: d["supernode_private_keys"].pop("hospital-a"), "supernode_private_keys.hospital-a: missing; the kit of 'hospital-a' needs it"),
+    "missing-map": (lambda d: d.pop("vpn_tls_auth_keys"), "vpn_tls_auth_keys: missing; needed for the kits of beta-clinic, hospital-a, hospital-b, hospital-own"),
+    "held-but-present": (lambda d: d["vpn_client_private_keys"].__setitem__("hospital-own", d["vpn_client_private_keys"]["hospital-a"]),
+                         "vpn_client_private_keys.hospital-own: present, but tenancies.main.organisations.hospital-own.keys_held_by_organisation.vpn is true"),
+    "public-key": (lambda d: _org(d).__setitem__("supernode_public_key_openssh", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"),
+                   "tenancies.main.organisations.hospital-a.supernode_public_key_openssh: flwr 1.25 accepts only NIST-curve ECDSA keys"),
+    "duplicate-slug": (lambda d: d["tenancies"]["beta"]["organisations"].__setitem__("hospital-a", _org(d)),
+                       "tenancies.beta.organisations.hospital-a: slug also used in tenancy 'main'"),
+    "top-level": (lambda d: d.__setitem__("tenancies", []), "tenancies: is a list; expected an object"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_bad_outputs_give_one_error_naming_the_json_path(kit_outputs, name):
+    mutate, message = MUTATIONS[name]
+    mutate(kit_outputs)
+    with pytest.raises(kit.KitError) as info:
+        kit.export_kits(kit_outputs, None, "/nonexistent/never-written")
+    assert len(info.value.problems) == 1, info.value.message()
+    assert info.value.message().startswith(message), info.value.message()
+
+
+CRYPTO_MUTATIONS = {
+    "swapped-supernode-key": (
+        lambda d, b: d["supernode_private_keys"].__setitem__("hospital-a", d["supernode_private_keys"]["hospital-b"]),
+        "hospital-a", "supernode_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.supernode_public_key_openssh"),
+    "pem-not-openssh": (
+        lambda d, b: d["supernode_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-a"]),
+        "hospital-a", "supernode_private_keys.hospital-a: is not an unencrypted OpenSSH private key"),
+    "swapped-vpn-key": (
+        lambda d, b: d["vpn_client_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-b"]),
+        "hospital-a", "vpn_client_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.vpn_client_cert_pem"),
+    "wrong-cn": (
+        lambda d, b: _org(d).__setitem__("vpn_client_cert_pem", _org(d, "hospital-b")["vpn_client_cert_pem"]),
+        "hospital-a", "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: has common name 'hospital-b'"),
+    "other-ca": (
+        lambda d, b: d.__setitem__("ca_cert_pem", b.other_ca),
+        "hospital-a", "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: is not signed by ca_cert_pem"),
+    "tls-auth": (
+        lambda d, b: d["vpn_tls_auth_keys"].__setitem__("main", "-----BEGIN OpenVPN Static key V1-----\nabcd\n-----END OpenVPN Static key V1-----\n"),
+        "hospital-a", "vpn_tls_auth_keys.main: is not an OpenVPN static key"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRYPTO_MUTATIONS))
+def test_keys_and_certificates_are_checked_against_each_other(kit_outputs, kit_fixture_module, name):
+    mutate, slug, message = CRYPTO_MUTATIONS[name]
+
+    class Extra:
+        other_ca = kit_fixture_module.build_outputs([], environment="other").outputs["ca_cert_pem"]
+
+    mutate(kit_outputs, Extra)
+    with pytest.raises(kit.KitError) as info:
+        kit.build_kit(kit_outputs, slug)
+    assert info.value.message().startswith(message), info.value.message()
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, prefix + (i,))
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
+                           max_leaves=4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_damage_is_a_kit_error_never_a_traceback(kit_built, data):
+    doc = copy.deepcopy(kit_built.outputs)
+    paths = [p for p in _paths(doc) if p]
+    path = data.draw(st.sampled_from(paths))
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(JSON_VALUES)
+    slugs = [s for s in ALL if data.draw(st.booleans())] or ["hospital-own"]
+    try:
+        parsed = kit.parse_outputs(doc)
+        for slug in slugs:
+            kit.build_kit(parsed, slug)
+    except kit.KitError as exc:
+        assert exc.problems and all(isinstance(p, str) and m for p, m in exc.problems)
+        assert "Traceback" not in exc.message()

@@ -1,0 +1,93 @@
+"""The deployment plan, as plain data (no Pulumi)."""
+
+from __future__ import annotations
+
+from nina import facts
+from nina.config import load_config
+from nina.plan import build_plan
+
+
+def base(**extra) -> dict:
+    cfg = {
+        "environment": "test",
+        "network": {"admin_cidrs": ["203.0.113.0/24"]},
+        "organisations": [
+            {"slug": "org-a", "name": "A", "placement": "cloud", "cidr": "10.101.0.0/24"},
+            {"slug": "org-b", "name": "B", "placement": "onprem"},
+        ],
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def test_fixed_addresses_are_planned_from_the_config():
+    plan = build_plan(load_config(base()))
+    ips = {h.name: h.fixed_ip for h in plan.hosts}
+    assert ips == {"gateway": "10.100.0.10", "superlink-main": "10.100.0.40", "vpn-main": "10.100.0.70", "supernode-org-a": "10.101.0.10"}
+    assert plan.database_ip == "10.100.0.5"
+    server = next(s for s in plan.segments if s.name == "server")
+    assert server.pool == ("10.100.0.100", "10.100.0.254") and server.gateway_ip == "10.100.0.1"
+
+
+def test_only_cloud_organisations_get_vms_and_segments():
+    plan = build_plan(load_config(base()))
+    assert [s.name for s in plan.segments] == ["server", "org-org-a"]
+    assert [h.org for h in plan.hosts if "supernode" in h.roles] == ["org-a"]
+
+
+def test_superlink_certificate_names_every_address_it_is_dialled_on():
+    plan = build_plan(load_config(base(cloud={"dns_domain": "proj.cloud.edu.au."})))
+    cert = plan.tenancies[0].certificate
+    assert cert.server and cert.common_name == "superlink-main"
+    assert set(cert.ip_addresses) == {"10.100.0.40", "127.0.0.1"}
+    assert set(cert.dns_names) == {"superlink-main", "localhost", "superlink-main.proj.cloud.edu.au"}
+
+
+def test_members_carry_partition_ids_and_count():
+    plan = build_plan(load_config(base()))
+    assert [(m.slug, m.partition_id, m.num_partitions, m.placement) for m in plan.members()] == [
+        ("org-a", 0, 2, "cloud"), ("org-b", 1, 2, "onprem"),
+    ]
+    t = plan.tenancies[0]
+    assert t.fleet_address == f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"
+    assert t.control_address == f"10.100.0.40:{facts.SUPERLINK_CONTROL_PORT}"
+
+
+def test_one_large_vm_carries_the_single_superlink_and_its_state_volume():
+    plan = build_plan(load_config(base(hosts=[{"name": "allinone", "roles": ["bastion", "superlink", "keycloak"], "flavor": "m3.xlarge"}])))
+    (host,) = [h for h in plan.hosts if "superlink" in h.roles]
+    assert host.name == "allinone" and host.tenancy == "main" and host.public
+    assert [v.mount_point for v in host.volumes] == [facts.SUPERLINK_STATE_DIR]
+    assert plan.tenancies[0].superlink_host == "allinone"
+    assert set(host.security_groups) == {"bastion", "keycloak", "managed", "superlink-main"}
+    # Keycloak uses the database: its /32 is the allow-list.
+    assert plan.database_allowed_cidrs == ("10.100.0.10/32",)
+
+
+def test_each_tenancy_has_its_own_superlink_and_fleet_sources():
+    cfg = base()
+    orgs = cfg.pop("organisations")
+    cfg["tenancies"] = [{"name": "t1", "organisations": orgs[:1]}, {"name": "t2", "organisations": orgs[1:]}]
+    plan = build_plan(load_config(cfg))
+    assert [(t.name, t.superlink_ip) for t in plan.tenancies] == [("t1", "10.100.0.40"), ("t2", "10.100.0.41")]
+    fleet = {r.name for r in plan.rules if r.port_min == facts.SUPERLINK_FLEET_PORT}
+    assert fleet == {"org-org-a->superlink-t1-tcp-9092", "vpn-t2->superlink-t2-tcp-9092"}
+    # Only the tenancy with an on-premise organisation gets an OpenVPN server.
+    assert [t.vpn.host if t.vpn else None for t in plan.tenancies] == [None, "vpn-t2"]
+    assert plan.tenancies[1].vpn.pool == plan.cfg.network.vpn_pool_cidr
+    assert [m.num_partitions for t in plan.tenancies for m in t.members] == [1, 1]
+
+
+def test_plan_is_deterministic():
+    assert build_plan(load_config(base())) == build_plan(load_config(base()))
+
+
+def test_vpn_plan_pins_each_onprem_organisation_to_a_fixed_address():
+    plan = build_plan(load_config(base()))
+    (t,) = plan.tenancies
+    assert t.vpn is not None and t.vpn.internal_ip == "10.100.0.70" and t.vpn.server_ip == "192.168.99.1"
+    assert [(m.slug, m.vpn_address) for m in t.members] == [("org-a", None), ("org-b", "192.168.99.11")]
+    assert [(c.common_name, c.server) for c in t.vpn.clients] == [("org-b", False)]
+    vpn_host = plan.host_by_name["vpn-main"]
+    assert vpn_host.public and vpn_host.routed_cidrs == ("192.168.99.0/24",)
+    assert {r.name for r in plan.rules if r.security_group == "vpn-main"} == {"public->vpn-main-udp-1194", "public->vpn-main-tcp-443"}

@@ -1,0 +1,282 @@
+"""The rendering layer (nina.render): units, configs, the admin project and delivery payloads.
+
+Checked with the real tools where there is one: systemd-analyze for units, flwr 1.25's own
+project loader for the admin pyproject, bash for supernode.conf.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nina import facts, render
+from nina.plan import Member
+
+TEMPLATES = Path(render.__file__).parent / "templates"
+CA = "-----BEGIN CERTIFICATE-----\nMIIBdummyCA\n-----END CERTIFICATE-----\n"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
+SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAdummy\n-----END OPENSSH PRIVATE KEY-----\n"
+SSH_PUB = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBdummy\n"
+MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, 3, False)
+
+NO_ARG_RENDERERS = [
+    render.run_superlink_sh, render.superlink_service, render.run_supernode_sh, render.supernode_service,
+    render.install_files_script, render.membership_script, render.prepare_volume_script,
+    render.journald_conf, render.logrotate_conf, render.node_exporter_defaults,
+]
+
+
+def unit_directives(text: str) -> dict[str, list[str]]:
+    """`Key=value` lines of a unit file, keyed `Section.Key` (repeatable keys keep every value)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.setdefault(f"{section}.{key}", []).append(value)
+    return out
+
+
+def test_render_never_imports_pulumi():
+    code = (
+        "import sys, nina.render, cloudinit.userdata\n"
+        "bad = sorted(m for m in sys.modules if m == 'pulumi' or m.startswith('pulumi'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_templates_are_clean_text():
+    """No tabs or trailing blanks (they would force escaped strings in user-data), newline at end."""
+    # The templates nina.render uses (other modules keep theirs in subdirectories).
+    names = sorted(set(re.findall(r'"([\w.-]+\.j2)"', Path(render.__file__).read_text())))
+    assert len(names) >= 12, names
+    for path in (TEMPLATES / n for n in names):
+        text = path.read_text()
+        assert text.endswith("\n"), path.name
+        for n, line in enumerate(text.splitlines(), 1):
+            assert "\t" not in line and line == line.rstrip(), f"{path.name}:{n} has a tab or trailing blank"
+
+
+@pytest.mark.parametrize("fn", NO_ARG_RENDERERS, ids=lambda f: f.__name__)
+def test_renders_deterministically_without_leftovers(fn):
+    first, second = fn(), fn()
+    assert first == second
+    assert first.endswith("\n") and not first.endswith("\n\n")
+    assert "{{" not in first and "{%" not in first
+    assert "PRIVATE KEY-----" not in first
+
+
+def test_superlink_unit():
+    d = unit_directives(render.superlink_service())
+    assert d["Service.User"] == [facts.SERVICE_USERS["superlink"]]
+    assert d["Service.Group"] == [facts.SYSTEM_GROUP]
+    assert d["Service.WorkingDirectory"] == [facts.SUPERLINK_OPT]
+    assert f"PATH={facts.FLOWER_VENV}/bin:/usr/bin:/bin" in d["Service.Environment"]
+    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"]
+    assert d["Service.ExecStart"] == [f"/bin/bash {facts.SUPERLINK_RUN_SCRIPT}"]
+    assert d["Service.Restart"] == ["always"] and d["Service.RestartSec"] == ["5"]
+    assert d["Unit.After"] == ["network-online.target"] and d["Unit.Wants"] == ["network-online.target"]
+    assert d["Unit.RequiresMountsFor"] == [facts.SUPERLINK_STATE_DIR]
+    assert d["Unit.ConditionPathExists"] == [f"{facts.SUPERLINK_CERTS}/{facts.SERVER_KEY_FILE}"]
+    assert d["Install.WantedBy"] == ["multi-user.target"]
+    assert "Install.Alias" not in d
+
+
+def test_supernode_unit():
+    d = unit_directives(render.supernode_service())
+    assert d["Service.User"] == [facts.SERVICE_USERS["supernode"]]
+    assert d["Service.Group"] == [facts.SYSTEM_GROUP]
+    assert d["Service.WorkingDirectory"] == [facts.SUPERNODE_OPT]
+    assert f"PATH={facts.FLOWER_VENV}/bin:/usr/bin:/bin" in d["Service.Environment"]
+    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"]
+    assert d["Service.ExecStart"] == [f"/bin/bash {facts.SUPERNODE_RUN_SCRIPT}"]
+    assert d["Unit.ConditionPathExists"] == [facts.SUPERNODE_CONF]
+    assert d["Service.Restart"] == ["always"]
+    assert "Install.Alias" not in d
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def _verify(tmp_path: Path, name: str, text: str) -> tuple[int, list[str]]:
+    unit = tmp_path / name
+    unit.write_text(text)
+    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    return proc.returncode, (proc.stdout + proc.stderr).splitlines()
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@pytest.mark.parametrize("name, fn", [("superlink.service", render.superlink_service), ("supernode.service", render.supernode_service)])
+def test_systemd_analyze_verify(tmp_path, name, fn):
+    # On systemd 252 (Debian 12 container, systemd not PID 1) `verify` prints nothing and exits 0
+    # for our units: it does not check that User= exists or that RequiresMountsFor= is a mount.
+    # Parse problems (unknown keys, bad values) are printed as "<file>:<line>: ..." but still
+    # exit 0, so the test fails on any line that names our unit. Lines about other units
+    # (distro units pulled in as dependencies on a real host) are ignored.
+    rc, lines = _verify(tmp_path, name, fn())
+    ours = [line for line in lines if name in line]
+    assert rc == 0 and not ours, lines
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+def test_systemd_analyze_catches_broken_unit(tmp_path):
+    """The check above can fail: a typo'd key and a bad value in our unit are reported."""
+    bad = render.superlink_service().replace("RestartSec=5", "RestarSec=5").replace("Restart=always", "Restart=alwayz")
+    rc, lines = _verify(tmp_path, "superlink.service", bad)
+    assert sum("superlink.service" in line for line in lines) >= 2, lines
+
+
+def _source_conf(tmp_path: Path, text: str) -> dict[str, str]:
+    conf = tmp_path / "supernode.conf"
+    conf.write_text(text)
+    keys = ["superlink_server", "superlink_port", "local_address", "local_port", "local_partition",
+            "num_partitions", "client_credentials_key", "client_credentials_pub", "ca_certificate"]
+    script = f'set -eu; source "{conf}"; ' + "; ".join(f'echo "{k}=${k}"' for k in keys)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_supernode_conf_sources_in_bash(tmp_path):
+    text = render.supernode_conf(MEMBER, f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}")
+    assert text.count("\n# ") + text.startswith("# ") >= 5, "keys should be commented (manual 4.1.3.3.1)"
+    assert _source_conf(tmp_path, text) == {
+        "superlink_server": "10.100.0.40",
+        "superlink_port": str(facts.SUPERLINK_FLEET_PORT),
+        "local_address": facts.LOOPBACK,
+        "local_port": str(facts.SUPERNODE_CLIENTAPPIO_PORT),
+        "local_partition": "1",
+        "num_partitions": "3",
+        "client_credentials_key": facts.SUPERNODE_KEY_FILE,
+        "client_credentials_pub": facts.SUPERNODE_PUB_FILE,
+        "ca_certificate": facts.CA_CERT_FILE,
+    }
+
+
+@pytest.mark.parametrize("address", ["10.100.0.40", "10.100.0.40:", "10.100.0.40:99999", "10.0.0.1;rm -rf /:9092", ":9092"])
+def test_supernode_conf_refuses_bad_address(address):
+    with pytest.raises(ValueError, match="superlink address"):
+        render.supernode_conf(MEMBER, address)
+
+
+def test_admin_pyproject_accepted_by_flwr(tmp_path):
+    from flwr.cli.config_utils import load_and_validate, validate_federation_in_project_config
+
+    (tmp_path / "pyproject.toml").write_text(render.admin_app_pyproject("main"))
+    config, errors, warnings = load_and_validate(tmp_path / "pyproject.toml", check_module=False)
+    assert config is not None and errors == [] and warnings == []
+    name, fed = validate_federation_in_project_config(facts.SUPERLINK_ADMIN_FEDERATION, config)
+    assert name == facts.SUPERLINK_ADMIN_FEDERATION
+    assert fed == {
+        "address": f"{facts.LOOPBACK}:{facts.SUPERLINK_CONTROL_PORT}",
+        "root-certificates": f"{facts.SUPERLINK_CERTS}/{facts.CA_CERT_FILE}",
+    }
+    # Without a federation argument the CLI picks the default, which is the same one.
+    assert validate_federation_in_project_config(None, config)[0] == facts.SUPERLINK_ADMIN_FEDERATION
+
+
+def test_admin_pyproject_broken_is_refused_by_flwr(tmp_path):
+    """The loader check above can fail: the same file without [tool.flwr.app] is rejected."""
+    from flwr.cli.config_utils import load_and_validate
+
+    text = render.admin_app_pyproject("main").replace("[tool.flwr.app]\npublisher", "[tool.flwr.other]\npublisher")
+    (tmp_path / "pyproject.toml").write_text(text)
+    config, errors, _ = load_and_validate(tmp_path / "pyproject.toml", check_module=False)
+    assert config is None and errors
+
+
+def test_admin_pyproject_rejects_non_slug():
+    with pytest.raises(ValueError):
+        render.admin_app_pyproject('x"]\n[evil')
+
+
+def _files(payload: str) -> dict[str, dict]:
+    data = json.loads(payload)
+    return {f["path"]: f for f in data["files"]}
+
+
+def test_superlink_delivery(render_plans):
+    tenancy = render_plans["test"].tenancies[0]
+    payload = render.superlink_delivery(tenancy, CA, CERT, KEY)
+    assert payload == render.superlink_delivery(tenancy, CA, CERT, KEY)
+    assert payload == json.dumps(json.loads(payload), sort_keys=True) + "\n"
+    assert json.loads(payload)["restart"] == ["superlink.service"]
+    files = _files(payload)
+    c = facts.SUPERLINK_CERTS
+    sl, g = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
+    expect = {
+        f"{c}/ca.crt": (CA, 0o644, sl, g),
+        f"{c}/server.pem": (CERT, 0o644, sl, g),
+        f"{c}/server.key": (KEY, 0o600, sl, g),
+        facts.LOCAL_CA_TRUST: (CA, 0o644, "root", "root"),
+        f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml": (render.admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+    }
+    assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items()} == expect
+
+
+def test_supernode_delivery(render_plans):
+    plan = render_plans["test"]
+    member = plan.members()[0]
+    address = plan.tenancies[0].fleet_address
+    payload = render.supernode_delivery(member, address, CA, SSH_KEY, SSH_PUB)
+    assert json.loads(payload)["restart"] == ["supernode.service"]
+    files = _files(payload)
+    c, sn = facts.SUPERNODE_CERTS, facts.SERVICE_USERS["supernode"]
+    assert files[f"{c}/{facts.SUPERNODE_KEY_FILE}"]["mode"] == 0o600
+    assert files[f"{c}/{facts.SUPERNODE_KEY_FILE}"]["owner"] == sn
+    assert files[f"{c}/{facts.SUPERNODE_PUB_FILE}"]["content"] == SSH_PUB
+    assert files[f"{c}/{facts.CA_CERT_FILE}"]["content"] == CA
+    assert files[facts.SUPERNODE_CONF]["content"] == render.supernode_conf(member, address)
+    assert files[facts.LOCAL_CA_TRUST]["owner"] == "root"
+    assert "--auth-supernode-public-key" not in payload
+
+
+def test_delivery_refuses_wrong_material(render_plans):
+    tenancy = render_plans["test"].tenancies[0]
+    member = render_plans["test"].members()[0]
+    with pytest.raises(ValueError, match="server key"):
+        render.superlink_delivery(tenancy, CA, CERT, CERT)
+    with pytest.raises(ValueError, match="private key"):
+        # a SEC1 PEM key is refused by flower-supernode (exit 302): only OpenSSH format works
+        render.supernode_delivery(member, tenancy.fleet_address, CA, KEY, SSH_PUB)
+
+
+@pytest.mark.parametrize("path", ["etc/x", "/etc/../root/x", "/etc//x", "/etc/x/", "/"])
+def test_delivered_file_refuses_bad_paths(path):
+    with pytest.raises(ValueError):
+        render.DeliveredFile(path, "x", 0o644, "root", "root")
+
+
+def test_delivery_payload_refuses_duplicates_and_bad_units():
+    f = render.DeliveredFile("/etc/x", "x", 0o644, "root", "root")
+    with pytest.raises(ValueError, match="duplicate"):
+        render.delivery_payload([f, f], [])
+    with pytest.raises(ValueError, match="unit"):
+        render.delivery_payload([f], ["superlink; reboot"])
+
+
+def test_housekeeping_files():
+    import configparser
+
+    journald = configparser.ConfigParser()
+    journald.read_string(render.journald_conf())
+    assert dict(journald["Journal"]) == {
+        "systemmaxuse": facts.JOURNALD_SYSTEM_MAX_USE,
+        "systemkeepfree": facts.JOURNALD_SYSTEM_KEEP_FREE,
+    }
+    args = subprocess.run(["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'], input=render.node_exporter_defaults(),
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert args == [f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}", "--collector.systemd"]
+    logrotate = render.logrotate_conf()
+    body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]
+    assert body[0] == f"{facts.NODE_EXPORTER_LOG} {{" and body[-1] == "}"
+    assert set(body[1:-1]) == {"weekly", "rotate 10", "copytruncate", "compress", "delaycompress", "notifempty", "missingok"}

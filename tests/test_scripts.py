@@ -1,0 +1,663 @@
+"""The rendered programs, run for real: wrapper scripts against flwr 1.25's own argument
+parsers, nina-install-files on a real delivery payload, nina-membership against a fake
+`flwr`, nina-prepare-volume against fake disk tools, plus one end-to-end run of a real
+SuperLink and SuperNode (in a private network namespace) wired by these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nina import facts, render
+from nina.plan import Member
+
+SHELLCHECK = shutil.which("shellcheck")
+CA = "-----BEGIN CERTIFICATE-----\nMIIBdummyCA\n-----END CERTIFICATE-----\n"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
+PUB_A = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBAAAA= org-a\n"
+PUB_B = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBBBBB=\n"
+MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, 3, False)
+SHELL_SCRIPTS = {
+    "run_superlink.sh": render.run_superlink_sh,
+    "run_supernode.sh": render.run_supernode_sh,
+    "nina-prepare-volume": render.prepare_volume_script,
+}
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+# --- static checks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SHELL_SCRIPTS))
+def test_shell_scripts_parse_and_pass_shellcheck(tmp_path, name):
+    script = write(tmp_path / name, SHELL_SCRIPTS[name](), 0o755)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if SHELLCHECK is None:
+        pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
+    proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("fn", [render.install_files_script, render.membership_script], ids=lambda f: f.__name__)
+def test_python_scripts_use_only_the_stdlib(tmp_path, fn):
+    # -I -S: no site-packages and no user paths, as with the host's bare python3.
+    script = write(tmp_path / "prog", fn(), 0o755)
+    assert script.read_text().startswith("#!/usr/bin/python3\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", str(script), "--help"], capture_output=True, text=True, input="")
+    assert proc.returncode in (0, 2) and "usage" in (proc.stdout + proc.stderr).lower(), proc.stderr
+
+
+# --- wrapper scripts against flwr 1.25's own parsers --------------------------------------
+
+SHIM = """#!{python}
+import json, os, sys
+from {module} import {func} as make_parser
+args = make_parser().parse_args(sys.argv[1:])  # exits 2 on an unknown flag, like the real program
+env = {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME", "PATH")}}
+print("SHIM " + json.dumps({{"args": vars(args), "env": env}}, default=str))
+"""
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    """A venv whose activate is empty and whose flower-* programs only parse their arguments."""
+    venv = tmp_path / "venv"
+    write(venv / "bin" / "activate", "")
+    write(venv / "bin" / "flower-superlink",
+          SHIM.format(python=sys.executable, module="flwr.server.app", func="_parse_args_run_superlink"), 0o755)
+    write(venv / "bin" / "flower-supernode",
+          SHIM.format(python=sys.executable, module="flwr.supernode.cli.flower_supernode", func="_parse_args_run_supernode"), 0o755)
+    return venv
+
+
+def run_wrapper(tmp_path, text, env):
+    script = write(tmp_path / "wrapper.sh", text, 0o755)
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", str(script)], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    parsed = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("SHIM ")]
+    return proc, (parsed[0] if parsed else None)
+
+
+def test_superlink_command_line_parses_in_flwr(tmp_path, fake_venv):
+    conf, state, home = tmp_path / "conf", tmp_path / "state", tmp_path / "home"
+    env = {"PYTHONENV": str(fake_venv), "CONF_DIR": str(conf), "STATE_DIR": str(state), "FLWR_HOME": str(home)}
+    proc, out = run_wrapper(tmp_path, render.run_superlink_sh(), env)
+    assert proc.returncode == 0, proc.stderr
+    args = out["args"]
+    assert args["ssl_ca_certfile"] == f"{conf}/certs/{facts.CA_CERT_FILE}"
+    assert args["ssl_certfile"] == f"{conf}/certs/{facts.SERVER_CERT_FILE}"
+    assert args["ssl_keyfile"] == f"{conf}/certs/{facts.SERVER_KEY_FILE}"
+    assert args["enable_supernode_auth"] is True and args["insecure"] is False
+    assert args["auth_list_public_keys"] is None
+    assert args["database"] == f"{state}/superlink_state.db"
+    assert args["serverappio_api_address"] == f"127.0.0.1:{facts.SUPERLINK_SERVERAPPIO_PORT}"
+    assert args["fleet_api_address"] == f"0.0.0.0:{facts.SUPERLINK_FLEET_PORT}"
+    assert args["control_api_address"] == f"0.0.0.0:{facts.SUPERLINK_CONTROL_PORT}"
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert out["env"]["FLWR_HOME"] == str(home) and home.is_dir()
+    assert out["env"]["PATH"].split(":")[0] == f"{fake_venv}/bin"
+
+
+def test_superlink_defaults_are_the_manual_layout(tmp_path, fake_venv):
+    env = {"PYTHONENV": str(fake_venv), "FLWR_HOME": str(tmp_path / "home")}
+    proc, out = run_wrapper(tmp_path, render.run_superlink_sh(), env)
+    assert proc.returncode == 0, proc.stderr
+    assert out["args"]["ssl_keyfile"] == f"{facts.SUPERLINK_CERTS}/{facts.SERVER_KEY_FILE}"
+    assert out["args"]["database"] == facts.SUPERLINK_STATE_DB
+
+
+def test_superlink_wrong_flag_is_rejected_by_flwr(tmp_path, fake_venv):
+    """The parser check can fail: a flag flwr does not know makes it exit 2."""
+    bad = render.run_superlink_sh().replace("--enable-supernode-auth", "--enable-supernode-authentication")
+    proc, out = run_wrapper(tmp_path, bad, {"PYTHONENV": str(fake_venv), "FLWR_HOME": str(tmp_path / "h")})
+    assert proc.returncode == 2 and out is None and "unrecognized arguments" in proc.stderr
+
+
+def supernode_env(tmp_path, fake_venv, conf_text):
+    conf = tmp_path / "conf"
+    if conf_text is not None:
+        write(conf / "supernode.conf", conf_text)
+    return conf, {"PYTHONENV": str(fake_venv), "CONF_DIR": str(conf), "FLWR_HOME": str(tmp_path / "home")}
+
+
+def test_supernode_command_line_parses_in_flwr(tmp_path, fake_venv):
+    from flwr.common.config import parse_config_args
+
+    conf, env = supernode_env(tmp_path, fake_venv, render.supernode_conf(MEMBER, f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"))
+    proc, out = run_wrapper(tmp_path, render.run_supernode_sh(), env)
+    assert proc.returncode == 0, proc.stderr
+    args = out["args"]
+    assert args["root_certificates"] == f"{conf}/certs/{facts.CA_CERT_FILE}"
+    assert args["superlink"] == f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"
+    assert args["clientappio_api_address"] == f"127.0.0.1:{facts.SUPERNODE_CLIENTAPPIO_PORT}"
+    assert args["node_config"] == "partition-id=1 num-partitions=3"
+    assert parse_config_args([args["node_config"]]) == {"partition-id": 1, "num-partitions": 3}
+    assert args["auth_supernode_private_key"] == f"{conf}/certs/{facts.SUPERNODE_KEY_FILE}"
+    assert args["auth_supernode_public_key"] is None and args["insecure"] is False
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert "Partition id: 1 num-partitions: 3" in proc.stdout
+
+
+def test_supernode_wrong_flag_is_rejected_by_flwr(tmp_path, fake_venv):
+    _, env = supernode_env(tmp_path, fake_venv, render.supernode_conf(MEMBER, "10.100.0.40:9092"))
+    bad = render.run_supernode_sh().replace("--clientappio-api-address", "--clientapp-address")
+    proc, out = run_wrapper(tmp_path, bad, env)
+    assert proc.returncode == 2 and out is None
+
+
+def test_supernode_without_conf_fails_clearly(tmp_path, fake_venv):
+    _, env = supernode_env(tmp_path, fake_venv, None)
+    proc, out = run_wrapper(tmp_path, render.run_supernode_sh(), env)
+    assert proc.returncode == 1 and out is None and "supernode.conf is missing" in proc.stderr
+    conf_text = render.supernode_conf(MEMBER, "10.100.0.40:9092").replace("local_partition=1", "local_partition=")
+    _, env = supernode_env(tmp_path, fake_venv, conf_text)
+    proc, out = run_wrapper(tmp_path, render.run_supernode_sh(), env)
+    assert proc.returncode == 1 and "local_partition is not set" in proc.stderr
+
+
+# --- nina-install-files ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def installer(tmp_path):
+    script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(), 0o755)
+    calls = tmp_path / "calls.log"
+    fake = write(tmp_path / "bin" / "fake-cmd", f"#!/bin/sh\necho \"$*\" >> {calls}\n", 0o755)
+
+    def run(payload: str, *args: str, fake_commands: bool = False):
+        env = dict(os.environ)
+        env.pop("NINA_SYSTEMCTL", None)
+        env.pop("NINA_UPDATE_CA_CERTIFICATES", None)
+        if fake_commands:
+            env.update(NINA_SYSTEMCTL=f"{fake} systemctl", NINA_UPDATE_CA_CERTIFICATES=f"{fake} update-ca-certificates")
+        return subprocess.run([sys.executable, str(script), *args], input=payload, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    run.calls = calls
+    return run
+
+
+def _expected_uid(user: str) -> int:
+    """Under --root an unknown user maps to the caller; a non-root caller always keeps its uid."""
+    if os.geteuid() != 0:
+        return os.getuid()
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return os.getuid()
+
+
+def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
+    payload = render.superlink_delivery(render_plans["test"].tenancies[0], CA, CERT, KEY)
+    root = tmp_path / "root"
+    first = installer(payload, "--root", str(root))
+    assert first.returncode == 0, first.stderr
+    assert "5 changed, 0 unchanged" in first.stdout
+    for f in json.loads(payload)["files"]:
+        target = root / f["path"].lstrip("/")
+        st = target.stat()
+        assert target.read_text() == f["content"]
+        assert stat.S_IMODE(st.st_mode) == f["mode"], f["path"]
+        assert st.st_uid == _expected_uid(f["owner"]), f["path"]
+    key = root / facts.SUPERLINK_CERTS.lstrip("/") / facts.SERVER_KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not [p for p in key.parent.iterdir() if p.name.startswith(".nina-install-")]  # no temp files left
+    assert "skipped under --root: systemctl restart superlink.service" in first.stdout
+
+    second = installer(payload, "--root", str(root))
+    assert second.returncode == 0 and "0 changed, 5 unchanged" in second.stdout
+    assert "wrote" not in second.stdout and "systemctl" not in second.stdout
+
+    key.chmod(0o644)  # a mode drift is repaired
+    third = installer(payload, "--root", str(root))
+    assert "1 changed, 4 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_install_files_runs_units_only_on_change(tmp_path, installer, render_plans):
+    tenancy = render_plans["test"].tenancies[0]
+    root = tmp_path / "root"
+    first = installer(render.superlink_delivery(tenancy, CA, CERT, KEY), "--root", str(root), fake_commands=True)
+    assert first.returncode == 0, first.stderr
+    assert installer.calls.read_text().splitlines() == [
+        "systemctl daemon-reload",
+        "update-ca-certificates",
+        "systemctl enable superlink.service",
+        "systemctl restart superlink.service",
+    ]
+    installer.calls.unlink()
+    installer(render.superlink_delivery(tenancy, CA, CERT, KEY), "--root", str(root), fake_commands=True)
+    assert not installer.calls.exists()
+    # A new server certificate (same CA): restart, but no update-ca-certificates.
+    renewed = render.superlink_delivery(tenancy, CA, CERT.replace("LEAF", "LEAF2"), KEY)
+    assert installer(renewed, "--root", str(root), fake_commands=True).returncode == 0
+    assert installer.calls.read_text().splitlines() == [
+        "systemctl daemon-reload", "systemctl enable superlink.service", "systemctl restart superlink.service"]
+
+
+def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans):
+    payload = render.superlink_delivery(render_plans["test"].tenancies[0], CA, CERT, KEY)
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = installer(payload, "--root", str(root), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert list(root.iterdir()) == []
+    assert proc.stdout.count("would write") == 5
+    assert "would run update-ca-certificates" in proc.stdout
+    assert "would run systemctl restart superlink.service" in proc.stdout
+    # Even with real commands configured, a dry run runs none of them.
+    proc = installer(payload, "--root", str(root), "--dry-run", fake_commands=True)
+    assert proc.returncode == 0 and list(root.iterdir()) == [] and not installer.calls.exists()
+
+
+def _payload(path: str, owner: str = "root") -> str:
+    return json.dumps({"files": [{"path": path, "content": "x\n", "mode": 0o644, "owner": owner, "group": "root"}],
+                       "restart": []})
+
+
+@pytest.mark.parametrize("path", ["/etc/../escape", "relative/file", "/etc/./x", "/"])
+def test_install_files_refuses_bad_paths(tmp_path, installer, path):
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = installer(_payload(path), "--root", str(root))
+    assert proc.returncode == 2 and "nothing was written" in proc.stderr
+    assert list(root.iterdir()) == [] and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("bad", ["not json", "[]", '{"files": [{"path": "/x"}], "restart": []}',
+                                 '{"files": [], "restart": ["foo; reboot"]}'])
+def test_install_files_refuses_bad_payloads(tmp_path, installer, bad):
+    proc = installer(bad, "--root", str(tmp_path))
+    assert proc.returncode == 2 and "error" in proc.stderr
+
+
+def test_install_files_without_root_refuses_unknown_owner(tmp_path, installer):
+    target = tmp_path / "real" / "file"
+    proc = installer(_payload(str(target), owner="nina-no-such-user"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not target.exists()
+
+
+# --- nina-membership against a fake flwr ----------------------------------------------------
+
+FAKE_FLWR = '''#!{python}
+"""Behaves like flwr 1.25's `flwr supernode register|unregister ... --format json`."""
+import json, os, sys
+state_file = {state!r}
+state = json.load(open(state_file)) if os.path.exists(state_file) else {{"next": 1001, "nodes": {{}}, "calls": []}}
+argv = sys.argv[1:]
+state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}},
+                        "key": open(argv[2]).read() if argv[1] == "register" else None}})
+mode = os.environ.get("FAKE_MODE", "ok")
+out = None
+if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
+    out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Connection to the SuperLink is unavailable. Please check your network connection and 'address' in the federation configuration.\\n\\n"}}
+elif mode == "refuse":
+    out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n The provided public key is invalid.\\n\\n"}}
+elif argv[1] == "register":
+    node_id = state["next"]; state["next"] += 1
+    state["nodes"][str(node_id)] = open(argv[2]).read()
+    out = {{"success": True, "node-id": node_id}}
+elif argv[1] == "unregister":
+    if state["nodes"].pop(argv[2], None) is None:
+        out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Node ID not found for this account.\\n\\n"}}
+    else:
+        out = {{"success": True, "node-id": int(argv[2])}}
+json.dump(state, open(state_file, "w"))
+print(json.dumps(out, indent=2))  # rich prints it over several lines
+sys.exit(0)  # flwr 1.25 exits 0 even when it printed an error
+'''
+
+
+@pytest.fixture
+def membership(tmp_path):
+    script = write(tmp_path / "nina-membership", render.membership_script(), 0o755)
+    state = tmp_path / "fake-flwr.json"
+    flwr = write(tmp_path / "flwr", FAKE_FLWR.format(python=sys.executable, state=str(state)), 0o755)
+    members = tmp_path / "members"
+
+    def run(*args: str, stdin: str = "", **env: str):
+        full = {**os.environ, "NINA_FLWR": str(flwr), "NINA_MEMBERS_DIR": str(members),
+                "NINA_ADMIN_APP": str(tmp_path / "admin-app"), "NINA_FLWR_HOME": str(tmp_path / "flwr-home"),
+                "NINA_RETRY_INTERVAL": "0.05", **env}
+        proc = subprocess.run([sys.executable, str(script), *args], input=stdin, env=full,
+                              capture_output=True, text=True, timeout=60)
+        result = json.loads(proc.stdout) if proc.returncode == 0 else None
+        return proc, result
+
+    def calls():
+        return json.loads(state.read_text())["calls"] if state.exists() else []
+
+    run.calls, run.members, run.app = calls, members, str(tmp_path / "admin-app")
+    return run
+
+
+def test_membership_register_is_idempotent(membership):
+    proc, out = membership("register", "org-a", stdin=PUB_A)
+    assert proc.returncode == 0, proc.stderr
+    assert out == {"slug": "org-a", "node-id": "1001", "changed": True}
+    [call] = membership.calls()
+    assert call["argv"][:2] == ["supernode", "register"]
+    assert call["argv"][3:] == [membership.app, facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json"]
+    assert call["key"] == PUB_A
+    assert call["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and call["env"]["FLWR_HOME"].endswith("flwr-home")
+    assert (membership.members / "org-a.node_id").read_text() == "1001\n"
+    assert (membership.members / "org-a.pub").read_text() == PUB_A
+    assert not list(membership.members.glob("*pending*"))
+
+    proc, out = membership("register", "org-a", stdin=PUB_A)
+    assert proc.returncode == 0 and out["changed"] is False and out["node-id"] == "1001"
+    assert len(membership.calls()) == 1  # nothing ran
+
+    proc, out = membership("list")
+    assert out == {"members": [{"slug": "org-a", "node-id": "1001"}]}
+
+
+def test_membership_key_change_replaces_node(membership):
+    membership("register", "org-a", stdin=PUB_A)
+    proc, out = membership("register", "org-a", stdin=PUB_B)
+    assert proc.returncode == 0, proc.stderr
+    assert out == {"slug": "org-a", "node-id": "1002", "changed": True}
+    calls = membership.calls()
+    assert [c["argv"][1] for c in calls] == ["register", "unregister", "register"]
+    assert calls[1]["argv"][2] == "1001" and calls[2]["key"] == PUB_B
+    assert (membership.members / "org-a.pub").read_text() == PUB_B
+
+
+def test_membership_unregister(membership):
+    membership("register", "org-a", stdin=PUB_A)
+    proc, out = membership("unregister", "org-a")
+    assert proc.returncode == 0 and out == {"slug": "org-a", "node-id": "1001", "changed": True}
+    assert membership.calls()[-1]["argv"][:3] == ["supernode", "unregister", "1001"]
+    assert not (membership.members / "org-a.node_id").exists() and not (membership.members / "org-a.pub").exists()
+    n = len(membership.calls())
+    proc, out = membership("unregister", "org-a")  # unknown now: fine, and flwr is not asked
+    assert proc.returncode == 0 and out["changed"] is False and len(membership.calls()) == n
+
+
+def test_membership_unregister_of_node_already_gone(membership):
+    membership.members.mkdir()
+    (membership.members / "org-x.node_id").write_text("4242\n")
+    (membership.members / "org-x.pub").write_text(PUB_A)
+    proc, out = membership("unregister", "org-x")
+    assert proc.returncode == 0 and out["node-id"] == "4242"
+    assert "already unregistered" in proc.stderr and not (membership.members / "org-x.node_id").exists()
+
+
+def test_membership_fails_on_success_false_with_exit_0(membership):
+    proc, out = membership("register", "org-a", stdin=PUB_A, FAKE_MODE="refuse")
+    assert proc.returncode == 1 and out is None
+    assert "public key is invalid" in proc.stderr
+    assert not (membership.members / "org-a.node_id").exists() and not list(membership.members.glob("*.pub"))
+
+
+def test_membership_waits_for_control_api(membership):
+    proc, out = membership("register", "org-a", stdin=PUB_A, FAKE_MODE="unavailable:2")
+    assert proc.returncode == 0, proc.stderr
+    assert out["node-id"] == "1001" and len(membership.calls()) == 3
+    assert proc.stderr.count("Control API not ready") == 2
+
+
+def test_membership_gives_up_when_control_api_stays_down(membership):
+    start = time.monotonic()
+    proc, _ = membership("register", "org-a", stdin=PUB_A, FAKE_MODE="unavailable:1000", NINA_CONTROL_WAIT="0.5")
+    assert proc.returncode == 1 and "unavailable" in proc.stderr
+    assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("args, stdin", [
+    (("register", "Org_A"), PUB_A),
+    (("register", "org-a"), "-----BEGIN PUBLIC KEY-----\nMHY=\n-----END PUBLIC KEY-----\n"),
+    (("register", "org-a"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdummy\n"),
+    (("register", "org-a"), PUB_A + PUB_B),
+    (("frobnicate", "org-a"), ""),
+    ((), ""),
+])
+def test_membership_refuses_bad_input(membership, args, stdin):
+    proc, _ = membership(*args, stdin=stdin)
+    assert proc.returncode == 2, proc.stderr
+    assert membership.calls() == []
+
+
+# --- nina-prepare-volume against fake disk tools -------------------------------------------
+
+FAKE_TOOL = """#!/bin/bash
+echo "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"
+case "$(basename "$0")" in
+  blkid)
+    if [ -f "$FAKE_DIR/fs" ]; then cat "$FAKE_DIR/fs"; else exit 2; fi ;;
+  mkfs.ext4)
+    printf 'UUID=6f1e2d3c-aaaa-bbbb-cccc-0123456789ab\\nTYPE=ext4\\n' > "$FAKE_DIR/fs" ;;
+  mountpoint)
+    [ -f "$FAKE_DIR/mounted" ] || exit 1 ;;
+  mount)
+    touch "$FAKE_DIR/mounted" ;;
+esac
+exit 0
+"""
+VOLUME_ID = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
+
+
+@pytest.fixture
+def prepare_volume(tmp_path):
+    script = write(tmp_path / "nina-prepare-volume", render.prepare_volume_script(), 0o755)
+    fake_bin = tmp_path / "fakebin"
+    for tool in ("blkid", "mkfs.ext4", "mount", "mountpoint", "systemctl", "chown"):
+        write(fake_bin / tool, FAKE_TOOL, 0o755)
+    by_id = tmp_path / "by-id"
+    device = write(tmp_path / "dev" / "vdb", "")
+    fstab = write(tmp_path / "fstab", "LABEL=cloudimg-rootfs / ext4 discard,errors=remount-ro 0 1\n")
+    mnt = tmp_path / "mnt" / "state"
+
+    def attach():
+        by_id.mkdir(exist_ok=True)
+        (by_id / f"virtio-{VOLUME_ID[:20]}").symlink_to(device)
+
+    def run(volume_id=VOLUME_ID, wait="3"):
+        env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+               "NINA_BY_ID_PREFIX": f"{by_id}/virtio-", "NINA_FSTAB": str(fstab), "NINA_VOLUME_WAIT": wait}
+        return subprocess.run(["bash", str(script), volume_id, str(mnt), "superlink"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def calls():
+        log = tmp_path / "calls.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    run.attach, run.calls, run.fstab, run.mnt, run.device, run.fs = attach, calls, fstab, mnt, device, tmp_path / "fs"
+    return run
+
+
+def test_prepare_volume_formats_once_and_mounts(prepare_volume):
+    prepare_volume.attach()
+    first = prepare_volume()
+    assert first.returncode == 0, first.stderr
+    calls = prepare_volume.calls()
+    assert f"mkfs.ext4 -q -L state {prepare_volume.device}" in calls
+    assert f"mount {prepare_volume.device} {prepare_volume.mnt}" in calls
+    assert f"chown superlink:{facts.SYSTEM_GROUP} {prepare_volume.mnt}" in calls
+    assert "systemctl daemon-reload" in calls
+    lines = prepare_volume.fstab.read_text().splitlines()
+    assert lines[1] == (f"UUID=6f1e2d3c-aaaa-bbbb-cccc-0123456789ab {prepare_volume.mnt} ext4 "
+                        f"defaults,nofail,x-systemd.device-timeout={facts.VOLUME_DEVICE_TIMEOUT} 0 2")
+    assert prepare_volume.mnt.is_dir()
+
+    n = len(calls)
+    second = prepare_volume()
+    assert second.returncode == 0, second.stderr
+    again = prepare_volume.calls()[n:]
+    assert not any(c.startswith(("mkfs", "mount ", "systemctl")) for c in again), again
+    assert len(prepare_volume.fstab.read_text().splitlines()) == 2
+
+
+def test_prepare_volume_never_reformats(prepare_volume):
+    prepare_volume.attach()
+    prepare_volume.fs.write_text("UUID=11111111-2222-3333-4444-555555555555\nTYPE=xfs\n")
+    proc = prepare_volume()
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c.startswith("mkfs") for c in prepare_volume.calls())
+    assert " xfs defaults,nofail" in prepare_volume.fstab.read_text()
+
+
+def test_prepare_volume_leaves_partitioned_disk_alone(prepare_volume):
+    prepare_volume.attach()
+    prepare_volume.fs.write_text("PTUUID=abcd\nPTTYPE=gpt\n")
+    proc = prepare_volume()
+    assert proc.returncode == 1 and "not touching it" in proc.stderr
+    assert not any(c.startswith(("mkfs", "mount")) for c in prepare_volume.calls())
+
+
+def test_prepare_volume_times_out_without_disk(prepare_volume):
+    proc = prepare_volume(wait="1")
+    assert proc.returncode == 1 and VOLUME_ID in proc.stderr and "did not appear" in proc.stderr
+
+
+def test_prepare_volume_refuses_odd_volume_id(prepare_volume):
+    proc = prepare_volume(volume_id="../../etc")
+    assert proc.returncode == 2
+
+
+# --- end to end: real SuperLink and SuperNode from these files ------------------------------
+
+E2E_DRIVER = r'''
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+cfg = json.loads(sys.argv[1])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+root, venv = Path(cfg["root"]), cfg["venv"]
+procs, result = [], {}
+def start(script, env, log):
+    return subprocess.Popen(["bash", script], env={**os.environ, **env}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+try:
+    procs.append(start(cfg["superlink_sh"], cfg["superlink_env"], root / "superlink.log"))
+    reg = subprocess.run([sys.executable, cfg["membership"], "register", "org-a"], input=cfg["pub"],
+                         env={**os.environ, **cfg["membership_env"]}, capture_output=True, text=True, timeout=120)
+    result["register"] = [reg.returncode, reg.stdout, reg.stderr]
+    procs.append(start(cfg["supernode_sh"], cfg["supernode_env"], root / "supernode.log"))
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        ls = subprocess.run([venv + "/bin/flwr", "supernode", "ls", cfg["app"], "local", "--format", "json"],
+                            capture_output=True, text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        result["ls"] = ls.stdout
+        if '"online"' in ls.stdout:
+            break
+        time.sleep(1)
+    unreg = subprocess.run([sys.executable, cfg["membership"], "unregister", "org-a"],
+                           env={**os.environ, **cfg["membership_env"]}, capture_output=True, text=True, timeout=120)
+    result["unregister"] = [unreg.returncode, unreg.stdout, unreg.stderr]
+finally:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except Exception:
+            os.killpg(p.pid, signal.SIGKILL)
+    result["superlink_log"] = (root / "superlink.log").read_text()[-3000:]
+    result["supernode_log"] = (root / "supernode.log").read_text()[-3000:] if (root / "supernode.log").exists() else ""
+print("RESULT " + json.dumps(result))
+'''
+
+
+def _real_keys():
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    later = now + datetime.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nina test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(later)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA384()))
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink-main")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now).not_valid_after(later)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(facts.LOOPBACK))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    node = ec.generate_private_key(ec.SECP384R1())
+    pem = serialization.Encoding.PEM
+    return {
+        "ca": ca.public_bytes(pem).decode(),
+        "cert": cert.public_bytes(pem).decode(),
+        "key": key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode(),
+        "node_key": node.private_bytes(pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode(),
+        "node_pub": node.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + "\n",
+    }
+
+
+def _netns_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `unshare -n` (a private network namespace for ports 9091-9094)")
+def test_end_to_end_real_flower(tmp_path, render_plans):
+    """Deliver with nina-install-files, start the rendered SuperLink, register with nina-membership,
+    start the rendered SuperNode: it must come online with the delivered key; then unregister."""
+    keys = _real_keys()
+    plan = render_plans["test"]
+    tenancy = plan.tenancies[0]
+    member = tenancy.members[0]
+    root = tmp_path / "root"
+    installer = write(tmp_path / "nina-install-files", render.install_files_script(), 0o755)
+    payloads = [
+        render.superlink_delivery(tenancy, keys["ca"], keys["cert"], keys["key"]),
+        render.supernode_delivery(member, f"{facts.LOOPBACK}:{facts.SUPERLINK_FLEET_PORT}", keys["ca"], keys["node_key"], keys["node_pub"]),
+    ]
+    for payload in payloads:
+        subprocess.run([sys.executable, str(installer), "--root", str(root)], input=payload, text=True,
+                       check=True, capture_output=True)
+    app = root / facts.SUPERLINK_ADMIN_APP.lstrip("/")
+    pyproject = app / "pyproject.toml"
+    # The delivered project names the host's CA path; point it at the test root.
+    pyproject.write_text(pyproject.read_text().replace(f'"{facts.SUPERLINK_CERTS}/', f'"{root}{facts.SUPERLINK_CERTS}/'))
+    venv = sys.prefix
+    cfg = {
+        "root": str(tmp_path), "venv": venv, "app": str(app), "pub": keys["node_pub"],
+        "superlink_sh": str(write(tmp_path / "run_superlink.sh", render.run_superlink_sh(), 0o755)),
+        "supernode_sh": str(write(tmp_path / "run_supernode.sh", render.run_supernode_sh(), 0o755)),
+        "membership": str(write(tmp_path / "nina-membership", render.membership_script(), 0o755)),
+        "superlink_env": {"PYTHONENV": venv, "CONF_DIR": f"{root}{facts.SUPERLINK_ETC}",
+                          "STATE_DIR": str(tmp_path / "state"), "FLWR_HOME": str(tmp_path / "state" / "flwr-home")},
+        "supernode_env": {"PYTHONENV": venv, "CONF_DIR": f"{root}{facts.SUPERNODE_ETC}", "FLWR_HOME": str(tmp_path / "sn-home")},
+        "membership_env": {"NINA_FLWR": f"{venv}/bin/flwr", "NINA_MEMBERS_DIR": str(tmp_path / "state" / "members"),
+                           "NINA_ADMIN_APP": str(app), "NINA_FLWR_HOME": str(tmp_path / "admin-home"),
+                           "NINA_RETRY_INTERVAL": "1", "NINA_CONTROL_WAIT": "60"},
+    }
+    driver = write(tmp_path / "driver.py", E2E_DRIVER)
+    proc = subprocess.run(["unshare", "-n", sys.executable, str(driver), json.dumps(cfg)],
+                          capture_output=True, text=True, timeout=150)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0][7:])
+    rc, out, err = result["register"]
+    assert rc == 0, (err, result["superlink_log"])
+    node_id = json.loads(out)["node-id"]
+    ls = json.loads(result["ls"])
+    assert any(n["node-id"] == node_id and n["status"] == "online" for n in ls["nodes"]), (result["ls"], result["supernode_log"])
+    assert (tmp_path / "state" / "superlink_state.db").is_file()
+    rc, out, err = result["unregister"]
+    assert rc == 0 and json.loads(out)["node-id"] == node_id, err

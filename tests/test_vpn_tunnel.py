@@ -1,0 +1,244 @@
+"""The OpenVPN hub for real: rendered configs, real openvpn 2.6, real iptables, in network
+namespaces (tests/vpnlab.py), with certificates from nina.localpki.
+
+Every test delivers the hub's payload with the real `nina-install-files --root`, runs the
+rendered `nina-vpn-forwarding` inside the server namespace (it finds the internal interface
+itself) and starts both server instances from the delivered configs. Clients use the
+rendered client.conf with paths rewritten into a temp dir. Bounded: every command has a
+timeout, the lab fixture always kills its processes and deletes its namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from vpnlab import Client, VpnLab, wait_for
+
+from nina import facts, render, vpn
+from nina.config import load_config
+from nina.plan import TenancyPlan, build_plan
+
+pytestmark = pytest.mark.slow
+
+READY = "Initialization Sequence Completed"
+CCD = facts.OPENVPN_CCD_DIR
+FLEET, CONTROL = facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT
+ORG_PORT = 7000  # a listener on each organisation's tunnel address (should be unreachable from others)
+
+
+@dataclass
+class Hub:
+    lab: VpnLab
+    tenancy: TenancyPlan
+    pki: dict
+    deliver_log: Path
+    servers: dict
+
+    @property
+    def vpn(self):
+        return self.tenancy.vpn
+
+    def member(self, slug: str):
+        return next(m for m in self.tenancy.members if m.slug == slug)
+
+    def client_files(self, slug: str, cert_key: tuple[str, str] | None = None) -> dict[str, bytes]:
+        cert, key = cert_key or self.pki["clients"][slug]
+        paths = vpn.client_certs_paths(slug)
+        return {paths["ca"]: self.pki["ca"].encode(), paths["cert"]: cert.encode(), paths["key"]: key.encode(),
+                paths["tls_auth"]: self.pki["tls_auth"].encode()}
+
+    def connect_client(self, client: Client, slug: str | None = None, cert_key=None, name: str | None = None):
+        slug = slug or client.name
+        conf = vpn.client_conf(slug, self.vpn.certificate.common_name, client.public_ip,
+                               facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
+        return self.lab.start_client(client, conf, self.client_files(slug, cert_key), name=name)
+
+    def tunnel_address(self, client: Client) -> list[str]:
+        return self.lab.addresses(client.ns).get("tap0", [])
+
+    def start_servers(self) -> None:
+        root = self.lab.server_root
+        for name, path in (("server", facts.OPENVPN_SERVER_CONF), ("server-tcp", facts.OPENVPN_TCP_SERVER_CONF)):
+            self.lab.stop(self.servers.get(name))
+            self.servers[name] = self.lab.start_server(name, (root / path.lstrip("/")).read_text())
+        for name, proc in self.servers.items():
+            assert wait_for(proc, READY, 10), (name, proc.output()[-2000:])
+
+
+def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProcess:
+    """The real nina-install-files, into the lab's server root; systemctl is a recorder."""
+    script = lab.workdir / "nina-install-files"
+    script.write_text(render.install_files_script())
+    fake = lab.workdir / "fake-systemctl"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "NINA_SYSTEMCTL": str(fake), "NINA_UPDATE_CA_CERTIFICATES": str(fake)}
+    proc = subprocess.run([sys.executable, str(script), "--root", str(lab.server_root)], input=payload, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def start_hub(vpn_lab, tenancy: TenancyPlan, pki: dict) -> Hub:
+    v = tenancy.vpn
+    lab = vpn_lab(v)
+    hub = Hub(lab, tenancy, pki, lab.workdir / "systemctl-calls.log", {})
+    deliver(lab, vpn.vpn_delivery(v, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_auth"]),
+            hub.deliver_log)
+    fwd = lab.run_forwarding(vpn.forwarding_script(v))
+    assert fwd.returncode == 0, fwd.stderr
+    assert f"internal interface (route to the SuperLink {v.superlink_ip}): {lab.internal_if}" in fwd.stdout
+    lab.start_listener(FLEET, CONTROL)
+    hub.start_servers()
+    return hub
+
+
+def rules(lab: VpnLab) -> str:
+    return lab.run("iptables", "-w", "-S", ns=lab.srv).stdout + lab.run("iptables", "-w", "-t", "nat", "-S", ns=lab.srv).stdout
+
+
+def drop_counter(lab: VpnLab, rule_index: int) -> int:
+    chain = facts.VPN_IPTABLES_CHAINS["forward"]
+    out = lab.run("iptables", "-w", "-L", chain, "-v", "-x", "-n", ns=lab.srv).stdout.splitlines()
+    return int(out[2 + rule_index].split()[0])
+
+
+def test_udp_client_gets_its_address_and_only_the_fleet_api(vpn_lab, vpn_tenancy, vpn_pki):
+    """(a) fixed address over UDP; (b) Fleet API reached, masqueraded; (c) nothing else; the
+    forwarding script found the internal interface, set ip_forward and is idempotent."""
+    started = time.monotonic()
+    hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
+    lab, v = hub.lab, hub.vpn
+    org = next(m for m in vpn_tenancy.members if m.vpn_address)
+    client = lab.add_client(org.slug)
+    proc = hub.connect_client(client)
+    assert wait_for(proc, READY, 15), proc.output()[-3000:]
+
+    # (a) exactly its fixed address, over UDP, with the route to the server segment via the hub
+    assert "UDPv4 link remote" in proc.output()
+    assert hub.tunnel_address(client) == [f"{org.vpn_address}/{v.pool.prefixlen}"]
+    routes = lab.run("ip", "-4", "route", ns=client.ns).stdout
+    assert f"{v.routes[0]} via {v.server_ip} dev tap0" in routes
+    assert "default" not in routes  # no redirect-gateway: only the server segment goes through the VPN
+
+    # (b) the SuperLink's Fleet API answers, and sees the hub's internal address (masquerade)
+    assert lab.connect(client.ns, v.superlink_ip, FLEET) == v.internal_ip
+    # (c) the Control API listens too, but is not forwarded; nor is the hub itself open
+    assert lab.connect(client.ns, v.superlink_ip, CONTROL, timeout=1) is None
+    assert [port for port, _ in lab.listener_seen()] == [FLEET]
+    assert lab.connect(client.ns, v.server_ip, facts.SSH_PORT, timeout=1) is None
+
+    # The rules the script made, with the interface it found; a second run changes nothing.
+    before = rules(lab)
+    assert f"-A {facts.VPN_IPTABLES_CHAINS['nat']} -s {v.pool} -o {lab.internal_if} -j MASQUERADE" in before
+    assert lab.run("sysctl", "-n", "net.ipv4.ip_forward", ns=lab.srv).stdout.strip() == "1"
+    again = lab.run_forwarding(vpn.forwarding_script(v))
+    assert again.returncode == 0, again.stderr
+    assert rules(lab) == before
+    assert before.count(f"-j {facts.VPN_IPTABLES_CHAINS['forward']}") == 1
+    assert "isolated on" in lab.run("ip", "-d", "link", "show", "dev", facts.OPENVPN_TAP_UDP, ns=lab.srv).stdout
+    assert lab.connect(client.ns, v.superlink_ip, FLEET) == v.internal_ip  # still works after the re-run
+    assert time.monotonic() - started < 30
+
+
+def test_tcp_fallback_keeps_the_address_and_organisations_are_isolated(vpn_lab, vpn_tenancy, vpn_pki):
+    """With UDP blocked, an organisation falls back to TCP 443 and keeps its fixed address;
+    two organisations (one per transport) reach the SuperLink but never each other."""
+    started = time.monotonic()
+    hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
+    lab, v = hub.lab, hub.vpn
+    a, b = [m for m in vpn_tenancy.members if m.vpn_address][:2]
+    ca, cb = lab.add_client(a.slug), lab.add_client(b.slug)
+    # A firewall in front of B drops UDP (as some hospital networks do).
+    b_addr = str(ipaddress.IPv4Address(cb.public_ip) + 1)
+    lab.run("iptables", "-w", "-I", "INPUT", "-s", b_addr, "-p", "udp", "--dport", str(facts.OPENVPN_UDP_PORT), "-j", "DROP", ns=lab.srv)
+    pa, pb = hub.connect_client(ca), hub.connect_client(cb)
+    assert wait_for(pa, READY, 15), pa.output()[-3000:]
+    assert wait_for(pb, READY, facts.OPENVPN_SERVER_POLL_TIMEOUT + 15), pb.output()[-3000:]
+    assert "UDPv4 link remote" in pa.output()
+    assert f"TCP connection established with [AF_INET]{cb.public_ip}:{facts.OPENVPN_TCP_PORT}" in pb.output()
+    assert hub.tunnel_address(ca) == [f"{a.vpn_address}/{v.pool.prefixlen}"]
+    assert hub.tunnel_address(cb) == [f"{b.vpn_address}/{v.pool.prefixlen}"]
+    assert f"{b.slug}/{b_addr}" in hub.servers["server-tcp"].output()  # B is served by the TCP instance
+    assert f"{b.slug}/" not in hub.servers["server"].output()
+    assert lab.connect(ca.ns, v.superlink_ip, FLEET) == v.internal_ip
+    assert lab.connect(cb.ns, v.superlink_ip, FLEET) == v.internal_ip
+
+    # Each organisation listens on its tunnel address; the other cannot reach it, neither on the
+    # shared subnet (bridge port isolation) nor routed through the hub (the FORWARD drop).
+    for client in (ca, cb):
+        lab.spawn(f"org-listener-{client.name}", [sys.executable, str(lab.workdir / "listener.py"),
+                                                  str(lab.workdir / f"seen-{client.name}"), "0.0.0.0", str(ORG_PORT)], client.ns)
+    time.sleep(0.5)
+    assert lab.connect(ca.ns, b.vpn_address, ORG_PORT, timeout=1) is None
+    assert lab.connect(cb.ns, a.vpn_address, ORG_PORT, timeout=1) is None
+    assert drop_counter(lab, 0) == 0
+    lab.run("ip", "route", "add", f"{b.vpn_address}/32", "via", v.server_ip, "dev", "tap0", ns=ca.ns)
+    assert lab.connect(ca.ns, b.vpn_address, ORG_PORT, timeout=1) is None
+    assert drop_counter(lab, 0) > 0  # rule 0: -i bridge -o bridge -j DROP
+    assert all((lab.workdir / f"seen-{m.slug}").read_text() == "" for m in (a, b))  # no connection ever arrived
+    assert time.monotonic() - started < 40
+
+
+def test_removed_organisation_is_refused_after_prune(vpn_lab, vpn_tenancy, vpn_pki, vpn_raw_uat):
+    """(d) removing an organisation from the config prunes its CCD file on delivery; after the
+    restart its (still valid) certificate is refused, the remaining one reconnects."""
+    started = time.monotonic()
+    hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
+    lab, v = hub.lab, hub.vpn
+    keep, gone = [m for m in vpn_tenancy.members if m.vpn_address][:2]
+    ck, cg = lab.add_client(keep.slug), lab.add_client(gone.slug)
+    pk, pg = hub.connect_client(ck), hub.connect_client(cg)
+    assert wait_for(pk, READY, 15) and wait_for(pg, READY, 15), pg.output()[-2000:]
+    lab.stop(pg)
+
+    raw = vpn_raw_uat()
+    raw["organisations"] = [o for o in raw["organisations"] if o["slug"] != gone.slug]
+    tenancy2 = build_plan(load_config(raw)).tenancies[0]
+    assert tenancy2.vpn is not None and {m.slug: m.vpn_address for m in tenancy2.members}[keep.slug] == keep.vpn_address
+    hub.deliver_log.unlink(missing_ok=True)
+    out = deliver(lab, vpn.vpn_delivery(tenancy2.vpn, tenancy2.members, vpn_pki["ca"], vpn_pki["server_cert"],
+                                        vpn_pki["server_key"], vpn_pki["tls_auth"]), hub.deliver_log).stdout
+    assert f"removed {CCD}/{gone.slug}" in out
+    ccd = lab.server_root / CCD.lstrip("/")
+    assert sorted(p.name for p in ccd.iterdir()) == [keep.slug]
+    assert f"restart {' '.join(vpn.SERVER_UNITS)}" in hub.deliver_log.read_text()
+
+    hub.start_servers()  # what `systemctl restart` of both instances does on the host
+    assert wait_for(pk, f"(?s){READY}.*{READY}", 20), pk.output()[-2000:]  # reconnected (explicit-exit-notify)
+    assert hub.tunnel_address(ck) == [f"{keep.vpn_address}/{v.pool.prefixlen}"]
+    assert lab.connect(ck.ns, v.superlink_ip, FLEET) == v.internal_ip
+
+    refused = hub.connect_client(cg, name=f"{gone.slug}-after-removal")
+    assert wait_for(refused, "AUTH_FAILED", 15), refused.output()[-2000:]
+    assert READY not in refused.output() and hub.tunnel_address(cg) == []
+    assert f"client-config-dir authentication failed for common name '{gone.slug}'" in hub.servers["server"].output()
+    assert time.monotonic() - started < 40
+
+
+def test_certificate_from_another_ca_is_refused(vpn_lab, vpn_tenancy, vpn_pki):
+    """(e) a client certificate with a valid organisation CN but from another CA fails TLS."""
+    hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
+    lab, v = hub.lab, hub.vpn
+    org = next(m for m in vpn_tenancy.members if m.vpn_address)
+    client = lab.add_client(org.slug)
+    foreign = vpn_pki["sign"](org.slug, facts.CLIENT_CERT_USES, issuer=vpn_pki["other_ca"])
+    proc = hub.connect_client(client, cert_key=foreign)
+    server_log = lambda: hub.servers["server"].output()  # noqa: E731
+    deadline = time.monotonic() + 15
+    while "VERIFY ERROR" not in server_log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"VERIFY ERROR: depth=0, error=unable to get local issuer certificate: CN={org.slug}" in server_log(), server_log()[-2000:]
+    assert wait_for(hub.servers["server"], "TLS handshake failed", 10)
+    assert READY not in proc.output() and hub.tunnel_address(client) == []
+    # The right certificate still works in the same place.
+    ok = hub.connect_client(client, name=f"{org.slug}-own-cert")
+    assert wait_for(ok, READY, 15), ok.output()[-2000:]
+    assert hub.tunnel_address(client) == [f"{org.vpn_address}/{v.pool.prefixlen}"]

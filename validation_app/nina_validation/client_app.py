@@ -1,0 +1,39 @@
+"""ClientApp: trains on its partition and reports its partition id and host name."""
+
+from __future__ import annotations
+
+import socket
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from nina_validation import task
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    x, y = task.partition_data(partition_id, num_partitions)
+    model = task.from_record(msg.content["arrays"])
+    before = task.loss(model, x, y)
+    config = msg.content["config"]
+    model = task.train(model, x, y, int(config["local-epochs"]), float(config["learning-rate"]))
+    after = task.loss(model, x, y)
+    # MetricRecord holds numbers only: the host name travels in a ConfigRecord beside it.
+    return Message(
+        content=RecordDict({
+            "arrays": task.to_record(model),
+            "metrics": MetricRecord({
+                "num-examples": len(y),
+                "partition-id": partition_id,
+                "num-partitions": num_partitions,
+                "loss-before": before,
+                "loss-after": after,
+            }),
+            "node": ConfigRecord({"hostname": socket.gethostname(), "partition-id": partition_id}),
+        }),
+        reply_to=msg,
+    )

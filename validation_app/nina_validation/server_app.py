@@ -1,0 +1,95 @@
+"""ServerApp: FedAvg over every connected SuperNode; fails if an expected partition misses a round.
+
+Each round it prints one line `NINA-ROUND {json}` (round, partition ids and hosts that answered,
+losses) and at the end `NINA-SUMMARY {json}`; with run config `summary-path` it also writes the
+summary there. A missing partition, an error reply or too few nodes raises RuntimeError, so the
+run ends as failed (`flwr ls` shows it) and the summary says why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from nina_validation import task
+
+app = ServerApp()
+
+
+def _expected(spec: str, reported: set[int]) -> set[int]:
+    spec = spec.strip()
+    if spec:
+        return {int(p) for p in spec.replace(" ", "").split(",") if p}
+    return set(range(max(reported))) if reported else set()
+
+
+def _emit(prefix: str, data: dict) -> None:
+    print(f"{prefix} {json.dumps(data, sort_keys=True)}", flush=True)
+
+
+def _finish(summary: dict, path: str) -> None:
+    _emit("NINA-SUMMARY", summary)
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        tmp.replace(p)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    rounds = int(cfg["num-server-rounds"])
+    expected_nodes = max(int(cfg.get("expected-nodes", 0)), 1)
+    summary_path = str(cfg.get("summary-path", ""))
+    summary: dict = {"ok": False, "rounds": [], "num-server-rounds": rounds, "expected-nodes": expected_nodes}
+    try:
+        deadline = time.monotonic() + float(cfg.get("wait-seconds", 120))
+        while len(nodes := sorted(grid.get_node_ids())) < expected_nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(nodes)} of {expected_nodes} expected SuperNodes connected "
+                                   f"within {cfg.get('wait-seconds')} s")
+            time.sleep(1)
+        model = task.to_record(task.initial_model())
+        for rnd in range(1, rounds + 1):
+            nodes = sorted(grid.get_node_ids())
+            config = ConfigRecord({"server-round": rnd, "local-epochs": int(cfg["local-epochs"]),
+                                   "learning-rate": float(cfg["learning-rate"])})
+            messages = [Message(content=RecordDict({"arrays": model, "config": config}), dst_node_id=n,
+                                message_type=MessageType.TRAIN, group_id=str(rnd)) for n in nodes]
+            replies = list(grid.send_and_receive(messages, timeout=float(cfg.get("round-timeout", 120))))
+            good = [r for r in replies if not r.has_error()]
+            errors = {int(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()}
+            answered = {}
+            reported_num = set()
+            for r in good:
+                m, info = r.content["metrics"], r.content["node"]
+                answered[int(m["partition-id"])] = {"host": str(info["hostname"]), "node-id": int(r.metadata.src_node_id),
+                                                    "loss-before": float(m["loss-before"]),
+                                                    "loss-after": float(m["loss-after"])}
+                reported_num.add(int(m["num-partitions"]))
+            expected = _expected(str(cfg.get("expected-partitions", "")), reported_num)
+            missing = sorted(expected - set(answered))
+            line = {"round": rnd, "partitions": sorted(answered), "hosts": {str(p): a["host"] for p, a in sorted(answered.items())},
+                    "nodes-asked": len(nodes), "expected": sorted(expected), "missing": missing,
+                    "errors": {str(k): v for k, v in errors.items()},
+                    "loss-after": {str(p): round(a["loss-after"], 6) for p, a in sorted(answered.items())}}
+            summary["rounds"].append(line)
+            _emit("NINA-ROUND", line)
+            if missing or errors or not good:
+                raise RuntimeError(f"round {rnd}: partitions {missing} did not answer"
+                                   + (f"; error replies {errors}" if errors else "")
+                                   + (f" ({len(nodes)} nodes connected)" if not good else ""))
+            model = aggregate_arrayrecords([r.content for r in good], "num-examples")
+        summary["ok"] = True
+    except Exception as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        _finish(summary, summary_path)
+        raise
+    _finish(summary, summary_path)
