@@ -168,7 +168,13 @@ def extract_kit(archive: bytes, dest: Path) -> Path:
 
 
 def port_free(port: int, host: str = facts.LOOPBACK) -> bool:
+    """Whether a server could listen on `port` now.
+
+    SO_REUSEADDR, as gRPC sets on its listeners: connections the killed SuperLink closed
+    linger in TIME_WAIT for a minute and must not count as busy, but a live listener does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -506,7 +512,8 @@ class Rehearsal:
         deadline = time.monotonic() + timeout
         while not all(port_free(p) for p in (self.serverappio_port, self.control_port)):
             if time.monotonic() > deadline:
-                raise RehearsalError("the SuperLink's ports stay busy after it stopped")
+                busy = [p for p in (self.serverappio_port, self.control_port) if not port_free(p)]
+                raise RehearsalError(f"the SuperLink's ports {busy} still have a listener {timeout:g} s after it stopped")
             time.sleep(0.2)
         return self.start_superlink(timeout)
 
