@@ -174,9 +174,9 @@ def test_tcp_fallback_keeps_the_address_and_organisations_are_isolated(vpn_lab, 
     # Each organisation listens on its tunnel address; the other cannot reach it, neither on the
     # shared subnet (bridge port isolation) nor routed through the hub (the FORWARD drop).
     for client in (ca, cb):
-        lab.spawn(f"org-listener-{client.name}", [sys.executable, str(lab.workdir / "listener.py"),
-                                                  str(lab.workdir / f"seen-{client.name}"), "0.0.0.0", str(ORG_PORT)], client.ns)
-    time.sleep(0.5)
+        listener = lab.spawn(f"org-listener-{client.name}", [sys.executable, str(lab.workdir / "listener.py"),
+                                                             str(lab.workdir / f"seen-{client.name}"), "0.0.0.0", str(ORG_PORT)], client.ns)
+        assert wait_for(listener, "^listening", 15), listener.output()  # else "unreachable" would prove nothing
     assert lab.connect(ca.ns, b.vpn_address, ORG_PORT, timeout=1) is None
     assert lab.connect(cb.ns, a.vpn_address, ORG_PORT, timeout=1) is None
     assert drop_counter(lab, 0) == 0
