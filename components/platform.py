@@ -15,7 +15,7 @@ from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, LeafCertificate, LeafCertificateArgs, SuperNodeKey
 from components.security import SecurityGroups, SecurityGroupsArgs
-from nina import facts, render, vpn
+from nina import facts, outputs, render, vpn
 from nina.plan import Member, Plan, TenancyPlan
 
 
@@ -60,24 +60,23 @@ class Platform(pulumi.ComponentResource):
         if plan.cfg.database.enabled:
             db = Database("postgres", DatabaseArgs(plan, network.network_ids["server"]), self.child)
             database_passwords = db.passwords
-            database_outputs = {"address": db.address, "port": facts.POSTGRES_PORT, "allowed_cidrs": list(plan.database_allowed_cidrs)}
+            database_outputs = outputs.database(plan, db.address)
 
-        self.outputs = {
-            "environment": plan.cfg.environment,
-            "ca_cert_pem": self.ca.cert_pem,
-            "tenancies": tenancy_outputs,
-            "hosts": {
-                name: {"roles": list(plan.host_by_name[name].roles), "fixed_ip": h.fixed_ip, "floating_ip": h.floating_ip}
-                for name, h in self.hosts.items()
+        self.outputs = outputs.document(
+            plan,
+            ca_cert_pem=self.ca.cert_pem,
+            tenancies=tenancy_outputs,
+            hosts={name: outputs.host(plan.host_by_name[name], h.fixed_ip, h.floating_ip) for name, h in self.hosts.items()},
+            bastion_ip=self.access.bastion_ip,
+            database=database_outputs,
+            secrets={
+                "supernode_private_keys": pulumi.Output.secret(self.supernode_private_keys),
+                "vpn_client_private_keys": pulumi.Output.secret(self.vpn_client_private_keys),
+                "vpn_tls_auth_keys": pulumi.Output.secret(self.vpn_tls_auth_keys),
+                "database_passwords": pulumi.Output.secret(database_passwords),
+                "ops_ssh_private_key": pulumi.Output.secret(self.access.private_key_openssh),
             },
-            "bastion_ip": self.access.bastion_ip,
-            "database": database_outputs,
-            "supernode_private_keys": pulumi.Output.secret(self.supernode_private_keys),
-            "vpn_client_private_keys": pulumi.Output.secret(self.vpn_client_private_keys),
-            "vpn_tls_auth_keys": pulumi.Output.secret(self.vpn_tls_auth_keys),
-            "database_passwords": pulumi.Output.secret(database_passwords),
-            "ops_ssh_private_key": pulumi.Output.secret(self.access.private_key_openssh),
-        }
+        )
         self.register_outputs(self.outputs)
 
     # ---------------------------------------------------------------------------------------
@@ -95,31 +94,10 @@ class Platform(pulumi.ComponentResource):
         vpn_output = None
         if t.vpn is not None:
             vpn_clients = self._vpn(t)
-            v = t.vpn
-            vpn_output = {
-                "host": v.host,
-                "public_ip": self.hosts[v.host].floating_ip,
-                "internal_ip": v.internal_ip,
-                "udp_port": facts.OPENVPN_UDP_PORT,
-                "tcp_port": facts.OPENVPN_TCP_PORT,
-                "pool_cidr": str(v.pool),
-                "server_ip": v.server_ip,
-                "server_name": v.certificate.common_name,
-                "routes": [str(r) for r in v.routes],
-            }
+            vpn_output = outputs.vpn(t.vpn, self.hosts[t.vpn.host].floating_ip)
 
         orgs = {m.slug: self._member(t, m, superlink, superlink_files, vpn_clients.get(m.slug)) for m in t.members}
-        return {
-            "superlink": {
-                "host": t.superlink_host,
-                "internal_ip": t.superlink_ip,
-                "fleet_address": t.fleet_address,
-                "control_address": t.control_address,
-                "server_names": list(t.certificate.dns_names),
-            },
-            "vpn": vpn_output,
-            "organisations": orgs,
-        }
+        return outputs.tenancy(t, vpn_output, orgs)
 
     def _vpn(self, t: TenancyPlan) -> dict[str, LeafCertificate]:
         """The tenancy's OpenVPN server material and one client certificate per on-premise organisation."""
@@ -162,17 +140,4 @@ class Platform(pulumi.ComponentResource):
             )
             FileDelivery(f"supernode-{m.slug}-files", FileDeliveryArgs(self.access, node_host, node_payload),
                          pulumi.ResourceOptions(parent=self, depends_on=[registration]))
-        return {
-            "display_name": m.display_name,
-            "placement": m.placement,
-            "partition_id": m.partition_id,
-            "num_partitions": m.num_partitions,
-            "gpu": m.gpu,
-            "supernode_public_key_openssh": public_key,
-            "vpn_address": m.vpn_address,
-            "vpn_client_cert_pem": vpn_client.cert_pem if vpn_client is not None else None,
-            "keys_held_by_organisation": {
-                "vpn": m.own_vpn_csr is not None,
-                "supernode": m.own_supernode_public_key is not None,
-            },
-        }
+        return outputs.organisation(m, public_key, vpn_client.cert_pem if vpn_client is not None else None)

@@ -7,7 +7,7 @@ From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a 
 1. makes the PKI with nina.localpki from the plan's certificate specs (CA, each tenancy's
    SuperLink certificate, one SuperNode key per organisation, VPN client certificates and a
    tls-auth key for on-premise organisations) in pulumi-tls's formats;
-2. assembles the stack outputs in exactly the schema nina.kit reads (`stack_outputs`; the VPN's
+2. assembles the stack outputs with nina.outputs, as the program does (`stack_outputs`; the VPN's
    public IP is the documentation address facts.REHEARSAL_PUBLIC_IP) and builds and extracts
    every organisation's site kit with nina.kit.build_kit;
 3. installs the SuperLink's delivery (nina.render.superlink_delivery) with the real
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nina import facts, kit, localpki, render, vpn
+from nina import facts, kit, localpki, outputs, render, vpn
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,48 +108,32 @@ def build_pki(plan: Plan) -> Pki:
 
 
 def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
-    """The outputs `pulumi stack output --json --show-secrets` would print (components/platform.py's
-    schema, as nina.kit.parse_outputs reads it). Public IPs are documentation addresses."""
+    """The outputs `pulumi stack output --json --show-secrets` would print, shaped by nina.outputs
+    as components/platform.py shapes them. Public IPs are the documentation address."""
+    public_ip = facts.REHEARSAL_PUBLIC_IP
     tenancies: dict[str, Any] = {}
     for t in plan.tenancies:
-        vpn_out = None
-        if t.vpn is not None:
-            v = t.vpn
-            vpn_out = {"host": v.host, "public_ip": facts.REHEARSAL_PUBLIC_IP, "internal_ip": v.internal_ip,
-                       "udp_port": facts.OPENVPN_UDP_PORT, "tcp_port": facts.OPENVPN_TCP_PORT,
-                       "pool_cidr": str(v.pool), "server_ip": v.server_ip, "server_name": v.certificate.common_name,
-                       "routes": [str(r) for r in v.routes]}
         orgs = {}
         for m in t.members:
             client = pki.vpn_clients.get(m.slug)
-            orgs[m.slug] = {
-                "display_name": m.display_name, "placement": m.placement, "partition_id": m.partition_id,
-                "num_partitions": m.num_partitions, "gpu": m.gpu,
-                "supernode_public_key_openssh": pki.supernodes[m.slug].public_key_openssh,
-                "vpn_address": m.vpn_address, "vpn_client_cert_pem": client[0] if client else None,
-                # Stand-in keys (see build_pki): the rehearsal holds every private key itself.
-                "keys_held_by_organisation": {"vpn": False, "supernode": False},
-            }
-        tenancies[t.name] = {
-            "superlink": {"host": t.superlink_host, "internal_ip": t.superlink_ip, "fleet_address": t.fleet_address,
-                          "control_address": t.control_address, "server_names": list(t.certificate.dns_names)},
-            "vpn": vpn_out,
-            "organisations": orgs,
-        }
-    return {
-        "environment": plan.cfg.environment,
-        "ca_cert_pem": pki.ca_cert,
-        "tenancies": tenancies,
-        "hosts": {h.name: {"roles": list(h.roles), "fixed_ip": h.fixed_ip,
-                           "floating_ip": facts.REHEARSAL_PUBLIC_IP if h.public else None} for h in plan.hosts},
-        "bastion_ip": facts.REHEARSAL_PUBLIC_IP,
-        "database": None,
-        "supernode_private_keys": {slug: k.private_key_openssh for slug, k in pki.supernodes.items()},
-        "vpn_client_private_keys": {slug: c[1] for slug, c in pki.vpn_clients.items()},
-        "vpn_tls_auth_keys": dict(pki.tls_auth),
-        "database_passwords": {},
-        "ops_ssh_private_key": _key().private_key_openssh,
-    }
+            orgs[m.slug] = outputs.organisation(m, pki.supernodes[m.slug].public_key_openssh, client[0] if client else None,
+                                                stand_in_keys=True)  # see build_pki
+        tenancies[t.name] = outputs.tenancy(t, outputs.vpn(t.vpn, public_ip) if t.vpn is not None else None, orgs)
+    return outputs.document(
+        plan,
+        ca_cert_pem=pki.ca_cert,
+        tenancies=tenancies,
+        hosts={h.name: outputs.host(h, h.fixed_ip, public_ip if h.public else None) for h in plan.hosts},
+        bastion_ip=public_ip,
+        database=None,
+        secrets={
+            "supernode_private_keys": {slug: k.private_key_openssh for slug, k in pki.supernodes.items()},
+            "vpn_client_private_keys": {slug: c[1] for slug, c in pki.vpn_clients.items()},
+            "vpn_tls_auth_keys": dict(pki.tls_auth),
+            "database_passwords": {},
+            "ops_ssh_private_key": _key().private_key_openssh,
+        },
+    )
 
 
 def extract_kit(archive: bytes, dest: Path) -> Path:

@@ -312,6 +312,28 @@ def test_stack_outputs_are_the_site_kit_contract(test_run, uat_run):
     assert set(uat_run.outputs["supernode_private_keys"]) == set(uat_orgs)
 
 
+
+def _shape(value):
+    """Keys and value kinds, not values: what a reader of the outputs relies on."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return sorted({json.dumps(_shape(v), sort_keys=True) for v in value})
+    return type(value).__name__
+
+
+def test_rehearsal_outputs_have_the_programs_shape(uat_run, reh_uat_plan):
+    # The rehearsal builds its kits from outputs it assembles itself; they must be the real
+    # program's outputs in all but values (no database in a rehearsal).
+    from nina.rehearse import build_pki, stack_outputs
+
+    rehearsed = stack_outputs(reh_uat_plan, build_pki(reh_uat_plan))
+    real = uat_run.outputs
+    assert set(rehearsed) == set(real)
+    for key in set(real) - {"database", "database_passwords"}:
+        assert _shape(rehearsed[key]) == _shape(real[key]), key
+    assert set(rehearsed["tenancies"]["main"]["organisations"]) == set(real["tenancies"]["main"]["organisations"])
+
 # --- the OpenVPN hub (stack uat) -----------------------------------------------------------
 
 def test_uat_declares_a_vpn_server_that_routes_its_pool(uat_run):
