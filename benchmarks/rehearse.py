@@ -1,6 +1,6 @@
 """Rehearsal timings: federation ready and per-run time, secured vs --insecure, for n organisations.
 
-    .venv/bin/python benchmarks/rehearse.py [--orgs 2 5 10] [--rounds 3] [--repeat 3]
+    .venv/bin/python benchmarks/rehearse.py [--orgs 2 5 10] [--rounds 3] [--repeat 3] [--keep DIR]
 
 For each n, a one-tenancy stack with n on-premise organisations (the uat layout) is rehearsed
 twice, side by side, with nina.rehearse.Rehearsal: secured (TLS, --enable-supernode-auth, keys registered with
@@ -12,6 +12,7 @@ secured/insecure run-time ratio (target <= 1.10). Real processes on loopback; no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -74,11 +75,13 @@ def main() -> int:
     ap.add_argument("--orgs", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="runs per federation (median reported)")
+    ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs under */logs/)")
     args = ap.parse_args()
     print(f"{'orgs':>4}  {'ready secured':>13}  {'ready insecure':>14}  {'run secured':>11}  {'run insecure':>12}  {'ratio':>5}")
-    with tempfile.TemporaryDirectory(prefix="nina-bench-rehearse-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nina-bench-rehearse-")))
         for n in args.orgs:
-            m = measure(n, args.rounds, args.repeat, Path(tmp))
+            m = measure(n, args.rounds, args.repeat, tmp)
             rs, ri = m["ready"]["secured"], m["ready"]["insecure"]
             ts, ti = m["median"]["secured"], m["median"]["insecure"]
             ratio = ts / ti if ti else float("nan")

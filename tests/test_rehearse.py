@@ -36,8 +36,8 @@ def _full_federation(r):
     r.wait_online(len(r.members))
 
 
+@pytest.mark.timeout(300)
 def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
-    start = time.monotonic()
     rc = cli.main(["rehearse", "--stack", "uat", "--dir", str(cfg_repo_root), "--rounds", str(ROUNDS)])
     out, err = capsys.readouterr()
     assert rc == cli.EXIT_OK, out + err
@@ -46,7 +46,6 @@ def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
     assert f"VPN public IP {facts.REHEARSAL_PUBLIC_IP} is a documentation address" in out
     assert "rehearsal edit: each kit's supernode.conf copy: superlink_server=127.0.0.1" in out
     assert "ok: every organisation took part in every round" in out
-    assert time.monotonic() - start < 120
 
 
 def test_removed_organisation_is_refused_and_the_rest_completes(reh_rehearsal):
