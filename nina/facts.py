@@ -201,6 +201,11 @@ OPENVPN_TLS_AUTH_FILE = "ta.key"  # in private/
 OPENVPN_USER = "nobody"
 OPENVPN_GROUP = "nogroup"
 OPENVPN_SERVER_POLL_TIMEOUT = 10  # seconds a client waits on UDP before trying TCP
+# Each instance's management interface (a unix socket, root only: the Debian/Ubuntu package's
+# tmpfiles.d makes /run/openvpn-server 0710 root). nina-install-files uses it to disconnect one
+# organisation whose client-config-dir entry changed or went, instead of restarting the servers.
+OPENVPN_RUN_DIR = "/run/openvpn-server"
+OPENVPN_MANAGEMENT_SOCKETS = (f"{OPENVPN_RUN_DIR}/server.sock", f"{OPENVPN_RUN_DIR}/server-tcp.sock")  # UDP, TCP
 TLS_AUTH_KEY_BYTES = 256  # OpenVPN static key: 2048 bits
 VPN_FORWARDING_BIN = "/usr/local/sbin/nina-vpn-forwarding"
 VPN_FORWARDING_UNIT = "nina-vpn-forwarding.service"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -139,12 +139,18 @@ def _prunable(directory: str, paths: list[str]) -> bool:
     return any(d == p or d.startswith(p + "/") for p in parents)
 
 
-def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = ()) -> str:
+def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = (),
+                     hot: Mapping[str, Sequence[str]] | None = None) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
     `prune`: directories in which `nina-install-files` deletes the regular files that the
     payload does not carry (not recursive); each must lie at or under the directory of a
     delivered file. Without it the payload has no "prune" key (unchanged from before).
+
+    `hot`: directory -> OpenVPN management sockets. The service reads the files directly in
+    such a directory per connection, so changing or removing one restarts nothing: instead the
+    client named by the file is disconnected (`client-kill`) through each socket. Any other
+    change still restarts `restart`. Each hot directory must also be pruned.
     """
     paths = [f.path for f in files]
     if len(set(paths)) != len(paths):
@@ -158,9 +164,17 @@ def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequ
         if not _prunable(directory, paths):
             raise ValueError(f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
                              "three levels deep, at or under the directory of a delivered file")
+    hot = dict(hot or {})
+    for directory, sockets in hot.items():
+        if directory not in prune:
+            raise ValueError(f"hot directory {directory!r} must also be pruned")
+        if isinstance(sockets, str) or not sockets or not all(isinstance(x, str) and x.startswith("/") for x in sockets):
+            raise ValueError(f"hot directory {directory!r} needs a list of absolute management socket paths")
     payload: dict[str, object] = {"files": [asdict(f) for f in files], "restart": list(restart)}
     if prune:
         payload["prune"] = list(dict.fromkeys(prune))
+    if hot:
+        payload["hot"] = {d: list(hot[d]) for d in sorted(hot)}
     return json.dumps(payload, sort_keys=True) + "\n"
 
 

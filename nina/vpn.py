@@ -164,6 +164,7 @@ def _server(vpn: VpnPlan, proto: str) -> str:
         host=vpn.host,
         proto_name="UDP" if udp else "TCP fallback",
         unit=SERVER_UNITS[0] if udp else SERVER_UNITS[1],
+        management=facts.OPENVPN_MANAGEMENT_SOCKETS[0] if udp else facts.OPENVPN_MANAGEMENT_SOCKETS[1],
         sibling=SERVER_UNITS[1] if udp else SERVER_UNITS[0],
         port=facts.OPENVPN_UDP_PORT if udp else facts.OPENVPN_TCP_PORT,
         proto=proto,
@@ -275,7 +276,9 @@ def vpn_delivery(
     tls_auth_key: str,
 ) -> str:
     """Payload for the VPN host: both server configs, the PKI, one CCD file per on-premise
-    member (others are pruned: a removed organisation is refused), restart of both instances.
+    member (others are pruned: a removed organisation is refused). A change to the configs or
+    the PKI restarts both instances; a change only to client-config-dir entries restarts nothing
+    and disconnects just the organisations concerned.
 
     `tls_auth_key` is the static key file (`tls_auth_key()`) or its 512 hex digits.
     """
@@ -296,4 +299,7 @@ def vpn_delivery(
             raise ValueError(f"{m.slug!r} and {seen[m.vpn_address]!r} share the VPN address {m.vpn_address}")
         seen[m.vpn_address] = m.slug
         files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644, _ROOT, _ROOT))
-    return delivery_payload(files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR])
+    # Onboarding or removing an organisation changes only its CCD file: no restart, only that
+    # organisation is disconnected (see nina-install-files, "hot").
+    return delivery_payload(files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR],
+                            hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)})

@@ -175,8 +175,11 @@ def test_server_confs(hub):
         # journald gets the logs (manual 5.4); no `server` (it would ifconfig the tap), no dynamic pool
         assert not names & {"daemon", "log", "log-append", "server", "ifconfig", "ifconfig-pool", "client-to-client", "duplicate-cn"}
     assert ["explicit-exit-notify", "1"] in directives(udp) and first(tcp, "explicit-exit-notify") is None
-    # The two instances differ only in transport, device and that one line.
-    same = lambda conf: [x for x in directives(conf) if x[0] not in ("port", "proto", "dev", "explicit-exit-notify")]  # noqa: E731
+    assert first(udp, "management") == [facts.OPENVPN_MANAGEMENT_SOCKETS[0], "unix"]
+    assert first(tcp, "management") == [facts.OPENVPN_MANAGEMENT_SOCKETS[1], "unix"]
+    assert all(sock.startswith(facts.OPENVPN_RUN_DIR + "/") for sock in facts.OPENVPN_MANAGEMENT_SOCKETS)
+    # The two instances differ only in transport, device, management socket and that one line.
+    same = lambda conf: [x for x in directives(conf) if x[0] not in ("port", "proto", "dev", "management", "explicit-exit-notify")]  # noqa: E731
     assert same(udp) == same(tcp)
 
 
@@ -401,7 +404,10 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     dry = install(second_payload, "--dry-run")
     assert dry.returncode == 0 and f"would remove {facts.OPENVPN_CCD_DIR}/{gone.slug}" in dry.stdout
     assert (ccd / gone.slug).exists() and not install.calls.exists()  # the dry run removed and ran nothing
-    assert f"would run {install.calls.parent / 'fake-systemctl'} restart {' '.join(vpn.SERVER_UNITS)}" in dry.stdout
+    # Only a client-config-dir entry went: no restart, that organisation is disconnected instead.
+    assert "would run" not in dry.stdout
+    for sock in facts.OPENVPN_MANAGEMENT_SOCKETS:
+        assert f"would disconnect {gone.slug} via {sock}" in dry.stdout
 
     proc = install(second_payload)
     assert proc.returncode == 0, proc.stderr
@@ -409,11 +415,26 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     assert "nina-install-files: 1 changed, 7 unchanged" in proc.stdout
     assert sorted(p.name for p in ccd.iterdir()) == sorted([kept.slug, "sub", "link"])
     assert parent_file.read_text() == "keep\n" and (ccd / "sub" / "inner").exists() and (other / "stray").exists()
+    assert not install.calls.exists()  # no systemctl at all
+    for sock in facts.OPENVPN_MANAGEMENT_SOCKETS:  # no server runs under this root
+        assert f"disconnect {gone.slug} via {sock}: not running" in proc.stdout
+
+    # Onboarding it again: a new entry, nothing to restart and nobody to disconnect.
+    back = install(first_payload)
+    assert back.returncode == 0 and "only per-connection entries changed: no restart" in back.stdout
+    assert f"wrote {facts.OPENVPN_CCD_DIR}/{gone.slug}" in back.stdout and "disconnect " not in back.stdout
+    assert not install.calls.exists()
+    # A renewed server certificate beside a removal: both instances restart (which drops every
+    # connection anyway), nobody is disconnected one by one.
+    renewed = CERT.replace("dummyLEAF", "dummyRENEWED")
+    last_payload = vpn.vpn_delivery(hub, [kept], CA, renewed, KEY, HEX)
+    both = install(last_payload)
+    assert both.returncode == 0 and "nina-install-files: 2 changed" in both.stdout and "disconnect" not in both.stdout
     assert install.calls.read_text().splitlines() == [
         "daemon-reload", f"enable {' '.join(vpn.SERVER_UNITS)}", f"restart {' '.join(vpn.SERVER_UNITS)}"]
 
     install.calls.unlink()
-    again = install(second_payload)
+    again = install(last_payload)
     assert "0 changed, 7 unchanged" in again.stdout and not install.calls.exists()
 
 
@@ -615,3 +636,19 @@ def test_vpn_role_without_a_hub_is_refused(render_plans):
     host = dataclasses.replace(plan.hosts[0], name="vpn-nowhere", roles=("vpn",))
     with pytest.raises(ValueError, match="no tenancy's VPN"):
         user_data(plan, host)
+
+
+def test_hot_directories_must_be_pruned_and_name_sockets(install):
+    conf = render.DeliveredFile("/etc/app/x/ccd/org-a", "a\n", 0o644, "root", "root")
+    with pytest.raises(ValueError, match="must also be pruned"):
+        render.delivery_payload([conf], [], hot={"/etc/app/x/ccd": ["/run/app/a.sock"]})
+    with pytest.raises(ValueError, match="absolute management socket"):
+        render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": "/run/app/a.sock"})
+    # The installer refuses the same mistakes in a hand-made payload, before writing anything.
+    ok = json.loads(render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": ["/run/app/a.sock"]}))
+    for bad, message in ((dict(ok, hot={"/etc/app/x/other": ["/run/app/a.sock"]}), "must also be a prune directory"),
+                         (dict(ok, hot={"/etc/app/x/ccd": ["relative.sock"]}), "absolute, normalised socket paths"),
+                         (dict(ok, hot=["/etc/app/x/ccd"]), '"hot" must be an object')):
+        proc = install(json.dumps(bad))
+        assert proc.returncode == 2 and message in proc.stderr and "nothing was written" in proc.stderr, proc.stderr
+        assert not install.root.exists()

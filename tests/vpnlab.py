@@ -285,10 +285,23 @@ class VpnLab:
         return self.run("bash", str(script), ns=self.srv, check=False, env=full, timeout=timeout)
 
     def start_server(self, name: str, conf_text: str) -> Proc:
-        """An openvpn server in the server namespace from a rendered config (paths under server_root)."""
+        """An openvpn server in the server namespace from a rendered config (paths under server_root).
+
+        The management socket goes where the config says, under server_root, but is named
+        relative to `--cd` (a unix socket path is limited to 107 bytes; tmp paths are longer)."""
         conf = self.workdir / f"{name}.conf"
-        conf.write_text(rewrite(conf_text, self.server_root))
-        return self.spawn(name, [OPENVPN, "--config", str(conf)], self.srv)
+        lines, run_dir = [], None
+        for line in rewrite(conf_text, self.server_root).splitlines():
+            words = line.split()
+            if words[:1] == ["management"]:
+                sock = self.server_root / words[1].lstrip("/")
+                run_dir = sock.parent
+                run_dir.mkdir(parents=True, exist_ok=True, mode=0o710)
+                line = f"management {sock.name} {' '.join(words[2:])}"
+            lines.append(line)
+        conf.write_text("\n".join(lines) + "\n")
+        cd = ["--cd", str(run_dir)] if run_dir else []
+        return self.spawn(name, [OPENVPN, *cd, "--config", str(conf)], self.srv)
 
     def start_client(self, client: Client, conf_text: str, files: dict[str, bytes], name: str | None = None) -> Proc:
         """An openvpn client in `client`'s namespace from a rendered config and its files."""
