@@ -232,8 +232,13 @@ def test_tests_workflow_runs_scripts_test_on_every_push_and_pull_request():
     # The venv is built as the runner user, then root only adds the Debian tools, then scripts/test
     # (which calls bootstrap again, without root: every tool is there by then).
     assert runs.index("scripts/bootstrap") < runs.index("sudo scripts/bootstrap --test-tools") < runs.index("scripts/test")
-    assert runs[-1] == "scripts/test"
-    assert not any(r.startswith("sudo") and r != "sudo scripts/bootstrap --test-tools" for r in runs)
+    # Then, as root (network namespaces), exactly the VPN test files, which must exist.
+    vpn_step = runs[-1].split()
+    assert vpn_step[:5] == ["sudo", ".venv/bin/python", "-m", "pytest", "-p"] and runs.index("scripts/test") == len(runs) - 2
+    vpn_files = [w for w in vpn_step if w.startswith("tests/")]
+    assert vpn_files == ["tests/test_vpn_tunnel.py", "tests/test_uat_sitekit_vpn.py"]
+    assert all((REPO / f).is_file() and "vpn_lab" in (REPO / f).read_text() for f in vpn_files)
+    assert not any(r.startswith("sudo") and r not in ("sudo scripts/bootstrap --test-tools", runs[-1]) for r in runs)
 
 
 def _fake_checkout(tmp_path: Path, tools: list[str]) -> tuple[Path, dict[str, str]]:
