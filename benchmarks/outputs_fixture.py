@@ -9,7 +9,10 @@ public key; their private halves are returned beside the outputs (`Built.held`),
     built.outputs      # the JSON document
     built.held         # slug -> {"vpn_key_pem": ..., "supernode_key_openssh": ...}
 
-Kept out of the `nina` package on purpose: tests import it from benchmarks/.
+The outputs come from a stack config through nina.config, nina.plan and nina.outputs, as the
+program makes them (only the key material and public IPs are the fixture's own), so an
+impossible stack cannot be built here either. Kept out of the `nina` package on purpose:
+tests import it from benchmarks/.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from nina import facts, localpki
+from nina import facts, localpki, outputs
 from nina import vpn as vpn_files
+from nina.config import load_config
+from nina.plan import build_plan
 
 SERVER_CIDR = ipaddress.IPv4Network("10.110.0.0/24")
 
@@ -37,8 +42,7 @@ class OrgSpec:
 @dataclass(frozen=True)
 class TenancySpec:
     name: str
-    orgs: tuple[OrgSpec, ...]
-    vpn: bool = True
+    orgs: tuple[OrgSpec, ...]  # a VPN server exists when one of them is on premise (nina.plan)
 
 
 @dataclass
@@ -63,13 +67,15 @@ def default_tenancies() -> list[TenancySpec]:
 
 
 def many_tenancies(n: int) -> list[TenancySpec]:
-    """One tenancy with n organisations: every 5th in the cloud, every 7th keeps its own keys."""
-    orgs = tuple(
-        OrgSpec(f"org-{i:03d}", f"Organisation {i}", "cloud" if i % 5 == 4 else "onprem",
-                gpu=i % 3 == 0, own_keys=i % 7 == 6)
-        for i in range(n)
-    )
-    return [TenancySpec("main", orgs)]
+    """One tenancy with n organisations: every 5th in the cloud; of the on-premise ones every 3rd
+    has a GPU and every 7th keeps its own keys (a stack config allows neither for a cloud one
+    without more settings)."""
+    orgs = []
+    for i in range(n):
+        cloud = i % 5 == 4
+        orgs.append(OrgSpec(f"org-{i:03d}", f"Organisation {i}", "cloud" if cloud else "onprem",
+                            gpu=not cloud and i % 3 == 0, own_keys=not cloud and i % 7 == 6))
+    return [TenancySpec("main", tuple(orgs))]
 
 
 def tls_auth_key(seed: str) -> str:
@@ -83,86 +89,103 @@ def _key(seed: str) -> localpki.KeyPair:
     return localpki.generate_key("ECDSA", "P384", seed=seed.encode())
 
 
-def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Built:
+def config_for(tenancies, environment, held_keys):
+    """The stack config that declares `tenancies` (own-key organisations send a CSR and a public key)."""
+    out = []
+    cloud_index = 0
+    for t, ten in enumerate(tenancies):
+        orgs = []
+        for spec in ten.orgs:
+            org = {"slug": spec.slug, "name": spec.display_name, "placement": spec.placement, "gpu": spec.gpu}
+            if spec.placement == "cloud":
+                org["cidr"] = f"10.{111 + cloud_index // 256}.{cloud_index % 256}.0/24"
+                cloud_index += 1
+            if spec.own_keys:
+                sn, vk = held_keys[spec.slug]
+                org["supernode_public_key"] = sn.public_key_openssh
+                if spec.placement == "onprem":
+                    org["vpn_csr_pem"] = localpki.cert_request(vk.private_key_pem, {"common_name": spec.slug})
+            orgs.append(org)
+        out.append({"name": ten.name, "organisations": orgs, **({"vpn_pool_cidr": f"192.168.{99 + t}.0/24"} if t else {})})
+    return {"environment": environment, "network": {"server_cidr": str(SERVER_CIDR), "vpn_pool_cidr": "192.168.99.0/24",
+                                                    "admin_cidrs": ["203.0.113.0/24"]},
+            "database": {"enabled": True}, "tenancies": out}
+
+
+def public_ips(plan) -> dict[str, str]:
+    """Documentation addresses for the public hosts: the bastion .2, VPN servers .7 on."""
+    ips, vpn_index, other = {}, 0, 20
+    for h in plan.hosts:
+        if not h.public:
+            continue
+        if plan.bastion.name == h.name:
+            ips[h.name] = "203.0.113.2"
+        elif "vpn" in h.roles:
+            ips[h.name] = f"203.0.113.{7 + vpn_index}"
+            vpn_index += 1
+        else:
+            ips[h.name] = f"203.0.113.{other}"
+            other += 1
+    return ips
+
+
+def ca(environment: str = "uat") -> tuple[str, str]:
+    """The fixture's CA for `environment`: (key PEM, certificate PEM), the same on every call."""
     ca_key = _key(f"{environment}/ca")
-    ca_cert = localpki.self_signed_ca(ca_key.private_key_pem, {"common_name": f"NINA {environment} CA", "organization": "QCIF"},
-                                      facts.CA_VALIDITY_HOURS)
-    built = Built(outputs={}, ca_key_pem=ca_key.private_key_pem)
-    hosts: dict[str, Any] = {"bastion": {"roles": ["bastion"], "fixed_ip": str(SERVER_CIDR.network_address + 10),
-                                         "floating_ip": "203.0.113.2"}}
-    tenancy_out: dict[str, Any] = {}
+    return ca_key.private_key_pem, localpki.self_signed_ca(
+        ca_key.private_key_pem, {"common_name": f"NINA {environment} CA", "organization": "QCIF"}, facts.CA_VALIDITY_HOURS)
+
+
+def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Built:
+    """The outputs of a stack declaring `tenancies`: its config goes through nina.config and
+    nina.plan, and nina.outputs shapes the document, as components/platform.py does."""
+    ca_key, ca_cert = ca(environment)
+    built = Built(outputs={}, ca_key_pem=ca_key)
+    specs = {o.slug: o for t in tenancies for o in t.orgs}
+    keys = {slug: (_key(f"{environment}/{slug}/supernode"), _key(f"{environment}/{slug}/vpn")) for slug in specs}
+    plan = build_plan(load_config(config_for(tenancies, environment, keys)))
+    ips = public_ips(plan)
+    tenancy_docs: dict[str, Any] = {}
     sn_keys: dict[str, str] = {}
     vpn_keys: dict[str, str] = {}
     tls_keys: dict[str, str] = {}
-    cloud_index = 0
-    for t, ten in enumerate(tenancies):
-        superlink_ip = str(SERVER_CIDR.network_address + facts.SUPERLINK_OFFSET + t)
-        sl_host = f"superlink-{ten.name}"
-        hosts[sl_host] = {"roles": ["superlink"], "fixed_ip": superlink_ip, "floating_ip": None}
-        vpn = None
-        pool = ipaddress.IPv4Network(f"192.168.{99 + t}.0/24")
-        if ten.vpn:
-            vpn_host = f"vpn-{ten.name}"
-            vpn_ip = str(SERVER_CIDR.network_address + facts.VPN_SERVER_OFFSET + t)
-            public_ip = f"203.0.113.{7 + t}"
-            hosts[vpn_host] = {"roles": ["vpn"], "fixed_ip": vpn_ip, "floating_ip": public_ip}
-            vpn = {"host": vpn_host, "public_ip": public_ip, "internal_ip": vpn_ip,
-                   "udp_port": facts.OPENVPN_UDP_PORT, "tcp_port": facts.OPENVPN_TCP_PORT,
-                   "pool_cidr": str(pool), "server_ip": str(pool.network_address + 1), "server_name": vpn_host,
-                   "routes": [str(SERVER_CIDR)]}
-            tls_keys[ten.name] = tls_auth_key(f"{environment}/{ten.name}/ta")
+    for t in plan.tenancies:
         orgs: dict[str, Any] = {}
-        for p, spec in enumerate(ten.orgs):
-            onprem = spec.placement == "onprem"
-            sn = _key(f"{environment}/{spec.slug}/supernode")
-            org: dict[str, Any] = {
-                "display_name": spec.display_name, "placement": spec.placement, "partition_id": p,
-                "num_partitions": len(ten.orgs), "gpu": spec.gpu,
-                "supernode_public_key_openssh": sn.public_key_openssh,
-                "vpn_address": None, "vpn_client_cert_pem": None,
-                "keys_held_by_organisation": {"vpn": spec.own_keys and onprem, "supernode": spec.own_keys},
-            }
-            if spec.own_keys:
-                built.held.setdefault(spec.slug, {})["supernode_key_openssh"] = sn.private_key_openssh
+        for m in t.members:
+            sn, vk = keys[m.slug]
+            own = specs[m.slug].own_keys
+            if own:
+                built.held.setdefault(m.slug, {})["supernode_key_openssh"] = sn.private_key_openssh
             else:
-                sn_keys[spec.slug] = sn.private_key_openssh
-            if onprem and vpn is not None:
-                vk = _key(f"{environment}/{spec.slug}/vpn")
-                csr = localpki.cert_request(vk.private_key_pem, {"common_name": spec.slug})
-                org["vpn_client_cert_pem"] = localpki.sign_certificate(csr, ca_key.private_key_pem, ca_cert,
-                                                                       facts.LEAF_VALIDITY_HOURS, facts.CLIENT_CERT_USES)
-                org["vpn_address"] = str(pool.network_address + facts.VPN_CLIENT_OFFSET + p)
-                if spec.own_keys:
-                    built.held[spec.slug]["vpn_key_pem"] = vk.private_key_pem
+                sn_keys[m.slug] = sn.private_key_openssh
+            vpn_cert = None
+            if m.vpn_address is not None:
+                csr = m.own_vpn_csr or localpki.cert_request(vk.private_key_pem, {"common_name": m.slug})
+                vpn_cert = localpki.sign_certificate(csr, ca_key, ca_cert, facts.LEAF_VALIDITY_HOURS, facts.CLIENT_CERT_USES)
+                if own:
+                    built.held[m.slug]["vpn_key_pem"] = vk.private_key_pem
                 else:
-                    vpn_keys[spec.slug] = vk.private_key_pem
-            if not onprem:
-                seg = ipaddress.IPv4Network(f"10.{111 + cloud_index // 256}.{cloud_index % 256}.0/24")
-                cloud_index += 1
-                hosts[f"supernode-{spec.slug}"] = {"roles": ["supernode"], "fixed_ip": str(seg.network_address + facts.SUPERNODE_OFFSET),
-                                                   "floating_ip": None}
-            orgs[spec.slug] = org
-        tenancy_out[ten.name] = {
-            "superlink": {"host": sl_host, "internal_ip": superlink_ip,
-                          "fleet_address": f"{superlink_ip}:{facts.SUPERLINK_FLEET_PORT}",
-                          "control_address": f"{superlink_ip}:{facts.SUPERLINK_CONTROL_PORT}",
-                          "server_names": [sl_host, "localhost"]},
-            "vpn": vpn,
-            "organisations": orgs,
-        }
-    built.outputs = {
-        "environment": environment,
-        "ca_cert_pem": ca_cert,
-        "tenancies": tenancy_out,
-        "hosts": hosts,
-        "bastion_ip": "203.0.113.2",
-        "database": {"address": str(SERVER_CIDR.network_address + facts.DATABASE_OFFSET), "port": facts.POSTGRES_PORT,
-                     "allowed_cidrs": [str(SERVER_CIDR)]},
-        "supernode_private_keys": sn_keys,
-        "vpn_client_private_keys": vpn_keys,
-        "vpn_tls_auth_keys": tls_keys,
-        "database_passwords": {"keycloak": "kc-" + hashlib.sha256(b"kc").hexdigest()[:24],
-                               "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24]},
-        "ops_ssh_private_key": _key(f"{environment}/ops").private_key_openssh,
-    }
+                    vpn_keys[m.slug] = vk.private_key_pem
+            orgs[m.slug] = outputs.organisation(m, sn.public_key_openssh, vpn_cert)
+        vpn_doc = None
+        if t.vpn is not None:
+            vpn_doc = outputs.vpn(t.vpn, ips[t.vpn.host])
+            tls_keys[t.name] = tls_auth_key(f"{environment}/{t.name}/ta")
+        tenancy_docs[t.name] = outputs.tenancy(t, vpn_doc, orgs)
+    built.outputs = outputs.document(
+        plan,
+        ca_cert_pem=ca_cert,
+        tenancies=tenancy_docs,
+        hosts={h.name: outputs.host(h, h.fixed_ip, ips.get(h.name)) for h in plan.hosts},
+        bastion_ip=ips[plan.bastion.name],
+        database=outputs.database(plan, str(SERVER_CIDR.network_address + facts.DATABASE_OFFSET)),
+        secrets={
+            "supernode_private_keys": sn_keys,
+            "vpn_client_private_keys": vpn_keys,
+            "vpn_tls_auth_keys": tls_keys,
+            "database_passwords": {"keycloak": "kc-" + hashlib.sha256(b"kc").hexdigest()[:24],
+                                   "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24]},
+            "ops_ssh_private_key": _key(f"{environment}/ops").private_key_openssh,
+        },
+    )
     return built

@@ -718,7 +718,7 @@ def test_keys_and_certificates_are_checked_against_each_other(kit_outputs, kit_f
     mutate, slug, message = CRYPTO_MUTATIONS[name]
 
     class Extra:
-        other_ca = kit_fixture_module.build_outputs([], environment="other").outputs["ca_cert_pem"]
+        other_ca = kit_fixture_module.ca("other")[1]
 
     mutate(kit_outputs, Extra)
     with pytest.raises(kit.KitError) as info:
