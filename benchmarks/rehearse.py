@@ -46,10 +46,12 @@ def start(r: Rehearsal, n: int) -> float:
     return time.monotonic() - t0
 
 
-def run_once(r: Rehearsal, rounds: int, label: str) -> float:
+def run_once(r: Rehearsal, rounds: int, label: str, failures: list[str]) -> float | None:
+    """The run's seconds, or None (recorded in `failures`) if not every organisation answered."""
     result = r.run_app(rounds)
     if not result.ok:
-        raise SystemExit(f"{label}: run failed: {result.error}")
+        failures.append(f"{label}: {result.error} (logs: {r.dir / 'logs'})")
+        return None
     return result.seconds
 
 
@@ -63,11 +65,15 @@ def measure(n: int, rounds: int, repeat: int, workdir: Path) -> dict[str, object
             Rehearsal(plan, workdir / f"{n}-insecure", insecure=True, log=quiet, ports_taken=taken) as insecure:
         ready = {"secured": start(secured, n), "insecure": start(insecure, n)}
         runs: dict[str, list[float]] = {"secured": [], "insecure": []}
+        failures: list[str] = []
         for i in range(repeat):
             order = [("secured", secured), ("insecure", insecure)]
             for label, r in order if i % 2 == 0 else reversed(order):
-                runs[label].append(run_once(r, rounds, f"{n} orgs {label}"))
-    return {"ready": ready, "runs": runs, "median": {k: statistics.median(v) for k, v in runs.items()}}
+                seconds = run_once(r, rounds, f"{n} orgs {label}, run {i + 1}", failures)
+                if seconds is not None:
+                    runs[label].append(seconds)
+    median = {k: statistics.median(v) if v else float("nan") for k, v in runs.items()}
+    return {"ready": ready, "runs": runs, "median": median, "failures": failures}
 
 
 def main() -> int:
@@ -78,6 +84,7 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs under */logs/)")
     args = ap.parse_args()
     print(f"{'orgs':>4}  {'ready secured':>13}  {'ready insecure':>14}  {'run secured':>11}  {'run insecure':>12}  {'ratio':>5}")
+    failed = 0
     with contextlib.ExitStack() as stack:
         tmp = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nina-bench-rehearse-")))
         for n in args.orgs:
@@ -89,9 +96,14 @@ def main() -> int:
             print(f"{n:>4}  {rs:>12.1f}s  {ri:>13.1f}s  {ts:>10.1f}s  {ti:>11.1f}s  {ratio:>5.2f}{flag}", flush=True)
             print(f"      runs secured {' '.join(f'{t:.1f}' for t in m['runs']['secured'])}"
                   f" | insecure {' '.join(f'{t:.1f}' for t in m['runs']['insecure'])}", flush=True)
+            for failure in m["failures"]:
+                print(f"      FAILED (not in the median) {failure}", flush=True)
+            failed += len(m["failures"])
     print(f"({args.rounds} rounds of validation_app per run, median of {args.repeat} alternated runs; "
           "ready = SuperLink start to all SuperNodes online)")
-    return 0
+    if failed:
+        print(f"{failed} run(s) failed: an organisation did not answer a round (see FAILED lines)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -166,19 +166,32 @@ def port_free(port: int, host: str = facts.LOOPBACK) -> bool:
     return True
 
 
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux's default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def pick_ports(preferred: Sequence[int], taken: set[int] | None = None) -> list[int]:
-    """The preferred ports if all are free (and not taken), else as many free ephemeral ports."""
+    """The preferred ports if all are free (and not taken), else the next free ones above them.
+
+    Never ports from the kernel's ephemeral range: between choosing a port and the server
+    binding it, any outgoing connection on this machine could take it as its source port.
+    """
     taken = taken if taken is not None else set()
     if all(port_free(p) and p not in taken for p in preferred):
         chosen = list(preferred)
     else:
         chosen = []
+        candidate, ceiling = max(preferred) + 1, ephemeral_floor()
         while len(chosen) < len(preferred):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((facts.LOOPBACK, 0))
-                p = s.getsockname()[1]
-            if p not in taken and p not in chosen:
-                chosen.append(p)
+            if candidate >= ceiling:
+                raise RehearsalError(f"no free loopback ports between {max(preferred) + 1} and {ceiling - 1}")
+            if candidate not in taken and port_free(candidate):
+                chosen.append(candidate)
+            candidate += 1
     taken.update(chosen)
     return chosen
 

@@ -11,7 +11,7 @@ import socket
 import time
 
 from nina import facts
-from nina.rehearse import port_free
+from nina.rehearse import ephemeral_floor, pick_ports, port_free
 
 
 def _listener() -> tuple[socket.socket, int]:
@@ -50,3 +50,37 @@ def test_time_wait_left_by_a_server_that_closed_first_is_free():
     # The situation is real: the port is held in TIME_WAIT, so a plain bind still fails.
     assert not _plain_bind_works(port)
     assert port_free(port)
+
+
+def _low_listener() -> tuple[socket.socket, int]:
+    """A listener on a free port well below the ephemeral range (where the rehearsal's ports are)."""
+    for port in range(21000, 22000):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            srv.bind((facts.LOOPBACK, port))
+        except OSError:
+            srv.close()
+            continue
+        srv.listen()
+        return srv, port
+    raise AssertionError("no free port in 21000-21999")
+
+
+def test_busy_preferred_ports_fall_back_to_the_next_free_ones_below_the_ephemeral_range():
+    srv, port = _low_listener()
+    with srv:
+        taken: set[int] = set()
+        first = pick_ports((port, port + 1), taken)
+        second = pick_ports((port, port + 1), taken)
+    chosen = first + second
+    assert port not in chosen and len(set(chosen)) == 4
+    assert all(port < p < ephemeral_floor() for p in chosen) and max(chosen) < port + 50
+    assert taken == set(chosen)
+
+
+def test_free_preferred_ports_are_used_and_reserved():
+    srv, port = _low_listener()
+    srv.close()
+    taken: set[int] = set()
+    assert pick_ports((port,), taken) == [port]
+    assert pick_ports((port,), taken) != [port]  # reserved for the first caller
