@@ -178,7 +178,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
         tenancies=tenancy_docs,
         hosts={h.name: outputs.host(h, h.fixed_ip, ips.get(h.name)) for h in plan.hosts},
         bastion_ip=ips[plan.bastion.name],
-        database=outputs.database(plan, str(SERVER_CIDR.network_address + facts.DATABASE_OFFSET)),
+        database=outputs.database(plan, plan.database_ip),
         secrets={
             "supernode_private_keys": sn_keys,
             "vpn_client_private_keys": vpn_keys,
