@@ -47,6 +47,9 @@ SERVICE_HOMES = {
 _VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9-]+$")
 _NO_VOLUMES: Mapping[str, str] = MappingProxyType({})
 ROOT = "root"
+# The first runcmd line: the runcmd script stops at the first failing step (and -x logs each
+# step to /var/log/cloud-init-output.log), so cloud-init reports the failure.
+BOOTSTRAP_STRICT = "set -eux"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -143,6 +146,29 @@ def _directories(roles: set[str]) -> list[list[str]]:
     return dirs
 
 
+def _checks(host: Host, packages: list[str], files: list[dict[str, Any]], runcmd: list[list[str]],
+            venv_programs: list[str], flwr_version: str, enabled: list[str], active: list[str]) -> list[list[str]]:
+    """The postconditions of this user-data, as nina-bootstrap-check lines (function + arguments)."""
+    mounts = {v.mount_point for v in host.volumes}
+    checks: list[list[str]] = [["package", p] for p in packages]
+    checks.append(["member", facts.DEFAULT_LOGIN_USER, facts.SYSTEM_GROUP])
+    checks += [["member", u["name"], facts.SYSTEM_GROUP] for u in _service_users(host.roles)]
+    for cmd in runcmd:
+        if cmd[:2] == ["install", "-d"] and cmd[-1] not in mounts:
+            mode, owner, group, path = cmd[3], cmd[5], cmd[7], cmd[8]
+            checks.append(["path", mode, owner, group, path])
+    for f in files:
+        owner, group = f["owner"].split(":")
+        checks.append(["path", f["permissions"], owner, group, f["path"]])
+    if venv_programs:
+        checks.append(["python_dist", facts.FLOWER_VENV, "flwr", flwr_version])
+        checks += [["executable", f"{facts.FLOWER_VENV}/bin/{p}"] for p in venv_programs]
+    checks += [["mounted", m] for m in sorted(mounts)]
+    checks += [["enabled", u] for u in enabled]
+    checks += [["active", u] for u in active]
+    return checks
+
+
 def _vpn_plan(plan: Plan, host: Host) -> VpnPlan:
     for tenancy in plan.tenancies:
         if tenancy.vpn is not None and tenancy.vpn.host == host.name:
@@ -179,6 +205,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         runcmd.append([facts.PREPARE_VOLUME_BIN, vid, vol.mount_point, vol.owner])
 
     units: list[str] = []
+    venv_programs: list[str] = []
     if roles & set(FLOWER_ROLES):
         # The venv (manual 4.1.2.11) with the pinned flwr; the units start once certs arrive.
         runcmd.append(["python3", "-m", "venv", facts.FLOWER_VENV])
@@ -191,12 +218,14 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
             _file(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}", render.superlink_service(), 0o644),
         ]
         units.append(facts.SUPERLINK_UNIT)
+        venv_programs += ["flower-superlink", "flwr"]
     if "supernode" in roles:
         files += [
             _file(facts.SUPERNODE_RUN_SCRIPT, render.run_supernode_sh(), 0o755),
             _file(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}", render.supernode_service(), 0o644),
         ]
         units.append(facts.SUPERNODE_UNIT)
+        venv_programs.append("flower-supernode")
     start: list[str] = []
     if "vpn" in roles:
         # The OpenVPN hub (nina.vpn): bridge/forwarding/firewall at boot; the server instances
@@ -215,7 +244,14 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         runcmd.append(["systemctl", "enable", *units])
     if start:
         runcmd.append(["systemctl", "start", *start])
-    runcmd.append(["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT])
+    restarted = [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
+    runcmd.append(["systemctl", "restart", *restarted])
+
+    # Fail loudly (cloud-init runs runcmd as one /bin/sh script whose status is its last
+    # command's): stop at the first failing step, then check every promise before the marker.
+    checks = _checks(host, packages, files, runcmd, venv_programs, plan.cfg.flower.version, units, [*start, *restarted])
+    files.append(_file(facts.BOOTSTRAP_CHECK_BIN, render.bootstrap_check_script(host.name, checks), 0o755))
+    steps: list[str | list[str]] = [BOOTSTRAP_STRICT, *(_Cmd(c) for c in runcmd), _Cmd([facts.BOOTSTRAP_CHECK_BIN])]
 
     doc: dict[str, Any] = {"hostname": host.name}
     if plan.cfg.cloud.dns_domain:
@@ -227,7 +263,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         "groups": [facts.SYSTEM_GROUP],
         "users": ["default", *_service_users(host.roles)],
         "write_files": files,
-        "runcmd": [_Cmd(c) for c in runcmd],
+        "runcmd": steps,
     })
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=False)
     text = f"#cloud-config\n# nina-fl host {host.name} (roles: {', '.join(host.roles)}). No secrets here: user-data is readable on the VM.\n{body}"

@@ -15,10 +15,10 @@ import pulumi_command as command
 
 from components.access import OperatorAccess
 from components.host import Host
-from nina import facts
+from nina import facts, render
 
-# Wait for first-boot bootstrap (users, venv, installer) before delivering anything.
-_WAIT_FOR_BOOT = "sudo cloud-init status --wait >/dev/null 2>&1 || true"
+# Wait for first-boot bootstrap (users, venv, installer) and refuse a host whose bootstrap failed.
+_WAIT_FOR_BOOT = render.bootstrap_guard()
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FileDelivery(pulumi.ComponentResource):
         self.command = command.remote.Command(
             f"{name}-install",
             connection=args.access.connection(args.host.fixed_ip),
-            create=f"{_WAIT_FOR_BOOT}; sudo {facts.INSTALL_FILES_BIN}",
+            create=f"{_WAIT_FOR_BOOT}\nsudo {facts.INSTALL_FILES_BIN}",
             stdin=pulumi.Output.secret(args.payload),
             # A new VM (same address, fresh disk) needs its files again.
             triggers=[args.host.instance.id],
@@ -64,7 +64,7 @@ class SuperNodeRegistration(pulumi.ComponentResource):
         self.command = command.remote.Command(
             f"{name}-register",
             connection=args.access.connection(args.superlink.fixed_ip),
-            create=f"{_WAIT_FOR_BOOT}; sudo {facts.MEMBERSHIP_BIN} register {args.slug}",
+            create=f"{_WAIT_FOR_BOOT}\nsudo {facts.MEMBERSHIP_BIN} register {args.slug}",
             delete=f"sudo {facts.MEMBERSHIP_BIN} unregister {args.slug}",
             stdin=args.public_key_openssh,
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.after),

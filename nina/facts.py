@@ -95,6 +95,12 @@ SUPERNODE_PUB_FILE = "client_credentials.pub"
 INSTALL_FILES_BIN = "/usr/local/sbin/nina-install-files"
 MEMBERSHIP_BIN = "/usr/local/sbin/nina-membership"
 PREPARE_VOLUME_BIN = "/usr/local/sbin/nina-prepare-volume"
+# The last step of first boot: checks what user-data promised (packages, users, directories,
+# files, venv, units, volumes) and only then writes BOOTSTRAP_MARKER. Deliveries refuse a host
+# without the marker (its bootstrap failed or is unfinished).
+BOOTSTRAP_CHECK_BIN = "/usr/local/sbin/nina-bootstrap-check"
+BOOTSTRAP_MARKER = "/var/lib/nina/bootstrap-ok"
+CLOUD_INIT_OUTPUT_LOG = "/var/log/cloud-init-output.log"
 
 # --- addressing inside a segment ------------------------------------------------------
 # Fixed addresses are planned from the config (offsets from the network address), so that

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -235,6 +236,34 @@ def install_files_script() -> str:
 def membership_script() -> str:
     """`nina-membership` (facts.MEMBERSHIP_BIN): registers SuperNode keys at the local SuperLink."""
     return _render("nina-membership.py.j2")
+
+
+def bootstrap_check_script(host: str, checks: Sequence[Sequence[str]]) -> str:
+    """`nina-bootstrap-check` (facts.BOOTSTRAP_CHECK_BIN): the host's first-boot postconditions, each
+    a line `<check> <args...>` (functions of the script: package, member, path, python_dist,
+    executable, enabled, active, mounted); writes facts.BOOTSTRAP_MARKER only if all hold."""
+    known = {"package", "member", "path", "python_dist", "executable", "enabled", "active", "mounted"}
+    lines = []
+    for check in checks:
+        if not check or check[0] not in known:
+            raise ValueError(f"unknown bootstrap check {list(check)!r}")
+        lines.append(shlex.join(check))
+    return _render("nina-bootstrap-check.sh.j2", host=host, checks=lines)
+
+
+def bootstrap_guard() -> str:
+    """The shell prefix of every delivery: wait for first boot to end, then refuse (exit 1, saying
+    why, with cloud-init's own account) a host whose bootstrap did not write facts.BOOTSTRAP_MARKER."""
+    return (
+        "sudo cloud-init status --wait >/dev/null 2>&1; "
+        f"if ! test -f {facts.BOOTSTRAP_MARKER}; then "
+        f'echo "nina: refusing to deliver to $(hostname): its first-boot bootstrap failed or did not finish '
+        f'({facts.BOOTSTRAP_MARKER} is missing). cloud-init says:" >&2; '
+        "sudo cloud-init status --long >&2; "
+        f"sudo tail -n 40 {facts.CLOUD_INIT_OUTPUT_LOG} >&2; "
+        f"echo \"nina: fix the cause, then replace this VM (or run 'sudo {facts.BOOTSTRAP_CHECK_BIN}' after fixing it by hand)\" >&2; "
+        "exit 1; fi"
+    )
 
 
 def prepare_volume_script() -> str:

@@ -86,7 +86,15 @@ def test_base_for_every_host(rendered):
         assert doc["groups"] == [facts.SYSTEM_GROUP]
         assert doc["users"][0] == "default"
         assert ["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER] in doc["runcmd"]
-        assert ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT] == doc["runcmd"][-1]
+        # Fail loudly: the runcmd script stops at the first failing step, and its last step
+        # checks the bootstrap's promises before writing the marker deliveries require.
+        assert doc["runcmd"][0] == "set -eux"
+        assert ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT] == doc["runcmd"][-2]
+        assert [facts.BOOTSTRAP_CHECK_BIN] == doc["runcmd"][-1]
+        check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
+        assert check["permissions"] == "0755" and check["owner"] == "root:root"
+        assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
+        assert "\nactive prometheus-node-exporter.service\n" in check["content"]
         files = files_of(doc)
         assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
         assert files[facts.INSTALL_FILES_BIN]["permissions"] == "0755"

@@ -404,3 +404,16 @@ def test_an_organisation_that_keeps_its_keys_has_none_in_the_stack():
     registration = next(r for r in run.registrations if r.name == "gold-coast-registration-register")
     assert registration.inputs["stdin"] == key.public_key_openssh
     assert not [r for r in run.registrations if r.name.startswith(("vpn-client-gold-coast-key", "supernode-gold-coast-auth"))]
+
+
+def test_every_delivery_refuses_a_host_whose_bootstrap_failed(test_run, uat_run):
+    """No remote create runs before the guard: it waits for first boot and refuses a host
+    without the bootstrap marker (the boot lab shows it refusing a host whose pip failed)."""
+    from nina import render
+
+    for run in (test_run, uat_run):
+        commands = run.of_type(REMOTE_COMMAND)
+        assert commands
+        for cmd in commands:
+            assert cmd.inputs["create"].startswith(render.bootstrap_guard() + "\n"), cmd.name
+            assert "|| true" not in cmd.inputs["create"], cmd.name

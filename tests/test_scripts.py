@@ -32,6 +32,10 @@ SHELL_SCRIPTS = {
     "run_superlink.sh": render.run_superlink_sh,
     "run_supernode.sh": render.run_supernode_sh,
     "nina-prepare-volume": render.prepare_volume_script,
+    "nina-bootstrap-check": lambda: render.bootstrap_check_script("lab", [
+        ["package", "python3-venv"], ["member", "ubuntu", "fl_system"], ["path", "2775", "root", "fl_system", "/opt/python"],
+        ["python_dist", "/opt/python/flower_env", "flwr", "1.25.0"], ["executable", "/bin/sh"],
+        ["mounted", "/"], ["enabled", "x.service"], ["active", "x.service"]]),
 }
 
 
@@ -661,3 +665,78 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
     assert (tmp_path / "state" / "superlink_state.db").is_file()
     rc, out, err = result["unregister"]
     assert rc == 0 and json.loads(out)["node-id"] == node_id, err
+
+
+# --- nina-bootstrap-check: the first boot's postconditions ----------------------------------
+
+
+def _bootstrap_check(tmp_path, checks):
+    script = write(tmp_path / "nina-bootstrap-check", render.bootstrap_check_script("lab", checks), 0o755)
+    marker = tmp_path / "state" / "bootstrap-ok"
+    proc = subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, "NINA_BOOTSTRAP_MARKER": str(marker)})
+    return proc, marker
+
+
+def test_bootstrap_check_writes_the_marker_only_when_every_check_holds(tmp_path):
+    import grp
+    import pwd
+
+    me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    good = write(tmp_path / "file", "x", 0o640)
+    ok = [["path", "0640", me, group, str(good)], ["executable", "/bin/sh"], ["python_dist", str(Path(sys.executable).parent.parent), "pytest", pytest.__version__]]
+    proc, marker = _bootstrap_check(tmp_path, ok)
+    assert proc.returncode == 0 and marker.read_text() == "ok\n", proc.stderr
+
+    marker.unlink()
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    bad = [
+        (["path", "0600", me, group, str(good)], f"{good} is '640 {me} {group}', expected '600 {me} {group}'"),
+        (["path", "0640", me, group, str(link)], f"{link} is missing (or a symlink)"),
+        (["path", "0640", me, group, str(tmp_path / "nope")], "is missing"),
+        (["executable", str(good)], "is not an executable"),
+        (["python_dist", str(Path(sys.executable).parent.parent), "pytest", "0.0.1"], "does not have pytest==0.0.1"),
+        (["python_dist", str(tmp_path), "flwr", "1.25.0"], "bin/python is missing"),
+        (["package", "no-such-package-nina"], "Debian package no-such-package-nina is not installed"),
+        (["member", "no-such-user-nina", "fl_system"], "user no-such-user-nina does not exist"),
+        (["member", me, "no-such-group-nina"], f"user {me} is not in group no-such-group-nina"),
+        (["mounted", str(tmp_path)], "is not mounted"),
+    ]
+    proc, marker = _bootstrap_check(tmp_path, ok + [c for c, _ in bad])
+    assert proc.returncode == 1 and not marker.exists(), proc.stdout
+    for _, message in bad:
+        assert message in proc.stderr, (message, proc.stderr)
+    assert proc.stderr.count("FAILED:") == len(bad), proc.stderr  # every failure named, not only the first
+
+
+def test_bootstrap_check_refuses_unknown_checks():
+    with pytest.raises(ValueError, match="unknown bootstrap check"):
+        render.bootstrap_check_script("lab", [["rm", "-rf", "/"]])
+    with pytest.raises(ValueError, match="unknown bootstrap check"):
+        render.bootstrap_check_script("lab", [[]])
+
+
+def test_bootstrap_check_quotes_its_arguments(tmp_path):
+    odd = write(tmp_path / "a file; touch pwned", "x", 0o644)
+    proc, _ = _bootstrap_check(tmp_path, [["executable", str(odd)]])
+    assert proc.returncode == 1 and "is not an executable" in proc.stderr
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_bootstrap_guard_refuses_a_host_without_the_marker(tmp_path):
+    """The delivery prefix, run with stand-ins for sudo/cloud-init/hostname: no marker, no delivery."""
+    bin_dir = tmp_path / "bin"
+    write(bin_dir / "sudo", '#!/bin/sh\nexec "$@"\n', 0o755)
+    write(bin_dir / "cloud-init", "#!/bin/sh\n[ \"$2\" = --long ] && echo 'status: error' && echo \"detail: ('scripts-user', ...)\"\nexit 1\n", 0o755)
+    write(bin_dir / "hostname", "#!/bin/sh\necho lab-host\n", 0o755)
+    write(bin_dir / "tail", "#!/bin/sh\necho '+ pip install flwr==1.25.0'\necho 'ERROR: No matching distribution'\n", 0o755)
+    marker = facts.BOOTSTRAP_MARKER
+    guard = render.bootstrap_guard().replace(marker, str(tmp_path / "marker"))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-c", f"{guard}\necho DELIVERED"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "DELIVERED" not in proc.stdout
+    assert "nina: refusing to deliver to lab-host: its first-boot bootstrap failed or did not finish" in proc.stderr
+    assert "status: error" in proc.stderr and "No matching distribution" in proc.stderr, proc.stderr
+    (tmp_path / "marker").write_text("ok\n")
+    proc = subprocess.run(["bash", "-c", f"{guard}\necho DELIVERED"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout == "DELIVERED\n", proc.stderr
