@@ -645,9 +645,7 @@ class Rehearsal:
         app = self._app_copy()
         summary = self.dir / f"{tag}-summary.json"
         summary.unlink(missing_ok=True)
-        run_config = (f'num-server-rounds={int(rounds)} expected-nodes={len(expected)} '
-                      f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
-                      f'round-timeout={int(round_timeout)} summary-path="{summary}"')
+        run_config = validation_run_config(expected, rounds, round_timeout, str(summary))
         cmd = [str(self.venv / "bin" / "flwr"), "run", str(app), facts.REHEARSAL_FEDERATION, "--run-config", run_config, "--stream"]
         proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.dir / "cli-home")))
         budget = round_timeout * (rounds + 1) + 90
@@ -691,32 +689,47 @@ class AppRun:
             timed_out = True
         self.proc.stop()
         seconds = time.monotonic() - self.started
-        out = self.proc.output()
         summary = None
         with contextlib.suppress(OSError, ValueError):
             summary = json.loads(self.summary_path.read_text())
-        if summary is None:
-            summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
-        rounds = summary["rounds"] if summary else _round_lines(out)
-        error = None
-        if timed_out:
-            error = f"`flwr run` did not finish within {self.budget:g} s"
-        elif summary is None:
-            error = f"the ServerApp wrote no summary (flwr run exit {self.proc.popen.returncode}); see {self.proc.log}"
-        elif not summary.get("ok"):
-            error = summary.get("error") or "the ServerApp reported a failure"
-        elif self.proc.popen.returncode not in (0, None):
-            error = f"`flwr run` exited with code {self.proc.popen.returncode}"
-        if error is None:
-            # The app already checks this; check again here so a changed app cannot pass silently.
-            for r in rounds:
-                missing = sorted(set(self.expected) - set(r.get("partitions", [])))
-                if missing:
-                    error = f"round {r.get('round')}: partitions {missing} did not answer"
-                    break
-            if not rounds:
-                error = "no rounds ran"
-        return RunResult(error is None, rounds, error, seconds, out, self.expected)
+        return judge_run(self.proc.output(), summary, self.expected, self.proc.popen.returncode,
+                         f"`flwr run` did not finish within {self.budget:g} s" if timed_out else None,
+                         seconds, f"see {self.proc.log}")
+
+
+def validation_run_config(expected: Sequence[int], rounds: int, round_timeout: float, summary_path: str | None = None) -> str:
+    """The `--run-config` of a validation run that every partition in `expected` must answer."""
+    text = (f'num-server-rounds={int(rounds)} expected-nodes={len(expected)} '
+            f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
+            f'round-timeout={int(round_timeout)}')
+    return text + (f' summary-path="{summary_path}"' if summary_path else "")
+
+
+def judge_run(out: str, summary: dict[str, Any] | None, expected: Sequence[int], returncode: int | None,
+              timeout_error: str | None, seconds: float, hint: str) -> RunResult:
+    """Judge a validation run from its `flwr run --stream` output (and the summary file, if read)."""
+    if summary is None:
+        summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
+    rounds = summary["rounds"] if summary else _round_lines(out)
+    error = None
+    if timeout_error:
+        error = timeout_error
+    elif summary is None:
+        error = f"the ServerApp wrote no summary (flwr run exit {returncode}); {hint}"
+    elif not summary.get("ok"):
+        error = summary.get("error") or "the ServerApp reported a failure"
+    elif returncode not in (0, None):
+        error = f"`flwr run` exited with code {returncode}"
+    if error is None:
+        # The app already checks this; check again here so a changed app cannot pass silently.
+        for r in rounds:
+            missing = sorted(set(expected) - set(r.get("partitions", [])))
+            if missing:
+                error = f"round {r.get('round')}: partitions {missing} did not answer"
+                break
+        if not rounds:
+            error = "no rounds ran"
+    return RunResult(error is None, rounds, error, seconds, out, list(expected))
 
 
 def _round_lines(out: str) -> list[dict[str, Any]]:

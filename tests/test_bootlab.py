@@ -1,0 +1,299 @@
+"""The boot lab (tests/bootlab.py): the stack's hosts boot from the user-data the program
+declares, take every delivery it declares over real SSH through the bastion, and federate
+with a hospital that installed its site kit as its README says.
+
+The stack is `test` (bastion, SuperLink with its state volume, two cloud SuperNodes on their
+own segments) plus the first organisation of `uat` on premises (so the VPN server and one
+hospital are in the same federation). Everything is taken from one mock run of the real
+`__main__.py`: user-data, remote commands (their `create` and `stdin`), the operator key and
+the stack outputs the hospital's kit is exported from.
+
+Phases (each timed; the figures go to the test's output and to `bootlab-timings.json` in
+the lab directory):
+1. build (or reuse) the image; boot every declared host at once, with one SuperNode's
+   registry access cut off, as an outage would: its cloud-init must report an error, its
+   bootstrap check must not pass, and its delivery (as declared) must refuse the host;
+2. replace that VM (fresh disk, new instance id) and let it boot;
+3. run every declared remote command in declaration order (Pulumi's order for these);
+   check the hosts' postconditions; run them all again and check nothing changed;
+4. the hospital: a plain container on its own network that reaches only the VPN server's
+   public address; export the kit, `install.sh --dry-run` (changes nothing), `install.sh`,
+   then again (changes nothing); its VPN address is the pinned one;
+5. the validation app through an SSH tunnel via the bastion: every organisation, every round;
+6. the SuperLink VM is replaced (same volume): not reformatted, its delivery runs again (its
+   trigger is the instance id), the registrations survive, the next run passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from harness import run_program, stack_config
+
+import bootlab
+from nina import facts
+from nina.rehearse import judge_run, validation_run_config
+
+pytestmark = pytest.mark.slow
+WHY_NOT = bootlab.missing_tools()
+REPO = Path(__file__).resolve().parent.parent
+HOSPITAL_IP = "198.51.100.10"
+HOSPITAL_GW = "198.51.100.1"
+ROUNDS = 2
+ROUND_TIMEOUT = 120
+
+
+def lab_config() -> dict:
+    """Stack `test` plus uat's first (on-premise) organisation and its VPN pool."""
+    cfg = stack_config("test")
+    uat = stack_config("uat")
+    cfg["nina:network"] = dict(cfg["nina:network"], vpn_pool_cidr=uat["nina:network"]["vpn_pool_cidr"])
+    cfg["nina:organisations"] = [*cfg["nina:organisations"], uat["nina:organisations"][0]]
+    return cfg
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.monotonic()
+        print(f"[boot lab] {name} ...", flush=True)
+        yield
+        self.phases[name] = round(time.monotonic() - start, 1)
+        print(f"[boot lab] {name}: {self.phases[name]} s", flush=True)
+
+
+def wait_all(machines: dict[str, bootlab.Machine]) -> dict[str, dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(machines)) as pool:
+        futures = {n: pool.submit(m.cloud_init_status) for n, m in machines.items()}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def delivered_state(lab: bootlab.Lab, declared: bootlab.Declared) -> dict[str, str]:
+    """sha256, mode and owner of every delivered file, and each service's main PID, per host."""
+    state = {}
+    for host in declared.hosts.values():
+        m = lab.machines[host.name]
+        out = m.sh("find /etc/flwr /etc/openvpn /usr/local/share/ca-certificates /opt/flwr/superlink/admin-app -type f "
+                   "-exec sha256sum {} + 2>/dev/null | sort; stat -c '%n %a %U %G' $(find /etc/flwr /etc/openvpn -type f "
+                   "2>/dev/null | sort) 2>/dev/null; for u in superlink supernode openvpn-server@server openvpn-server@server-tcp; do "
+                   "echo $u $(systemctl show -p MainPID --value $u 2>/dev/null); done", check=False).stdout
+        state[host.name] = out
+    return state
+
+
+def run_all(lab: bootlab.Lab, commands: list[bootlab.DeclaredCommand], label: str) -> dict[str, str]:
+    outs = {}
+    for cmd in commands:
+        proc = lab.run_declared(cmd)
+        assert proc.returncode == 0, f"{label}: {cmd.name} on {cmd.host} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outs[cmd.name] = proc.stdout + proc.stderr
+    return outs
+
+
+def validate(lab: bootlab.Lab, declared: bootlab.Declared, workdir: Path, tag: str):
+    """The validation app from the operator's namespace, through an SSH tunnel via the bastion."""
+    superlink = next(h for h in declared.hosts.values() if h.name.startswith("superlink-"))
+    port, tunnel = lab.tunnel(superlink.fixed_ip, facts.SUPERLINK_CONTROL_PORT)
+    try:
+        app = workdir / f"app-{tag}"
+        shutil.rmtree(app, ignore_errors=True)
+        shutil.copytree(REPO / "validation_app", app, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        ca = workdir / "ca.crt"
+        ca.write_text(declared.outputs["ca_cert_pem"])
+        with open(app / "pyproject.toml", "a") as f:
+            f.write(f'\n[tool.flwr.federations.lab]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n')
+        expected = sorted(o["partition_id"] for t in declared.outputs["tenancies"].values() for o in t["organisations"].values())
+        config = validation_run_config(expected, ROUNDS, ROUND_TIMEOUT)
+        flwr = Path(sys.executable).parent / "flwr"
+        env = {"PATH": os.environ["PATH"], "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(workdir / f"flwr-home-{tag}"),
+               "HOME": str(workdir)}
+        t0 = time.monotonic()
+        proc = subprocess.run(["ip", "netns", "exec", lab.operator, str(flwr), "run", str(app), "lab", "--run-config", config, "--stream"],
+                              capture_output=True, text=True, timeout=ROUND_TIMEOUT * (ROUNDS + 1) + 120, env=env)
+        result = judge_run(proc.stdout + proc.stderr, None, expected, proc.returncode, None, time.monotonic() - t0, "")
+        return result
+    finally:
+        tunnel.terminate()
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+@pytest.mark.timeout(2700)
+def test_boot_lab_hosts_boot_take_deliveries_and_federate_with_a_hospital():
+    timer = Timer()
+    run = run_program(lab_config(), "test")
+    assert run.error is None, run.error
+    declared = bootlab.Declared.from_run(run)
+    hosts = declared.hosts
+    names = {h.name for h in hosts.values()}
+    assert {"gateway", "superlink-main", "vpn-main", "supernode-test-org-a", "supernode-test-org-b"} <= names, names
+    broken = hosts["supernode-test-org-b"]
+    workdir = Path(tempfile.mkdtemp(prefix="nina-bootlab-", dir=os.environ.get("NINA_BOOTLAB_WORKDIR")))
+    try:
+        with timer.phase("image"):
+            image = bootlab.build_image()
+        with bootlab.Lab(declared, workdir / "lab", image) as lab:
+            try:
+                _scenario(lab, declared, broken, workdir, timer)
+            except BaseException:
+                if os.environ.get("NINA_BOOTLAB_KEEP"):
+                    print(f"[boot lab] kept for inspection: {workdir}; touch {workdir}/release to clean up", flush=True)
+                    while not (workdir / "release").exists():
+                        time.sleep(5)
+                raise
+    finally:
+        timer.phases["total"] = round(time.monotonic() - timer.t0, 1)
+        print("[boot lab] timings: " + json.dumps(timer.phases), flush=True)
+        with contextlib.suppress(OSError):
+            (workdir / "bootlab-timings.json").write_text(json.dumps(timer.phases, indent=1) + "\n")
+        if not os.environ.get("NINA_BOOTLAB_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.DeclaredHost, workdir: Path, timer: Timer) -> None:
+    hosts = declared.hosts
+    by_host: dict[str, list[bootlab.DeclaredCommand]] = {}
+    for cmd in declared.commands:
+        by_host.setdefault(cmd.host, []).append(cmd)
+
+    # --- 1. every host boots at once; one of them with its registries cut off -------------
+    with timer.phase("boot all hosts (one with a registry outage)"):
+        lab.deny_registries(broken.fixed_ip)
+        machines = {h.name: lab.boot_declared(h) for h in hosts.values()}
+        statuses = wait_all(machines)
+    for name, st in statuses.items():
+        if name == broken.name:
+            continue
+        assert st["status"] == "done", f"{name}: cloud-init {st['status']}:\n{st['text']}"
+        machines[name].sh(f"test -f {facts.BOOTSTRAP_MARKER}")
+
+    # The hidden-failure bug: pip could not reach the index, and cloud-init must say so.
+    bad = lab.machines[broken.name]
+    assert statuses[broken.name]["status"] == "error", statuses[broken.name]["text"]
+    assert "scripts-user" in statuses[broken.name]["text"], statuses[broken.name]["text"]
+    assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1
+    check = bad.sh(facts.BOOTSTRAP_CHECK_BIN, check=False)
+    assert check.returncode == 1 and "does not have flwr==" in check.stderr, check.stderr
+    assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1, "a failed check wrote the marker"
+    refused = lab.run_declared(by_host[broken.fixed_ip][0])
+    assert refused.returncode == 1, refused
+    assert f"refusing to deliver to {broken.hostname}" in refused.stderr, refused.stderr
+    assert "status: error" in refused.stderr, refused.stderr  # cloud-init's own account, for the operator
+    assert bad.sh(f"test -e {facts.SUPERNODE_CONF}", check=False).returncode == 1, "the refused delivery installed files"
+
+    # --- 2. the operator replaces that VM once the outage is over -------------------------
+    with timer.phase("replace the failed SuperNode VM"):
+        lab.deny_registries(broken.fixed_ip, denied=False)
+        machines[broken.name] = lab.boot_declared(broken, instance_id=f"i-{broken.name}-2")
+        st = machines[broken.name].cloud_init_status()
+    assert st["status"] == "done", st["text"]
+
+    # --- 3. every declared remote command, over ssh -J, then again --------------------------
+    with timer.phase("deliveries and registrations (first run)"):
+        lab.wait_ssh(hosts["gateway"].fixed_ip)
+        run_all(lab, declared.commands, "first run")
+    superlink = next(h for h in hosts.values() if h.name.startswith("superlink-"))
+    vpn = next(h for h in hosts.values() if h.name.startswith("vpn-"))
+    sl, vm = machines[superlink.name], machines[vpn.name]
+    sl.wait_for(f"systemctl is-active --quiet {facts.SUPERLINK_UNIT}", 60, "superlink.service active")
+    for port in (facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT, facts.SUPERLINK_SERVERAPPIO_PORT):
+        sl.wait_for(f"ss -Hltn 'sport = :{port}' | grep -q LISTEN", 60, f"port {port}")
+    assert bootlab.port_of(sl, facts.SUPERLINK_SERVERAPPIO_PORT) == {facts.LOOPBACK}
+    assert bootlab.port_of(sl, facts.SUPERLINK_FLEET_PORT) == {facts.ANY_ADDRESS}
+    assert bootlab.port_of(sl, facts.SUPERLINK_CONTROL_PORT) == {facts.ANY_ADDRESS}
+    assert sl.sh(f"findmnt -n -o SOURCE {facts.SUPERLINK_STATE_DIR}").stdout.strip().startswith(facts.VOLUME_BY_ID_PREFIX)
+    modes = bootlab.stat(sl, [f"{facts.SUPERLINK_CERTS}/{facts.SERVER_KEY_FILE}", facts.SUPERLINK_STATE_DB])
+    assert modes[f"{facts.SUPERLINK_CERTS}/{facts.SERVER_KEY_FILE}"] == "600 superlink fl_system", modes
+    assert modes[facts.SUPERLINK_STATE_DB].endswith("superlink fl_system"), modes
+    for h in hosts.values():
+        m = machines[h.name]
+        m.wait_for(f"ss -Hltn 'sport = :{facts.NODE_EXPORTER_PORT}' | grep -q LISTEN", 60, "node exporter")
+        if h.name.startswith("supernode-"):
+            m.wait_for(f"systemctl is-active --quiet {facts.SUPERNODE_UNIT}", 60, "supernode.service active")
+            assert bootlab.port_of(m, facts.SUPERNODE_CLIENTAPPIO_PORT) <= {facts.LOOPBACK}
+            key = bootlab.stat(m, [f"{facts.SUPERNODE_CERTS}/{facts.SUPERNODE_KEY_FILE}"])
+            assert list(key.values()) == ["600 supernode fl_system"], key
+    for unit in (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT):
+        vm.wait_for(f"systemctl is-active --quiet {unit}", 60, f"{unit} active")
+    assert ("udp", facts.ANY_ADDRESS, facts.OPENVPN_UDP_PORT) in bootlab.listening(vm)
+    assert ("tcp", facts.ANY_ADDRESS, facts.OPENVPN_TCP_PORT) in bootlab.listening(vm)
+    members = json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout)
+
+    before = delivered_state(lab, declared)
+    with timer.phase("deliveries and registrations (second run)"):
+        run_all(lab, declared.commands, "second run")
+    assert delivered_state(lab, declared) == before, "a second run of the same deliveries changed files or restarted services"
+    assert json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout) == members
+
+    # --- 4. the hospital installs its kit as its README says ------------------------------------
+    slug = next(s for t in declared.outputs["tenancies"].values() for s, o in t["organisations"].items() if o["placement"] == "onprem")
+    org = next(t["organisations"][slug] for t in declared.outputs["tenancies"].values() if slug in t["organisations"])
+    with timer.phase("hospital: export the kit, install.sh --dry-run, install.sh"):
+        hospital = lab.boot_plain("hospital", HOSPITAL_IP, bootlab.HOSPITAL_CIDR, HOSPITAL_GW)
+        outputs_file = workdir / "outputs.json"
+        outputs_file.write_text(json.dumps(declared.outputs))
+        outputs_file.chmod(0o600)
+        kits = workdir / "kits"
+        subprocess.run([str(Path(sys.executable).parent / "nina"), "kit", "export", "--outputs", str(outputs_file), "--org", slug,
+                        "--out", str(kits)], check=True, capture_output=True, text=True, timeout=120)
+        archive = kits / f"{slug}{facts.SITEKIT_SUFFIX}.tar.gz"
+        shutil.copy(archive, hospital.root / "root" / archive.name)
+        kit_dir = f"/root/{slug}{facts.SITEKIT_SUFFIX}"
+        hospital.sh(f"cd /root && tar xzf {archive.name}")
+        dry = hospital.sh(f"cd {kit_dir} && ./install.sh --dry-run", check=False, timeout=300)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert hospital.sh(f"test -e {facts.OPENVPN_CLIENT_CONF} || test -e {facts.SUPERNODE_CONF}", check=False).returncode == 1, \
+            "install.sh --dry-run changed the host"
+        first = hospital.sh(f"cd {kit_dir} && ./install.sh", check=False, timeout=900)
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    hospital.wait_for(f"ip -4 -o addr show | grep -q ' {org['vpn_address']}/'", 120, f"the pinned VPN address {org['vpn_address']}")
+    hospital.wait_for(f"systemctl is-active --quiet {facts.SUPERNODE_UNIT}", 60, "the hospital's supernode.service")
+    # The hospital's network reaches the VPN server's public address and nothing else of the cloud.
+    blocked = hospital.sh(f"timeout 5 bash -c 'exec 3<>/dev/tcp/{vpn.floating_ip}/22'", check=False)
+    assert blocked.returncode != 0, "the hospital reached SSH on the VPN server's public address"
+    with timer.phase("hospital: install.sh again"):
+        pids = hospital.sh(f"systemctl show -p MainPID --value {facts.SUPERNODE_UNIT} {facts.OPENVPN_CLIENT_UNIT}").stdout
+        again = hospital.sh(f"cd {kit_dir} && ./install.sh", check=False, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "done: 0 file(s) installed or updated" in again.stdout, again.stdout[-3000:]
+    assert hospital.sh(f"systemctl show -p MainPID --value {facts.SUPERNODE_UNIT} {facts.OPENVPN_CLIENT_UNIT}").stdout == pids
+
+    # --- 5. the validation app, through an SSH tunnel via the bastion --------------------------
+    with timer.phase("validation run (every organisation, through the bastion)"):
+        result = validate(lab, declared, workdir, "first")
+    print(result.table(), flush=True)
+    assert result.ok, f"{result.error}\n{result.output[-4000:]}"
+
+    # --- 6. the SuperLink VM is replaced; its volume and registrations survive -------------------
+    uuid = sl.sh(f"findmnt -n -o UUID {facts.SUPERLINK_STATE_DIR}").stdout.strip()
+    with timer.phase("replace the SuperLink VM (same volume)"):
+        sl = lab.boot_declared(superlink, instance_id=f"i-{superlink.name}-2")
+        st = sl.cloud_init_status()
+        assert st["status"] == "done", st["text"]
+        # Pulumi re-runs what the new instance id triggers: the SuperLink's file delivery, not registrations.
+        log = sl.sh(f"cat {facts.CLOUD_INIT_OUTPUT_LOG}").stdout
+        assert "creating ext4" not in log, "the state volume was reformatted"
+        assert sl.sh(f"findmnt -n -o UUID {facts.SUPERLINK_STATE_DIR}").stdout.strip() == uuid
+        delivery = next(c for c in by_host[superlink.fixed_ip] if c.stdin and '"files"' in c.stdin)
+        proc = lab.run_declared(delivery)
+        assert proc.returncode == 0, proc.stderr
+        sl.wait_for(f"systemctl is-active --quiet {facts.SUPERLINK_UNIT}", 60, "superlink.service after replacement")
+        assert json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout) == members
+    with timer.phase("validation run after the replacement"):
+        result = validate(lab, declared, workdir, "after-replace")
+    print(result.table(), flush=True)
+    assert result.ok, f"{result.error}\n{result.output[-4000:]}"
