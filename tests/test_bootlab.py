@@ -96,6 +96,14 @@ def delivered_state(lab: bootlab.Lab, declared: bootlab.Declared) -> dict[str, s
     return state
 
 
+def registered_nodes(sl: bootlab.Machine) -> list[str]:
+    """Node ids the SuperLink itself has registered (`flwr supernode ls` through its admin project)."""
+    out = sl.sh(f"cd / && FLWR_TELEMETRY_ENABLED=0 FLWR_HOME={facts.SUPERLINK_ADMIN_FLWR_HOME} {facts.FLOWER_VENV}/bin/flwr "
+                f"supernode ls {facts.SUPERLINK_ADMIN_APP} {facts.SUPERLINK_ADMIN_FEDERATION} --format json", timeout=120).stdout
+    doc = json.loads(out[out.index("{"):])
+    return sorted(str(n["node_id"]) for n in doc.get("nodes") or [])
+
+
 def run_all(lab: bootlab.Lab, commands: list[bootlab.DeclaredCommand], label: str) -> dict[str, str]:
     outs = {}
     for cmd in commands:
@@ -232,6 +240,8 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
     assert ("udp", facts.ANY_ADDRESS, facts.OPENVPN_UDP_PORT) in bootlab.listening(vm)
     assert ("tcp", facts.ANY_ADDRESS, facts.OPENVPN_TCP_PORT) in bootlab.listening(vm)
     members = json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout)
+    nodes = registered_nodes(sl)
+    assert nodes == sorted(m["node-id"] for m in members["members"]) and len(nodes) == 3, (nodes, members)
 
     before = delivered_state(lab, declared)
     with timer.phase("deliveries and registrations (second run)"):
@@ -293,6 +303,7 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
         assert proc.returncode == 0, proc.stderr
         sl.wait_for(f"systemctl is-active --quiet {facts.SUPERLINK_UNIT}", 60, "superlink.service after replacement")
         assert json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout) == members
+        assert registered_nodes(sl) == nodes, "the registrations did not survive the new SuperLink VM"
     with timer.phase("validation run after the replacement"):
         result = validate(lab, declared, workdir, "after-replace")
     print(result.table(), flush=True)
