@@ -4,6 +4,7 @@ Reads the `nina:` config namespace, validates it (an invalid config stops here w
 message naming each key and its fix), plans the deployment as plain data, then declares it.
 """
 
+import contextlib
 import gc
 import json
 
@@ -29,10 +30,8 @@ def nina_config() -> dict:
         # Structured values arrive as JSON text, booleans as "true"/"false"; anything else is
         # the plain string it was in the YAML (so "2024" stays a string, as `nina config check` reads it).
         if isinstance(value, str) and (value[:1] in ("{", "[") or value in ("true", "false")):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         out[key] = value
     return out
 

@@ -56,12 +56,15 @@ def default_tenancies() -> list[TenancySpec]:
     """Two on-premise hospitals, one cloud lab and one hospital that keeps its own keys in tenancy
     `main`; a second tenancy `beta` with one more on-premise clinic (for cross-tenancy checks)."""
     return [
-        TenancySpec("main", (
-            OrgSpec("hospital-a", "Hospital A (Brisbane)", "onprem"),
-            OrgSpec("hospital-b", "Hospital B & Partners", "onprem", gpu=True),
-            OrgSpec("cloud-lab", "Cloud Lab", "cloud"),
-            OrgSpec("hospital-own", "Hospital Own Keys", "onprem", own_keys=True),
-        )),
+        TenancySpec(
+            "main",
+            (
+                OrgSpec("hospital-a", "Hospital A (Brisbane)", "onprem"),
+                OrgSpec("hospital-b", "Hospital B & Partners", "onprem", gpu=True),
+                OrgSpec("cloud-lab", "Cloud Lab", "cloud"),
+                OrgSpec("hospital-own", "Hospital Own Keys", "onprem", own_keys=True),
+            ),
+        ),
         TenancySpec("beta", (OrgSpec("beta-clinic", "Beta Clinic", "onprem"),)),
     ]
 
@@ -73,8 +76,15 @@ def many_tenancies(n: int) -> list[TenancySpec]:
     orgs = []
     for i in range(n):
         cloud = i % 5 == 4
-        orgs.append(OrgSpec(f"org-{i:03d}", f"Organisation {i}", "cloud" if cloud else "onprem",
-                            gpu=not cloud and i % 3 == 0, own_keys=not cloud and i % 7 == 6))
+        orgs.append(
+            OrgSpec(
+                f"org-{i:03d}",
+                f"Organisation {i}",
+                "cloud" if cloud else "onprem",
+                gpu=not cloud and i % 3 == 0,
+                own_keys=not cloud and i % 7 == 6,
+            )
+        )
     return [TenancySpec("main", tuple(orgs))]
 
 
@@ -107,9 +117,12 @@ def config_for(tenancies, environment, held_keys):
                     org["vpn_csr_pem"] = localpki.cert_request(vk.private_key_pem, {"common_name": spec.slug})
             orgs.append(org)
         out.append({"name": ten.name, "organisations": orgs, **({"vpn_pool_cidr": f"192.168.{99 + t}.0/24"} if t else {})})
-    return {"environment": environment, "network": {"server_cidr": str(SERVER_CIDR), "vpn_pool_cidr": "192.168.99.0/24",
-                                                    "admin_cidrs": ["203.0.113.0/24"]},
-            "database": {"enabled": True}, "tenancies": out}
+    return {
+        "environment": environment,
+        "network": {"server_cidr": str(SERVER_CIDR), "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]},
+        "database": {"enabled": True},
+        "tenancies": out,
+    }
 
 
 def public_ips(plan) -> dict[str, str]:
@@ -133,7 +146,8 @@ def ca(environment: str = "uat") -> tuple[str, str]:
     """The fixture's CA for `environment`: (key PEM, certificate PEM), the same on every call."""
     ca_key = _key(f"{environment}/ca")
     return ca_key.private_key_pem, localpki.self_signed_ca(
-        ca_key.private_key_pem, {"common_name": f"NINA {environment} CA", "organization": "QCIF"}, facts.CA_VALIDITY_HOURS)
+        ca_key.private_key_pem, {"common_name": f"NINA {environment} CA", "organization": "QCIF"}, facts.CA_VALIDITY_HOURS
+    )
 
 
 def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Built:
@@ -183,8 +197,10 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
             "supernode_private_keys": sn_keys,
             "vpn_client_private_keys": vpn_keys,
             "vpn_tls_auth_keys": tls_keys,
-            "database_passwords": {"keycloak": "kc-" + hashlib.sha256(b"kc").hexdigest()[:24],
-                                   "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24]},
+            "database_passwords": {
+                "keycloak": "kc-" + hashlib.sha256(b"kc").hexdigest()[:24],
+                "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24],
+            },
             "ops_ssh_private_key": _key(f"{environment}/ops").private_key_openssh,
         },
     )

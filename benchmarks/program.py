@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import INSTANCE, run_program, stack_config  # noqa: E402
+from harness import INSTANCE, run_program, stack_config
 
 CERTS = {"tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert", "tls:index/certRequest:CertRequest"}
 
@@ -26,8 +26,7 @@ CERTS = {"tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedC
 def config_with(n: int) -> dict:
     cfg = stack_config("test")
     cfg["nina:organisations"] = [
-        {"slug": f"org-{i:03d}", "name": f"Organisation {i}", "placement": "cloud",
-         "cidr": f"10.{101 + i // 256}.{i % 256}.0/24"}
+        {"slug": f"org-{i:03d}", "name": f"Organisation {i}", "placement": "cloud", "cidr": f"10.{101 + i // 256}.{i % 256}.0/24"}
         for i in range(n)
     ]
     return cfg

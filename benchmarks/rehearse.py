@@ -18,22 +18,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nina.config import load_config  # noqa: E402
-from nina.plan import build_plan  # noqa: E402
-from nina.rehearse import Rehearsal  # noqa: E402
+from nina.config import load_config
+from nina.plan import build_plan
+from nina.rehearse import Rehearsal
 
 TARGET_RATIO = 1.10  # issue 4: secured/insecure run time
 
 
 def plan_for(n: int):
-    return build_plan(load_config({
-        "environment": "bench",
-        "network": {"server_cidr": "10.110.0.0/24", "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]},
-        "organisations": [{"slug": f"org-{i:02d}", "name": f"Organisation {i}", "placement": "onprem"} for i in range(n)],
-    }))
+    return build_plan(
+        load_config(
+            {
+                "environment": "bench",
+                "network": {"server_cidr": "10.110.0.0/24", "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]},
+                "organisations": [{"slug": f"org-{i:02d}", "name": f"Organisation {i}", "placement": "onprem"} for i in range(n)],
+            }
+        )
+    )
 
 
 def start(r: Rehearsal, n: int) -> float:
@@ -55,14 +60,16 @@ def run_once(r: Rehearsal, rounds: int, label: str, failures: list[str]) -> floa
     return result.seconds
 
 
-def measure(n: int, rounds: int, repeat: int, workdir: Path) -> dict[str, object]:
+def measure(n: int, rounds: int, repeat: int, workdir: Path) -> dict[str, Any]:
     """Both federations up side by side (ports are picked apart), runs alternated so that
     machine noise hits both alike; medians of `repeat` runs each."""
     plan = plan_for(n)
     quiet = lambda line: None  # noqa: E731
     taken: set[int] = set()  # shared, so the second federation gets other ports
-    with Rehearsal(plan, workdir / f"{n}-secured", log=quiet, ports_taken=taken) as secured, \
-            Rehearsal(plan, workdir / f"{n}-insecure", insecure=True, log=quiet, ports_taken=taken) as insecure:
+    with (
+        Rehearsal(plan, workdir / f"{n}-secured", log=quiet, ports_taken=taken) as secured,
+        Rehearsal(plan, workdir / f"{n}-insecure", insecure=True, log=quiet, ports_taken=taken) as insecure,
+    ):
         ready = {"secured": start(secured, n), "insecure": start(insecure, n)}
         runs: dict[str, list[float]] = {"secured": [], "insecure": []}
         failures: list[str] = []
@@ -94,13 +101,18 @@ def main() -> int:
             ratio = ts / ti if ti else float("nan")
             flag = "" if ratio <= TARGET_RATIO else f"  (> {TARGET_RATIO:.2f})"
             print(f"{n:>4}  {rs:>12.1f}s  {ri:>13.1f}s  {ts:>10.1f}s  {ti:>11.1f}s  {ratio:>5.2f}{flag}", flush=True)
-            print(f"      runs secured {' '.join(f'{t:.1f}' for t in m['runs']['secured'])}"
-                  f" | insecure {' '.join(f'{t:.1f}' for t in m['runs']['insecure'])}", flush=True)
+            print(
+                f"      runs secured {' '.join(f'{t:.1f}' for t in m['runs']['secured'])}"
+                f" | insecure {' '.join(f'{t:.1f}' for t in m['runs']['insecure'])}",
+                flush=True,
+            )
             for failure in m["failures"]:
                 print(f"      FAILED (not in the median) {failure}", flush=True)
             failed += len(m["failures"])
-    print(f"({args.rounds} rounds of validation_app per run, median of {args.repeat} alternated runs; "
-          "ready = SuperLink start to all SuperNodes online)")
+    print(
+        f"({args.rounds} rounds of validation_app per run, median of {args.repeat} alternated runs; "
+        "ready = SuperLink start to all SuperNodes online)"
+    )
     if failed:
         print(f"{failed} run(s) failed: an organisation did not answer a round (see FAILED lines)")
     return 1 if failed else 0

@@ -97,15 +97,17 @@ def _service_users(roles: tuple[str, ...]) -> list[dict[str, Any]]:
     for role in roles:
         if role not in facts.SERVICE_USERS:
             continue
-        users.append({
-            "name": facts.SERVICE_USERS[role],
-            "system": True,
-            "shell": facts.SERVICE_SHELL,
-            "homedir": SERVICE_HOMES[role],
-            "no_create_home": True,
-            "lock_passwd": True,
-            "groups": [facts.SYSTEM_GROUP],
-        })
+        users.append(
+            {
+                "name": facts.SERVICE_USERS[role],
+                "system": True,
+                "shell": facts.SERVICE_SHELL,
+                "homedir": SERVICE_HOMES[role],
+                "no_create_home": True,
+                "lock_passwd": True,
+                "groups": [facts.SYSTEM_GROUP],
+            }
+        )
     return users
 
 
@@ -146,8 +148,16 @@ def _directories(roles: set[str]) -> list[list[str]]:
     return dirs
 
 
-def _checks(host: Host, packages: list[str], files: list[dict[str, Any]], runcmd: list[list[str]],
-            venv_programs: list[str], flwr_version: str, enabled: list[str], active: list[str]) -> list[list[str]]:
+def _checks(
+    host: Host,
+    packages: list[str],
+    files: list[dict[str, Any]],
+    runcmd: list[list[str]],
+    venv_programs: list[str],
+    flwr_version: str,
+    enabled: list[str],
+    active: list[str],
+) -> list[list[str]]:
     """The postconditions of this user-data, as nina-bootstrap-check lines (function + arguments)."""
     mounts = {v.mount_point for v in host.volumes}
     checks: list[list[str]] = [["package", p] for p in packages]
@@ -209,8 +219,9 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
     if roles & set(FLOWER_ROLES):
         # The venv (manual 4.1.2.11) with the pinned flwr; the units start once certs arrive.
         runcmd.append(["python3", "-m", "venv", facts.FLOWER_VENV])
-        runcmd.append([f"{facts.FLOWER_VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
-                       f"flwr=={plan.cfg.flower.version}"])
+        runcmd.append(
+            [f"{facts.FLOWER_VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check", f"flwr=={plan.cfg.flower.version}"]
+        )
     if "superlink" in roles:
         files += [
             _file(facts.MEMBERSHIP_BIN, render.membership_script(), 0o755),
@@ -256,15 +267,17 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
     doc: dict[str, Any] = {"hostname": host.name}
     if plan.cfg.cloud.dns_domain:
         doc["fqdn"] = f"{host.name}.{plan.cfg.cloud.dns_domain}"
-    doc.update({
-        "manage_etc_hosts": True,
-        "package_update": True,
-        "packages": packages,
-        "groups": [facts.SYSTEM_GROUP],
-        "users": ["default", *_service_users(host.roles)],
-        "write_files": files,
-        "runcmd": steps,
-    })
+    doc.update(
+        {
+            "manage_etc_hosts": True,
+            "package_update": True,
+            "packages": packages,
+            "groups": [facts.SYSTEM_GROUP],
+            "users": ["default", *_service_users(host.roles)],
+            "write_files": files,
+            "runcmd": steps,
+        }
+    )
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=False)
     text = f"#cloud-config\n# nina-fl host {host.name} (roles: {', '.join(host.roles)}). No secrets here: user-data is readable on the VM.\n{body}"
     size = len(base64.b64encode(text.encode("utf-8")))

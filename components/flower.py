@@ -38,7 +38,7 @@ class FileDelivery(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(args.payload),
             # A new VM (same address, fresh disk) needs its files again.
             triggers=[args.host.instance.id],
-            logging="stderr",
+            logging=command.remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.host.instance]),
         )
         self.register_outputs({})

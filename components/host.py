@@ -59,7 +59,9 @@ class Host(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, protect=plan.cfg.protect),
             )
         volume_ids: Mapping[str, pulumi.Output[str]] = {k: v.id for k, v in volumes.items()}
-        rendered = pulumi.Output.all(**volume_ids).apply(lambda ids: user_data(plan, host, ids)) if volume_ids else user_data(plan, host, {})
+        rendered = (
+            pulumi.Output.all(**volume_ids).apply(lambda ids: user_data(plan, host, ids)) if volume_ids else user_data(plan, host, {})
+        )
         # The VM holds the pre-created port: it must be deleted before its replacement is created.
         self.instance = openstack.compute.Instance(
             name,

@@ -54,9 +54,9 @@ class Network(pulumi.ComponentResource):
                 dns_nameservers=[str(ip) for ip in cloud.dns_nameservers] or None,
                 opts=child,
             )
-            interfaces.append(openstack.networking.RouterInterface(
-                f"router-{seg.name}", router_id=self.router.id, subnet_id=subnet.id, opts=child
-            ))
+            interfaces.append(
+                openstack.networking.RouterInterface(f"router-{seg.name}", router_id=self.router.id, subnet_id=subnet.id, opts=child)
+            )
             self.network_ids[seg.name] = net.id
             self.subnet_ids[seg.name] = subnet.id
         # Traffic to a VPN pool (e.g. monitoring scraping on-premise exporters) goes to the

@@ -16,7 +16,6 @@ from nina import facts
 from nina.plan import Certificate
 
 
-
 def _key(name: str, opts: pulumi.ResourceOptions) -> tls.PrivateKey:
     return tls.PrivateKey(name, algorithm=facts.KEY_ALGORITHM, ecdsa_curve=facts.KEY_CURVE, opts=opts)
 

@@ -39,14 +39,18 @@ class Platform(pulumi.ComponentResource):
 
         self.hosts: dict[str, Host] = {}
         for h in plan.hosts:
-            self.hosts[h.name] = Host(h.name, HostArgs(
-                plan=plan,
-                host=h,
-                network_id=network.network_ids[h.segment],
-                subnet_id=network.subnet_ids[h.segment],
-                security_group_ids=[groups.ids[z] for z in h.security_groups],
-                key_pair=self.access.key_pair_name,
-            ), self.child)
+            self.hosts[h.name] = Host(
+                h.name,
+                HostArgs(
+                    plan=plan,
+                    host=h,
+                    network_id=network.network_ids[h.segment],
+                    subnet_id=network.subnet_ids[h.segment],
+                    security_group_ids=[groups.ids[z] for z in h.security_groups],
+                    key_pair=self.access.key_pair_name,
+                ),
+                self.child,
+            )
         self.access.bastion_ip = self.hosts[plan.bastion.name].floating_ip
 
         # Secret outputs, one mapping each so the public outputs stay readable.
@@ -111,17 +115,20 @@ class Platform(pulumi.ComponentResource):
         clients: dict[str, LeafCertificate] = {}
         for spec in v.clients:
             member = members[spec.common_name]
-            clients[member.slug] = LeafCertificate(spec.name, LeafCertificateArgs(spec, ca, csr_pem=member.own_vpn_csr), self.child)
-            if clients[member.slug].private_key_pem is not None:
-                self.vpn_client_private_keys[member.slug] = clients[member.slug].private_key_pem
+            client = clients[member.slug] = LeafCertificate(
+                spec.name, LeafCertificateArgs(spec, ca, csr_pem=member.own_vpn_csr), self.child
+            )
+            if client.private_key_pem is not None:
+                self.vpn_client_private_keys[member.slug] = client.private_key_pem
         payload = pulumi.Output.all(ca.cert_pem, server_cert.cert_pem, server_cert.private_key_pem, ta_key).apply(
             lambda parts: vpn.vpn_delivery(v, t.members, *parts)
         )
         FileDelivery(f"{v.host}-files", FileDeliveryArgs(self.access, self.hosts[v.host], payload), self.child)
         return clients
 
-    def _member(self, t: TenancyPlan, m: Member, superlink: Host, superlink_files: FileDelivery,
-                vpn_client: LeafCertificate | None) -> dict[str, Any]:
+    def _member(
+        self, t: TenancyPlan, m: Member, superlink: Host, superlink_files: FileDelivery, vpn_client: LeafCertificate | None
+    ) -> dict[str, Any]:
         if m.own_supernode_public_key is not None:
             public_key: pulumi.Input[str] = m.own_supernode_public_key.strip() + "\n"
             private_key = None
@@ -129,15 +136,25 @@ class Platform(pulumi.ComponentResource):
             key = SuperNodeKey(f"supernode-{m.slug}", self.child)
             public_key, private_key = key.public_key_openssh, key.private_key_openssh
             self.supernode_private_keys[m.slug] = private_key
-        registration = SuperNodeRegistration(f"{m.slug}-registration", SuperNodeRegistrationArgs(
-            access=self.access, superlink=superlink, slug=m.slug,
-            public_key_openssh=public_key, after=[superlink_files],
-        ), self.child)
+        registration = SuperNodeRegistration(
+            f"{m.slug}-registration",
+            SuperNodeRegistrationArgs(
+                access=self.access,
+                superlink=superlink,
+                slug=m.slug,
+                public_key_openssh=public_key,
+                after=[superlink_files],
+            ),
+            self.child,
+        )
         node_host = self.hosts.get(f"supernode-{m.slug}")
         if node_host is not None and private_key is not None:
             node_payload = pulumi.Output.all(self.ca.cert_pem, private_key, public_key).apply(
                 lambda v: render.supernode_delivery(m, t.fleet_address, *v)
             )
-            FileDelivery(f"supernode-{m.slug}-files", FileDeliveryArgs(self.access, node_host, node_payload),
-                         pulumi.ResourceOptions(parent=self, depends_on=[registration]))
+            FileDelivery(
+                f"supernode-{m.slug}-files",
+                FileDeliveryArgs(self.access, node_host, node_payload),
+                pulumi.ResourceOptions(parent=self, depends_on=[registration]),
+            )
         return outputs.organisation(m, public_key, vpn_client.cert_pem if vpn_client is not None else None)

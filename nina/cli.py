@@ -64,8 +64,10 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r}; keep only one", key_node.start_mark,
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}; keep only one",
+                    key_node.start_mark,
                 )
         return super().construct_mapping(node, deep=deep)
 
@@ -93,7 +95,7 @@ def read_stack_file(path: Path) -> dict[Any, Any]:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StackFileError(f"{path}: cannot read ({reason}); check the path and its permissions") from None
     try:
-        doc = yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(data, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise StackFileError(_yaml_error(path, exc)) from None
     except RecursionError:
@@ -106,14 +108,16 @@ def read_stack_file(path: Path) -> dict[Any, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise StackFileError(f"{path}: `config` is a {_kind(config)}, not a mapping; write `config:` followed by indented `nina:KEY: value` lines")
+        raise StackFileError(
+            f"{path}: `config` is a {_kind(config)}, not a mapping; write `config:` followed by indented `nina:KEY: value` lines"
+        )
     return config
 
 
 def _stacks_hint(directory: Path) -> str:
     if not directory.is_dir():
         return f"directory {directory} does not exist"
-    here = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in directory.glob("Pulumi.*.yaml"))
+    here = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in directory.glob("Pulumi.*.yaml"))
     if here:
         return f"stacks here: {', '.join(here)}"
     return "no Pulumi.*.yaml here; create the stack with `pulumi stack init` and `pulumi config set`"
@@ -127,7 +131,9 @@ def _plain(value: Any, path: str, problems: list[tuple[str, str]], budget: list[
     """A tree copy of a YAML value (aliases expanded, cycles and bombs refused) noting secure values."""
     budget[0] -= 1
     if budget[0] < 0:
-        raise StackFileError(f"the stack config is too large (more than {MAX_NODES} values after expanding YAML aliases); write the values out")
+        raise StackFileError(
+            f"the stack config is too large (more than {MAX_NODES} values after expanding YAML aliases); write the values out"
+        )
     if isinstance(value, (dict, list)):
         if id(value) in active:
             raise StackFileError(f"{path}: refers to itself (a YAML alias cycle); write the value out")
@@ -135,8 +141,13 @@ def _plain(value: Any, path: str, problems: list[tuple[str, str]], budget: list[
         try:
             if isinstance(value, dict):
                 if len(value) == 1 and "secure" in value:
-                    problems.append((path, "nina config holds no secrets; replace the `secure:` value with plain text "
-                                           "(`pulumi config set` without --secret): nina generates its secrets itself"))
+                    problems.append(
+                        (
+                            path,
+                            "nina config holds no secrets; replace the `secure:` value with plain text "
+                            "(`pulumi config set` without --secret): nina generates its secrets itself",
+                        )
+                    )
                     return value
                 return {k: _plain(v, f"{path}.{k}", problems, budget, active) for k, v in value.items()}
             return [_plain(v, f"{path}[{i}]", problems, budget, active) for i, v in enumerate(value)]
@@ -154,11 +165,16 @@ def nina_namespace(config: dict[Any, Any]) -> tuple[dict[str, Any], list[tuple[s
         if not isinstance(key, str):
             problems.append((f"config key {key!r}", "is not a string; config keys look like 'nina:environment'"))
         elif key.startswith(PREFIX):
-            raw[key[len(PREFIX):]] = _plain(value, key, problems, budget, set())
+            raw[key[len(PREFIX) :]] = _plain(value, key, problems, budget, set())
         elif key.startswith(PROJECT_NAMESPACE + ":"):
-            name = key[len(PROJECT_NAMESPACE) + 1:]
-            problems.append((key, f"is in the project namespace, which nina never reads; rename it to {PREFIX}{name} "
-                                  f"(pulumi config set {PREFIX}{name} ...)"))
+            name = key[len(PROJECT_NAMESPACE) + 1 :]
+            problems.append(
+                (
+                    key,
+                    f"is in the project namespace, which nina never reads; rename it to {PREFIX}{name} "
+                    f"(pulumi config set {PREFIX}{name} ...)",
+                )
+            )
         elif ":" not in key:
             problems.append((key, f"has no namespace; write it as {PREFIX}{key}"))
     return raw, problems
@@ -166,9 +182,9 @@ def nina_namespace(config: dict[Any, Any]) -> tuple[dict[str, Any], list[tuple[s
 
 def check_stack(path: Path) -> StackConfig:
     """Validate a stack file and return its config; raises StackFileError or ConfigError."""
-    config = read_stack_file(path)
+    document = read_stack_file(path)
     try:
-        raw, problems = nina_namespace(config)
+        raw, problems = nina_namespace(document)
     except StackFileError as exc:
         raise StackFileError(f"{path}: {exc}") from None
     except RecursionError:
@@ -178,8 +194,7 @@ def check_stack(path: Path) -> StackConfig:
     except ConfigError as exc:
         # A secure value also fails its type check; report it once, as a secret.
         flagged = [key for key, _ in problems]
-        problems += [(k, m) for k, m in exc.problems
-                     if not any(k == f or k.startswith((f + ".", f + "[")) for f in flagged)]
+        problems += [(k, m) for k, m in exc.problems if not any(k == f or k.startswith((f + ".", f + "[")) for f in flagged)]
     if problems:
         raise ConfigError(problems)
     return config
@@ -212,16 +227,24 @@ def _config_check(args: argparse.Namespace) -> int:
 def format_plan(plan: Plan) -> str:
     """A human-readable summary of what `pulumi up` would build for this plan."""
     cfg = plan.cfg
-    lines = [f"stack environment {cfg.environment!r} in {cfg.cloud.availability_zone} (external network {cfg.cloud.external_network})", "", "segments:"]
+    lines = [
+        f"stack environment {cfg.environment!r} in {cfg.cloud.availability_zone} (external network {cfg.cloud.external_network})",
+        "",
+        "segments:",
+    ]
     lines += [f"  {s.name:<28} {s.cidr}" for s in plan.segments]
     lines += ["", "hosts:"]
     for h in plan.hosts:
         extras = [f"volume {v.name} {v.size_gb} GB at {v.mount_point}" for v in h.volumes]
         extras += ["floating IP"] if h.public else []
-        lines.append(f"  {h.name:<28} {h.fixed_ip:<15} {h.flavor:<12} roles={','.join(h.roles)} groups={','.join(h.security_groups)}"
-                     + (f" ({'; '.join(extras)})" if extras else ""))
+        lines.append(
+            f"  {h.name:<28} {h.fixed_ip:<15} {h.flavor:<12} roles={','.join(h.roles)} groups={','.join(h.security_groups)}"
+            + (f" ({'; '.join(extras)})" if extras else "")
+        )
     if plan.database_ip:
-        lines.append(f"  {'postgres (Trove)':<28} {plan.database_ip:<15} {cfg.database.flavor:<12} allow-list={','.join(plan.database_allowed_cidrs)}")
+        lines.append(
+            f"  {'postgres (Trove)':<28} {plan.database_ip:<15} {cfg.database.flavor:<12} allow-list={','.join(plan.database_allowed_cidrs)}"
+        )
     lines += ["", "ingress rules (from the port table):"]
     for r in plan.rules:
         lines.append(f"  {r.name:<52} {r.description}")
@@ -230,10 +253,14 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {t.name}: SuperLink {t.superlink_host} fleet {t.fleet_address} control {t.control_address}")
         lines.append(f"    certificate SANs: {', '.join(t.certificate.dns_names + t.certificate.ip_addresses)}")
         if t.vpn:
-            lines.append(f"    OpenVPN {t.vpn.host}: pool {t.vpn.pool} (server {t.vpn.server_ip}), UDP {facts.OPENVPN_UDP_PORT} / TCP {facts.OPENVPN_TCP_PORT}")
+            lines.append(
+                f"    OpenVPN {t.vpn.host}: pool {t.vpn.pool} (server {t.vpn.server_ip}), UDP {facts.OPENVPN_UDP_PORT} / TCP {facts.OPENVPN_TCP_PORT}"
+            )
         for m in t.members:
             vpn = f" vpn {m.vpn_address}" if m.vpn_address else ""
-            lines.append(f"    {m.slug:<26} partition {m.partition_id}/{m.num_partitions} {m.placement}{' gpu' if m.gpu else ''}{vpn}  {m.display_name}")
+            lines.append(
+                f"    {m.slug:<26} partition {m.partition_id}/{m.num_partitions} {m.placement}{' gpu' if m.gpu else ''}{vpn}  {m.display_name}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -276,18 +303,23 @@ def read_stack_outputs(stack: str | None, outputs: str | None) -> tuple[Any, str
     if stack is not None:
         pulumi = shutil.which("pulumi")
         if pulumi is None:
-            raise KitInputError(f"the Pulumi CLI (`pulumi`) is not on PATH; where it is, run "
-                                f"`{' '.join(PULUMI_OUTPUTS)} --stack {stack}` and pipe it in with --outputs -")
+            raise KitInputError(
+                f"the Pulumi CLI (`pulumi`) is not on PATH; where it is, run "
+                f"`{' '.join(PULUMI_OUTPUTS)} --stack {stack}` and pipe it in with --outputs -"
+            )
         name = f"`pulumi stack output` of stack {stack}"
         try:
-            proc = subprocess.run([pulumi, *PULUMI_OUTPUTS[1:], f"--stack={stack}"], capture_output=True,
-                                  timeout=PULUMI_TIMEOUT, check=False)
+            proc = subprocess.run(
+                [pulumi, *PULUMI_OUTPUTS[1:], f"--stack={stack}"], capture_output=True, timeout=PULUMI_TIMEOUT, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise KitInputError(f"{name}: could not run pulumi ({exc})") from None
         if proc.returncode != 0:
             raise KitInputError(f"{name} failed (exit {proc.returncode}): {_one_line(proc.stderr.decode(errors='replace'))}")
         data = proc.stdout
     else:
+        if outputs is None:
+            raise KitInputError("name the stack outputs: --stack NAME or --outputs FILE (or - for stdin)")
         name = "stdin" if outputs == "-" else str(outputs)
         try:
             data = sys.stdin.buffer.read() if outputs == "-" else Path(outputs).read_bytes()
@@ -360,10 +392,11 @@ def _rehearse(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o700)
         mode = "INSECURE (no TLS, no SuperNode authentication)" if args.insecure else "TLS and SuperNode authentication"
-        print(f"nina rehearse: stack {args.stack}, {len(plan.tenancies)} tenancy(ies), {args.rounds} round(s), {mode}; "
-              f"working in {workdir}", flush=True)
-        reports = rehearse.rehearse(plan, workdir, rounds=args.rounds, insecure=args.insecure,
-                                    log=lambda line: print(line, flush=True))
+        print(
+            f"nina rehearse: stack {args.stack}, {len(plan.tenancies)} tenancy(ies), {args.rounds} round(s), {mode}; working in {workdir}",
+            flush=True,
+        )
+        reports = rehearse.rehearse(plan, workdir, rounds=args.rounds, insecure=args.insecure, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("nina rehearse: interrupted; every process it started was stopped", file=sys.stderr)
         return EXIT_FAILED
@@ -391,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_commands.required = True
     check = config_commands.add_parser(
-        "check", help="validate Pulumi.STACK.yaml's nina: keys",
+        "check",
+        help="validate Pulumi.STACK.yaml's nina: keys",
         description="Validate the nina: keys of a Pulumi stack file without contacting any cloud.",
     )
     check.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
@@ -399,9 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
 
     plan = commands.add_parser(
-        "plan", help="show what a stack would build, offline",
+        "plan",
+        help="show what a stack would build, offline",
         description="Validate a stack file and print the deployment plan: segments, hosts and fixed addresses, "
-                    "ingress rules, certificates and members. With --out, also render each VM's user-data.",
+        "ingress rules, certificates and members. With --out, also render each VM's user-data.",
     )
     plan.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
     plan.add_argument("--dir", default=".", help="directory holding the stack file (default: current directory)")
@@ -412,11 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     kit_commands = kit.add_subparsers(dest="kit_command", metavar="SUBCOMMAND")
     kit_commands.required = True
     export = kit_commands.add_parser(
-        "export", help="write site kits from the stack outputs",
+        "export",
+        help="write site kits from the stack outputs",
         description="Write <slug>-sitekit.tar.gz (mode 0600) for organisations of a deployed stack: VPN client, "
-                    "SuperNode configuration and keys, systemd and container files, install.sh and a README for "
-                    "the organisation's ICT team. Prints one line per kit: its SHA-256 and path (sha256sum format); "
-                    "give the organisation that SHA-256 out of band. Kits hold private keys: handle them as secrets.",
+        "SuperNode configuration and keys, systemd and container files, install.sh and a README for "
+        "the organisation's ICT team. Prints one line per kit: its SHA-256 and path (sha256sum format); "
+        "give the organisation that SHA-256 out of band. Kits hold private keys: handle them as secrets.",
     )
     source = export.add_mutually_exclusive_group(required=True)
     source.add_argument("--stack", metavar="NAME", help="read the outputs with `pulumi stack output --json --show-secrets --stack NAME`")
@@ -428,11 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_kit_export)
 
     rehearse = commands.add_parser(
-        "rehearse", help="rehearse a stack's federation on this machine, offline",
+        "rehearse",
+        help="rehearse a stack's federation on this machine, offline",
         description="Build the stack's PKI and site kits locally, start each tenancy's SuperLink (from the rendered "
-                    "run_superlink.sh, TLS and SuperNode authentication on) and one SuperNode per organisation (from "
-                    "its kit) on loopback, run validation_app/ and print who answered in each round. No cloud. "
-                    "Exit 0 only if every organisation took part in every round, 1 if not, 2 on invalid input.",
+        "run_superlink.sh, TLS and SuperNode authentication on) and one SuperNode per organisation (from "
+        "its kit) on loopback, run validation_app/ and print who answered in each round. No cloud. "
+        "Exit 0 only if every organisation took part in every round, 1 if not, 2 on invalid input.",
     )
     rehearse.add_argument("--stack", required=True, help="stack name: reads Pulumi.STACK.yaml")
     rehearse.add_argument("--dir", default=".", help="directory holding the stack file (default: current directory)")

@@ -44,7 +44,9 @@ def _written_out(example: str):
 
     def check(value: Any) -> Any:
         if isinstance(value, (int, float)):
-            raise ValueError(f"{value!r} is a {'boolean' if isinstance(value, bool) else 'number'}, not an address; write it like {example}")
+            raise ValueError(
+                f"{value!r} is a {'boolean' if isinstance(value, bool) else 'number'}, not an address; write it like {example}"
+            )
         return value
 
     return BeforeValidator(check)
@@ -218,10 +220,7 @@ class StackConfig(_Strict):
         """Partition id per org slug: explicit ids kept, the others get the lowest free ids in list order."""
         taken = {o.partition_id for o in tenancy.organisations if o.partition_id is not None}
         free = (i for i in range(len(tenancy.organisations) + len(taken) + 1) if i not in taken)
-        return {
-            o.slug: o.partition_id if o.partition_id is not None else next(free)
-            for o in tenancy.organisations
-        }
+        return {o.slug: o.partition_id if o.partition_id is not None else next(free) for o in tenancy.organisations}
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,14 +344,20 @@ def _check_names(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     seen_t: dict[str, int] = {}
     for t, ten in enumerate(cfg.all_tenancies):
         if ten.name in seen_t:
-            yield (f"nina:tenancies[{t}].name", f"duplicate tenancy name {ten.name!r} (also tenancies[{seen_t[ten.name]}]); give each a unique name")
+            yield (
+                f"nina:tenancies[{t}].name",
+                f"duplicate tenancy name {ten.name!r} (also tenancies[{seen_t[ten.name]}]); give each a unique name",
+            )
         seen_t.setdefault(ten.name, t)
     seen: dict[str, str] = {}
     for t, ten in enumerate(cfg.all_tenancies):
         for o, org in enumerate(ten.organisations):
             key = f"{_tenancy_key(cfg, t)}[{o}].slug"
             if org.slug in seen:
-                yield (key, f"duplicate organisation slug {org.slug!r} (also {seen[org.slug]}); slugs name site kits and must be unique across the stack")
+                yield (
+                    key,
+                    f"duplicate organisation slug {org.slug!r} (also {seen[org.slug]}); slugs name site kits and must be unique across the stack",
+                )
             seen.setdefault(org.slug, key)
 
 
@@ -364,7 +369,10 @@ def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                 continue
             key = f"{_tenancy_key(cfg, t)}[{o}].partition_id"
             if org.partition_id in seen:
-                yield (key, f"duplicate partition id {org.partition_id} (also organisation [{seen[org.partition_id]}]); partition ids are unique within a tenancy")
+                yield (
+                    key,
+                    f"duplicate partition id {org.partition_id} (also organisation [{seen[org.partition_id]}]); partition ids are unique within a tenancy",
+                )
             seen.setdefault(org.partition_id, o)
         if len(seen) != sum(1 for org in ten.organisations if org.partition_id is not None):
             continue
@@ -373,7 +381,10 @@ def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         if ids != list(range(n)):
             bad = [o for o, org in enumerate(ten.organisations) if org.partition_id is not None and org.partition_id >= n]
             key = f"{_tenancy_key(cfg, t)}[{bad[0] if bad else 0}].partition_id"
-            yield (key, f"partition ids must be contiguous 0..{n - 1} for {n} organisations; renumber them or leave partition_id out to assign in list order")
+            yield (
+                key,
+                f"partition ids must be contiguous 0..{n - 1} for {n} organisations; renumber them or leave partition_id out to assign in list order",
+            )
 
 
 def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
@@ -385,9 +396,15 @@ def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         for o, org in enumerate(ten.organisations):
             key = f"{_tenancy_key(cfg, t)}[{o}].cidr"
             if org.placement == "cloud" and org.cidr is None:
-                yield (key, f"organisation {org.slug!r} is placed in the cloud and needs its own segment; add a CIDR such as 10.{101 + o}.0.0/24")
+                yield (
+                    key,
+                    f"organisation {org.slug!r} is placed in the cloud and needs its own segment; add a CIDR such as 10.{101 + o}.0.0/24",
+                )
             elif org.placement == "onprem" and org.cidr is not None:
-                yield (key, f"organisation {org.slug!r} is on premise and joins over the VPN; remove cidr (its address comes from nina:network.vpn_pool_cidr)")
+                yield (
+                    key,
+                    f"organisation {org.slug!r} is on premise and joins over the VPN; remove cidr (its address comes from nina:network.vpn_pool_cidr)",
+                )
             elif org.cidr is not None:
                 segments.append((key, org.cidr))
     for t, ten in enumerate(cfg.all_tenancies):
@@ -395,11 +412,14 @@ def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             segments.append((f"nina:tenancies[{t}].vpn_pool_cidr", ten.vpn_pool_cidr))
     for key, net in segments:
         if net.prefixlen > facts.MAX_SEGMENT_PREFIX:
-            yield (key, f"{net} is too small; use a /{facts.MAX_SEGMENT_PREFIX} or larger (fixed addresses use .10-.99, DHCP starts at .{facts.DHCP_POOL_OFFSET})")
+            yield (
+                key,
+                f"{net} is too small; use a /{facts.MAX_SEGMENT_PREFIX} or larger (fixed addresses use .10-.99, DHCP starts at .{facts.DHCP_POOL_OFFSET})",
+            )
         if not any(net.subnet_of(private) for private in RFC1918):
             yield (key, f"{net} is not a private range; use an RFC 1918 network (inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)")
     for i, (key_a, a) in enumerate(segments):
-        for key_b, b in segments[i + 1:]:
+        for key_b, b in segments[i + 1 :]:
             if a.overlaps(b):
                 yield (key_b, f"{b} overlaps {a} ({key_a}); give every segment its own range")
 
@@ -407,16 +427,27 @@ def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
 def _check_ssh(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     for i, net in enumerate(cfg.network.admin_cidrs):
         if net.prefixlen == 0 and not cfg.network.allow_ssh_from_anywhere:
-            yield (f"nina:network.admin_cidrs[{i}]", "0.0.0.0/0 opens SSH to the whole internet; list your admin networks, or set nina:network.allow_ssh_from_anywhere: true to accept that risk")
+            yield (
+                f"nina:network.admin_cidrs[{i}]",
+                "0.0.0.0/0 opens SSH to the whole internet; list your admin networks, or set nina:network.allow_ssh_from_anywhere: true to accept that risk",
+            )
 
 
 def _check_cloud(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     expected = facts.AZ_EXTERNAL_NETWORKS.get(cfg.cloud.availability_zone)
     if expected is not None and cfg.cloud.external_network != expected:
-        yield ("nina:cloud.external_network", f"{cfg.cloud.external_network!r} does not serve availability zone {cfg.cloud.availability_zone!r}; routers and floating IPs there use {expected!r}")
-    gpu_orgs = [org.slug for ten in cfg.all_tenancies for org in ten.organisations if org.gpu and org.placement == "cloud" and not org.flavor]
+        yield (
+            "nina:cloud.external_network",
+            f"{cfg.cloud.external_network!r} does not serve availability zone {cfg.cloud.availability_zone!r}; routers and floating IPs there use {expected!r}",
+        )
+    gpu_orgs = [
+        org.slug for ten in cfg.all_tenancies for org in ten.organisations if org.gpu and org.placement == "cloud" and not org.flavor
+    ]
     if gpu_orgs and not cfg.supernode.gpu_flavor:
-        yield ("nina:supernode.gpu_flavor", f"cloud organisations {', '.join(gpu_orgs)} want a GPU; set a GPU flavor (e.g. 'reservation:<id>') or a per-organisation flavor")
+        yield (
+            "nina:supernode.gpu_flavor",
+            f"cloud organisations {', '.join(gpu_orgs)} want a GPU; set a GPU flavor (e.g. 'reservation:<id>') or a per-organisation flavor",
+        )
 
 
 def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
@@ -435,14 +466,26 @@ def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                 yield (f"nina:hosts[{h}].roles", f"role {role!r} is listed {host.roles.count(role)} times; list each role once")
         for role in host.roles:
             if role in where and where[role] != h:
-                yield (f"nina:hosts[{h}].roles", f"role {role!r} is already on hosts[{where[role]}]; each shared role runs on exactly one host")
+                yield (
+                    f"nina:hosts[{h}].roles",
+                    f"role {role!r} is already on hosts[{where[role]}]; each shared role runs on exactly one host",
+                )
             where.setdefault(role, h)
         if "monitoring" in host.roles and "superlink" in host.roles:
-            yield (f"nina:hosts[{h}].roles", "monitoring may never share a VM with the SuperLink (Prometheus 9090/9091/9093 clash with the SuperLink's ports); put them on separate hosts")
+            yield (
+                f"nina:hosts[{h}].roles",
+                "monitoring may never share a VM with the SuperLink (Prometheus 9090/9091/9093 clash with the SuperLink's ports); put them on separate hosts",
+            )
     if "bastion" not in where:
-        yield ("nina:hosts", "no host has the 'bastion' role; one host must carry it (operators and pulumi reach the private hosts through it)")
+        yield (
+            "nina:hosts",
+            "no host has the 'bastion' role; one host must carry it (operators and pulumi reach the private hosts through it)",
+        )
     if "superlink" in where and len(cfg.all_tenancies) > 1:
-        yield (f"nina:hosts[{where['superlink']}].roles", "a shared host can carry the SuperLink only with a single tenancy; every tenancy gets its own SuperLink VM, so remove 'superlink' here")
+        yield (
+            f"nina:hosts[{where['superlink']}].roles",
+            "a shared host can carry the SuperLink only with a single tenancy; every tenancy gets its own SuperLink VM, so remove 'superlink' here",
+        )
 
 
 def _check_vpn(cfg: StackConfig) -> Iterable[tuple[str, str]]:
@@ -452,11 +495,17 @@ def _check_vpn(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         if pool is None:
             continue
         if pool in users:
-            yield (f"nina:tenancies[{t}].vpn_pool_cidr", f"tenancy {ten.name!r} would share the VPN pool {pool} with tenancies[{users[pool]}]; each tenancy has its own OpenVPN server, so give it its own vpn_pool_cidr (e.g. 192.168.{100 + t}.0/24)")
+            yield (
+                f"nina:tenancies[{t}].vpn_pool_cidr",
+                f"tenancy {ten.name!r} would share the VPN pool {pool} with tenancies[{users[pool]}]; each tenancy has its own OpenVPN server, so give it its own vpn_pool_cidr (e.g. 192.168.{100 + t}.0/24)",
+            )
         users.setdefault(pool, t)
         room = pool.num_addresses - 2 - facts.VPN_CLIENT_OFFSET
         if len(ten.organisations) > room:
-            yield (f"{_tenancy_key(cfg, t)}", f"{len(ten.organisations)} organisations do not fit the VPN pool {pool} (room for {room}); use a larger pool")
+            yield (
+                f"{_tenancy_key(cfg, t)}",
+                f"{len(ten.organisations)} organisations do not fit the VPN pool {pool} (room for {room}); use a larger pool",
+            )
 
 
 def _check_own_keys(cfg: StackConfig) -> Iterable[tuple[str, str]]:
@@ -467,14 +516,20 @@ def _check_own_keys(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             base = f"{_tenancy_key(cfg, t)}[{o}]"
             if org.vpn_csr_pem is not None:
                 if org.placement != "onprem":
-                    yield (f"{base}.vpn_csr_pem", f"organisation {org.slug!r} is not on premise and gets no VPN certificate; remove vpn_csr_pem")
+                    yield (
+                        f"{base}.vpn_csr_pem",
+                        f"organisation {org.slug!r} is not on premise and gets no VPN certificate; remove vpn_csr_pem",
+                    )
                 else:
                     try:
                         check_csr(org.vpn_csr_pem, org.slug)
                     except KeyError_ as exc:
                         yield (f"{base}.vpn_csr_pem", str(exc))
             if org.supernode_public_key is not None and org.placement != "onprem":
-                yield (f"{base}.supernode_public_key", f"organisation {org.slug!r} runs its SuperNode on a Nectar VM that nina provisions, so nina makes its key; remove supernode_public_key")
+                yield (
+                    f"{base}.supernode_public_key",
+                    f"organisation {org.slug!r} runs its SuperNode on a Nectar VM that nina provisions, so nina makes its key; remove supernode_public_key",
+                )
             elif org.supernode_public_key is not None:
                 try:
                     check_openssh_public_key(org.supernode_public_key)

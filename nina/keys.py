@@ -19,13 +19,17 @@ def check_csr(pem: str, slug: str) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_pem_x509_csr(pem.encode())
     except ValueError:
-        raise KeyError_("is not a PEM certificate signing request; send the output of "
-                        f"`openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {slug}.key -subj /CN={slug}`") from None
+        raise KeyError_(
+            "is not a PEM certificate signing request; send the output of "
+            f"`openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {slug}.key -subj /CN={slug}`"
+        ) from None
     if not csr.is_signature_valid:
         raise KeyError_("the CSR's signature does not verify; ask the organisation for a fresh CSR")
     cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [slug]:
-        raise KeyError_(f"the CSR's common name is {cns[0] if cns else 'missing'!r}; it must be the organisation slug {slug!r} (the VPN pins addresses by CN)")
+        raise KeyError_(
+            f"the CSR's common name is {cns[0] if cns else 'missing'!r}; it must be the organisation slug {slug!r} (the VPN pins addresses by CN)"
+        )
     key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
         raise KeyError_(f"the CSR's RSA key has {key.key_size} bits; use RSA 2048+ or EC P-384")

@@ -45,11 +45,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nina import facts, render, templating
+from nina import vpn as vpn_files
 from nina.config import SLUG_RE
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Member
-from nina import vpn as vpn_files
 
 ARCHIVE_SUFFIX = ".tar.gz"
 ONPREM, CLOUD = "onprem", "cloud"
@@ -123,7 +123,8 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 _KINDS = {
@@ -252,8 +253,16 @@ class Organisation:
 
     def member(self) -> Member:
         """The plan's Member for this organisation: what nina.render takes."""
-        return Member(self.tenancy, self.slug, self.display_name, self.placement, self.partition_id,
-                      self.num_partitions, self.gpu, vpn_address=self.vpn_address)
+        return Member(
+            self.tenancy,
+            self.slug,
+            self.display_name,
+            self.placement,
+            self.partition_id,
+            self.num_partitions,
+            self.gpu,
+            vpn_address=self.vpn_address,
+        )
 
 
 @dataclass(frozen=True)
@@ -271,8 +280,9 @@ class StackOutputs:
 def parse_outputs(raw: Any) -> StackOutputs:
     """Validate the stack outputs document; raises KitError with every problem found."""
     if not isinstance(raw, Mapping):
-        raise KitError([("(top level)", f"is {_kind(raw)}; expected the JSON object printed by "
-                                        "`pulumi stack output --json --show-secrets`")])
+        raise KitError(
+            [("(top level)", f"is {_kind(raw)}; expected the JSON object printed by `pulumi stack output --json --show-secrets`")]
+        )
     c = _Checker()
     environment = c.get(raw, "environment", "", "text")
     ca_pem = c.pem(raw, "ca_cert_pem", "", "CERTIFICATE")
@@ -363,12 +373,16 @@ def _parse_tenancy(c: _Checker, name: str, t_raw: Mapping[str, Any], tp: str) ->
     vpn_raw = c.get(t_raw, "vpn", tp, "object", null=True)
     vpn = _parse_vpn(c, vpn_raw, _at(tp, "vpn")) if vpn_raw is not None else None
     if fleet is not None and internal_ip is not None and fleet.rpartition(":")[0] != internal_ip:
-        c.bad(_at(slp, "fleet_address"), f"{fleet!r} is not on the SuperLink's internal IP {internal_ip}; SuperNodes "
-                                         "(over the VPN or the cloud network) reach the Fleet API only there")
-    if vpn is not None and internal_ip is not None:
-        if not any(ipaddress.IPv4Address(internal_ip) in r for r in vpn.routes):
-            c.bad(_at(_at(tp, "vpn"), "routes"), f"no route covers the SuperLink's internal IP {internal_ip}; "
-                                          "on-premise SuperNodes could not reach it through the VPN")
+        c.bad(
+            _at(slp, "fleet_address"),
+            f"{fleet!r} is not on the SuperLink's internal IP {internal_ip}; SuperNodes "
+            "(over the VPN or the cloud network) reach the Fleet API only there",
+        )
+    if vpn is not None and internal_ip is not None and not any(ipaddress.IPv4Address(internal_ip) in r for r in vpn.routes):
+        c.bad(
+            _at(_at(tp, "vpn"), "routes"),
+            f"no route covers the SuperLink's internal IP {internal_ip}; on-premise SuperNodes could not reach it through the VPN",
+        )
     if len(c.problems) != before:
         return None
     return Tenancy(name, host, internal_ip, fleet, vpn)
@@ -396,8 +410,7 @@ def _parse_vpn(c: _Checker, v: Mapping[str, Any], vp: str) -> VpnServer | None:
     return VpnServer(host, public_ip, internal_ip, udp_port, tcp_port, pool, server_ip, server_name, routes)
 
 
-def _parse_org(c: _Checker, slug: str, tenancy_name: str, o: Mapping[str, Any], op: str,
-               tenancy: Tenancy | None) -> Organisation | None:
+def _parse_org(c: _Checker, slug: str, tenancy_name: str, o: Mapping[str, Any], op: str, tenancy: Tenancy | None) -> Organisation | None:
     before = len(c.problems)
     display_name = c.get(o, "display_name", op, "text")
     if display_name is not None and any(ch in display_name for ch in "\r\n\x00"):
@@ -431,9 +444,11 @@ def _parse_org(c: _Checker, slug: str, tenancy_name: str, o: Mapping[str, Any], 
     if placement == ONPREM and tenancy is not None:
         vpn = tenancy.vpn
         if vpn is None:
-            c.bad(_at(_at("tenancies", tenancy_name), "vpn"),
-                  f"is null, but organisation {slug!r} is on premise and joins through the VPN; "
-                  "deploy the tenancy's VPN server (pulumi up) before exporting its kit")
+            c.bad(
+                _at(_at("tenancies", tenancy_name), "vpn"),
+                f"is null, but organisation {slug!r} is on premise and joins through the VPN; "
+                "deploy the tenancy's VPN server (pulumi up) before exporting its kit",
+            )
         if "vpn_address" in o and o["vpn_address"] is None:
             c.bad(_at(op, "vpn_address"), "is null; an on-premise organisation needs its fixed VPN address")
         elif vpn is not None and vpn_address is not None and ipaddress.IPv4Address(vpn_address) not in vpn.pool:
@@ -442,13 +457,26 @@ def _parse_org(c: _Checker, slug: str, tenancy_name: str, o: Mapping[str, Any], 
             c.bad(_at(op, "vpn_client_cert_pem"), "is null; an on-premise organisation needs its VPN client certificate")
     if len(c.problems) != before:
         return None
-    return Organisation(slug, tenancy_name, display_name, placement, partition_id, num_partitions, gpu, public_key,
-                        vpn_address if placement == ONPREM else None, vpn_cert if placement == ONPREM else None,
-                        bool(holds_vpn), bool(holds_sn), op)
+    return Organisation(
+        slug,
+        tenancy_name,
+        display_name,
+        placement,
+        partition_id,
+        num_partitions,
+        gpu,
+        public_key,
+        vpn_address if placement == ONPREM else None,
+        vpn_cert if placement == ONPREM else None,
+        bool(holds_vpn),
+        bool(holds_sn),
+        op,
+    )
 
 
-def _check_secrets_present(c: _Checker, orgs: Sequence[Organisation], maps: Mapping[str, Mapping[str, Any] | None],
-                           unusable: set[str]) -> None:
+def _check_secrets_present(
+    c: _Checker, orgs: Sequence[Organisation], maps: Mapping[str, Mapping[str, Any] | None], unusable: set[str]
+) -> None:
     """Each secret is there exactly when the organisation does not hold it itself."""
     needs: dict[str, list[tuple[Organisation, str, str | None]]] = {name: [] for name in maps}
     for org in orgs:
@@ -477,8 +505,11 @@ def _check_secrets_present(c: _Checker, orgs: Sequence[Organisation], maps: Mapp
                 continue
             seen.add(key)
             if key not in table:
-                hint = (f" (or set {_at(org.path, 'keys_held_by_organisation')}.{flag} if the organisation keeps this key itself)"
-                        if flag else "")
+                hint = (
+                    f" (or set {_at(org.path, 'keys_held_by_organisation')}.{flag} if the organisation keeps this key itself)"
+                    if flag
+                    else ""
+                )
                 c.bad(where, f"missing; the kit of {org.slug!r} needs it{hint}")
             elif table[key] == _SECRET_PLACEHOLDER:
                 c.bad(where, "is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`")
@@ -519,8 +550,9 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 problems.append((where, "is not an ECDSA key; flwr 1.25 accepts only NIST-curve ECDSA SuperNode keys"))
             elif key.public_key() != public:
-                problems.append((where, f"does not belong to {_at(org.path, 'supernode_public_key_openssh')} "
-                                        "(the key registered at the SuperLink)"))
+                problems.append(
+                    (where, f"does not belong to {_at(org.path, 'supernode_public_key_openssh')} (the key registered at the SuperLink)")
+                )
     if org.onprem:
         where = _at(org.path, "vpn_client_cert_pem")
         try:
@@ -534,8 +566,9 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
                 problems.append((where, "is not signed by ca_cert_pem; the VPN server would refuse it"))
             cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
             if cns != [org.slug]:
-                problems.append((where, f"has common name {cns[0] if cns else 'none'!r}; the VPN pins addresses by "
-                                        f"CN, so it must be {org.slug!r}"))
+                problems.append(
+                    (where, f"has common name {cns[0] if cns else 'none'!r}; the VPN pins addresses by CN, so it must be {org.slug!r}")
+                )
             if not org.holds_vpn_key:
                 kwhere = _at("vpn_client_private_keys", org.slug)
                 try:
@@ -548,8 +581,13 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
         try:
             tls_auth_key(out, org.tenancy)
         except ValueError as exc:
-            problems.append((_at("vpn_tls_auth_keys", org.tenancy), f"is not an OpenVPN static key ({exc}); expected "
-                             "the '-----BEGIN OpenVPN Static key V1-----' block `openvpn --genkey secret` writes"))
+            problems.append(
+                (
+                    _at("vpn_tls_auth_keys", org.tenancy),
+                    f"is not an OpenVPN static key ({exc}); expected "
+                    "the '-----BEGIN OpenVPN Static key V1-----' block `openvpn --genkey secret` writes",
+                )
+            )
     if problems:
         raise KitError(problems)
 
@@ -619,44 +657,124 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
         raise KitError([(_at(_at("tenancies", org.tenancy), "superlink.fleet_address"), str(exc))]) from None
     unit_in_kit = f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}"
     files = [
-        KitFile(_rel(facts.SUPERNODE_CONF), _text(conf), 0o644, facts.SUPERNODE_CONF, sn_user, grp, tag="supernode",
-                about=f"SuperNode settings (manual 4.1.3.3.1): SuperLink {tenancy.fleet_address}, partition "
-                      f"{org.partition_id} of {org.num_partitions}"),
-        KitFile(_rel(sn["ca"]), _text(out.ca_cert_pem), 0o644, sn["ca"], sn_user, grp, tag="supernode",
-                about="the NINA platform's CA certificate: the SuperNode trusts the SuperLink through it"),
-        KitFile(_rel(sn["pub"]), _text(org.supernode_public_key), 0o644, sn["pub"], sn_user, grp, tag="supernode",
-                about="the SuperNode's public key, registered at the SuperLink"),
-        KitFile(_rel(facts.SUPERNODE_RUN_SCRIPT), _text(render.run_supernode_sh()), 0o755, facts.SUPERNODE_RUN_SCRIPT,
-                tag="supernode", about="the SuperNode wrapper script (systemd ExecStart and container ENTRYPOINT)"),
-        KitFile(_rel(unit_in_kit), _text(render.supernode_service()), 0o644,
-                f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}", scope="systemd", tag="supernode",
-                about=f"the systemd unit, installed as {facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}"),
-        KitFile(_rel(facts.NODE_EXPORTER_DEFAULTS), _text(render.node_exporter_defaults()), 0o644,
-                facts.NODE_EXPORTER_DEFAULTS, tag="exporter",
-                about=f"node exporter arguments: listen on port {facts.NODE_EXPORTER_PORT} (manual 5.2.2)"),
+        KitFile(
+            _rel(facts.SUPERNODE_CONF),
+            _text(conf),
+            0o644,
+            facts.SUPERNODE_CONF,
+            sn_user,
+            grp,
+            tag="supernode",
+            about=f"SuperNode settings (manual 4.1.3.3.1): SuperLink {tenancy.fleet_address}, partition "
+            f"{org.partition_id} of {org.num_partitions}",
+        ),
+        KitFile(
+            _rel(sn["ca"]),
+            _text(out.ca_cert_pem),
+            0o644,
+            sn["ca"],
+            sn_user,
+            grp,
+            tag="supernode",
+            about="the NINA platform's CA certificate: the SuperNode trusts the SuperLink through it",
+        ),
+        KitFile(
+            _rel(sn["pub"]),
+            _text(org.supernode_public_key),
+            0o644,
+            sn["pub"],
+            sn_user,
+            grp,
+            tag="supernode",
+            about="the SuperNode's public key, registered at the SuperLink",
+        ),
+        KitFile(
+            _rel(facts.SUPERNODE_RUN_SCRIPT),
+            _text(render.run_supernode_sh()),
+            0o755,
+            facts.SUPERNODE_RUN_SCRIPT,
+            tag="supernode",
+            about="the SuperNode wrapper script (systemd ExecStart and container ENTRYPOINT)",
+        ),
+        KitFile(
+            _rel(unit_in_kit),
+            _text(render.supernode_service()),
+            0o644,
+            f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}",
+            scope="systemd",
+            tag="supernode",
+            about=f"the systemd unit, installed as {facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}",
+        ),
+        KitFile(
+            _rel(facts.NODE_EXPORTER_DEFAULTS),
+            _text(render.node_exporter_defaults()),
+            0o644,
+            facts.NODE_EXPORTER_DEFAULTS,
+            tag="exporter",
+            about=f"node exporter arguments: listen on port {facts.NODE_EXPORTER_PORT} (manual 5.2.2)",
+        ),
     ]
     if not org.holds_supernode_key:
-        files.append(KitFile(_rel(sn["key"]), _text(_secret(out.supernode_private_keys, org.slug)), 0o600, sn["key"],
-                             sn_user, grp, tag="supernode",
-                             about="SECRET: the SuperNode's private key (OpenSSH format); it proves the node's identity"))
+        files.append(
+            KitFile(
+                _rel(sn["key"]),
+                _text(_secret(out.supernode_private_keys, org.slug)),
+                0o600,
+                sn["key"],
+                sn_user,
+                grp,
+                tag="supernode",
+                about="SECRET: the SuperNode's private key (OpenSSH format); it proves the node's identity",
+            )
+        )
     if org.onprem:
         vpn = tenancy.vpn
         vp = _vpn_paths(org.slug)
         files += [
-            KitFile(_rel(facts.OPENVPN_CLIENT_CONF),
-                    _text(vpn_files.client_conf(org.slug, vpn.server_name, vpn.public_ip, vpn.udp_port, vpn.tcp_port)), 0o644,
-                    facts.OPENVPN_CLIENT_CONF, tag="vpn",
-                    about=f"OpenVPN client settings: UDP {vpn.udp_port}, fallback TCP {vpn.tcp_port}, to {vpn.public_ip}"),
-            KitFile(_rel(vp["ca"]), _text(out.ca_cert_pem), 0o644, vp["ca"], tag="vpn",
-                    about="the CA certificate the VPN server's certificate is checked against"),
-            KitFile(_rel(vp["cert"]), _text(org.vpn_cert_pem), 0o644, vp["cert"], tag="vpn",
-                    about=f"your VPN client certificate (CN {org.slug})"),
-            KitFile(_rel(vp["tls_auth"]), _text(tls_auth_key(out, org.tenancy)), 0o600, vp["tls_auth"], tag="vpn",
-                    about="SECRET: the VPN's tls-auth key (shared by the tenancy's VPN clients)"),
+            KitFile(
+                _rel(facts.OPENVPN_CLIENT_CONF),
+                _text(vpn_files.client_conf(org.slug, vpn.server_name, vpn.public_ip, vpn.udp_port, vpn.tcp_port)),
+                0o644,
+                facts.OPENVPN_CLIENT_CONF,
+                tag="vpn",
+                about=f"OpenVPN client settings: UDP {vpn.udp_port}, fallback TCP {vpn.tcp_port}, to {vpn.public_ip}",
+            ),
+            KitFile(
+                _rel(vp["ca"]),
+                _text(out.ca_cert_pem),
+                0o644,
+                vp["ca"],
+                tag="vpn",
+                about="the CA certificate the VPN server's certificate is checked against",
+            ),
+            KitFile(
+                _rel(vp["cert"]),
+                _text(org.vpn_cert_pem),
+                0o644,
+                vp["cert"],
+                tag="vpn",
+                about=f"your VPN client certificate (CN {org.slug})",
+            ),
+            KitFile(
+                _rel(vp["tls_auth"]),
+                _text(tls_auth_key(out, org.tenancy)),
+                0o600,
+                vp["tls_auth"],
+                tag="vpn",
+                about="SECRET: the VPN's tls-auth key (shared by the tenancy's VPN clients)",
+            ),
         ]
         if not org.holds_vpn_key:
-            files.append(KitFile(_rel(vp["key"]), _text(_secret(out.vpn_client_private_keys, org.slug)), 0o600, vp["key"],
-                                 tag="vpn", about="SECRET: your VPN client private key"))
+            files.append(
+                KitFile(
+                    _rel(vp["key"]),
+                    _text(_secret(out.vpn_client_private_keys, org.slug)),
+                    0o600,
+                    vp["key"],
+                    tag="vpn",
+                    about="SECRET: your VPN client private key",
+                )
+            )
     files += _container_files(org)
     return files
 
@@ -673,8 +791,14 @@ def _env() -> jinja2.Environment:
     )
     env.filters["q"] = lambda v: shlex.quote(str(v))
     env.filters["mode"] = lambda v: f"{v:04o}"
-    env.globals.update(facts=facts, flwr_version=facts.FLWR_VERSION, images=IMAGES, base_images=BASE_IMAGES,
-                       container_name=CONTAINER_NAME, supernode_user=SUPERNODE_USER)
+    env.globals.update(
+        facts=facts,
+        flwr_version=facts.FLWR_VERSION,
+        images=IMAGES,
+        base_images=BASE_IMAGES,
+        container_name=CONTAINER_NAME,
+        supernode_user=SUPERNODE_USER,
+    )
     return env
 
 
@@ -686,18 +810,39 @@ def _container_files(org: Organisation) -> list[KitFile]:
     files = []
     for variant in ("cpu", "cuda"):
         name = f"Dockerfile.{variant}"
-        files.append(KitFile(f"containers/{name}", _text(_render("Dockerfile.j2", variant=variant)), 0o644,
-                             f"{facts.SUPERNODE_CONTAINERS}/{name}", scope="containers",
-                             about=f"container image, {'CPU only' if variant == 'cpu' else 'NVIDIA GPU (CUDA)'} (manual 5.7)"))
-    files.append(KitFile("containers/build.sh", _text(_render("build.sh.j2")), 0o755,
-                         f"{facts.SUPERNODE_CONTAINERS}/build.sh", scope="containers",
-                         about="builds an image: `./build.sh cpu` or `./build.sh cuda`"))
+        files.append(
+            KitFile(
+                f"containers/{name}",
+                _text(_render("Dockerfile.j2", variant=variant)),
+                0o644,
+                f"{facts.SUPERNODE_CONTAINERS}/{name}",
+                scope="containers",
+                about=f"container image, {'CPU only' if variant == 'cpu' else 'NVIDIA GPU (CUDA)'} (manual 5.7)",
+            )
+        )
+    files.append(
+        KitFile(
+            "containers/build.sh",
+            _text(_render("build.sh.j2")),
+            0o755,
+            f"{facts.SUPERNODE_CONTAINERS}/build.sh",
+            scope="containers",
+            about="builds an image: `./build.sh cpu` or `./build.sh cuda`",
+        )
+    )
     for engine in ("docker", "podman"):
         for gpu in (False, True):
             name = f"run-{engine}{'-gpu' if gpu else ''}.sh"
-            files.append(KitFile(f"containers/{name}", _text(_render("run.sh.j2", engine=engine, gpu=gpu, slug=org.slug, onprem=org.onprem)),
-                                 0o755, f"{facts.SUPERNODE_CONTAINERS}/{name}", scope="containers",
-                                 about=f"runs the SuperNode with {engine}{', GPU pass-through' if gpu else ', CPU only'}"))
+            files.append(
+                KitFile(
+                    f"containers/{name}",
+                    _text(_render("run.sh.j2", engine=engine, gpu=gpu, slug=org.slug, onprem=org.onprem)),
+                    0o755,
+                    f"{facts.SUPERNODE_CONTAINERS}/{name}",
+                    scope="containers",
+                    about=f"runs the SuperNode with {engine}{', GPU pass-through' if gpu else ', CPU only'}",
+                )
+            )
     return files
 
 
@@ -731,13 +876,30 @@ def _held_keys(org: Organisation) -> list[dict[str, str]]:
     held = []
     if org.holds_supernode_key:
         sn = _supernode_paths()
-        held.append({"dest": sn["key"], "kind": "openssh", "match": _rel(sn["pub"]), "owner": SUPERNODE_USER,
-                     "group": facts.SYSTEM_GROUP, "tag": "supernode",
-                     "what": "the SuperNode private key (OpenSSH format) whose public key you sent us"})
+        held.append(
+            {
+                "dest": sn["key"],
+                "kind": "openssh",
+                "match": _rel(sn["pub"]),
+                "owner": SUPERNODE_USER,
+                "group": facts.SYSTEM_GROUP,
+                "tag": "supernode",
+                "what": "the SuperNode private key (OpenSSH format) whose public key you sent us",
+            }
+        )
     if org.onprem and org.holds_vpn_key:
         vp = _vpn_paths(org.slug)
-        held.append({"dest": vp["key"], "kind": "x509", "match": _rel(vp["cert"]), "owner": ROOT, "group": ROOT,
-                     "tag": "vpn", "what": "the VPN private key from which you made the certificate signing request"})
+        held.append(
+            {
+                "dest": vp["key"],
+                "kind": "x509",
+                "match": _rel(vp["cert"]),
+                "owner": ROOT,
+                "group": ROOT,
+                "tag": "vpn",
+                "what": "the VPN private key from which you made the certificate signing request",
+            }
+        )
     return held
 
 
@@ -781,8 +943,7 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else []) + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT],
         **context,
     )
-    files.append(KitFile("install.sh", _text(install), 0o755,
-                         about="the installer: checks SHA256SUMS, then installs (see below)"))
+    files.append(KitFile("install.sh", _text(install), 0o755, about="the installer: checks SHA256SUMS, then installs (see below)"))
     files.sort(key=lambda f: f.path)
     readme = _render(
         "README.md.j2",

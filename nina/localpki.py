@@ -9,6 +9,7 @@ and extended key usages from `allowed_uses`, SANs from the request, and a random
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
+CURVES: dict[str, type[ec.EllipticCurve]] = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
 _ORDERS = {"P224": 2**224, "P256": 2**256, "P384": 2**384, "P521": 2**521}
 # pulumi-tls subject argument names -> X.509 attribute OIDs
 SUBJECT_FIELDS = {
@@ -33,8 +34,15 @@ SUBJECT_FIELDS = {
     "locality": NameOID.LOCALITY_NAME,
 }
 _KEY_USAGES = {
-    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-    "key_agreement", "cert_signing", "crl_signing", "encipher_only", "decipher_only",
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "cert_signing",
+    "crl_signing",
+    "encipher_only",
+    "decipher_only",
 }
 _EXT_USAGES = {
     "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -54,6 +62,7 @@ class KeyPair:
 
 def generate_key(algorithm: str = "ECDSA", curve: str = "P384", *, seed: bytes | None = None) -> KeyPair:
     """A new key (random, or derived from `seed` for reproducible tests)."""
+    key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if algorithm == "ED25519":
         key = ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest()) if seed else ed25519.Ed25519PrivateKey.generate()
         pem_format = serialization.PrivateFormat.PKCS8
@@ -72,7 +81,9 @@ def generate_key(algorithm: str = "ECDSA", curve: str = "P384", *, seed: bytes |
     public = key.public_key()
     return KeyPair(
         private_key_pem=key.private_bytes(serialization.Encoding.PEM, pem_format, serialization.NoEncryption()).decode(),
-        private_key_openssh=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode(),
+        private_key_openssh=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ).decode(),
         public_key_openssh=public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + "\n",
         public_key_pem=public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
     )
@@ -91,12 +102,20 @@ def _usages(builder: x509.CertificateBuilder, allowed_uses: Sequence[str], is_ca
     if unknown:
         raise ValueError(f"unknown allowed_uses {sorted(unknown)}")
     ku = {u: u in allowed_uses for u in _KEY_USAGES}
-    builder = builder.add_extension(x509.KeyUsage(
-        digital_signature=ku["digital_signature"], content_commitment=ku["content_commitment"],
-        key_encipherment=ku["key_encipherment"], data_encipherment=ku["data_encipherment"],
-        key_agreement=ku["key_agreement"], key_cert_sign=ku["cert_signing"], crl_sign=ku["crl_signing"],
-        encipher_only=ku["encipher_only"], decipher_only=ku["decipher_only"],
-    ), critical=True)
+    builder = builder.add_extension(
+        x509.KeyUsage(
+            digital_signature=ku["digital_signature"],
+            content_commitment=ku["content_commitment"],
+            key_encipherment=ku["key_encipherment"],
+            data_encipherment=ku["data_encipherment"],
+            key_agreement=ku["key_agreement"],
+            key_cert_sign=ku["cert_signing"],
+            crl_sign=ku["crl_signing"],
+            encipher_only=ku["encipher_only"],
+            decipher_only=ku["decipher_only"],
+        ),
+        critical=True,
+    )
     ext = [_EXT_USAGES[u] for u in allowed_uses if u in _EXT_USAGES]
     if ext:
         builder = builder.add_extension(x509.ExtendedKeyUsage(ext), critical=False)
@@ -104,19 +123,31 @@ def _usages(builder: x509.CertificateBuilder, allowed_uses: Sequence[str], is_ca
 
 
 def _validity(validity_hours: int, now: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
-    start = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+    start = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     return start, start + dt.timedelta(hours=validity_hours)
 
 
-def self_signed_ca(key_pem: str, subject: Mapping[str, str], validity_hours: int,
-                   allowed_uses: Sequence[str] = ("cert_signing", "crl_signing", "digital_signature"),
-                   *, now: dt.datetime | None = None) -> str:
+def self_signed_ca(
+    key_pem: str,
+    subject: Mapping[str, str],
+    validity_hours: int,
+    allowed_uses: Sequence[str] = ("cert_signing", "crl_signing", "digital_signature"),
+    *,
+    now: dt.datetime | None = None,
+) -> str:
     key = _load_key(key_pem)
     start, end = _validity(validity_hours, now)
     name = _name(subject)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-               .serial_number(secrets.randbits(127) | 1).not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(secrets.randbits(127) | 1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
     builder = _usages(builder, allowed_uses, is_ca=True)
     return builder.sign(key, _hash(key)).public_bytes(serialization.Encoding.PEM).decode()
 
@@ -130,26 +161,37 @@ def cert_request(key_pem: str, subject: Mapping[str, str], dns_names: Sequence[s
     return builder.sign(key, _hash(key)).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def sign_certificate(csr_pem: str, ca_key_pem: str, ca_cert_pem: str, validity_hours: int,
-                     allowed_uses: Sequence[str], *, now: dt.datetime | None = None) -> str:
+def sign_certificate(
+    csr_pem: str, ca_key_pem: str, ca_cert_pem: str, validity_hours: int, allowed_uses: Sequence[str], *, now: dt.datetime | None = None
+) -> str:
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     ca_key = _load_key(ca_key_pem)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     start, end = _validity(validity_hours, now)
-    builder = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca_cert.subject)
-               .public_key(csr.public_key()).serial_number(secrets.randbits(127) | 1)
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
-    try:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(secrets.randbits(127) | 1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    with contextlib.suppress(x509.ExtensionNotFound):
         builder = builder.add_extension(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, critical=False)
-    except x509.ExtensionNotFound:
-        pass
     builder = _usages(builder, allowed_uses, is_ca=False)
     return builder.sign(ca_key, _hash(ca_key)).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _hash(key):
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) else hashes.SHA256()
+    return (
+        None
+        if isinstance(key, ed25519.Ed25519PrivateKey)
+        else hashes.SHA384()
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else hashes.SHA256()
+    )
 
 
 def fingerprint_sha256(cert_pem: str) -> str:

@@ -20,8 +20,7 @@ from nina import facts
 from nina.plan import Host, Member, Plan, TenancyPlan, VpnPlan
 
 # The outputs the program marks secret (one mapping each, so the public ones stay readable).
-SECRET_KEYS = ("supernode_private_keys", "vpn_client_private_keys", "vpn_tls_auth_keys",
-               "database_passwords", "ops_ssh_private_key")
+SECRET_KEYS = ("supernode_private_keys", "vpn_client_private_keys", "vpn_tls_auth_keys", "database_passwords", "ops_ssh_private_key")
 
 
 def superlink(t: TenancyPlan) -> dict[str, Any]:
@@ -48,8 +47,7 @@ def vpn(v: VpnPlan, public_ip: Any) -> dict[str, Any]:
     }
 
 
-def organisation(m: Member, public_key_openssh: Any, vpn_client_cert_pem: Any, *,
-                 stand_in_keys: bool = False) -> dict[str, Any]:
+def organisation(m: Member, public_key_openssh: Any, vpn_client_cert_pem: Any, *, stand_in_keys: bool = False) -> dict[str, Any]:
     """`stand_in_keys`: the caller made every private key itself (the rehearsal), so none is
     held by the organisation whatever its config says."""
     return {
@@ -81,8 +79,16 @@ def database(plan: Plan, address: Any) -> dict[str, Any]:
     return {"address": address, "port": facts.POSTGRES_PORT, "allowed_cidrs": list(plan.database_allowed_cidrs)}
 
 
-def document(plan: Plan, *, ca_cert_pem: Any, tenancies: Mapping[str, Any], hosts: Mapping[str, Any],
-             bastion_ip: Any, database: Any, secrets: Mapping[str, Any]) -> dict[str, Any]:
+def document(
+    plan: Plan,
+    *,
+    ca_cert_pem: Any,
+    tenancies: Mapping[str, Any],
+    hosts: Mapping[str, Any],
+    bastion_ip: Any,
+    database: Any,
+    secrets: Mapping[str, Any],
+) -> dict[str, Any]:
     """The whole document; `secrets` holds exactly SECRET_KEYS (wrapped as secrets by the caller)."""
     if set(secrets) != set(SECRET_KEYS):
         raise ValueError(f"secret outputs must be exactly {SECRET_KEYS}, got {sorted(secrets)}")

@@ -180,20 +180,31 @@ def build_plan(cfg: StackConfig) -> Plan:
     for i, group in enumerate(cfg.hosts):
         roles = tuple(sorted(group.roles))
         on_it = "superlink" in roles
-        hosts.append(Host(
-            name=group.name,
-            roles=roles,
-            segment=server.name,
-            fixed_ip=server.address(facts.SHARED_HOST_OFFSET + i),
-            flavor=group.flavor,
-            public=bool({"bastion", "proxy"} & set(roles)),
-            tenancy=tenancies[0].name if on_it else None,
-            volumes=(superlink_volume(),) if on_it else (),
-        ))
+        hosts.append(
+            Host(
+                name=group.name,
+                roles=roles,
+                segment=server.name,
+                fixed_ip=server.address(facts.SHARED_HOST_OFFSET + i),
+                flavor=group.flavor,
+                public=bool({"bastion", "proxy"} & set(roles)),
+                tenancy=tenancies[0].name if on_it else None,
+                volumes=(superlink_volume(),) if on_it else (),
+            )
+        )
+
     def tenancy_host(role: str, index: int, tenancy: str, offset: int, flavor: str, public: bool, **extra) -> Host:
         """Tenancy `index`'s own VM for `role` in the server segment, at `.offset + index`."""
-        return Host(name=f"{role}-{tenancy}", roles=(role,), segment=server.name,
-                    fixed_ip=server.address(offset + index), flavor=flavor, public=public, tenancy=tenancy, **extra)
+        return Host(
+            name=f"{role}-{tenancy}",
+            roles=(role,),
+            segment=server.name,
+            fixed_ip=server.address(offset + index),
+            flavor=flavor,
+            public=public,
+            tenancy=tenancy,
+            **extra,
+        )
 
     superlink_of: dict[str, Host] = {}
     if shared_superlink:
@@ -201,8 +212,9 @@ def build_plan(cfg: StackConfig) -> Plan:
     for t, ten in enumerate(tenancies):
         if ten.name in superlink_of:
             continue
-        host = tenancy_host("superlink", t, ten.name, facts.SUPERLINK_OFFSET, cfg.superlink.flavor, public=False,
-                            volumes=(superlink_volume(),))
+        host = tenancy_host(
+            "superlink", t, ten.name, facts.SUPERLINK_OFFSET, cfg.superlink.flavor, public=False, volumes=(superlink_volume(),)
+        )
         hosts.append(host)
         superlink_of[ten.name] = host
 
@@ -210,8 +222,9 @@ def build_plan(cfg: StackConfig) -> Plan:
     for t, ten in enumerate(tenancies):
         if cfg.vpn_pool(ten) is None:
             continue
-        vpn_of[ten.name] = tenancy_host("vpn", t, ten.name, facts.VPN_SERVER_OFFSET, cfg.vpn.flavor, public=True,
-                                        routed_cidrs=(str(cfg.vpn_pool(ten)),))
+        vpn_of[ten.name] = tenancy_host(
+            "vpn", t, ten.name, facts.VPN_SERVER_OFFSET, cfg.vpn.flavor, public=True, routed_cidrs=(str(cfg.vpn_pool(ten)),)
+        )
         hosts.append(vpn_of[ten.name])
 
     members_of: dict[str, tuple[Member, ...]] = {}
@@ -220,7 +233,13 @@ def build_plan(cfg: StackConfig) -> Plan:
         pool = cfg.vpn_pool(ten)
         members_of[ten.name] = tuple(
             Member(
-                ten.name, o.slug, o.name, o.placement, ids[o.slug], len(ten.organisations), o.gpu,
+                ten.name,
+                o.slug,
+                o.name,
+                o.placement,
+                ids[o.slug],
+                len(ten.organisations),
+                o.gpu,
                 vpn_address=str(pool.network_address + facts.VPN_CLIENT_OFFSET + ids[o.slug]) if pool and o.placement == "onprem" else None,
                 own_vpn_csr=o.vpn_csr_pem,
                 own_supernode_public_key=o.supernode_public_key,
@@ -234,19 +253,25 @@ def build_plan(cfg: StackConfig) -> Plan:
             seg = Segment(f"org-{org.slug}", org.cidr, "org")
             segments.append(seg)
             flavor = org.flavor or (cfg.supernode.gpu_flavor if org.gpu else None) or cfg.supernode.flavor
-            volumes = (Volume("data", cfg.supernode.data_volume_gb, facts.SUPERNODE_DATA, facts.SERVICE_USERS["supernode"]),) if cfg.supernode.data_volume_gb else ()
-            hosts.append(Host(
-                name=f"supernode-{org.slug}",
-                roles=("supernode",),
-                segment=seg.name,
-                fixed_ip=seg.address(facts.SUPERNODE_OFFSET),
-                flavor=flavor,
-                public=False,
-                tenancy=ten.name,
-                org=org.slug,
-                volumes=volumes,
-                gpu=org.gpu,
-            ))
+            volumes = (
+                (Volume("data", cfg.supernode.data_volume_gb, facts.SUPERNODE_DATA, facts.SERVICE_USERS["supernode"]),)
+                if cfg.supernode.data_volume_gb
+                else ()
+            )
+            hosts.append(
+                Host(
+                    name=f"supernode-{org.slug}",
+                    roles=("supernode",),
+                    segment=seg.name,
+                    fixed_ip=seg.address(facts.SUPERNODE_OFFSET),
+                    flavor=flavor,
+                    public=False,
+                    tenancy=ten.name,
+                    org=org.slug,
+                    volumes=volumes,
+                    gpu=org.gpu,
+                )
+            )
 
     zones_of = {h.name: _zones(h) for h in hosts}
     hosts = [Host(**{**h.__dict__, "security_groups": tuple(zones_of[h.name])}) for h in hosts]
@@ -259,26 +284,29 @@ def build_plan(cfg: StackConfig) -> Plan:
         vpn = None
         if ten.name in vpn_of:
             vh = vpn_of[ten.name]
+            pool = cfg.vpn_pool(ten)
+            assert pool is not None, "a tenancy with a VPN host has on-premise organisations"
             vpn = VpnPlan(
                 host=vh.name,
                 internal_ip=vh.fixed_ip,
-                pool=cfg.vpn_pool(ten),
+                pool=pool,
                 routes=(cfg.network.server_cidr,),
                 superlink_ip=sl.fixed_ip,
                 certificate=Certificate(vh.name, vh.name, (vh.name,), (), server=True),
                 clients=tuple(
-                    Certificate(f"vpn-client-{m.slug}", m.slug, (), (), server=False)
-                    for m in members_of[ten.name] if m.vpn_address
+                    Certificate(f"vpn-client-{m.slug}", m.slug, (), (), server=False) for m in members_of[ten.name] if m.vpn_address
                 ),
             )
-        tenancy_plans.append(TenancyPlan(
-            name=ten.name,
-            superlink_host=sl.name,
-            superlink_ip=sl.fixed_ip,
-            members=members_of[ten.name],
-            certificate=_superlink_certificate(cfg, sl),
-            vpn=vpn,
-        ))
+        tenancy_plans.append(
+            TenancyPlan(
+                name=ten.name,
+                superlink_host=sl.name,
+                superlink_ip=sl.fixed_ip,
+                members=members_of[ten.name],
+                certificate=_superlink_certificate(cfg, sl),
+                vpn=vpn,
+            )
+        )
 
     consumers = [h.fixed_ip + "/32" for h in hosts if set(DATABASE_CLIENT_ROLES) & set(h.roles)]
     db_cidrs = tuple(consumers) if consumers else (str(cfg.network.server_cidr),)

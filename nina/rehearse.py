@@ -84,8 +84,9 @@ def _key() -> localpki.KeyPair:
 def _leaf(spec: Certificate, ca_cert: str, ca_key: str) -> tuple[str, str]:
     """A leaf certificate as nina:pki:LeafCertificate makes it (subject, SANs, uses, validity)."""
     key = _key().private_key_pem
-    csr = localpki.cert_request(key, {"common_name": spec.common_name, "organization": facts.LEAF_ORGANIZATION},
-                                spec.dns_names, spec.ip_addresses)
+    csr = localpki.cert_request(
+        key, {"common_name": spec.common_name, "organization": facts.LEAF_ORGANIZATION}, spec.dns_names, spec.ip_addresses
+    )
     uses = facts.SERVER_CERT_USES if spec.server else facts.CLIENT_CERT_USES
     return localpki.sign_certificate(csr, ca_key, ca_cert, facts.LEAF_VALIDITY_HOURS, uses), key
 
@@ -116,8 +117,9 @@ def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
         orgs = {}
         for m in t.members:
             client = pki.vpn_clients.get(m.slug)
-            orgs[m.slug] = outputs.organisation(m, pki.supernodes[m.slug].public_key_openssh, client[0] if client else None,
-                                                stand_in_keys=True)  # see build_pki
+            orgs[m.slug] = outputs.organisation(
+                m, pki.supernodes[m.slug].public_key_openssh, client[0] if client else None, stand_in_keys=True
+            )  # see build_pki
         tenancies[t.name] = outputs.tenancy(t, outputs.vpn(t.vpn, public_ip) if t.vpn is not None else None, orgs)
     return outputs.document(
         plan,
@@ -235,11 +237,13 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
 
 def _venv() -> Path:
     venv = Path(sys.prefix)
-    missing = [n for n in ("activate", "flwr", "flower-superlink", "flower-supernode", "flower-superexec")
-               if not (venv / "bin" / n).exists()]
+    missing = [
+        n for n in ("activate", "flwr", "flower-superlink", "flower-supernode", "flower-superexec") if not (venv / "bin" / n).exists()
+    ]
     if missing:
-        raise RehearsalError(f"{venv} is not a venv with flwr {facts.FLWR_VERSION} (missing bin/{', bin/'.join(missing)}); "
-                             "run nina from the project's venv")
+        raise RehearsalError(
+            f"{venv} is not a venv with flwr {facts.FLWR_VERSION} (missing bin/{', bin/'.join(missing)}); run nina from the project's venv"
+        )
     return venv
 
 
@@ -324,9 +328,19 @@ class Rehearsal:
     another loopback name). `pki`/`outputs` may be shared between tenancies of one stack.
     """
 
-    def __init__(self, plan: Plan, workdir: Path | str, tenancy: str | None = None, *, insecure: bool = False,
-                 log: Callable[[str], None] = print, fleet_bind: str = facts.LOOPBACK, pki: Pki | None = None,
-                 ports_taken: set[int] | None = None, app_dir: Path | str = VALIDATION_APP) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path | str,
+        tenancy: str | None = None,
+        *,
+        insecure: bool = False,
+        log: Callable[[str], None] = print,
+        fleet_bind: str = facts.LOOPBACK,
+        pki: Pki | None = None,
+        ports_taken: set[int] | None = None,
+        app_dir: Path | str = VALIDATION_APP,
+    ) -> None:
         self.plan = plan
         self.tenancy: TenancyPlan = next((t for t in plan.tenancies if tenancy in (None, t.name)), None)  # type: ignore[assignment]
         if self.tenancy is None:
@@ -397,13 +411,20 @@ class Rehearsal:
         self.membership = _write(bindir / "nina-membership", render.membership_script(), 0o755)
         cert, key = self.pki.superlinks[t.name]
         payload = render.superlink_delivery(t, self.pki.ca_cert, cert, key)
-        proc = subprocess.run([sys.executable, str(installer), "--root", str(self.root)], input=payload, text=True,
-                              capture_output=True, timeout=60, env=self._env())
+        proc = subprocess.run(
+            [sys.executable, str(installer), "--root", str(self.root)],
+            input=payload,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            env=self._env(),
+        )
         if proc.returncode != 0:
             raise RehearsalError(f"nina-install-files failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
         self.serverappio_port, self.fleet_port, self.control_port = pick_ports(
-            (facts.SUPERLINK_SERVERAPPIO_PORT, facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT), self._taken)
+            (facts.SUPERLINK_SERVERAPPIO_PORT, facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT), self._taken
+        )
         for i, m in enumerate(self.members):
             self.node_ports[m.slug] = pick_ports((facts.SUPERNODE_CLIENTAPPIO_PORT + i,), self._taken)[0]
 
@@ -415,8 +436,14 @@ class Rehearsal:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"FLWR_TELEMETRY_ENABLED": "0", "NO_COLOR": "1", "TERM": "dumb",
-                    "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"})
+        env.update(
+            {
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "NO_COLOR": "1",
+                "TERM": "dumb",
+                "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
+            }
+        )
         env.update(extra)
         return env
 
@@ -424,14 +451,22 @@ class Rehearsal:
         text = render.run_superlink_sh()
         what = "run_superlink.sh (rehearsal copy)"
         sa, fl, co = facts.SUPERLINK_SERVERAPPIO_PORT, facts.SUPERLINK_FLEET_PORT, facts.SUPERLINK_CONTROL_PORT
-        text = _replace_once(text, f'--serverappio-api-address "{facts.LOOPBACK}:{sa}"',
-                             f'--serverappio-api-address "{facts.LOOPBACK}:{self.serverappio_port}"', what)
-        text = _replace_once(text, f'--fleet-api-address "{facts.ANY_ADDRESS}:{fl}"',
-                             f'--fleet-api-address "{self.fleet_bind}:{self.fleet_port}"', what)
-        text = _replace_once(text, f'--control-api-address "{facts.ANY_ADDRESS}:{co}"',
-                             f'--control-api-address "{facts.LOOPBACK}:{self.control_port}"', what)
-        self.edits.append(f"run_superlink.sh copy: ServerAppIo {facts.LOOPBACK}:{self.serverappio_port}, "
-                          f"Fleet {self.fleet_bind}:{self.fleet_port}, Control {facts.LOOPBACK}:{self.control_port}")
+        text = _replace_once(
+            text,
+            f'--serverappio-api-address "{facts.LOOPBACK}:{sa}"',
+            f'--serverappio-api-address "{facts.LOOPBACK}:{self.serverappio_port}"',
+            what,
+        )
+        text = _replace_once(
+            text, f'--fleet-api-address "{facts.ANY_ADDRESS}:{fl}"', f'--fleet-api-address "{self.fleet_bind}:{self.fleet_port}"', what
+        )
+        text = _replace_once(
+            text, f'--control-api-address "{facts.ANY_ADDRESS}:{co}"', f'--control-api-address "{facts.LOOPBACK}:{self.control_port}"', what
+        )
+        self.edits.append(
+            f"run_superlink.sh copy: ServerAppIo {facts.LOOPBACK}:{self.serverappio_port}, "
+            f"Fleet {self.fleet_bind}:{self.fleet_port}, Control {facts.LOOPBACK}:{self.control_port}"
+        )
         if self.insecure:
             for opt in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
                 text = _drop_option(text, opt, what)
@@ -447,7 +482,7 @@ class Rehearsal:
         if header in pyproject:
             head, _, rest = pyproject.partition(header)
             nxt = rest.find("\n[")
-            rest = rest[nxt + 1:] if nxt >= 0 else ""
+            rest = rest[nxt + 1 :] if nxt >= 0 else ""
             return f"{head}{header}\n{body}\n{rest}"
         return pyproject.rstrip("\n") + f"\n\n{header}\n{body}"
 
@@ -457,12 +492,13 @@ class Rehearsal:
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         log = logs / f"{name}.log"
-        fh = open(log, "a")
+        fh = open(log, "a")  # noqa: SIM115 - the child process writes to it after we return
         fh.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n")
         fh.flush()
         try:
-            popen = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, cwd=self.dir)
+            popen = subprocess.Popen(
+                cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir
+            )
         finally:
             fh.close()
         proc = Proc(name, popen, log)
@@ -474,14 +510,19 @@ class Rehearsal:
             raise RehearsalError("the SuperLink is already running")
         state = self._rooted(facts.SUPERLINK_STATE_DIR)
         state.mkdir(parents=True, exist_ok=True)
-        env = self._env(PYTHONENV=str(self.venv), CONF_DIR=str(self._rooted(facts.SUPERLINK_ETC)),
-                        STATE_DIR=str(state), FLWR_HOME=str(self._rooted(facts.SUPERLINK_FLWR_HOME)))
+        env = self._env(
+            PYTHONENV=str(self.venv),
+            CONF_DIR=str(self._rooted(facts.SUPERLINK_ETC)),
+            STATE_DIR=str(state),
+            FLWR_HOME=str(self._rooted(facts.SUPERLINK_FLWR_HOME)),
+        )
         self.superlink = self._spawn("superlink", ["bash", str(self._superlink_script)], env)
         deadline = time.monotonic() + timeout
         while not self._listening(self.control_port) or not self._listening(self.fleet_port):
             if not self.superlink.alive():
-                raise RehearsalError(f"the SuperLink exited with code {self.superlink.popen.returncode}:\n"
-                                     f"{self.superlink.output()[-3000:]}")
+                raise RehearsalError(
+                    f"the SuperLink exited with code {self.superlink.popen.returncode}:\n{self.superlink.output()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise RehearsalError(f"the SuperLink's APIs did not come up within {timeout:g} s:\n{self.superlink.output()[-3000:]}")
             time.sleep(0.2)
@@ -517,12 +558,22 @@ class Rehearsal:
     # --- membership ----------------------------------------------------------------------
 
     def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
-        env = self._env(NINA_FLWR=str(self.venv / "bin" / "flwr"),
-                        NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
-                        NINA_ADMIN_APP=str(self.admin_app), NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
-                        NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT), NINA_RETRY_INTERVAL="1")
-        proc = subprocess.run([sys.executable, str(self.membership), *args], input=stdin or "", text=True,
-                              capture_output=True, env=env, timeout=facts.REHEARSAL_START_TIMEOUT + 60)
+        env = self._env(
+            NINA_FLWR=str(self.venv / "bin" / "flwr"),
+            NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
+            NINA_ADMIN_APP=str(self.admin_app),
+            NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
+            NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT),
+            NINA_RETRY_INTERVAL="1",
+        )
+        proc = subprocess.run(
+            [sys.executable, str(self.membership), *args],
+            input=stdin or "",
+            text=True,
+            capture_output=True,
+            env=env,
+            timeout=facts.REHEARSAL_START_TIMEOUT + 60,
+        )
         if proc.returncode != 0:
             raise RehearsalError(f"nina-membership {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
         return json.loads(proc.stdout)
@@ -546,8 +597,9 @@ class Rehearsal:
 
     def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
-        return subprocess.run([str(self.venv / "bin" / "flwr"), *args], capture_output=True, text=True, env=env,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(self.venv / "bin" / "flwr"), *args], capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+        )
 
     def nodes(self) -> list[dict[str, Any]]:
         """`flwr supernode ls` through the admin project (empty if the Control API does not answer)."""
@@ -566,8 +618,7 @@ class Rehearsal:
             if len(online) >= count:
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:
-                raise RehearsalError(f"{len(online)} of {count} SuperNodes online after {timeout:g} s; "
-                                     f"logs in {self.dir / 'logs'}")
+                raise RehearsalError(f"{len(online)} of {count} SuperNodes online after {timeout:g} s; logs in {self.dir / 'logs'}")
             time.sleep(0.5)
 
     # --- SuperNodes ----------------------------------------------------------------------
@@ -601,8 +652,9 @@ class Rehearsal:
             text = _drop_option(text, "--root-certificates", what)
         return _write(self.dir / "nodes" / slug / "run_supernode.sh", text, 0o755)
 
-    def start_supernode(self, slug: str, *, superlink_host: str = facts.LOOPBACK, trust_ca: bool = True,
-                        env: dict[str, str] | None = None) -> Proc:
+    def start_supernode(
+        self, slug: str, *, superlink_host: str = facts.LOOPBACK, trust_ca: bool = True, env: dict[str, str] | None = None
+    ) -> Proc:
         """Start the organisation's SuperNode from its kit's run_supernode.sh. `trust_ca=False`
         drops --root-certificates (system trust store); `superlink_host` is the name it dials."""
         name = f"supernode-{slug}"
@@ -611,12 +663,13 @@ class Rehearsal:
             raise RehearsalError(f"{name} is already running")
         conf_dir = self.supernode_conf_dir(slug, superlink_host=superlink_host)
         script = self._supernode_script(slug, trust_ca)
-        env = self._env(PYTHONENV=str(self.venv), CONF_DIR=str(conf_dir), FLWR_HOME=str(self.dir / "nodes" / slug / "flwr-home"),
-                        **(env or {}))
+        env = self._env(
+            PYTHONENV=str(self.venv), CONF_DIR=str(conf_dir), FLWR_HOME=str(self.dir / "nodes" / slug / "flwr-home"), **(env or {})
+        )
         return self._spawn(name, ["bash", str(script)], env)
 
     def start_supernodes(self, slugs: Iterable[str] | None = None) -> None:
-        for slug in (list(slugs) if slugs is not None else [m.slug for m in self.members]):
+        for slug in list(slugs) if slugs is not None else [m.slug for m in self.members]:
             self.start_supernode(slug)
 
     def stop_supernode(self, slug: str) -> None:
@@ -638,8 +691,13 @@ class Rehearsal:
         pyproject.write_text(self._federation(pyproject.read_text(), facts.REHEARSAL_FEDERATION))
         return dst
 
-    def start_app(self, rounds: int = facts.REHEARSAL_ROUNDS, expected_partitions: Iterable[int] | None = None,
-                  round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT, tag: str = "run") -> AppRun:
+    def start_app(
+        self,
+        rounds: int = facts.REHEARSAL_ROUNDS,
+        expected_partitions: Iterable[int] | None = None,
+        round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT,
+        tag: str = "run",
+    ) -> AppRun:
         """Submit the validation app with `flwr run --stream` (not waiting); see AppRun.wait."""
         expected = sorted(expected_partitions) if expected_partitions is not None else sorted(m.partition_id for m in self.members)
         app = self._app_copy()
@@ -651,8 +709,13 @@ class Rehearsal:
         budget = round_timeout * (rounds + 1) + 90
         return AppRun(self, proc, summary, expected, time.monotonic(), budget)
 
-    def run_app(self, rounds: int = facts.REHEARSAL_ROUNDS, expected_partitions: Iterable[int] | None = None,
-                round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT, tag: str = "run") -> RunResult:
+    def run_app(
+        self,
+        rounds: int = facts.REHEARSAL_ROUNDS,
+        expected_partitions: Iterable[int] | None = None,
+        round_timeout: float = facts.REHEARSAL_ROUND_TIMEOUT,
+        tag: str = "run",
+    ) -> RunResult:
         return self.start_app(rounds, expected_partitions, round_timeout, tag).wait()
 
     # --- teardown ------------------------------------------------------------------------
@@ -692,21 +755,36 @@ class AppRun:
         summary = None
         with contextlib.suppress(OSError, ValueError):
             summary = json.loads(self.summary_path.read_text())
-        return judge_run(self.proc.output(), summary, self.expected, self.proc.popen.returncode,
-                         f"`flwr run` did not finish within {self.budget:g} s" if timed_out else None,
-                         seconds, f"see {self.proc.log}")
+        return judge_run(
+            self.proc.output(),
+            summary,
+            self.expected,
+            self.proc.popen.returncode,
+            f"`flwr run` did not finish within {self.budget:g} s" if timed_out else None,
+            seconds,
+            f"see {self.proc.log}",
+        )
 
 
 def validation_run_config(expected: Sequence[int], rounds: int, round_timeout: float, summary_path: str | None = None) -> str:
     """The `--run-config` of a validation run that every partition in `expected` must answer."""
-    text = (f'num-server-rounds={int(rounds)} expected-nodes={len(expected)} '
-            f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
-            f'round-timeout={int(round_timeout)}')
+    text = (
+        f"num-server-rounds={int(rounds)} expected-nodes={len(expected)} "
+        f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
+        f"round-timeout={int(round_timeout)}"
+    )
     return text + (f' summary-path="{summary_path}"' if summary_path else "")
 
 
-def judge_run(out: str, summary: dict[str, Any] | None, expected: Sequence[int], returncode: int | None,
-              timeout_error: str | None, seconds: float, hint: str) -> RunResult:
+def judge_run(
+    out: str,
+    summary: dict[str, Any] | None,
+    expected: Sequence[int],
+    returncode: int | None,
+    timeout_error: str | None,
+    seconds: float,
+    hint: str,
+) -> RunResult:
     """Judge a validation run from its `flwr run --stream` output (and the summary file, if read)."""
     if summary is None:
         summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
@@ -755,8 +833,9 @@ class TenancyReport:
     result: RunResult | None
 
 
-def rehearse(plan: Plan, workdir: Path, *, rounds: int = facts.REHEARSAL_ROUNDS, insecure: bool = False,
-             log: Callable[[str], None] = print) -> list[TenancyReport]:
+def rehearse(
+    plan: Plan, workdir: Path, *, rounds: int = facts.REHEARSAL_ROUNDS, insecure: bool = False, log: Callable[[str], None] = print
+) -> list[TenancyReport]:
     """Rehearse every tenancy of the plan in turn (one SuperLink at a time); never raises RehearsalError."""
     reports = []
     pki = build_pki(plan)
@@ -766,8 +845,10 @@ def rehearse(plan: Plan, workdir: Path, *, rounds: int = facts.REHEARSAL_ROUNDS,
         log(f"== tenancy {t.name}: {len(t.members)} organisation(s): {', '.join(m.slug for m in t.members)}")
         try:
             with Rehearsal(plan, workdir, t.name, insecure=insecure, log=log, pki=pki) as r:
-                log(f"kits built and extracted in {r.dir / 'kits'} (VPN public IP {facts.REHEARSAL_PUBLIC_IP} is a "
-                    "documentation address: the VPN is not rehearsed)")
+                log(
+                    f"kits built and extracted in {r.dir / 'kits'} (VPN public IP {facts.REHEARSAL_PUBLIC_IP} is a "
+                    "documentation address: the VPN is not rehearsed)"
+                )
                 for edit in r.edits:
                     log(f"rehearsal edit: {edit}")
                 t0 = time.monotonic()
@@ -776,8 +857,10 @@ def rehearse(plan: Plan, workdir: Path, *, rounds: int = facts.REHEARSAL_ROUNDS,
                 for slug, node in ids.items():
                     log(f"registered {slug} with nina-membership: node {node}")
                 r.start_supernodes()
-                log(f"rehearsal edit: each kit's supernode.conf copy: superlink_server={facts.LOOPBACK}, "
-                    f"superlink_port={r.fleet_port}, local_port " + ", ".join(f"{s}={p}" for s, p in r.node_ports.items()))
+                log(
+                    f"rehearsal edit: each kit's supernode.conf copy: superlink_server={facts.LOOPBACK}, "
+                    f"superlink_port={r.fleet_port}, local_port " + ", ".join(f"{s}={p}" for s, p in r.node_ports.items())
+                )
                 r.wait_online(len(r.members))
                 ready = time.monotonic() - t0
                 log(f"federation ready: {len(r.members)} SuperNode(s) online after {ready:.1f} s")

@@ -140,8 +140,9 @@ def _prunable(directory: str, paths: list[str]) -> bool:
     return any(d == p or d.startswith(p + "/") for p in parents)
 
 
-def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = (),
-                     hot: Mapping[str, Sequence[str]] | None = None) -> str:
+def delivery_payload(
+    files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
+) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
     `prune`: directories in which `nina-install-files` deletes the regular files that the
@@ -163,8 +164,10 @@ def delivery_payload(files: list[DeliveredFile], restart: list[str], prune: Sequ
         raise ValueError("prune must be a list of directories, not a string")
     for directory in prune:
         if not _prunable(directory, paths):
-            raise ValueError(f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
-                             "three levels deep, at or under the directory of a delivered file")
+            raise ValueError(
+                f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
+                "three levels deep, at or under the directory of a delivered file"
+            )
     hot = dict(hot or {})
     for directory, sockets in hot.items():
         if directory not in prune:
@@ -217,8 +220,16 @@ def supernode_delivery(
     certs = facts.SUPERNODE_CERTS
     files = [
         DeliveredFile(f"{certs}/{facts.CA_CERT_FILE}", ca, 0o644, user, group),
-        DeliveredFile(f"{certs}/{facts.SUPERNODE_KEY_FILE}", _text(private_key_openssh, "SuperNode private key", "BEGIN OPENSSH PRIVATE KEY"), 0o600, user, group),
-        DeliveredFile(f"{certs}/{facts.SUPERNODE_PUB_FILE}", _text(public_key_openssh, "SuperNode public key", "ecdsa-sha2-nistp"), 0o644, user, group),
+        DeliveredFile(
+            f"{certs}/{facts.SUPERNODE_KEY_FILE}",
+            _text(private_key_openssh, "SuperNode private key", "BEGIN OPENSSH PRIVATE KEY"),
+            0o600,
+            user,
+            group,
+        ),
+        DeliveredFile(
+            f"{certs}/{facts.SUPERNODE_PUB_FILE}", _text(public_key_openssh, "SuperNode public key", "ecdsa-sha2-nistp"), 0o644, user, group
+        ),
         DeliveredFile(facts.SUPERNODE_CONF, supernode_conf(member, superlink_address), 0o644, user, group),
         _ca_trust(ca),
     ]

@@ -7,7 +7,6 @@ from ipaddress import IPv4Network
 
 from nina import templating
 
-
 _ENV = templating.environment("trove")
 
 

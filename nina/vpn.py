@@ -239,7 +239,7 @@ def tls_auth_key(hex_2048_bits: str) -> str:
         raise ValueError(f"tls-auth key must be exactly {2 * size} hex digits ({size} random bytes), got {len(digits)} characters")
     if len(set(digits)) < 2:
         raise ValueError("tls-auth key is a single repeated digit: not random bytes")
-    lines = [digits[i:i + 32] for i in range(0, len(digits), 32)]
+    lines = [digits[i : i + 32] for i in range(0, len(digits), 32)]
     return "\n".join(["#", f"# {size * 8} bit OpenVPN static key", "#", STATIC_KEY_BEGIN, *lines, STATIC_KEY_END]) + "\n"
 
 
@@ -295,11 +295,13 @@ def vpn_delivery(
     seen: dict[str, str] = {}
     for m in on_premise:
         entry = ccd_entry(vpn, m)
+        assert m.vpn_address is not None
         if m.vpn_address in seen:
             raise ValueError(f"{m.slug!r} and {seen[m.vpn_address]!r} share the VPN address {m.vpn_address}")
         seen[m.vpn_address] = m.slug
         files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644, _ROOT, _ROOT))
     # Onboarding or removing an organisation changes only its CCD file: no restart, only that
     # organisation is disconnected (see nina-install-files, "hot").
-    return delivery_payload(files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR],
-                            hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)})
+    return delivery_payload(
+        files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR], hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)}
+    )

@@ -54,8 +54,22 @@ IMAGE_RECIPE = 4  # bump when the image recipe below changes (the cache key incl
 # What Nectar's Ubuntu 24.04 cloud image has that a minbase Debian lacks and user-data or
 # the delivery relies on.
 IMAGE_PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "udev", "openssh-server", "sudo", "iproute2", "ca-certificates",
-    "lsb-release", "e2fsprogs", "python3", "locales", "util-linux", "kmod", "iputils-ping", "procps",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "udev",
+    "openssh-server",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+    "lsb-release",
+    "e2fsprogs",
+    "python3",
+    "locales",
+    "util-linux",
+    "kmod",
+    "iputils-ping",
+    "procps",
 )
 IMAGE_APT_PACKAGES = ("cloud-init", "systemd-resolved", "logrotate", "netbase", "less")
 IMAGE_DIFFERENCES = (
@@ -100,8 +114,9 @@ def missing_tools() -> str | None:
     return None
 
 
-def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None,
-        capture: bool = True) -> subprocess.CompletedProcess:
+def run(
+    cmd: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None, capture: bool = True
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(cmd), capture_output=capture, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise LabError(f"{shlex.join(cmd)} exited {proc.returncode}: {(proc.stderr or '')[-2000:]}{(proc.stdout or '')[-2000:]}")
@@ -139,21 +154,28 @@ def _registry_ca() -> str:
 
 
 def lab_cloud_cfg() -> str:
-    return yaml.safe_dump({
-        "datasource_list": ["NoCloud", "None"],
-        "apt": {"preserve_sources_list": True},
-        "system_info": {
-            "default_user": {
-                "name": "ubuntu", "lock_passwd": True, "gecos": "Ubuntu", "groups": ["adm", "sudo"],
-                "sudo": ["ALL=(ALL) NOPASSWD:ALL"], "shell": "/bin/bash",
+    return yaml.safe_dump(
+        {
+            "datasource_list": ["NoCloud", "None"],
+            "apt": {"preserve_sources_list": True},
+            "system_info": {
+                "default_user": {
+                    "name": "ubuntu",
+                    "lock_passwd": True,
+                    "gecos": "Ubuntu",
+                    "groups": ["adm", "sudo"],
+                    "sudo": ["ALL=(ALL) NOPASSWD:ALL"],
+                    "shell": "/bin/bash",
+                },
+                "network": {"renderers": ["networkd"], "activators": ["networkd"]},
             },
-            "network": {"renderers": ["networkd"], "activators": ["networkd"]},
         },
-    }, sort_keys=True)
+        sort_keys=True,
+    )
 
 
 def registry_hosts() -> list[str]:
-    suite, mirror = _host_apt()
+    _suite, mirror = _host_apt()
     host = re.sub(r"^\w+://", "", mirror).split("/", 1)[0]
     return sorted({host, "pypi.org", "files.pythonhosted.org"})
 
@@ -164,8 +186,7 @@ def _image_files(suite: str, mirror: str) -> dict[str, str]:
     proxy = f"http://{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
     return {
         "etc/cloud/cloud.cfg.d/90-nina-lab.cfg": lab_cloud_cfg(),
-        "etc/apt/sources.list": (f"deb {https} {suite} main\ndeb {https} {suite}-updates main\n"
-                                 f"deb {security} {suite}-security main\n"),
+        "etc/apt/sources.list": (f"deb {https} {suite} main\ndeb {https} {suite}-updates main\ndeb {security} {suite}-security main\n"),
         "etc/apt/apt.conf.d/90nina-lab-proxy": f'Acquire::https::Proxy "{proxy}";\nAcquire::Retries "3";\n',
         "etc/pip.conf": f"[global]\nproxy = {proxy}\ncert = /etc/ssl/certs/ca-certificates.crt\ntimeout = 60\n",
         "etc/locale.gen": "en_US.UTF-8 UTF-8\nC.UTF-8 UTF-8\n",
@@ -198,7 +219,10 @@ def build_image(log=print) -> Path:
         run(["debootstrap", "--variant=minbase", f"--include={','.join(IMAGE_PACKAGES)}", suite, str(tmp), mirror], timeout=900)
         shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
         env = "DEBIAN_FRONTEND=noninteractive"
-        run(["chroot", str(tmp), "sh", "-c", f"{env} apt-get install -y -q --no-install-recommends {' '.join(IMAGE_APT_PACKAGES)}"], timeout=900)
+        run(
+            ["chroot", str(tmp), "sh", "-c", f"{env} apt-get install -y -q --no-install-recommends {' '.join(IMAGE_APT_PACKAGES)}"],
+            timeout=900,
+        )
         for rel, text in _image_files(suite, mirror).items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,14 +297,31 @@ class Declared:
             subnet = subnets[fixed["subnetId"]]
             doc = yaml.safe_load(inst.inputs["userData"])
             volumes = [(c[1], c[2]) for c in doc.get("runcmd", []) if isinstance(c, list) and c[0].endswith("nina-prepare-volume")]
-            hosts[inst.name] = DeclaredHost(inst.name, doc["hostname"], fixed["ipAddress"], subnet["cidr"], subnet["gatewayIp"],
-                                            inst.inputs["userData"], fips.get(port_id), volumes)
+            hosts[inst.name] = DeclaredHost(
+                inst.name,
+                doc["hostname"],
+                fixed["ipAddress"],
+                subnet["cidr"],
+                subnet["gatewayIp"],
+                inst.inputs["userData"],
+                fips.get(port_id),
+                volumes,
+            )
         commands = []
         for cmd in by_type.get("command:remote:Command", []):
             conn = cmd.inputs["connection"]
             proxy = conn.get("proxy") or {}
-            commands.append(DeclaredCommand(cmd.name, conn["host"], conn["user"], proxy.get("host"), cmd.inputs["create"],
-                                            cmd.inputs.get("stdin"), cmd.inputs.get("delete")))
+            commands.append(
+                DeclaredCommand(
+                    cmd.name,
+                    conn["host"],
+                    conn["user"],
+                    proxy.get("host"),
+                    cmd.inputs["create"],
+                    cmd.inputs.get("stdin"),
+                    cmd.inputs.get("delete"),
+                )
+            )
         keypair = by_type["openstack:compute/keypair:Keypair"][0]
         private = run.outputs["ops_ssh_private_key"]
         return cls(hosts, commands, keypair.inputs["publicKey"].strip(), private, run.outputs)
@@ -388,9 +429,10 @@ class Lab:
         self.key.chmod(0o600)
         self.ssh_config = self.dir / "ssh_config"
         self.ssh_config.write_text(
-            "Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            f"Host *\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
             "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 10\n"
-            "  ServerAliveInterval 10\n".format(key=self.key))
+            "  ServerAliveInterval 10\n"
+        )
         self.operator = f"nbl{self.tag}-op"
         self.hospital_ns: dict[str, str] = {}
 
@@ -489,8 +531,22 @@ class Lab:
             self.ipt("-t", "nat", "-A", "POSTROUTING", "-s", h.fixed_ip, "-o", ext, "-j", "SNAT", "--to-source", h.floating_ip)
             self.ipt("-t", "nat", "-A", "POSTROUTING", "-s", h.fixed_ip, "-o", hosp, "-j", "SNAT", "--to-source", h.floating_ip)
             for proto, port in self._public_ports(h):
-                self.ipt("-t", "nat", "-A", "PREROUTING", "-d", h.floating_ip, "-p", proto, "--dport", str(port),
-                         "-j", "DNAT", "--to-destination", h.fixed_ip)
+                self.ipt(
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-d",
+                    h.floating_ip,
+                    "-p",
+                    proto,
+                    "--dport",
+                    str(port),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    h.fixed_ip,
+                )
                 self.ipt("-A", "FORWARD", "-d", h.fixed_ip, "-p", proto, "--dport", str(port), "-j", "ACCEPT")
         self._ns(self.operator)
         self._link(self.operator, ext)
@@ -510,11 +566,27 @@ class Lab:
 
     def _proxy(self) -> None:
         allow = [a for h in registry_hosts() for a in ("--allow", f"{h}:443")]
-        cmd = [sys.executable, str(HERE / "labproxy.py"), "--netns", f"/run/netns/{self.router}",
-               "--listen", f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}", "--deny-file", str(self.deny_file),
-               "--log", str(self.dir / "proxy.log"), *allow]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.dir / "proxy.err", "w"), text=True,
-                                start_new_session=True)
+        cmd = [
+            sys.executable,
+            str(HERE / "labproxy.py"),
+            "--netns",
+            f"/run/netns/{self.router}",
+            "--listen",
+            f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}",
+            "--deny-file",
+            str(self.deny_file),
+            "--log",
+            str(self.dir / "proxy.log"),
+            *allow,
+        ]
+        errors = open(self.dir / "proxy.err", "w")  # noqa: SIM115 - the proxy's own log, for as long as it runs
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -550,9 +622,18 @@ class Lab:
         self.loops.append(loop)
         return loop
 
-    def boot(self, name: str, *, seed: dict[str, str] | None, ip: str, cidr: str, gateway: str,
-             binds: Sequence[tuple[str, str]] = (), extra_files: dict[str, str] | None = None,
-             fresh: bool = True) -> Machine:
+    def boot(
+        self,
+        name: str,
+        *,
+        seed: dict[str, str] | None,
+        ip: str,
+        cidr: str,
+        gateway: str,
+        binds: Sequence[tuple[str, str]] = (),
+        extra_files: dict[str, str] | None = None,
+        fresh: bool = True,
+    ) -> Machine:
         """Boot a container on the segment of `cidr` (a bridge in the router ns), with a NoCloud seed or none."""
         if name in self.machines:
             self.machines.pop(name).stop()
@@ -566,8 +647,17 @@ class Lab:
         for sub in ("upper", "work", "root"):
             (layers / sub).mkdir(parents=True, exist_ok=True)
         root = layers / "root"
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={self.image},upperdir={layers / 'upper'},workdir={layers / 'work'}", str(root)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={self.image},upperdir={layers / 'upper'},workdir={layers / 'work'}",
+                str(root),
+            ]
+        )
         machine = Machine(self, name, ns_name, root, layers)
         self.machines[name] = machine
         if seed is not None:
@@ -581,8 +671,20 @@ class Lab:
             path.write_text(text)
         machine.cgroups = self._cgroups(name)
         machine.log = layers / "nspawn.log"
-        cmd = ["systemd-nspawn", "-q", "-D", str(root), "-b", "--register=no", "--keep-unit", f"--machine={name}",
-               f"--network-namespace-path=/run/netns/{ns_name}", "--console=read-only", "--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN"]
+        cmd = [
+            "systemd-nspawn",
+            "-q",
+            "-D",
+            str(root),
+            "-b",
+            "--register=no",
+            "--keep-unit",
+            f"--machine={name}",
+            f"--network-namespace-path=/run/netns/{ns_name}",
+            "--console=read-only",
+            "--bind=/dev/net/tun",
+            "--capability=CAP_NET_ADMIN",
+        ]
         cmd += [f"--bind={src}:{dst}" for src, dst in binds]
         procs_files = [str(cg / "cgroup.procs") for cg in machine.cgroups]
 
@@ -591,10 +693,20 @@ class Lab:
                 with open(f, "w") as fh:
                     fh.write(str(os.getpid()))
 
-        machine.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(machine.log, "w"), stderr=subprocess.STDOUT,
-                                        preexec_fn=enter_cgroups, env={"PATH": PATH, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "0",
-                                             # /proc/sys/net writable: per network namespace, as on a VM
-                                             "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"})
+        console = open(machine.log, "w")  # noqa: SIM115 - the container's console, for as long as it runs
+        machine.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            preexec_fn=enter_cgroups,
+            env={
+                "PATH": PATH,
+                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "0",
+                # /proc/sys/net writable: per network namespace, as on a VM
+                "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network",
+            },
+        )
         machine.leader()
         return machine
 
@@ -603,19 +715,32 @@ class Lab:
         from nina import facts
 
         binds = []
-        for vid, mount in host.volumes:
+        for vid, _mount in host.volumes:
             if vid not in self.volume_loops:
                 self.volume_loops[vid] = self.loop_device(f"volume-{vid}")
             loop = self.volume_loops[vid]
-            binds.append((loop, f"{facts.VOLUME_BY_ID_PREFIX}{vid[:facts.VOLUME_SERIAL_LENGTH]}"))
+            binds.append((loop, f"{facts.VOLUME_BY_ID_PREFIX}{vid[: facts.VOLUME_SERIAL_LENGTH]}"))
         prefix = ipaddress.ip_network(host.cidr).prefixlen
-        meta = {"instance-id": instance_id or f"i-{host.name}-1", "local-hostname": host.hostname,
-                "public-keys": [self.declared.operator_public_key]}
-        network = {"version": 2, "ethernets": {"eth0": {
-            "match": {"name": "eth0"}, "addresses": [f"{host.fixed_ip}/{prefix}"],
-            "routes": [{"to": "0.0.0.0/0", "via": host.gateway}]}}}
-        seed = {"meta-data": yaml.safe_dump(meta, sort_keys=True), "user-data": host.user_data,
-                "network-config": yaml.safe_dump(network, sort_keys=True)}
+        meta = {
+            "instance-id": instance_id or f"i-{host.name}-1",
+            "local-hostname": host.hostname,
+            "public-keys": [self.declared.operator_public_key],
+        }
+        network = {
+            "version": 2,
+            "ethernets": {
+                "eth0": {
+                    "match": {"name": "eth0"},
+                    "addresses": [f"{host.fixed_ip}/{prefix}"],
+                    "routes": [{"to": "0.0.0.0/0", "via": host.gateway}],
+                }
+            },
+        }
+        seed = {
+            "meta-data": yaml.safe_dump(meta, sort_keys=True),
+            "user-data": host.user_data,
+            "network-config": yaml.safe_dump(network, sort_keys=True),
+        }
         return self.boot(host.name, seed=seed, ip=host.fixed_ip, cidr=host.cidr, gateway=host.gateway, binds=binds)
 
     def boot_plain(self, name: str, ip: str, cidr: str, gateway: str) -> Machine:
@@ -659,22 +784,30 @@ class Lab:
 
     def run_declared(self, cmd: DeclaredCommand, timeout: float = 900) -> subprocess.CompletedProcess:
         """Run a declared remote command as pulumi-command would: its `create` over SSH, its stdin piped."""
-        return subprocess.run([*self.ssh_cmd(cmd), cmd.create], input=cmd.stdin or "", capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run([*self.ssh_cmd(cmd), cmd.create], input=cmd.stdin or "", capture_output=True, text=True, timeout=timeout)
 
     def tunnel(self, host_ip: str, remote_port: int) -> tuple[int, subprocess.Popen]:
         """An SSH tunnel from the operator namespace's loopback to `host_ip`'s loopback port."""
         local = 19000 + remote_port % 1000
-        argv = self.ssh_cmd(host=host_ip, extra=["-N", "-o", "ExitOnForwardFailure=yes",
-                                                 "-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"])
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        argv = self.ssh_cmd(
+            host=host_ip, extra=["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]
+        )
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.procs.append(proc)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            probe = subprocess.run(["ip", "netns", "exec", self.operator, sys.executable, "-c",
-                                    f"import socket; socket.create_connection(('127.0.0.1', {local}), 2)"],
-                                   capture_output=True)
+            probe = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.operator,
+                    sys.executable,
+                    "-c",
+                    f"import socket; socket.create_connection(('127.0.0.1', {local}), 2)",
+                ],
+                capture_output=True,
+            )
             if probe.returncode == 0:
                 return local, proc
             if proc.poll() is not None:

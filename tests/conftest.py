@@ -58,13 +58,19 @@ def render_raw_configs() -> dict[str, dict]:
         "environment": "multi",
         "network": {"server_cidr": "10.120.0.0/24", "admin_cidrs": ["203.0.113.0/24"]},
         "tenancies": [
-            {"name": "alpha", "organisations": [
-                {"slug": "a-one", "name": "A One", "placement": "cloud", "cidr": "10.121.0.0/24"},
-                {"slug": "a-two", "name": "A Two", "placement": "onprem"},
-            ]},
-            {"name": "beta", "organisations": [
-                {"slug": "b-one", "name": "B One", "placement": "cloud", "cidr": "10.122.0.0/24", "partition_id": 0},
-            ]},
+            {
+                "name": "alpha",
+                "organisations": [
+                    {"slug": "a-one", "name": "A One", "placement": "cloud", "cidr": "10.121.0.0/24"},
+                    {"slug": "a-two", "name": "A Two", "placement": "onprem"},
+                ],
+            },
+            {
+                "name": "beta",
+                "organisations": [
+                    {"slug": "b-one", "name": "B One", "placement": "cloud", "cidr": "10.122.0.0/24", "partition_id": 0},
+                ],
+            },
         ],
     }
     return {"test": test, "uat": uat, "all-in-one": all_in_one, "multi-tenancy": multi}
@@ -127,10 +133,14 @@ def vpn_pki(vpn_tenancy):
     v = vpn_tenancy.vpn
     server_cert, server_key = sign(v.certificate.common_name, facts.SERVER_CERT_USES)
     return {
-        "ca": ca, "ca_key": ca_key, "server_cert": server_cert, "server_key": server_key,
+        "ca": ca,
+        "ca_key": ca_key,
+        "server_cert": server_cert,
+        "server_key": server_key,
         "tls_auth": vpn.tls_auth_key(secrets.token_hex(facts.TLS_AUTH_KEY_BYTES)),
         "clients": {c.common_name: sign(c.common_name) for c in v.clients},
-        "sign": sign, "other_ca": new_ca("Some other CA"),
+        "sign": sign,
+        "other_ca": new_ca("Some other CA"),
     }
 
 

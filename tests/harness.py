@@ -41,12 +41,13 @@ def stack_config(stack: str) -> dict[str, Any]:
 
 # --- deterministic stand-ins for provider-computed values --------------------------------
 
+
 def _key_outputs(name: str, inputs: dict) -> dict:
     inputs = _unwrap(inputs)
     return dict(_cached_key_outputs(name, inputs.get("algorithm", "RSA"), inputs.get("ecdsaCurve", "P384")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_key_outputs(name: str, algorithm: str, curve: str) -> tuple:
     # Derived from the resource name and cached: the OpenSSH encoding carries a random check
     # value, and a real resource keeps its outputs in state from one run to the next.
@@ -60,12 +61,18 @@ def _cached_key_outputs(name: str, algorithm: str, curve: str) -> tuple:
 
 
 def _subject(inputs: dict) -> dict[str, str]:
-    camel = {"commonName": "common_name", "organization": "organization", "organizationalUnit": "organizational_unit",
-             "country": "country", "province": "province", "locality": "locality"}
+    camel = {
+        "commonName": "common_name",
+        "organization": "organization",
+        "organizationalUnit": "organizational_unit",
+        "country": "country",
+        "province": "province",
+        "locality": "locality",
+    }
     return {camel[k]: v for k, v in (inputs.get("subject") or {}).items() if k in camel and v}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _certificate(kind: str, name: str, inputs_json: str) -> str:
     """A real certificate or CSR made the way pulumi-tls makes it (nina.localpki), cached per
     resource and inputs as a provider keeps it in state."""
@@ -73,9 +80,12 @@ def _certificate(kind: str, name: str, inputs_json: str) -> str:
     if kind == "self-signed":
         return localpki.self_signed_ca(inputs["privateKeyPem"], _subject(inputs), inputs["validityPeriodHours"], inputs["allowedUses"])
     if kind == "request":
-        return localpki.cert_request(inputs["privateKeyPem"], _subject(inputs), inputs.get("dnsNames") or (), inputs.get("ipAddresses") or ())
-    return localpki.sign_certificate(inputs["certRequestPem"], inputs["caPrivateKeyPem"], inputs["caCertPem"],
-                                     inputs["validityPeriodHours"], inputs["allowedUses"])
+        return localpki.cert_request(
+            inputs["privateKeyPem"], _subject(inputs), inputs.get("dnsNames") or (), inputs.get("ipAddresses") or ()
+        )
+    return localpki.sign_certificate(
+        inputs["certRequestPem"], inputs["caPrivateKeyPem"], inputs["caCertPem"], inputs["validityPeriodHours"], inputs["allowedUses"]
+    )
 
 
 class NinaMocks(pulumi.runtime.Mocks):
@@ -135,28 +145,31 @@ class Registration:
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: NinaMocks):
         super().__init__(mocks)
+        self.nina_mocks = mocks
         self.registrations: list[Registration] = []
 
     def RegisterResource(self, request):
-        self.mocks.secret_outputs = list(request.additionalSecretOutputs)
+        self.nina_mocks.secret_outputs = list(request.additionalSecretOutputs)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             raw = rpc.deserialize_properties(request.object)
             secret = frozenset(k for k, v in raw.items() if rpc.is_rpc_secret(v))
-            self.registrations.append(Registration(
-                type=request.type,
-                name=request.name,
-                urn=response.urn,
-                parent=request.parent,
-                inputs=_unwrap(raw),
-                secret_inputs=secret,
-                protect=bool(request.protect),
-                delete_before_replace=bool(request.deleteBeforeReplace),
-                dependencies=tuple(request.dependencies),
-                custom=bool(request.custom),
-                outputs=_unwrap(self.resources[response.urn].state) if response.urn in self.resources else {},
-            ))
-        self.mocks.secret_outputs = []
+            self.registrations.append(
+                Registration(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    inputs=_unwrap(raw),
+                    secret_inputs=secret,
+                    protect=bool(request.protect),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    dependencies=tuple(request.dependencies),
+                    custom=bool(request.custom),
+                    outputs=_unwrap(self.resources[response.urn].state) if response.urn in self.resources else {},
+                )
+            )
+        self.nina_mocks.secret_outputs = []
         return response
 
 
@@ -235,7 +248,7 @@ def run_program(config: dict[str, Any], stack: str = "test") -> Run:
             error.append(str(exc))
             return None
         root = settings.get_root_resource()
-        outs = dict(root.outputs)
+        outs = dict(getattr(root, "outputs", None) or {})
 
         async def resolve():
             for key, value in outs.items():

@@ -68,7 +68,7 @@ class Proxy:
         peer = writer.get_extra_info("peername")[0]
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -87,7 +87,7 @@ class Proxy:
             return
         try:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*target), 30)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self.log(f"FAILED {peer} {line!r}: {exc}")
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             await writer.drain()
@@ -107,7 +107,7 @@ class Proxy:
                     break
                 dst.write(data)
                 await dst.drain()
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             pass
         finally:
             dst.close()

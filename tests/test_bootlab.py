@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import bootlab
 import pytest
 from harness import run_program, stack_config
 
-import bootlab
 from nina import facts
 from nina.rehearse import judge_run, validation_run_config
 
@@ -88,27 +88,35 @@ def delivered_state(lab: bootlab.Lab, declared: bootlab.Declared) -> dict[str, s
     state = {}
     for host in declared.hosts.values():
         m = lab.machines[host.name]
-        out = m.sh("find /etc/flwr /etc/openvpn /usr/local/share/ca-certificates /opt/flwr/superlink/admin-app -type f "
-                   "-exec sha256sum {} + 2>/dev/null | sort; stat -c '%n %a %U %G' $(find /etc/flwr /etc/openvpn -type f "
-                   "2>/dev/null | sort) 2>/dev/null; for u in superlink supernode openvpn-server@server openvpn-server@server-tcp; do "
-                   "echo $u $(systemctl show -p MainPID --value $u 2>/dev/null); done", check=False).stdout
+        out = m.sh(
+            "find /etc/flwr /etc/openvpn /usr/local/share/ca-certificates /opt/flwr/superlink/admin-app -type f "
+            "-exec sha256sum {} + 2>/dev/null | sort; stat -c '%n %a %U %G' $(find /etc/flwr /etc/openvpn -type f "
+            "2>/dev/null | sort) 2>/dev/null; for u in superlink supernode openvpn-server@server openvpn-server@server-tcp; do "
+            "echo $u $(systemctl show -p MainPID --value $u 2>/dev/null); done",
+            check=False,
+        ).stdout
         state[host.name] = out
     return state
 
 
 def registered_nodes(sl: bootlab.Machine) -> list[str]:
     """Node ids the SuperLink itself has registered (`flwr supernode ls` through its admin project)."""
-    out = sl.sh(f"cd / && FLWR_TELEMETRY_ENABLED=0 FLWR_HOME={facts.SUPERLINK_ADMIN_FLWR_HOME} {facts.FLOWER_VENV}/bin/flwr "
-                f"supernode ls {facts.SUPERLINK_ADMIN_APP} {facts.SUPERLINK_ADMIN_FEDERATION} --format json", timeout=120).stdout
-    doc = json.loads(out[out.index("{"):])
-    return sorted(str(n["node_id"]) for n in doc.get("nodes") or [])
+    out = sl.sh(
+        f"cd / && FLWR_TELEMETRY_ENABLED=0 FLWR_HOME={facts.SUPERLINK_ADMIN_FLWR_HOME} {facts.FLOWER_VENV}/bin/flwr "
+        f"supernode ls {facts.SUPERLINK_ADMIN_APP} {facts.SUPERLINK_ADMIN_FEDERATION} --format json",
+        timeout=120,
+    ).stdout
+    doc = json.loads(out[out.index("{") :])
+    return sorted(str(n["node-id"]) for n in doc.get("nodes") or [])
 
 
 def run_all(lab: bootlab.Lab, commands: list[bootlab.DeclaredCommand], label: str) -> dict[str, str]:
     outs = {}
     for cmd in commands:
         proc = lab.run_declared(cmd)
-        assert proc.returncode == 0, f"{label}: {cmd.name} on {cmd.host} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (
+            f"{label}: {cmd.name} on {cmd.host} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
         outs[cmd.name] = proc.stdout + proc.stderr
     return outs
 
@@ -128,11 +136,20 @@ def validate(lab: bootlab.Lab, declared: bootlab.Declared, workdir: Path, tag: s
         expected = sorted(o["partition_id"] for t in declared.outputs["tenancies"].values() for o in t["organisations"].values())
         config = validation_run_config(expected, ROUNDS, ROUND_TIMEOUT)
         flwr = Path(sys.executable).parent / "flwr"
-        env = {"PATH": os.environ["PATH"], "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(workdir / f"flwr-home-{tag}"),
-               "HOME": str(workdir)}
+        env = {
+            "PATH": os.environ["PATH"],
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_HOME": str(workdir / f"flwr-home-{tag}"),
+            "HOME": str(workdir),
+        }
         t0 = time.monotonic()
-        proc = subprocess.run(["ip", "netns", "exec", lab.operator, str(flwr), "run", str(app), "lab", "--run-config", config, "--stream"],
-                              capture_output=True, text=True, timeout=ROUND_TIMEOUT * (ROUNDS + 1) + 120, env=env)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", lab.operator, str(flwr), "run", str(app), "lab", "--run-config", config, "--stream"],
+            capture_output=True,
+            text=True,
+            timeout=ROUND_TIMEOUT * (ROUNDS + 1) + 120,
+            env=env,
+        )
         result = judge_run(proc.stdout + proc.stderr, None, expected, proc.returncode, None, time.monotonic() - t0, "")
         return result
     finally:
@@ -258,16 +275,22 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
         outputs_file.write_text(json.dumps(declared.outputs))
         outputs_file.chmod(0o600)
         kits = workdir / "kits"
-        subprocess.run([str(Path(sys.executable).parent / "nina"), "kit", "export", "--outputs", str(outputs_file), "--org", slug,
-                        "--out", str(kits)], check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "nina"), "kit", "export", "--outputs", str(outputs_file), "--org", slug, "--out", str(kits)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         archive = kits / f"{slug}{facts.SITEKIT_SUFFIX}.tar.gz"
         shutil.copy(archive, hospital.root / "root" / archive.name)
         kit_dir = f"/root/{slug}{facts.SITEKIT_SUFFIX}"
         hospital.sh(f"cd /root && tar xzf {archive.name}")
         dry = hospital.sh(f"cd {kit_dir} && ./install.sh --dry-run", check=False, timeout=300)
         assert dry.returncode == 0, dry.stdout + dry.stderr
-        assert hospital.sh(f"test -e {facts.OPENVPN_CLIENT_CONF} || test -e {facts.SUPERNODE_CONF}", check=False).returncode == 1, \
+        assert hospital.sh(f"test -e {facts.OPENVPN_CLIENT_CONF} || test -e {facts.SUPERNODE_CONF}", check=False).returncode == 1, (
             "install.sh --dry-run changed the host"
+        )
         first = hospital.sh(f"cd {kit_dir} && ./install.sh", check=False, timeout=900)
         assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     hospital.wait_for(f"ip -4 -o addr show | grep -q ' {org['vpn_address']}/'", 120, f"the pinned VPN address {org['vpn_address']}")

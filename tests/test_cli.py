@@ -168,12 +168,15 @@ def test_not_utf8(capsys, tmp_path):
     assert "not valid YAML" in one_line(fail(capsys, tmp_path, b"config:\n  nina:environment: \xff\xfe\xfa\n"))
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("- config\n", "top level is a list"),
-    ("just a string\n", "top level is a string"),
-    ("config: [nina:environment]\n", "`config` is a list"),
-    ("config: 7\n", "`config` is a number"),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("- config\n", "top level is a list"),
+        ("just a string\n", "top level is a string"),
+        ("config: [nina:environment]\n", "`config` is a list"),
+        ("config: 7\n", "`config` is a number"),
+    ],
+)
 def test_wrong_shape(capsys, tmp_path, text, words):
     assert words in one_line(fail(capsys, tmp_path, text))
 
@@ -195,7 +198,7 @@ def test_alias_cycle(capsys, tmp_path):
 
 def test_alias_bomb(capsys, tmp_path):
     lines = ["config:", "  a: &a [x, x, x, x, x, x, x, x, x, x]"]
-    for prev, name in zip("abcdef", "bcdefg"):
+    for prev, name in zip("abcdef", "bcdefg", strict=False):
         lines.append(f"  {name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
     lines.append("  nina:hosts: [*g]")
     assert "too large" in one_line(fail(capsys, tmp_path, "\n".join(lines) + "\n"))
@@ -272,13 +275,15 @@ def test_console_script(cfg_repo_root, tmp_path):
         nina = VENV_BIN / "nina"
     assert nina.exists(), "run scripts/bootstrap to install the `nina` console script"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([str(nina), "config", "check", "--stack", "test"], cwd=cfg_repo_root,
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [str(nina), "config", "check", "--stack", "test"], cwd=cfg_repo_root, capture_output=True, text=True, timeout=60, env=env
+    )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
 
     (tmp_path / "Pulumi.bad.yaml").write_text(VALID.replace("onprem", "on-prem"))
-    proc = subprocess.run([str(nina), "config", "check", "--stack", "bad", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [str(nina), "config", "check", "--stack", "bad", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert "nina:organisations[0].placement: 'on-prem' is not allowed" in proc.stderr
     assert "Traceback" not in proc.stderr

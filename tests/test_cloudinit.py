@@ -80,7 +80,7 @@ def test_multiline_contents_are_literal_blocks(rendered):
 
 
 def test_base_for_every_host(rendered):
-    for key, (host, _, doc) in rendered.items():
+    for key, (_host, _, doc) in rendered.items():
         assert doc["package_update"] is True
         assert {"python3-venv", "prometheus-node-exporter"} <= set(doc["packages"]), key
         assert doc["groups"] == [facts.SYSTEM_GROUP]
@@ -89,8 +89,8 @@ def test_base_for_every_host(rendered):
         # Fail loudly: the runcmd script stops at the first failing step, and its last step
         # checks the bootstrap's promises before writing the marker deliveries require.
         assert doc["runcmd"][0] == "set -eux"
-        assert ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT] == doc["runcmd"][-2]
-        assert [facts.BOOTSTRAP_CHECK_BIN] == doc["runcmd"][-1]
+        assert doc["runcmd"][-2] == ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
+        assert doc["runcmd"][-1] == [facts.BOOTSTRAP_CHECK_BIN]
         check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
         assert check["permissions"] == "0755" and check["owner"] == "root:root"
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
@@ -155,19 +155,21 @@ def test_supernode_host(rendered):
 def test_supernode_data_volume(rendered):
     _, _, doc = rendered[("all-in-one", "supernode-test-org-a")]
     prep = [c for c in doc["runcmd"] if c[0] == facts.PREPARE_VOLUME_BIN]
-    assert prep == [[facts.PREPARE_VOLUME_BIN, "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6", facts.SUPERNODE_DATA, facts.SERVICE_USERS["supernode"]]]
+    assert prep == [
+        [facts.PREPARE_VOLUME_BIN, "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6", facts.SUPERNODE_DATA, facts.SERVICE_USERS["supernode"]]
+    ]
 
 
 def test_base_only_roles_get_no_flower(rendered):
     for key in [("test", "gateway"), ("all-in-one", "monitor")]:
-        _, text, doc = rendered[key]
+        _, _text, doc = rendered[key]
         assert "flwr" not in " ".join(" ".join(c) for c in doc["runcmd"])
         assert not any(p.startswith(("/etc/systemd/system/", "/opt/flwr")) for p in files_of(doc))
         assert doc["users"] == ["default"]
 
 
 def test_all_in_one_host(rendered):
-    host, _, doc = rendered[("all-in-one", "gateway")]
+    _host, _, doc = rendered[("all-in-one", "gateway")]
     assert doc["fqdn"] == "gateway.myproject.cloud.edu.au"
     mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
     assert {facts.KEYCLOAK_OPT, facts.JUPYTERHUB_ETC, facts.JUPYTERHUB_CONFIG, facts.JUPYTERHUB_OPT, facts.SUPERLINK_CERTS} <= mkdirs

@@ -11,6 +11,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -45,10 +46,16 @@ def base(**overrides: Any) -> dict[str, Any]:
 
 
 def two_tenancies(**overrides: Any) -> dict[str, Any]:
-    return base(**{"organisations": None, "tenancies": [
-        {"name": "alpha", "organisations": [cloud_org("a-one", "10.101.0.0/24"), org("a-two")]},
-        {"name": "beta", "vpn_pool_cidr": "192.168.100.0/24", "organisations": [org("b-one"), cloud_org("b-two", "10.102.0.0/24")]},
-    ], **overrides})
+    return base(
+        **{
+            "organisations": None,
+            "tenancies": [
+                {"name": "alpha", "organisations": [cloud_org("a-one", "10.101.0.0/24"), org("a-two")]},
+                {"name": "beta", "vpn_pool_cidr": "192.168.100.0/24", "organisations": [org("b-one"), cloud_org("b-two", "10.102.0.0/24")]},
+            ],
+            **overrides,
+        }
+    )
 
 
 def problems(raw: Any) -> list[tuple[str, str]]:
@@ -118,7 +125,7 @@ def test_tenancies_form():
 
 def test_config_is_frozen():
     cfg = ok(base())
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         cfg.environment = "other"  # type: ignore[misc]
 
 
@@ -144,17 +151,20 @@ def test_conftest_valid_config_loads(cfg_valid):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "key"), [
-    (base(enviroment="test"), "nina:enviroment"),
-    (base(network={"admin_cidrs": ["203.0.113.0/24"], "sever_cidr": "10.1.0.0/24"}), "nina:network.sever_cidr"),
-    (base(cloud={"availabilty_zone": "QRIScloud"}), "nina:cloud.availabilty_zone"),
-    (base(hosts=[{"name": "gw", "roles": ["bastion"], "flavour": "m3.small"}]), "nina:hosts[0].flavour"),
-    (base(organisations=[org("a"), org("b", partition=1)]), "nina:organisations[1].partition"),
-    (base(superlink={"state_volume": 10}), "nina:superlink.state_volume"),
-    (base(supernode={"gpu": "x"}), "nina:supernode.gpu"),
-    (base(database={"enable": False}), "nina:database.enable"),
-    (base(flower={"versions": "1.25.0"}), "nina:flower.versions"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (base(enviroment="test"), "nina:enviroment"),
+        (base(network={"admin_cidrs": ["203.0.113.0/24"], "sever_cidr": "10.1.0.0/24"}), "nina:network.sever_cidr"),
+        (base(cloud={"availabilty_zone": "QRIScloud"}), "nina:cloud.availabilty_zone"),
+        (base(hosts=[{"name": "gw", "roles": ["bastion"], "flavour": "m3.small"}]), "nina:hosts[0].flavour"),
+        (base(organisations=[org("a"), org("b", partition=1)]), "nina:organisations[1].partition"),
+        (base(superlink={"state_volume": 10}), "nina:superlink.state_volume"),
+        (base(supernode={"gpu": "x"}), "nina:supernode.gpu"),
+        (base(database={"enable": False}), "nina:database.enable"),
+        (base(flower={"versions": "1.25.0"}), "nina:flower.versions"),
+    ],
+)
 def test_unknown_keys_are_errors(raw, key):
     problem(raw, key, "unknown key", "spelling")
 
@@ -168,33 +178,39 @@ def test_unknown_keys_in_tenancies():
     assert "unknown key" in found["nina:tenancies[0].organisations[1].cidrs"]
 
 
-@pytest.mark.parametrize(("raw", "key", "words"), [
-    ({}, "nina:environment", ("required", "add")),
-    (base(network=None), "nina:network", ("required",)),
-    (base(network={}), "nina:network.admin_cidrs", ("required",)),
-    (base(network={"admin_cidrs": []}), "nina:network.admin_cidrs", ("empty",)),
-    (base(network={"admin_cidrs": "203.0.113.0/24"}), "nina:network.admin_cidrs", ("list",)),
-    (base(network={"admin_cidrs": ["203.0.113.7/24"]}), "nina:network.admin_cidrs[0]", ("no host bits", "e.g.")),
-    (base(network={"admin_cidrs": ["not-a-cidr"]}), "nina:network.admin_cidrs[0]", ("cidr",)),
-    (base(network={"admin_cidrs": ["203.0.113.0/24"], "allow_ssh_from_anywhere": "maybe"}),
-     "nina:network.allow_ssh_from_anywhere", ("true or false",)),
-    (base(network=["10.0.0.0/8"]), "nina:network", ("mapping",)),
-    (base(organisations=[org("a", placement="moon")]), "nina:organisations[0].placement", ("'moon'", "cloud", "onprem")),
-    (base(organisations=[org("a", partition_id=-1)]), "nina:organisations[0].partition_id", ("-1", "greater than or equal to 0")),
-    (base(organisations=[org("a", partition_id="first")]), "nina:organisations[0].partition_id", ("whole number",)),
-    (base(organisations=[org("a", name="")]), "nina:organisations[0].name", ("empty",)),
-    (base(organisations=[org("a", name="x" * 121)]), "nina:organisations[0].name", ("at most 120",)),
-    (base(organisations=[{"slug": "a", "placement": "onprem"}]), "nina:organisations[0].name", ("required",)),
-    (base(organisations=["org-a"]), "nina:organisations[0]", ("mapping",)),
-    (base(hosts=[{"name": "gw", "roles": ["bastion", "dns"]}]), "nina:hosts[0].roles[1]", ("'dns'", "bastion")),
-    (base(hosts=[{"name": "gw", "roles": []}]), "nina:hosts[0].roles", ("empty",)),
-    (base(superlink={"state_volume_gb": 0}), "nina:superlink.state_volume_gb", ("greater than or equal to 1",)),
-    (base(supernode={"data_volume_gb": 10**6}), "nina:supernode.data_volume_gb", ("less than or equal to 10000",)),
-    (base(database={"size_gb": 1.5}), "nina:database.size_gb", ("whole number",)),
-    (base(cloud={"dns_nameservers": ["8.8.8"]}), "nina:cloud.dns_nameservers[0]", ("ipv4 address",)),
-    (base(protect="no way"), "nina:protect", ("true or false",)),
-    (base(environment=7), "nina:environment", ("string",)),
-])
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        ({}, "nina:environment", ("required", "add")),
+        (base(network=None), "nina:network", ("required",)),
+        (base(network={}), "nina:network.admin_cidrs", ("required",)),
+        (base(network={"admin_cidrs": []}), "nina:network.admin_cidrs", ("empty",)),
+        (base(network={"admin_cidrs": "203.0.113.0/24"}), "nina:network.admin_cidrs", ("list",)),
+        (base(network={"admin_cidrs": ["203.0.113.7/24"]}), "nina:network.admin_cidrs[0]", ("no host bits", "e.g.")),
+        (base(network={"admin_cidrs": ["not-a-cidr"]}), "nina:network.admin_cidrs[0]", ("cidr",)),
+        (
+            base(network={"admin_cidrs": ["203.0.113.0/24"], "allow_ssh_from_anywhere": "maybe"}),
+            "nina:network.allow_ssh_from_anywhere",
+            ("true or false",),
+        ),
+        (base(network=["10.0.0.0/8"]), "nina:network", ("mapping",)),
+        (base(organisations=[org("a", placement="moon")]), "nina:organisations[0].placement", ("'moon'", "cloud", "onprem")),
+        (base(organisations=[org("a", partition_id=-1)]), "nina:organisations[0].partition_id", ("-1", "greater than or equal to 0")),
+        (base(organisations=[org("a", partition_id="first")]), "nina:organisations[0].partition_id", ("whole number",)),
+        (base(organisations=[org("a", name="")]), "nina:organisations[0].name", ("empty",)),
+        (base(organisations=[org("a", name="x" * 121)]), "nina:organisations[0].name", ("at most 120",)),
+        (base(organisations=[{"slug": "a", "placement": "onprem"}]), "nina:organisations[0].name", ("required",)),
+        (base(organisations=["org-a"]), "nina:organisations[0]", ("mapping",)),
+        (base(hosts=[{"name": "gw", "roles": ["bastion", "dns"]}]), "nina:hosts[0].roles[1]", ("'dns'", "bastion")),
+        (base(hosts=[{"name": "gw", "roles": []}]), "nina:hosts[0].roles", ("empty",)),
+        (base(superlink={"state_volume_gb": 0}), "nina:superlink.state_volume_gb", ("greater than or equal to 1",)),
+        (base(supernode={"data_volume_gb": 10**6}), "nina:supernode.data_volume_gb", ("less than or equal to 10000",)),
+        (base(database={"size_gb": 1.5}), "nina:database.size_gb", ("whole number",)),
+        (base(cloud={"dns_nameservers": ["8.8.8"]}), "nina:cloud.dns_nameservers[0]", ("ipv4 address",)),
+        (base(protect="no way"), "nina:protect", ("true or false",)),
+        (base(environment=7), "nina:environment", ("string",)),
+    ],
+)
 def test_shape_errors(raw, key, words):
     problem(raw, key, *words)
 
@@ -205,16 +221,19 @@ def test_empty_flavor_refused(key):
     problem(base(supernode={key: ""}), f"nina:supernode.{key}", "empty", "default")
 
 
-@pytest.mark.parametrize(("raw", "key"), [
-    (base(cloud={"image": ""}), "nina:cloud.image"),
-    (base(cloud={"availability_zone": ""}), "nina:cloud.availability_zone"),
-    (base(cloud={"external_network": ""}), "nina:cloud.external_network"),
-    (base(hosts=[{"name": "gw", "roles": ["bastion"], "flavor": ""}]), "nina:hosts[0].flavor"),
-    (base(superlink={"flavor": ""}), "nina:superlink.flavor"),
-    (base(database={"flavor": ""}), "nina:database.flavor"),
-    (base(database={"datastore_version": ""}), "nina:database.datastore_version"),
-    (base(organisations=[org("a", flavor="")]), "nina:organisations[0].flavor"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (base(cloud={"image": ""}), "nina:cloud.image"),
+        (base(cloud={"availability_zone": ""}), "nina:cloud.availability_zone"),
+        (base(cloud={"external_network": ""}), "nina:cloud.external_network"),
+        (base(hosts=[{"name": "gw", "roles": ["bastion"], "flavor": ""}]), "nina:hosts[0].flavor"),
+        (base(superlink={"flavor": ""}), "nina:superlink.flavor"),
+        (base(database={"flavor": ""}), "nina:database.flavor"),
+        (base(database={"datastore_version": ""}), "nina:database.datastore_version"),
+        (base(organisations=[org("a", flavor="")]), "nina:organisations[0].flavor"),
+    ],
+)
 def test_empty_names_refused(raw, key):
     problem(raw, key, "empty")
 
@@ -285,7 +304,9 @@ def test_tenancy_without_organisations():
 
 
 def test_too_many_tenancies():
-    tenancies = [{"name": f"t{i}", "vpn_pool_cidr": f"192.168.{100 + i}.0/24", "organisations": [org(f"o{i}")]} for i in range(MAX_TENANCIES + 1)]
+    tenancies = [
+        {"name": f"t{i}", "vpn_pool_cidr": f"192.168.{100 + i}.0/24", "organisations": [org(f"o{i}")]} for i in range(MAX_TENANCIES + 1)
+    ]
     problem(base(organisations=None, tenancies=tenancies), "nina:tenancies", f"at most {MAX_TENANCIES}")
     ok(base(organisations=None, tenancies=tenancies[:MAX_TENANCIES]))
 
@@ -410,11 +431,14 @@ def test_onprem_org_with_cidr():
     problem(base(organisations=[org("a", cidr="10.101.0.0/24")]), "nina:organisations[0].cidr", "on premise", "remove cidr")
 
 
-@pytest.mark.parametrize(("raw", "key"), [
-    (base(organisations=[cloud_org("a", "10.101.0.0/25")]), "nina:organisations[0].cidr"),
-    (base(network={"admin_cidrs": ["203.0.113.0/24"], "server_cidr": "10.100.0.0/28"}), "nina:network.server_cidr"),
-    (base(network={"admin_cidrs": ["203.0.113.0/24"], "vpn_pool_cidr": "192.168.99.0/26"}), "nina:network.vpn_pool_cidr"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (base(organisations=[cloud_org("a", "10.101.0.0/25")]), "nina:organisations[0].cidr"),
+        (base(network={"admin_cidrs": ["203.0.113.0/24"], "server_cidr": "10.100.0.0/28"}), "nina:network.server_cidr"),
+        (base(network={"admin_cidrs": ["203.0.113.0/24"], "vpn_pool_cidr": "192.168.99.0/26"}), "nina:network.vpn_pool_cidr"),
+    ],
+)
 def test_segment_smaller_than_24(raw, key):
     problem(raw, key, "too small", "/24 or larger")
 
@@ -423,15 +447,18 @@ def test_segment_24_and_larger_ok():
     ok(base(organisations=[cloud_org("a", "10.64.0.0/16")], network={"admin_cidrs": ["1.2.3.0/24"], "server_cidr": "10.100.0.0/24"}))
 
 
-@pytest.mark.parametrize("cidr", [
-    "8.8.8.0/24",        # public
-    "100.64.0.0/24",     # carrier-grade NAT, not RFC 1918
-    "127.0.0.0/24",      # loopback: `is_private` accepted these before
-    "169.254.0.0/24",    # link-local
-    "203.0.113.0/24",    # TEST-NET-3
-    "172.32.0.0/24",     # just outside 172.16.0.0/12
-    "0.0.0.0/8",
-])
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "8.8.8.0/24",  # public
+        "100.64.0.0/24",  # carrier-grade NAT, not RFC 1918
+        "127.0.0.0/24",  # loopback: `is_private` accepted these before
+        "169.254.0.0/24",  # link-local
+        "203.0.113.0/24",  # TEST-NET-3
+        "172.32.0.0/24",  # just outside 172.16.0.0/12
+        "0.0.0.0/8",
+    ],
+)
 def test_public_cidrs_refused(cidr):
     problem(base(organisations=[cloud_org("a", cidr)]), "nina:organisations[0].cidr", "not a private range", "RFC 1918")
     problem(base(network={"admin_cidrs": ["1.2.3.0/24"], "server_cidr": cidr}), "nina:network.server_cidr", "RFC 1918")
@@ -575,33 +602,80 @@ def test_too_many_hosts():
 
 FULL = {
     "environment": "uat",
-    "cloud": {"availability_zone": "QRIScloud", "external_network": "QRIScloud", "image": "img",
-              "dns_nameservers": ["8.8.8.8"], "dns_domain": "example.org"},
-    "network": {"server_cidr": "10.100.0.0/24", "vpn_pool_cidr": "192.168.99.0/24",
-                "admin_cidrs": ["203.0.113.0/24"], "allow_ssh_from_anywhere": False},
-    "hosts": [{"name": "gateway", "roles": ["bastion", "proxy"], "flavor": "m3.small"},
-              {"name": "mon", "roles": ["monitoring"]}],
+    "cloud": {
+        "availability_zone": "QRIScloud",
+        "external_network": "QRIScloud",
+        "image": "img",
+        "dns_nameservers": ["8.8.8.8"],
+        "dns_domain": "example.org",
+    },
+    "network": {
+        "server_cidr": "10.100.0.0/24",
+        "vpn_pool_cidr": "192.168.99.0/24",
+        "admin_cidrs": ["203.0.113.0/24"],
+        "allow_ssh_from_anywhere": False,
+    },
+    "hosts": [{"name": "gateway", "roles": ["bastion", "proxy"], "flavor": "m3.small"}, {"name": "mon", "roles": ["monitoring"]}],
     "superlink": {"flavor": "m3.medium", "state_volume_gb": 20},
     "supernode": {"flavor": "m3.medium", "gpu_flavor": "g1", "data_volume_gb": 5},
     "database": {"enabled": True, "flavor": "db3.small", "size_gb": 10, "datastore_version": "16"},
     "flower": {"version": facts.FLWR_VERSION},
     "tenancies": [
-        {"name": "alpha", "organisations": [
-            {"slug": "a-one", "name": "A1", "placement": "cloud", "cidr": "10.101.0.0/24", "gpu": True, "partition_id": 1},
-            {"slug": "a-two", "name": "A2", "placement": "onprem", "partition_id": 0}]},
-        {"name": "beta", "organisations": [
-            {"slug": "b-one", "name": "B1", "placement": "cloud", "cidr": "10.102.0.0/24", "flavor": "m3.large"}]},
+        {
+            "name": "alpha",
+            "organisations": [
+                {"slug": "a-one", "name": "A1", "placement": "cloud", "cidr": "10.101.0.0/24", "gpu": True, "partition_id": 1},
+                {"slug": "a-two", "name": "A2", "placement": "onprem", "partition_id": 0},
+            ],
+        },
+        {
+            "name": "beta",
+            "organisations": [{"slug": "b-one", "name": "B1", "placement": "cloud", "cidr": "10.102.0.0/24", "flavor": "m3.large"}],
+        },
     ],
     "protect": False,
 }
 SHORT = {k: v for k, v in FULL.items() if k != "tenancies"} | {"organisations": FULL["tenancies"][0]["organisations"]}
-KNOWN_KEYS = sorted({
-    "environment", "cloud", "network", "hosts", "superlink", "supernode", "database", "flower", "organisations",
-    "tenancies", "protect", "availability_zone", "external_network", "image", "dns_nameservers", "dns_domain",
-    "server_cidr", "vpn_pool_cidr", "admin_cidrs", "allow_ssh_from_anywhere", "name", "roles", "flavor",
-    "state_volume_gb", "gpu_flavor", "data_volume_gb", "enabled", "size_gb", "datastore_version", "version",
-    "slug", "placement", "partition_id", "gpu", "cidr", "secure",
-})
+KNOWN_KEYS = sorted(
+    {
+        "environment",
+        "cloud",
+        "network",
+        "hosts",
+        "superlink",
+        "supernode",
+        "database",
+        "flower",
+        "organisations",
+        "tenancies",
+        "protect",
+        "availability_zone",
+        "external_network",
+        "image",
+        "dns_nameservers",
+        "dns_domain",
+        "server_cidr",
+        "vpn_pool_cidr",
+        "admin_cidrs",
+        "allow_ssh_from_anywhere",
+        "name",
+        "roles",
+        "flavor",
+        "state_volume_gb",
+        "gpu_flavor",
+        "data_volume_gb",
+        "enabled",
+        "size_gb",
+        "datastore_version",
+        "version",
+        "slug",
+        "placement",
+        "partition_id",
+        "gpu",
+        "cidr",
+        "secure",
+    }
+)
 
 cidr_like = st.one_of(
     st.builds(lambda ip, p: f"{ip}/{p}", st.ip_addresses(v=4), st.integers(0, 33)),
@@ -610,14 +684,22 @@ cidr_like = st.one_of(
 )
 slug_like = st.from_regex(r"\A[a-zA-Z0-9_.\- ]{0,45}\n?\Z")
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-    st.text(max_size=20), cidr_like, slug_like, st.sampled_from(KNOWN_KEYS),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    cidr_like,
+    slug_like,
+    st.sampled_from(KNOWN_KEYS),
     st.sampled_from(["cloud", "onprem", "bastion", "superlink", "monitoring", facts.FLWR_VERSION, "0.0.0.0/0"]),
 )
 json_trees = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=8), st.integers(0, 3)), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=8), st.integers(0, 3)), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -626,10 +708,10 @@ def _paths(tree: Any, here: tuple = ()) -> list[tuple]:
     out = [here]
     if isinstance(tree, dict):
         for k, v in tree.items():
-            out += _paths(v, here + (k,))
+            out += _paths(v, (*here, k))
     elif isinstance(tree, list):
         for i, v in enumerate(tree):
-            out += _paths(v, here + (i,))
+            out += _paths(v, (*here, i))
     return out
 
 
@@ -698,7 +780,7 @@ def test_edge_value_at_every_key(name):
     """Deterministic sweep: every key deleted, and every edge value put at every key."""
     start = FULL if name == "full" else SHORT
     for path in _paths(start)[1:]:
-        for value in [...] + EDGE_VALUES:  # `...` marks deletion
+        for value in [..., *EDGE_VALUES]:  # `...` marks deletion
             raw = copy.deepcopy(start)
             parent = raw
             for part in path[:-1]:
@@ -729,8 +811,7 @@ def _stack_text(data: st.DataObject) -> str | bytes:
         raw = copy.deepcopy(data.draw(st.sampled_from([FULL, SHORT])))
         for _ in range(data.draw(st.integers(0, 3))):
             raw = _mutate(data, raw)
-        doc: Any = {"config": {f"nina:{k}" if isinstance(k, str) else k: v for k, v in raw.items()}
-                    if isinstance(raw, dict) else raw}
+        doc: Any = {"config": {f"nina:{k}" if isinstance(k, str) else k: v for k, v in raw.items()} if isinstance(raw, dict) else raw}
         if data.draw(st.booleans()):
             doc = data.draw(st.sampled_from([doc, {"config": data.draw(json_trees)}, data.draw(json_trees)]))
         return yaml.safe_dump(doc, allow_unicode=True)
@@ -740,7 +821,9 @@ def _stack_text(data: st.DataObject) -> str | bytes:
         return data.draw(st.binary(max_size=100))
     lines = yaml.safe_dump({"config": {f"nina:{k}": v for k, v in FULL.items()}}).splitlines()
     i = data.draw(st.integers(0, len(lines) - 1))
-    lines[i] = data.draw(st.sampled_from([lines[i][1:], "  " + lines[i], lines[i] + ": x", lines[i].replace(":", ""), "\t" + lines[i], "&a *a"]))
+    lines[i] = data.draw(
+        st.sampled_from([lines[i][1:], "  " + lines[i], lines[i] + ": x", lines[i].replace(":", ""), "\t" + lines[i], "&a *a"])
+    )
     return "\n".join(lines)
 
 

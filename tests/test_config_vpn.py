@@ -25,8 +25,10 @@ def problems(raw) -> dict[str, str]:
 
 
 def test_tenancies_with_on_premise_organisations_need_their_own_pools():
-    t = [{"name": "a", "organisations": [{"slug": "x", "name": "X", "placement": "onprem"}]},
-         {"name": "b", "organisations": [{"slug": "y", "name": "Y", "placement": "onprem"}]}]
+    t = [
+        {"name": "a", "organisations": [{"slug": "x", "name": "X", "placement": "onprem"}]},
+        {"name": "b", "organisations": [{"slug": "y", "name": "Y", "placement": "onprem"}]},
+    ]
     found = problems(cfg(organisations=None, tenancies=t))
     assert "give it its own vpn_pool_cidr" in found["nina:tenancies[1].vpn_pool_cidr"]
     t[1]["vpn_pool_cidr"] = "192.168.100.0/24"
@@ -44,16 +46,24 @@ def test_cloud_only_tenancy_has_no_vpn():
 def test_organisation_may_bring_its_own_csr_and_supernode_key():
     key = localpki.generate_key()
     csr = localpki.cert_request(key.private_key_pem, {"common_name": "metro-north"})
-    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem",
-           "vpn_csr_pem": csr, "supernode_public_key": key.public_key_openssh}
+    org = {
+        "slug": "metro-north",
+        "name": "Metro North",
+        "placement": "onprem",
+        "vpn_csr_pem": csr,
+        "supernode_public_key": key.public_key_openssh,
+    }
     config = load_config(cfg(organisations=[org]))
     assert config.all_tenancies[0].organisations[0].vpn_csr_pem == csr
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("vpn_csr_pem", "not a csr", "not a PEM certificate signing request"),
-    ("supernode_public_key", "ssh-ed25519 AAAA", "not an OpenSSH public key"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("vpn_csr_pem", "not a csr", "not a PEM certificate signing request"),
+        ("supernode_public_key", "ssh-ed25519 AAAA", "not an OpenSSH public key"),
+    ],
+)
 def test_bad_brought_keys_name_the_key_and_the_fix(field, value, message):
     org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", field: value}
     assert message in problems(cfg(organisations=[org]))[f"nina:organisations[0].{field}"]
@@ -68,9 +78,14 @@ def test_csr_with_the_wrong_common_name_is_refused():
 
 def test_cloud_organisations_cannot_bring_keys():
     key = localpki.generate_key()
-    org = {"slug": "a", "name": "A", "placement": "cloud", "cidr": "10.101.0.0/24",
-           "supernode_public_key": key.public_key_openssh,
-           "vpn_csr_pem": localpki.cert_request(key.private_key_pem, {"common_name": "a"})}
+    org = {
+        "slug": "a",
+        "name": "A",
+        "placement": "cloud",
+        "cidr": "10.101.0.0/24",
+        "supernode_public_key": key.public_key_openssh,
+        "vpn_csr_pem": localpki.cert_request(key.private_key_pem, {"common_name": "a"}),
+    }
     found = problems(cfg(organisations=[org]))
     assert "nina makes its key" in found["nina:organisations[0].supernode_public_key"]
     assert "gets no VPN certificate" in found["nina:organisations[0].vpn_csr_pem"]

@@ -11,11 +11,11 @@ hospital-own on premise keeping its own keys; tenancy `beta` with beta-clinic on
 from __future__ import annotations
 
 import copy
+import grp
 import hashlib
 import io
 import json
 import os
-import grp
 import pwd
 import re
 import shutil
@@ -37,16 +37,25 @@ from nina.plan import Member
 REPO = Path(__file__).resolve().parent.parent
 SHELLCHECK = shutil.which("shellcheck")
 ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
-ALL = sorted(ONPREM + ["cloud-lab"])
-CONTAINER_FILES = {"containers/Dockerfile.cpu": 0o644, "containers/Dockerfile.cuda": 0o644, "containers/build.sh": 0o755,
-                   "containers/run-docker.sh": 0o755, "containers/run-docker-gpu.sh": 0o755,
-                   "containers/run-podman.sh": 0o755, "containers/run-podman-gpu.sh": 0o755}
+ALL = sorted([*ONPREM, "cloud-lab"])
+CONTAINER_FILES = {
+    "containers/Dockerfile.cpu": 0o644,
+    "containers/Dockerfile.cuda": 0o644,
+    "containers/build.sh": 0o755,
+    "containers/run-docker.sh": 0o755,
+    "containers/run-docker-gpu.sh": 0o755,
+    "containers/run-podman.sh": 0o755,
+    "containers/run-podman-gpu.sh": 0o755,
+}
 
 
 def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
     """The kit's files and modes, written out by hand from the brief (not derived from nina.kit)."""
     files = {
-        "README.md": 0o644, "SHA256SUMS": 0o644, "install.sh": 0o755, **CONTAINER_FILES,
+        "README.md": 0o644,
+        "SHA256SUMS": 0o644,
+        "install.sh": 0o755,
+        **CONTAINER_FILES,
         "etc/default/prometheus-node-exporter": 0o644,
         "etc/flwr/supernode/supernode.conf": 0o644,
         "etc/flwr/supernode/certs/ca.crt": 0o644,
@@ -57,12 +66,14 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
     if not own_keys:
         files["etc/flwr/supernode/certs/client_credentials"] = 0o600
     if onprem:
-        files.update({
-            "etc/openvpn/client/client.conf": 0o644,
-            "etc/openvpn/clientcerts/ca.crt": 0o644,
-            f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
-            "etc/openvpn/clientcerts/private/ta.key": 0o600,
-        })
+        files.update(
+            {
+                "etc/openvpn/client/client.conf": 0o644,
+                "etc/openvpn/clientcerts/ca.crt": 0o644,
+                f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
+                "etc/openvpn/clientcerts/private/ta.key": 0o600,
+            }
+        )
         if not own_keys:
             files[f"etc/openvpn/clientcerts/private/{slug}.key"] = 0o600
     return files
@@ -91,13 +102,11 @@ def extract(data: bytes, dest: Path) -> Path:
 
 
 def install(kit_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(kit_dir / "install.sh"), *args], capture_output=True, text=True, timeout=60,
-                          env=env)
+    return subprocess.run(["bash", str(kit_dir / "install.sh"), *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def tree_digest(root: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(root)): (p.stat().st_mode, p.read_bytes() if p.is_file() else b"")
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (p.stat().st_mode, p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
 
 
 # --- layout ----------------------------------------------------------------------------------
@@ -157,9 +166,16 @@ def foreign_markers(outputs: dict, slug: str) -> list[str]:
     own = outputs["tenancies"][tenancy]["organisations"][slug]
     # Certificates from one CA share lines (issuer, validity): only the others' own lines count.
     # Private keys of one format share their structural lines: the same goes for those.
-    shared = {line for pem in (outputs["ca_cert_pem"], own["vpn_client_cert_pem"] or "",
-                               outputs["supernode_private_keys"].get(slug, ""), outputs["vpn_client_private_keys"].get(slug, ""))
-              for line in _pem_bodies(pem)}
+    shared = {
+        line
+        for pem in (
+            outputs["ca_cert_pem"],
+            own["vpn_client_cert_pem"] or "",
+            outputs["supernode_private_keys"].get(slug, ""),
+            outputs["vpn_client_private_keys"].get(slug, ""),
+        )
+        for line in _pem_bodies(pem)
+    }
     markers = []
     for t_name, t in outputs["tenancies"].items():
         for other, org in t["organisations"].items():
@@ -267,8 +283,9 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     outputs = kit_built.outputs
     tname, t = next((n, t) for n, t in outputs["tenancies"].items() if slug in t["organisations"])
     o = t["organisations"][slug]
-    member = Member(tname, slug, o["display_name"], o["placement"], o["partition_id"], o["num_partitions"], o["gpu"],
-                    vpn_address=o["vpn_address"])
+    member = Member(
+        tname, slug, o["display_name"], o["placement"], o["partition_id"], o["num_partitions"], o["gpu"], vpn_address=o["vpn_address"]
+    )
     files = contents(kit_archives[slug])
     fleet = f"{t['superlink']['internal_ip']}:{facts.SUPERLINK_FLEET_PORT}"
     assert files["etc/flwr/supernode/supernode.conf"] == render.supernode_conf(member, fleet).encode()
@@ -276,15 +293,23 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     assert files["opt/flwr/supernode/supernode.service"] == render.supernode_service().encode()
     assert files["etc/default/prometheus-node-exporter"] == render.node_exporter_defaults().encode()
     # The very payload a cloud SuperNode gets over SSH carries the same files.
-    payload = json.loads(render.supernode_delivery(member, t["superlink"]["fleet_address"], outputs["ca_cert_pem"],
-                                                   outputs["supernode_private_keys"][slug], o["supernode_public_key_openssh"]))
-    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"]
-                 if f["path"] != facts.LOCAL_CA_TRUST}
+    payload = json.loads(
+        render.supernode_delivery(
+            member,
+            t["superlink"]["fleet_address"],
+            outputs["ca_cert_pem"],
+            outputs["supernode_private_keys"][slug],
+            o["supernode_public_key_openssh"],
+        )
+    )
+    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] != facts.LOCAL_CA_TRUST}
     assert {p: files[p] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
     if o["placement"] == "onprem":
         v = t["vpn"]
-        assert files["etc/openvpn/client/client.conf"] == vpn.client_conf(
-            slug, v["server_name"], v["public_ip"], v["udp_port"], v["tcp_port"]).encode()
+        assert (
+            files["etc/openvpn/client/client.conf"]
+            == vpn.client_conf(slug, v["server_name"], v["public_ip"], v["udp_port"], v["tcp_port"]).encode()
+        )
         for key, path in vpn.client_certs_paths(slug).items():
             assert path.lstrip("/") in files, key
         assert b"tls-auth " + facts.OPENVPN_CLIENT_CERTS.encode() + b"/private/ta.key 1" in files["etc/openvpn/client/client.conf"]
@@ -303,8 +328,14 @@ def dest_of(path: str) -> str | None:
     return "/" + path
 
 
-INSTALLED_DIRS = {"/etc/flwr": 0o755, "/etc/flwr/supernode": 0o750, "/etc/flwr/supernode/certs": 0o750,
-                  "/opt/flwr": 0o755, "/opt/flwr/supernode": 0o755, "/media/data": 0o750}
+INSTALLED_DIRS = {
+    "/etc/flwr": 0o755,
+    "/etc/flwr/supernode": 0o750,
+    "/etc/flwr/supernode/certs": 0o750,
+    "/opt/flwr": 0o755,
+    "/opt/flwr/supernode": 0o755,
+    "/media/data": 0o750,
+}
 
 
 def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path):
@@ -320,7 +351,9 @@ def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path)
     for path, mode in expected_files("hospital-a", True, False).items():
         dest = dest_of(path)
         if dest and not path.startswith("containers/"):
-            assert re.search(rf"\[dry-run\] install -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(path)} {re.escape(str(root) + dest)}\n", out), path
+            assert re.search(
+                rf"\[dry-run\] install -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(path)} {re.escape(str(root) + dest)}\n", out
+            ), path
     for d, mode in INSTALLED_DIRS.items():
         assert re.search(rf"\[dry-run\] install -d -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(str(root) + d)}\n", out), d
     assert "skipped: --root: group fl_system and user supernode are not created" in out
@@ -329,7 +362,10 @@ def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path)
     # A dry run on the real host (not root here or not) also changes nothing and names each step.
     proc = install(top, "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "[dry-run] install -m 0600 -o root -g root etc/openvpn/clientcerts/private/hospital-a.key /etc/openvpn/clientcerts/private/hospital-a.key" in proc.stdout
+    assert (
+        "[dry-run] install -m 0600 -o root -g root etc/openvpn/clientcerts/private/hospital-a.key /etc/openvpn/clientcerts/private/hospital-a.key"
+        in proc.stdout
+    )
     assert "[dry-run] systemctl enable openvpn-client@client.service" in proc.stdout
     assert tree_digest(top) == before
 
@@ -359,8 +395,9 @@ def test_root_install_puts_files_in_place_with_modes_and_is_idempotent(kit_archi
     proc = install(top, "--root", str(root))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = contents(kit_archives[slug])
-    expected = {dest_of(p): m for p, m in expected_files(slug, slug in ONPREM, False).items()
-                if dest_of(p) and not p.startswith("containers/")}
+    expected = {
+        dest_of(p): m for p, m in expected_files(slug, slug in ONPREM, False).items() if dest_of(p) and not p.startswith("containers/")
+    }
     installed = {"/" + str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
     assert installed == expected
     for path in files:
@@ -399,7 +436,8 @@ def test_root_install_with_containers(kit_archives, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     installed = {"/" + str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
     assert {p: m for p, m in installed.items() if p.startswith("/opt/flwr/supernode/containers/")} == {
-        dest_of(p): m for p, m in CONTAINER_FILES.items()}
+        dest_of(p): m for p, m in CONTAINER_FILES.items()
+    }
     assert "/etc/systemd/system/supernode.service" not in installed
     assert "/opt/flwr/supernode/run_supernode.sh" in installed  # the image build copies it
     assert "/etc/flwr/supernode/certs/client_credentials" in installed
@@ -565,22 +603,19 @@ def test_readme_for_cloud_and_own_key_organisations(kit_archives):
 
 
 def run_cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nina.cli", *args], input=stdin, capture_output=True, timeout=120,
-                          cwd=REPO, env=env)
+    return subprocess.run([sys.executable, "-m", "nina.cli", *args], input=stdin, capture_output=True, timeout=120, cwd=REPO, env=env)
 
 
 def test_cli_exports_from_file_and_stdin(kit_built, kit_archives, tmp_path):
     doc = tmp_path / "outputs.json"
     doc.write_text(json.dumps(kit_built.outputs))
-    code = cli.main(["kit", "export", "--outputs", str(doc), "--org", "hospital-a", "--org", "cloud-lab",
-                     "--out", str(tmp_path / "a")])
+    code = cli.main(["kit", "export", "--outputs", str(doc), "--org", "hospital-a", "--org", "cloud-lab", "--out", str(tmp_path / "a")])
     assert code == 0
-    proc = run_cli("kit", "export", "--outputs", "-", "--all", "--out", str(tmp_path / "b"),
-                   stdin=json.dumps(kit_built.outputs).encode())
+    proc = run_cli("kit", "export", "--outputs", "-", "--all", "--out", str(tmp_path / "b"), stdin=json.dumps(kit_built.outputs).encode())
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert len(lines) == len(ALL)
-    for line, slug in zip(lines, ALL):
+    for line, slug in zip(lines, ALL, strict=False):
         digest, path = line.split("  ")
         assert Path(path) == tmp_path / "b" / f"{slug}-sitekit.tar.gz"
         assert digest == hashlib.sha256(kit_archives[slug]).hexdigest() == hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -593,7 +628,9 @@ def test_cli_with_stack_runs_pulumi(kit_built, tmp_path):
     fake.parent.mkdir()
     doc = tmp_path / "outputs.json"
     doc.write_text(json.dumps(kit_built.outputs))
-    fake.write_text(f'#!/bin/bash\n[ "$*" = "stack output --json --show-secrets --stack=uat" ] || {{ echo "error: bad args $*" >&2; exit 255; }}\ncat {doc}\n')
+    fake.write_text(
+        f'#!/bin/bash\n[ "$*" = "stack output --json --show-secrets --stack=uat" ] || {{ echo "error: bad args $*" >&2; exit 255; }}\ncat {doc}\n'
+    )
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fake.parent}:/usr/bin:/bin"}
     ok = run_cli("kit", "export", "--stack", "uat", "--org", "beta-clinic", "--out", str(tmp_path / "o"), env=env)
@@ -601,7 +638,10 @@ def test_cli_with_stack_runs_pulumi(kit_built, tmp_path):
     assert ok.stdout.decode().endswith("beta-clinic-sitekit.tar.gz\n")
     bad = run_cli("kit", "export", "--stack", "prod", "--all", "--out", str(tmp_path / "o"), env=env)
     assert bad.returncode == 2
-    assert bad.stderr.decode() == "nina kit export: `pulumi stack output` of stack prod failed (exit 255): error: bad args stack output --json --show-secrets --stack=prod\n"
+    assert (
+        bad.stderr.decode()
+        == "nina kit export: `pulumi stack output` of stack prod failed (exit 255): error: bad args stack output --json --show-secrets --stack=prod\n"
+    )
 
 
 def test_cli_errors(kit_built, tmp_path, capsys, monkeypatch):
@@ -645,38 +685,84 @@ def _org(doc, slug="hospital-a", tenancy="main"):
 
 
 MUTATIONS = {
-    "missing-field": (lambda d: _org(d).pop("partition_id"),
-                      "tenancies.main.organisations.hospital-a.partition_id: missing; expected an integer"),
-    "wrong-type": (lambda d: _org(d).__setitem__("partition_id", "0"),
-                   "tenancies.main.organisations.hospital-a.partition_id: is a string; expected an integer"),
-    "bool-not-int": (lambda d: _org(d).__setitem__("num_partitions", True),
-                     "tenancies.main.organisations.hospital-a.num_partitions: is a boolean; expected an integer"),
-    "gpu": (lambda d: _org(d).__setitem__("gpu", "yes"), "tenancies.main.organisations.hospital-a.gpu: is a string; expected true or false"),
-    "partition-range": (lambda d: _org(d).__setitem__("partition_id", 9),
-                        "tenancies.main.organisations.hospital-a.partition_id: 9 must be in 0..3"),
-    "placement": (lambda d: _org(d).__setitem__("placement", "moon"), "tenancies.main.organisations.hospital-a.placement: 'moon' is neither"),
-    "port": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("udp_port", 70000), "tenancies.main.vpn.udp_port: 70000 is not a TCP/UDP port"),
-    "ip": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("public_ip", "example"), "tenancies.main.vpn.public_ip: 'example' is not an IPv4 address"),
-    "fleet": (lambda d: d["tenancies"]["beta"]["superlink"].__setitem__("fleet_address", "10.0.0.1"),
-              "tenancies.beta.superlink.fleet_address: '10.0.0.1' is not an address"),
-    "vpn-null": (lambda d: d["tenancies"]["beta"].__setitem__("vpn", None),
-                 "tenancies.beta.vpn: is null, but organisation 'beta-clinic' is on premise"),
-    "vpn-address-outside": (lambda d: _org(d).__setitem__("vpn_address", "10.9.9.9"),
-                            "tenancies.main.organisations.hospital-a.vpn_address: 10.9.9.9 is outside the tenancy's VPN pool"),
-    "route": (lambda d: d["tenancies"]["main"]["vpn"].__setitem__("routes", ["10.200.0.0/24"]),
-              "tenancies.main.vpn.routes: no route covers the SuperLink's internal IP 10.110.0.40"),
-    "ca": (lambda d: d.__setitem__("ca_cert_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
-           "ca_cert_pem: is not a usable CA certificate"),
-    "hidden-secrets": (lambda d: d.__setitem__("supernode_private_keys", "[secret]"),
-                       "supernode_private_keys: is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`"),
-    "missing-key": (lambda d: d["supernode_private_keys"].pop("hospital-a"), "supernode_private_keys.hospital-a: missing; the kit of 'hospital-a' needs it"),
-    "missing-map": (lambda d: d.pop("vpn_tls_auth_keys"), "vpn_tls_auth_keys: missing; needed for the kits of beta-clinic, hospital-a, hospital-b, hospital-own"),
-    "held-but-present": (lambda d: d["vpn_client_private_keys"].__setitem__("hospital-own", d["vpn_client_private_keys"]["hospital-a"]),
-                         "vpn_client_private_keys.hospital-own: present, but tenancies.main.organisations.hospital-own.keys_held_by_organisation.vpn is true"),
-    "public-key": (lambda d: _org(d).__setitem__("supernode_public_key_openssh", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"),
-                   "tenancies.main.organisations.hospital-a.supernode_public_key_openssh: flwr 1.25 accepts only NIST-curve ECDSA keys"),
-    "duplicate-slug": (lambda d: d["tenancies"]["beta"]["organisations"].__setitem__("hospital-a", _org(d)),
-                       "tenancies.beta.organisations.hospital-a: slug also used in tenancy 'main'"),
+    "missing-field": (
+        lambda d: _org(d).pop("partition_id"),
+        "tenancies.main.organisations.hospital-a.partition_id: missing; expected an integer",
+    ),
+    "wrong-type": (
+        lambda d: _org(d).__setitem__("partition_id", "0"),
+        "tenancies.main.organisations.hospital-a.partition_id: is a string; expected an integer",
+    ),
+    "bool-not-int": (
+        lambda d: _org(d).__setitem__("num_partitions", True),
+        "tenancies.main.organisations.hospital-a.num_partitions: is a boolean; expected an integer",
+    ),
+    "gpu": (
+        lambda d: _org(d).__setitem__("gpu", "yes"),
+        "tenancies.main.organisations.hospital-a.gpu: is a string; expected true or false",
+    ),
+    "partition-range": (
+        lambda d: _org(d).__setitem__("partition_id", 9),
+        "tenancies.main.organisations.hospital-a.partition_id: 9 must be in 0..3",
+    ),
+    "placement": (
+        lambda d: _org(d).__setitem__("placement", "moon"),
+        "tenancies.main.organisations.hospital-a.placement: 'moon' is neither",
+    ),
+    "port": (
+        lambda d: d["tenancies"]["main"]["vpn"].__setitem__("udp_port", 70000),
+        "tenancies.main.vpn.udp_port: 70000 is not a TCP/UDP port",
+    ),
+    "ip": (
+        lambda d: d["tenancies"]["main"]["vpn"].__setitem__("public_ip", "example"),
+        "tenancies.main.vpn.public_ip: 'example' is not an IPv4 address",
+    ),
+    "fleet": (
+        lambda d: d["tenancies"]["beta"]["superlink"].__setitem__("fleet_address", "10.0.0.1"),
+        "tenancies.beta.superlink.fleet_address: '10.0.0.1' is not an address",
+    ),
+    "vpn-null": (
+        lambda d: d["tenancies"]["beta"].__setitem__("vpn", None),
+        "tenancies.beta.vpn: is null, but organisation 'beta-clinic' is on premise",
+    ),
+    "vpn-address-outside": (
+        lambda d: _org(d).__setitem__("vpn_address", "10.9.9.9"),
+        "tenancies.main.organisations.hospital-a.vpn_address: 10.9.9.9 is outside the tenancy's VPN pool",
+    ),
+    "route": (
+        lambda d: d["tenancies"]["main"]["vpn"].__setitem__("routes", ["10.200.0.0/24"]),
+        "tenancies.main.vpn.routes: no route covers the SuperLink's internal IP 10.110.0.40",
+    ),
+    "ca": (
+        lambda d: d.__setitem__("ca_cert_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        "ca_cert_pem: is not a usable CA certificate",
+    ),
+    "hidden-secrets": (
+        lambda d: d.__setitem__("supernode_private_keys", "[secret]"),
+        "supernode_private_keys: is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`",
+    ),
+    "missing-key": (
+        lambda d: d["supernode_private_keys"].pop("hospital-a"),
+        "supernode_private_keys.hospital-a: missing; the kit of 'hospital-a' needs it",
+    ),
+    "missing-map": (
+        lambda d: d.pop("vpn_tls_auth_keys"),
+        "vpn_tls_auth_keys: missing; needed for the kits of beta-clinic, hospital-a, hospital-b, hospital-own",
+    ),
+    "held-but-present": (
+        lambda d: d["vpn_client_private_keys"].__setitem__("hospital-own", d["vpn_client_private_keys"]["hospital-a"]),
+        "vpn_client_private_keys.hospital-own: present, but tenancies.main.organisations.hospital-own.keys_held_by_organisation.vpn is true",
+    ),
+    "public-key": (
+        lambda d: _org(d).__setitem__(
+            "supernode_public_key_openssh", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        ),
+        "tenancies.main.organisations.hospital-a.supernode_public_key_openssh: flwr 1.25 accepts only NIST-curve ECDSA keys",
+    ),
+    "duplicate-slug": (
+        lambda d: d["tenancies"]["beta"]["organisations"].__setitem__("hospital-a", _org(d)),
+        "tenancies.beta.organisations.hospital-a: slug also used in tenancy 'main'",
+    ),
     "top-level": (lambda d: d.__setitem__("tenancies", []), "tenancies: is a list; expected an object"),
 }
 
@@ -694,22 +780,36 @@ def test_bad_outputs_give_one_error_naming_the_json_path(kit_outputs, name):
 CRYPTO_MUTATIONS = {
     "swapped-supernode-key": (
         lambda d, b: d["supernode_private_keys"].__setitem__("hospital-a", d["supernode_private_keys"]["hospital-b"]),
-        "hospital-a", "supernode_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.supernode_public_key_openssh"),
+        "hospital-a",
+        "supernode_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.supernode_public_key_openssh",
+    ),
     "pem-not-openssh": (
         lambda d, b: d["supernode_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-a"]),
-        "hospital-a", "supernode_private_keys.hospital-a: is not an unencrypted OpenSSH private key"),
+        "hospital-a",
+        "supernode_private_keys.hospital-a: is not an unencrypted OpenSSH private key",
+    ),
     "swapped-vpn-key": (
         lambda d, b: d["vpn_client_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-b"]),
-        "hospital-a", "vpn_client_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.vpn_client_cert_pem"),
+        "hospital-a",
+        "vpn_client_private_keys.hospital-a: does not belong to tenancies.main.organisations.hospital-a.vpn_client_cert_pem",
+    ),
     "wrong-cn": (
         lambda d, b: _org(d).__setitem__("vpn_client_cert_pem", _org(d, "hospital-b")["vpn_client_cert_pem"]),
-        "hospital-a", "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: has common name 'hospital-b'"),
+        "hospital-a",
+        "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: has common name 'hospital-b'",
+    ),
     "other-ca": (
         lambda d, b: d.__setitem__("ca_cert_pem", b.other_ca),
-        "hospital-a", "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: is not signed by ca_cert_pem"),
+        "hospital-a",
+        "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: is not signed by ca_cert_pem",
+    ),
     "tls-auth": (
-        lambda d, b: d["vpn_tls_auth_keys"].__setitem__("main", "-----BEGIN OpenVPN Static key V1-----\nabcd\n-----END OpenVPN Static key V1-----\n"),
-        "hospital-a", "vpn_tls_auth_keys.main: is not an OpenVPN static key"),
+        lambda d, b: d["vpn_tls_auth_keys"].__setitem__(
+            "main", "-----BEGIN OpenVPN Static key V1-----\nabcd\n-----END OpenVPN Static key V1-----\n"
+        ),
+        "hospital-a",
+        "vpn_tls_auth_keys.main: is not an OpenVPN static key",
+    ),
 }
 
 
@@ -730,15 +830,17 @@ def _paths(value, prefix=()):
     yield prefix
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _paths(v, prefix + (k,))
+            yield from _paths(v, (*prefix, k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _paths(v, prefix + (i,))
+            yield from _paths(v, (*prefix, i))
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
-                           max_leaves=4)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
+    max_leaves=4,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -31,13 +31,20 @@ def test_key_formats_match_pulumi_tls():
 def test_server_certificate_verifies_with_openssl_and_has_the_sans(ca, tmp_path):
     ca_key, ca_cert = ca
     key = localpki.generate_key()
-    csr = localpki.cert_request(key.private_key_pem, {"common_name": "superlink-main", "organization": facts.LEAF_ORGANIZATION},
-                                ["superlink-main", "localhost"], ["10.100.0.40", "127.0.0.1"])
+    csr = localpki.cert_request(
+        key.private_key_pem,
+        {"common_name": "superlink-main", "organization": facts.LEAF_ORGANIZATION},
+        ["superlink-main", "localhost"],
+        ["10.100.0.40", "127.0.0.1"],
+    )
     cert = localpki.sign_certificate(csr, ca_key.private_key_pem, ca_cert, facts.LEAF_VALIDITY_HOURS, facts.SERVER_CERT_USES)
     (tmp_path / "ca.crt").write_text(ca_cert)
     (tmp_path / "server.pem").write_text(cert)
-    result = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", "-purpose", "sslserver", tmp_path / "server.pem"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["openssl", "verify", "-CAfile", tmp_path / "ca.crt", "-purpose", "sslserver", tmp_path / "server.pem"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     parsed = x509.load_pem_x509_certificate(cert.encode())
     sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -45,19 +52,24 @@ def test_server_certificate_verifies_with_openssl_and_has_the_sans(ca, tmp_path)
     assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"10.100.0.40", "127.0.0.1"}
     assert ExtendedKeyUsageOID.SERVER_AUTH in parsed.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     # A client certificate is not a server certificate.
-    client = localpki.sign_certificate(localpki.cert_request(key.private_key_pem, {"common_name": "org-a"}),
-                                       ca_key.private_key_pem, ca_cert, 24, facts.CLIENT_CERT_USES)
+    client = localpki.sign_certificate(
+        localpki.cert_request(key.private_key_pem, {"common_name": "org-a"}), ca_key.private_key_pem, ca_cert, 24, facts.CLIENT_CERT_USES
+    )
     (tmp_path / "client.pem").write_text(client)
-    bad = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", "-purpose", "sslserver", tmp_path / "client.pem"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        ["openssl", "verify", "-CAfile", tmp_path / "ca.crt", "-purpose", "sslserver", tmp_path / "client.pem"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0
 
 
 def test_fingerprint_matches_openssl(ca, tmp_path):
     _, ca_cert = ca
     (tmp_path / "ca.crt").write_text(ca_cert)
-    out = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", tmp_path / "ca.crt"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", tmp_path / "ca.crt"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().split("=", 1)[1] == localpki.fingerprint_sha256(ca_cert)
 
 

@@ -46,7 +46,8 @@ def test_superlink_certificate_names_every_address_it_is_dialled_on():
 def test_members_carry_partition_ids_and_count():
     plan = build_plan(load_config(base()))
     assert [(m.slug, m.partition_id, m.num_partitions, m.placement) for m in plan.members()] == [
-        ("org-a", 0, 2, "cloud"), ("org-b", 1, 2, "onprem"),
+        ("org-a", 0, 2, "cloud"),
+        ("org-b", 1, 2, "onprem"),
     ]
     t = plan.tenancies[0]
     assert t.fleet_address == f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"

@@ -8,10 +8,9 @@ import json
 import re
 
 import pytest
-from harness import INSTANCE, Run, run_program, stack_config
-
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from harness import INSTANCE, Run, run_program, stack_config
 
 from nina import facts, localpki
 from nina.config import load_config
@@ -71,10 +70,17 @@ def uat_run() -> Run:
 
 # --- security groups --------------------------------------------------------------------
 
+
 def _rules(run: Run) -> set[tuple]:
     return {
-        (r.name, r.inputs["protocol"], r.inputs["portRangeMin"], r.inputs["portRangeMax"],
-         r.inputs.get("remoteIpPrefix"), bool(r.inputs.get("remoteGroupId")))
+        (
+            r.name,
+            r.inputs["protocol"],
+            r.inputs["portRangeMin"],
+            r.inputs["portRangeMax"],
+            r.inputs.get("remoteIpPrefix"),
+            bool(r.inputs.get("remoteGroupId")),
+        )
         for r in run.of_type(RULE)
     }
 
@@ -135,12 +141,28 @@ def test_every_declared_rule_comes_from_the_port_table_and_nothing_is_world_open
     names = {r.name for r in run.of_type(RULE)}
     # Control API: researcher-facing host and admins only; Fleet of tenancy beta: VPN pool only.
     assert {n for n in names if n.endswith("-tcp-9093")} == {
-        "admin-203.0.113.0_24->superlink-alpha-tcp-9093", "admin-203.0.113.0_24->superlink-beta-tcp-9093",
-        "jupyterhub->superlink-alpha-tcp-9093", "jupyterhub->superlink-beta-tcp-9093",
+        "admin-203.0.113.0_24->superlink-alpha-tcp-9093",
+        "admin-203.0.113.0_24->superlink-beta-tcp-9093",
+        "jupyterhub->superlink-alpha-tcp-9093",
+        "jupyterhub->superlink-beta-tcp-9093",
     }
     assert {n for n in names if n.endswith("superlink-beta-tcp-9092")} == {"vpn-beta->superlink-beta-tcp-9092"}
     assert "monitoring->gpu-tcp-9400" in names and "public->proxy-tcp-443" in names
-    assert set(groups) == {f"sg-{z}" for z in ("bastion", "gpu", "jupyterhub", "keycloak", "managed", "monitoring", "proxy", "superlink-alpha", "superlink-beta", "vpn-beta")}
+    assert set(groups) == {
+        f"sg-{z}"
+        for z in (
+            "bastion",
+            "gpu",
+            "jupyterhub",
+            "keycloak",
+            "managed",
+            "monitoring",
+            "proxy",
+            "superlink-alpha",
+            "superlink-beta",
+            "vpn-beta",
+        )
+    }
     # The database allow-list is the two hosts that use it, not the segment.
     plan = build_plan(load_config(cfg))
     assert plan.database_allowed_cidrs == ("10.100.0.11/32", "10.100.0.12/32")
@@ -151,6 +173,7 @@ def test_rules_are_replaced_delete_first(test_run):
 
 
 # --- secrets ------------------------------------------------------------------------------
+
 
 def test_private_keys_and_passwords_are_secret_outputs(test_run):
     for name in ("supernode_private_keys", "database_passwords", "ops_ssh_private_key"):
@@ -164,7 +187,12 @@ def test_private_keys_and_passwords_are_secret_outputs(test_run):
 
 def test_tls_private_keys_are_secret_in_state(test_run):
     # Whatever consumes a private key receives it as a secret input.
-    consumers = [r for r in test_run.registrations if r.type in ("tls:index/certRequest:CertRequest", "tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert")]
+    consumers = [
+        r
+        for r in test_run.registrations
+        if r.type
+        in ("tls:index/certRequest:CertRequest", "tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert")
+    ]
     assert consumers
     for r in consumers:
         key_inputs = {k for k in r.inputs if k in ("privateKeyPem", "caPrivateKeyPem")}
@@ -181,6 +209,7 @@ def test_deliveries_pass_keys_only_as_secret_stdin(test_run):
 
 
 # --- user-data ----------------------------------------------------------------------------
+
 
 def test_user_data_holds_no_key_material_or_password(test_run):
     secrets = []
@@ -208,6 +237,7 @@ def test_two_runs_give_byte_identical_user_data(test_run):
 
 
 # --- membership changes -------------------------------------------------------------------
+
 
 def _inputs_by_urn(run: Run) -> dict[str, tuple[str, dict]]:
     return {r.urn: (r.type, r.inputs) for r in run.registrations}
@@ -246,6 +276,7 @@ def test_removing_an_organisation_drops_its_registration_and_changes_no_other_vm
 
 
 # --- placement, options, conventions -----------------------------------------------------
+
 
 def test_everything_is_in_one_availability_zone(test_run, uat_run):
     for run in (test_run, uat_run):
@@ -301,7 +332,8 @@ def test_stack_outputs_are_the_site_kit_contract(test_run, uat_run):
     assert tenancy["superlink"]["control_address"] == "10.100.0.40:9093"
     orgs = tenancy["organisations"]
     assert {s: (o["partition_id"], o["num_partitions"], o["placement"]) for s, o in orgs.items()} == {
-        "test-org-a": (0, 2, "cloud"), "test-org-b": (1, 2, "cloud"),
+        "test-org-a": (0, 2, "cloud"),
+        "test-org-b": (1, 2, "cloud"),
     }
     assert all(o["supernode_public_key_openssh"].startswith("ecdsa-sha2-nistp384 ") for o in orgs.values())
     assert test_run.outputs["hosts"]["gateway"]["floating_ip"]
@@ -310,7 +342,6 @@ def test_stack_outputs_are_the_site_kit_contract(test_run, uat_run):
     uat_orgs = uat_run.outputs["tenancies"]["main"]["organisations"]
     assert {o["placement"] for o in uat_orgs.values()} == {"onprem"}
     assert set(uat_run.outputs["supernode_private_keys"]) == set(uat_orgs)
-
 
 
 def _shape(value):
@@ -334,7 +365,9 @@ def test_rehearsal_outputs_have_the_programs_shape(uat_run, reh_uat_plan):
         assert _shape(rehearsed[key]) == _shape(real[key]), key
     assert set(rehearsed["tenancies"]["main"]["organisations"]) == set(real["tenancies"]["main"]["organisations"])
 
+
 # --- the OpenVPN hub (stack uat) -----------------------------------------------------------
+
 
 def test_uat_declares_a_vpn_server_that_routes_its_pool(uat_run):
     vms = {r.name for r in uat_run.of_type(INSTANCE)}
@@ -349,7 +382,13 @@ def test_uat_declares_a_vpn_server_that_routes_its_pool(uat_run):
 def test_uat_outputs_carry_each_organisations_vpn_material(uat_run):
     tenancy = uat_run.outputs["tenancies"]["main"]
     v = tenancy["vpn"]
-    assert (v["udp_port"], v["tcp_port"], v["pool_cidr"], v["server_ip"], v["server_name"]) == (1194, 443, "192.168.99.0/24", "192.168.99.1", "vpn-main")
+    assert (v["udp_port"], v["tcp_port"], v["pool_cidr"], v["server_ip"], v["server_name"]) == (
+        1194,
+        443,
+        "192.168.99.0/24",
+        "192.168.99.1",
+        "vpn-main",
+    )
     assert v["public_ip"] and v["routes"] == ["10.110.0.0/24"]
     orgs = tenancy["organisations"]
     assert {s: o["vpn_address"] for s, o in orgs.items()} == {"metro-north": "192.168.99.10", "gold-coast": "192.168.99.11"}

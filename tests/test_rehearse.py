@@ -88,16 +88,18 @@ def test_supernode_dialling_an_address_outside_the_sans_fails_verification(reh_r
     r.start_superlink()
     # The certificate check itself: reachable, trusted CA, but the address is not in the SANs.
     ctx = ssl.create_default_context(cafile=str(r.ca_path))
-    with socket.create_connection((target, r.fleet_port), timeout=5) as raw:
-        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
-            ctx.wrap_socket(raw, server_hostname=target)
+    with socket.create_connection((target, r.fleet_port), timeout=5) as raw, pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        ctx.wrap_socket(raw, server_hostname=target)
     r.register_all()
     bad = r.start_supernode(wrong, superlink_host=target)
     r.start_supernode(right)  # same SuperLink, same CA, dialling 127.0.0.1: admitted
     r.wait_online(1)
     # Two of the bad node's connection attempts failed (flwr 1.25 logs no reason for them).
-    _wait_for(lambda: bad.output().count("Connection attempt failed") >= 2, 90,
-              "the SuperNode dialling 127.0.0.2 to report failed connection attempts")
+    _wait_for(
+        lambda: bad.output().count("Connection attempt failed") >= 2,
+        90,
+        "the SuperNode dialling 127.0.0.2 to report failed connection attempts",
+    )
     online = {str(n["node-id"]) for n in r.nodes() if n.get("status") == "online"}
     ids = r.registered()
     assert online == {ids[right]}, (online, ids)

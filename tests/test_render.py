@@ -27,9 +27,16 @@ SSH_PUB = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAA
 MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, 3, False)
 
 NO_ARG_RENDERERS = [
-    render.run_superlink_sh, render.superlink_service, render.run_supernode_sh, render.supernode_service,
-    render.install_files_script, render.membership_script, render.prepare_volume_script,
-    render.journald_conf, render.logrotate_conf, render.node_exporter_defaults,
+    render.run_superlink_sh,
+    render.superlink_service,
+    render.run_supernode_sh,
+    render.supernode_service,
+    render.install_files_script,
+    render.membership_script,
+    render.prepare_volume_script,
+    render.journald_conf,
+    render.logrotate_conf,
+    render.node_exporter_defaults,
 ]
 
 
@@ -132,15 +139,24 @@ def test_systemd_analyze_verify(tmp_path, name, fn):
 def test_systemd_analyze_catches_broken_unit(tmp_path):
     """The check above can fail: a typo'd key and a bad value in our unit are reported."""
     bad = render.superlink_service().replace("RestartSec=5", "RestarSec=5").replace("Restart=always", "Restart=alwayz")
-    rc, lines = _verify(tmp_path, "superlink.service", bad)
+    _rc, lines = _verify(tmp_path, "superlink.service", bad)
     assert sum("superlink.service" in line for line in lines) >= 2, lines
 
 
 def _source_conf(tmp_path: Path, text: str) -> dict[str, str]:
     conf = tmp_path / "supernode.conf"
     conf.write_text(text)
-    keys = ["superlink_server", "superlink_port", "local_address", "local_port", "local_partition",
-            "num_partitions", "client_credentials_key", "client_credentials_pub", "ca_certificate"]
+    keys = [
+        "superlink_server",
+        "superlink_port",
+        "local_address",
+        "local_port",
+        "local_partition",
+        "num_partitions",
+        "client_credentials_key",
+        "client_credentials_pub",
+        "ca_certificate",
+    ]
     script = f'set -eu; source "{conf}"; ' + "; ".join(f'echo "{k}=${k}"' for k in keys)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     return dict(line.split("=", 1) for line in out.splitlines())
@@ -273,8 +289,13 @@ def test_housekeeping_files():
         "systemmaxuse": facts.JOURNALD_SYSTEM_MAX_USE,
         "systemkeepfree": facts.JOURNALD_SYSTEM_KEEP_FREE,
     }
-    args = subprocess.run(["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'], input=render.node_exporter_defaults(),
-                          capture_output=True, text=True, check=True).stdout.split()
+    args = subprocess.run(
+        ["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'],
+        input=render.node_exporter_defaults(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert args == [f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}", "--collector.systemd"]
     logrotate = render.logrotate_conf()
     body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]

@@ -32,10 +32,19 @@ SHELL_SCRIPTS = {
     "run_superlink.sh": render.run_superlink_sh,
     "run_supernode.sh": render.run_supernode_sh,
     "nina-prepare-volume": render.prepare_volume_script,
-    "nina-bootstrap-check": lambda: render.bootstrap_check_script("lab", [
-        ["package", "python3-venv"], ["member", "ubuntu", "fl_system"], ["path", "2775", "root", "fl_system", "/opt/python"],
-        ["python_dist", "/opt/python/flower_env", "flwr", "1.25.0"], ["executable", "/bin/sh"],
-        ["mounted", "/"], ["enabled", "x.service"], ["active", "x.service"]]),
+    "nina-bootstrap-check": lambda: render.bootstrap_check_script(
+        "lab",
+        [
+            ["package", "python3-venv"],
+            ["member", "ubuntu", "fl_system"],
+            ["path", "2775", "root", "fl_system", "/opt/python"],
+            ["python_dist", "/opt/python/flower_env", "flwr", "1.25.0"],
+            ["executable", "/bin/sh"],
+            ["mounted", "/"],
+            ["enabled", "x.service"],
+            ["active", "x.service"],
+        ],
+    ),
 }
 
 
@@ -84,10 +93,16 @@ def fake_venv(tmp_path):
     """A venv whose activate is empty and whose flower-* programs only parse their arguments."""
     venv = tmp_path / "venv"
     write(venv / "bin" / "activate", "")
-    write(venv / "bin" / "flower-superlink",
-          SHIM.format(python=sys.executable, module="flwr.server.app", func="_parse_args_run_superlink"), 0o755)
-    write(venv / "bin" / "flower-supernode",
-          SHIM.format(python=sys.executable, module="flwr.supernode.cli.flower_supernode", func="_parse_args_run_supernode"), 0o755)
+    write(
+        venv / "bin" / "flower-superlink",
+        SHIM.format(python=sys.executable, module="flwr.server.app", func="_parse_args_run_superlink"),
+        0o755,
+    )
+    write(
+        venv / "bin" / "flower-supernode",
+        SHIM.format(python=sys.executable, module="flwr.supernode.cli.flower_supernode", func="_parse_args_run_supernode"),
+        0o755,
+    )
     return venv
 
 
@@ -183,7 +198,7 @@ def test_supernode_without_conf_fails_clearly(tmp_path, fake_venv):
 def installer(tmp_path):
     script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(), 0o755)
     calls = tmp_path / "calls.log"
-    fake = write(tmp_path / "bin" / "fake-cmd", f"#!/bin/sh\necho \"$*\" >> {calls}\n", 0o755)
+    fake = write(tmp_path / "bin" / "fake-cmd", f'#!/bin/sh\necho "$*" >> {calls}\n', 0o755)
 
     def run(payload: str, *args: str, fake_commands: bool = False):
         env = dict(os.environ)
@@ -191,8 +206,7 @@ def installer(tmp_path):
         env.pop("NINA_UPDATE_CA_CERTIFICATES", None)
         if fake_commands:
             env.update(NINA_SYSTEMCTL=f"{fake} systemctl", NINA_UPDATE_CA_CERTIFICATES=f"{fake} update-ca-certificates")
-        return subprocess.run([sys.executable, str(script), *args], input=payload, env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, str(script), *args], input=payload, env=env, capture_output=True, text=True, timeout=60)
 
     run.calls = calls
     return run
@@ -252,7 +266,10 @@ def test_install_files_runs_units_only_on_change(tmp_path, installer, render_pla
     renewed = render.superlink_delivery(tenancy, CA, CERT.replace("LEAF", "LEAF2"), KEY)
     assert installer(renewed, "--root", str(root), fake_commands=True).returncode == 0
     assert installer.calls.read_text().splitlines() == [
-        "systemctl daemon-reload", "systemctl enable superlink.service", "systemctl restart superlink.service"]
+        "systemctl daemon-reload",
+        "systemctl enable superlink.service",
+        "systemctl restart superlink.service",
+    ]
 
 
 def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans):
@@ -271,8 +288,7 @@ def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans
 
 
 def _payload(path: str, owner: str = "root") -> str:
-    return json.dumps({"files": [{"path": path, "content": "x\n", "mode": 0o644, "owner": owner, "group": "root"}],
-                       "restart": []})
+    return json.dumps({"files": [{"path": path, "content": "x\n", "mode": 0o644, "owner": owner, "group": "root"}], "restart": []})
 
 
 @pytest.mark.parametrize("path", ["/etc/../escape", "relative/file", "/etc/./x", "/"])
@@ -284,8 +300,9 @@ def test_install_files_refuses_bad_paths(tmp_path, installer, path):
     assert list(root.iterdir()) == [] and not (tmp_path / "escape").exists()
 
 
-@pytest.mark.parametrize("bad", ["not json", "[]", '{"files": [{"path": "/x"}], "restart": []}',
-                                 '{"files": [], "restart": ["foo; reboot"]}'])
+@pytest.mark.parametrize(
+    "bad", ["not json", "[]", '{"files": [{"path": "/x"}], "restart": []}', '{"files": [], "restart": ["foo; reboot"]}']
+)
 def test_install_files_refuses_bad_payloads(tmp_path, installer, bad):
     proc = installer(bad, "--root", str(tmp_path))
     assert proc.returncode == 2 and "error" in proc.stderr
@@ -336,11 +353,16 @@ def membership(tmp_path):
     members = tmp_path / "members"
 
     def run(*args: str, stdin: str = "", **env: str):
-        full = {**os.environ, "NINA_FLWR": str(flwr), "NINA_MEMBERS_DIR": str(members),
-                "NINA_ADMIN_APP": str(tmp_path / "admin-app"), "NINA_FLWR_HOME": str(tmp_path / "flwr-home"),
-                "NINA_RETRY_INTERVAL": "0.05", **env}
-        proc = subprocess.run([sys.executable, str(script), *args], input=stdin, env=full,
-                              capture_output=True, text=True, timeout=60)
+        full = {
+            **os.environ,
+            "NINA_FLWR": str(flwr),
+            "NINA_MEMBERS_DIR": str(members),
+            "NINA_ADMIN_APP": str(tmp_path / "admin-app"),
+            "NINA_FLWR_HOME": str(tmp_path / "flwr-home"),
+            "NINA_RETRY_INTERVAL": "0.05",
+            **env,
+        }
+        proc = subprocess.run([sys.executable, str(script), *args], input=stdin, env=full, capture_output=True, text=True, timeout=60)
         result = json.loads(proc.stdout) if proc.returncode == 0 else None
         return proc, result
 
@@ -424,14 +446,17 @@ def test_membership_gives_up_when_control_api_stays_down(membership):
     assert time.monotonic() - start < 20
 
 
-@pytest.mark.parametrize("args, stdin", [
-    (("register", "Org_A"), PUB_A),
-    (("register", "org-a"), "-----BEGIN PUBLIC KEY-----\nMHY=\n-----END PUBLIC KEY-----\n"),
-    (("register", "org-a"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdummy\n"),
-    (("register", "org-a"), PUB_A + PUB_B),
-    (("frobnicate", "org-a"), ""),
-    ((), ""),
-])
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (("register", "Org_A"), PUB_A),
+        (("register", "org-a"), "-----BEGIN PUBLIC KEY-----\nMHY=\n-----END PUBLIC KEY-----\n"),
+        (("register", "org-a"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIdummy\n"),
+        (("register", "org-a"), PUB_A + PUB_B),
+        (("frobnicate", "org-a"), ""),
+        ((), ""),
+    ],
+)
 def test_membership_refuses_bad_input(membership, args, stdin):
     proc, _ = membership(*args, stdin=stdin)
     assert proc.returncode == 2, proc.stderr
@@ -473,10 +498,15 @@ def prepare_volume(tmp_path):
         (by_id / f"virtio-{VOLUME_ID[:20]}").symlink_to(device)
 
     def run(volume_id=VOLUME_ID, wait="3"):
-        env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
-               "NINA_BY_ID_PREFIX": f"{by_id}/virtio-", "NINA_FSTAB": str(fstab), "NINA_VOLUME_WAIT": wait}
-        return subprocess.run(["bash", str(script), volume_id, str(mnt), "superlink"], env=env,
-                              capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+            "FAKE_DIR": str(tmp_path),
+            "NINA_BY_ID_PREFIX": f"{by_id}/virtio-",
+            "NINA_FSTAB": str(fstab),
+            "NINA_VOLUME_WAIT": wait,
+        }
+        return subprocess.run(["bash", str(script), volume_id, str(mnt), "superlink"], env=env, capture_output=True, text=True, timeout=60)
 
     def calls():
         log = tmp_path / "calls.log"
@@ -496,8 +526,10 @@ def test_prepare_volume_formats_once_and_mounts(prepare_volume):
     assert f"chown superlink:{facts.SYSTEM_GROUP} {prepare_volume.mnt}" in calls
     assert "systemctl daemon-reload" in calls
     lines = prepare_volume.fstab.read_text().splitlines()
-    assert lines[1] == (f"UUID=6f1e2d3c-aaaa-bbbb-cccc-0123456789ab {prepare_volume.mnt} ext4 "
-                        f"defaults,nofail,x-systemd.device-timeout={facts.VOLUME_DEVICE_TIMEOUT} 0 2")
+    assert lines[1] == (
+        f"UUID=6f1e2d3c-aaaa-bbbb-cccc-0123456789ab {prepare_volume.mnt} ext4 "
+        f"defaults,nofail,x-systemd.device-timeout={facts.VOLUME_DEVICE_TIMEOUT} 0 2"
+    )
     assert prepare_volume.mnt.is_dir()
 
     n = len(calls)
@@ -537,7 +569,7 @@ def test_prepare_volume_refuses_odd_volume_id(prepare_volume):
 
 # --- end to end: real SuperLink and SuperNode from these files ------------------------------
 
-E2E_DRIVER = r'''
+E2E_DRIVER = r"""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 cfg = json.loads(sys.argv[1])
@@ -574,7 +606,7 @@ finally:
     result["superlink_log"] = (root / "superlink.log").read_text()[-3000:]
     result["supernode_log"] = (root / "supernode.log").read_text()[-3000:] if (root / "supernode.log").exists() else ""
 print("RESULT " + json.dumps(result))
-'''
+"""
 
 
 def _real_keys():
@@ -586,19 +618,36 @@ def _real_keys():
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
     later = now + datetime.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nina test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now).not_valid_after(later)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA384()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink-main")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now).not_valid_after(later)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(facts.LOOPBACK))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA384()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink-main")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(facts.LOOPBACK))]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
     node = ec.generate_private_key(ec.SECP384R1())
     pem = serialization.Encoding.PEM
     return {
@@ -632,28 +681,38 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
         render.supernode_delivery(member, f"{facts.LOOPBACK}:{facts.SUPERLINK_FLEET_PORT}", keys["ca"], keys["node_key"], keys["node_pub"]),
     ]
     for payload in payloads:
-        subprocess.run([sys.executable, str(installer), "--root", str(root)], input=payload, text=True,
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, str(installer), "--root", str(root)], input=payload, text=True, check=True, capture_output=True)
     app = root / facts.SUPERLINK_ADMIN_APP.lstrip("/")
     pyproject = app / "pyproject.toml"
     # The delivered project names the host's CA path; point it at the test root.
     pyproject.write_text(pyproject.read_text().replace(f'"{facts.SUPERLINK_CERTS}/', f'"{root}{facts.SUPERLINK_CERTS}/'))
     venv = sys.prefix
     cfg = {
-        "root": str(tmp_path), "venv": venv, "app": str(app), "pub": keys["node_pub"],
+        "root": str(tmp_path),
+        "venv": venv,
+        "app": str(app),
+        "pub": keys["node_pub"],
         "superlink_sh": str(write(tmp_path / "run_superlink.sh", render.run_superlink_sh(), 0o755)),
         "supernode_sh": str(write(tmp_path / "run_supernode.sh", render.run_supernode_sh(), 0o755)),
         "membership": str(write(tmp_path / "nina-membership", render.membership_script(), 0o755)),
-        "superlink_env": {"PYTHONENV": venv, "CONF_DIR": f"{root}{facts.SUPERLINK_ETC}",
-                          "STATE_DIR": str(tmp_path / "state"), "FLWR_HOME": str(tmp_path / "state" / "flwr-home")},
+        "superlink_env": {
+            "PYTHONENV": venv,
+            "CONF_DIR": f"{root}{facts.SUPERLINK_ETC}",
+            "STATE_DIR": str(tmp_path / "state"),
+            "FLWR_HOME": str(tmp_path / "state" / "flwr-home"),
+        },
         "supernode_env": {"PYTHONENV": venv, "CONF_DIR": f"{root}{facts.SUPERNODE_ETC}", "FLWR_HOME": str(tmp_path / "sn-home")},
-        "membership_env": {"NINA_FLWR": f"{venv}/bin/flwr", "NINA_MEMBERS_DIR": str(tmp_path / "state" / "members"),
-                           "NINA_ADMIN_APP": str(app), "NINA_FLWR_HOME": str(tmp_path / "admin-home"),
-                           "NINA_RETRY_INTERVAL": "1", "NINA_CONTROL_WAIT": "60"},
+        "membership_env": {
+            "NINA_FLWR": f"{venv}/bin/flwr",
+            "NINA_MEMBERS_DIR": str(tmp_path / "state" / "members"),
+            "NINA_ADMIN_APP": str(app),
+            "NINA_FLWR_HOME": str(tmp_path / "admin-home"),
+            "NINA_RETRY_INTERVAL": "1",
+            "NINA_CONTROL_WAIT": "60",
+        },
     }
     driver = write(tmp_path / "driver.py", E2E_DRIVER)
-    proc = subprocess.run(["unshare", "-n", sys.executable, str(driver), json.dumps(cfg)],
-                          capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(["unshare", "-n", sys.executable, str(driver), json.dumps(cfg)], capture_output=True, text=True, timeout=150)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0][7:])
@@ -683,7 +742,11 @@ def test_bootstrap_check_writes_the_marker_only_when_every_check_holds(tmp_path)
 
     me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     good = write(tmp_path / "file", "x", 0o640)
-    ok = [["path", "0640", me, group, str(good)], ["executable", "/bin/sh"], ["python_dist", str(Path(sys.executable).parent.parent), "pytest", pytest.__version__]]
+    ok = [
+        ["path", "0640", me, group, str(good)],
+        ["executable", "/bin/sh"],
+        ["python_dist", str(Path(sys.executable).parent.parent), "pytest", pytest.__version__],
+    ]
     proc, marker = _bootstrap_check(tmp_path, ok)
     assert proc.returncode == 0 and marker.read_text() == "ok\n", proc.stderr
 
@@ -727,7 +790,11 @@ def test_bootstrap_guard_refuses_a_host_without_the_marker(tmp_path):
     """The delivery prefix, run with stand-ins for sudo/cloud-init/hostname: no marker, no delivery."""
     bin_dir = tmp_path / "bin"
     write(bin_dir / "sudo", '#!/bin/sh\nexec "$@"\n', 0o755)
-    write(bin_dir / "cloud-init", "#!/bin/sh\n[ \"$2\" = --long ] && echo 'status: error' && echo \"detail: ('scripts-user', ...)\"\nexit 1\n", 0o755)
+    write(
+        bin_dir / "cloud-init",
+        "#!/bin/sh\n[ \"$2\" = --long ] && echo 'status: error' && echo \"detail: ('scripts-user', ...)\"\nexit 1\n",
+        0o755,
+    )
     write(bin_dir / "hostname", "#!/bin/sh\necho lab-host\n", 0o755)
     write(bin_dir / "tail", "#!/bin/sh\necho '+ pip install flwr==1.25.0'\necho 'ERROR: No matching distribution'\n", 0o755)
     marker = facts.BOOTSTRAP_MARKER

@@ -50,8 +50,14 @@ def fake_cloud(tmp_path: Path):
     tool.chmod(0o755)
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"public": True, "cidrs": ["0.0.0.0/0"], "polls": 0}))
-    env = {**os.environ, "OPENSTACK": str(tool), "FAKE_STATE": str(state), "FAKE_LOG": str(tmp_path / "log"),
-           "NINA_DB_INSTANCE_ID": "db-1", "NINA_DB_POLL_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "OPENSTACK": str(tool),
+        "FAKE_STATE": str(state),
+        "FAKE_LOG": str(tmp_path / "log"),
+        "NINA_DB_INSTANCE_ID": "db-1",
+        "NINA_DB_POLL_SECONDS": "0",
+    }
     return tmp_path, env
 
 
@@ -68,8 +74,17 @@ def test_restricts_to_the_given_cidrs_and_verifies(fake_cloud):
     assert "restricted to 10.100.0.11/32, 10.100.0.12/32" in result.stdout
     calls = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
     update = next(c for c in calls if c[2] == "update")
-    assert update == ["database", "instance", "update", "db-1", "--is-private",
-                      "--allowed-cidr", "10.100.0.11/32", "--allowed-cidr", "10.100.0.12/32"]
+    assert update == [
+        "database",
+        "instance",
+        "update",
+        "db-1",
+        "--is-private",
+        "--allowed-cidr",
+        "10.100.0.11/32",
+        "--allowed-cidr",
+        "10.100.0.12/32",
+    ]
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["public"] is False and state["cidrs"] == ["10.100.0.11/32", "10.100.0.12/32"]
 

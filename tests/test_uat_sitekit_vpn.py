@@ -124,7 +124,9 @@ def test_uat_site_kits_join_over_openvpn_and_removal_refuses(vpn_lab):
     other_key = localpki.generate_key().private_key_pem
     other_ca = localpki.self_signed_ca(other_key, {**facts.CA_SUBJECT, "common_name": "not the NINA CA"}, 48, facts.CA_CERT_USES)
     key = localpki.generate_key().private_key_pem
-    cert = localpki.sign_certificate(localpki.cert_request(key, {"common_name": keep.slug}), other_key, other_ca, 48, facts.CLIENT_CERT_USES)
+    cert = localpki.sign_certificate(
+        localpki.cert_request(key, {"common_name": keep.slug}), other_key, other_ca, 48, facts.CLIENT_CERT_USES
+    )
     forged = dict(files_k)
     forged[f"{facts.OPENVPN_CLIENT_CERTS}/issued/{keep.slug}.crt"] = cert.encode()
     forged[f"{facts.OPENVPN_CLIENT_CERTS}/private/{keep.slug}.key"] = key.encode()

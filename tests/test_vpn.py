@@ -88,8 +88,12 @@ def test_templates_are_clean_text():
 def test_everything_renders_deterministically(hub, onprem):
     outputs = lambda: [  # noqa: E731
         vpn.client_conf("metro-north", "vpn-main", PUBLIC_IP, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT),
-        vpn.server_conf(hub), vpn.server_tcp_conf(hub), vpn.forwarding_script(hub), vpn.forwarding_unit(),
-        vpn.openvpn_server_dropin(), *(vpn.ccd_entry(hub, m) for m in onprem),
+        vpn.server_conf(hub),
+        vpn.server_tcp_conf(hub),
+        vpn.forwarding_script(hub),
+        vpn.forwarding_unit(),
+        vpn.openvpn_server_dropin(),
+        *(vpn.ccd_entry(hub, m) for m in onprem),
         vpn.vpn_delivery(hub, onprem, CA, CERT, KEY, HEX),
     ]
     a, b = outputs(), outputs()
@@ -132,14 +136,17 @@ def test_client_conf_is_the_manuals_made_robust():
     assert vpn.client_certs_paths("metro-north")["key"] == first(conf, "key")[0]
 
 
-@pytest.mark.parametrize("args, match", [
-    (("Metro_North", "vpn-main", PUBLIC_IP, 1194, 443), "slug"),
-    (("../etc", "vpn-main", PUBLIC_IP, 1194, 443), "slug"),
-    (("metro-north", "vpn main", PUBLIC_IP, 1194, 443), "server name"),
-    (("metro-north", "vpn-main", "203.0.113.10\nremote evil", 1194, 443), "public address"),
-    (("metro-north", "vpn-main", PUBLIC_IP, 0, 443), "UDP port"),
-    (("metro-north", "vpn-main", PUBLIC_IP, 1194, "443"), "TCP port"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("Metro_North", "vpn-main", PUBLIC_IP, 1194, 443), "slug"),
+        (("../etc", "vpn-main", PUBLIC_IP, 1194, 443), "slug"),
+        (("metro-north", "vpn main", PUBLIC_IP, 1194, 443), "server name"),
+        (("metro-north", "vpn-main", "203.0.113.10\nremote evil", 1194, 443), "public address"),
+        (("metro-north", "vpn-main", PUBLIC_IP, 0, 443), "UDP port"),
+        (("metro-north", "vpn-main", PUBLIC_IP, 1194, "443"), "TCP port"),
+    ],
+)
 def test_client_conf_refuses_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         vpn.client_conf(*args)
@@ -151,15 +158,18 @@ def test_client_conf_refuses_bad_input(args, match):
 def test_server_confs(hub):
     udp, tcp = vpn.server_conf(hub), vpn.server_tcp_conf(hub)
     pki = facts.OPENVPN_SERVER_PKI
-    for conf, port, proto, dev in ((udp, facts.OPENVPN_UDP_PORT, "udp", facts.OPENVPN_TAP_UDP),
-                                   (tcp, facts.OPENVPN_TCP_PORT, "tcp-server", facts.OPENVPN_TAP_TCP)):
+    for conf, port, proto, dev in (
+        (udp, facts.OPENVPN_UDP_PORT, "udp", facts.OPENVPN_TAP_UDP),
+        (tcp, facts.OPENVPN_TCP_PORT, "tcp-server", facts.OPENVPN_TAP_TCP),
+    ):
         d = directives(conf)
         assert first(conf, "port") == [str(port)] and first(conf, "proto") == [proto]
         assert first(conf, "dev") == [dev] and first(conf, "dev-type") == ["tap"]
         assert ["mode", "server"] in d and ["tls-server"] in d
         assert ["push", '"route-gateway', f'{hub.server_ip}"'] in d
         assert [x for x in d if x[0] == "push" and x[1] == '"route'] == [
-            ["push", '"route', str(n.network_address), f'{n.netmask}"'] for n in hub.routes]
+            ["push", '"route', str(n.network_address), f'{n.netmask}"'] for n in hub.routes
+        ]
         assert first(conf, "ca") == [f"{pki}/ca.crt"]
         assert first(conf, "cert") == [f"{pki}/issued/server.crt"]
         assert first(conf, "key") == [f"{pki}/private/server.key"]
@@ -210,8 +220,9 @@ def test_ccd_entries(hub, onprem, vpn_tenancy):
 def _run_until(argv: list[str], pattern: str, log: Path, timeout: float = 8) -> str:
     """Start argv in a private network namespace, stop at `pattern`, exit or timeout; its output."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(["unshare", "-n", *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            ["unshare", "-n", *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None and not re.search(pattern, log.read_text()):
@@ -262,7 +273,9 @@ def test_openvpn_loads_the_client_conf(tmp_path, vpn_pki):
 @needs_netns
 def test_openvpn_config_check_can_fail(tmp_path):
     conf = tmp_path / "client.conf"
-    conf.write_text(vpn.client_conf("metro-north", "vpn-main", PUBLIC_IP, 1194, 443).replace("remote-cert-tls server", "remote-cert-tls sever"))
+    conf.write_text(
+        vpn.client_conf("metro-north", "vpn-main", PUBLIC_IP, 1194, 443).replace("remote-cert-tls server", "remote-cert-tls sever")
+    )
     out = _run_until([OPENVPN, "--config", str(conf)], "Options error", tmp_path / "openvpn.log")
     assert "Options error" in out
 
@@ -274,7 +287,7 @@ def test_tls_auth_key_format():
     text = vpn.tls_auth_key(HEX)
     lines = text.splitlines()
     begin, end = lines.index(vpn.STATIC_KEY_BEGIN), lines.index(vpn.STATIC_KEY_END)
-    body = lines[begin + 1:end]
+    body = lines[begin + 1 : end]
     assert len(body) == 16 and all(re.fullmatch(r"[0-9a-f]{32}", line) for line in body)
     assert "".join(body) == HEX and end == len(lines) - 1
     assert vpn.tls_auth_key(HEX.upper()) == text and vpn.tls_auth_key(f"  {HEX}\n") == text
@@ -295,8 +308,12 @@ def test_openvpn_accepts_the_tls_auth_key_and_refuses_a_broken_one(tmp_path):
     def crypto_test(text: str) -> subprocess.CompletedProcess:
         path = tmp_path / "ta.key"
         path.write_text(text)
-        return subprocess.run([OPENVPN, "--test-crypto", "--secret", str(path), "--cipher", "AES-256-CBC", "--verb", "3"],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [OPENVPN, "--test-crypto", "--secret", str(path), "--cipher", "AES-256-CBC", "--verb", "3"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     good = crypto_test(vpn.tls_auth_key(os.urandom(256).hex()))
     assert good.returncode == 0 and "crypto self-test mode SUCCEEDED" in good.stdout, good.stdout[-1000:]
@@ -332,7 +349,9 @@ def test_vpn_delivery(hub, onprem, vpn_tenancy):
     assert payload["prune"] == [facts.OPENVPN_CCD_DIR]
     assert payload["restart"] == [facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT]
     # The formatted key is accepted as well as its hex digits.
-    assert vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, vpn.tls_auth_key(HEX)) == vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, HEX)
+    assert vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, vpn.tls_auth_key(HEX)) == vpn.vpn_delivery(
+        hub, vpn_tenancy.members, CA, CERT, KEY, HEX
+    )
 
 
 def test_vpn_delivery_refuses_wrong_material(hub, onprem):
@@ -368,14 +387,15 @@ def install(tmp_path):
     script.write_text(render.install_files_script())
     calls = tmp_path / "calls.log"
     fake = tmp_path / "fake-systemctl"
-    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
     root = tmp_path / "root"
 
     def run(payload: str, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "NINA_SYSTEMCTL": str(fake), "NINA_UPDATE_CA_CERTIFICATES": str(fake)}
-        return subprocess.run([sys.executable, str(script), "--root", str(root), *args], input=payload, env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, str(script), "--root", str(root), *args], input=payload, env=env, capture_output=True, text=True, timeout=60
+        )
 
     run.root, run.calls = root, calls
     return run
@@ -431,7 +451,10 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     both = install(last_payload)
     assert both.returncode == 0 and "nina-install-files: 2 changed" in both.stdout and "disconnect" not in both.stdout
     assert install.calls.read_text().splitlines() == [
-        "daemon-reload", f"enable {' '.join(vpn.SERVER_UNITS)}", f"restart {' '.join(vpn.SERVER_UNITS)}"]
+        "daemon-reload",
+        f"enable {' '.join(vpn.SERVER_UNITS)}",
+        f"restart {' '.join(vpn.SERVER_UNITS)}",
+    ]
 
     install.calls.unlink()
     again = install(last_payload)
@@ -439,17 +462,24 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
 
 
 def test_install_files_prune_of_a_missing_directory_is_fine(install):
-    payload = render.delivery_payload([render.DeliveredFile("/etc/app/x/a.conf", "a\n", 0o644, "root", "root")], [],
-                                      prune=["/etc/app/x/never-made"])
+    payload = render.delivery_payload(
+        [render.DeliveredFile("/etc/app/x/a.conf", "a\n", 0o644, "root", "root")], [], prune=["/etc/app/x/never-made"]
+    )
     proc = install(payload)
     assert proc.returncode == 0 and "1 changed, 0 unchanged" in proc.stdout
 
 
-@pytest.mark.parametrize("prune", [["/"], ["/etc"], ["/etc/app"], ["/var/lib/other"], ["etc/app/x"], ["/etc/app/x/../y"],
-                                   "/etc/app/x", [42]])
+@pytest.mark.parametrize(
+    "prune", [["/"], ["/etc"], ["/etc/app"], ["/var/lib/other"], ["etc/app/x"], ["/etc/app/x/../y"], "/etc/app/x", [42]]
+)
 def test_install_files_refuses_unsafe_prune(install, prune):
-    payload = json.dumps({"files": [{"path": "/etc/app/x/a.conf", "content": "a\n", "mode": 0o644, "owner": "root", "group": "root"}],
-                          "restart": [], "prune": prune})
+    payload = json.dumps(
+        {
+            "files": [{"path": "/etc/app/x/a.conf", "content": "a\n", "mode": 0o644, "owner": "root", "group": "root"}],
+            "restart": [],
+            "prune": prune,
+        }
+    )
     proc = install(payload)
     assert proc.returncode == 2 and "nothing was written" in proc.stderr, proc.stderr
     assert not install.root.exists()
@@ -482,8 +512,16 @@ def forwarding(tmp_path, hub):
     dropin = tmp_path / "sysctl.d" / "60-nina-vpn.conf"
 
     def run(route: str, wait: str = "1"):
-        env = {**os.environ, "IP": str(fakes / "ip"), "IPTABLES": str(fakes / "iptables"), "SYSCTL": str(fakes / "sysctl"),
-               "FAKE_DIR": str(tmp_path), "FAKE_ROUTE": route, "NINA_SYSCTL_DROPIN": str(dropin), "NINA_ROUTE_WAIT": wait}
+        env = {
+            **os.environ,
+            "IP": str(fakes / "ip"),
+            "IPTABLES": str(fakes / "iptables"),
+            "SYSCTL": str(fakes / "sysctl"),
+            "FAKE_DIR": str(tmp_path),
+            "FAKE_ROUTE": route,
+            "NINA_SYSCTL_DROPIN": str(dropin),
+            "NINA_ROUTE_WAIT": wait,
+        }
         proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
         log = tmp_path / "calls.log"
         return proc, (log.read_text().splitlines() if log.exists() else [])
@@ -496,7 +534,9 @@ def test_forwarding_script_parses_and_passes_shellcheck(forwarding):
     subprocess.run(["bash", "-n", str(forwarding.script)], check=True, timeout=30)
     if SHELLCHECK is None:
         pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
-    proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(forwarding.script)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [SHELLCHECK, "--shell=bash", "--severity=style", str(forwarding.script)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout
 
 
@@ -526,10 +566,15 @@ def test_forwarding_script_rules_against_fakes(forwarding, hub):
     assert fwd[0] == f"-i {br} -o {br} -j DROP"  # organisation to organisation, before any ACCEPT
     accepts = [r for r in fwd if r.endswith("-j ACCEPT")]
     new_from_pool = [r for r in accepts if "NEW" in r and (f"-i {br}" in r or f"-s {pool}" in r)]
-    assert new_from_pool == [f"-i {br} -s {pool} -o ens7 -d {sl}/32 -p tcp --dport {facts.SUPERLINK_FLEET_PORT} -m conntrack --ctstate NEW -j ACCEPT"]
+    assert new_from_pool == [
+        f"-i {br} -s {pool} -o ens7 -d {sl}/32 -p tcp --dport {facts.SUPERLINK_FLEET_PORT} -m conntrack --ctstate NEW -j ACCEPT"
+    ]
     to_pool = sorted(r for r in accepts if "NEW" in r and f"-o {br}" in r)
-    assert to_pool == sorted(f"-s {n} -o {br} -d {pool} -p tcp --dport {p} -m conntrack --ctstate NEW -j ACCEPT"
-                             for n in hub.routes for p in (facts.NODE_EXPORTER_PORT, facts.DCGM_EXPORTER_PORT))
+    assert to_pool == sorted(
+        f"-s {n} -o {br} -d {pool} -p tcp --dport {p} -m conntrack --ctstate NEW -j ACCEPT"
+        for n in hub.routes
+        for p in (facts.NODE_EXPORTER_PORT, facts.DCGM_EXPORTER_PORT)
+    )
     assert all("ESTABLISHED,RELATED" in r for r in accepts if "NEW" not in r)
     assert fwd[-4:] == [f"-i {br} -j DROP", f"-o {br} -j DROP", f"-s {pool} -j DROP", f"-d {pool} -j DROP"]
     inp = [c.removeprefix(f"-t filter -A {chains['input']} ") for c in ipt if c.startswith(f"-t filter -A {chains['input']} ")]
@@ -544,11 +589,14 @@ def test_forwarding_script_hard_codes_no_interface(hub):
     assert not [line for line in code if re.search(r"\b(eth|ens|enp)\d", line)]
 
 
-@pytest.mark.parametrize("route, message", [
-    ("", "no route to the SuperLink"),
-    ("local 10.110.0.40 dev lo table local src 10.110.0.40 uid 0", "not an internal interface"),
-    (f"10.110.0.40 dev {facts.OPENVPN_BRIDGE} src 192.168.99.1 uid 0", "not an internal interface"),
-])
+@pytest.mark.parametrize(
+    "route, message",
+    [
+        ("", "no route to the SuperLink"),
+        ("local 10.110.0.40 dev lo table local src 10.110.0.40 uid 0", "not an internal interface"),
+        (f"10.110.0.40 dev {facts.OPENVPN_BRIDGE} src 192.168.99.1 uid 0", "not an internal interface"),
+    ],
+)
 def test_forwarding_script_refuses_without_internal_interface(forwarding, route, message):
     proc, calls = forwarding(route)
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr
@@ -586,8 +634,14 @@ def test_systemd_analyze_verifies_unit_and_dropin(tmp_path, hub):
     def verify(dropin: str) -> list[str]:
         (units / f"{facts.OPENVPN_SERVER_UNIT_TEMPLATE}.d" / "nina.conf").write_text(dropin)
         env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
-        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(units / facts.VPN_FORWARDING_UNIT), str(units / facts.OPENVPN_SERVER_UNIT)],
-                              capture_output=True, text=True, timeout=60, env=env, cwd=units)
+        proc = subprocess.run(
+            [SYSTEMD_ANALYZE, "verify", str(units / facts.VPN_FORWARDING_UNIT), str(units / facts.OPENVPN_SERVER_UNIT)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=units,
+        )
         return [line for line in (proc.stdout + proc.stderr).splitlines() if "nina" in line]
 
     assert verify(vpn.openvpn_server_dropin()) == []
@@ -605,7 +659,7 @@ def vpn_user_data(render_plans):
 
 
 def test_vpn_user_data(vpn_user_data, hub):
-    plan, host, text = vpn_user_data
+    _plan, host, text = vpn_user_data
     doc = yaml.safe_load(text)
     assert host.roles == ("vpn",)
     assert {"openvpn", "iptables"} <= set(doc["packages"])
@@ -646,9 +700,11 @@ def test_hot_directories_must_be_pruned_and_name_sockets(install):
         render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": "/run/app/a.sock"})
     # The installer refuses the same mistakes in a hand-made payload, before writing anything.
     ok = json.loads(render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": ["/run/app/a.sock"]}))
-    for bad, message in ((dict(ok, hot={"/etc/app/x/other": ["/run/app/a.sock"]}), "must also be a prune directory"),
-                         (dict(ok, hot={"/etc/app/x/ccd": ["relative.sock"]}), "absolute, normalised socket paths"),
-                         (dict(ok, hot=["/etc/app/x/ccd"]), '"hot" must be an object')):
+    for bad, message in (
+        (dict(ok, hot={"/etc/app/x/other": ["/run/app/a.sock"]}), "must also be a prune directory"),
+        (dict(ok, hot={"/etc/app/x/ccd": ["relative.sock"]}), "absolute, normalised socket paths"),
+        (dict(ok, hot=["/etc/app/x/ccd"]), '"hot" must be an object'),
+    ):
         proc = install(json.dumps(bad))
         assert proc.returncode == 2 and message in proc.stderr and "nothing was written" in proc.stderr, proc.stderr
         assert not install.root.exists()

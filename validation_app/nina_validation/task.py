@@ -13,6 +13,20 @@ W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float64)
 B_TRUE = 0.25
 
 
+def integer(value: object) -> int:
+    """An int from a Flower record or config value (typed there as a union of scalars and lists)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def number(value: object) -> float:
+    """A float from a Flower record or config value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def initial_model() -> dict[str, np.ndarray]:
     return {"w": np.zeros(FEATURES, dtype=np.float64), "b": np.zeros(1, dtype=np.float64)}
 
