@@ -12,6 +12,7 @@ on another VM or a certificate.
 from __future__ import annotations
 
 import argparse
+import base64
 import statistics
 import sys
 import time
@@ -60,7 +61,32 @@ def main() -> int:
         print(f"{n:>5} {times[n]:>17.2f} {custom:>10} {chain:>22} {'no' if clean else 'YES':>20}")
     if 10 in times and 100 in times:
         print(f"t(100)/t(10) = {times[100] / times[10]:.1f}")
+    # user-data as Nova measures it (base64), for the repo's stacks and the manual's "one large VM".
+    sizes = {
+        f"{stack}/{name}": len(base64.b64encode(ud.encode()))
+        for stack in ("test", "uat")
+        for name, ud in run_program(stack_config(stack), stack).user_data().items()
+    }
+    sizes.update(one_large_vm_sizes())
+    largest = max(sizes, key=sizes.__getitem__)
+    print(f"largest user-data: {sizes[largest]} bytes after base64 ({largest}; target <= {16 * 1024}, Nova's limit 65535)")
+    for name, size in sorted(sizes.items()):
+        print(f"  {name:<40} {size:>6}")
     return 0
+
+
+def one_large_vm_sizes() -> dict[str, int]:
+    """The all-in-one host of the tests' render configs: bastion, proxy, Keycloak, JupyterHub, SuperLink."""
+    from conftest import RENDER_FAKE_VOLUME_ID, render_raw_configs
+
+    from cloudinit.userdata import user_data
+    from nina.config import load_config
+    from nina.plan import build_plan
+
+    plan = build_plan(load_config(render_raw_configs()["all-in-one"]))
+    host = plan.host_by_name["gateway"]
+    ud = user_data(plan, host, {v.name: RENDER_FAKE_VOLUME_ID for v in host.volumes})
+    return {"all-in-one/gateway (" + ",".join(host.roles) + ")": len(base64.b64encode(ud.encode()))}
 
 
 if __name__ == "__main__":

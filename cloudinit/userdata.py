@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from nina import facts, render, vpn
+from nina import facts, render
 from nina.plan import Host, Plan, VpnPlan
 
 FLOWER_ROLES = ("superlink", "supernode")
@@ -155,7 +155,6 @@ def _checks(
     runcmd: list[list[str]],
     venv_programs: list[str],
     flwr_version: str,
-    enabled: list[str],
     active: list[str],
 ) -> list[list[str]]:
     """The postconditions of this user-data, as nina-bootstrap-check lines (function + arguments)."""
@@ -174,7 +173,6 @@ def _checks(
         checks.append(["python_dist", facts.FLOWER_VENV, "flwr", flwr_version])
         checks += [["executable", f"{facts.FLOWER_VENV}/bin/{p}"] for p in venv_programs]
     checks += [["mounted", m] for m in sorted(mounts)]
-    checks += [["enabled", u] for u in enabled]
     checks += [["active", u] for u in active]
     return checks
 
@@ -198,6 +196,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
 
     packages = sorted({*BASE_PACKAGES, *(p for r in host.roles for p in ROLE_PACKAGES.get(r, ()))})
     files = [
+        _file(facts.RECEIVE_BIN, render.receive_script(), 0o755),
         _file(facts.INSTALL_FILES_BIN, render.install_files_script(), 0o755),
         _file(facts.JOURNALD_DROPIN, render.journald_conf(), 0o644),
         _file(facts.NODE_EXPORTER_DEFAULTS, render.node_exporter_defaults(), 0o644),
@@ -214,7 +213,6 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
             raise ValueError(f"host {host.name}: volume id {vid!r} for {vol.name!r} is not an OpenStack id")
         runcmd.append([facts.PREPARE_VOLUME_BIN, vid, vol.mount_point, vol.owner])
 
-    units: list[str] = []
     venv_programs: list[str] = []
     if roles & set(FLOWER_ROLES):
         # The venv (manual 4.1.2.11) with the pinned flwr; the units start once certs arrive.
@@ -222,45 +220,21 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         runcmd.append(
             [f"{facts.FLOWER_VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check", f"flwr=={plan.cfg.flower.version}"]
         )
+    # Services' programs and units arrive with their deliveries (nina.render, nina.vpn), not here.
     if "superlink" in roles:
-        files += [
-            _file(facts.MEMBERSHIP_BIN, render.membership_script(), 0o755),
-            _file(facts.SUPERLINK_RUN_SCRIPT, render.run_superlink_sh(), 0o755),
-            _file(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}", render.superlink_service(), 0o644),
-        ]
-        units.append(facts.SUPERLINK_UNIT)
+        files.append(_file(facts.MEMBERSHIP_BIN, render.membership_script(), 0o755))
         venv_programs += ["flower-superlink", "flwr"]
     if "supernode" in roles:
-        files += [
-            _file(facts.SUPERNODE_RUN_SCRIPT, render.run_supernode_sh(), 0o755),
-            _file(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}", render.supernode_service(), 0o644),
-        ]
-        units.append(facts.SUPERNODE_UNIT)
         venv_programs.append("flower-supernode")
-    start: list[str] = []
     if "vpn" in roles:
-        # The OpenVPN hub (nina.vpn): bridge/forwarding/firewall at boot; the server instances
-        # start once nina-install-files delivers their configs (the drop-in's condition).
-        hub = _vpn_plan(plan, host)
-        files += [
-            _file(facts.VPN_FORWARDING_BIN, vpn.forwarding_script(hub), 0o755),
-            _file(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.VPN_FORWARDING_UNIT}", vpn.forwarding_unit(), 0o644),
-            _file(facts.OPENVPN_SERVER_DROPIN, vpn.openvpn_server_dropin(), 0o644),
-        ]
+        _vpn_plan(plan, host)  # a vpn role must carry a tenancy's hub (its files come with the VPN delivery)
         runcmd.append(_dir(facts.OPENVPN_CCD_DIR, 0o755, ROOT, ROOT))
-        units += [facts.VPN_FORWARDING_UNIT, *vpn.SERVER_UNITS]
-        start.append(facts.VPN_FORWARDING_UNIT)
-    if units:
-        runcmd.append(["systemctl", "daemon-reload"])
-        runcmd.append(["systemctl", "enable", *units])
-    if start:
-        runcmd.append(["systemctl", "start", *start])
     restarted = [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
     runcmd.append(["systemctl", "restart", *restarted])
 
     # Fail loudly (cloud-init runs runcmd as one /bin/sh script whose status is its last
     # command's): stop at the first failing step, then check every promise before the marker.
-    checks = _checks(host, packages, files, runcmd, venv_programs, plan.cfg.flower.version, units, [*start, *restarted])
+    checks = _checks(host, packages, files, runcmd, venv_programs, plan.cfg.flower.version, restarted)
     files.append(_file(facts.BOOTSTRAP_CHECK_BIN, render.bootstrap_check_script(host.name, checks), 0o755))
     steps: list[str | list[str]] = [BOOTSTRAP_STRICT, *(_Cmd(c) for c in runcmd), _Cmd([facts.BOOTSTRAP_CHECK_BIN])]
 

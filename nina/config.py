@@ -22,7 +22,7 @@ from nina import facts
 
 NAMESPACE = "nina"
 # \Z, not $: `$` also matches before a trailing newline, which would let "abc\n" through.
-SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z")
+SLUG_RE = re.compile(facts.SLUG_PATTERN)
 SLUG_FIX = "use 1-40 lowercase letters, digits and '-', not starting or ending with '-' (e.g. 'metro-north')"
 # Roles of the shared hosts. Each tenancy additionally gets its own SuperLink VM unless the
 # single tenancy's SuperLink is co-located on a shared host (the manual's "one large VM").

@@ -46,6 +46,14 @@ GRAFANA_PORT = 3000
 PROMETHEUS_PORT = 9090
 LOOPBACK = "127.0.0.1"
 
+# An organisation's slug (DNS label, also a certificate CN and a file name).
+SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z"
+# Where the delivery installs the host programs (nina.host, with this module) on each host:
+# one directory per version (content hash), `current` pointing at the one in use.
+HOST_LIB_DIR = "/usr/local/lib/nina"
+HOST_LIB_CURRENT = "/usr/local/lib/nina/current"
+RECEIVE_BIN = "/usr/local/sbin/nina-receive"
+
 # --- users and groups (manual 4.1.2.1) ---------------------------------------------
 SYSTEM_GROUP = "fl_system"
 SERVICE_USERS = {

@@ -407,8 +407,8 @@ class Rehearsal:
 
         # The SuperLink host's files, through the real installer.
         bindir = self.dir / "bin"
-        installer = _write(bindir / "nina-install-files", render.install_files_script(), 0o755)
-        self.membership = _write(bindir / "nina-membership", render.membership_script(), 0o755)
+        installer = _write(bindir / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
+        self.membership = _write(bindir / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
         cert, key = self.pki.superlinks[t.name]
         payload = render.superlink_delivery(t, self.pki.ca_cert, cert, key)
         proc = subprocess.run(

@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 
@@ -188,6 +189,15 @@ def _text(value: str, what: str, marker: str) -> str:
     return value if value.endswith("\n") else value + "\n"
 
 
+def service_files(program: str, program_text: str, unit: str, unit_text: str) -> list[DeliveredFile]:
+    """A service's program (root-owned, 0755) and its systemd unit, delivered in place: changing
+    either re-runs the delivery (daemon-reload, enable, restart) and replaces no VM."""
+    return [
+        DeliveredFile(program, program_text, 0o755, "root", "root"),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}", unit_text, 0o644, "root", "root"),
+    ]
+
+
 def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
     return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644, "root", "root")
 
@@ -203,6 +213,7 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{certs}/{facts.SERVER_KEY_FILE}", _text(key_pem, "server key", "PRIVATE KEY"), 0o600, user, group),
         _ca_trust(ca),
         DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+        *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
     ]
     return delivery_payload(files, [facts.SUPERLINK_UNIT])
 
@@ -232,6 +243,7 @@ def supernode_delivery(
         ),
         DeliveredFile(facts.SUPERNODE_CONF, supernode_conf(member, superlink_address), 0o644, user, group),
         _ca_trust(ca),
+        *service_files(facts.SUPERNODE_RUN_SCRIPT, run_supernode_sh(), facts.SUPERNODE_UNIT, supernode_service()),
     ]
     return delivery_payload(files, [facts.SUPERNODE_UNIT])
 
@@ -239,14 +251,48 @@ def supernode_delivery(
 # --- host programs (no secrets: they go into user-data) ----------------------------------
 
 
-def install_files_script() -> str:
-    """`nina-install-files` (facts.INSTALL_FILES_BIN): installs a delivery payload from stdin."""
-    return _render("nina-install-files.py.j2")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# The source tree that holds the `nina` package: the lib directory for host programs run from
+# a checkout (tests, the rehearsal) instead of a host's facts.HOST_LIB_CURRENT.
+SOURCE_ROOT = str(_PACKAGE_DIR.parent)
+# What the delivery installs on every host: nina.host and the one module it imports.
+HOST_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/membership.py")
 
 
-def membership_script() -> str:
-    """`nina-membership` (facts.MEMBERSHIP_BIN): registers SuperNode keys at the local SuperLink."""
-    return _render("nina-membership.py.j2")
+@lru_cache(maxsize=1)
+def host_programs() -> dict[str, str]:
+    """relpath -> source of the host programs (nina.host and nina.facts) that deliveries install."""
+    return {f"nina/{rel}": (_PACKAGE_DIR / rel).read_text(encoding="utf-8") for rel in HOST_PROGRAM_FILES}
+
+
+def delivery_bundle(payload: str) -> str:
+    """What a delivery pipes into facts.RECEIVE_BIN: the host programs and the installer's payload."""
+    return json.dumps({"programs": host_programs(), "payload": json.loads(payload)}, sort_keys=True) + "\n"
+
+
+def receive_script() -> str:
+    """`nina-receive` (facts.RECEIVE_BIN, in user-data): installs the host programs of a delivery and runs one."""
+    return "#!/usr/bin/python3 -I\n" + (_PACKAGE_DIR / "host" / "receive.py").read_text(encoding="utf-8")
+
+
+def _launcher(module: str, lib: str) -> str:
+    return (
+        "#!/usr/bin/python3 -I\n"
+        f'"""Runs nina.host.{module} from {lib} (installed there by the delivery through nina-receive)."""\n'
+        "import runpy\nimport sys\n\n"
+        f"sys.path.insert(0, {json.dumps(lib)})\n"
+        f'runpy.run_module("nina.host.{module}", run_name="__main__")\n'
+    )
+
+
+def install_files_script(lib: str = facts.HOST_LIB_CURRENT) -> str:
+    """`nina-install-files` (facts.INSTALL_FILES_BIN): a launcher of nina.host.install_files in `lib`."""
+    return _launcher("install_files", lib)
+
+
+def membership_script(lib: str = facts.HOST_LIB_CURRENT) -> str:
+    """`nina-membership` (facts.MEMBERSHIP_BIN): a launcher of nina.host.membership in `lib`."""
+    return _launcher("membership", lib)
 
 
 def bootstrap_check_script(host: str, checks: Sequence[Sequence[str]]) -> str:

@@ -55,7 +55,7 @@ import jinja2
 
 from nina import config, facts, templating
 from nina.plan import Member, VpnPlan
-from nina.render import DeliveredFile, delivery_payload
+from nina.render import DeliveredFile, delivery_payload, service_files
 
 SERVER_UNITS = (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT)
 STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
@@ -277,8 +277,8 @@ def vpn_delivery(
 ) -> str:
     """Payload for the VPN host: both server configs, the PKI, one CCD file per on-premise
     member (others are pruned: a removed organisation is refused). A change to the configs or
-    the PKI restarts both instances; a change only to client-config-dir entries restarts nothing
-    and disconnects just the organisations concerned.
+    the PKI restarts the forwarding unit and both instances; a change only to client-config-dir
+    entries restarts nothing and disconnects just the organisations concerned.
 
     `tls_auth_key` is the static key file (`tls_auth_key()`) or its 512 hex digits.
     """
@@ -290,6 +290,10 @@ def vpn_delivery(
         DeliveredFile(paths["cert"], _pem(server_cert_pem, "VPN server certificate", "BEGIN CERTIFICATE"), 0o644, _ROOT, _ROOT),
         DeliveredFile(paths["key"], _pem(server_key_pem, "VPN server key", "PRIVATE KEY"), 0o600, _ROOT, _ROOT),
         DeliveredFile(paths["tls_auth"], _static_key(tls_auth_key), 0o600, _ROOT, _ROOT),
+        # The hub's bridge, forwarding and firewall (started before the servers: their drop-in
+        # Requires it), delivered in place like the rest.
+        *service_files(facts.VPN_FORWARDING_BIN, forwarding_script(vpn), facts.VPN_FORWARDING_UNIT, forwarding_unit()),
+        DeliveredFile(facts.OPENVPN_SERVER_DROPIN, openvpn_server_dropin(), 0o644, _ROOT, _ROOT),
     ]
     on_premise = sorted((m for m in members if m.vpn_address is not None), key=lambda m: m.slug)
     seen: dict[str, str] = {}
@@ -303,5 +307,8 @@ def vpn_delivery(
     # Onboarding or removing an organisation changes only its CCD file: no restart, only that
     # organisation is disconnected (see nina-install-files, "hot").
     return delivery_payload(
-        files, list(SERVER_UNITS), prune=[facts.OPENVPN_CCD_DIR], hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)}
+        files,
+        [facts.VPN_FORWARDING_UNIT, *SERVER_UNITS],
+        prune=[facts.OPENVPN_CCD_DIR],
+        hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)},
     )

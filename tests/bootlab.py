@@ -259,6 +259,7 @@ class DeclaredHost:
     user_data: str
     floating_ip: str | None
     volumes: list[tuple[str, str]]  # (volume id as user-data names it, mount point)
+    roles: tuple[str, ...]  # the Instance's `nina-roles` metadata
 
 
 @dataclass
@@ -306,6 +307,7 @@ class Declared:
                 inst.inputs["userData"],
                 fips.get(port_id),
                 volumes,
+                tuple(inst.inputs["metadata"]["nina-roles"].split(",")),
             )
         commands = []
         for cmd in by_type.get("command:remote:Command", []):
@@ -558,9 +560,7 @@ class Lab:
     def _public_ports(h: DeclaredHost) -> list[tuple[str, int]]:
         from nina import facts
 
-        doc = yaml.safe_load(h.user_data)
-        files = {f["path"] for f in doc.get("write_files", [])}
-        if facts.VPN_FORWARDING_BIN in files:
+        if "vpn" in h.roles:
             return [("udp", facts.OPENVPN_UDP_PORT), ("tcp", facts.OPENVPN_TCP_PORT)]
         return [("tcp", facts.SSH_PORT)]
 

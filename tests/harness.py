@@ -260,3 +260,8 @@ def run_program(config: dict[str, Any], stack: str = "test") -> Run:
 
     program()
     return Run(monitor.registrations, collected, secret, error[0] if error else None)
+
+
+def payload_of(stdin: str) -> str:
+    """The installer's payload (JSON text) inside a delivery's stdin (the bundle nina-receive reads)."""
+    return json.dumps(json.loads(stdin)["payload"], sort_keys=True) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 
@@ -14,6 +15,8 @@ from nina import facts, render
 
 CLOUD_INIT = shutil.which("cloud-init")
 SECRET_MARKERS = ("PRIVATE KEY", "OPENSSH", "-----BEGIN")
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
+KEY_PEM = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
 
 
 def all_hosts(plans):
@@ -121,12 +124,11 @@ def test_superlink_host(render_plans, rendered):
     assert f"flwr=={version}" in text
     assert ["python3", "-m", "venv", facts.FLOWER_VENV] in doc["runcmd"]
     files = files_of(doc)
-    assert files[facts.SUPERLINK_RUN_SCRIPT]["content"] == render.run_superlink_sh()
-    assert files[f"/etc/systemd/system/{facts.SUPERLINK_UNIT}"]["content"] == render.superlink_service()
+    # The service's program and unit come with its delivery (in place), not with user-data.
+    assert facts.SUPERLINK_RUN_SCRIPT not in files and f"/etc/systemd/system/{facts.SUPERLINK_UNIT}" not in files
     assert files[facts.MEMBERSHIP_BIN]["content"] == render.membership_script()
     assert files[facts.PREPARE_VOLUME_BIN]["content"] == render.prepare_volume_script()
-    assert ["systemctl", "enable", facts.SUPERLINK_UNIT] in doc["runcmd"]
-    assert not any(facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
+    assert not any(facts.SUPERLINK_UNIT in c or facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
     # The state volume is prepared with its id, after its mount point exists, before the venv.
     cmds = doc["runcmd"]
     prep = next(i for i, c in enumerate(cmds) if c[0] == facts.PREPARE_VOLUME_BIN)
@@ -143,9 +145,8 @@ def test_superlink_host(render_plans, rendered):
 def test_supernode_host(rendered):
     _, text, doc = rendered[("test", "supernode-test-org-a")]
     files = files_of(doc)
-    assert files[facts.SUPERNODE_RUN_SCRIPT]["content"] == render.run_supernode_sh()
-    assert files[f"/etc/systemd/system/{facts.SUPERNODE_UNIT}"]["content"] == render.supernode_service()
-    assert ["systemctl", "enable", facts.SUPERNODE_UNIT] in doc["runcmd"]
+    assert facts.SUPERNODE_RUN_SCRIPT not in files and f"/etc/systemd/system/{facts.SUPERNODE_UNIT}" not in files
+    assert not any(facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
     assert facts.MEMBERSHIP_BIN not in files and facts.PREPARE_VOLUME_BIN not in files  # no data volume here
     mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
     assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= mkdirs
@@ -193,11 +194,18 @@ def test_vpn_host(render_plans, rendered):
     hub = next(t.vpn for t in render_plans["uat"].tenancies if t.vpn is not None)
     assert host.roles == ("vpn",) and {"openvpn", "iptables"} <= set(doc["packages"])
     files = files_of(doc)
-    assert files[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
-    assert files[f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
-    assert files[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
-    assert ["systemctl", "enable", facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT] in doc["runcmd"]
-    assert ["systemctl", "start", facts.VPN_FORWARDING_UNIT] in doc["runcmd"]
+    # The hub's bridge/forwarding script, its unit and the servers' drop-in come with the VPN delivery.
+    assert {facts.VPN_FORWARDING_BIN, f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}", facts.OPENVPN_SERVER_DROPIN}.isdisjoint(files)
+    assert not any(facts.VPN_FORWARDING_UNIT in c for c in doc["runcmd"])
+    payload = json.loads(vpn.vpn_delivery(hub, render_plans["uat"].tenancies[0].members, CA_PEM, CA_PEM, KEY_PEM, "0123456789abcdef" * 32))
+    delivered = {f["path"]: f for f in payload["files"]}
+    assert (
+        delivered[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
+        and delivered[facts.VPN_FORWARDING_BIN]["mode"] == 0o755
+    )
+    assert delivered[f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
+    assert delivered[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
+    assert payload["restart"] == [facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT]
     assert "flwr" not in text and doc["users"] == ["default"]
     for key, (other, _, other_doc) in rendered.items():
         if "vpn" not in other.roles:

@@ -303,7 +303,11 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
         )
     )
     delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] != facts.LOCAL_CA_TRUST}
-    assert {p: files[p] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
+    # The kit carries the unit beside the run script; install.sh puts it where the delivery does.
+    unit = f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}".lstrip("/")
+    in_kit = {p: f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}".lstrip("/") if p == unit else p for p in delivered}
+    assert unit in delivered and set(in_kit.values()) <= set(files)
+    assert {p: files[in_kit[p]] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
     if o["placement"] == "onprem":
         v = t["vpn"]
         assert (

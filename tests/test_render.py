@@ -66,7 +66,7 @@ def test_templates_are_clean_text():
     """No tabs or trailing blanks (they would force escaped strings in user-data), newline at end."""
     # The templates nina.render uses (other modules keep theirs in subdirectories).
     names = sorted(set(re.findall(r'"([\w.-]+\.j2)"', Path(render.__file__).read_text())))
-    assert len(names) >= 12, names
+    assert len(names) >= 11, names
     for path in (TEMPLATES / n for n in names):
         text = path.read_text()
         assert text.endswith("\n"), path.name
@@ -235,6 +235,9 @@ def test_superlink_delivery(render_plans):
         f"{c}/server.key": (KEY, 0o600, sl, g),
         facts.LOCAL_CA_TRUST: (CA, 0o644, "root", "root"),
         f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml": (render.admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+        # The service's program and unit travel with its delivery (changing them replaces no VM).
+        facts.SUPERLINK_RUN_SCRIPT: (render.run_superlink_sh(), 0o755, "root", "root"),
+        f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}": (render.superlink_service(), 0o644, "root", "root"),
     }
     assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items()} == expect
 
@@ -252,8 +255,13 @@ def test_supernode_delivery(render_plans):
     assert files[f"{c}/{facts.SUPERNODE_PUB_FILE}"]["content"] == SSH_PUB
     assert files[f"{c}/{facts.CA_CERT_FILE}"]["content"] == CA
     assert files[facts.SUPERNODE_CONF]["content"] == render.supernode_conf(member, address)
+    assert (files[facts.SUPERNODE_RUN_SCRIPT]["content"], files[facts.SUPERNODE_RUN_SCRIPT]["mode"]) == (render.run_supernode_sh(), 0o755)
+    assert files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}"]["content"] == render.supernode_service()
     assert files[facts.LOCAL_CA_TRUST]["owner"] == "root"
-    assert "--auth-supernode-public-key" not in payload
+    # The deprecated flag is not passed (the run script's comment names it, its command does not).
+    commands = [ln for ln in files[facts.SUPERNODE_RUN_SCRIPT]["content"].splitlines() if not ln.lstrip().startswith("#")]
+    assert not any("--auth-supernode-public-key" in ln for ln in commands)
+    assert "--auth-supernode-public-key" not in payload.replace(json.dumps(files[facts.SUPERNODE_RUN_SCRIPT]["content"]), "")
 
 
 def test_delivery_refuses_wrong_material(render_plans):

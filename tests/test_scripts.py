@@ -71,8 +71,8 @@ def test_shell_scripts_parse_and_pass_shellcheck(tmp_path, name):
 @pytest.mark.parametrize("fn", [render.install_files_script, render.membership_script], ids=lambda f: f.__name__)
 def test_python_scripts_use_only_the_stdlib(tmp_path, fn):
     # -I -S: no site-packages and no user paths, as with the host's bare python3.
-    script = write(tmp_path / "prog", fn(), 0o755)
-    assert script.read_text().startswith("#!/usr/bin/python3\n")
+    script = write(tmp_path / "prog", fn(render.SOURCE_ROOT), 0o755)
+    assert script.read_text().startswith("#!/usr/bin/python3 -I\n")
     proc = subprocess.run([sys.executable, "-I", "-S", str(script), "--help"], capture_output=True, text=True, input="")
     assert proc.returncode in (0, 2) and "usage" in (proc.stdout + proc.stderr).lower(), proc.stderr
 
@@ -196,7 +196,7 @@ def test_supernode_without_conf_fails_clearly(tmp_path, fake_venv):
 
 @pytest.fixture
 def installer(tmp_path):
-    script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(), 0o755)
+    script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
     calls = tmp_path / "calls.log"
     fake = write(tmp_path / "bin" / "fake-cmd", f'#!/bin/sh\necho "$*" >> {calls}\n', 0o755)
 
@@ -227,7 +227,7 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     root = tmp_path / "root"
     first = installer(payload, "--root", str(root))
     assert first.returncode == 0, first.stderr
-    assert "5 changed, 0 unchanged" in first.stdout
+    assert "7 changed, 0 unchanged" in first.stdout
     for f in json.loads(payload)["files"]:
         target = root / f["path"].lstrip("/")
         st = target.stat()
@@ -240,12 +240,12 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     assert "skipped under --root: systemctl restart superlink.service" in first.stdout
 
     second = installer(payload, "--root", str(root))
-    assert second.returncode == 0 and "0 changed, 5 unchanged" in second.stdout
+    assert second.returncode == 0 and "0 changed, 7 unchanged" in second.stdout
     assert "wrote" not in second.stdout and "systemctl" not in second.stdout
 
     key.chmod(0o644)  # a mode drift is repaired
     third = installer(payload, "--root", str(root))
-    assert "1 changed, 4 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "1 changed, 6 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_install_files_runs_units_only_on_change(tmp_path, installer, render_plans):
@@ -279,7 +279,7 @@ def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans
     proc = installer(payload, "--root", str(root), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert list(root.iterdir()) == []
-    assert proc.stdout.count("would write") == 5
+    assert proc.stdout.count("would write") == 7
     assert "would run update-ca-certificates" in proc.stdout
     assert "would run systemctl restart superlink.service" in proc.stdout
     # Even with real commands configured, a dry run runs none of them.
@@ -347,7 +347,7 @@ sys.exit(0)  # flwr 1.25 exits 0 even when it printed an error
 
 @pytest.fixture
 def membership(tmp_path):
-    script = write(tmp_path / "nina-membership", render.membership_script(), 0o755)
+    script = write(tmp_path / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
     state = tmp_path / "fake-flwr.json"
     flwr = write(tmp_path / "flwr", FAKE_FLWR.format(python=sys.executable, state=str(state)), 0o755)
     members = tmp_path / "members"
@@ -675,7 +675,7 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
     tenancy = plan.tenancies[0]
     member = tenancy.members[0]
     root = tmp_path / "root"
-    installer = write(tmp_path / "nina-install-files", render.install_files_script(), 0o755)
+    installer = write(tmp_path / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
     payloads = [
         render.superlink_delivery(tenancy, keys["ca"], keys["cert"], keys["key"]),
         render.supernode_delivery(member, f"{facts.LOOPBACK}:{facts.SUPERLINK_FLEET_PORT}", keys["ca"], keys["node_key"], keys["node_pub"]),
@@ -694,7 +694,7 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
         "pub": keys["node_pub"],
         "superlink_sh": str(write(tmp_path / "run_superlink.sh", render.run_superlink_sh(), 0o755)),
         "supernode_sh": str(write(tmp_path / "run_supernode.sh", render.run_supernode_sh(), 0o755)),
-        "membership": str(write(tmp_path / "nina-membership", render.membership_script(), 0o755)),
+        "membership": str(write(tmp_path / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)),
         "superlink_env": {
             "PYTHONENV": venv,
             "CONF_DIR": f"{root}{facts.SUPERLINK_ETC}",
@@ -807,3 +807,70 @@ def test_bootstrap_guard_refuses_a_host_without_the_marker(tmp_path):
     (tmp_path / "marker").write_text("ok\n")
     proc = subprocess.run(["bash", "-c", f"{guard}\necho DELIVERED"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout == "DELIVERED\n", proc.stderr
+
+
+# --- host programs: real modules, delivered through nina-receive ----------------------------
+
+
+def test_host_programs_import_only_the_standard_library_and_nina_facts():
+    import ast
+
+    for rel, source in render.host_programs().items():
+        for node in ast.walk(ast.parse(source)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.module != "nina" else [f"nina.{a.name}" for a in node.names]
+            for name in names:
+                top = name.split(".")[0]
+                assert name == "nina.facts" or top in sys.stdlib_module_names or name == "__future__", (rel, name)
+    receive = render.receive_script()
+    assert "import nina" not in receive and "from nina" not in receive
+
+
+def _bundle(payload: dict) -> str:
+    return render.delivery_bundle(json.dumps(payload))
+
+
+def test_receive_installs_a_version_and_runs_the_installer(tmp_path):
+    receive = write(tmp_path / "nina-receive", render.receive_script(), 0o755)
+    lib, root = tmp_path / "lib", tmp_path / "root"
+    payload = {
+        "files": [{"path": "/etc/nina-test/a.conf", "content": "a\n", "mode": 0o640, "owner": "root", "group": "root"}],
+        "restart": [],
+    }
+    env = {**os.environ, "NINA_SYSTEMCTL": "true", "NINA_UPDATE_CA_CERTIFICATES": "true"}
+    argv = [str(receive), str(lib), "install_files", "--root", str(root)]  # arguments after PROGRAM are its own
+    proc = subprocess.run(argv, input=_bundle(payload), capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/nina-test/a.conf").read_text() == "a\n"
+    current = lib / "current"
+    assert (
+        current.is_symlink()
+        and (current / "nina/host/install_files.py").read_text() == render.host_programs()["nina/host/install_files.py"]
+    )
+    versions = [p.name for p in lib.iterdir() if not p.name.startswith(".") and p.name != "current"]
+    assert versions == [os.readlink(current)]
+    assert stat.S_IMODE((current / "nina/host/install_files.py").stat().st_mode) == 0o644
+    # The same bundle again: same version, nothing new.
+    proc = subprocess.run(argv, input=_bundle(payload), capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(["current", versions[0]])
+
+
+@pytest.mark.parametrize(
+    ("stdin", "args", "message"),
+    [
+        ("not json", ["install_files"], "is not JSON"),
+        ("[]", ["install_files"], "the bundle must be"),
+        ('{"programs": {}, "payload": {}}', ["install_files"], "the bundle must be"),
+        ('{"programs": {"nina/../x.py": ""}, "payload": {}}', ["install_files"], "bad program path"),
+        ('{"programs": {"/etc/x.py": ""}, "payload": {}}', ["install_files"], "bad program path"),
+        ('{"programs": {"nina/host/other.py": ""}, "payload": {}}', ["install_files"], "has no nina/host/install_files.py"),
+        ('{"programs": {"nina/host/x.py": ""}, "payload": {}}', ["../x"], "usage"),
+    ],
+)
+def test_receive_refuses_a_malformed_bundle_without_installing(tmp_path, stdin, args, message):
+    receive = write(tmp_path / "nina-receive", render.receive_script(), 0o755)
+    lib = tmp_path / "lib"
+    proc = subprocess.run([str(receive), str(lib), *args], input=stdin, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not lib.exists()

@@ -1,8 +1,8 @@
 """The UAT stack end to end, as far as this machine allows: the real Pulumi program (under
-mocks whose PKI is real, see harness.py) yields the OpenVPN server's user-data and delivered
+mocks whose PKI is real, see harness.py) yields the OpenVPN server's delivered
 files and the stack outputs; `nina kit export` turns the outputs into a site kit; then real
 openvpn runs the server from the delivered files and the forwarding script from the VPN
-host's user-data, and a client from the kit's own files, in network namespaces.
+host's delivery, and a client from the kit's own files, in network namespaces.
 
 Checks: the kit's client gets its fixed address and reaches the SuperLink's Fleet API through
 the tunnel; after the organisation is removed from the config (a new `pulumi up`'s delivery),
@@ -17,8 +17,7 @@ import json
 import tarfile
 
 import pytest
-import yaml
-from harness import INSTANCE, run_program, stack_config
+from harness import payload_of, run_program, stack_config
 from test_vpn_tunnel import READY, deliver
 from vpnlab import wait_for
 
@@ -51,13 +50,13 @@ def kit_files(kit: bytes, slug: str) -> tuple[str, dict[str, bytes]]:
 
 
 def delivered_payload(run, host: str) -> str:
-    return next(r for r in run.registrations if r.name == f"{host}-files-install").inputs["stdin"]
+    return payload_of(next(r for r in run.registrations if r.name == f"{host}-files-install").inputs["stdin"])
 
 
-def forwarding_script_from_user_data(run, host: str) -> str:
-    user_data = next(r for r in run.of_type(INSTANCE) if r.name == host).inputs["userData"]
-    doc = yaml.safe_load(user_data)
-    return next(f["content"] for f in doc["write_files"] if f["path"] == facts.VPN_FORWARDING_BIN)
+def forwarding_script_from_delivery(run, host: str) -> str:
+    """The hub's bridge/forwarding script, as the VPN host's delivery installs it."""
+    files = json.loads(delivered_payload(run, host))["files"]
+    return next(f["content"] for f in files if f["path"] == facts.VPN_FORWARDING_BIN)
 
 
 @pytest.mark.timeout(240)
@@ -76,7 +75,7 @@ def test_uat_site_kits_join_over_openvpn_and_removal_refuses(vpn_lab):
     # The VPN host as `pulumi up` leaves it: user-data's forwarding script, delivered files.
     calls = lab.workdir / "systemctl-calls.log"
     deliver(lab, delivered_payload(run, v.host), calls)
-    fwd = lab.run_forwarding(forwarding_script_from_user_data(run, v.host))
+    fwd = lab.run_forwarding(forwarding_script_from_delivery(run, v.host))
     assert fwd.returncode == 0, fwd.stderr
     lab.start_listener(facts.SUPERLINK_FLEET_PORT)
     servers = {}

@@ -343,11 +343,14 @@ def test_vpn_delivery(hub, onprem, vpn_tenancy):
     for path in (f"{pki}/private/server.key", f"{pki}/private/ta.key"):
         assert files[path]["mode"] == 0o600
     assert all(f["owner"] == f["group"] == "root" for f in files.values())
-    assert all(f["mode"] == 0o644 for p, f in files.items() if "/private/" not in p)
+    assert files[facts.VPN_FORWARDING_BIN]["mode"] == 0o755 and files[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
+    assert files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
+    assert files[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
+    assert all(f["mode"] == 0o644 for p, f in files.items() if "/private/" not in p and p != facts.VPN_FORWARDING_BIN)
     ccd = {p.rsplit("/", 1)[1]: f["content"] for p, f in files.items() if p.startswith(facts.OPENVPN_CCD_DIR + "/")}
     assert ccd == {m.slug: vpn.ccd_entry(hub, m) for m in onprem}  # only on-premise members
     assert payload["prune"] == [facts.OPENVPN_CCD_DIR]
-    assert payload["restart"] == [facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT]
+    assert payload["restart"] == [facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT]
     # The formatted key is accepted as well as its hex digits.
     assert vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, vpn.tls_auth_key(HEX)) == vpn.vpn_delivery(
         hub, vpn_tenancy.members, CA, CERT, KEY, HEX
@@ -384,7 +387,7 @@ def test_delivery_payload_prune_argument():
 @pytest.fixture
 def install(tmp_path):
     script = tmp_path / "nina-install-files"
-    script.write_text(render.install_files_script())
+    script.write_text(render.install_files_script(render.SOURCE_ROOT))
     calls = tmp_path / "calls.log"
     fake = tmp_path / "fake-systemctl"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
@@ -432,7 +435,7 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     proc = install(second_payload)
     assert proc.returncode == 0, proc.stderr
     assert f"removed {facts.OPENVPN_CCD_DIR}/{gone.slug}" in proc.stdout
-    assert "nina-install-files: 1 changed, 7 unchanged" in proc.stdout
+    assert "nina-install-files: 1 changed, 10 unchanged" in proc.stdout
     assert sorted(p.name for p in ccd.iterdir()) == sorted([kept.slug, "sub", "link"])
     assert parent_file.read_text() == "keep\n" and (ccd / "sub" / "inner").exists() and (other / "stray").exists()
     assert not install.calls.exists()  # no systemctl at all
@@ -452,13 +455,13 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     assert both.returncode == 0 and "nina-install-files: 2 changed" in both.stdout and "disconnect" not in both.stdout
     assert install.calls.read_text().splitlines() == [
         "daemon-reload",
-        f"enable {' '.join(vpn.SERVER_UNITS)}",
-        f"restart {' '.join(vpn.SERVER_UNITS)}",
+        f"enable {facts.VPN_FORWARDING_UNIT} {' '.join(vpn.SERVER_UNITS)}",
+        f"restart {facts.VPN_FORWARDING_UNIT} {' '.join(vpn.SERVER_UNITS)}",
     ]
 
     install.calls.unlink()
     again = install(last_payload)
-    assert "0 changed, 7 unchanged" in again.stdout and not install.calls.exists()
+    assert "0 changed, 10 unchanged" in again.stdout and not install.calls.exists()
 
 
 def test_install_files_prune_of_a_missing_directory_is_fine(install):
@@ -664,15 +667,13 @@ def test_vpn_user_data(vpn_user_data, hub):
     assert host.roles == ("vpn",)
     assert {"openvpn", "iptables"} <= set(doc["packages"])
     files = {f["path"]: f for f in doc["write_files"]}
-    assert files[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
-    assert files[facts.VPN_FORWARDING_BIN]["permissions"] == "0755"
-    assert files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
-    assert files[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
+    # The forwarding script, its unit and the servers' drop-in come with the VPN delivery (in place).
+    assert {facts.VPN_FORWARDING_BIN, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.VPN_FORWARDING_UNIT}", facts.OPENVPN_SERVER_DROPIN}.isdisjoint(
+        files
+    )
     cmds = doc["runcmd"]
     assert ["install", "-d", "-m", "0755", "-o", "root", "-g", "root", facts.OPENVPN_CCD_DIR] in cmds
-    enable = cmds.index(["systemctl", "enable", facts.VPN_FORWARDING_UNIT, *vpn.SERVER_UNITS])
-    assert cmds.index(["systemctl", "daemon-reload"]) < enable < cmds.index(["systemctl", "start", facts.VPN_FORWARDING_UNIT])
-    assert not any("openvpn-server@" in c and "start" in c for c in map(" ".join, cmds))  # they wait for delivery
+    assert not any("openvpn-server@" in c or facts.VPN_FORWARDING_UNIT in c for c in map(" ".join, cmds[1:]))  # delivery starts them
     assert "BEGIN" not in text and "PRIVATE" not in text and "Static key" not in text
     assert not any(p.startswith(facts.OPENVPN_SERVER_DIR) and not p.startswith(facts.OPENVPN_SERVER_DROPIN) for p in files)
 

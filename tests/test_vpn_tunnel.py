@@ -78,7 +78,7 @@ class Hub:
 def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProcess:
     """The real nina-install-files, into the lab's server root; systemctl is a recorder."""
     script = lab.workdir / "nina-install-files"
-    script.write_text(render.install_files_script())
+    script.write_text(render.install_files_script(render.SOURCE_ROOT))
     fake = lab.workdir / "fake-systemctl"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     fake.chmod(0o755)

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """nina-install-files: install files delivered by nina (pulumi-command pipes a payload on stdin).
 
 Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], "restart": [unit, ...],
@@ -27,7 +26,7 @@ disconnect); any other failure to disconnect is an error (exit 1).
   --dry-run   print what would change and which commands would run; touch nothing.
 
 Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
-Rendered by nina; stdlib only (runs on the host's python3).
+A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
 """
 
 import argparse
@@ -43,7 +42,9 @@ import subprocess
 import sys
 import tempfile
 
-LOCAL_CA_TRUST = {{ facts.LOCAL_CA_TRUST | py_str }}
+from nina import facts
+
+LOCAL_CA_TRUST = facts.LOCAL_CA_TRUST
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
 PROG = "nina-install-files"
@@ -58,8 +59,14 @@ def warn(msg):
 
 
 def normalised(path):
-    return isinstance(path, str) and path.startswith("/") and "\0" not in path and path != "/" \
-        and ".." not in path.split("/") and posixpath.normpath(path) == path
+    return (
+        isinstance(path, str)
+        and path.startswith("/")
+        and "\0" not in path
+        and path != "/"
+        and ".." not in path.split("/")
+        and posixpath.normpath(path) == path
+    )
 
 
 def check_prune(prune, paths):
@@ -211,7 +218,8 @@ def _answer(reader):
 
 def _client_ids(reader, name):
     """Client IDs of `name`'s connections from a `status 2` listing (columns named by its HEADER)."""
-    header, ids = None, []
+    header: list[str] | None = None
+    ids: list[str] = []
     for line in reader:
         fields = line.rstrip("\r\n").split(",")
         if fields[0] == "END":
@@ -219,7 +227,7 @@ def _client_ids(reader, name):
         if fields[:2] == ["HEADER", "CLIENT_LIST"]:
             header = fields[1:]
         elif fields[0] == "CLIENT_LIST" and header and len(fields) == len(header):
-            row = dict(zip(header, fields))
+            row = dict(zip(header, fields, strict=False))
             if row.get("Common Name") == name:
                 ids.append(row["Client ID"])
     raise OSError("the management interface closed in the middle of `status 2`")
@@ -265,12 +273,12 @@ def hot_only(changed, hot):
 def commands(restart, ca_changed):
     systemctl = shlex.split(os.environ.get("NINA_SYSTEMCTL", "systemctl"))
     update_ca = shlex.split(os.environ.get("NINA_UPDATE_CA_CERTIFICATES", "update-ca-certificates"))
-    cmds = [systemctl + ["daemon-reload"]]
+    cmds = [[*systemctl, "daemon-reload"]]
     if ca_changed:
         cmds.append(update_ca)
     if restart:
-        cmds.append(systemctl + ["enable"] + restart)
-        cmds.append(systemctl + ["restart"] + restart)
+        cmds.append([*systemctl, "enable", *restart])
+        cmds.append([*systemctl, "restart", *restart])
     return cmds
 
 

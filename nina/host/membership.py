@@ -1,24 +1,24 @@
-#!/usr/bin/python3
-"""nina-membership: admit or remove an organisation's SuperNode at this SuperLink (flwr {{ flwr_version }}).
+"""nina-membership: admit or remove an organisation's SuperNode at this SuperLink (flwr, the version in nina.facts).
 
   nina-membership register <slug>    OpenSSH public key on stdin
   nina-membership unregister <slug>
   nina-membership list
 
-Runs `flwr supernode register|unregister <...> {{ facts.SUPERLINK_ADMIN_APP }} {{ facts.SUPERLINK_ADMIN_FEDERATION }} --format json`
+Runs `flwr supernode register|unregister <...> <facts.SUPERLINK_ADMIN_APP> <facts.SUPERLINK_ADMIN_FEDERATION> --format json`
 against the local Control API and records which organisation holds which node id in
-{{ facts.SUPERLINK_MEMBERS_DIR }}/<slug>.node_id and <slug>.pub (on the state volume).
+<facts.SUPERLINK_MEMBERS_DIR>/<slug>.node_id and <slug>.pub (on the state volume).
 register is idempotent: with a record whose key equals the input it does nothing; with a
 different key it unregisters the old node first. unregister of an unknown slug is a no-op.
 The Control API may still be starting: unavailable errors are retried for up to
-NINA_CONTROL_WAIT seconds. flwr {{ flwr_version }} prints {"success": false, ...} and may still
+NINA_CONTROL_WAIT seconds. flwr 1.25 prints {"success": false, ...} and may still
 exit 0, so success is read from the JSON, never from the exit code alone.
 
 Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
 NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
-Exit codes: 0 ok, 2 bad input, 1 flwr failed. Rendered by nina; stdlib only.
+Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,15 +28,17 @@ import sys
 import tempfile
 import time
 
+from nina import facts
+
 PROG = "nina-membership"
-FLWR = os.environ.get("NINA_FLWR", {{ (facts.FLOWER_VENV ~ "/bin/flwr") | py_str }})
-MEMBERS_DIR = os.environ.get("NINA_MEMBERS_DIR", {{ facts.SUPERLINK_MEMBERS_DIR | py_str }})
-ADMIN_APP = os.environ.get("NINA_ADMIN_APP", {{ facts.SUPERLINK_ADMIN_APP | py_str }})
-FEDERATION = os.environ.get("NINA_FEDERATION", {{ facts.SUPERLINK_ADMIN_FEDERATION | py_str }})
-FLWR_HOME = os.environ.get("NINA_FLWR_HOME", {{ facts.SUPERLINK_ADMIN_FLWR_HOME | py_str }})
-WAIT = float(os.environ.get("NINA_CONTROL_WAIT", "{{ facts.MEMBERSHIP_WAIT_SECONDS }}"))
+FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
+MEMBERS_DIR = os.environ.get("NINA_MEMBERS_DIR", facts.SUPERLINK_MEMBERS_DIR)
+ADMIN_APP = os.environ.get("NINA_ADMIN_APP", facts.SUPERLINK_ADMIN_APP)
+FEDERATION = os.environ.get("NINA_FEDERATION", facts.SUPERLINK_ADMIN_FEDERATION)
+FLWR_HOME = os.environ.get("NINA_FLWR_HOME", facts.SUPERLINK_ADMIN_FLWR_HOME)
+WAIT = float(os.environ.get("NINA_CONTROL_WAIT", str(facts.MEMBERSHIP_WAIT_SECONDS)))
 INTERVAL = float(os.environ.get("NINA_RETRY_INTERVAL", "5"))
-SLUG_RE = re.compile({{ slug_pattern | py_str }})
+SLUG_RE = re.compile(facts.SLUG_PATTERN)
 PUBKEY_RE = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/]+={0,2}( [^\r\n]*)?$")
 # Errors that mean "the Control API is not up yet": retried until WAIT runs out.
 TRANSIENT = ("unavailable", "connection refused", "failed to connect", "deadline exceeded")
@@ -128,10 +130,8 @@ def unregister_node(node_id):
 
 def remove_records(slug):
     for ext in ("node_id", "pub"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(record(slug, ext))
-        except FileNotFoundError:
-            pass
 
 
 def register(slug, pubkey):
@@ -152,9 +152,11 @@ def register(slug, pubkey):
         result = flwr("register", pending)
     except Failure as exc:
         if "already in use" in str(exc).lower():
-            raise Failure(f"{exc} (the key is registered but {slug} has no record here: find its node id with "
-                          f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
-                          f"the key to {record(slug, 'pub')})") from None
+            raise Failure(
+                f"{exc} (the key is registered but {slug} has no record here: find its node id with "
+                f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
+                f"the key to {record(slug, 'pub')})"
+            ) from None
         raise
     finally:
         os.unlink(pending)
