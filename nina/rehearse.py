@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from nina import facts, kit, localpki, outputs, render, vpn
+from nina.host.membership import parse_json  # one reader of flwr's JSON output, host and rehearsal
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -245,20 +246,6 @@ def _venv() -> Path:
             f"{venv} is not a venv with flwr {facts.FLWR_VERSION} (missing bin/{', bin/'.join(missing)}); run nina from the project's venv"
         )
     return venv
-
-
-def parse_json(out: str) -> Any:
-    """The first JSON object in flwr's output."""
-    decoder = json.JSONDecoder()
-    for i, ch in enumerate(out):
-        if ch == "{":
-            try:
-                obj, _ = decoder.raw_decode(out, i)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    return None
 
 
 @dataclass

@@ -41,6 +41,7 @@ import pytest
 from harness import run_program, stack_config
 
 from nina import facts
+from nina.host.membership import parse_json
 from nina.rehearse import judge_run, validation_run_config
 
 pytestmark = pytest.mark.slow
@@ -106,7 +107,7 @@ def registered_nodes(sl: bootlab.Machine) -> list[str]:
         f"supernode ls {facts.SUPERLINK_ADMIN_APP} {facts.SUPERLINK_ADMIN_FEDERATION} --format json",
         timeout=120,
     ).stdout
-    doc = json.loads(out[out.index("{") :])
+    doc = parse_json(out) or {}
     return sorted(str(n["node-id"]) for n in doc.get("nodes") or [])
 
 
