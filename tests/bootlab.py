@@ -8,7 +8,7 @@ containers on network namespaces this module makes (test helper; root only).
 
 - **Image**: a root filesystem built once by `debootstrap` from the Debian archive this
   machine uses, then made to behave like Nectar's Ubuntu 24.04 image where user-data relies on
-  it (`build_image`; `IMAGE_DIFFERENCES` lists what still differs). Cached by content.
+  it (`build_image`; the README's boot-lab section lists what still differs). Cached by content.
 - **Hosts**: each container is an overlay over the image with its own network namespace
   (`eth0`), systemd as PID 1 and cloud-init fed a NoCloud seed: the user-data the program
   declared (taken from a mock run), meta-data with an instance id and the operator key (as
@@ -37,7 +37,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nina import facts
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("NINA_BOOTLAB_CACHE", "/var/cache/nina-bootlab"))
@@ -72,18 +73,6 @@ IMAGE_PACKAGES = (
     "procps",
 )
 IMAGE_APT_PACKAGES = ("cloud-init", "systemd-resolved", "logrotate", "netbase", "less")
-IMAGE_DIFFERENCES = (
-    "Debian {suite} (systemd, cloud-init, Python as Debian ships them) instead of Ubuntu 24.04",
-    "cloud-init reads a NoCloud seed (Nectar: ConfigDrive/OpenStack metadata); the fixed address comes from the "
-    "seed's network config (Nectar: DHCP on eth0 with the port's fixed address)",
-    "the default user `ubuntu` (sudo without password) is made by a cloud.cfg.d file, as Ubuntu's cloud.cfg does",
-    "apt sources are HTTPS and apt/pip use the lab's proxy (/etc/apt/apt.conf.d/90nina-lab-proxy, /etc/pip.conf); "
-    "the registry's TLS-inspecting CA is trusted",
-    "containers: no kernel, udev or real disks of their own; the state volume is a loop device bound at its "
-    "/dev/disk/by-id path; the machine's time and kernel modules are the host's",
-    "security groups are not enforced between lab hosts (the router only limits what comes from outside)",
-    "nvmf-autoconnect.service is masked (it fails in a container; it comes with nvme-cli, a recommends of the node exporter)",
-)
 REGISTRY_ADDRESS = "100.64.0.1"
 REGISTRY_PORT = 3128
 OPERATOR_IP = "203.0.113.200"
@@ -328,9 +317,6 @@ class Declared:
         private = run.outputs["ops_ssh_private_key"]
         return cls(hosts, commands, keypair.inputs["publicKey"].strip(), private, run.outputs)
 
-    def host_by_ip(self, ip: str) -> DeclaredHost:
-        return next(h for h in self.hosts.values() if h.fixed_ip == ip)
-
 
 # --- the lab -------------------------------------------------------------------------------
 
@@ -344,7 +330,6 @@ class Machine:
     layers: Path
     proc: subprocess.Popen | None = None
     cgroups: list[Path] = field(default_factory=list)
-    loops: list[str] = field(default_factory=list)
     log: Path | None = None
 
     def leader(self) -> int:
@@ -558,8 +543,6 @@ class Lab:
 
     @staticmethod
     def _public_ports(h: DeclaredHost) -> list[tuple[str, int]]:
-        from nina import facts
-
         if "vpn" in h.roles:
             return [("udp", facts.OPENVPN_UDP_PORT), ("tcp", facts.OPENVPN_TCP_PORT)]
         return [("tcp", facts.SSH_PORT)]
@@ -627,14 +610,13 @@ class Lab:
         name: str,
         *,
         seed: dict[str, str] | None,
-        ip: str,
         cidr: str,
         gateway: str,
         binds: Sequence[tuple[str, str]] = (),
         extra_files: dict[str, str] | None = None,
-        fresh: bool = True,
     ) -> Machine:
-        """Boot a container on the segment of `cidr` (a bridge in the router ns), with a NoCloud seed or none."""
+        """Boot a container on the segment of `cidr` (a bridge in the router ns), with a NoCloud seed or none.
+        Its disk is always fresh, as a new VM's is (only volumes, the loop devices, carry over)."""
         if name in self.machines:
             self.machines.pop(name).stop()
         ns_name = f"nbl{self.tag}-{name}"[:40]
@@ -642,7 +624,7 @@ class Lab:
             self._ns(ns_name)
             self._link(ns_name, self._bridge(cidr, gateway))
         layers = self.dir / "machines" / name
-        if fresh and layers.exists():
+        if layers.exists():
             shutil.rmtree(layers)
         for sub in ("upper", "work", "root"):
             (layers / sub).mkdir(parents=True, exist_ok=True)
@@ -712,8 +694,6 @@ class Lab:
 
     def boot_declared(self, host: DeclaredHost, *, instance_id: str | None = None) -> Machine:
         """Boot a declared host from its user-data, with its volumes as loop devices at their by-id paths."""
-        from nina import facts
-
         binds = []
         for vid, _mount in host.volumes:
             if vid not in self.volume_loops:
@@ -741,7 +721,7 @@ class Lab:
             "user-data": host.user_data,
             "network-config": yaml.safe_dump(network, sort_keys=True),
         }
-        return self.boot(host.name, seed=seed, ip=host.fixed_ip, cidr=host.cidr, gateway=host.gateway, binds=binds)
+        return self.boot(host.name, seed=seed, cidr=host.cidr, gateway=host.gateway, binds=binds)
 
     def boot_plain(self, name: str, ip: str, cidr: str, gateway: str) -> Machine:
         """A plain container (no cloud-init: the hospital's own server), static address on `cidr`."""
@@ -751,7 +731,7 @@ class Lab:
             "etc/hostname": f"{name}\n",
             "etc/systemd/network/10-eth0.network": f"[Match]\nName=eth0\n\n[Network]\nAddress={ip}/{prefix}\nGateway={gateway}\n",
         }
-        machine = self.boot(name, seed=None, ip=ip, cidr=cidr, gateway=gateway, extra_files=files)
+        machine = self.boot(name, seed=None, cidr=cidr, gateway=gateway, extra_files=files)
         machine.wait_for("systemctl is-system-running --wait >/dev/null 2>&1; ip -4 addr show eth0 | grep -q inet", 120, "network")
         return machine
 
@@ -815,9 +795,6 @@ class Lab:
             time.sleep(1)
         raise LabError(f"the SSH tunnel to {host_ip}:{remote_port} did not come up")
 
-    def in_operator(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.operator, *argv], **kw)
-
 
 def listening(machine: Machine) -> set[tuple[str, str, int]]:
     """(protocol, address, port) of every listening socket in the container."""
@@ -848,9 +825,3 @@ def stat(machine: Machine, paths: Iterable[str]) -> dict[str, str]:
     quoted = " ".join(shlex.quote(p) for p in paths)
     out = machine.sh(f"stat -c '%n %a %U %G' {quoted}").stdout
     return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
