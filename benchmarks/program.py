@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import INSTANCE, run_program, stack_config
 
+from nina import facts
+
 CERTS = {"tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert", "tls:index/certRequest:CertRequest"}
 
 
@@ -69,7 +71,7 @@ def main() -> int:
     }
     sizes.update(one_large_vm_sizes())
     largest = max(sizes, key=sizes.__getitem__)
-    print(f"largest user-data: {sizes[largest]} bytes after base64 ({largest}; target <= {16 * 1024}, Nova's limit 65535)")
+    print(f"largest user-data: {sizes[largest]} bytes after base64 ({largest}; target <= {facts.USER_DATA_TARGET}, Nova's limit 65535)")
     for name, size in sorted(sizes.items()):
         print(f"  {name:<40} {size:>6}")
     return 0

@@ -458,9 +458,6 @@ def test_every_delivery_refuses_a_host_whose_bootstrap_failed(test_run, uat_run)
             assert "|| true" not in cmd.inputs["create"], cmd.name
 
 
-USER_DATA_BUDGET = 16 * 1024  # the hosts-v2 target (bytes after base64, as Nova counts)
-
-
 def test_editing_host_programs_units_and_run_scripts_replaces_no_vm(test_run, uat_run, monkeypatch):
     """Host programs, units and run scripts travel with the deliveries: editing any of them changes
     delivery commands only, never an Instance (whose user-data change would replace the VM)."""
@@ -497,4 +494,4 @@ def test_user_data_is_small_and_carries_no_delivered_program(test_run, uat_run):
             for rel in ("nina/host/install_files.py", "nina/host/membership.py"):
                 assert render.host_programs()[rel] not in data, (name, rel)
     assert max(sizes.values()) < facts.NOVA_USER_DATA_LIMIT // 3, sizes
-    assert sizes["gateway"] <= USER_DATA_BUDGET, sizes  # a bastion is within the target already
+    assert sizes["gateway"] <= facts.USER_DATA_TARGET, sizes  # a bastion is within the target already
