@@ -21,7 +21,6 @@ owned by a user that cloud-init creates in the same run would; `_file` sets it t
 from __future__ import annotations
 
 import base64
-import posixpath
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -29,21 +28,9 @@ from typing import Any
 
 import yaml
 
-from nina import facts, render
+from nina import facts, render, services
 from nina.plan import Host, Plan, VpnPlan
 
-FLOWER_ROLES = ("superlink", "supernode")
-BASE_PACKAGES = ("prometheus-node-exporter", "python3-venv")
-# Extra Debian packages per role. Roles other than superlink/supernode get only the base for
-# now: their services (nginx, Keycloak, JupyterHub, monitoring) arrive with later issues.
-ROLE_PACKAGES: dict[str, tuple[str, ...]] = {"vpn": ("iptables", "openvpn")}
-# Service users (manual 4.1.2.1) and their home (= runtime directory, manual 4.1.1 table 6).
-SERVICE_HOMES = {
-    "superlink": facts.SUPERLINK_OPT,
-    "supernode": facts.SUPERNODE_OPT,
-    "keycloak": facts.KEYCLOAK_OPT,
-    "jupyterhub": facts.JUPYTERHUB_OPT,
-}
 _VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9-]+$")
 _NO_VOLUMES: Mapping[str, str] = MappingProxyType({})
 ROOT = "root"
@@ -88,71 +75,33 @@ def _file(path: str, content: str, mode: int, owner: str = ROOT, group: str = RO
     return entry
 
 
-def _dir(path: str, mode: int, owner: str = ROOT, group: str = facts.SYSTEM_GROUP) -> list[str]:
-    return ["install", "-d", "-m", f"{mode:04o}", "-o", owner, "-g", group, path]
+def _dirs(dirs: list[services.Directory]) -> list[list[str]]:
+    """One `install -d` per mode and owners (it sets both on directories that exist, too), in the
+    order of each kind's first directory; `dirs` come sorted by path, so parents come first."""
+    kinds: dict[tuple[int, str, str], list[str]] = {}
+    for d in dirs:
+        kinds.setdefault((d.mode, d.owner, d.group), []).append(d.path)
+    return [["install", "-d", "-m", f"{mode:04o}", "-o", owner, "-g", group, *paths] for (mode, owner, group), paths in kinds.items()]
 
 
-def _service_users(roles: tuple[str, ...]) -> list[dict[str, Any]]:
-    users = []
-    for role in roles:
-        if role not in facts.SERVICE_USERS:
-            continue
-        users.append(
-            {
-                "name": facts.SERVICE_USERS[role],
-                "system": True,
-                "shell": facts.SERVICE_SHELL,
-                "homedir": SERVICE_HOMES[role],
-                "no_create_home": True,
-                "lock_passwd": True,
-                "groups": [facts.SYSTEM_GROUP],
-            }
-        )
-    return users
-
-
-def _directories(roles: set[str]) -> list[list[str]]:
-    """The manual 4.1.1 layout for the host's roles; private directories (certs) are 0750."""
-    sl, sn = facts.SERVICE_USERS["superlink"], facts.SERVICE_USERS["supernode"]
-    dirs: list[list[str]] = []
-    if roles & {*FLOWER_ROLES, "jupyterhub"}:
-        python_root = posixpath.dirname(facts.FLOWER_VENV)
-        dirs.append(_dir(python_root, 0o2775))  # group fl_system, g+w (manual 4.1.2.11)
-    if roles & set(FLOWER_ROLES):
-        dirs.append(_dir(facts.ETC_FLWR, 0o755))
-        dirs.append(_dir(posixpath.dirname(facts.SUPERLINK_OPT), 0o755))
-    if "superlink" in roles:
-        dirs += [
-            _dir(facts.SUPERLINK_ETC, 0o750),
-            _dir(facts.SUPERLINK_CERTS, 0o750),
-            _dir(facts.SUPERLINK_OPT, 0o755, sl),
-            _dir(facts.SUPERLINK_STATE_DIR, 0o750, sl),
-            _dir(facts.SUPERLINK_ADMIN_APP, 0o755, ROOT, ROOT),
-        ]
-    if "supernode" in roles:
-        dirs += [
-            _dir(facts.SUPERNODE_ETC, 0o750),
-            _dir(facts.SUPERNODE_CERTS, 0o750),
-            _dir(facts.SUPERNODE_OPT, 0o755, sn),
-            _dir(facts.SUPERNODE_DATA, 0o750, sn),
-        ]
-    if "keycloak" in roles:
-        dirs.append(_dir(facts.KEYCLOAK_OPT, 0o750, facts.SERVICE_USERS["keycloak"]))
-    if "jupyterhub" in roles:
-        jh = facts.SERVICE_USERS["jupyterhub"]
-        dirs += [
-            _dir(facts.JUPYTERHUB_ETC, 0o755),
-            _dir(facts.JUPYTERHUB_CONFIG, 0o750),
-            _dir(facts.JUPYTERHUB_OPT, 0o755, jh),
-        ]
-    return dirs
+def _user(u: services.User) -> dict[str, Any]:
+    return {
+        "name": u.name,
+        "system": True,
+        "shell": facts.SERVICE_SHELL,
+        "homedir": u.home,
+        "no_create_home": True,
+        "lock_passwd": True,
+        "groups": [facts.SYSTEM_GROUP],
+    }
 
 
 def _checks(
     host: Host,
+    users: list[dict[str, Any]],
     packages: list[str],
     files: list[dict[str, Any]],
-    runcmd: list[list[str]],
+    dirs: list[services.Directory],
     venv_programs: list[str],
     flwr_version: str,
     active: list[str],
@@ -161,11 +110,10 @@ def _checks(
     mounts = {v.mount_point for v in host.volumes}
     checks: list[list[str]] = [["package", p] for p in packages]
     checks.append(["member", facts.DEFAULT_LOGIN_USER, facts.SYSTEM_GROUP])
-    checks += [["member", u["name"], facts.SYSTEM_GROUP] for u in _service_users(host.roles)]
-    for cmd in runcmd:
-        if cmd[:2] == ["install", "-d"] and cmd[-1] not in mounts:
-            mode, owner, group, path = cmd[3], cmd[5], cmd[7], cmd[8]
-            checks.append(["path", mode, owner, group, path])
+    checks += [["member", u["name"], facts.SYSTEM_GROUP] for u in users]
+    for d in dirs:
+        if d.path not in mounts:
+            checks.append(["path", f"{d.mode:04o}", d.owner, d.group, d.path])
     for f in files:
         owner, group = f["owner"].split(":")
         checks.append(["path", f["permissions"], owner, group, f["path"]])
@@ -186,24 +134,22 @@ def _vpn_plan(plan: Plan, host: Host) -> VpnPlan:
 
 def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUMES) -> str:
     """`#cloud-config` user-data for `host`; `volume_ids` maps each host volume's name to its OpenStack id."""
-    roles = set(host.roles)
-    unknown = roles - {"bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "vpn", *FLOWER_ROLES}
-    if unknown:
-        raise ValueError(f"host {host.name}: unknown roles {sorted(unknown)}")
+    try:
+        svcs = services.for_roles(host.roles)
+    except ValueError as exc:
+        raise ValueError(f"host {host.name}: {exc}") from None
     missing = [v.name for v in host.volumes if v.name not in volume_ids]
     if missing:
         raise ValueError(f"host {host.name}: no OpenStack volume id for volume(s) {missing}")
 
-    packages = sorted({*BASE_PACKAGES, *(p for r in host.roles for p in ROLE_PACKAGES.get(r, ()))})
-    files = [
-        _file(facts.RECEIVE_BIN, render.receive_script(), 0o755),
-        _file(facts.INSTALL_FILES_BIN, render.install_files_script(), 0o755),
-        _file(facts.JOURNALD_DROPIN, render.journald_conf(), 0o644),
-        _file(facts.NODE_EXPORTER_DEFAULTS, render.node_exporter_defaults(), 0o644),
-        _file(facts.NODE_EXPORTER_LOGROTATE, render.logrotate_conf(), 0o644),
-    ]
+    packages = services.packages(svcs)
+    users = [_user(u) for u in services.users(svcs)]
+    # Only the receiver and first-boot programs: configs, units and the other host programs
+    # arrive with the deliveries (services.base.delivery and each service's own).
+    files = [_file(facts.RECEIVE_BIN, render.receive_script(), 0o755)]
     runcmd: list[list[str]] = [["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER]]
-    runcmd += _directories(roles)
+    dirs = services.directories(svcs)
+    runcmd += _dirs(dirs)
 
     if host.volumes:
         files.append(_file(facts.PREPARE_VOLUME_BIN, render.prepare_volume_script(), 0o755))
@@ -213,28 +159,20 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
             raise ValueError(f"host {host.name}: volume id {vid!r} for {vol.name!r} is not an OpenStack id")
         runcmd.append([facts.PREPARE_VOLUME_BIN, vid, vol.mount_point, vol.owner])
 
-    venv_programs: list[str] = []
-    if roles & set(FLOWER_ROLES):
+    venv_programs = services.venv_programs(svcs)
+    if venv_programs:
         # The venv (manual 4.1.2.11) with the pinned flwr; the units start once certs arrive.
         runcmd.append(["python3", "-m", "venv", facts.FLOWER_VENV])
         runcmd.append(
             [f"{facts.FLOWER_VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check", f"flwr=={plan.cfg.flower.version}"]
         )
-    # Services' programs and units arrive with their deliveries (nina.render, nina.vpn), not here.
-    if "superlink" in roles:
-        files.append(_file(facts.MEMBERSHIP_BIN, render.membership_script(), 0o755))
-        venv_programs += ["flower-superlink", "flwr"]
-    if "supernode" in roles:
-        venv_programs.append("flower-supernode")
-    if "vpn" in roles:
+    if "vpn" in host.roles:
         _vpn_plan(plan, host)  # a vpn role must carry a tenancy's hub (its files come with the VPN delivery)
-        runcmd.append(_dir(facts.OPENVPN_CCD_DIR, 0o755, ROOT, ROOT))
-    restarted = [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
-    runcmd.append(["systemctl", "restart", *restarted])
 
     # Fail loudly (cloud-init runs runcmd as one /bin/sh script whose status is its last
     # command's): stop at the first failing step, then check every promise before the marker.
-    checks = _checks(host, packages, files, runcmd, venv_programs, plan.cfg.flower.version, restarted)
+    active = [facts.NODE_EXPORTER_UNIT]
+    checks = _checks(host, users, packages, files, dirs, venv_programs, plan.cfg.flower.version, active)
     files.append(_file(facts.BOOTSTRAP_CHECK_BIN, render.bootstrap_check_script(host.name, checks), 0o755))
     steps: list[str | list[str]] = [BOOTSTRAP_STRICT, *(_Cmd(c) for c in runcmd), _Cmd([facts.BOOTSTRAP_CHECK_BIN])]
 
@@ -247,7 +185,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
             "package_update": True,
             "packages": packages,
             "groups": [facts.SYSTEM_GROUP],
-            "users": ["default", *_service_users(host.roles)],
+            "users": ["default", *users],
             "write_files": files,
             "runcmd": steps,
         }

@@ -52,6 +52,12 @@ class Platform(pulumi.ComponentResource):
                 self.child,
             )
         self.access.bastion_ip = self.hosts[plan.bastion.name].floating_ip
+        # Every host's `<host>-base` delivery (host programs, journald/logrotate/node exporter
+        # settings); each service's own delivery `<host>-<service>` runs after it.
+        self.base: dict[str, FileDelivery] = {
+            name: FileDelivery(f"{name}-base", FileDeliveryArgs(self.access, h, render.base_delivery()), self.child)
+            for name, h in self.hosts.items()
+        }
 
         # Secret outputs, one mapping each so the public outputs stay readable.
         self.supernode_private_keys: dict[str, pulumi.Output[str]] = {}
@@ -85,6 +91,9 @@ class Platform(pulumi.ComponentResource):
 
     # ---------------------------------------------------------------------------------------
 
+    def _after_base(self, host: str, *more: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, depends_on=[self.base[host], *more])
+
     def _tenancy(self, t: TenancyPlan) -> dict[str, Any]:
         ca, access = self.ca, self.access
         superlink = self.hosts[t.superlink_host]
@@ -92,7 +101,9 @@ class Platform(pulumi.ComponentResource):
         payload = pulumi.Output.all(ca.cert_pem, leaf.cert_pem, leaf.private_key_pem).apply(
             lambda pems: render.superlink_delivery(t, *pems)
         )
-        superlink_files = FileDelivery(f"{t.superlink_host}-files", FileDeliveryArgs(access, superlink, payload), self.child)
+        superlink_files = FileDelivery(
+            f"{t.superlink_host}-superlink", FileDeliveryArgs(access, superlink, payload), self._after_base(t.superlink_host)
+        )
 
         vpn_clients: dict[str, LeafCertificate] = {}
         vpn_output = None
@@ -123,7 +134,7 @@ class Platform(pulumi.ComponentResource):
         payload = pulumi.Output.all(ca.cert_pem, server_cert.cert_pem, server_cert.private_key_pem, ta_key).apply(
             lambda parts: vpn.vpn_delivery(v, t.members, *parts)
         )
-        FileDelivery(f"{v.host}-files", FileDeliveryArgs(self.access, self.hosts[v.host], payload), self.child)
+        FileDelivery(f"{v.host}-vpn", FileDeliveryArgs(self.access, self.hosts[v.host], payload), self._after_base(v.host))
         return clients
 
     def _member(
@@ -153,8 +164,8 @@ class Platform(pulumi.ComponentResource):
                 lambda v: render.supernode_delivery(m, t.fleet_address, *v)
             )
             FileDelivery(
-                f"supernode-{m.slug}-files",
+                f"supernode-{m.slug}-supernode",
                 FileDeliveryArgs(self.access, node_host, node_payload),
-                pulumi.ResourceOptions(parent=self, depends_on=[registration]),
+                self._after_base(f"supernode-{m.slug}", registration),
             )
         return outputs.organisation(m, public_key, vpn_client.cert_pem if vpn_client is not None else None)

@@ -14,11 +14,11 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from nina import facts
+from nina import facts, services
 
 NAMESPACE = "nina"
 # \Z, not $: `$` also matches before a trailing newline, which would let "abc\n" through.
@@ -26,8 +26,11 @@ SLUG_RE = re.compile(facts.SLUG_PATTERN)
 SLUG_FIX = "use 1-40 lowercase letters, digits and '-', not starting or ending with '-' (e.g. 'metro-north')"
 # Roles of the shared hosts. Each tenancy additionally gets its own SuperLink VM unless the
 # single tenancy's SuperLink is co-located on a shared host (the manual's "one large VM").
-SHARED_ROLES = ("bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "superlink")
+# The services (nina.services) say which roles are shared; Role spells them for the type checker.
+SHARED_ROLES = services.SHARED_ROLES
 Role = Literal["bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "superlink"]
+if set(get_args(Role)) != set(SHARED_ROLES):
+    raise RuntimeError(f"nina.config.Role {get_args(Role)} must list exactly the shared services {SHARED_ROLES}")
 SUPPORTED_FLWR_VERSIONS = (facts.FLWR_VERSION,)
 MAX_TENANCIES = facts.VPN_SERVER_OFFSET - facts.SUPERLINK_OFFSET
 MAX_SHARED_HOSTS = facts.SUPERLINK_OFFSET - facts.SHARED_HOST_OFFSET

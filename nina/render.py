@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 
-from nina import config, facts, templating
+from nina import config, facts, services, templating
 from nina.plan import Member, TenancyPlan
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
@@ -214,8 +214,21 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         _ca_trust(ca),
         DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
         *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
+        DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755, "root", "root"),
     ]
-    return delivery_payload(files, [facts.SUPERLINK_UNIT])
+    return delivery_payload(files, list(services.superlink.UNITS))
+
+
+def base_delivery() -> str:
+    """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
+    settings (manual 5.2.2, 5.4) and the nina-install-files launcher; restarts what they configure."""
+    files = [
+        DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644, "root", "root"),
+        DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644, "root", "root"),
+        DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644, "root", "root"),
+        DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755, "root", "root"),
+    ]
+    return delivery_payload(files, list(services.base.UNITS))
 
 
 def supernode_delivery(
@@ -245,7 +258,7 @@ def supernode_delivery(
         _ca_trust(ca),
         *service_files(facts.SUPERNODE_RUN_SCRIPT, run_supernode_sh(), facts.SUPERNODE_UNIT, supernode_service()),
     ]
-    return delivery_payload(files, [facts.SUPERNODE_UNIT])
+    return delivery_payload(files, list(services.supernode.UNITS))
 
 
 # --- host programs (no secrets: they go into user-data) ----------------------------------
@@ -298,8 +311,8 @@ def membership_script(lib: str = facts.HOST_LIB_CURRENT) -> str:
 def bootstrap_check_script(host: str, checks: Sequence[Sequence[str]]) -> str:
     """`nina-bootstrap-check` (facts.BOOTSTRAP_CHECK_BIN): the host's first-boot postconditions, each
     a line `<check> <args...>` (functions of the script: package, member, path, python_dist,
-    executable, enabled, active, mounted); writes facts.BOOTSTRAP_MARKER only if all hold."""
-    known = {"package", "member", "path", "python_dist", "executable", "enabled", "active", "mounted"}
+    executable, active, mounted); writes facts.BOOTSTRAP_MARKER only if all hold."""
+    known = {"package", "member", "path", "python_dist", "executable", "active", "mounted"}
     lines = []
     for check in checks:
         if not check or check[0] not in known:

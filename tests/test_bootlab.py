@@ -102,13 +102,17 @@ def delivered_state(lab: bootlab.Lab, declared: bootlab.Declared) -> dict[str, s
 
 def registered_nodes(sl: bootlab.Machine) -> list[str]:
     """Node ids the SuperLink itself has registered (`flwr supernode ls` through its admin project)."""
-    out = sl.sh(
+    # A SuperLink that was just (re)started is active before its Control API listens.
+    sl.wait_for(f"ss -Hltn 'sport = :{facts.SUPERLINK_CONTROL_PORT}' | grep -q .", 60, "the SuperLink's Control API")
+    proc = sl.sh(
         f"cd / && FLWR_TELEMETRY_ENABLED=0 FLWR_HOME={facts.SUPERLINK_ADMIN_FLWR_HOME} {facts.FLOWER_VENV}/bin/flwr "
         f"supernode ls {facts.SUPERLINK_ADMIN_APP} {facts.SUPERLINK_ADMIN_FEDERATION} --format json",
         timeout=120,
-    ).stdout
-    doc = parse_json(out) or {}
-    return sorted(str(n["node-id"]) for n in doc.get("nodes") or [])
+        check=False,
+    )
+    doc = parse_json(proc.stdout)
+    assert isinstance(doc, dict) and "nodes" in doc, f"flwr supernode ls failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return sorted(str(n["node-id"]) for n in doc["nodes"] or [])
 
 
 def run_all(lab: bootlab.Lab, commands: list[bootlab.DeclaredCommand], label: str) -> dict[str, str]:
@@ -155,6 +159,25 @@ def validate(lab: bootlab.Lab, declared: bootlab.Declared, workdir: Path, tag: s
         return result
     finally:
         tunnel.terminate()
+
+
+# The SuperLink's log line of flwr 1.25.0's pull_object bug (README, "Known flwr 1.25.0 bug").
+KNOWN_FLWR_BUG = "Both bytes_sent and bytes_recv cannot be zero"
+
+
+def validate_as_an_operator(lab: bootlab.Lab, declared: bootlab.Declared, sl: bootlab.Machine, workdir: Path, tag: str):
+    """validate(), run again once (as the README tells operators) only when the run failed with
+    a missing organisation and the SuperLink logged the known upstream bug during it; any other
+    failure, or the same failure twice, is the test's failure."""
+    since = sl.sh("date +%s").stdout.strip()
+    result = validate(lab, declared, workdir, tag)
+    if result.ok or "did not answer" not in str(result.error):
+        return result
+    journal = sl.sh(f"journalctl -u {facts.SUPERLINK_UNIT} --since @{since} --no-pager", check=False).stdout
+    if KNOWN_FLWR_BUG not in journal:
+        return result
+    print(f"[boot lab] {tag}: {result.error}; the SuperLink logged flwr 1.25.0's pull_object bug, running it once more", flush=True)
+    return validate(lab, declared, workdir, f"{tag}-again")
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
@@ -215,11 +238,15 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
     check = bad.sh(facts.BOOTSTRAP_CHECK_BIN, check=False)
     assert check.returncode == 1 and "does not have flwr==" in check.stderr, check.stderr
     assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1, "a failed check wrote the marker"
-    refused = lab.run_declared(by_host[broken.fixed_ip][0])
-    assert refused.returncode == 1, refused
-    assert f"refusing to deliver to {broken.hostname}" in refused.stderr, refused.stderr
-    assert "status: error" in refused.stderr, refused.stderr  # cloud-init's own account, for the operator
-    assert bad.sh(f"test -e {facts.SUPERNODE_CONF}", check=False).returncode == 1, "the refused delivery installed files"
+    deliveries = [c for c in by_host[broken.fixed_ip] if c.stdin and '"programs"' in c.stdin]
+    assert len(deliveries) == 2, [c.name for c in deliveries]  # <host>-base and <host>-supernode
+    for delivery in deliveries:
+        refused = lab.run_declared(delivery)
+        assert refused.returncode == 1, refused
+        assert f"refusing to deliver to {broken.hostname}" in refused.stderr, refused.stderr
+        assert "status: error" in refused.stderr, refused.stderr  # cloud-init's own account, for the operator
+    for path in (facts.SUPERNODE_CONF, facts.JOURNALD_DROPIN, facts.HOST_LIB_DIR):
+        assert bad.sh(f"test -e {path}", check=False).returncode == 1, f"a refused delivery installed {path}"
 
     # --- 2. the operator replaces that VM once the outage is over -------------------------
     with timer.phase("replace the failed SuperNode VM"):
@@ -308,7 +335,7 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
 
     # --- 5. the validation app, through an SSH tunnel via the bastion --------------------------
     with timer.phase("validation run (every organisation, through the bastion)"):
-        result = validate(lab, declared, workdir, "first")
+        result = validate_as_an_operator(lab, declared, sl, workdir, "first")
     print(result.table(), flush=True)
     assert result.ok, f"{result.error}\n{result.output[-4000:]}"
 
@@ -322,13 +349,15 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
         log = sl.sh(f"cat {facts.CLOUD_INIT_OUTPUT_LOG}").stdout
         assert "creating ext4" not in log, "the state volume was reformatted"
         assert sl.sh(f"findmnt -n -o UUID {facts.SUPERLINK_STATE_DIR}").stdout.strip() == uuid
-        delivery = next(c for c in by_host[superlink.fixed_ip] if c.stdin and '"files"' in c.stdin)
-        proc = lab.run_declared(delivery)
-        assert proc.returncode == 0, proc.stderr
+        deliveries = [c for c in by_host[superlink.fixed_ip] if c.stdin and '"programs"' in c.stdin]
+        assert len(deliveries) == 2, [c.name for c in deliveries]  # <host>-base and <host>-superlink
+        for delivery in deliveries:
+            proc = lab.run_declared(delivery)
+            assert proc.returncode == 0, proc.stderr
         sl.wait_for(f"systemctl is-active --quiet {facts.SUPERLINK_UNIT}", 60, "superlink.service after replacement")
         assert json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout) == members
         assert registered_nodes(sl) == nodes, "the registrations did not survive the new SuperLink VM"
     with timer.phase("validation run after the replacement"):
-        result = validate(lab, declared, workdir, "after-replace")
+        result = validate_as_an_operator(lab, declared, sl, workdir, "after-replace")
     print(result.table(), flush=True)
     assert result.ok, f"{result.error}\n{result.output[-4000:]}"

@@ -92,21 +92,34 @@ def test_base_for_every_host(rendered):
         # Fail loudly: the runcmd script stops at the first failing step, and its last step
         # checks the bootstrap's promises before writing the marker deliveries require.
         assert doc["runcmd"][0] == "set -eux"
-        assert doc["runcmd"][-2] == ["systemctl", "restart", facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
         assert doc["runcmd"][-1] == [facts.BOOTSTRAP_CHECK_BIN]
+        assert not any(c[0] == "systemctl" for c in doc["runcmd"][1:])  # their configs come with <host>-base
         check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
         assert check["permissions"] == "0755" and check["owner"] == "root:root"
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
         assert "\nactive prometheus-node-exporter.service\n" in check["content"]
         files = files_of(doc)
-        assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
-        assert files[facts.INSTALL_FILES_BIN]["permissions"] == "0755"
-        assert files[facts.JOURNALD_DROPIN]["content"] == render.journald_conf()
-        assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
-        assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
+        # A small fixed bootstrap: the receiver and the first-boot programs, nothing that evolves.
+        assert set(files) <= {facts.RECEIVE_BIN, facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN}, key
+        assert files[facts.RECEIVE_BIN]["content"] == render.receive_script()
         for f in doc["write_files"]:
             assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
             assert f.get("defer", False) == (f["owner"] != "root:root"), f["path"]
+
+
+def mkdirs(doc) -> dict[str, list[str]]:
+    """path -> [mode, owner, group] of the user-data's `install -d` steps."""
+    return {p: [c[3], c[5], c[7]] for c in doc["runcmd"] if c[:2] == ["install", "-d"] for p in c[8:]}
+
+
+def test_base_delivery_carries_what_evolves():
+    files = {f["path"]: f for f in json.loads(render.base_delivery())["files"]}
+    assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
+    assert files[facts.INSTALL_FILES_BIN]["mode"] == 0o755
+    assert files[facts.JOURNALD_DROPIN]["content"] == render.journald_conf()
+    assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
+    assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
+    assert json.loads(render.base_delivery())["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
 
 
 def test_service_users_follow_roles(rendered):
@@ -126,7 +139,7 @@ def test_superlink_host(render_plans, rendered):
     files = files_of(doc)
     # The service's program and unit come with its delivery (in place), not with user-data.
     assert facts.SUPERLINK_RUN_SCRIPT not in files and f"/etc/systemd/system/{facts.SUPERLINK_UNIT}" not in files
-    assert files[facts.MEMBERSHIP_BIN]["content"] == render.membership_script()
+    assert facts.MEMBERSHIP_BIN not in files  # it comes with the SuperLink's delivery
     assert files[facts.PREPARE_VOLUME_BIN]["content"] == render.prepare_volume_script()
     assert not any(facts.SUPERLINK_UNIT in c or facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
     # The state volume is prepared with its id, after its mount point exists, before the venv.
@@ -135,11 +148,11 @@ def test_superlink_host(render_plans, rendered):
     vol = host.volumes[0]
     assert cmds[prep][1:] == [cmds[prep][1], facts.SUPERLINK_STATE_DIR, facts.SERVICE_USERS["superlink"]]
     assert cmds[prep][1] == "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6" and vol.mount_point == facts.SUPERLINK_STATE_DIR
-    mkdirs = {c[-1]: c for c in cmds if c[:2] == ["install", "-d"]}
+    dirs = mkdirs(doc)
     assert max(i for i, c in enumerate(cmds) if c[:2] == ["install", "-d"]) < prep
-    assert mkdirs[facts.SUPERLINK_CERTS][3] == "0750"
-    assert mkdirs[facts.SUPERLINK_OPT][5] == facts.SERVICE_USERS["superlink"]
-    assert mkdirs["/opt/python"][3] == "2775" and mkdirs["/opt/python"][7] == facts.SYSTEM_GROUP
+    assert dirs[facts.SUPERLINK_CERTS] == ["0750", "root", facts.SYSTEM_GROUP]
+    assert dirs[facts.SUPERLINK_OPT][1] == facts.SERVICE_USERS["superlink"]
+    assert dirs["/opt/python"] == ["2775", "root", facts.SYSTEM_GROUP]
 
 
 def test_supernode_host(rendered):
@@ -148,8 +161,7 @@ def test_supernode_host(rendered):
     assert facts.SUPERNODE_RUN_SCRIPT not in files and f"/etc/systemd/system/{facts.SUPERNODE_UNIT}" not in files
     assert not any(facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
     assert facts.MEMBERSHIP_BIN not in files and facts.PREPARE_VOLUME_BIN not in files  # no data volume here
-    mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
-    assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= mkdirs
+    assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= set(mkdirs(doc))
     assert f"flwr=={facts.FLWR_VERSION}" in text
 
 
@@ -172,8 +184,9 @@ def test_base_only_roles_get_no_flower(rendered):
 def test_all_in_one_host(rendered):
     _host, _, doc = rendered[("all-in-one", "gateway")]
     assert doc["fqdn"] == "gateway.myproject.cloud.edu.au"
-    mkdirs = {c[-1] for c in doc["runcmd"] if c[:2] == ["install", "-d"]}
-    assert {facts.KEYCLOAK_OPT, facts.JUPYTERHUB_ETC, facts.JUPYTERHUB_CONFIG, facts.JUPYTERHUB_OPT, facts.SUPERLINK_CERTS} <= mkdirs
+    assert {facts.KEYCLOAK_OPT, facts.JUPYTERHUB_ETC, facts.JUPYTERHUB_CONFIG, facts.JUPYTERHUB_OPT, facts.SUPERLINK_CERTS} <= set(
+        mkdirs(doc)
+    )
     assert "fqdn" not in rendered[("test", "gateway")][2]
 
 

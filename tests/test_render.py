@@ -238,6 +238,7 @@ def test_superlink_delivery(render_plans):
         # The service's program and unit travel with its delivery (changing them replaces no VM).
         facts.SUPERLINK_RUN_SCRIPT: (render.run_superlink_sh(), 0o755, "root", "root"),
         f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}": (render.superlink_service(), 0o644, "root", "root"),
+        facts.MEMBERSHIP_BIN: (render.membership_script(), 0o755, "root", "root"),
     }
     assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items()} == expect
 

@@ -41,7 +41,6 @@ SHELL_SCRIPTS = {
             ["python_dist", "/opt/python/flower_env", "flwr", "1.25.0"],
             ["executable", "/bin/sh"],
             ["mounted", "/"],
-            ["enabled", "x.service"],
             ["active", "x.service"],
         ],
     ),
@@ -227,7 +226,7 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     root = tmp_path / "root"
     first = installer(payload, "--root", str(root))
     assert first.returncode == 0, first.stderr
-    assert "7 changed, 0 unchanged" in first.stdout
+    assert "8 changed, 0 unchanged" in first.stdout
     for f in json.loads(payload)["files"]:
         target = root / f["path"].lstrip("/")
         st = target.stat()
@@ -240,12 +239,12 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     assert "skipped under --root: systemctl restart superlink.service" in first.stdout
 
     second = installer(payload, "--root", str(root))
-    assert second.returncode == 0 and "0 changed, 7 unchanged" in second.stdout
+    assert second.returncode == 0 and "0 changed, 8 unchanged" in second.stdout
     assert "wrote" not in second.stdout and "systemctl" not in second.stdout
 
     key.chmod(0o644)  # a mode drift is repaired
     third = installer(payload, "--root", str(root))
-    assert "1 changed, 6 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "1 changed, 7 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_install_files_runs_units_only_on_change(tmp_path, installer, render_plans):
@@ -279,7 +278,7 @@ def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans
     proc = installer(payload, "--root", str(root), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert list(root.iterdir()) == []
-    assert proc.stdout.count("would write") == 7
+    assert proc.stdout.count("would write") == 8
     assert "would run update-ca-certificates" in proc.stdout
     assert "would run systemctl restart superlink.service" in proc.stdout
     # Even with real commands configured, a dry run runs none of them.
@@ -854,6 +853,25 @@ def test_receive_installs_a_version_and_runs_the_installer(tmp_path):
     # The same bundle again: same version, nothing new.
     proc = subprocess.run(argv, input=_bundle(payload), capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(["current", versions[0]])
+
+
+def test_receive_tolerates_another_delivery_installing_the_same_version(tmp_path, monkeypatch):
+    """Two services' deliveries to one host may arrive together with the same programs. The one
+    that loses the rename finds the version in place, drops its copy and goes on."""
+    from nina.host import receive
+
+    lib, programs = tmp_path / "lib", render.host_programs()
+    real_rename = os.rename
+
+    def rename_after_a_rival(src, dst):
+        monkeypatch.setattr(receive.os, "rename", real_rename)
+        receive.install(str(lib), programs)  # the rival delivery wins the race
+        real_rename(src, dst)  # now fails: the version directory exists and is not empty
+
+    monkeypatch.setattr(receive.os, "rename", rename_after_a_rival)
+    target = receive.install(str(lib), programs)
+    assert sorted(p.name for p in lib.iterdir()) == sorted(["current", os.path.basename(target)])
+    assert (lib / "current" / "nina/host/install_files.py").read_text() == programs["nina/host/install_files.py"]
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def kit_files(kit: bytes, slug: str) -> tuple[str, dict[str, bytes]]:
 
 
 def delivered_payload(run, host: str) -> str:
-    return payload_of(next(r for r in run.registrations if r.name == f"{host}-files-install").inputs["stdin"])
+    return payload_of(next(r for r in run.registrations if r.name == f"{host}-vpn-install").inputs["stdin"])
 
 
 def forwarding_script_from_delivery(run, host: str) -> str:

@@ -1,9 +1,7 @@
-"""nina-receive LIB PROGRAM [ARG...]: the fixed receiver of deliveries (in user-data).
+"""nina-receive LIB PROGRAM [ARG...]: the fixed receiver of deliveries (in user-data, stdlib only).
 
-Reads {"programs": {relpath: source}, "payload": ...} on stdin, installs the programs (nina.host
-and nina.facts) as LIB/<hash>/ (root-owned, renamed into place whole) and LIB/current, then runs
-nina.host.PROGRAM from there with the payload on stdin. Exit: PROGRAM's, or 2 for a bad bundle.
-Standard library only: it runs before any of nina is on the host.
+Reads {"programs": {relpath: source}, "payload": ...}, installs the programs as LIB/<hash>/ and
+LIB/current, then runs nina.host.PROGRAM from there on the payload. Exit: PROGRAM's; 2: bad bundle.
 """
 
 from __future__ import annotations
@@ -46,10 +44,11 @@ def install(lib: str, programs: dict[str, str]) -> str:
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            if not os.path.isdir(target):  # else a concurrent delivery installed the same version
+                raise
     link = os.path.join(lib, "current")
     if os.path.realpath(link) != os.path.realpath(target):
-        tmp_link = os.path.join(lib, f".current-{digest}")
+        tmp_link = os.path.join(lib, f".current-{digest}-{os.getpid()}")  # one per receiver
         if os.path.lexists(tmp_link):
             os.unlink(tmp_link)
         os.symlink(digest, tmp_link)

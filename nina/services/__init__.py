@@ -1,0 +1,95 @@
+"""One definition per service: what a host needs at first boot to run it, stated once.
+
+Each module here defines one `Service` (its name is the role that puts it on a host): its
+Debian packages, its service user, its directories (manual 4.1.1) and the programs it needs in
+the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
+bootstrap from the services of its roles, and the role list of the config model comes from
+here. What evolves (programs, units, configs, keys) is not here: each service's delivery
+(`nina.render.base_delivery` and `superlink_delivery`, `supernode_delivery`, `nina.vpn.vpn_delivery`) carries it in place, and the port table
+(`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
+
+Pure: standard library and nina.facts only (no pulumi).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from nina.services import (
+    base,
+    bastion,
+    jupyterhub,
+    keycloak,
+    monitoring,
+    proxy,
+    superlink,
+    supernode,
+    vpn,
+)
+from nina.services.model import Directory, Service, User
+
+__all__ = [
+    "BASE",
+    "ROLES",
+    "SERVICES",
+    "SHARED_ROLES",
+    "Directory",
+    "Service",
+    "User",
+    "directories",
+    "for_roles",
+    "packages",
+    "users",
+    "venv_programs",
+]
+
+BASE = base.SERVICE
+# In the order the manual introduces them; a host's services are the base plus its roles'.
+SERVICES: dict[str, Service] = {
+    s.name: s
+    for s in (
+        bastion.SERVICE,
+        proxy.SERVICE,
+        keycloak.SERVICE,
+        jupyterhub.SERVICE,
+        monitoring.SERVICE,
+        superlink.SERVICE,
+        supernode.SERVICE,
+        vpn.SERVICE,
+    )
+}
+ROLES = tuple(SERVICES)
+SHARED_ROLES = tuple(name for name, s in SERVICES.items() if s.shared)
+
+
+def for_roles(roles: Iterable[str]) -> list[Service]:
+    """The base service and the services of `roles`, in SERVICES order; unknown roles are refused."""
+    wanted = set(roles)
+    unknown = wanted - set(SERVICES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
+    return [BASE, *(s for name, s in SERVICES.items() if name in wanted)]
+
+
+def packages(services: Iterable[Service]) -> list[str]:
+    return sorted({p for s in services for p in s.packages})
+
+
+def users(services: Iterable[Service]) -> list[User]:
+    return [s.user for s in services if s.user is not None]
+
+
+def directories(services: Iterable[Service]) -> list[Directory]:
+    """Every directory of `services`, sorted by path (so parents come first). Two services may
+    both list a directory only with the same mode and owners."""
+    found: dict[str, Directory] = {}
+    for s in services:
+        for d in s.directories:
+            other = found.setdefault(d.path, d)
+            if other != d:
+                raise ValueError(f"services disagree about {d.path}: {other} vs {d} ({s.name})")
+    return [found[p] for p in sorted(found)]
+
+
+def venv_programs(services: Iterable[Service]) -> list[str]:
+    return list(dict.fromkeys(p for s in services for p in s.venv_programs))

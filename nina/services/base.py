@@ -1,0 +1,16 @@
+"""What every host runs: the node exporter (manual 5.2.2), journald and logrotate limits (5.4),
+and the launchers of the nina host programs. Its delivery (`nina.render.base_delivery`, `<host>-base`) carries
+their configs, so changing a limit re-runs a delivery and replaces no VM."""
+
+from __future__ import annotations
+
+from nina import facts
+from nina.services.model import Service
+
+SERVICE = Service(
+    name="base",
+    summary="node exporter, journald and logrotate limits, nina host programs",
+    packages=("prometheus-node-exporter", "python3-venv"),
+)
+# Restarted when the base delivery changes their files.
+UNITS = (facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT)

@@ -1,0 +1,42 @@
+"""The shape of a service definition (see nina.services)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nina import facts
+
+ROOT = "root"
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory made at first boot with `install -d` (parents are listed before children)."""
+
+    path: str
+    mode: int
+    owner: str = ROOT
+    group: str = facts.SYSTEM_GROUP
+
+
+@dataclass(frozen=True)
+class User:
+    """A locked system user without a login shell, in facts.SYSTEM_GROUP (manual 4.1.2.1)."""
+
+    name: str
+    home: str
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    summary: str
+    # May an operator put it on a shared host (`nina:hosts[].roles`)? The others are placed by the plan.
+    shared: bool = False
+    packages: tuple[str, ...] = ()
+    user: User | None = None
+    directories: tuple[Directory, ...] = ()
+    # Programs the Flower venv (facts.FLOWER_VENV, pinned flwr) must provide; empty: no venv.
+    venv_programs: tuple[str, ...] = ()
+    # False while only its first-boot layout exists (its programs arrive with a later issue).
+    built: bool = True

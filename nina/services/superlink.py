@@ -1,0 +1,27 @@
+"""A tenancy's Flower SuperLink (manual 4.1.2.17). Its delivery is `nina.render.superlink_delivery`
+(`<host>-superlink`): certificates, the admin project, run script and unit, nina-membership."""
+
+import posixpath
+
+from nina import facts
+from nina.services.model import ROOT, Directory, Service, User
+
+_USER = facts.SERVICE_USERS["superlink"]
+SERVICE = Service(
+    name="superlink",
+    summary="Flower SuperLink (Fleet 9092, Control 9093; ServerAppIo 9091 on loopback)",
+    shared=True,
+    user=User(_USER, facts.SUPERLINK_OPT),
+    directories=(
+        Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775),  # group fl_system, g+w (manual 4.1.2.11)
+        Directory(facts.ETC_FLWR, 0o755),
+        Directory(posixpath.dirname(facts.SUPERLINK_OPT), 0o755),
+        Directory(facts.SUPERLINK_ETC, 0o750),
+        Directory(facts.SUPERLINK_CERTS, 0o750),
+        Directory(facts.SUPERLINK_OPT, 0o755, _USER),
+        Directory(facts.SUPERLINK_STATE_DIR, 0o750, _USER),
+        Directory(facts.SUPERLINK_ADMIN_APP, 0o755, ROOT, ROOT),
+    ),
+    venv_programs=("flower-superlink", "flwr"),
+)
+UNITS = (facts.SUPERLINK_UNIT,)

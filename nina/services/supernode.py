@@ -1,0 +1,26 @@
+"""An organisation's Flower SuperNode (manual 4.1.3) on a cloud VM. Its delivery is
+`nina.render.supernode_delivery` (`<host>-supernode`); on-premise sites get the same files in
+their kit (`nina.kit`)."""
+
+import posixpath
+
+from nina import facts
+from nina.services.model import Directory, Service, User
+
+_USER = facts.SERVICE_USERS["supernode"]
+SERVICE = Service(
+    name="supernode",
+    summary="Flower SuperNode (dials the SuperLink's Fleet API)",
+    user=User(_USER, facts.SUPERNODE_OPT),
+    directories=(
+        Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775),  # group fl_system, g+w (manual 4.1.2.11)
+        Directory(facts.ETC_FLWR, 0o755),
+        Directory(posixpath.dirname(facts.SUPERNODE_OPT), 0o755),
+        Directory(facts.SUPERNODE_ETC, 0o750),
+        Directory(facts.SUPERNODE_CERTS, 0o750),
+        Directory(facts.SUPERNODE_OPT, 0o755, _USER),
+        Directory(facts.SUPERNODE_DATA, 0o750, _USER),
+    ),
+    venv_programs=("flower-supernode",),
+)
+UNITS = (facts.SUPERNODE_UNIT,)

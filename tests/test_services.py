@@ -1,0 +1,55 @@
+"""nina.services: one definition per service, and what the rest derives from it."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+
+from nina import config, facts, services
+from nina.services import Directory, Service, User
+
+
+def test_roles_come_from_the_services():
+    assert config.SHARED_ROLES == services.SHARED_ROLES
+    assert set(services.ROLES) == set(services.SHARED_ROLES) | {"supernode", "vpn"}
+    assert "base" not in services.SERVICES  # everywhere, never a role
+
+
+def test_every_host_gets_the_base_first_and_unknown_roles_are_refused():
+    assert services.for_roles([]) == [services.BASE]
+    assert [s.name for s in services.for_roles(["vpn", "bastion"])] == ["base", "bastion", "vpn"]
+    with pytest.raises(ValueError, match=r"unknown roles \['nginx'\]"):
+        services.for_roles(["bastion", "nginx"])
+
+
+def test_directories_are_deduplicated_sorted_and_conflicts_refused():
+    svcs = services.for_roles(["superlink", "jupyterhub"])
+    dirs = services.directories(svcs)
+    paths = [d.path for d in dirs]
+    assert paths == sorted(set(paths)) and paths.count("/opt/python") == 1
+    for d in dirs:  # every parent that is listed comes before its children
+        parent = posixpath.dirname(d.path)
+        assert parent not in paths or paths.index(parent) < paths.index(d.path)
+    a = Service("a", "x", directories=(Directory("/srv/x", 0o750),))
+    b = Service("b", "y", directories=(Directory("/srv/x", 0o755),))
+    with pytest.raises(ValueError, match="services disagree about /srv/x"):
+        services.directories([a, b])
+
+
+def test_service_users_live_in_the_system_group_with_their_home():
+    for s in services.SERVICES.values():
+        if s.user is not None:
+            assert s.user == User(facts.SERVICE_USERS[s.name], s.user.home)
+            assert any(d.path == s.user.home and d.owner == s.user.name for d in s.directories), s.name
+            assert all(d.group == facts.SYSTEM_GROUP or d.owner == "root" for d in s.directories), s.name
+
+
+def test_flower_services_need_the_venv_and_others_do_not():
+    assert services.venv_programs(services.for_roles(["superlink", "supernode"])) == ["flower-superlink", "flwr", "flower-supernode"]
+    assert services.venv_programs(services.for_roles(["bastion", "vpn", "monitoring"])) == []
+
+
+def test_unbuilt_services_say_so():
+    """proxy, Keycloak, JupyterHub and monitoring have their first-boot layout only (later issues)."""
+    assert {n for n, s in services.SERVICES.items() if not s.built} == {"proxy", "keycloak", "jupyterhub", "monitoring"}
