@@ -1,12 +1,11 @@
 """cloud-init user-data for each host of the plan.
 
 `user_data(plan, host, volume_ids)` returns `#cloud-config` YAML (made with PyYAML, never
-string-built) that prepares a fresh Ubuntu 24.04 VM for its roles: hostname, packages, the
-`fl_system` group and service users (manual 4.1.2.1), the directory layout (4.1.1), the
-node exporter on its port (5.2.2), journald/logrotate limits (5.4), the nina host programs,
-for Flower roles the venv, wrapper scripts and systemd units (4.1.2.17, 4.1.3.3), and
-for the `vpn` role the OpenVPN hub's bridge/forwarding script, its unit and a drop-in that
-keeps the server instances down until their configs arrive (`nina.vpn`, 4.1.2.4).
+string-built): the small fixed bootstrap of a fresh Ubuntu 24.04 VM, built from the services of
+its roles (`nina.services`): hostname, packages, the `fl_system` group and service users
+(manual 4.1.2.1), the directory layout (4.1.1), state volumes, the Flower venv with the pinned
+flwr (4.1.2.11), `nina-receive` and the first-boot check. Everything that evolves (host
+programs, units, run scripts, configs) comes with the per-service deliveries.
 
 User-data is readable by anyone on the VM through the metadata service, so it holds no
 secrets: certificates and keys come later over SSH (`nina.render.*_delivery` piped into

@@ -25,10 +25,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 from nina import facts
+from nina.host import install_files
 
 PROG = "nina-membership"
 FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
@@ -68,18 +68,8 @@ def read(path):
 
 
 def write_atomic(path, text, mode=0o644):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".nina-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """As the installer writes files: a temporary file in the same directory, fsynced, renamed."""
+    install_files.write_atomic(path, text.encode("utf-8"), mode, os.getuid(), os.getgid())
 
 
 def parse_json(out):
