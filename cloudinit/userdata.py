@@ -144,7 +144,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
     packages = services.packages(svcs)
     users = [_user(u) for u in services.users(svcs)]
     # Only the receiver and first-boot programs: configs, units and the other host programs
-    # arrive with the deliveries (services.base.delivery and each service's own).
+    # arrive with the deliveries (render.base_delivery and each service's own).
     files = [_file(facts.RECEIVE_BIN, render.receive_script(), 0o755)]
     runcmd: list[list[str]] = [["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER]]
     dirs = services.directories(svcs)

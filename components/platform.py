@@ -15,8 +15,9 @@ from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, LeafCertificate, LeafCertificateArgs, SuperNodeKey
 from components.security import SecurityGroups, SecurityGroupsArgs
-from nina import facts, outputs, render, vpn
+from nina import facts, outputs, render, services, vpn
 from nina.plan import Member, Plan, TenancyPlan
+from nina.services import Service
 
 
 @dataclass
@@ -53,9 +54,10 @@ class Platform(pulumi.ComponentResource):
             )
         self.access.bastion_ip = self.hosts[plan.bastion.name].floating_ip
         # Every host's `<host>-base` delivery (host programs, journald/logrotate/node exporter
-        # settings); each service's own delivery `<host>-<service>` runs after it.
+        # settings); each service's own delivery `<host>-<service>` runs after it (`_deliver`).
+        base_payload = render.base_delivery()
         self.base: dict[str, FileDelivery] = {
-            name: FileDelivery(f"{name}-base", FileDeliveryArgs(self.access, h, render.base_delivery()), self.child)
+            name: FileDelivery(f"{name}-{services.BASE.name}", FileDeliveryArgs(self.access, h, base_payload), self.child)
             for name, h in self.hosts.items()
         }
 
@@ -91,19 +93,22 @@ class Platform(pulumi.ComponentResource):
 
     # ---------------------------------------------------------------------------------------
 
-    def _after_base(self, host: str, *more: pulumi.Resource) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self, depends_on=[self.base[host], *more])
+    def _deliver(self, host: str, service: Service, payload: pulumi.Input[str], *after: pulumi.Resource) -> FileDelivery:
+        """The delivery `<host>-<service>`, after the host's base delivery and `after`."""
+        return FileDelivery(
+            f"{host}-{service.name}",
+            FileDeliveryArgs(self.access, self.hosts[host], payload),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.base[host], *after]),
+        )
 
     def _tenancy(self, t: TenancyPlan) -> dict[str, Any]:
-        ca, access = self.ca, self.access
+        ca = self.ca
         superlink = self.hosts[t.superlink_host]
         leaf = LeafCertificate(t.certificate.name, LeafCertificateArgs(t.certificate, ca), self.child)
         payload = pulumi.Output.all(ca.cert_pem, leaf.cert_pem, leaf.private_key_pem).apply(
             lambda pems: render.superlink_delivery(t, *pems)
         )
-        superlink_files = FileDelivery(
-            f"{t.superlink_host}-superlink", FileDeliveryArgs(access, superlink, payload), self._after_base(t.superlink_host)
-        )
+        superlink_files = self._deliver(t.superlink_host, services.superlink.SERVICE, payload)
 
         vpn_clients: dict[str, LeafCertificate] = {}
         vpn_output = None
@@ -134,7 +139,7 @@ class Platform(pulumi.ComponentResource):
         payload = pulumi.Output.all(ca.cert_pem, server_cert.cert_pem, server_cert.private_key_pem, ta_key).apply(
             lambda parts: vpn.vpn_delivery(v, t.members, *parts)
         )
-        FileDelivery(f"{v.host}-vpn", FileDeliveryArgs(self.access, self.hosts[v.host], payload), self._after_base(v.host))
+        self._deliver(v.host, services.vpn.SERVICE, payload)
         return clients
 
     def _member(
@@ -163,9 +168,5 @@ class Platform(pulumi.ComponentResource):
             node_payload = pulumi.Output.all(self.ca.cert_pem, private_key, public_key).apply(
                 lambda v: render.supernode_delivery(m, t.fleet_address, *v)
             )
-            FileDelivery(
-                f"supernode-{m.slug}-supernode",
-                FileDeliveryArgs(self.access, node_host, node_payload),
-                self._after_base(f"supernode-{m.slug}", registration),
-            )
+            self._deliver(f"supernode-{m.slug}", services.supernode.SERVICE, node_payload, registration)
         return outputs.organisation(m, public_key, vpn_client.cert_pem if vpn_client is not None else None)

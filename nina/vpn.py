@@ -53,11 +53,11 @@ from functools import lru_cache
 
 import jinja2
 
-from nina import config, facts, templating
+from nina import config, facts, services, templating
 from nina.plan import Member, VpnPlan
 from nina.render import DeliveredFile, delivery_payload, service_files
 
-SERVER_UNITS = (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT)
+SERVER_UNITS = services.vpn.SERVER_UNITS
 STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
 STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -308,7 +308,7 @@ def vpn_delivery(
     # organisation is disconnected (see nina-install-files, "hot").
     return delivery_payload(
         files,
-        [facts.VPN_FORWARDING_UNIT, *SERVER_UNITS],
+        list(services.vpn.UNITS),
         prune=[facts.OPENVPN_CCD_DIR],
         hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)},
     )

@@ -115,6 +115,11 @@ def registered_nodes(sl: bootlab.Machine) -> list[str]:
     return sorted(str(n["node-id"]) for n in doc["nodes"] or [])
 
 
+def deliveries_to(by_host: dict[str, list[bootlab.DeclaredCommand]], host: bootlab.DeclaredHost) -> list[bootlab.DeclaredCommand]:
+    """The host's declared FileDeliveries (`<host>-base` first), in declaration order."""
+    return [c for c in by_host[host.fixed_ip] if c.stdin and '"programs"' in c.stdin]
+
+
 def run_all(lab: bootlab.Lab, commands: list[bootlab.DeclaredCommand], label: str) -> dict[str, str]:
     outs = {}
     for cmd in commands:
@@ -238,7 +243,7 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
     check = bad.sh(facts.BOOTSTRAP_CHECK_BIN, check=False)
     assert check.returncode == 1 and "does not have flwr==" in check.stderr, check.stderr
     assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1, "a failed check wrote the marker"
-    deliveries = [c for c in by_host[broken.fixed_ip] if c.stdin and '"programs"' in c.stdin]
+    deliveries = deliveries_to(by_host, broken)
     assert len(deliveries) == 2, [c.name for c in deliveries]  # <host>-base and <host>-supernode
     for delivery in deliveries:
         refused = lab.run_declared(delivery)
@@ -349,7 +354,7 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
         log = sl.sh(f"cat {facts.CLOUD_INIT_OUTPUT_LOG}").stdout
         assert "creating ext4" not in log, "the state volume was reformatted"
         assert sl.sh(f"findmnt -n -o UUID {facts.SUPERLINK_STATE_DIR}").stdout.strip() == uuid
-        deliveries = [c for c in by_host[superlink.fixed_ip] if c.stdin and '"programs"' in c.stdin]
+        deliveries = deliveries_to(by_host, superlink)
         assert len(deliveries) == 2, [c.name for c in deliveries]  # <host>-base and <host>-superlink
         for delivery in deliveries:
             proc = lab.run_declared(delivery)

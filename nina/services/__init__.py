@@ -5,8 +5,9 @@ Debian packages, its service user, its directories (manual 4.1.1) and the progra
 the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
 bootstrap from the services of its roles, and the role list of the config model comes from
 here. What evolves (programs, units, configs, keys) is not here: each service's delivery
-(`nina.render.base_delivery` and `superlink_delivery`, `supernode_delivery`, `nina.vpn.vpn_delivery`) carries it in place, and the port table
-(`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
+(`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
+`nina.vpn.vpn_delivery`) carries it in place and restarts the `UNITS` of its module. The port
+table (`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
 
 Pure: standard library and nina.facts only (no pulumi).
 """

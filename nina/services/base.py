@@ -1,6 +1,6 @@
 """What every host runs: the node exporter (manual 5.2.2), journald and logrotate limits (5.4),
-and the launchers of the nina host programs. Its delivery (`nina.render.base_delivery`, `<host>-base`) carries
-their configs, so changing a limit re-runs a delivery and replaces no VM."""
+and the launchers of the nina host programs. Its delivery (`nina.render.base_delivery`,
+`<host>-base`) carries their configs, so changing a limit re-runs a delivery, not the VM."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 
 from nina import facts
@@ -40,3 +41,9 @@ class Service:
     venv_programs: tuple[str, ...] = ()
     # False while only its first-boot layout exists (its programs arrive with a later issue).
     built: bool = True
+
+
+# The venvs' root, group-writable for fl_system (manual 4.1.2.11): the Flower venv and JupyterHub's.
+PYTHON_ROOT = Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775)
+# What every Flower service (SuperLink, SuperNode) lays out before its own directories.
+FLOWER_DIRS = (PYTHON_ROOT, Directory(facts.ETC_FLWR, 0o755), Directory(posixpath.dirname(facts.SUPERLINK_OPT), 0o755))

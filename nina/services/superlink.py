@@ -1,10 +1,8 @@
 """A tenancy's Flower SuperLink (manual 4.1.2.17). Its delivery is `nina.render.superlink_delivery`
 (`<host>-superlink`): certificates, the admin project, run script and unit, nina-membership."""
 
-import posixpath
-
 from nina import facts
-from nina.services.model import ROOT, Directory, Service, User
+from nina.services.model import FLOWER_DIRS, ROOT, Directory, Service, User
 
 _USER = facts.SERVICE_USERS["superlink"]
 SERVICE = Service(
@@ -13,9 +11,7 @@ SERVICE = Service(
     shared=True,
     user=User(_USER, facts.SUPERLINK_OPT),
     directories=(
-        Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775),  # group fl_system, g+w (manual 4.1.2.11)
-        Directory(facts.ETC_FLWR, 0o755),
-        Directory(posixpath.dirname(facts.SUPERLINK_OPT), 0o755),
+        *FLOWER_DIRS,
         Directory(facts.SUPERLINK_ETC, 0o750),
         Directory(facts.SUPERLINK_CERTS, 0o750),
         Directory(facts.SUPERLINK_OPT, 0o755, _USER),

@@ -2,10 +2,8 @@
 `nina.render.supernode_delivery` (`<host>-supernode`); on-premise sites get the same files in
 their kit (`nina.kit`)."""
 
-import posixpath
-
 from nina import facts
-from nina.services.model import Directory, Service, User
+from nina.services.model import FLOWER_DIRS, Directory, Service, User
 
 _USER = facts.SERVICE_USERS["supernode"]
 SERVICE = Service(
@@ -13,9 +11,7 @@ SERVICE = Service(
     summary="Flower SuperNode (dials the SuperLink's Fleet API)",
     user=User(_USER, facts.SUPERNODE_OPT),
     directories=(
-        Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775),  # group fl_system, g+w (manual 4.1.2.11)
-        Directory(facts.ETC_FLWR, 0o755),
-        Directory(posixpath.dirname(facts.SUPERNODE_OPT), 0o755),
+        *FLOWER_DIRS,
         Directory(facts.SUPERNODE_ETC, 0o750),
         Directory(facts.SUPERNODE_CERTS, 0o750),
         Directory(facts.SUPERNODE_OPT, 0o755, _USER),

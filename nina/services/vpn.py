@@ -10,3 +10,6 @@ SERVICE = Service(
     packages=("iptables", "openvpn"),
     directories=(Directory(facts.OPENVPN_CCD_DIR, 0o755, ROOT, ROOT),),
 )
+# The OpenVPN instances (UDP, TCP) and the forwarding unit they require.
+SERVER_UNITS = (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT)
+UNITS = (facts.VPN_FORWARDING_UNIT, *SERVER_UNITS)
