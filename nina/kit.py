@@ -23,15 +23,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import ipaddress
-import json
 import os
 import posixpath
 import re
 import shlex
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,14 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nina import facts, render, templating
+from nina import outputs as schema
 from nina import vpn as vpn_files
-from nina.config import SLUG_RE
-from nina.keys import KeyError_, check_openssh_public_key
-from nina.localpki import fingerprint_sha256
 from nina.plan import Member
 
 ARCHIVE_SUFFIX = ".tar.gz"
-ONPREM, CLOUD = "onprem", "cloud"
+ONPREM, CLOUD = schema.ONPREM, schema.CLOUD
 ROOT = "root"
 SUPERNODE_USER = facts.SERVICE_USERS["supernode"]
 # Debian packages install.sh adds (the node exporter everywhere, as on the cloud hosts).
@@ -73,10 +69,6 @@ CONTAINER_NAME = "nina-supernode"
 TAR_MTIME = 0
 DIR_MODE, PRIVATE_DIR_MODE = 0o755, 0o700
 
-_SECRET_PLACEHOLDER = "[secret]"  # what `pulumi stack output --json` prints without --show-secrets
-_SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
-_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _TLS_AUTH_RE = re.compile(r"-----BEGIN OpenVPN Static key V1-----\n((?:[0-9a-fA-F]+\n)+)-----END OpenVPN Static key V1-----\n?\Z")
 
 
@@ -85,15 +77,8 @@ _TLS_AUTH_RE = re.compile(r"-----BEGIN OpenVPN Static key V1-----\n((?:[0-9a-fA-
 # ---------------------------------------------------------------------------------------
 
 
-class KitError(ValueError):
+class KitError(schema.OutputsError):
     """The outputs cannot make a kit. `problems` holds (JSON path, what is wrong and what to do)."""
-
-    def __init__(self, problems: Iterable[tuple[str, str]]):
-        self.problems = list(problems)
-        super().__init__(self.message())
-
-    def message(self) -> str:
-        return "\n".join(f"{path}: {problem}" for path, problem in self.problems)
 
 
 class UnknownOrganisation(KitError):
@@ -106,120 +91,8 @@ class UnknownOrganisation(KitError):
 
 
 # ---------------------------------------------------------------------------------------
-# Validation of the outputs document
+# The outputs document, read with its schema (nina.outputs)
 # ---------------------------------------------------------------------------------------
-
-
-def _at(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    key = str(key)
-    if _PLAIN_KEY_RE.match(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)}]"
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )
-
-
-_KINDS = {
-    "object": (lambda v: isinstance(v, Mapping), "an object"),
-    "string": (lambda v: isinstance(v, str), "a string"),
-    "text": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
-    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "boolean": (lambda v: isinstance(v, bool), "true or false"),
-    "strings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-}
-
-
-class _Checker:
-    """Collects problems while reading the document, so that all of them are reported at once."""
-
-    def __init__(self) -> None:
-        self.problems: list[tuple[str, str]] = []
-
-    def bad(self, path: str, problem: str) -> None:
-        self.problems.append((path or "(top level)", problem))
-
-    def get(self, obj: Mapping[str, Any], key: str, path: str, kind: str, *, null: bool = False) -> Any:
-        """obj[key] if it is of `kind` (None if null is allowed); None after recording a problem."""
-        where = _at(path, key)
-        test, expected = _KINDS[kind]
-        if key not in obj:
-            self.bad(where, f"missing; expected {expected}" + (" or null" if null else ""))
-            return None
-        value = obj[key]
-        if value is None and null:
-            return None
-        if value == _SECRET_PLACEHOLDER:
-            self.bad(where, "is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`")
-            return None
-        if not test(value):
-            self.bad(where, f"is {_kind(value)}; expected {expected}" + (" or null" if null else ""))
-            return None
-        return value
-
-    def ip(self, obj: Mapping[str, Any], key: str, path: str, *, null: bool = False) -> str | None:
-        value = self.get(obj, key, path, "string", null=null)
-        if value is None:
-            return None
-        try:
-            return str(ipaddress.IPv4Address(value))
-        except ValueError:
-            self.bad(_at(path, key), f"{value!r} is not an IPv4 address")
-            return None
-
-    def port(self, obj: Mapping[str, Any], key: str, path: str) -> int | None:
-        value = self.get(obj, key, path, "integer")
-        if value is not None and not 0 < value < 65536:
-            self.bad(_at(path, key), f"{value} is not a TCP/UDP port (1-65535)")
-            return None
-        return value
-
-    def network(self, value: str, where: str) -> ipaddress.IPv4Network | None:
-        try:
-            return ipaddress.IPv4Network(value)
-        except ValueError:
-            self.bad(where, f"{value!r} is not an IPv4 network like '10.110.0.0/24'")
-            return None
-
-    def address(self, obj: Mapping[str, Any], key: str, path: str) -> str | None:
-        """An 'ip-or-host:port' address."""
-        value = self.get(obj, key, path, "string")
-        if value is None:
-            return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not _HOST_RE.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
-            self.bad(_at(path, key), f"{value!r} is not an address like '10.110.0.40:{facts.SUPERLINK_FLEET_PORT}'")
-            return None
-        return value
-
-    def pem(self, obj: Mapping[str, Any], key: str, path: str, marker: str, *, null: bool = False) -> str | None:
-        value = self.get(obj, key, path, "string", null=null)
-        if value is None:
-            return None
-        if f"-----BEGIN {marker}-----" not in value or f"-----END {marker}-----" not in value:
-            self.bad(_at(path, key), f"does not look like a PEM block '{marker}'")
-            return None
-        return value if value.endswith("\n") else value + "\n"
-
-
-@dataclass(frozen=True)
-class VpnServer:
-    host: str
-    public_ip: str
-    internal_ip: str
-    udp_port: int
-    tcp_port: int
-    pool: ipaddress.IPv4Network
-    server_ip: str
-    server_name: str
-    routes: tuple[ipaddress.IPv4Network, ...]
 
 
 @dataclass(frozen=True)
@@ -228,11 +101,22 @@ class Tenancy:
     superlink_host: str
     superlink_ip: str
     fleet_address: str
-    vpn: VpnServer | None
+    vpn: schema.Vpn | None
+
+
+@dataclass(frozen=True)
+class OrgVpn:
+    """An on-premise organisation's VPN material and its tenancy's VPN server."""
+
+    address: str
+    cert_pem: str
+    server: schema.Vpn
 
 
 @dataclass(frozen=True)
 class Organisation:
+    """One organisation of the validated outputs, with where it sits (what the kit uses)."""
+
     slug: str
     tenancy: str
     display_name: str
@@ -241,8 +125,7 @@ class Organisation:
     num_partitions: int
     gpu: bool
     supernode_public_key: str  # OpenSSH line, ends in a newline
-    vpn_address: str | None
-    vpn_cert_pem: str | None
+    vpn: OrgVpn | None  # exactly for on-premise organisations
     holds_vpn_key: bool
     holds_supernode_key: bool
     path: str  # JSON path of the organisation, for messages
@@ -250,6 +133,10 @@ class Organisation:
     @property
     def onprem(self) -> bool:
         return self.placement == ONPREM
+
+    @property
+    def vpn_address(self) -> str | None:
+        return self.vpn.address if self.vpn is not None else None
 
     def member(self) -> Member:
         """The plan's Member for this organisation: what nina.render takes."""
@@ -272,249 +159,53 @@ class StackOutputs:
     ca_fingerprint: str
     tenancies: Mapping[str, Tenancy]
     organisations: Mapping[str, Organisation]  # by slug, sorted
-    supernode_private_keys: Mapping[str, Any] | None
-    vpn_client_private_keys: Mapping[str, Any] | None
-    vpn_tls_auth_keys: Mapping[str, Any] | None
+    supernode_private_keys: Mapping[str, str]
+    vpn_client_private_keys: Mapping[str, str]
+    vpn_tls_auth_keys: Mapping[str, str]
 
 
 def parse_outputs(raw: Any) -> StackOutputs:
-    """Validate the stack outputs document; raises KitError with every problem found."""
-    if not isinstance(raw, Mapping):
-        raise KitError(
-            [("(top level)", f"is {_kind(raw)}; expected the JSON object printed by `pulumi stack output --json --show-secrets`")]
-        )
-    c = _Checker()
-    environment = c.get(raw, "environment", "", "text")
-    ca_pem = c.pem(raw, "ca_cert_pem", "", "CERTIFICATE")
-    fingerprint = ""
-    if ca_pem is not None:
-        try:
-            ca = x509.load_pem_x509_certificate(ca_pem.encode())
-            fingerprint = fingerprint_sha256(ca_pem)
-            _require_ca(ca)
-        except ValueError as exc:
-            c.bad("ca_cert_pem", f"is not a usable CA certificate ({exc})")
-    secret_maps: dict[str, Mapping[str, Any] | None] = {}
-    unusable: set[str] = set()  # secret maps that are there but ill-typed (reported once)
-    for name in ("supernode_private_keys", "vpn_client_private_keys", "vpn_tls_auth_keys"):
-        before = len(c.problems)
-        secret_maps[name] = _optional_map(c, raw, name)
-        if len(c.problems) != before:
-            unusable.add(name)
-
-    tenancies: dict[str, Tenancy] = {}
-    orgs: dict[str, Organisation] = {}
-    raw_tenancies = c.get(raw, "tenancies", "", "object") or {}
-    for name, t_raw in raw_tenancies.items():
-        tp = _at("tenancies", name)
-        if not isinstance(name, str) or not SLUG_RE.match(name):
-            c.bad(tp, "the tenancy name is not a slug (lower-case letters, digits and '-')")
-            continue
-        if not isinstance(t_raw, Mapping):
-            c.bad(tp, f"is {_kind(t_raw)}; expected an object")
-            continue
-        tenancy = _parse_tenancy(c, name, t_raw, tp)
-        raw_orgs = c.get(t_raw, "organisations", tp, "object") or {}
-        for slug, o_raw in raw_orgs.items():
-            op = _at(_at(tp, "organisations"), slug)
-            if not isinstance(slug, str) or not SLUG_RE.match(slug):
-                c.bad(op, "the organisation slug is not a slug (lower-case letters, digits and '-')")
-                continue
-            if slug in orgs:
-                c.bad(op, f"slug also used in tenancy {orgs[slug].tenancy!r}; slugs are unique across the stack")
-                continue
-            if not isinstance(o_raw, Mapping):
-                c.bad(op, f"is {_kind(o_raw)}; expected an object")
-                continue
-            org = _parse_org(c, slug, name, o_raw, op, tenancy)
-            if org is not None:
-                orgs[slug] = org
-        if tenancy is not None:
-            tenancies[name] = tenancy
-
-    _check_secrets_present(c, list(orgs.values()), secret_maps, unusable)
-    if c.problems:
-        raise KitError(c.problems)
-    return StackOutputs(
-        environment=environment,
-        ca_cert_pem=ca_pem,
-        ca_fingerprint=fingerprint,
-        tenancies=tenancies,
-        organisations=dict(sorted(orgs.items())),
-        **secret_maps,
-    )
-
-
-def _require_ca(ca: x509.Certificate) -> None:
+    """Validate the stack outputs document (nina.outputs.read); raises KitError with every problem found."""
     try:
-        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise ValueError("it is not a CA: basicConstraints CA:TRUE is missing")
-
-
-def _optional_map(c: _Checker, raw: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
-    """A secrets map; None if absent (a problem only if an organisation needs it)."""
-    if name not in raw:
-        return None
-    return c.get(raw, name, "", "object", null=True)
-
-
-def _parse_tenancy(c: _Checker, name: str, t_raw: Mapping[str, Any], tp: str) -> Tenancy | None:
-    before = len(c.problems)
-    sl = c.get(t_raw, "superlink", tp, "object")
-    slp = _at(tp, "superlink")
-    host = internal_ip = fleet = None
-    if sl is not None:
-        host = c.get(sl, "host", slp, "text")
-        internal_ip = c.ip(sl, "internal_ip", slp)
-        fleet = c.address(sl, "fleet_address", slp)
-    vpn_raw = c.get(t_raw, "vpn", tp, "object", null=True)
-    vpn = _parse_vpn(c, vpn_raw, _at(tp, "vpn")) if vpn_raw is not None else None
-    if fleet is not None and internal_ip is not None and fleet.rpartition(":")[0] != internal_ip:
-        c.bad(
-            _at(slp, "fleet_address"),
-            f"{fleet!r} is not on the SuperLink's internal IP {internal_ip}; SuperNodes "
-            "(over the VPN or the cloud network) reach the Fleet API only there",
+        doc = schema.read(raw)
+    except schema.OutputsError as exc:
+        raise KitError(exc.problems) from None
+    orgs: dict[str, Organisation] = {}
+    for name, slug, o in doc.organisations():
+        server = doc.tenancies[name].vpn
+        # nina.outputs.read has checked that an on-premise organisation has all three.
+        org_vpn = (
+            OrgVpn(o.vpn_address, o.vpn_client_cert_pem, server)
+            if o.onprem and o.vpn_address is not None and o.vpn_client_cert_pem is not None and server is not None
+            else None
         )
-    if vpn is not None and internal_ip is not None and not any(ipaddress.IPv4Address(internal_ip) in r for r in vpn.routes):
-        c.bad(
-            _at(_at(tp, "vpn"), "routes"),
-            f"no route covers the SuperLink's internal IP {internal_ip}; on-premise SuperNodes could not reach it through the VPN",
+        orgs[slug] = Organisation(
+            slug=slug,
+            tenancy=name,
+            display_name=o.display_name,
+            placement=o.placement,
+            partition_id=o.partition_id,
+            num_partitions=o.num_partitions,
+            gpu=o.gpu,
+            supernode_public_key=o.supernode_public_key_openssh,
+            vpn=org_vpn,
+            holds_vpn_key=o.keys_held_by_organisation.vpn,
+            holds_supernode_key=o.keys_held_by_organisation.supernode,
+            path=schema.at(schema.at(schema.at("tenancies", name), "organisations"), slug),
         )
-    if len(c.problems) != before:
-        return None
-    return Tenancy(name, host, internal_ip, fleet, vpn)
-
-
-def _parse_vpn(c: _Checker, v: Mapping[str, Any], vp: str) -> VpnServer | None:
-    before = len(c.problems)
-    host = c.get(v, "host", vp, "text")
-    public_ip = c.ip(v, "public_ip", vp)
-    internal_ip = c.ip(v, "internal_ip", vp)
-    udp_port = c.port(v, "udp_port", vp)
-    tcp_port = c.port(v, "tcp_port", vp)
-    pool_s = c.get(v, "pool_cidr", vp, "string")
-    pool = c.network(pool_s, _at(vp, "pool_cidr")) if pool_s is not None else None
-    server_ip = c.ip(v, "server_ip", vp)
-    if pool is not None and server_ip is not None and ipaddress.IPv4Address(server_ip) not in pool:
-        c.bad(_at(vp, "server_ip"), f"{server_ip} is outside pool_cidr {pool}")
-    server_name = c.get(v, "server_name", vp, "text")
-    if server_name is not None and not _SERVER_NAME_RE.match(server_name):
-        c.bad(_at(vp, "server_name"), f"{server_name!r} is not a certificate name (letters, digits, '.', '-', '_')")
-    routes_raw = c.get(v, "routes", vp, "strings") or []
-    routes = tuple(r for i, s in enumerate(routes_raw) if (r := c.network(s, _at(_at(vp, "routes"), i))) is not None)
-    if len(c.problems) != before:
-        return None
-    return VpnServer(host, public_ip, internal_ip, udp_port, tcp_port, pool, server_ip, server_name, routes)
-
-
-def _parse_org(c: _Checker, slug: str, tenancy_name: str, o: Mapping[str, Any], op: str, tenancy: Tenancy | None) -> Organisation | None:
-    before = len(c.problems)
-    display_name = c.get(o, "display_name", op, "text")
-    if display_name is not None and any(ch in display_name for ch in "\r\n\x00"):
-        c.bad(_at(op, "display_name"), "holds a line break; write the name on one line")
-    placement = c.get(o, "placement", op, "string")
-    if placement is not None and placement not in (ONPREM, CLOUD):
-        c.bad(_at(op, "placement"), f"{placement!r} is neither '{ONPREM}' nor '{CLOUD}'")
-    partition_id = c.get(o, "partition_id", op, "integer")
-    num_partitions = c.get(o, "num_partitions", op, "integer")
-    if num_partitions is not None and num_partitions < 1:
-        c.bad(_at(op, "num_partitions"), f"{num_partitions} must be at least 1")
-    elif partition_id is not None and num_partitions is not None and not 0 <= partition_id < num_partitions:
-        c.bad(_at(op, "partition_id"), f"{partition_id} must be in 0..{num_partitions - 1} (num_partitions {num_partitions})")
-    gpu = c.get(o, "gpu", op, "boolean")
-    public_key = c.get(o, "supernode_public_key_openssh", op, "text")
-    if public_key is not None:
-        try:
-            check_openssh_public_key(public_key)
-        except UnsupportedAlgorithm:
-            c.bad(_at(op, "supernode_public_key_openssh"), "is a key type flwr 1.25 does not accept; use `ssh-keygen -t ecdsa -b 384`")
-        except KeyError_ as exc:
-            c.bad(_at(op, "supernode_public_key_openssh"), str(exc))
-        public_key = public_key.strip() + "\n"
-    vpn_address = c.ip(o, "vpn_address", op, null=True)
-    vpn_cert = c.pem(o, "vpn_client_cert_pem", op, "CERTIFICATE", null=True)
-    held = c.get(o, "keys_held_by_organisation", op, "object")
-    hp = _at(op, "keys_held_by_organisation")
-    holds_vpn = c.get(held, "vpn", hp, "boolean") if held is not None else None
-    holds_sn = c.get(held, "supernode", hp, "boolean") if held is not None else None
-
-    if placement == ONPREM and tenancy is not None:
-        vpn = tenancy.vpn
-        if vpn is None:
-            c.bad(
-                _at(_at("tenancies", tenancy_name), "vpn"),
-                f"is null, but organisation {slug!r} is on premise and joins through the VPN; "
-                "deploy the tenancy's VPN server (pulumi up) before exporting its kit",
-            )
-        if "vpn_address" in o and o["vpn_address"] is None:
-            c.bad(_at(op, "vpn_address"), "is null; an on-premise organisation needs its fixed VPN address")
-        elif vpn is not None and vpn_address is not None and ipaddress.IPv4Address(vpn_address) not in vpn.pool:
-            c.bad(_at(op, "vpn_address"), f"{vpn_address} is outside the tenancy's VPN pool {vpn.pool}")
-        if "vpn_client_cert_pem" in o and o["vpn_client_cert_pem"] is None:
-            c.bad(_at(op, "vpn_client_cert_pem"), "is null; an on-premise organisation needs its VPN client certificate")
-    if len(c.problems) != before:
-        return None
-    return Organisation(
-        slug,
-        tenancy_name,
-        display_name,
-        placement,
-        partition_id,
-        num_partitions,
-        gpu,
-        public_key,
-        vpn_address if placement == ONPREM else None,
-        vpn_cert if placement == ONPREM else None,
-        bool(holds_vpn),
-        bool(holds_sn),
-        op,
+    return StackOutputs(
+        environment=doc.environment,
+        ca_cert_pem=doc.ca_cert_pem,
+        ca_fingerprint=doc.ca_fingerprint,
+        tenancies={
+            name: Tenancy(name, t.superlink.host, t.superlink.internal_ip, t.superlink.fleet_address, t.vpn)
+            for name, t in doc.tenancies.items()
+        },
+        organisations=dict(sorted(orgs.items())),
+        supernode_private_keys=doc.supernode_private_keys,
+        vpn_client_private_keys=doc.vpn_client_private_keys,
+        vpn_tls_auth_keys=doc.vpn_tls_auth_keys,
     )
-
-
-def _check_secrets_present(
-    c: _Checker, orgs: Sequence[Organisation], maps: Mapping[str, Mapping[str, Any] | None], unusable: set[str]
-) -> None:
-    """Each secret is there exactly when the organisation does not hold it itself."""
-    needs: dict[str, list[tuple[Organisation, str, str | None]]] = {name: [] for name in maps}
-    for org in orgs:
-        needs["supernode_private_keys"].append((org, org.slug, None if org.holds_supernode_key else "supernode"))
-        if org.onprem:
-            needs["vpn_client_private_keys"].append((org, org.slug, None if org.holds_vpn_key else "vpn"))
-            needs["vpn_tls_auth_keys"].append((org, org.tenancy, ""))
-    for name, wanted in needs.items():
-        table = maps.get(name)
-        if name in unusable:
-            continue
-        if table is None:
-            slugs = sorted({org.slug for org, _, flag in wanted if flag is not None})
-            if slugs:
-                c.bad(name, f"missing; needed for the kits of {', '.join(slugs)}")
-            continue
-        seen: set[str] = set()
-        for org, key, flag in wanted:
-            where = _at(name, key)
-            if flag is None:  # the organisation keeps this key: the stack must not have it
-                held = f"{_at(org.path, 'keys_held_by_organisation')}.{'supernode' if name.startswith('supernode') else 'vpn'}"
-                if key in table:
-                    c.bad(where, f"present, but {held} is true: the organisation keeps this key, so the stack must not hold it")
-                continue
-            if key in seen:
-                continue
-            seen.add(key)
-            if key not in table:
-                hint = (
-                    f" (or set {_at(org.path, 'keys_held_by_organisation')}.{flag} if the organisation keeps this key itself)"
-                    if flag
-                    else ""
-                )
-                c.bad(where, f"missing; the kit of {org.slug!r} needs it{hint}")
-            elif table[key] == _SECRET_PLACEHOLDER:
-                c.bad(where, "is hidden ('[secret]'); export the outputs with `pulumi stack output --json --show-secrets`")
-            elif not isinstance(table[key], str):
-                c.bad(where, f"is {_kind(table[key])}; expected a string")
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,8 +213,8 @@ def _check_secrets_present(
 # ---------------------------------------------------------------------------------------
 
 
-def _secret(maps: Mapping[str, Any] | None, key: str) -> str:
-    value = maps[key]  # presence checked by parse_outputs
+def _secret(maps: Mapping[str, str], key: str) -> str:
+    value = maps[key]  # presence checked by nina.outputs.read
     return value if value.endswith("\n") else value + "\n"
 
 
@@ -539,7 +230,7 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
     problems: list[tuple[str, str]] = []
     ca = x509.load_pem_x509_certificate(out.ca_cert_pem.encode())
     if not org.holds_supernode_key:
-        where = _at("supernode_private_keys", org.slug)
+        where = schema.at("supernode_private_keys", org.slug)
         pem = _secret(out.supernode_private_keys, org.slug)
         try:
             key = serialization.load_ssh_private_key(pem.encode(), password=None)
@@ -551,12 +242,15 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
                 problems.append((where, "is not an ECDSA key; flwr 1.25 accepts only NIST-curve ECDSA SuperNode keys"))
             elif key.public_key() != public:
                 problems.append(
-                    (where, f"does not belong to {_at(org.path, 'supernode_public_key_openssh')} (the key registered at the SuperLink)")
+                    (
+                        where,
+                        f"does not belong to {schema.at(org.path, 'supernode_public_key_openssh')} (the key registered at the SuperLink)",
+                    )
                 )
-    if org.onprem:
-        where = _at(org.path, "vpn_client_cert_pem")
+    if org.vpn is not None:
+        where = schema.at(org.path, "vpn_client_cert_pem")
         try:
-            cert = x509.load_pem_x509_certificate(org.vpn_cert_pem.encode())
+            cert = x509.load_pem_x509_certificate(org.vpn.cert_pem.encode())
         except ValueError as exc:
             problems.append((where, f"is not a PEM certificate ({exc})"))
         else:
@@ -570,7 +264,7 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
                     (where, f"has common name {cns[0] if cns else 'none'!r}; the VPN pins addresses by CN, so it must be {org.slug!r}")
                 )
             if not org.holds_vpn_key:
-                kwhere = _at("vpn_client_private_keys", org.slug)
+                kwhere = schema.at("vpn_client_private_keys", org.slug)
                 try:
                     vkey = serialization.load_pem_private_key(_secret(out.vpn_client_private_keys, org.slug).encode(), None)
                 except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -583,7 +277,7 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
         except ValueError as exc:
             problems.append(
                 (
-                    _at("vpn_tls_auth_keys", org.tenancy),
+                    schema.at("vpn_tls_auth_keys", org.tenancy),
                     f"is not an OpenVPN static key ({exc}); expected "
                     "the '-----BEGIN OpenVPN Static key V1-----' block `openvpn --genkey secret` writes",
                 )
@@ -654,7 +348,7 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
     try:
         conf = render.supernode_conf(org.member(), tenancy.fleet_address)
     except ValueError as exc:
-        raise KitError([(_at(_at("tenancies", org.tenancy), "superlink.fleet_address"), str(exc))]) from None
+        raise KitError([(schema.at(schema.at("tenancies", org.tenancy), "superlink.fleet_address"), str(exc))]) from None
     unit_in_kit = f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}"
     files = [
         KitFile(
@@ -727,8 +421,8 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
                 about="SECRET: the SuperNode's private key (OpenSSH format); it proves the node's identity",
             )
         )
-    if org.onprem:
-        vpn = tenancy.vpn
+    if org.vpn is not None:
+        vpn = org.vpn.server
         vp = _vpn_paths(org.slug)
         files += [
             KitFile(
@@ -749,7 +443,7 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
             ),
             KitFile(
                 _rel(vp["cert"]),
-                _text(org.vpn_cert_pem),
+                _text(org.vpn.cert_pem),
                 0o644,
                 vp["cert"],
                 tag="vpn",

@@ -751,7 +751,7 @@ MUTATIONS = {
     ),
     "missing-map": (
         lambda d: d.pop("vpn_tls_auth_keys"),
-        "vpn_tls_auth_keys: missing; needed for the kits of beta-clinic, hospital-a, hospital-b, hospital-own",
+        "vpn_tls_auth_keys: missing; expected an object; export the whole document with `pulumi stack output --json --show-secrets`",
     ),
     "held-but-present": (
         lambda d: d["vpn_client_private_keys"].__setitem__("hospital-own", d["vpn_client_private_keys"]["hospital-a"]),

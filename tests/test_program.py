@@ -353,6 +353,17 @@ def test_stack_outputs_are_the_site_kit_contract(test_run, uat_run):
     assert set(uat_run.outputs["supernode_private_keys"]) == set(uat_orgs)
 
 
+@pytest.mark.parametrize("stack", ["test", "uat"])
+def test_the_programs_outputs_read_with_the_outputs_schema(stack, test_run, uat_run):
+    # The document Platform writes (Pulumi Outputs resolved by the mocks) is what nina.outputs
+    # reads: the kit exporter would take it as it is.
+    from nina import outputs
+
+    run = {"test": test_run, "uat": uat_run}[stack]
+    doc = outputs.read(run.outputs)
+    assert {slug for _, slug, _ in doc.organisations()} == set(run.outputs["supernode_private_keys"])
+
+
 def _shape(value):
     """Keys and value kinds, not values: what a reader of the outputs relies on."""
     if isinstance(value, dict):

@@ -1,0 +1,125 @@
+"""The stack outputs schema (nina.outputs): one definition that writes and reads the document.
+
+The document here is the kit fixture's (conftest `kit_built`: real PKI, built with the same
+writer functions as components/platform.py); tests/test_program.py reads the mock program's
+own outputs with the schema, and tests/test_kit.py covers the kit's messages per mutation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from nina import outputs
+
+
+def _walk(value, prefix=()):
+    """(path, value) for every key of every object in a parsed JSON document."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield (*prefix, k), v
+            yield from _walk(v, (*prefix, k))
+
+
+def _get(doc, path):
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def test_the_writers_document_reads_back_unchanged(kit_built):
+    doc = outputs.read(kit_built.outputs)
+    # Same values in, same values out: the reader normalises nothing the writer wrote.
+    assert json.loads(doc.model_dump_json()) == json.loads(json.dumps(kit_built.outputs))
+
+
+def test_every_removed_key_is_named_with_the_kind_it_needs(kit_built):
+    # For each key of the document (secret maps' own entries aside, which are checked per
+    # organisation): removing it gives one problem at its path that says what it should hold.
+    checked = 0
+    for path, _ in list(_walk(kit_built.outputs)):
+        if path[0] in outputs.SECRET_KEYS and len(path) > 1:
+            continue
+        if len(path) > 1 and path[-2] in ("tenancies", "organisations", "hosts"):
+            continue  # a whole tenancy/organisation/host: its absence is valid
+        doc = copy.deepcopy(kit_built.outputs)
+        del _get(doc, path[:-1])[path[-1]]
+        with pytest.raises(outputs.OutputsError) as info:
+            outputs.read(doc)
+        (where, problem), *rest = info.value.problems
+        assert not rest, info.value.message()
+        assert where == _path(path) and problem.startswith("missing; expected "), (path, problem)
+        assert problem.split("expected ", 1)[1].split(";")[0] in {
+            "an integer",
+            "a string",
+            "true or false",
+            "an object",
+            "an object or null",
+            "a string or null",
+            "a list",
+            "one of 'onprem' or 'cloud'",
+        }, problem
+        checked += 1
+    assert checked > 40
+
+
+def _path(keys):
+    path = ""
+    for k in keys:
+        path = outputs.at(path, k)
+    return path
+
+
+HOSTILE = {
+    # value placed at a path -> the start of the one message expected
+    "huge-port": (("tenancies", "main", "vpn", "udp_port"), 10**5000, "tenancies.main.vpn.udp_port: a number of about"),
+    "huge-partition": (
+        ("tenancies", "main", "organisations", "hospital-a", "partition_id"),
+        -(10**5000),
+        "tenancies.main.organisations.hospital-a.partition_id: a negative number of about",
+    ),
+    "lone-surrogate": (
+        ("tenancies", "main", "organisations", "hospital-a", "display_name"),
+        "Clinic \udc80",
+        "tenancies.main.organisations.hospital-a.display_name: holds a character that is not valid text",
+    ),
+    "nul": (("environment",), "uat\x00", "environment: holds a NUL character"),
+    "hidden-entry": (("supernode_private_keys", "hospital-a"), "[secret]", "supernode_private_keys.hospital-a: is hidden"),
+    "hidden-single": (("ops_ssh_private_key",), "[secret]", "ops_ssh_private_key: is hidden"),
+    "unknown-key": (("tenancies", "main", "superlink", "extra"), 1, "tenancies.main.superlink.extra: unknown key"),
+    "float-not-int": (("database", "port"), 5432.0, "database.port: is a number; expected an integer"),
+    "bad-slug-key": (("tenancies", "Main Tenancy"), "a copy of tenancy beta", 'tenancies["Main Tenancy"]: the tenancy name is not a slug'),
+    "list-for-object": (("hosts", "gateway"), [], "hosts.gateway: is a list; expected an object"),
+    "route-not-network": (
+        ("tenancies", "main", "vpn", "routes"),
+        ["10.0.0.0/33"],
+        "tenancies.main.vpn.routes[0]: '10.0.0.0/33' is not an IPv4 network",
+    ),
+    "null-name": (("tenancies", "main", "superlink", "host"), None, "tenancies.main.superlink.host: is null; expected a string"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_values_get_one_message_never_a_traceback(kit_built, name):
+    path, value, message = HOSTILE[name]
+    doc = copy.deepcopy(kit_built.outputs)
+    if value == "a copy of tenancy beta":
+        value = doc["tenancies"].pop("beta")
+    _get(doc, path[:-1])[path[-1]] = value
+    with pytest.raises(outputs.OutputsError) as info:
+        outputs.read(doc)
+    assert len(info.value.problems) == 1 and info.value.message().startswith(message), info.value.message()
+
+
+@pytest.mark.parametrize("raw", [None, [], "{}", 3])
+def test_a_document_that_is_not_an_object(raw):
+    with pytest.raises(outputs.OutputsError, match=r"^\(top level\): is .*; expected the JSON object printed by `pulumi stack output"):
+        outputs.read(raw)
+
+
+def test_the_writer_places_exactly_the_schemas_fields():
+    with pytest.raises(ValueError, match=r"Host outputs need exactly .* missing \['floating_ip'\], unknown \['public_ip'\]"):
+        outputs._place(outputs.Host, roles=[], fixed_ip="10.0.0.1", public_ip=None)
+    assert list(outputs._place(outputs.Host, floating_ip=None, fixed_ip="10.0.0.1", roles=[])) == list(outputs.Host.model_fields)
