@@ -4,8 +4,8 @@
 string-built): the small fixed bootstrap of a fresh Ubuntu 24.04 VM, built from the services of
 its roles (`nina.services`): hostname, packages, the `fl_system` group and service users
 (manual 4.1.2.1), the directory layout (4.1.1), state volumes, the Flower venv with the pinned
-flwr (4.1.2.11), `nina-receive` and the first-boot check. Everything that evolves (host
-programs, units, run scripts, configs) comes with the per-service deliveries.
+flwr (4.1.2.11) and the first-boot check. Everything that evolves (host programs and their
+receiver, units, run scripts, configs) comes with the per-service deliveries.
 
 User-data is readable by anyone on the VM through the metadata service, so it holds no
 secrets: certificates and keys come later over SSH (`nina.render.*_delivery` piped into
@@ -143,9 +143,9 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
 
     packages = services.packages(svcs)
     users = [_user(u) for u in services.users(svcs)]
-    # Only the receiver and first-boot programs: configs, units and the other host programs
-    # arrive with the deliveries (render.base_delivery and each service's own).
-    files = [_file(facts.RECEIVE_BIN, render.receive_script(), 0o755)]
+    # Only first-boot programs: the receiver travels in each delivery's command; configs,
+    # units and the other host programs arrive with the deliveries.
+    files: list[dict[str, Any]] = []
     runcmd: list[list[str]] = [["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER]]
     dirs = services.directories(svcs)
     runcmd += _dirs(dirs)

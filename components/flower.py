@@ -34,7 +34,7 @@ class FileDelivery(pulumi.ComponentResource):
         self.command = command.remote.Command(
             f"{name}-install",
             connection=args.access.connection(args.host.fixed_ip),
-            create=f"{_WAIT_FOR_BOOT}\nsudo {facts.RECEIVE_BIN} {facts.HOST_LIB_DIR} install_files",
+            create=f"{_WAIT_FOR_BOOT}\n{render.receive_command()}",
             # The host programs travel with every delivery, so changing one re-runs deliveries, not VMs.
             stdin=pulumi.Output.secret(args.payload).apply(render.delivery_bundle),
             # A new VM (same address, fresh disk) needs its files again.

@@ -52,8 +52,9 @@ SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z"
 # Where the delivery installs the host programs (nina.host, with this module) on each host:
 # one directory per version (content hash), `current` pointing at the one in use.
 HOST_LIB_DIR = "/usr/local/lib/nina"
+# The interpreter host programs run with (Ubuntu's; standard library only).
+HOST_PYTHON = "/usr/bin/python3"
 HOST_LIB_CURRENT = "/usr/local/lib/nina/current"
-RECEIVE_BIN = "/usr/local/sbin/nina-receive"
 
 # --- users and groups (manual 4.1.2.1) ---------------------------------------------
 SYSTEM_GROUP = "fl_system"

@@ -279,19 +279,27 @@ def host_programs() -> dict[str, str]:
 
 
 def delivery_bundle(payload: str) -> str:
-    """What a delivery pipes into facts.RECEIVE_BIN: the host programs and the installer's payload."""
+    """What a delivery pipes into the receiver (`receive_command`): the host programs and the installer's payload."""
     return json.dumps({"programs": host_programs(), "payload": json.loads(payload)}, sort_keys=True) + "\n"
 
 
-def receive_script() -> str:
-    """`nina-receive` (facts.RECEIVE_BIN, in user-data): installs the host programs of a delivery and runs one."""
-    return "#!/usr/bin/python3 -I\n" + (_PACKAGE_DIR / "host" / "receive.py").read_text(encoding="utf-8")
+def receive_argv(lib: str, program: str) -> list[str]:
+    """The receiver (nina.host.receive: installs a delivery's host programs as a version under
+    `lib` and runs nina.host.`program` from it) as the host's own python3 runs it: the source
+    is on the command line, so the receiver travels with every delivery instead of user-data."""
+    source = (_PACKAGE_DIR / "host" / "receive.py").read_text(encoding="utf-8")
+    return [facts.HOST_PYTHON, "-I", "-c", source, lib, program]
+
+
+def receive_command(lib: str = facts.HOST_LIB_DIR, program: str = "install_files") -> str:
+    """The shell command of a delivery, after `bootstrap_guard`: the receiver as root, the bundle on stdin."""
+    return "sudo " + shlex.join(receive_argv(lib, program))
 
 
 def _launcher(module: str, lib: str) -> str:
     return (
-        "#!/usr/bin/python3 -I\n"
-        f'"""Runs nina.host.{module} from {lib} (installed there by the delivery through nina-receive)."""\n'
+        f"#!{facts.HOST_PYTHON} -I\n"
+        f'"""Runs nina.host.{module} from {lib} (installed there by a delivery\'s receiver)."""\n'
         "import runpy\nimport sys\n\n"
         f"sys.path.insert(0, {json.dumps(lib)})\n"
         f'runpy.run_module("nina.host.{module}", run_name="__main__")\n'

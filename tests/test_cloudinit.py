@@ -99,9 +99,8 @@ def test_base_for_every_host(rendered):
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
         assert "\nactive prometheus-node-exporter.service\n" in check["content"]
         files = files_of(doc)
-        # A small fixed bootstrap: the receiver and the first-boot programs, nothing that evolves.
-        assert set(files) <= {facts.RECEIVE_BIN, facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN}, key
-        assert files[facts.RECEIVE_BIN]["content"] == render.receive_script()
+        # A small fixed bootstrap: the first-boot programs only, nothing that evolves (not even the receiver).
+        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN}, key
         for f in doc["write_files"]:
             assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
             assert f.get("defer", False) == (f["owner"] != "root:root"), f["path"]

@@ -485,6 +485,13 @@ def test_editing_host_programs_units_and_run_scripts_replaces_no_vm(test_run, ua
 
     edited = {rel: src + "# edited\n" for rel, src in render.host_programs().items()}
     monkeypatch.setattr(render, "host_programs", lambda: edited)
+    receive_argv = render.receive_argv  # the receiver, in every delivery's command
+
+    def edited_receiver(lib, program):
+        argv = receive_argv(lib, program)
+        return [*argv[:3], argv[3] + "# edited\n", *argv[4:]]
+
+    monkeypatch.setattr(render, "receive_argv", edited_receiver)
     for name in ("run_superlink_sh", "superlink_service", "run_supernode_sh", "supernode_service"):
         original = getattr(render, name)
         monkeypatch.setattr(render, name, lambda f=original: f() + "# edited\n")
@@ -513,12 +520,14 @@ def test_user_data_is_small_and_carries_no_delivered_program(test_run, uat_run):
     all_in_one = run_program({f"nina:{k}": v for k, v in render_raw_configs()["all-in-one"].items()}, "test")
     assert all_in_one.error is None, all_in_one.error
     sizes = {}
+    receiver = render.receive_argv("/lib", "install_files")[3]
     for stack, run in (("test", test_run), ("uat", uat_run), ("all-in-one", all_in_one)):
         for name, data in run.user_data().items():
             sizes[f"{stack}/{name}"] = len(base64.b64encode(data.encode()))
             for rel in render.host_programs():
-                if rel.startswith("nina/host/") and not rel.endswith(("__init__.py", "receive.py")):
+                if rel.startswith("nina/host/") and not rel.endswith("__init__.py"):
                     assert render.host_programs()[rel] not in data, (name, rel)
+            assert receiver not in data and "def install(lib" not in data, name
     assert "all-in-one/gateway" in sizes and len(sizes) >= 11, sizes
     over = {name: size for name, size in sizes.items() if size > facts.USER_DATA_TARGET}
     assert not over, f"over the {facts.USER_DATA_TARGET}-byte target: {over}"

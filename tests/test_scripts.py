@@ -808,7 +808,7 @@ def test_bootstrap_guard_refuses_a_host_without_the_marker(tmp_path):
     assert proc.returncode == 0 and proc.stdout == "DELIVERED\n", proc.stderr
 
 
-# --- host programs: real modules, delivered through nina-receive ----------------------------
+# --- host programs: real modules, delivered with their receiver (nina.host.receive) ---------
 
 
 def test_host_programs_import_only_the_standard_library_and_nina_facts():
@@ -823,7 +823,7 @@ def test_host_programs_import_only_the_standard_library_and_nina_facts():
                 top = name.split(".")[0]
                 delivered = name == "nina.facts" or name.startswith("nina.host")  # what the delivery installs
                 assert delivered or top in sys.stdlib_module_names or name == "__future__", (rel, name)
-    receive = render.receive_script()
+    receive = render.receive_argv("/lib", "install_files")[3]
     assert "import nina" not in receive and "from nina" not in receive
 
 
@@ -832,14 +832,13 @@ def _bundle(payload: dict) -> str:
 
 
 def test_receive_installs_a_version_and_runs_the_installer(tmp_path):
-    receive = write(tmp_path / "nina-receive", render.receive_script(), 0o755)
     lib, root = tmp_path / "lib", tmp_path / "root"
     payload = {
         "files": [{"path": "/etc/nina-test/a.conf", "content": "a\n", "mode": 0o640, "owner": "root", "group": "root"}],
         "restart": [],
     }
     env = {**os.environ, "NINA_SYSTEMCTL": "true", "NINA_UPDATE_CA_CERTIFICATES": "true"}
-    argv = [str(receive), str(lib), "install_files", "--root", str(root)]  # arguments after PROGRAM are its own
+    argv = [*render.receive_argv(str(lib), "install_files"), "--root", str(root)]  # arguments after PROGRAM are its own
     proc = subprocess.run(argv, input=_bundle(payload), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (root / "etc/nina-test/a.conf").read_text() == "a\n"
@@ -888,8 +887,8 @@ def test_receive_tolerates_another_delivery_installing_the_same_version(tmp_path
     ],
 )
 def test_receive_refuses_a_malformed_bundle_without_installing(tmp_path, stdin, args, message):
-    receive = write(tmp_path / "nina-receive", render.receive_script(), 0o755)
     lib = tmp_path / "lib"
-    proc = subprocess.run([str(receive), str(lib), *args], input=stdin, capture_output=True, text=True)
+    argv = render.receive_argv(str(lib), "install_files")[:-1]  # the receiver as a delivery runs it, without its PROGRAM
+    proc = subprocess.run([*argv, *args], input=stdin, capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not lib.exists()

@@ -1,4 +1,7 @@
-"""nina-receive LIB PROGRAM [ARG...]: the fixed receiver of deliveries (in user-data, stdlib only).
+"""nina-receive LIB PROGRAM [ARG...]: the receiver of deliveries (stdlib only).
+
+Each delivery runs it as `python3 -I -c <this source> LIB PROGRAM` (nina.render.receive_command),
+so it travels with the delivery like the programs it installs; nothing of it is in user-data.
 
 Reads {"programs": {relpath: source}, "payload": ...}, installs the programs as LIB/<hash>/ and
 LIB/current, then runs nina.host.PROGRAM from there on the payload. Exit: PROGRAM's; 2: bad bundle.
