@@ -497,7 +497,7 @@ class Lab:
         for h in self.declared.hosts.values():
             self._bridge(h.cidr, h.gateway)
         ext = self._bridge(EXTERNAL_CIDR, EXTERNAL_ROUTER_IP)
-        hosp_gw = str(next(ipaddress.ip_network(HOSPITAL_CIDR).hosts()))
+        hosp_gw = str(next(iter(ipaddress.ip_network(HOSPITAL_CIDR).hosts())))
         hosp = self._bridge(HOSPITAL_CIDR, hosp_gw)
         # Outside (operator, hospitals) reaches only the floating IPs' public ports and the proxy.
         self.ipt("-P", "FORWARD", "DROP")
@@ -791,7 +791,9 @@ class Lab:
             if probe.returncode == 0:
                 return local, proc
             if proc.poll() is not None:
-                raise LabError(f"the SSH tunnel to {host_ip}:{remote_port} exited: {proc.stderr.read() if proc.stderr else ''}")
+                raise LabError(
+                    f"the SSH tunnel to {host_ip}:{remote_port} exited: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}"
+                )
             time.sleep(1)
         raise LabError(f"the SSH tunnel to {host_ip}:{remote_port} did not come up")
 

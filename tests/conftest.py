@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,7 @@ def vpn_lab(tmp_path):
     reason = vpnlab.netns_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    labs = []
+    labs: list[Any] = []
 
     def make(vpn_plan):
         lab = vpnlab.VpnLab(tmp_path / f"lab{len(labs)}", vpn_plan)
@@ -179,7 +180,7 @@ def kit_fixture_module():
     bench = str(CFG_REPO_ROOT / "benchmarks")
     if bench not in sys.path:
         sys.path.insert(0, bench)
-    import outputs_fixture
+    import outputs_fixture  # type: ignore[import-not-found]  # benchmarks/ is put on sys.path just above
 
     return outputs_fixture
 
@@ -226,7 +227,7 @@ def reh_rehearsal(reh_uat_plan, tmp_path):
     stopped), also when the test fails."""
     from nina.rehearse import Rehearsal
 
-    made = []
+    made: list[Any] = []
 
     def make(**kwargs):
         r = Rehearsal(reh_uat_plan, tmp_path / f"reh{len(made)}", log=lambda line: None, **kwargs)

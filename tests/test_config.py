@@ -126,7 +126,7 @@ def test_tenancies_form():
 def test_config_is_frozen():
     cfg = ok(base())
     with pytest.raises(pydantic.ValidationError):
-        cfg.environment = "other"  # type: ignore[misc]
+        cfg.environment = "other"
 
 
 def _stack_namespace(path: Path) -> dict[str, Any]:
@@ -600,7 +600,7 @@ def test_too_many_hosts():
 # property: malformed input never escapes as anything but ConfigError
 # ---------------------------------------------------------------------------------------
 
-FULL = {
+FULL: dict[str, Any] = {
     "environment": "uat",
     "cloud": {
         "availability_zone": "QRIScloud",
@@ -772,7 +772,24 @@ def test_malformed_configs_only_raise_config_error(data):
             assert sorted(ids.values()) == list(range(len(ten.organisations)))
 
 
-EDGE_VALUES = [None, [], {}, "", 0, -1, True, 2**70, 1.5, "x", "0.0.0.0/0", "10.0.0.0/8", [{}], [None], {"secure": "x"}, {"x": 1}]
+EDGE_VALUES: list[Any] = [
+    None,
+    [],
+    {},
+    "",
+    0,
+    -1,
+    True,
+    2**70,
+    1.5,
+    "x",
+    "0.0.0.0/0",
+    "10.0.0.0/8",
+    [{}],
+    [None],
+    {"secure": "x"},
+    {"x": 1},
+]
 
 
 @pytest.mark.parametrize("name", ["full", "short"])
@@ -782,7 +799,7 @@ def test_edge_value_at_every_key(name):
     for path in _paths(start)[1:]:
         for value in [..., *EDGE_VALUES]:  # `...` marks deletion
             raw = copy.deepcopy(start)
-            parent = raw
+            parent: Any = raw
             for part in path[:-1]:
                 parent = parent[part]
             if value is ...:

@@ -75,7 +75,8 @@ def test_each_tenancy_has_its_own_superlink_and_fleet_sources():
     assert fleet == {"org-org-a->superlink-t1-tcp-9092", "vpn-t2->superlink-t2-tcp-9092"}
     # Only the tenancy with an on-premise organisation gets an OpenVPN server.
     assert [t.vpn.host if t.vpn else None for t in plan.tenancies] == [None, "vpn-t2"]
-    assert plan.tenancies[1].vpn.pool == plan.cfg.network.vpn_pool_cidr
+    hub = plan.tenancies[1].vpn
+    assert hub is not None and hub.pool == plan.cfg.network.vpn_pool_cidr
     assert [m.num_partitions for t in plan.tenancies for m in t.members] == [1, 1]
 
 

@@ -15,6 +15,7 @@ import copy
 import io
 import json
 import tarfile
+from typing import Any
 
 import pytest
 from harness import payload_of, run_program, stack_config
@@ -44,7 +45,9 @@ def kit_files(kit: bytes, slug: str) -> tuple[str, dict[str, bytes]]:
         for member in tar.getmembers():
             if member.isfile():
                 rel = member.name.split("/", 1)[1]
-                files["/" + rel] = tar.extractfile(member).read()
+                data = tar.extractfile(member)
+                assert data is not None
+                files["/" + rel] = data.read()
     conf = files.pop(facts.OPENVPN_CLIENT_CONF).decode()
     return conf, {p: b for p, b in files.items() if p.startswith(facts.OPENVPN_CLIENT_CERTS + "/")}
 
@@ -67,6 +70,7 @@ def test_uat_site_kits_join_over_openvpn_and_removal_refuses(vpn_lab):
     raw = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("nina:")}
     tenancy = build_plan(load_config(raw)).tenancies[0]
     v = tenancy.vpn
+    assert v is not None
     lab = vpn_lab(v)
     keep, gone = [m for m in tenancy.members if m.vpn_address][:2]
     ck, cg = lab.add_client(keep.slug), lab.add_client(gone.slug)
@@ -78,7 +82,7 @@ def test_uat_site_kits_join_over_openvpn_and_removal_refuses(vpn_lab):
     fwd = lab.run_forwarding(forwarding_script_from_delivery(run, v.host))
     assert fwd.returncode == 0, fwd.stderr
     lab.start_listener(facts.SUPERLINK_FLEET_PORT)
-    servers = {}
+    servers: dict[str, Any] = {}
 
     def start_servers():
         for name, path in (("server", facts.OPENVPN_SERVER_CONF), ("server-tcp", facts.OPENVPN_TCP_SERVER_CONF)):

@@ -25,10 +25,10 @@ from cloudinit.userdata import user_data
 from nina import facts, render, vpn
 from nina.plan import Member
 
-OPENVPN = shutil.which("openvpn")
-SHELLCHECK = shutil.which("shellcheck")
-CLOUD_INIT = shutil.which("cloud-init")
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+OPENVPN = shutil.which("openvpn") or ""  # "" when missing (the tests skip)
+SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
+CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip)
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""  # "" when missing (the tests skip)
 TEMPLATES = Path(vpn.__file__).parent / "templates" / "vpn"
 PUBLIC_IP = "203.0.113.10"
 HEX = bytes(range(256)).hex()
@@ -53,8 +53,8 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
 
 
-needs_openvpn = pytest.mark.skipif(OPENVPN is None, reason="openvpn missing (scripts/bootstrap --test-tools installs it)")
-needs_netns = pytest.mark.skipif(OPENVPN is None or not _can_unshare(), reason="needs openvpn, root and `unshare -n`")
+needs_openvpn = pytest.mark.skipif(not OPENVPN, reason="openvpn missing (scripts/bootstrap --test-tools installs it)")
+needs_netns = pytest.mark.skipif(not OPENVPN or not _can_unshare(), reason="needs openvpn, root and `unshare -n`")
 
 
 @pytest.fixture(scope="module")
@@ -535,7 +535,7 @@ def forwarding(tmp_path, hub):
 
 def test_forwarding_script_parses_and_passes_shellcheck(forwarding):
     subprocess.run(["bash", "-n", str(forwarding.script)], check=True, timeout=30)
-    if SHELLCHECK is None:
+    if not SHELLCHECK:
         pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
     proc = subprocess.run(
         [SHELLCHECK, "--shell=bash", "--severity=style", str(forwarding.script)], capture_output=True, text=True, timeout=60
@@ -620,7 +620,7 @@ def test_units(hub):
     assert f"Requires={facts.VPN_FORWARDING_UNIT}" in dropin and f"After={facts.VPN_FORWARDING_UNIT}" in dropin
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
 def test_systemd_analyze_verifies_unit_and_dropin(tmp_path, hub):
     units = tmp_path / "units"
     (units / f"{facts.OPENVPN_SERVER_UNIT_TEMPLATE}.d").mkdir(parents=True)
@@ -678,7 +678,7 @@ def test_vpn_user_data(vpn_user_data, hub):
     assert not any(p.startswith(facts.OPENVPN_SERVER_DIR) and not p.startswith(facts.OPENVPN_SERVER_DROPIN) for p in files)
 
 
-@pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
+@pytest.mark.skipif(not CLOUD_INIT, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
 def test_vpn_user_data_passes_cloud_init_schema(vpn_user_data, tmp_path):
     path = tmp_path / "vpn.yaml"
     path.write_text(vpn_user_data[2])

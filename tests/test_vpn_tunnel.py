@@ -92,6 +92,7 @@ def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProce
 
 def start_hub(vpn_lab, tenancy: TenancyPlan, pki: dict) -> Hub:
     v = tenancy.vpn
+    assert v is not None
     lab = vpn_lab(v)
     hub = Hub(lab, tenancy, pki, lab.workdir / "systemctl-calls.log", {})
     deliver(lab, vpn.vpn_delivery(v, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_auth"]), hub.deliver_log)

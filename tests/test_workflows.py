@@ -37,7 +37,7 @@ def load(name: str) -> dict[str, Any]:
     return yaml.safe_load((WORKFLOWS / name).read_text())
 
 
-def triggers(doc: dict[str, Any]) -> dict[str, Any]:
+def triggers(doc: dict[Any, Any]) -> dict[str, Any]:
     """The `on:` block (YAML 1.1 reads a bare `on` key as True)."""
     on = doc["on"] if "on" in doc else doc[True]
     if isinstance(on, str):
@@ -258,7 +258,7 @@ def _fake_checkout(tmp_path: Path, tools: list[str]) -> tuple[Path, dict[str, st
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("dirname", "touch"):
-        (bin_dir / name).symlink_to(shutil.which(name))
+        (bin_dir / name).symlink_to(shutil.which(name) or f"/usr/bin/{name}")
     stubs = {"id": "#!/bin/sh\necho 1000\n", "apt-get": "#!/bin/sh\necho apt-get called >&2\nexit 99\n"}
     stubs.update({tool: "#!/bin/sh\nexit 0\n" for tool in tools})
     for name, body in stubs.items():
@@ -328,8 +328,8 @@ def test_preview_uses_pulumi_actions_v7(preview):
     assert w["github-token"] == "${{ secrets.GITHUB_TOKEN }}"
     assert w["stack-name"] == "${{ vars.PULUMI_ORG }}/${{ matrix.stack }}"
     # The CLI it installs matches the pinned SDK.
-    pin = re.search(r'"pulumi==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
-    assert str(w["pulumi-version"]) == pin
+    pin = re.search(r'"pulumi==([^"]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin is not None and str(w["pulumi-version"]) == pin.group(1)
 
 
 def test_preview_checks_the_config_first_with_the_uv_toolchain(preview):

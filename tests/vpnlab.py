@@ -35,9 +35,9 @@ from pathlib import Path
 
 from nina.plan import VpnPlan
 
-OPENVPN = shutil.which("openvpn")
-IP = shutil.which("ip")
-IPTABLES = shutil.which("iptables")
+OPENVPN = shutil.which("openvpn") or ""  # "" when missing (the tests skip)
+IP = shutil.which("ip") or ""  # "" when missing (the tests skip)
+IPTABLES = shutil.which("iptables") or ""  # "" when missing (the tests skip)
 # Directives a test run must not keep: no privilege drop (files live in a root-only tmp dir),
 # no daemonising, no log files (the lab reads stdout).
 DROPPED_DIRECTIVES = ("user", "group", "daemon", "log", "log-append")
@@ -81,7 +81,7 @@ def netns_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
     for tool, name in ((OPENVPN, "openvpn"), (IP, "ip (iproute2)"), (IPTABLES, "iptables")):
-        if tool is None:
+        if not tool:
             return f"{name} missing (scripts/bootstrap --test-tools installs it)"
     probe = f"nina-probe-{secrets.token_hex(3)}"
     try:
