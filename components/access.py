@@ -11,12 +11,11 @@ import pulumi_openstack as openstack
 import pulumi_tls as tls
 
 from nina import facts
-from nina.plan import Plan
 
 
-@dataclass
+@dataclass(frozen=True)
 class OperatorAccessArgs:
-    plan: Plan
+    key_pair_name: str  # the Nova key pair's cloud-side name
 
 
 class OperatorAccess(pulumi.ComponentResource):
@@ -28,7 +27,7 @@ class OperatorAccess(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         # Nova key pairs force VM replacement when changed: this key takes no config input.
         key = tls.PrivateKey("ops-ssh-key", algorithm="ED25519", opts=child)
-        keypair = openstack.compute.Keypair("ops-keypair", name=args.plan.prefix("ops"), public_key=key.public_key_openssh, opts=child)
+        keypair = openstack.compute.Keypair("ops-keypair", name=args.key_pair_name, public_key=key.public_key_openssh, opts=child)
         self.private_key_openssh = key.private_key_openssh
         self.key_pair_name = keypair.name
         self.bastion_ip: pulumi.Output[str] | None = None

@@ -8,50 +8,74 @@ certificate updates files on running hosts instead of replacing them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
+import pulumi_openstack as openstack
 
-from components.access import OperatorAccess
-from components.host import Host
 from nina import facts, render
+from nina.services import Service
 
 # Wait for first-boot bootstrap (users, venv, installer) and refuse a host whose bootstrap failed.
 _WAIT_FOR_BOOT = render.bootstrap_guard()
 
 
-@dataclass
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """A host as its deliveries see it."""
+
+    host: str  # its name: its deliveries are `<host>-<service>`
+    connection: command.remote.ConnectionArgs  # SSH to its fixed address through the bastion
+    instance: openstack.compute.Instance  # a new VM (same address, fresh disk) needs its files again
+    base: pulumi.Resource | None = None  # its `<host>-base` delivery, which every other delivery follows
+
+
+@dataclass(frozen=True)
 class FileDeliveryArgs:
-    access: OperatorAccess
-    host: Host
+    target: DeliveryTarget
     payload: pulumi.Input[str]  # nina.render delivery payload (JSON, secret)
+    after: Sequence[pulumi.Resource] = ()  # besides the host's base delivery
 
 
 class FileDelivery(pulumi.ComponentResource):
     def __init__(self, name: str, args: FileDeliveryArgs, opts: pulumi.ResourceOptions | None = None):
+        target = args.target
+        after = [*([target.base] if target.base is not None else []), *args.after]
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)) if after else opts
         super().__init__("nina:flower:FileDelivery", name, None, opts)
         self.command = command.remote.Command(
             f"{name}-install",
-            connection=args.access.connection(args.host.fixed_ip),
+            connection=target.connection,
             create=f"{_WAIT_FOR_BOOT}\n{render.receive_command()}",
             # The host programs travel with every delivery, so changing one re-runs deliveries, not VMs.
             stdin=pulumi.Output.secret(args.payload).apply(render.delivery_bundle),
             # A new VM (same address, fresh disk) needs its files again.
-            triggers=[args.host.instance.id],
+            triggers=[target.instance.id],
             logging=command.remote.Logging.STDERR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.host.instance]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[target.instance]),
         )
         self.register_outputs({})
 
 
-@dataclass
+def deliver(
+    service: Service,
+    target: DeliveryTarget,
+    payload: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+    after: Sequence[pulumi.Resource] = (),
+) -> FileDelivery:
+    """The delivery `<host>-<service>` of a service's payload, after the host's base delivery and `after`."""
+    return FileDelivery(f"{target.host}-{service.name}", FileDeliveryArgs(target, payload, after), opts)
+
+
+@dataclass(frozen=True)
 class SuperNodeRegistrationArgs:
-    access: OperatorAccess
-    superlink: Host
+    superlink: command.remote.ConnectionArgs  # SSH to the tenancy's SuperLink host
     slug: str
     public_key_openssh: pulumi.Input[str]
-    after: list[pulumi.Resource]
+    after: Sequence[pulumi.Resource]  # the SuperLink's delivery (nina-membership, a running SuperLink)
 
 
 class SuperNodeRegistration(pulumi.ComponentResource):
@@ -64,10 +88,10 @@ class SuperNodeRegistration(pulumi.ComponentResource):
         # SuperLink VM, and a replace would unregister the node (flwr never re-admits a key).
         self.command = command.remote.Command(
             f"{name}-register",
-            connection=args.access.connection(args.superlink.fixed_ip),
+            connection=args.superlink,
             create=f"{_WAIT_FOR_BOOT}\nsudo {facts.MEMBERSHIP_BIN} register {args.slug}",
             delete=f"sudo {facts.MEMBERSHIP_BIN} unregister {args.slug}",
             stdin=args.public_key_openssh,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.after),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
         self.register_outputs({})

@@ -7,25 +7,37 @@ re-attaches the same volumes, so state (e.g. the SuperLink database) survives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_openstack as openstack
 
-from cloudinit.userdata import user_data
-from nina.plan import Host as HostPlan
-from nina.plan import Plan
+from nina.plan import Volume
+
+UserData = Callable[[Mapping[str, str]], str]
+"""Renders a host's user-data from its volumes' OpenStack ids (volume name -> id); pure, as
+`cloudinit.userdata.user_data` with the plan and host bound."""
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class HostArgs:
-    plan: Plan
-    host: HostPlan
+    cloud_name: str  # the port's and VM's cloud-side name; a volume's is `<cloud_name>-<volume>`
+    flavor: str
+    image: str
+    availability_zone: str
+    key_pair: pulumi.Input[str]
     network_id: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
-    security_group_ids: list[pulumi.Input[str]]
-    key_pair: pulumi.Input[str]
+    security_group_ids: Sequence[pulumi.Input[str]]
+    fixed_ip: str
+    user_data: UserData
+    metadata: Mapping[str, str]
+    volumes: Sequence[Volume] = ()
+    protect_volumes: bool = True
+    # Networks the host routes (the VPN pool behind an OpenVPN server): its port accepts them as sources.
+    routed_cidrs: Sequence[str] = ()
+    floating_ip_pool: str | None = None  # the external network of a public host's floating IP
 
 
 class Host(pulumi.ComponentResource):
@@ -35,44 +47,41 @@ class Host(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nina:compute:Host", name, None, opts)
-        plan, host, cloud = args.plan, args.host, args.plan.cfg.cloud
         child = pulumi.ResourceOptions(parent=self)
-        self.fixed_ip = host.fixed_ip
+        self.fixed_ip = args.fixed_ip
         self.port = openstack.networking.Port(
             f"{name}-port",
-            name=plan.prefix(host.name),
+            name=args.cloud_name,
             network_id=args.network_id,
-            fixed_ips=[openstack.networking.PortFixedIpArgs(subnet_id=args.subnet_id, ip_address=host.fixed_ip)],
-            security_group_ids=args.security_group_ids,
-            allowed_address_pairs=[openstack.networking.PortAllowedAddressPairArgs(ip_address=c) for c in host.routed_cidrs] or None,
+            fixed_ips=[openstack.networking.PortFixedIpArgs(subnet_id=args.subnet_id, ip_address=args.fixed_ip)],
+            security_group_ids=list(args.security_group_ids),
+            allowed_address_pairs=[openstack.networking.PortAllowedAddressPairArgs(ip_address=c) for c in args.routed_cidrs] or None,
             admin_state_up=True,
             opts=child,
         )
         volumes: dict[str, openstack.blockstorage.Volume] = {}
-        for vol in host.volumes:
+        for vol in args.volumes:
             volumes[vol.name] = openstack.blockstorage.Volume(
                 f"{name}-{vol.name}",
-                name=plan.prefix(f"{host.name}-{vol.name}"),
+                name=f"{args.cloud_name}-{vol.name}",
                 size=vol.size_gb,
-                availability_zone=cloud.availability_zone,
-                description=f"{vol.mount_point} of {host.name}",
-                opts=pulumi.ResourceOptions(parent=self, protect=plan.cfg.protect),
+                availability_zone=args.availability_zone,
+                description=f"{vol.mount_point} of {name}",
+                opts=pulumi.ResourceOptions(parent=self, protect=args.protect_volumes),
             )
         volume_ids: Mapping[str, pulumi.Output[str]] = {k: v.id for k, v in volumes.items()}
-        rendered = (
-            pulumi.Output.all(**volume_ids).apply(lambda ids: user_data(plan, host, ids)) if volume_ids else user_data(plan, host, {})
-        )
+        rendered: pulumi.Input[str] = pulumi.Output.all(**volume_ids).apply(args.user_data) if volume_ids else args.user_data({})
         # The VM holds the pre-created port: it must be deleted before its replacement is created.
         self.instance = openstack.compute.Instance(
             name,
-            name=plan.prefix(host.name),
-            flavor_name=host.flavor,
-            image_name=cloud.image,
-            availability_zone=cloud.availability_zone,
+            name=args.cloud_name,
+            flavor_name=args.flavor,
+            image_name=args.image,
+            availability_zone=args.availability_zone,
             key_pair=args.key_pair,
             networks=[openstack.compute.InstanceNetworkArgs(port=self.port.id)],
             user_data=rendered,
-            metadata={"nina-environment": plan.cfg.environment, "nina-roles": ",".join(host.roles)},
+            metadata=dict(args.metadata),
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         for vol_name, volume in volumes.items():
@@ -83,12 +92,12 @@ class Host(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
             )
         self.floating_ip = None
-        if host.public:
+        if args.floating_ip_pool is not None:
             fip = openstack.networking.FloatingIp(
                 f"{name}-fip",
-                pool=cloud.external_network,
+                pool=args.floating_ip_pool,
                 port_id=self.port.id,
-                description=f"public address of {host.name}",
+                description=f"public address of {name}",
                 opts=child,
             )
             self.floating_ip = fip.address

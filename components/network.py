@@ -4,17 +4,24 @@ between them is filtered by security groups (the manual's cloud-only variant, se
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_openstack as openstack
 
-from nina.plan import Plan
+from nina.plan import Segment
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class NetworkArgs:
-    plan: Plan
+    name_prefix: str  # cloud-side names are `<name_prefix><segment>` (and `<name_prefix>router`)
+    external_network: str
+    availability_zone: str
+    segments: Sequence[Segment]
+    dns_nameservers: Sequence[str]
+    # Destination CIDR -> the fixed IP of the host that routes it (a VPN pool -> its OpenVPN server).
+    routes: Mapping[str, str]
 
 
 class Network(pulumi.ComponentResource):
@@ -23,35 +30,34 @@ class Network(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nina:network:Network", name, None, opts)
-        plan, cloud = args.plan, args.plan.cfg.cloud
         child = pulumi.ResourceOptions(parent=self)
-        external = openstack.networking.get_network_output(name=cloud.external_network, opts=pulumi.InvokeOutputOptions(parent=self))
+        external = openstack.networking.get_network_output(name=args.external_network, opts=pulumi.InvokeOutputOptions(parent=self))
         self.router = openstack.networking.Router(
             "router",
-            name=plan.prefix("router"),
+            name=f"{args.name_prefix}router",
             external_network_id=external.id,
-            availability_zone_hints=[cloud.availability_zone],
+            availability_zone_hints=[args.availability_zone],
             opts=child,
         )
         self.network_ids, self.subnet_ids = {}, {}
         interfaces = []
-        for seg in plan.segments:
+        for seg in args.segments:
             net = openstack.networking.Network(
                 f"net-{seg.name}",
-                name=plan.prefix(seg.name),
+                name=f"{args.name_prefix}{seg.name}",
                 admin_state_up=True,
                 opts=child,
             )
             start, end = seg.pool
             subnet = openstack.networking.Subnet(
                 f"subnet-{seg.name}",
-                name=plan.prefix(seg.name),
+                name=f"{args.name_prefix}{seg.name}",
                 network_id=net.id,
                 cidr=str(seg.cidr),
                 ip_version=4,
                 gateway_ip=seg.gateway_ip,
                 allocation_pools=[openstack.networking.SubnetAllocationPoolArgs(start=start, end=end)],
-                dns_nameservers=[str(ip) for ip in cloud.dns_nameservers] or None,
+                dns_nameservers=list(args.dns_nameservers) or None,
                 opts=child,
             )
             interfaces.append(
@@ -61,13 +67,12 @@ class Network(pulumi.ComponentResource):
             self.subnet_ids[seg.name] = subnet.id
         # Traffic to a VPN pool (e.g. monitoring scraping on-premise exporters) goes to the
         # tenancy's OpenVPN server.
-        for host in plan.hosts:
-            for cidr in host.routed_cidrs:
-                openstack.networking.RouterRoute(
-                    f"route-{cidr.replace('/', '_')}",
-                    router_id=self.router.id,
-                    destination_cidr=cidr,
-                    next_hop=host.fixed_ip,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=list(interfaces)),
-                )
+        for cidr, next_hop in args.routes.items():
+            openstack.networking.RouterRoute(
+                f"route-{cidr.replace('/', '_')}",
+                router_id=self.router.id,
+                destination_cidr=cidr,
+                next_hop=next_hop,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(interfaces)),
+            )
         self.register_outputs({"router_id": self.router.id, "subnet_ids": self.subnet_ids})

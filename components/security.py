@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_openstack as openstack
 
-from nina.plan import Plan
+from nina.plan import Rule
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class SecurityGroupsArgs:
-    plan: Plan
+    name_prefix: str  # cloud-side names are `<name_prefix><zone>`
+    environment: str  # named in each group's description
+    zones: Sequence[str]  # one group each
+    rules: Sequence[Rule]  # ingress rules between them (nina.plan from the port table)
 
 
 class SecurityGroups(pulumi.ComponentResource):
@@ -21,20 +25,19 @@ class SecurityGroups(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: SecurityGroupsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nina:network:SecurityGroups", name, None, opts)
-        plan = args.plan
         self.ids = {}
-        for zone in plan.security_groups:
+        for zone in args.zones:
             sg = openstack.networking.SecGroup(
                 f"sg-{zone}",
-                name=plan.prefix(zone),
-                description=f"nina {plan.cfg.environment}: {zone} (rules from the port table, manual 3.3.1)",
+                name=f"{args.name_prefix}{zone}",
+                description=f"nina {args.environment}: {zone} (rules from the port table, manual 3.3.1)",
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.ids[zone] = sg.id
         # Every rule field forces replacement, and Neutron rejects a duplicate rule, so a
         # changed rule must be deleted before its replacement is created.
         rule_opts = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
-        for rule in plan.rules:
+        for rule in args.rules:
             openstack.networking.SecGroupRule(
                 rule.name,
                 direction="ingress",

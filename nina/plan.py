@@ -159,9 +159,14 @@ class Plan:
     def members(self) -> list[Member]:
         return [m for t in self.tenancies for m in t.members]
 
+    @property
+    def name_prefix(self) -> str:
+        """What every cloud-side name starts with: `nina-<env>-`."""
+        return f"nina-{self.cfg.environment}-"
+
     def prefix(self, name: str) -> str:
         """Cloud-side name of a resource (VMs, networks, groups): `nina-<env>-<name>`."""
-        return f"nina-{self.cfg.environment}-{name}"
+        return self.name_prefix + name
 
 
 # ---------------------------------------------------------------------------------------

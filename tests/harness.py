@@ -7,7 +7,11 @@ on it:
 - provider-computed values are deterministic per resource name (keys are derived from the
   name), as a resource keeps its state across `pulumi up`s; so two runs can be diffed;
 - every RegisterResource request is recorded with its options (protect, deleteBeforeReplace,
-  dependencies, parent) for the tests to inspect.
+  dependencies, parent, aliases) for the tests to inspect;
+- URNs are made as the engine makes them: the stock mock monitor prefixes only the parent's
+  last type (`Parent$Child`), the engine the parent's whole type chain (`Grand$Parent$Child`)
+  and not the root stack's type, so a URN here is the one a live stack's state holds.
+  `engine_match` resolves aliases against an old stack's URNs as the engine does.
 """
 
 from __future__ import annotations
@@ -127,6 +131,57 @@ class NinaMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def _qualified_type(urn: str) -> str:
+    return urn.split("::")[2]
+
+
+def _urn_name(urn: str) -> str:
+    return urn.split("::", 3)[3]
+
+
+def new_urn(stack: str, project: str, parent_type: str, typ: str, name: str) -> str:
+    """The engine's resource.NewURN: `parent_type` is the parent's qualified type ("" for none)."""
+    qualified = f"{parent_type}${typ}" if parent_type else typ
+    return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
+
+
+def engine_urn(parent: str, typ: str, name: str) -> str:
+    """The URN the engine gives a resource (pulumi/pulumi pkg/resource/deploy, Deployment.generateURN):
+    the parent's full qualified type, except the root stack's, then the type and the name."""
+    parent_type = _qualified_type(parent) if parent and _qualified_type(parent) != STACK_TYPE else ""
+    return new_urn(pulumi.get_stack(), pulumi.get_project(), parent_type, typ, name)
+
+
+@dataclass(frozen=True)
+class AliasSpec:
+    """One alias as the SDK sends it (RegisterResourceRequest.aliases): a whole URN, or a spec
+    whose empty fields mean "as the resource is now"."""
+
+    urn: str = ""
+    name: str = ""
+    type: str = ""
+    parent_urn: str = ""
+    no_parent: bool = False
+    project: str = ""
+    stack: str = ""
+
+
+def _alias_specs(request) -> tuple[AliasSpec, ...]:
+    specs = []
+    for alias in request.aliases:
+        if alias.HasField("spec"):
+            sp = alias.spec
+            specs.append(AliasSpec("", sp.name, sp.type, sp.parentUrn, sp.noParent, sp.project, sp.stack))
+        else:
+            specs.append(AliasSpec(urn=alias.urn))
+    # An engine without alias specs gets whole URNs instead (the SDK computes them).
+    specs += [AliasSpec(urn=u) for u in request.aliasURNs]
+    return tuple(specs)
+
+
 @dataclass
 class Registration:
     type: str
@@ -140,6 +195,7 @@ class Registration:
     dependencies: tuple[str, ...]
     custom: bool
     outputs: dict  # what the (mock) provider returned
+    aliases: tuple[AliasSpec, ...] = ()
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -147,6 +203,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.nina_mocks = mocks
         self.registrations: list[Registration] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        return engine_urn(parent, type_, name)
 
     def RegisterResource(self, request):
         self.nina_mocks.secret_outputs = list(request.additionalSecretOutputs)
@@ -167,6 +226,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     dependencies=tuple(request.dependencies),
                     custom=bool(request.custom),
                     outputs=_unwrap(self.resources[response.urn].state) if response.urn in self.resources else {},
+                    aliases=_alias_specs(request),
                 )
             )
         self.nina_mocks.secret_outputs = []
@@ -191,6 +251,8 @@ class Run:
     outputs: dict[str, Any]
     output_secret: dict[str, bool]
     error: str | None = None
+    stack: str = "test"
+    project: str = "nina-fl"
     by_urn: dict[str, Registration] = field(default_factory=dict)
     _chain_memo: dict[str, int] = field(default_factory=dict)
 
@@ -223,6 +285,77 @@ class Run:
 
 
 INSTANCE = "openstack:compute/instance:Instance"
+
+
+# --- identity across program changes ------------------------------------------------------
+
+
+@dataclass
+class Match:
+    """How the engine would pair a run's resources with an old stack's (`engine_match`)."""
+
+    old_of: dict[str, str]  # declared URN -> the old URN it takes over (itself when unchanged)
+    errors: list[str]  # what the engine would refuse (one old resource claimed twice)
+
+    def lost(self, old_urns: set[str]) -> set[str]:
+        """Old resources no declared resource takes over: `pulumi up` would delete them."""
+        return old_urns - set(self.old_of.values())
+
+
+def engine_match(run: Run, old_urns: set[str]) -> Match:
+    """Pair each declared resource with a resource of an old stack (given by its URNs) as the
+    engine's step generator does (pulumi/pulumi pkg/resource/deploy/step_generator.go:
+    generateSteps, generateAliases, collapseAliasToUrn, inheritedChildAlias).
+
+    In registration order, a resource is looked up by its URN, then by each of its aliases: its
+    own, and, when its parent was found through an alias, the parent's old URN with its name
+    (the SDK sends its own aliases only; children inherit in the engine, so an alias on a
+    component carries its whole subtree, however deep)."""
+    old_of: dict[str, str] = {}
+    found_via_alias: dict[str, str] = {}  # the engine's sg.aliases
+    claimed_by: dict[str, str] = {}
+    errors: list[str] = []
+    for r in run.registrations:
+        for candidate in [r.urn, *_engine_aliases(r, found_via_alias, run.stack, run.project)]:
+            if candidate not in old_urns:
+                continue
+            if candidate in claimed_by:
+                errors.append(f"{r.urn} and {claimed_by[candidate]} both claim {candidate}")
+            claimed_by[candidate] = r.urn
+            old_of[r.urn] = candidate
+            if candidate != r.urn:
+                found_via_alias[r.urn] = candidate
+            break
+    return Match(old_of, errors)
+
+
+def _engine_aliases(r: Registration, found_via_alias: dict[str, str], stack: str, project: str) -> list[str]:
+    def collapse(alias: AliasSpec) -> str:
+        if alias.urn:
+            return alias.urn
+        parent = alias.parent_urn or r.parent
+        if alias.parent_urn:
+            # A parent that moved itself: this resource was under its old URN.
+            parent = found_via_alias.get(alias.parent_urn, parent)
+        if alias.no_parent or (parent and _qualified_type(parent) == STACK_TYPE):
+            parent = ""
+        parent_type = _qualified_type(parent) if parent else ""
+        return new_urn(alias.stack or stack, alias.project or project, parent_type, alias.type or r.type, alias.name or r.name)
+
+    def inherited(typ: str, name: str, parent_alias: str) -> str:
+        parent_name = _urn_name(r.parent)
+        if name.startswith(parent_name):  # `{parent}-suffix` follows a renamed parent
+            name = _urn_name(parent_alias) + name[len(parent_name) :]
+        return new_urn(stack, project, _qualified_type(parent_alias), typ, name)
+
+    own = [collapse(a) for a in r.aliases]
+    result = list(own)
+    parent_alias = found_via_alias.get(r.parent)
+    if parent_alias is not None:
+        result.append(inherited(r.type, r.name, parent_alias))
+        for urn in own:
+            result.append(inherited(urn.split("::")[2].split("$")[-1], _urn_name(urn), parent_alias))
+    return list(dict.fromkeys(result))
 
 
 def run_program(config: dict[str, Any], stack: str = "test") -> Run:
@@ -259,7 +392,7 @@ def run_program(config: dict[str, Any], stack: str = "test") -> Run:
         return asyncio.ensure_future(resolve())
 
     program()
-    return Run(monitor.registrations, collected, secret, error[0] if error else None)
+    return Run(monitor.registrations, collected, secret, error[0] if error else None, stack=stack, project=pulumi.get_project())
 
 
 def payload_of(stdin: str) -> str:

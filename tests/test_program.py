@@ -317,6 +317,15 @@ def test_every_resource_has_a_nina_component_parent(test_run):
             assert r.parent in components, f"{r.name} is not parented to a component"
 
 
+def test_the_platform_only_wires_components(test_run, uat_run):
+    # Components declare the resources; the Platform's own children are components.
+    for run in (test_run, uat_run):
+        (platform,) = run.of_type("nina:platform:Platform")
+        children = [r for r in run.registrations if r.parent == platform.urn]
+        assert children and not [r.name for r in children if r.custom]
+        assert {r.type for r in children} >= {"nina:flower:Tenancy", "nina:compute:Host", "nina:flower:FileDelivery"}
+
+
 def test_no_vm_waits_on_another_vm_or_a_certificate_and_chains_are_short(test_run, uat_run):
     for run in (test_run, uat_run):
         for vm in run.of_type(INSTANCE):
