@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def test_client_conf_is_the_manuals_made_robust():
     ]
     assert conf.rstrip().endswith("</connection>")
     assert not {"keepalive", "ping", "ping-restart", "remote", "proto"} & set(names[: names.index("<connection>")])
-    assert vpn.client_certs_paths("metro-north")["key"] == first(conf, "key")[0]
+    assert [vpn.client_certs_paths("metro-north")["key"]] == first(conf, "key")
 
 
 @pytest.mark.parametrize(
@@ -384,24 +385,36 @@ def test_delivery_payload_prune_argument():
 # --- nina-install-files: prune ---------------------------------------------------------------------
 
 
+@dataclass
+class Installer:
+    """nina-install-files under --root, with a fake systemctl that logs its calls."""
+
+    script: Path
+    root: Path
+    calls: Path
+    fake: Path
+
+    def __call__(self, payload: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "NINA_SYSTEMCTL": str(self.fake), "NINA_UPDATE_CA_CERTIFICATES": str(self.fake)}
+        return subprocess.run(
+            [sys.executable, str(self.script), "--root", str(self.root), *args],
+            input=payload,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
 @pytest.fixture
-def install(tmp_path):
+def install(tmp_path) -> Installer:
     script = tmp_path / "nina-install-files"
     script.write_text(render.install_files_script(render.SOURCE_ROOT))
     calls = tmp_path / "calls.log"
     fake = tmp_path / "fake-systemctl"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
-    root = tmp_path / "root"
-
-    def run(payload: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "NINA_SYSTEMCTL": str(fake), "NINA_UPDATE_CA_CERTIFICATES": str(fake)}
-        return subprocess.run(
-            [sys.executable, str(script), "--root", str(root), *args], input=payload, env=env, capture_output=True, text=True, timeout=60
-        )
-
-    run.root, run.calls = root, calls
-    return run
+    return Installer(script, tmp_path / "root", calls, fake)
 
 
 def test_install_files_prunes_removed_organisations(install, hub, onprem):
@@ -502,8 +515,33 @@ exit 0
 """
 
 
+@dataclass
+class Forwarding:
+    """nina-vpn-forwarding with fake ip/iptables/sysctl; a call gives (process, the fakes' calls)."""
+
+    script: Path
+    dropin: Path
+    fakes: Path
+    workdir: Path
+
+    def __call__(self, route: str, wait: str = "1") -> tuple[subprocess.CompletedProcess, list[str]]:
+        env = {
+            **os.environ,
+            "IP": str(self.fakes / "ip"),
+            "IPTABLES": str(self.fakes / "iptables"),
+            "SYSCTL": str(self.fakes / "sysctl"),
+            "FAKE_DIR": str(self.workdir),
+            "FAKE_ROUTE": route,
+            "NINA_SYSCTL_DROPIN": str(self.dropin),
+            "NINA_ROUTE_WAIT": wait,
+        }
+        proc = subprocess.run(["bash", str(self.script)], env=env, capture_output=True, text=True, timeout=60)
+        log = self.workdir / "calls.log"
+        return proc, (log.read_text().splitlines() if log.exists() else [])
+
+
 @pytest.fixture
-def forwarding(tmp_path, hub):
+def forwarding(tmp_path, hub) -> Forwarding:
     script = tmp_path / "nina-vpn-forwarding"
     script.write_text(vpn.forwarding_script(hub))
     script.chmod(0o755)
@@ -512,25 +550,7 @@ def forwarding(tmp_path, hub):
     for tool in ("ip", "iptables", "sysctl"):
         (fakes / tool).write_text(FAKE)
         (fakes / tool).chmod(0o755)
-    dropin = tmp_path / "sysctl.d" / "60-nina-vpn.conf"
-
-    def run(route: str, wait: str = "1"):
-        env = {
-            **os.environ,
-            "IP": str(fakes / "ip"),
-            "IPTABLES": str(fakes / "iptables"),
-            "SYSCTL": str(fakes / "sysctl"),
-            "FAKE_DIR": str(tmp_path),
-            "FAKE_ROUTE": route,
-            "NINA_SYSCTL_DROPIN": str(dropin),
-            "NINA_ROUTE_WAIT": wait,
-        }
-        proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-        log = tmp_path / "calls.log"
-        return proc, (log.read_text().splitlines() if log.exists() else [])
-
-    run.script, run.dropin = script, dropin
-    return run
+    return Forwarding(script, tmp_path / "sysctl.d" / "60-nina-vpn.conf", fakes, tmp_path)
 
 
 def test_forwarding_script_parses_and_passes_shellcheck(forwarding):
