@@ -56,6 +56,7 @@ HOST_LIB_CURRENT = "/usr/local/lib/nina/current"
 RECEIVE_BIN = "/usr/local/sbin/nina-receive"
 
 # --- users and groups (manual 4.1.2.1) ---------------------------------------------
+ROOT_USER = "root"  # the superuser, and its group: owner of every system file nina writes
 SYSTEM_GROUP = "fl_system"
 SERVICE_USERS = {
     "superlink": "superlink",

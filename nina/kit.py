@@ -53,7 +53,6 @@ from nina.plan import Member
 
 ARCHIVE_SUFFIX = ".tar.gz"
 ONPREM, CLOUD = "onprem", "cloud"
-ROOT = "root"
 SUPERNODE_USER = facts.SERVICE_USERS["supernode"]
 # Debian packages install.sh adds (the node exporter everywhere, as on the cloud hosts).
 PACKAGES_BASE = ("prometheus-node-exporter",)
@@ -605,8 +604,8 @@ class KitFile:
     content: bytes
     mode: int
     dest: str | None = None  # absolute path on the host; None: not installed (README, ...)
-    owner: str = ROOT
-    group: str = ROOT
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
     scope: str = "all"  # all | systemd | containers (install.sh --containers)
     tag: str = ""  # the service a change restarts: vpn | supernode | exporter
     about: str = ""  # one line for the README
@@ -618,8 +617,8 @@ class KitDir:
 
     path: str
     mode: int
-    owner: str = ROOT
-    group: str = ROOT
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
     scope: str = "all"
     own: bool = True
 
@@ -849,11 +848,11 @@ def _container_files(org: Organisation) -> list[KitFile]:
 def _directories(org: Organisation) -> list[KitDir]:
     grp = facts.SYSTEM_GROUP
     dirs = [
-        KitDir(posixpath.dirname(facts.FLOWER_VENV), 0o2775, ROOT, grp, scope="systemd"),  # manual 4.1.2.11
-        KitDir(facts.ETC_FLWR, 0o755, ROOT, grp),
-        KitDir(facts.SUPERNODE_ETC, 0o750, ROOT, grp),
-        KitDir(facts.SUPERNODE_CERTS, 0o750, ROOT, grp),
-        KitDir(posixpath.dirname(facts.SUPERNODE_OPT), 0o755, ROOT, grp),
+        KitDir(posixpath.dirname(facts.FLOWER_VENV), 0o2775, facts.ROOT_USER, grp, scope="systemd"),  # manual 4.1.2.11
+        KitDir(facts.ETC_FLWR, 0o755, facts.ROOT_USER, grp),
+        KitDir(facts.SUPERNODE_ETC, 0o750, facts.ROOT_USER, grp),
+        KitDir(facts.SUPERNODE_CERTS, 0o750, facts.ROOT_USER, grp),
+        KitDir(posixpath.dirname(facts.SUPERNODE_OPT), 0o755, facts.ROOT_USER, grp),
         KitDir(facts.SUPERNODE_OPT, 0o755, SUPERNODE_USER, grp),
         KitDir(facts.SUPERNODE_CONTAINERS, 0o755, scope="containers"),
         KitDir(posixpath.dirname(facts.NODE_EXPORTER_DEFAULTS), 0o755, own=False),
@@ -894,8 +893,8 @@ def _held_keys(org: Organisation) -> list[dict[str, str]]:
                 "dest": vp["key"],
                 "kind": "x509",
                 "match": _rel(vp["cert"]),
-                "owner": ROOT,
-                "group": ROOT,
+                "owner": facts.ROOT_USER,
+                "group": facts.ROOT_USER,
                 "tag": "vpn",
                 "what": "the VPN private key from which you made the certificate signing request",
             }
@@ -979,7 +978,7 @@ def _tarinfo(name: str, mode: int, size: int = 0, directory: bool = False) -> ta
     info.size = size
     info.mtime = TAR_MTIME
     info.uid = info.gid = 0
-    info.uname = info.gname = ROOT
+    info.uname = info.gname = facts.ROOT_USER
     return info
 
 

@@ -116,8 +116,8 @@ class DeliveredFile:
     path: str
     content: str
     mode: int
-    owner: str
-    group: str
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
 
     def __post_init__(self) -> None:
         p = self.path
@@ -193,13 +193,13 @@ def service_files(program: str, program_text: str, unit: str, unit_text: str) ->
     """A service's program (root-owned, 0755) and its systemd unit, delivered in place: changing
     either re-runs the delivery (daemon-reload, enable, restart) and replaces no VM."""
     return [
-        DeliveredFile(program, program_text, 0o755, "root", "root"),
-        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}", unit_text, 0o644, "root", "root"),
+        DeliveredFile(program, program_text, 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}", unit_text, 0o644),
     ]
 
 
 def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
-    return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644, "root", "root")
+    return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644)
 
 
 def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
@@ -212,9 +212,9 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{certs}/{facts.SERVER_CERT_FILE}", _text(cert_pem, "server certificate", "BEGIN CERTIFICATE"), 0o644, user, group),
         DeliveredFile(f"{certs}/{facts.SERVER_KEY_FILE}", _text(key_pem, "server key", "PRIVATE KEY"), 0o600, user, group),
         _ca_trust(ca),
-        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644),
         *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
-        DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755, "root", "root"),
+        DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755),
     ]
     return delivery_payload(files, list(services.superlink.UNITS))
 
@@ -223,10 +223,10 @@ def base_delivery() -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
     settings (manual 5.2.2, 5.4) and the nina-install-files launcher; restarts what they configure."""
     files = [
-        DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644, "root", "root"),
-        DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644, "root", "root"),
-        DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644, "root", "root"),
-        DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755, "root", "root"),
+        DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644),
+        DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
+        DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
+        DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
     ]
     return delivery_payload(files, list(services.base.UNITS))
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from nina import facts
 
-ROOT = "root"
-
 
 @dataclass(frozen=True)
 class Directory:
@@ -16,7 +14,7 @@ class Directory:
 
     path: str
     mode: int
-    owner: str = ROOT
+    owner: str = facts.ROOT_USER
     group: str = facts.SYSTEM_GROUP
 
 

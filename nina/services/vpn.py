@@ -2,13 +2,13 @@
 `nina.vpn.vpn_delivery` (`<host>-vpn`): PKI, server configs, client-config-dir, forwarding."""
 
 from nina import facts
-from nina.services.model import ROOT, Directory, Service
+from nina.services.model import Directory, Service
 
 SERVICE = Service(
     name="vpn",
     summary="OpenVPN hub for on-premise SuperNodes",
     packages=("iptables", "openvpn"),
-    directories=(Directory(facts.OPENVPN_CCD_DIR, 0o755, ROOT, ROOT),),
+    directories=(Directory(facts.OPENVPN_CCD_DIR, 0o755, facts.ROOT_USER, facts.ROOT_USER),),
 )
 # The OpenVPN instances (UDP, TCP) and the forwarding unit they require.
 SERVER_UNITS = (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT)
