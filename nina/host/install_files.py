@@ -29,6 +29,8 @@ Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
 A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
 """
 
+from __future__ import annotations
+
 import argparse
 import grp
 import json
@@ -41,8 +43,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from nina import facts
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10; only the type checker needs it
 
 LOCAL_CA_TRUST = facts.LOCAL_CA_TRUST
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -54,11 +61,21 @@ class BadInput(Exception):
     pass
 
 
-def warn(msg):
+class FileEntry(TypedDict):
+    """One entry of the payload's "files" (as check_payload has checked it)."""
+
+    path: str
+    content: str
+    mode: int
+    owner: str
+    group: str
+
+
+def warn(msg: str) -> None:
     print(f"{PROG}: warning: {msg}", file=sys.stderr)
 
 
-def normalised(path):
+def normalised(path: object) -> TypeGuard[str]:
     return (
         isinstance(path, str)
         and path.startswith("/")
@@ -69,7 +86,7 @@ def normalised(path):
     )
 
 
-def check_prune(prune, paths):
+def check_prune(prune: Iterable[object], paths: Iterable[str]) -> None:
     parents = {posixpath.dirname(p) for p in paths}
     for d in prune:
         if not normalised(d):
@@ -80,7 +97,7 @@ def check_prune(prune, paths):
             raise BadInput(f"prune: {d} is not at or under the directory of a delivered file")
 
 
-def check_hot(hot, prune):
+def check_hot(hot: object, prune: list[Any]) -> None:
     if not isinstance(hot, dict):
         raise BadInput('"hot" must be an object: directory -> list of management sockets')
     for d, sockets in hot.items():
@@ -90,7 +107,7 @@ def check_hot(hot, prune):
             raise BadInput(f"hot: {d} needs a list of absolute, normalised socket paths")
 
 
-def check_payload(payload):
+def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str], dict[str, list[str]]]:
     if not isinstance(payload, dict) or set(payload) - {"files", "restart", "prune", "hot"}:
         raise BadInput('payload must be an object with keys "files", "restart" and optionally "prune" and "hot"')
     files = payload.get("files")
@@ -98,7 +115,7 @@ def check_payload(payload):
     prune = payload.get("prune", [])
     if not isinstance(files, list) or not isinstance(restart, list) or not isinstance(prune, list):
         raise BadInput('"files", "restart" and "prune" must be lists')
-    seen = set()
+    seen: set[str] = set()
     for i, f in enumerate(files):
         where = f"files[{i}]"
         if not isinstance(f, dict) or set(f) != {"path", "content", "mode", "owner", "group"}:
@@ -125,12 +142,12 @@ def check_payload(payload):
     check_prune(prune, seen)
     hot = payload.get("hot", {})
     check_hot(hot, prune)
-    return files, restart, prune, hot
+    return cast(list[FileEntry], files), restart, prune, cast(dict[str, list[str]], hot)
 
 
-def resolve_ids(files, root):
+def resolve_ids(files: Iterable[FileEntry], root: str) -> dict[str, tuple[int, int]]:
     """uid/gid per file; under --root unknown names map to the caller (with a warning)."""
-    ids = {}
+    ids: dict[str, tuple[int, int]] = {}
     as_root = os.geteuid() == 0
     for f in files:
         try:
@@ -156,7 +173,7 @@ def resolve_ids(files, root):
     return ids
 
 
-def unchanged(target, data, mode, uid, gid):
+def unchanged(target: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
     try:
         st = os.lstat(target)
     except FileNotFoundError:
@@ -169,7 +186,7 @@ def unchanged(target, data, mode, uid, gid):
         return fh.read() == data
 
 
-def write_atomic(target, data, mode, uid, gid):
+def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".nina-install-")
@@ -188,14 +205,14 @@ def write_atomic(target, data, mode, uid, gid):
         raise
 
 
-def strays(directory, root, keep):
+def strays(directory: str, root: str, keep: set[str]) -> list[str]:
     """Regular files directly in root+directory that the payload does not carry (sorted)."""
     target = root + directory
     if os.path.islink(target) or not os.path.isdir(target):
         if os.path.islink(target):
             warn(f"prune: {directory} is a symlink; not pruning it")
         return []
-    out = []
+    out: list[str] = []
     with os.scandir(target) as entries:
         for entry in entries:
             path = posixpath.join(directory, entry.name)
@@ -208,7 +225,7 @@ MANAGEMENT_TIMEOUT = 10  # seconds
 CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # no spaces or newlines: one management command
 
 
-def _answer(reader):
+def _answer(reader: Iterable[str]) -> str:
     """The next SUCCESS:/ERROR: line (real-time ">..." notifications are skipped)."""
     for line in reader:
         if line.startswith(("SUCCESS:", "ERROR:")):
@@ -216,7 +233,7 @@ def _answer(reader):
     raise OSError("the management interface closed without an answer")
 
 
-def _client_ids(reader, name):
+def _client_ids(reader: Iterable[str], name: str) -> list[str]:
     """Client IDs of `name`'s connections from a `status 2` listing (columns named by its HEADER)."""
     header: list[str] | None = None
     ids: list[str] = []
@@ -233,7 +250,7 @@ def _client_ids(reader, name):
     raise OSError("the management interface closed in the middle of `status 2`")
 
 
-def management_disconnect(sock_path, name):
+def management_disconnect(sock_path: str, name: str) -> str:
     """Disconnect every connection of certificate `name` through an OpenVPN management socket
     (`client-kill`, which tells the client to reconnect at once). Returns what happened."""
     directory, base = os.path.split(sock_path)
@@ -265,12 +282,12 @@ def management_disconnect(sock_path, name):
         os.close(cwd)
 
 
-def hot_only(changed, hot):
+def hot_only(changed: Iterable[str], hot: Mapping[str, list[str]]) -> bool:
     """Whether every changed path lies directly in a hot directory."""
     return bool(hot) and all(posixpath.dirname(p) in hot for p in changed)
 
 
-def commands(restart, ca_changed):
+def commands(restart: list[str], ca_changed: bool) -> list[list[str]]:
     systemctl = shlex.split(os.environ.get("NINA_SYSTEMCTL", "systemctl"))
     update_ca = shlex.split(os.environ.get("NINA_UPDATE_CA_CERTIFICATES", "update-ca-certificates"))
     cmds = [[*systemctl, "daemon-reload"]]
@@ -282,7 +299,7 @@ def commands(restart, ca_changed):
     return cmds
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description="Install a nina delivery payload read from stdin.")
     ap.add_argument("--root", default="", help="prefix every path with this directory (tests)")
     ap.add_argument("--dry-run", action="store_true", help="show what would change; touch nothing")
@@ -299,8 +316,8 @@ def main(argv=None):
         print(f"{PROG}: error: {exc}; nothing was written", file=sys.stderr)
         return 2
 
-    changed = []
-    existed = set()  # changed paths that were there before (clients may be connected under them)
+    changed: list[str] = []
+    existed: set[str] = set()  # changed paths that were there before (clients may be connected under them)
     for f in files:
         target = root + f["path"]
         data = f["content"].encode("utf-8")
@@ -362,7 +379,7 @@ def main(argv=None):
     return 0
 
 
-def disconnect(paths, hot, root, dry_run, n_changed, n_unchanged):
+def disconnect(paths: list[str], hot: Mapping[str, list[str]], root: str, dry_run: bool, n_changed: int, n_unchanged: int) -> int:
     """Only hot files changed: no restart; disconnect the clients whose entries changed or went."""
     print("only per-connection entries changed: no restart")
     for path in paths:
