@@ -23,15 +23,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from nina import config, facts, services, templating
+from nina.host import install_files as installer
 from nina.plan import Member, TenancyPlan
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
 
 
 @lru_cache(maxsize=1)
@@ -113,6 +113,8 @@ def admin_app_pyproject(tenancy_name: str) -> str:
 
 @dataclass(frozen=True)
 class DeliveredFile:
+    """One entry of a payload's "files", checked when it is made by the installer's own check."""
+
     path: str
     content: str
     mode: int
@@ -120,29 +122,24 @@ class DeliveredFile:
     group: str = facts.ROOT_USER
 
     def __post_init__(self) -> None:
-        p = self.path
-        if not p.startswith("/") or p == "/" or posixpath.normpath(p) != p or ".." in p.split("/"):
-            raise ValueError(f"delivered path {self.path!r} must be absolute and normalised, without '..'")
-        if not 0 <= self.mode <= 0o777:
-            raise ValueError(f"{self.path}: mode {self.mode:o} out of range")
-        for who in (self.owner, self.group):
-            if not _NAME_RE.match(who):
-                raise ValueError(f"{self.path}: {who!r} is not a user or group name")
+        try:
+            installer.check_file(asdict(self), f"delivered file {self.path!r}")
+        except installer.BadInput as exc:
+            raise ValueError(str(exc)) from None
 
 
-def _prunable(directory: str, paths: list[str]) -> bool:
-    """As nina-install-files checks it: normalised, at least /a/b/c deep, at or under a payload file's directory."""
-    d = directory
-    if not isinstance(d, str) or not d.startswith("/") or posixpath.normpath(d) != d or ".." in d.split("/"):
-        return False
-    if len(d.strip("/").split("/")) < 3:
-        return False
-    parents = {posixpath.dirname(p) for p in paths}
-    return any(d == p or d.startswith(p + "/") for p in parents)
+def checked_payload(payload: Mapping[str, Any]) -> str:
+    """The JSON of an installer payload (sorted keys), or ValueError where `nina-install-files`
+    would refuse it: the schema is the installer's `check_payload`, defined once."""
+    try:
+        installer.check_payload(json.loads(json.dumps(payload)))  # what the host will read
+    except installer.BadInput as exc:
+        raise ValueError(f"{installer.PROG} would refuse this payload: {exc}") from None
+    return json.dumps(payload, sort_keys=True) + "\n"
 
 
 def delivery_payload(
-    files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
+    files: Sequence[DeliveredFile], restart: Sequence[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
 ) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
@@ -154,33 +151,15 @@ def delivery_payload(
     such a directory per connection, so changing or removing one restarts nothing: instead the
     client named by the file is disconnected (`client-kill`) through each socket. Any other
     change still restarts `restart`. Each hot directory must also be pruned.
+
+    Checked by `checked_payload` (ValueError with the installer's reason).
     """
-    paths = [f.path for f in files]
-    if len(set(paths)) != len(paths):
-        raise ValueError(f"duplicate paths in delivery: {sorted(p for p in paths if paths.count(p) > 1)}")
-    for unit in restart:
-        if not _UNIT_RE.match(unit):
-            raise ValueError(f"{unit!r} is not a systemd unit name")
-    if isinstance(prune, str):
-        raise ValueError("prune must be a list of directories, not a string")
-    for directory in prune:
-        if not _prunable(directory, paths):
-            raise ValueError(
-                f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
-                "three levels deep, at or under the directory of a delivered file"
-            )
-    hot = dict(hot or {})
-    for directory, sockets in hot.items():
-        if directory not in prune:
-            raise ValueError(f"hot directory {directory!r} must also be pruned")
-        if isinstance(sockets, str) or not sockets or not all(isinstance(x, str) and x.startswith("/") for x in sockets):
-            raise ValueError(f"hot directory {directory!r} needs a list of absolute management socket paths")
-    payload: dict[str, object] = {"files": [asdict(f) for f in files], "restart": list(restart)}
+    payload: dict[str, Any] = {"files": [asdict(f) for f in files], "restart": restart}
     if prune:
-        payload["prune"] = list(dict.fromkeys(prune))
+        payload["prune"] = prune
     if hot:
-        payload["hot"] = {d: list(hot[d]) for d in sorted(hot)}
-    return json.dumps(payload, sort_keys=True) + "\n"
+        payload["hot"] = dict(hot)
+    return checked_payload(payload)
 
 
 def _text(value: str, what: str, marker: str) -> str:

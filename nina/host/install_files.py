@@ -2,6 +2,9 @@
 
 Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], "restart": [unit, ...],
 "prune": [dir, ...] (optional), "hot": {dir: [management socket, ...]} (optional)}.
+`check_payload` is the one definition of this schema: nina.render checks every payload it
+renders with it (and each DeliveredFile with `check_file`), so a payload nina makes is one the
+installer takes.
 Each file is written atomically (temp file in the same directory, then rename) with its
 mode and owner; files whose content, mode and owner are unchanged are left alone. Then, in
 each "prune" directory, regular files that the payload does not carry are deleted (only
@@ -52,8 +55,9 @@ if TYPE_CHECKING:
     from typing import TypeGuard  # Python 3.10; only the type checker needs it
 
 LOCAL_CA_TRUST = facts.LOCAL_CA_TRUST
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
+# \Z, not $: a name or unit with a trailing newline is refused too.
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)\Z")
 PROG = "nina-install-files"
 
 
@@ -107,6 +111,26 @@ def check_hot(hot: object, prune: list[Any]) -> None:
             raise BadInput(f"hot: {d} needs a list of absolute, normalised socket paths")
 
 
+def check_file(f: object, where: str) -> FileEntry:
+    """One entry of "files", or BadInput naming `where` (also nina.render.DeliveredFile's check)."""
+    if not isinstance(f, dict) or set(f) != {"path", "content", "mode", "owner", "group"}:
+        raise BadInput(f"{where}: needs exactly path, content, mode, owner, group")
+    path = f["path"]
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise BadInput(f"{where}: path {path!r} must be absolute")
+    if ".." in path.split("/") or posixpath.normpath(path) != path or path == "/":
+        raise BadInput(f"{where}: path {path!r} must be normalised and must not contain '..'")
+    if not isinstance(f["content"], str):
+        raise BadInput(f"{where}: content must be a string")
+    mode = f["mode"]
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise BadInput(f"{where}: mode must be an integer between 0 and 0o777")
+    for key in ("owner", "group"):
+        if not isinstance(f[key], str) or not NAME_RE.match(f[key]):
+            raise BadInput(f"{where}: {key} {f[key]!r} is not a user or group name")
+    return cast(FileEntry, f)
+
+
 def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str], dict[str, list[str]]]:
     if not isinstance(payload, dict) or set(payload) - {"files", "restart", "prune", "hot"}:
         raise BadInput('payload must be an object with keys "files", "restart" and optionally "prune" and "hot"')
@@ -117,25 +141,10 @@ def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str
         raise BadInput('"files", "restart" and "prune" must be lists')
     seen: set[str] = set()
     for i, f in enumerate(files):
-        where = f"files[{i}]"
-        if not isinstance(f, dict) or set(f) != {"path", "content", "mode", "owner", "group"}:
-            raise BadInput(f"{where}: needs exactly path, content, mode, owner, group")
-        path = f["path"]
-        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-            raise BadInput(f"{where}: path {path!r} must be absolute")
-        if ".." in path.split("/") or posixpath.normpath(path) != path or path == "/":
-            raise BadInput(f"{where}: path {path!r} must be normalised and must not contain '..'")
+        path = check_file(f, f"files[{i}]")["path"]
         if path in seen:
-            raise BadInput(f"{where}: duplicate path {path}")
+            raise BadInput(f"files[{i}]: duplicate path {path}")
         seen.add(path)
-        if not isinstance(f["content"], str):
-            raise BadInput(f"{where}: content must be a string")
-        mode = f["mode"]
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
-            raise BadInput(f"{where}: mode must be an integer between 0 and 0o777")
-        for key in ("owner", "group"):
-            if not isinstance(f[key], str) or not NAME_RE.match(f[key]):
-                raise BadInput(f"{where}: {key} {f[key]!r} is not a user or group name")
     for unit in restart:
         if not isinstance(unit, str) or not UNIT_RE.match(unit):
             raise BadInput(f"restart: {unit!r} is not a systemd unit name")
