@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nina import facts, render, templating
+from nina import facts, render, services, templating
 from nina import vpn as vpn_files
 from nina.config import SLUG_RE
 from nina.keys import KeyError_, check_openssh_public_key
@@ -53,11 +53,6 @@ from nina.plan import Member
 
 ARCHIVE_SUFFIX = ".tar.gz"
 ONPREM, CLOUD = "onprem", "cloud"
-SUPERNODE_USER = facts.SERVICE_USERS["supernode"]
-# Debian packages install.sh adds (the node exporter everywhere, as on the cloud hosts).
-PACKAGES_BASE = ("prometheus-node-exporter",)
-PACKAGES_VPN = ("openvpn",)
-PACKAGES_SYSTEMD = ("python3-venv",)
 # Container images built by containers/build.sh (manual 5.7 names them supernode_cpu/_cuda).
 IMAGES = {
     "cpu": f"nina-supernode-cpu:flwr-{facts.FLWR_VERSION}",
@@ -623,6 +618,39 @@ class KitDir:
     own: bool = True
 
 
+# --- what install.sh sets up besides files: the services of a SuperNode host (nina.services) ---
+
+_SUPERNODE_USER = services.supernode.SERVICE.user
+assert _SUPERNODE_USER is not None
+SUPERNODE_USER = _SUPERNODE_USER.name
+
+
+def _site_services(org: Organisation) -> list[services.Service]:
+    return services.site_kit(org.onprem)
+
+
+def _accounts(org: Organisation) -> list[services.User]:
+    """The service users install.sh creates (in facts.SYSTEM_GROUP), as a cloud SuperNode VM has them."""
+    return services.users(_site_services(org))
+
+
+def _packages(org: Organisation) -> tuple[list[str], list[str]]:
+    """The services' Debian packages: (always, only with the venv, i.e. not with --containers)."""
+    every = services.packages(_site_services(org))
+    return [p for p in every if p not in services.VENV_PACKAGES], [p for p in every if p in services.VENV_PACKAGES]
+
+
+def _service_directories(org: Organisation) -> list[services.Directory]:
+    return services.directories(_site_services(org))
+
+
+def _data_directory(org: Organisation) -> KitDir:
+    """The training data directory (manual 4.1.3.3.2), as the SuperNode service lays it out: install.sh
+    creates it if missing and never changes it if present (it holds the organisation's data)."""
+    (d,) = [d for d in _service_directories(org) if d.path == facts.SUPERNODE_DATA]
+    return KitDir(d.path, d.mode, d.owner, d.group)
+
+
 def _rel(path: str) -> str:
     return path.lstrip("/")
 
@@ -846,26 +874,23 @@ def _container_files(org: Organisation) -> list[KitFile]:
 
 
 def _directories(org: Organisation) -> list[KitDir]:
-    grp = facts.SYSTEM_GROUP
+    """The services' directories (parents first) with their modes and owners, the venv's only in
+    systemd mode; then the kit's own: the container files' directory, and system directories
+    that are only created if missing (their packages own them)."""
     dirs = [
-        KitDir(posixpath.dirname(facts.FLOWER_VENV), 0o2775, facts.ROOT_USER, grp, scope="systemd"),  # manual 4.1.2.11
-        KitDir(facts.ETC_FLWR, 0o755, facts.ROOT_USER, grp),
-        KitDir(facts.SUPERNODE_ETC, 0o750, facts.ROOT_USER, grp),
-        KitDir(facts.SUPERNODE_CERTS, 0o750, facts.ROOT_USER, grp),
-        KitDir(posixpath.dirname(facts.SUPERNODE_OPT), 0o755, facts.ROOT_USER, grp),
-        KitDir(facts.SUPERNODE_OPT, 0o755, SUPERNODE_USER, grp),
+        KitDir(d.path, d.mode, d.owner, d.group, scope="systemd" if d in services.VENV_DIRECTORIES else "all")
+        for d in _service_directories(org)
+        if d.path != facts.SUPERNODE_DATA
+    ]
+    dirs += [
         KitDir(facts.SUPERNODE_CONTAINERS, 0o755, scope="containers"),
         KitDir(posixpath.dirname(facts.NODE_EXPORTER_DEFAULTS), 0o755, own=False),
         KitDir(facts.SYSTEMD_SYSTEM_DIR, 0o755, scope="systemd", own=False),
     ]
     if org.onprem:
-        certs = facts.OPENVPN_CLIENT_CERTS
         dirs += [
             KitDir(facts.OPENVPN_ETC, 0o755, own=False),
             KitDir(posixpath.dirname(facts.OPENVPN_CLIENT_CONF), 0o755, own=False),
-            KitDir(certs, 0o755),
-            KitDir(f"{certs}/{facts.OPENVPN_ISSUED_DIR}", 0o755),
-            KitDir(f"{certs}/{facts.OPENVPN_PRIVATE_DIR}", 0o700),
         ]
     return dirs
 
@@ -932,13 +957,15 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         "kit_name": f"{org.slug}{facts.SITEKIT_SUFFIX}",
         "held": held,
         "ubuntu": facts.UBUNTU_RELEASE,
+        "accounts": _accounts(org),
+        "packages_base": _packages(org)[0],
+        "packages_systemd": _packages(org)[1],
     }
     install = _render(
         "install.sh.j2",
         files=[f for f in files if f.dest],
         dirs=_directories(org),
-        packages_base=PACKAGES_BASE + (PACKAGES_VPN if org.onprem else ()),
-        packages_systemd=PACKAGES_SYSTEMD,
+        data_dir=_data_directory(org),
         units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else []) + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT],
         **context,
     )

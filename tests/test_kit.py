@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, render, vpn
+from nina import cli, facts, kit, render, services, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
@@ -446,6 +446,70 @@ def test_root_install_with_containers(kit_archives, tmp_path):
     assert "/opt/flwr/supernode/run_supernode.sh" in installed  # the image build copies it
     assert "/etc/flwr/supernode/certs/client_credentials" in installed
     assert not (root / "opt/python").exists()
+
+
+def _cloud_supernode_bootstrap(render_plans, render_volume_ids) -> tuple[set[tuple[str, str, str, str]], list[str], list[str]]:
+    """(directories as (path, mode, owner, group), packages, users) of a cloud SuperNode VM's user-data."""
+    import yaml
+
+    from cloudinit.userdata import user_data
+
+    plan = render_plans["test"]
+    host = next(h for h in plan.hosts if h.roles == ("supernode",))
+    doc = yaml.safe_load(user_data(plan, host, render_volume_ids(host)))
+    dirs = set()
+    for step in doc["runcmd"]:
+        words = step.split() if isinstance(step, str) else step
+        if words[:2] == ["install", "-d"]:
+            mode, owner, group, *paths = words[3], words[5], words[7], *words[8:]
+            dirs |= {(p, mode, owner, group) for p in paths}
+    users = [u["name"] for u in doc["users"] if u != "default"]
+    return dirs, doc["packages"], users
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+@pytest.mark.parametrize("containers", [False, True], ids=["systemd", "containers"])
+def test_layout_users_and_packages_are_those_of_a_supernode_host(kit_archives, tmp_path, render_plans, render_volume_ids, slug, containers):
+    """What install.sh sets up besides files comes from nina.services: a cloud SuperNode VM's
+    directories (modes, owners), packages and users, plus the VPN client's on premise; with
+    --containers, without the venv's."""
+    cloud_dirs, cloud_packages, cloud_users = _cloud_supernode_bootstrap(render_plans, render_volume_ids)
+    host = services.for_roles(["supernode"]) + ([services.vpn.CLIENT] if slug in ONPREM else [])
+    assert host == services.site_kit(slug in ONPREM)
+    client = services.vpn.CLIENT if slug in ONPREM else services.Service("none", "")
+    venv_dirs = {d.path for d in services.VENV_DIRECTORIES} if containers else set()
+    venv_packages = set(services.VENV_PACKAGES) if containers else set()
+    want_dirs = {d for d in cloud_dirs if d[0] not in venv_dirs} | {(d.path, f"{d.mode:04o}", d.owner, d.group) for d in client.directories}
+    want_packages = sorted({p for p in cloud_packages if p not in venv_packages} | set(client.packages))
+    assert cloud_users == [u.name for u in services.users(host)] == ["supernode"]
+
+    top = extract(kit_archives[slug], tmp_path / "kit")
+    mode = ["--containers"] if containers else []
+    # On this host's real paths (a dry run changes nothing): every directory with mode and owners.
+    dry = install(top, "--dry-run", *mode)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    made = set(re.findall(r"^\[dry-run\] install -d -m (\d+) -o (\S+) -g (\S+) (\S+)$", dry.stdout, re.M))
+    made.discard(("0755", "root", "root", facts.SUPERNODE_CONTAINERS))  # the kit's own, for --containers
+    assert {(p, m, o, g) for m, o, g, p in made} == {d for d in want_dirs if not os.path.exists(d[0])}
+    for user in cloud_users:
+        assert (
+            f"[dry-run] useradd --system --shell /bin/false --home-dir /opt/flwr/{user} --no-create-home --groups fl_system {user}"
+            in dry.stdout
+        ) == (not _user_exists(user))
+    # Under --root: the modes for real, and the whole package list.
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root), *mode)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {p: f"{stat.S_IMODE((root / p.lstrip('/')).stat().st_mode):04o}" for p, *_ in want_dirs} == {p: m for p, m, *_ in want_dirs}
+    assert re.search(r"skipped: --root: packages are not installed \((.*)\)", proc.stdout).group(1).split() == want_packages
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def test_organisation_keys_must_be_in_place_before_services(kit_archives, kit_built, kit_outputs, tmp_path):

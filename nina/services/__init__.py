@@ -27,19 +27,22 @@ from nina.services import (
     supernode,
     vpn,
 )
-from nina.services.model import Directory, Service, User
+from nina.services.model import VENV_DIRECTORIES, VENV_PACKAGES, Directory, Service, User
 
 __all__ = [
     "BASE",
     "ROLES",
     "SERVICES",
     "SHARED_ROLES",
+    "VENV_DIRECTORIES",
+    "VENV_PACKAGES",
     "Directory",
     "Service",
     "User",
     "directories",
     "for_roles",
     "packages",
+    "site_kit",
     "users",
     "venv_programs",
 ]
@@ -70,6 +73,12 @@ def for_roles(roles: Iterable[str]) -> list[Service]:
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
     return [BASE, *(s for name, s in SERVICES.items() if name in wanted)]
+
+
+def site_kit(onprem: bool) -> list[Service]:
+    """What a site kit's install.sh sets up (nina.kit): a SuperNode host's services, as a cloud
+    SuperNode VM gets them, plus the VPN client for an on-premise organisation."""
+    return [*for_roles(["supernode"]), *([vpn.CLIENT] if onprem else [])]
 
 
 def packages(services: Iterable[Service]) -> list[str]:

@@ -43,5 +43,9 @@ class Service:
 
 # The venvs' root, group-writable for fl_system (manual 4.1.2.11): the Flower venv and JupyterHub's.
 PYTHON_ROOT = Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775)
+# What exists only for the Flower venv: a site kit installed with `--containers` runs the SuperNode
+# from an image instead, so it leaves these out (nina.kit).
+VENV_PACKAGES = ("python3-venv",)
+VENV_DIRECTORIES = (PYTHON_ROOT,)
 # What every Flower service (SuperLink, SuperNode) lays out before its own directories.
 FLOWER_DIRS = (PYTHON_ROOT, Directory(facts.ETC_FLWR, 0o755), Directory(posixpath.dirname(facts.SUPERLINK_OPT), 0o755))
