@@ -378,6 +378,48 @@ def test_install_files_without_root_refuses_unknown_owner(tmp_path, installer):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not target.exists()
 
 
+def test_install_files_dry_run_refuses_no_owner(tmp_path, installer):
+    """A dry run may come before the step that creates an owner (a site kit's `install.sh --dry-run`
+    on a fresh host): it says so and what it would write, where a real run refuses."""
+    target = tmp_path / "real" / "file"
+    proc = installer(_payload(str(target), owner="nina-no-such-user"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"would write {target} (mode 0644, nina-no-such-user:root)" in proc.stdout
+    assert f"user 'nina-no-such-user' does not exist here; {target} needs it" in proc.stderr
+    assert not target.parent.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to run as another user")
+def test_install_files_dry_run_as_a_user_shows_what_root_would_do(tmp_path):
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="nina-dry-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        script = write(work / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
+        secret, plain = work / "etc/app/conf.d/secret.key", work / "etc/app/conf.d/plain.conf"
+        write(secret, "old\n", 0o600)  # root's, unreadable for the caller
+        write(plain, "same\n", 0o644)
+        (work / "etc").chmod(0o755)
+        entry = {"mode": 0o600, "owner": "root", "group": "root"}
+        payload = {
+            "files": [
+                {**entry, "path": str(secret), "content": "new\n"},
+                {**entry, "path": str(plain), "content": "same\n", "mode": 0o644},
+            ],
+            "restart": [],
+        }
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script)]
+        dry = subprocess.run([*as_nobody, "--dry-run"], input=json.dumps(payload), capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        assert f"would write {secret} (mode 0600, root:root)" in dry.stdout and f"unchanged {plain}" in dry.stdout
+        assert secret.read_text() == "old\n"
+        real = subprocess.run(as_nobody, input=json.dumps(payload), capture_output=True, text=True, timeout=60)
+        assert real.returncode == 2 and "only root can give files to root:root" in real.stderr
+    finally:
+        shutil.rmtree(work)
+
+
 # --- nina-membership against a fake flwr ----------------------------------------------------
 
 FAKE_FLWR = '''#!{python}

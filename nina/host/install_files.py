@@ -26,7 +26,9 @@ disconnect); any other failure to disconnect is an error (exit 1).
               or cannot be set by a non-root caller, fall back to the caller's uid/gid with
               a warning; systemctl and update-ca-certificates are skipped unless
               NINA_SYSTEMCTL / NINA_UPDATE_CA_CERTIFICATES name a command to run instead.
-  --dry-run   print what would change and which commands would run; touch nothing.
+  --dry-run   print what would change and which commands would run; touch nothing. Without
+              --root it refuses no owner: one that does not exist yet is a warning (a real
+              run needs it), and a caller who is not root sees what root would change.
 
 Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
 A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
@@ -154,45 +156,53 @@ def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str
     return cast(list[FileEntry], files), restart, prune, cast(dict[str, list[str]], hot)
 
 
-def resolve_ids(files: Iterable[FileEntry], root: str) -> dict[str, tuple[int, int]]:
-    """uid/gid per file; under --root unknown names map to the caller (with a warning)."""
+UNKNOWN_ID = -1  # a dry run's owner that does not exist yet: matches no file, so it "would write"
+
+
+def resolve_ids(files: Iterable[FileEntry], root: str, dry_run: bool = False) -> dict[str, tuple[int, int]]:
+    """uid/gid per file; under --root unknown names map to the caller (with a warning). A dry run
+    without --root refuses no owner: one that does not exist yet (an earlier step of a real run,
+    like a site kit's install.sh, creates it) is UNKNOWN_ID, and a caller who is not root is told
+    what root would do."""
     ids: dict[str, tuple[int, int]] = {}
     as_root = os.geteuid() == 0
     for f in files:
         try:
             uid = pwd.getpwnam(f["owner"]).pw_uid
         except KeyError:
-            if not root:
+            if not root and not dry_run:
                 raise BadInput(f"{f['path']}: user {f['owner']!r} does not exist") from None
-            warn(f"user {f['owner']!r} does not exist here; {f['path']} keeps uid {os.getuid()}")
-            uid = os.getuid()
+            uid = os.getuid() if root else UNKNOWN_ID
+            warn(f"user {f['owner']!r} does not exist here; {f['path']} " + (f"keeps uid {uid}" if root else "needs it"))
         try:
             gid = grp.getgrnam(f["group"]).gr_gid
         except KeyError:
-            if not root:
+            if not root and not dry_run:
                 raise BadInput(f"{f['path']}: group {f['group']!r} does not exist") from None
-            warn(f"group {f['group']!r} does not exist here; {f['path']} keeps gid {os.getgid()}")
-            gid = os.getgid()
+            gid = os.getgid() if root else UNKNOWN_ID
+            warn(f"group {f['group']!r} does not exist here; {f['path']} " + (f"keeps gid {gid}" if root else "needs it"))
         if not as_root and (uid, gid) != (os.getuid(), os.getgid()):
-            if not root:
+            if root:
+                warn(f"not root: {f['path']} keeps the caller's uid/gid")
+                uid, gid = os.getuid(), os.getgid()
+            elif not dry_run:
                 raise BadInput(f"{f['path']}: only root can give files to {f['owner']}:{f['group']}")
-            warn(f"not root: {f['path']} keeps the caller's uid/gid")
-            uid, gid = os.getuid(), os.getgid()
         ids[f["path"]] = (uid, gid)
     return ids
 
 
 def unchanged(target: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    """Whether target is a regular file with this content, mode and owner (False if it cannot be read)."""
     try:
         st = os.lstat(target)
-    except FileNotFoundError:
+        if not os.path.isfile(target) or os.path.islink(target):
+            return False
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            return False
+        with open(target, "rb") as fh:
+            return fh.read() == data
+    except OSError:  # missing, or not readable by a caller who is not root (a dry run)
         return False
-    if not os.path.isfile(target) or os.path.islink(target):
-        return False
-    if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
-        return False
-    with open(target, "rb") as fh:
-        return fh.read() == data
 
 
 def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
@@ -320,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise BadInput(f"stdin is not a JSON payload: {exc}") from None
         files, restart, prune, hot = check_payload(payload)
-        ids = resolve_ids(files, root)
+        ids = resolve_ids(files, root, args.dry_run)
     except BadInput as exc:
         print(f"{PROG}: error: {exc}; nothing was written", file=sys.stderr)
         return 2
