@@ -54,6 +54,8 @@ SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z"
 HOST_LIB_DIR = "/usr/local/lib/nina"
 HOST_LIB_CURRENT = "/usr/local/lib/nina/current"
 RECEIVE_BIN = "/usr/local/sbin/nina-receive"
+# The host programs run with the system's python3 (root-owned, outside any venv), as `-I`.
+HOST_PYTHON = "/usr/bin/python3"
 
 # --- users and groups (manual 4.1.2.1) ---------------------------------------------
 ROOT_USER = "root"  # the superuser, and its group: owner of every system file nina writes

@@ -247,14 +247,22 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # The source tree that holds the `nina` package: the lib directory for host programs run from
 # a checkout (tests, the rehearsal) instead of a host's facts.HOST_LIB_CURRENT.
 SOURCE_ROOT = str(_PACKAGE_DIR.parent)
-# What the delivery installs on every host: nina.host and the one module it imports.
-HOST_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/membership.py")
+# What the delivery installs on every host: nina.host and the one module it imports. The first
+# four are nina-install-files with what it imports, which site kits carry too (nina.kit).
+INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py")
+HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py")
 
 
 @lru_cache(maxsize=1)
 def host_programs() -> dict[str, str]:
     """relpath -> source of the host programs (nina.host and nina.facts) that deliveries install."""
     return {f"nina/{rel}": (_PACKAGE_DIR / rel).read_text(encoding="utf-8") for rel in HOST_PROGRAM_FILES}
+
+
+def installer_programs() -> dict[str, str]:
+    """The part of host_programs() that nina-install-files needs (`python3 -I -B` with it on sys.path
+    runs `nina.host.install_files`): what a site kit carries to install its files."""
+    return {f"nina/{rel}": host_programs()[f"nina/{rel}"] for rel in INSTALLER_PROGRAM_FILES}
 
 
 def delivery_bundle(payload: str) -> str:
@@ -264,12 +272,12 @@ def delivery_bundle(payload: str) -> str:
 
 def receive_script() -> str:
     """`nina-receive` (facts.RECEIVE_BIN, in user-data): installs the host programs of a delivery and runs one."""
-    return "#!/usr/bin/python3 -I\n" + (_PACKAGE_DIR / "host" / "receive.py").read_text(encoding="utf-8")
+    return f"#!{facts.HOST_PYTHON} -I\n" + (_PACKAGE_DIR / "host" / "receive.py").read_text(encoding="utf-8")
 
 
 def _launcher(module: str, lib: str) -> str:
     return (
-        "#!/usr/bin/python3 -I\n"
+        f"#!{facts.HOST_PYTHON} -I\n"
         f'"""Runs nina.host.{module} from {lib} (installed there by the delivery through nina-receive)."""\n'
         "import runpy\nimport sys\n\n"
         f"sys.path.insert(0, {json.dumps(lib)})\n"
