@@ -11,7 +11,8 @@ each other and against the CA before a kit is made (`KitError` again).
 A kit holds the manual's client-side layout (4.1.3) for ONE organisation, with the very files
 the cloud SuperNodes get (`nina.render` renders both), the OpenVPN client (`nina.vpn`), the
 container build and run files (4.1.3.3.2, 5.7), `install.sh` (verifies `SHA256SUMS` before it
-changes anything), `SHA256SUMS` and a README for the organisation's ICT team.
+changes anything, then installs the files with the cloud hosts' nina-install-files, which the
+kit carries with its payloads), `SHA256SUMS` and a README for the organisation's ICT team.
 
 Pure: never imports pulumi, reads only its templates (nina/templates/kit). Same outputs give
 byte-identical archives: sorted entries, mtime 0, uid/gid 0 (root), explicit modes, and a gzip
@@ -26,7 +27,6 @@ import io
 import ipaddress
 import json
 import os
-import posixpath
 import re
 import shlex
 import tarfile
@@ -608,14 +608,22 @@ class KitFile:
 
 @dataclass(frozen=True)
 class KitDir:
-    """A directory install.sh ensures; `own`: nina sets its mode and owner, else only creates it."""
+    """A directory install.sh makes, or gives its mode and owners (a service's, nina.services)."""
 
     path: str
     mode: int
     owner: str = facts.ROOT_USER
     group: str = facts.ROOT_USER
-    scope: str = "all"
-    own: bool = True
+    scope: str = "all"  # all | systemd
+
+
+@dataclass(frozen=True)
+class KitPayload:
+    """A payload of the kit (PAYLOADS_DIR/<name>.json) that install.sh pipes into nina-install-files."""
+
+    path: str  # relative to the kit's top directory
+    tag: str  # the service whose restart a change calls for (KitFile.tag), or "" for none
+    scope: str  # all | systemd | containers
 
 
 # --- what install.sh sets up besides files: the services of a SuperNode host (nina.services) ---
@@ -875,24 +883,62 @@ def _container_files(org: Organisation) -> list[KitFile]:
 
 def _directories(org: Organisation) -> list[KitDir]:
     """The services' directories (parents first) with their modes and owners, the venv's only in
-    systemd mode; then the kit's own: the container files' directory, and system directories
-    that are only created if missing (their packages own them)."""
-    dirs = [
+    systemd mode. Other parents of the files (system directories, the container files') are
+    made by nina-install-files when missing, root's and 0755, as on the cloud hosts."""
+    return [
         KitDir(d.path, d.mode, d.owner, d.group, scope="systemd" if d in services.VENV_DIRECTORIES else "all")
         for d in _service_directories(org)
         if d.path != facts.SUPERNODE_DATA
     ]
-    dirs += [
-        KitDir(facts.SUPERNODE_CONTAINERS, 0o755, scope="containers"),
-        KitDir(posixpath.dirname(facts.NODE_EXPORTER_DEFAULTS), 0o755, own=False),
-        KitDir(facts.SYSTEMD_SYSTEM_DIR, 0o755, scope="systemd", own=False),
+
+
+# --- the kit's own copy of the cloud hosts' installer, and its payloads --------------------
+
+INSTALLER_DIR = "installer"  # the programs: INSTALLER_DIR/nina/host/install_files.py, ...
+PAYLOADS_DIR = "payloads"
+
+
+def _installer_files(files: Sequence[KitFile]) -> tuple[list[KitFile], list[KitPayload]]:
+    """nina-install-files as the cloud hosts get it (render.installer_programs), and one payload
+    (render.delivery_payload, so the installer's own check has passed) per service and scope of
+    the files that have a destination, in install order: every scope first."""
+    programs = [
+        KitFile(
+            f"{INSTALLER_DIR}/{rel}",
+            source.encode(),  # byte for byte what the cloud hosts run
+            0o644,
+            about=f"nina-install-files, the platform's file installer (as on its cloud hosts): install.sh runs it with {facts.HOST_PYTHON}"
+            if rel.endswith("/install_files.py")
+            else "part of the installer (the platform's fixed paths and names)"
+            if rel.endswith("/facts.py")
+            else "part of the installer (a Python package marker)",
+        )
+        for rel, source in render.installer_programs().items()
     ]
-    if org.onprem:
-        dirs += [
-            KitDir(facts.OPENVPN_ETC, 0o755, own=False),
-            KitDir(posixpath.dirname(facts.OPENVPN_CLIENT_CONF), 0o755, own=False),
-        ]
-    return dirs
+    groups: dict[tuple[str, str], list[KitFile]] = {}
+    for f in files:
+        if f.dest is not None:
+            groups.setdefault((f.scope, f.tag), []).append(f)
+    payload_files, payloads = [], []
+    for (scope, tag), group in sorted(groups.items(), key=lambda g: (g[0][0] != "all", g[0])):
+        name = tag if scope == "all" else f"{tag}-{scope}" if tag else scope
+        entries = [render.DeliveredFile(f.dest, f.content.decode(), f.mode, f.owner, f.group) for f in group if f.dest]
+        try:
+            payload = render.delivery_payload(entries, [])  # install.sh restarts the services itself
+        except ValueError as exc:
+            raise KitError([(f"{PAYLOADS_DIR}/{name}.json", str(exc))]) from None
+        secret = any((f.mode & 0o077) == 0 for f in group)
+        what = "the container files" if scope == "containers" else f"the {tag} files" + (" for systemd" if scope == "systemd" else "")
+        payload_files.append(
+            KitFile(
+                f"{PAYLOADS_DIR}/{name}.json",
+                payload.encode(),
+                0o600,
+                about=("SECRET: " if secret else "") + f"{what} above as nina-install-files takes them (paths, owners, modes, contents)",
+            )
+        )
+        payloads.append(KitPayload(f"{PAYLOADS_DIR}/{name}.json", tag, scope))
+    return programs + payload_files, payloads
 
 
 def _held_keys(org: Organisation) -> list[dict[str, str]]:
@@ -948,6 +994,8 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
     _check_org_crypto(out, org)
     tenancy = out.tenancies[org.tenancy]
     files = _payload_files(out, org)
+    installer, payloads = _installer_files(files)
+    files += installer
     held = _held_keys(org)
     context = {
         "org": org,
@@ -963,7 +1011,9 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
     }
     install = _render(
         "install.sh.j2",
-        files=[f for f in files if f.dest],
+        payloads=payloads,
+        installer_dir=INSTALLER_DIR,
+        payloads_dir=PAYLOADS_DIR,
         dirs=_directories(org),
         data_dir=_data_directory(org),
         units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else []) + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT],
@@ -994,7 +1044,7 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
 
 def _dir_mode(rel: str) -> int:
     """Directories holding private keys are 0700 in the archive; the top directory too (it holds secrets)."""
-    private = {_rel(f"{facts.OPENVPN_CLIENT_CERTS}/{facts.OPENVPN_PRIVATE_DIR}"), _rel(facts.SUPERNODE_CERTS), ""}
+    private = {_rel(f"{facts.OPENVPN_CLIENT_CERTS}/{facts.OPENVPN_PRIVATE_DIR}"), _rel(facts.SUPERNODE_CERTS), PAYLOADS_DIR, ""}
     return PRIVATE_DIR_MODE if rel in private else DIR_MODE
 
 
