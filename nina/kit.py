@@ -928,13 +928,15 @@ def _installer_files(files: Sequence[KitFile]) -> tuple[list[KitFile], list[KitP
         except ValueError as exc:
             raise KitError([(f"{PAYLOADS_DIR}/{name}.json", str(exc))]) from None
         secret = any((f.mode & 0o077) == 0 for f in group)
-        what = "the container files" if scope == "containers" else f"the {tag} files" + (" for systemd" if scope == "systemd" else "")
+        what = {"supernode": "the SuperNode's", "vpn": "the VPN client's", "exporter": "the node exporter's"}.get(tag, "the container")
+        when = {"systemd": " (not with --containers)", "containers": " (only with --containers)"}.get(scope, "")
         payload_files.append(
             KitFile(
                 f"{PAYLOADS_DIR}/{name}.json",
                 payload.encode(),
                 0o600,
-                about=("SECRET: " if secret else "") + f"{what} above as nina-install-files takes them (paths, owners, modes, contents)",
+                about=("SECRET: " if secret else "")
+                + f"{what} files above{when}, as nina-install-files takes them (destinations, owners, modes, contents)",
             )
         )
         payloads.append(KitPayload(f"{PAYLOADS_DIR}/{name}.json", tag, scope))
