@@ -579,7 +579,13 @@ def test_install_runs_the_kit_installer_with_the_system_python_only(kit_archives
     (trap / "nina/host/install_files.py").write_text(f"open({str(marker)!r}, 'w').write('module')\n")
     (trap / "python3").write_text(f"#!/bin/sh\necho path > {marker}\nexit 1\n")
     (trap / "python3").chmod(0o755)
-    env = {**os.environ, "PATH": f"{trap}:{os.environ['PATH']}", "PYTHONPATH": str(trap), "PYTHONHOME": str(trap)}
+    env = {
+        **os.environ,
+        "PATH": f"{trap}:{os.environ['PATH']}",
+        "PYTHONPATH": str(trap),
+        "PYTHONHOME": str(trap),
+        "NINA_SYSTEMCTL": f"{trap / 'python3'}",  # the installer's test hook must not run anything either
+    }
     before = tree_digest(top)
     root = tmp_path / "root"
     proc = install(top, "--root", str(root), env=env)
