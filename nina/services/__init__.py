@@ -4,7 +4,7 @@ Each module here defines one `Service` (its name is the role that puts it on a h
 Debian packages, its service user, its directories (manual 4.1.1) and the programs it needs in
 the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
 bootstrap from the services of its roles, and the role list of the config model comes from
-here. What evolves (programs, units, configs, keys) is not here: each service's delivery
+here; a site kit's install.sh sets up the services of `site_kit()` (nina.kit). What evolves (programs, units, configs, keys) is not here: each service's delivery
 (`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
 `nina.vpn.vpn_delivery`) carries it in place and restarts the `UNITS` of its module. The port
 table (`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
