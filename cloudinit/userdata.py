@@ -32,7 +32,6 @@ from nina.plan import Host, Plan, VpnPlan
 
 _VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9-]+$")
 _NO_VOLUMES: Mapping[str, str] = MappingProxyType({})
-ROOT = "root"
 # The first runcmd line: the runcmd script stops at the first failing step (and -x logs each
 # step to /var/log/cloud-init-output.log), so cloud-init reports the failure.
 BOOTSTRAP_STRICT = "set -eux"
@@ -62,14 +61,14 @@ _Dumper.add_representer(str, _str)
 _Dumper.add_representer(_Cmd, _cmd)
 
 
-def _file(path: str, content: str, mode: int, owner: str = ROOT, group: str = ROOT) -> dict[str, Any]:
+def _file(path: str, content: str, mode: int, owner: str = facts.ROOT_USER, group: str = facts.ROOT_USER) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "path": path,
         "owner": f"{owner}:{group}",
         "permissions": f"{mode:04o}",
         "content": content,
     }
-    if owner != ROOT or group != ROOT:
+    if owner != facts.ROOT_USER or group != facts.ROOT_USER:
         entry["defer"] = True  # users and fl_system exist only after users-groups has run
     return entry
 

@@ -52,11 +52,13 @@ SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\Z"
 # Where the delivery installs the host programs (nina.host, with this module) on each host:
 # one directory per version (content hash), `current` pointing at the one in use.
 HOST_LIB_DIR = "/usr/local/lib/nina"
-# The interpreter host programs run with (Ubuntu's; standard library only).
-HOST_PYTHON = "/usr/bin/python3"
 HOST_LIB_CURRENT = "/usr/local/lib/nina/current"
+# The host programs (and the kit's installer) run with the system's python3 (root-owned,
+# outside any venv), as `-I`; standard library only.
+HOST_PYTHON = "/usr/bin/python3"
 
 # --- users and groups (manual 4.1.2.1) ---------------------------------------------
+ROOT_USER = "root"  # the superuser, and its group: owner of every system file nina writes
 SYSTEM_GROUP = "fl_system"
 SERVICE_USERS = {
     "superlink": "superlink",

@@ -11,7 +11,8 @@ each other and against the CA before a kit is made (`KitError` again).
 A kit holds the manual's client-side layout (4.1.3) for ONE organisation, with the very files
 the cloud SuperNodes get (`nina.render` renders both), the OpenVPN client (`nina.vpn`), the
 container build and run files (4.1.3.3.2, 5.7), `install.sh` (verifies `SHA256SUMS` before it
-changes anything), `SHA256SUMS` and a README for the organisation's ICT team.
+changes anything, then installs the files with the cloud hosts' nina-install-files, which the
+kit carries with its payloads), `SHA256SUMS` and a README for the organisation's ICT team.
 
 Pure: never imports pulumi, reads only its templates (nina/templates/kit). Same outputs give
 byte-identical archives: sorted entries, mtime 0, uid/gid 0 (root), explicit modes, and a gzip
@@ -24,7 +25,6 @@ import gzip
 import hashlib
 import io
 import os
-import posixpath
 import re
 import shlex
 import tarfile
@@ -42,19 +42,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nina import facts, render, templating
+from nina import facts, render, services, templating
 from nina import outputs as schema
 from nina import vpn as vpn_files
 from nina.plan import Member
 
 ARCHIVE_SUFFIX = ".tar.gz"
 ONPREM, CLOUD = schema.ONPREM, schema.CLOUD
-ROOT = "root"
-SUPERNODE_USER = facts.SERVICE_USERS["supernode"]
-# Debian packages install.sh adds (the node exporter everywhere, as on the cloud hosts).
-PACKAGES_BASE = ("prometheus-node-exporter",)
-PACKAGES_VPN = ("openvpn",)
-PACKAGES_SYSTEMD = ("python3-venv",)
 # Container images built by containers/build.sh (manual 5.7 names them supernode_cpu/_cuda).
 IMAGES = {
     "cpu": f"nina-supernode-cpu:flwr-{facts.FLWR_VERSION}",
@@ -299,8 +293,8 @@ class KitFile:
     content: bytes
     mode: int
     dest: str | None = None  # absolute path on the host; None: not installed (README, ...)
-    owner: str = ROOT
-    group: str = ROOT
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
     scope: str = "all"  # all | systemd | containers (install.sh --containers)
     tag: str = ""  # the service a change restarts: vpn | supernode | exporter
     about: str = ""  # one line for the README
@@ -308,14 +302,55 @@ class KitFile:
 
 @dataclass(frozen=True)
 class KitDir:
-    """A directory install.sh ensures; `own`: nina sets its mode and owner, else only creates it."""
+    """A directory install.sh makes, or gives its mode and owners (a service's, nina.services)."""
 
     path: str
     mode: int
-    owner: str = ROOT
-    group: str = ROOT
-    scope: str = "all"
-    own: bool = True
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
+    scope: str = "all"  # all | systemd
+
+
+@dataclass(frozen=True)
+class KitPayload:
+    """A payload of the kit (PAYLOADS_DIR/<name>.json) that install.sh pipes into nina-install-files."""
+
+    path: str  # relative to the kit's top directory
+    tag: str  # the service whose restart a change calls for (KitFile.tag), or "" for none
+    scope: str  # all | systemd | containers
+
+
+# --- what install.sh sets up besides files: the services of a SuperNode host (nina.services) ---
+
+_SUPERNODE_USER = services.supernode.SERVICE.user
+assert _SUPERNODE_USER is not None
+SUPERNODE_USER = _SUPERNODE_USER.name
+
+
+def _site_services(org: Organisation) -> list[services.Service]:
+    return services.site_kit(org.onprem)
+
+
+def _accounts(org: Organisation) -> list[services.User]:
+    """The service users install.sh creates (in facts.SYSTEM_GROUP), as a cloud SuperNode VM has them."""
+    return services.users(_site_services(org))
+
+
+def _packages(org: Organisation) -> tuple[list[str], list[str]]:
+    """The services' Debian packages: (always, only with the venv, i.e. not with --containers)."""
+    every = services.packages(_site_services(org))
+    return [p for p in every if p not in services.VENV_PACKAGES], [p for p in every if p in services.VENV_PACKAGES]
+
+
+def _service_directories(org: Organisation) -> list[services.Directory]:
+    return services.directories(_site_services(org))
+
+
+def _data_directory(org: Organisation) -> KitDir:
+    """The training data directory (manual 4.1.3.3.2), as the SuperNode service lays it out: install.sh
+    creates it if missing and never changes it if present (it holds the organisation's data)."""
+    (d,) = [d for d in _service_directories(org) if d.path == facts.SUPERNODE_DATA]
+    return KitDir(d.path, d.mode, d.owner, d.group)
 
 
 def _rel(path: str) -> str:
@@ -541,28 +576,65 @@ def _container_files(org: Organisation) -> list[KitFile]:
 
 
 def _directories(org: Organisation) -> list[KitDir]:
-    grp = facts.SYSTEM_GROUP
-    dirs = [
-        KitDir(posixpath.dirname(facts.FLOWER_VENV), 0o2775, ROOT, grp, scope="systemd"),  # manual 4.1.2.11
-        KitDir(facts.ETC_FLWR, 0o755, ROOT, grp),
-        KitDir(facts.SUPERNODE_ETC, 0o750, ROOT, grp),
-        KitDir(facts.SUPERNODE_CERTS, 0o750, ROOT, grp),
-        KitDir(posixpath.dirname(facts.SUPERNODE_OPT), 0o755, ROOT, grp),
-        KitDir(facts.SUPERNODE_OPT, 0o755, SUPERNODE_USER, grp),
-        KitDir(facts.SUPERNODE_CONTAINERS, 0o755, scope="containers"),
-        KitDir(posixpath.dirname(facts.NODE_EXPORTER_DEFAULTS), 0o755, own=False),
-        KitDir(facts.SYSTEMD_SYSTEM_DIR, 0o755, scope="systemd", own=False),
+    """The services' directories (parents first) with their modes and owners, the venv's only in
+    systemd mode. Other parents of the files (system directories, the container files') are
+    made by nina-install-files when missing, root's and 0755, as on the cloud hosts."""
+    return [
+        KitDir(d.path, d.mode, d.owner, d.group, scope="systemd" if d in services.VENV_DIRECTORIES else "all")
+        for d in _service_directories(org)
+        if d.path != facts.SUPERNODE_DATA
     ]
-    if org.onprem:
-        certs = facts.OPENVPN_CLIENT_CERTS
-        dirs += [
-            KitDir(facts.OPENVPN_ETC, 0o755, own=False),
-            KitDir(posixpath.dirname(facts.OPENVPN_CLIENT_CONF), 0o755, own=False),
-            KitDir(certs, 0o755),
-            KitDir(f"{certs}/{facts.OPENVPN_ISSUED_DIR}", 0o755),
-            KitDir(f"{certs}/{facts.OPENVPN_PRIVATE_DIR}", 0o700),
-        ]
-    return dirs
+
+
+# --- the kit's own copy of the cloud hosts' installer, and its payloads --------------------
+
+INSTALLER_DIR = "installer"  # the programs: INSTALLER_DIR/nina/host/install_files.py, ...
+PAYLOADS_DIR = "payloads"
+
+
+def _installer_files(files: Sequence[KitFile]) -> tuple[list[KitFile], list[KitPayload]]:
+    """nina-install-files as the cloud hosts get it (render.installer_programs), and one payload
+    (render.delivery_payload, so the installer's own check has passed) per service and scope of
+    the files that have a destination, in install order: every scope first."""
+    programs = [
+        KitFile(
+            f"{INSTALLER_DIR}/{rel}",
+            source.encode(),  # byte for byte what the cloud hosts run
+            0o644,
+            about=f"nina-install-files, the platform's file installer (as on its cloud hosts): install.sh runs it with {facts.HOST_PYTHON}"
+            if rel.endswith("/install_files.py")
+            else "part of the installer (the platform's fixed paths and names)"
+            if rel.endswith("/facts.py")
+            else "part of the installer (a Python package marker)",
+        )
+        for rel, source in render.installer_programs().items()
+    ]
+    groups: dict[tuple[str, str], list[KitFile]] = {}
+    for f in files:
+        if f.dest is not None:
+            groups.setdefault((f.scope, f.tag), []).append(f)
+    payload_files, payloads = [], []
+    for (scope, tag), group in sorted(groups.items(), key=lambda g: (g[0][0] != "all", g[0])):
+        name = tag if scope == "all" else f"{tag}-{scope}" if tag else scope
+        entries = [render.DeliveredFile(f.dest, f.content.decode(), f.mode, f.owner, f.group) for f in group if f.dest]
+        try:
+            payload = render.delivery_payload(entries, [])  # install.sh restarts the services itself
+        except ValueError as exc:
+            raise KitError([(f"{PAYLOADS_DIR}/{name}.json", str(exc))]) from None
+        secret = any((f.mode & 0o077) == 0 for f in group)
+        what = {"supernode": "the SuperNode's", "vpn": "the VPN client's", "exporter": "the node exporter's"}.get(tag, "the container")
+        when = {"systemd": " (not with --containers)", "containers": " (only with --containers)"}.get(scope, "")
+        payload_files.append(
+            KitFile(
+                f"{PAYLOADS_DIR}/{name}.json",
+                payload.encode(),
+                0o600,
+                about=("SECRET: " if secret else "")
+                + f"{what} files above{when}, as nina-install-files takes them (destinations, owners, modes, contents)",
+            )
+        )
+        payloads.append(KitPayload(f"{PAYLOADS_DIR}/{name}.json", tag, scope))
+    return programs + payload_files, payloads
 
 
 def _held_keys(org: Organisation) -> list[dict[str, str]]:
@@ -588,8 +660,8 @@ def _held_keys(org: Organisation) -> list[dict[str, str]]:
                 "dest": vp["key"],
                 "kind": "x509",
                 "match": _rel(vp["cert"]),
-                "owner": ROOT,
-                "group": ROOT,
+                "owner": facts.ROOT_USER,
+                "group": facts.ROOT_USER,
                 "tag": "vpn",
                 "what": "the VPN private key from which you made the certificate signing request",
             }
@@ -618,6 +690,8 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
     _check_org_crypto(out, org)
     tenancy = out.tenancies[org.tenancy]
     files = _payload_files(out, org)
+    installer, payloads = _installer_files(files)
+    files += installer
     held = _held_keys(org)
     context = {
         "org": org,
@@ -627,13 +701,17 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         "kit_name": f"{org.slug}{facts.SITEKIT_SUFFIX}",
         "held": held,
         "ubuntu": facts.UBUNTU_RELEASE,
+        "accounts": _accounts(org),
+        "packages_base": _packages(org)[0],
+        "packages_systemd": _packages(org)[1],
     }
     install = _render(
         "install.sh.j2",
-        files=[f for f in files if f.dest],
+        payloads=payloads,
+        installer_dir=INSTALLER_DIR,
+        payloads_dir=PAYLOADS_DIR,
         dirs=_directories(org),
-        packages_base=PACKAGES_BASE + (PACKAGES_VPN if org.onprem else ()),
-        packages_systemd=PACKAGES_SYSTEMD,
+        data_dir=_data_directory(org),
         units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else []) + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT],
         **context,
     )
@@ -662,7 +740,7 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
 
 def _dir_mode(rel: str) -> int:
     """Directories holding private keys are 0700 in the archive; the top directory too (it holds secrets)."""
-    private = {_rel(f"{facts.OPENVPN_CLIENT_CERTS}/{facts.OPENVPN_PRIVATE_DIR}"), _rel(facts.SUPERNODE_CERTS), ""}
+    private = {_rel(f"{facts.OPENVPN_CLIENT_CERTS}/{facts.OPENVPN_PRIVATE_DIR}"), _rel(facts.SUPERNODE_CERTS), PAYLOADS_DIR, ""}
     return PRIVATE_DIR_MODE if rel in private else DIR_MODE
 
 
@@ -673,7 +751,7 @@ def _tarinfo(name: str, mode: int, size: int = 0, directory: bool = False) -> ta
     info.size = size
     info.mtime = TAR_MTIME
     info.uid = info.gid = 0
-    info.uname = info.gname = ROOT
+    info.uname = info.gname = facts.ROOT_USER
     return info
 
 

@@ -23,15 +23,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from nina import config, facts, services, templating
+from nina.host import install_files as installer
 from nina.plan import Member, TenancyPlan
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
 
 
 @lru_cache(maxsize=1)
@@ -113,36 +113,33 @@ def admin_app_pyproject(tenancy_name: str) -> str:
 
 @dataclass(frozen=True)
 class DeliveredFile:
+    """One entry of a payload's "files", checked when it is made by the installer's own check."""
+
     path: str
     content: str
     mode: int
-    owner: str
-    group: str
+    owner: str = facts.ROOT_USER
+    group: str = facts.ROOT_USER
 
     def __post_init__(self) -> None:
-        p = self.path
-        if not p.startswith("/") or p == "/" or posixpath.normpath(p) != p or ".." in p.split("/"):
-            raise ValueError(f"delivered path {self.path!r} must be absolute and normalised, without '..'")
-        if not 0 <= self.mode <= 0o777:
-            raise ValueError(f"{self.path}: mode {self.mode:o} out of range")
-        for who in (self.owner, self.group):
-            if not _NAME_RE.match(who):
-                raise ValueError(f"{self.path}: {who!r} is not a user or group name")
+        try:
+            installer.check_file(asdict(self), f"delivered file {self.path!r}")
+        except installer.BadInput as exc:
+            raise ValueError(str(exc)) from None
 
 
-def _prunable(directory: str, paths: list[str]) -> bool:
-    """As nina-install-files checks it: normalised, at least /a/b/c deep, at or under a payload file's directory."""
-    d = directory
-    if not isinstance(d, str) or not d.startswith("/") or posixpath.normpath(d) != d or ".." in d.split("/"):
-        return False
-    if len(d.strip("/").split("/")) < 3:
-        return False
-    parents = {posixpath.dirname(p) for p in paths}
-    return any(d == p or d.startswith(p + "/") for p in parents)
+def checked_payload(payload: Mapping[str, Any]) -> str:
+    """The JSON of an installer payload (sorted keys), or ValueError where `nina-install-files`
+    would refuse it: the schema is the installer's `check_payload`, defined once."""
+    try:
+        installer.check_payload(json.loads(json.dumps(payload)))  # what the host will read
+    except installer.BadInput as exc:
+        raise ValueError(f"{installer.PROG} would refuse this payload: {exc}") from None
+    return json.dumps(payload, sort_keys=True) + "\n"
 
 
 def delivery_payload(
-    files: list[DeliveredFile], restart: list[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
+    files: Sequence[DeliveredFile], restart: Sequence[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
 ) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
@@ -154,33 +151,15 @@ def delivery_payload(
     such a directory per connection, so changing or removing one restarts nothing: instead the
     client named by the file is disconnected (`client-kill`) through each socket. Any other
     change still restarts `restart`. Each hot directory must also be pruned.
+
+    Checked by `checked_payload` (ValueError with the installer's reason).
     """
-    paths = [f.path for f in files]
-    if len(set(paths)) != len(paths):
-        raise ValueError(f"duplicate paths in delivery: {sorted(p for p in paths if paths.count(p) > 1)}")
-    for unit in restart:
-        if not _UNIT_RE.match(unit):
-            raise ValueError(f"{unit!r} is not a systemd unit name")
-    if isinstance(prune, str):
-        raise ValueError("prune must be a list of directories, not a string")
-    for directory in prune:
-        if not _prunable(directory, paths):
-            raise ValueError(
-                f"cannot prune {directory!r}: it must be an absolute, normalised directory at least "
-                "three levels deep, at or under the directory of a delivered file"
-            )
-    hot = dict(hot or {})
-    for directory, sockets in hot.items():
-        if directory not in prune:
-            raise ValueError(f"hot directory {directory!r} must also be pruned")
-        if isinstance(sockets, str) or not sockets or not all(isinstance(x, str) and x.startswith("/") for x in sockets):
-            raise ValueError(f"hot directory {directory!r} needs a list of absolute management socket paths")
-    payload: dict[str, object] = {"files": [asdict(f) for f in files], "restart": list(restart)}
+    payload: dict[str, Any] = {"files": [asdict(f) for f in files], "restart": restart}
     if prune:
-        payload["prune"] = list(dict.fromkeys(prune))
+        payload["prune"] = prune
     if hot:
-        payload["hot"] = {d: list(hot[d]) for d in sorted(hot)}
-    return json.dumps(payload, sort_keys=True) + "\n"
+        payload["hot"] = dict(hot)
+    return checked_payload(payload)
 
 
 def _text(value: str, what: str, marker: str) -> str:
@@ -193,13 +172,13 @@ def service_files(program: str, program_text: str, unit: str, unit_text: str) ->
     """A service's program (root-owned, 0755) and its systemd unit, delivered in place: changing
     either re-runs the delivery (daemon-reload, enable, restart) and replaces no VM."""
     return [
-        DeliveredFile(program, program_text, 0o755, "root", "root"),
-        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}", unit_text, 0o644, "root", "root"),
+        DeliveredFile(program, program_text, 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}", unit_text, 0o644),
     ]
 
 
 def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
-    return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644, "root", "root")
+    return DeliveredFile(facts.LOCAL_CA_TRUST, ca_cert_pem, 0o644)
 
 
 def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
@@ -212,9 +191,9 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{certs}/{facts.SERVER_CERT_FILE}", _text(cert_pem, "server certificate", "BEGIN CERTIFICATE"), 0o644, user, group),
         DeliveredFile(f"{certs}/{facts.SERVER_KEY_FILE}", _text(key_pem, "server key", "PRIVATE KEY"), 0o600, user, group),
         _ca_trust(ca),
-        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644),
         *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
-        DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755, "root", "root"),
+        DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755),
     ]
     return delivery_payload(files, list(services.superlink.UNITS))
 
@@ -223,10 +202,10 @@ def base_delivery() -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
     settings (manual 5.2.2, 5.4) and the nina-install-files launcher; restarts what they configure."""
     files = [
-        DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644, "root", "root"),
-        DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644, "root", "root"),
-        DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644, "root", "root"),
-        DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755, "root", "root"),
+        DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644),
+        DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
+        DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
+        DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
     ]
     return delivery_payload(files, list(services.base.UNITS))
 
@@ -268,14 +247,22 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # The source tree that holds the `nina` package: the lib directory for host programs run from
 # a checkout (tests, the rehearsal) instead of a host's facts.HOST_LIB_CURRENT.
 SOURCE_ROOT = str(_PACKAGE_DIR.parent)
-# What the delivery installs on every host: nina.host and the one module it imports.
-HOST_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/membership.py")
+# What the delivery installs on every host: nina.host and the one module it imports. The first
+# four are nina-install-files with what it imports, which site kits carry too (nina.kit).
+INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py")
+HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py")
 
 
 @lru_cache(maxsize=1)
 def host_programs() -> dict[str, str]:
     """relpath -> source of the host programs (nina.host and nina.facts) that deliveries install."""
     return {f"nina/{rel}": (_PACKAGE_DIR / rel).read_text(encoding="utf-8") for rel in HOST_PROGRAM_FILES}
+
+
+def installer_programs() -> dict[str, str]:
+    """The part of host_programs() that nina-install-files needs (`python3 -I -B` with it on sys.path
+    runs `nina.host.install_files`): what a site kit carries to install its files."""
+    return {f"nina/{rel}": host_programs()[f"nina/{rel}"] for rel in INSTALLER_PROGRAM_FILES}
 
 
 def delivery_bundle(payload: str) -> str:

@@ -62,7 +62,6 @@ STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
 STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]*$")
-_ROOT = "root"
 
 
 @lru_cache(maxsize=1)
@@ -284,16 +283,16 @@ def vpn_delivery(
     """
     paths = server_pki_paths()
     files = [
-        DeliveredFile(facts.OPENVPN_SERVER_CONF, server_conf(vpn), 0o644, _ROOT, _ROOT),
-        DeliveredFile(facts.OPENVPN_TCP_SERVER_CONF, server_tcp_conf(vpn), 0o644, _ROOT, _ROOT),
-        DeliveredFile(paths["ca"], _pem(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE"), 0o644, _ROOT, _ROOT),
-        DeliveredFile(paths["cert"], _pem(server_cert_pem, "VPN server certificate", "BEGIN CERTIFICATE"), 0o644, _ROOT, _ROOT),
-        DeliveredFile(paths["key"], _pem(server_key_pem, "VPN server key", "PRIVATE KEY"), 0o600, _ROOT, _ROOT),
-        DeliveredFile(paths["tls_auth"], _static_key(tls_auth_key), 0o600, _ROOT, _ROOT),
+        DeliveredFile(facts.OPENVPN_SERVER_CONF, server_conf(vpn), 0o644),
+        DeliveredFile(facts.OPENVPN_TCP_SERVER_CONF, server_tcp_conf(vpn), 0o644),
+        DeliveredFile(paths["ca"], _pem(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE"), 0o644),
+        DeliveredFile(paths["cert"], _pem(server_cert_pem, "VPN server certificate", "BEGIN CERTIFICATE"), 0o644),
+        DeliveredFile(paths["key"], _pem(server_key_pem, "VPN server key", "PRIVATE KEY"), 0o600),
+        DeliveredFile(paths["tls_auth"], _static_key(tls_auth_key), 0o600),
         # The hub's bridge, forwarding and firewall (started before the servers: their drop-in
         # Requires it), delivered in place like the rest.
         *service_files(facts.VPN_FORWARDING_BIN, forwarding_script(vpn), facts.VPN_FORWARDING_UNIT, forwarding_unit()),
-        DeliveredFile(facts.OPENVPN_SERVER_DROPIN, openvpn_server_dropin(), 0o644, _ROOT, _ROOT),
+        DeliveredFile(facts.OPENVPN_SERVER_DROPIN, openvpn_server_dropin(), 0o644),
     ]
     on_premise = sorted((m for m in members if m.vpn_address is not None), key=lambda m: m.slug)
     seen: dict[str, str] = {}
@@ -303,7 +302,7 @@ def vpn_delivery(
         if m.vpn_address in seen:
             raise ValueError(f"{m.slug!r} and {seen[m.vpn_address]!r} share the VPN address {m.vpn_address}")
         seen[m.vpn_address] = m.slug
-        files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644, _ROOT, _ROOT))
+        files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644))
     # Onboarding or removing an organisation changes only its CCD file: no restart, only that
     # organisation is disconnected (see nina-install-files, "hot").
     return delivery_payload(

@@ -31,13 +31,20 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, render, vpn
+from nina import cli, facts, kit, render, services, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
 SHELLCHECK = shutil.which("shellcheck")
 ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
 ALL = sorted([*ONPREM, "cloud-lab"])
+# The cloud hosts' installer (nina-install-files and what it imports), and the payloads it installs.
+INSTALLER_FILES = {
+    "installer/nina/__init__.py": 0o644,
+    "installer/nina/facts.py": 0o644,
+    "installer/nina/host/__init__.py": 0o644,
+    "installer/nina/host/install_files.py": 0o644,
+}
 CONTAINER_FILES = {
     "containers/Dockerfile.cpu": 0o644,
     "containers/Dockerfile.cuda": 0o644,
@@ -55,6 +62,11 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         "README.md": 0o644,
         "SHA256SUMS": 0o644,
         "install.sh": 0o755,
+        **INSTALLER_FILES,
+        "payloads/exporter.json": 0o600,
+        "payloads/supernode.json": 0o600,
+        "payloads/supernode-systemd.json": 0o600,
+        "payloads/containers.json": 0o600,
         **CONTAINER_FILES,
         "etc/default/prometheus-node-exporter": 0o644,
         "etc/flwr/supernode/supernode.conf": 0o644,
@@ -68,6 +80,7 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
     if onprem:
         files.update(
             {
+                "payloads/vpn.json": 0o600,
                 "etc/openvpn/client/client.conf": 0o644,
                 "etc/openvpn/clientcerts/ca.crt": 0o644,
                 f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
@@ -124,7 +137,7 @@ def test_exact_members_and_modes(kit_archives, slug):
     dirs = {m.name: stat.S_IMODE(m.mode) for m in entries if m.isdir()}
     parents = {top} | {f"{top}/" + "/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
     assert set(dirs) == parents
-    private = {top, f"{top}/etc/flwr/supernode/certs", f"{top}/etc/openvpn/clientcerts/private"}
+    private = {top, f"{top}/etc/flwr/supernode/certs", f"{top}/etc/openvpn/clientcerts/private", f"{top}/payloads"}
     assert {d: (0o700 if d in private else 0o755) for d in dirs} == dirs
     # Owners, times and order are fixed.
     assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in entries} == {(0, 0, "root", "root", 0)}
@@ -308,6 +321,16 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     in_kit = {p: f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}".lstrip("/") if p == unit else p for p in delivered}
     assert unit in delivered and set(in_kit.values()) <= set(files)
     assert {p: files[in_kit[p]] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
+    # install.sh installs them with the cloud hosts' installer (the same program), from payloads
+    # whose entries are the cloud delivery's: paths, contents, modes and owners.
+    assert {f"installer/{rel}": src.encode() for rel, src in render.installer_programs().items()} == {
+        p: c for p, c in files.items() if p.startswith("installer/")
+    }
+    assert render.installer_programs()["nina/host/install_files.py"] == render.host_programs()["nina/host/install_files.py"]
+    kit_entries = [e for name in ("supernode", "supernode-systemd") for e in json.loads(files[f"payloads/{name}.json"])["files"]]
+    cloud_entries = [e for e in payload["files"] if e["path"] != facts.LOCAL_CA_TRUST]
+    assert sorted(kit_entries, key=lambda e: e["path"]) == sorted(cloud_entries, key=lambda e: e["path"])
+    assert json.loads(files["payloads/supernode.json"])["restart"] == []  # install.sh starts the services itself
     if o["placement"] == "onprem":
         v = t["vpn"]
         assert (
@@ -323,7 +346,7 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
 
 
 def dest_of(path: str) -> str | None:
-    if path in ("README.md", "SHA256SUMS", "install.sh"):
+    if path in ("README.md", "SHA256SUMS", "install.sh") or path.startswith(("installer/", "payloads/")):
         return None
     if path == "opt/flwr/supernode/supernode.service":
         return "/etc/systemd/system/supernode.service"
@@ -354,10 +377,8 @@ def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path)
     assert f"all {len(expected_files('hospital-a', True, False)) - 1} files match SHA256SUMS" in out
     for path, mode in expected_files("hospital-a", True, False).items():
         dest = dest_of(path)
-        if dest and not path.startswith("containers/"):
-            assert re.search(
-                rf"\[dry-run\] install -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(path)} {re.escape(str(root) + dest)}\n", out
-            ), path
+        if dest and not path.startswith("containers/"):  # nina-install-files names each file as on the host
+            assert re.search(rf"^would write {re.escape(dest)} \(mode {mode:04o}, \S+:\S+\)$", out, re.M), path
     for d, mode in INSTALLED_DIRS.items():
         assert re.search(rf"\[dry-run\] install -d -m 0?{mode:o}( -o \S+ -g \S+)? {re.escape(str(root) + d)}\n", out), d
     assert "skipped: --root: group fl_system and user supernode are not created" in out
@@ -366,10 +387,7 @@ def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path)
     # A dry run on the real host (not root here or not) also changes nothing and names each step.
     proc = install(top, "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert (
-        "[dry-run] install -m 0600 -o root -g root etc/openvpn/clientcerts/private/hospital-a.key /etc/openvpn/clientcerts/private/hospital-a.key"
-        in proc.stdout
-    )
+    assert "would write /etc/openvpn/clientcerts/private/hospital-a.key (mode 0600, root:root)" in proc.stdout
     assert "[dry-run] systemctl enable openvpn-client@client.service" in proc.stdout
     assert tree_digest(top) == before
 
@@ -427,8 +445,8 @@ def test_root_install_puts_files_in_place_with_modes_and_is_idempotent(kit_archi
     assert again.returncode == 0 and f"done: 0 file(s) installed or updated, {len(expected)} unchanged" in again.stdout
     (root / "etc/flwr/supernode/supernode.conf").write_text("edited\n")
     (root / "etc/flwr/supernode/certs/client_credentials").chmod(0o644)
-    fixed = install(top, "--root", str(root))
-    assert fixed.returncode == 0 and "done: 1 file(s) installed or updated" in fixed.stdout
+    fixed = install(top, "--root", str(root))  # both rewritten, as nina-install-files does on the cloud hosts
+    assert fixed.returncode == 0 and "done: 2 file(s) installed or updated" in fixed.stdout
     assert (root / "etc/flwr/supernode/supernode.conf").read_bytes() == files["etc/flwr/supernode/supernode.conf"]
     assert stat.S_IMODE((root / "etc/flwr/supernode/certs/client_credentials").stat().st_mode) == 0o600
 
@@ -446,6 +464,69 @@ def test_root_install_with_containers(kit_archives, tmp_path):
     assert "/opt/flwr/supernode/run_supernode.sh" in installed  # the image build copies it
     assert "/etc/flwr/supernode/certs/client_credentials" in installed
     assert not (root / "opt/python").exists()
+
+
+def _cloud_supernode_bootstrap(render_plans, render_volume_ids) -> tuple[set[tuple[str, str, str, str]], list[str], list[str]]:
+    """(directories as (path, mode, owner, group), packages, users) of a cloud SuperNode VM's user-data."""
+    import yaml
+
+    from cloudinit.userdata import user_data
+
+    plan = render_plans["test"]
+    host = next(h for h in plan.hosts if h.roles == ("supernode",))
+    doc = yaml.safe_load(user_data(plan, host, render_volume_ids(host)))
+    dirs = set()
+    for step in doc["runcmd"]:
+        words = step.split() if isinstance(step, str) else step
+        if words[:2] == ["install", "-d"]:
+            mode, owner, group, *paths = words[3], words[5], words[7], *words[8:]
+            dirs |= {(p, mode, owner, group) for p in paths}
+    users = [u["name"] for u in doc["users"] if u != "default"]
+    return dirs, doc["packages"], users
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+@pytest.mark.parametrize("containers", [False, True], ids=["systemd", "containers"])
+def test_layout_users_and_packages_are_those_of_a_supernode_host(kit_archives, tmp_path, render_plans, render_volume_ids, slug, containers):
+    """What install.sh sets up besides files comes from nina.services: a cloud SuperNode VM's
+    directories (modes, owners), packages and users, plus the VPN client's on premise; with
+    --containers, without the venv's."""
+    cloud_dirs, cloud_packages, cloud_users = _cloud_supernode_bootstrap(render_plans, render_volume_ids)
+    host = services.for_roles(["supernode"]) + ([services.vpn.CLIENT] if slug in ONPREM else [])
+    assert host == services.site_kit(slug in ONPREM)
+    client = services.vpn.CLIENT if slug in ONPREM else services.Service("none", "")
+    venv_dirs = {d.path for d in services.VENV_DIRECTORIES} if containers else set()
+    venv_packages = set(services.VENV_PACKAGES) if containers else set()
+    want_dirs = {d for d in cloud_dirs if d[0] not in venv_dirs} | {(d.path, f"{d.mode:04o}", d.owner, d.group) for d in client.directories}
+    want_packages = sorted({p for p in cloud_packages if p not in venv_packages} | set(client.packages))
+    assert cloud_users == [u.name for u in services.users(host)] == ["supernode"]
+
+    top = extract(kit_archives[slug], tmp_path / "kit")
+    mode = ["--containers"] if containers else []
+    # On this host's real paths (a dry run changes nothing): every directory with mode and owners.
+    dry = install(top, "--dry-run", *mode)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    made = set(re.findall(r"^\[dry-run\] install -d -m (\d+) -o (\S+) -g (\S+) (\S+)$", dry.stdout, re.M))
+    assert {(p, m, o, g) for m, o, g, p in made} == {d for d in want_dirs if not os.path.exists(d[0])}
+    for user in cloud_users:
+        assert (
+            f"[dry-run] useradd --system --shell /bin/false --home-dir /opt/flwr/{user} --no-create-home --groups fl_system {user}"
+            in dry.stdout
+        ) == (not _user_exists(user))
+    # Under --root: the modes for real, and the whole package list.
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root), *mode)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {p: f"{stat.S_IMODE((root / p.lstrip('/')).stat().st_mode):04o}" for p, *_ in want_dirs} == {p: m for p, m, *_ in want_dirs}
+    assert re.search(r"skipped: --root: packages are not installed \((.*)\)", proc.stdout).group(1).split() == want_packages
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def test_organisation_keys_must_be_in_place_before_services(kit_archives, kit_built, kit_outputs, tmp_path):
@@ -474,6 +555,55 @@ def test_organisation_keys_must_be_in_place_before_services(kit_archives, kit_bu
         assert wrong.returncode == 3 and "does not belong to etc/openvpn/clientcerts/issued/hospital-own.crt" in wrong.stderr
 
 
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+def test_payloads_carry_exactly_the_files_that_have_a_place(kit_archives, slug):
+    """Each kit file that install.sh puts on the host is in exactly one payload, byte for byte."""
+    files = contents(kit_archives[slug])
+    entries = [(name, e) for name in files if name.startswith("payloads/") for e in json.loads(files[name])["files"]]
+    placed = {dest_of(p): (files[p], mode) for p, mode in expected_files(slug, slug in ONPREM, False).items() if dest_of(p)}
+    assert sorted(e["path"] for _, e in entries) == sorted(placed)
+    for name, e in entries:
+        assert (e["content"].encode(), e["mode"]) == placed[e["path"]], e["path"]
+        assert name == "payloads/containers.json" if e["path"].startswith(facts.SUPERNODE_CONTAINERS + "/") else True
+
+
+def test_install_runs_the_kit_installer_with_the_system_python_only(kit_archives, tmp_path):
+    """install.sh runs as root: neither a python3 earlier in PATH nor PYTHONPATH/PYTHONHOME, nor a
+    bytecode cache, has a say in how the files are installed, and it writes nothing into the kit."""
+    top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
+    trap = tmp_path / "trap"
+    marker = tmp_path / "trapped"
+    (trap / "nina" / "host").mkdir(parents=True)
+    for init in ("nina/__init__.py", "nina/host/__init__.py"):
+        (trap / init).write_text("")
+    (trap / "nina/host/install_files.py").write_text(f"open({str(marker)!r}, 'w').write('module')\n")
+    (trap / "python3").write_text(f"#!/bin/sh\necho path > {marker}\nexit 1\n")
+    (trap / "python3").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{trap}:{os.environ['PATH']}",
+        "PYTHONPATH": str(trap),
+        "PYTHONHOME": str(trap),
+        "NINA_SYSTEMCTL": f"{trap / 'python3'}",  # the installer's test hook must not run anything either
+    }
+    before = tree_digest(top)
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not marker.exists()
+    assert (root / "etc/flwr/supernode/supernode.conf").is_file()
+    assert tree_digest(top) == before  # no __pycache__ in installer/
+
+
+def test_a_kit_others_can_write_to_is_refused(kit_archives, tmp_path):
+    top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
+    (top / "installer/nina/host").chmod(0o777)
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root))
+    assert proc.returncode == 2 and "users other than its owner can change" in proc.stderr and "installer/nina/host" in proc.stderr
+    assert not root.exists()
+
+
 def _tampered_cases() -> list[str]:
     return sorted(expected_files("hospital-a", True, False))
 
@@ -482,7 +612,7 @@ def _tampered_cases() -> list[str]:
 def test_a_changed_byte_anywhere_makes_install_refuse_before_anything(kit_archives, tmp_path, victim):
     top = extract(kit_archives["hospital-a"], tmp_path / "kit")
     target = top / victim
-    data = bytearray(target.read_bytes())
+    data = bytearray(target.read_bytes() or b"\0")  # an empty file gets a byte
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
     root = tmp_path / "root"

@@ -62,6 +62,19 @@ def test_render_never_imports_pulumi():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
+def test_the_superuser_is_one_fact():
+    """`"root"` as an owner or group is written once, as facts.ROOT_USER."""
+    import ast
+
+    repo = Path(__file__).parent.parent
+    found = set()
+    for path in [*repo.glob("nina/**/*.py"), *repo.glob("cloudinit/*.py")]:
+        if any(isinstance(n, ast.Constant) and n.value == "root" for n in ast.walk(ast.parse(path.read_text()))):
+            found.add(str(path.relative_to(repo)))
+    assert found == {"nina/facts.py", "nina/rehearse.py"}  # the rehearsal's is a directory name, not an owner
+    assert facts.ROOT_USER == "root"
+
+
 def test_templates_are_clean_text():
     """No tabs or trailing blanks (they would force escaped strings in user-data), newline at end."""
     # The templates nina.render uses (other modules keep theirs in subdirectories).

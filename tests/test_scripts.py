@@ -290,27 +290,134 @@ def _payload(path: str, owner: str = "root") -> str:
     return json.dumps({"files": [{"path": path, "content": "x\n", "mode": 0o644, "owner": owner, "group": "root"}], "restart": []})
 
 
-@pytest.mark.parametrize("path", ["/etc/../escape", "relative/file", "/etc/./x", "/"])
-def test_install_files_refuses_bad_paths(tmp_path, installer, path):
+def _file(**changes) -> dict:
+    return {"path": "/etc/app/conf.d/a.conf", "content": "x\n", "mode": 0o644, "owner": "root", "group": "root", **changes}
+
+
+def _with(**changes) -> dict:
+    return {"files": [_file()], "restart": ["app.service"], **changes}
+
+
+_CCD = "/etc/app/conf.d"
+# One table of payloads, for the renderer (nina.render.checked_payload) and the installer alike:
+# (payload, None if both accept it, else what both say).
+PAYLOADS = {
+    "minimal": ({"files": [], "restart": []}, None),
+    "no restart key": ({"files": [_file()]}, None),
+    "prune and hot": (_with(prune=[_CCD], hot={_CCD: ["/run/app/a.sock"]}), None),
+    "prune below a file's directory": (_with(prune=[f"{_CCD}/sub"]), None),
+    "not an object": ([], "payload must be an object"),
+    "unknown key": (_with(extra=1), "payload must be an object"),
+    "no files": ({"restart": []}, '"files", "restart" and "prune" must be lists'),
+    "files an object": ({"files": {}, "restart": []}, "must be lists"),
+    "restart a string": ({"files": [], "restart": "app.service"}, "must be lists"),
+    "prune a string": (_with(prune=_CCD), "must be lists"),
+    "file without keys": ({"files": [{"path": "/x"}], "restart": []}, "needs exactly path, content, mode, owner, group"),
+    "file with an extra key": ({"files": [_file(x=1)]}, "needs exactly path, content, mode, owner, group"),
+    "file not an object": ({"files": ["/etc/x"]}, "needs exactly path"),
+    "relative path": ({"files": [_file(path="relative/file")]}, "must be absolute"),
+    "path not a string": ({"files": [_file(path=5)]}, "must be absolute"),
+    "NUL in path": ({"files": [_file(path="/etc/a\0b")]}, "must be absolute"),
+    "path with ..": ({"files": [_file(path="/etc/../escape")]}, "must be normalised"),
+    "path with .": ({"files": [_file(path="/etc/./x")]}, "must be normalised"),
+    "path with //": ({"files": [_file(path="/etc//x")]}, "must be normalised"),
+    "path ending in /": ({"files": [_file(path="/etc/x/")]}, "must be normalised"),
+    "path /": ({"files": [_file(path="/")]}, "must be normalised"),
+    "duplicate path": ({"files": [_file(), _file(content="y\n")]}, "files[1]: duplicate path /etc/app/conf.d/a.conf"),
+    "content not a string": ({"files": [_file(content=5)]}, "content must be a string"),
+    "mode too large": ({"files": [_file(mode=0o4755)]}, "mode must be an integer between 0 and 0o777"),
+    "mode negative": ({"files": [_file(mode=-1)]}, "mode must be an integer"),
+    "mode a string": ({"files": [_file(mode="0644")]}, "mode must be an integer"),
+    "mode a boolean": ({"files": [_file(mode=True)]}, "mode must be an integer"),
+    "owner upper case": ({"files": [_file(owner="Root")]}, "owner 'Root' is not a user or group name"),
+    "owner with a newline": ({"files": [_file(owner="root\n")]}, "is not a user or group name"),
+    "group with a space": ({"files": [_file(group="fl system")]}, "group 'fl system' is not a user or group name"),
+    "unit with a command": (_with(restart=["foo; reboot"]), "is not a systemd unit name"),
+    "unit with a newline": (_with(restart=["app.service\n"]), "is not a systemd unit name"),
+    "unit not a string": (_with(restart=[5]), "is not a systemd unit name"),
+    "prune /": (_with(prune=["/"]), "must be an absolute, normalised directory"),
+    "prune too shallow": (_with(prune=["/etc/app"]), "too close to /"),
+    "prune relative": (_with(prune=["etc/app/conf.d"]), "must be an absolute, normalised directory"),
+    "prune with ..": (_with(prune=["/etc/app/conf.d/../x"]), "must be an absolute, normalised directory"),
+    "prune ending in /": (_with(prune=[f"{_CCD}/"]), "must be an absolute, normalised directory"),
+    "prune elsewhere": (_with(prune=["/srv/other/dir"]), "is not at or under the directory of a delivered file"),
+    "hot not pruned": (_with(hot={_CCD: ["/run/app/a.sock"]}), "must also be a prune directory"),
+    "hot a list": (_with(prune=[_CCD], hot=[_CCD]), '"hot" must be an object'),
+    "hot socket a string": (_with(prune=[_CCD], hot={_CCD: "/run/app/a.sock"}), "needs a list of absolute, normalised socket paths"),
+    "hot without sockets": (_with(prune=[_CCD], hot={_CCD: []}), "needs a list of absolute, normalised socket paths"),
+    "hot socket relative": (_with(prune=[_CCD], hot={_CCD: ["a.sock"]}), "needs a list of absolute, normalised socket paths"),
+}
+
+
+@pytest.mark.parametrize(("payload", "refusal"), PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_renderer_and_installer_refuse_the_same_payloads(tmp_path, installer, payload, refusal):
+    """The payload schema is the installer's check_payload, which the renderer calls too."""
     root = tmp_path / "root"
     root.mkdir()
-    proc = installer(_payload(path), "--root", str(root))
-    assert proc.returncode == 2 and "nothing was written" in proc.stderr
-    assert list(root.iterdir()) == [] and not (tmp_path / "escape").exists()
+    proc = installer(json.dumps(payload), "--root", str(root), fake_commands=True)
+    if refusal is None:
+        assert json.loads(render.checked_payload(payload)) == payload
+        assert proc.returncode == 0, proc.stderr
+        return
+    with pytest.raises(ValueError) as refused:
+        render.checked_payload(payload)
+    assert refusal in str(refused.value)
+    assert proc.returncode == 2 and refusal in proc.stderr and "nothing was written" in proc.stderr, proc.stderr
+    assert str(refused.value).split(": ", 1)[1] in proc.stderr  # the very same reason
+    assert list(root.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "bad", ["not json", "[]", '{"files": [{"path": "/x"}], "restart": []}', '{"files": [], "restart": ["foo; reboot"]}']
-)
-def test_install_files_refuses_bad_payloads(tmp_path, installer, bad):
-    proc = installer(bad, "--root", str(tmp_path))
-    assert proc.returncode == 2 and "error" in proc.stderr
+def test_install_files_refuses_what_is_not_json(tmp_path, installer):
+    proc = installer("not json", "--root", str(tmp_path))
+    assert proc.returncode == 2 and "stdin is not a JSON payload" in proc.stderr
 
 
 def test_install_files_without_root_refuses_unknown_owner(tmp_path, installer):
     target = tmp_path / "real" / "file"
     proc = installer(_payload(str(target), owner="nina-no-such-user"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and not target.exists()
+
+
+def test_install_files_dry_run_refuses_no_owner(tmp_path, installer):
+    """A dry run may come before the step that creates an owner (a site kit's `install.sh --dry-run`
+    on a fresh host): it says so and what it would write, where a real run refuses."""
+    target = tmp_path / "real" / "file"
+    proc = installer(_payload(str(target), owner="nina-no-such-user"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"would write {target} (mode 0644, nina-no-such-user:root)" in proc.stdout
+    assert f"user 'nina-no-such-user' does not exist here; {target} needs it" in proc.stderr
+    assert not target.parent.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to run as another user")
+def test_install_files_dry_run_as_a_user_shows_what_root_would_do(tmp_path):
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="nina-dry-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        script = write(work / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
+        secret, plain = work / "etc/app/conf.d/secret.key", work / "etc/app/conf.d/plain.conf"
+        write(secret, "old\n", 0o600)  # root's, unreadable for the caller
+        write(plain, "same\n", 0o644)
+        (work / "etc").chmod(0o755)
+        entry = {"mode": 0o600, "owner": "root", "group": "root"}
+        payload = {
+            "files": [
+                {**entry, "path": str(secret), "content": "new\n"},
+                {**entry, "path": str(plain), "content": "same\n", "mode": 0o644},
+            ],
+            "restart": [],
+        }
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script)]
+        dry = subprocess.run([*as_nobody, "--dry-run"], input=json.dumps(payload), capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        assert f"would write {secret} (mode 0600, root:root)" in dry.stdout and f"unchanged {plain}" in dry.stdout
+        assert secret.read_text() == "old\n"
+        real = subprocess.run(as_nobody, input=json.dumps(payload), capture_output=True, text=True, timeout=60)
+        assert real.returncode == 2 and "only root can give files to root:root" in real.stderr
+    finally:
+        shutil.rmtree(work)
 
 
 # --- nina-membership against a fake flwr ----------------------------------------------------

@@ -53,3 +53,11 @@ def test_flower_services_need_the_venv_and_others_do_not():
 def test_unbuilt_services_say_so():
     """proxy, Keycloak, JupyterHub and monitoring have their first-boot layout only (later issues)."""
     assert {n for n, s in services.SERVICES.items() if not s.built} == {"proxy", "keycloak", "jupyterhub", "monitoring"}
+
+
+def test_site_kits_set_up_a_supernode_host_plus_the_vpn_client():
+    assert services.site_kit(False) == services.for_roles(["supernode"])
+    assert services.site_kit(True) == [*services.for_roles(["supernode"]), services.vpn.CLIENT]
+    assert services.vpn.CLIENT.name not in services.ROLES  # no cloud host runs it
+    assert set(services.VENV_PACKAGES) <= set(services.BASE.packages)
+    assert set(services.VENV_DIRECTORIES) <= set(services.directories(services.for_roles(["supernode"])))

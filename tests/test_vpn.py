@@ -378,7 +378,7 @@ def test_delivery_payload_prune_argument():
     for bad in ["/", "/etc", "/etc/app", "etc/app/conf.d", "/etc/app/conf.d/../x", "/srv/other/dir", "/etc/app/conf.d/"]:
         with pytest.raises(ValueError, match="prune"):
             render.delivery_payload(files, [], prune=[bad])
-    with pytest.raises(ValueError, match="not a string"):
+    with pytest.raises(ValueError, match="must be lists"):
         render.delivery_payload(files, [], prune="/etc/app/conf.d")
 
 
@@ -715,9 +715,9 @@ def test_vpn_role_without_a_hub_is_refused(render_plans):
 
 def test_hot_directories_must_be_pruned_and_name_sockets(install):
     conf = render.DeliveredFile("/etc/app/x/ccd/org-a", "a\n", 0o644, "root", "root")
-    with pytest.raises(ValueError, match="must also be pruned"):
+    with pytest.raises(ValueError, match="must also be a prune directory"):
         render.delivery_payload([conf], [], hot={"/etc/app/x/ccd": ["/run/app/a.sock"]})
-    with pytest.raises(ValueError, match="absolute management socket"):
+    with pytest.raises(ValueError, match="needs a list of absolute, normalised socket paths"):
         render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": "/run/app/a.sock"})
     # The installer refuses the same mistakes in a hand-made payload, before writing anything.
     ok = json.loads(render.delivery_payload([conf], [], prune=["/etc/app/x/ccd"], hot={"/etc/app/x/ccd": ["/run/app/a.sock"]}))

@@ -2,6 +2,9 @@
 
 Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], "restart": [unit, ...],
 "prune": [dir, ...] (optional), "hot": {dir: [management socket, ...]} (optional)}.
+`check_payload` is the one definition of this schema: nina.render checks every payload it
+renders with it (and each DeliveredFile with `check_file`), so a payload nina makes is one the
+installer takes.
 Each file is written atomically (temp file in the same directory, then rename) with its
 mode and owner; files whose content, mode and owner are unchanged are left alone. Then, in
 each "prune" directory, regular files that the payload does not carry are deleted (only
@@ -23,11 +26,15 @@ disconnect); any other failure to disconnect is an error (exit 1).
               or cannot be set by a non-root caller, fall back to the caller's uid/gid with
               a warning; systemctl and update-ca-certificates are skipped unless
               NINA_SYSTEMCTL / NINA_UPDATE_CA_CERTIFICATES name a command to run instead.
-  --dry-run   print what would change and which commands would run; touch nothing.
+  --dry-run   print what would change and which commands would run; touch nothing. Without
+              --root it refuses no owner: one that does not exist yet is a warning (a real
+              run needs it), and a caller who is not root sees what root would change.
 
 Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
 A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
 """
+
+from __future__ import annotations
 
 import argparse
 import grp
@@ -41,12 +48,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from nina import facts
 
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10; only the type checker needs it
+
 LOCAL_CA_TRUST = facts.LOCAL_CA_TRUST
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)$")
+# \Z, not $: a name or unit with a trailing newline is refused too.
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|path|target|mount)\Z")
 PROG = "nina-install-files"
 
 
@@ -54,11 +67,21 @@ class BadInput(Exception):
     pass
 
 
-def warn(msg):
+class FileEntry(TypedDict):
+    """One entry of the payload's "files" (as check_payload has checked it)."""
+
+    path: str
+    content: str
+    mode: int
+    owner: str
+    group: str
+
+
+def warn(msg: str) -> None:
     print(f"{PROG}: warning: {msg}", file=sys.stderr)
 
 
-def normalised(path):
+def normalised(path: object) -> TypeGuard[str]:
     return (
         isinstance(path, str)
         and path.startswith("/")
@@ -69,7 +92,7 @@ def normalised(path):
     )
 
 
-def check_prune(prune, paths):
+def check_prune(prune: Iterable[object], paths: Iterable[str]) -> None:
     parents = {posixpath.dirname(p) for p in paths}
     for d in prune:
         if not normalised(d):
@@ -80,7 +103,7 @@ def check_prune(prune, paths):
             raise BadInput(f"prune: {d} is not at or under the directory of a delivered file")
 
 
-def check_hot(hot, prune):
+def check_hot(hot: object, prune: list[Any]) -> None:
     if not isinstance(hot, dict):
         raise BadInput('"hot" must be an object: directory -> list of management sockets')
     for d, sockets in hot.items():
@@ -90,7 +113,27 @@ def check_hot(hot, prune):
             raise BadInput(f"hot: {d} needs a list of absolute, normalised socket paths")
 
 
-def check_payload(payload):
+def check_file(f: object, where: str) -> FileEntry:
+    """One entry of "files", or BadInput naming `where` (also nina.render.DeliveredFile's check)."""
+    if not isinstance(f, dict) or set(f) != {"path", "content", "mode", "owner", "group"}:
+        raise BadInput(f"{where}: needs exactly path, content, mode, owner, group")
+    path = f["path"]
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise BadInput(f"{where}: path {path!r} must be absolute")
+    if ".." in path.split("/") or posixpath.normpath(path) != path or path == "/":
+        raise BadInput(f"{where}: path {path!r} must be normalised and must not contain '..'")
+    if not isinstance(f["content"], str):
+        raise BadInput(f"{where}: content must be a string")
+    mode = f["mode"]
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise BadInput(f"{where}: mode must be an integer between 0 and 0o777")
+    for key in ("owner", "group"):
+        if not isinstance(f[key], str) or not NAME_RE.match(f[key]):
+            raise BadInput(f"{where}: {key} {f[key]!r} is not a user or group name")
+    return cast(FileEntry, f)
+
+
+def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str], dict[str, list[str]]]:
     if not isinstance(payload, dict) or set(payload) - {"files", "restart", "prune", "hot"}:
         raise BadInput('payload must be an object with keys "files", "restart" and optionally "prune" and "hot"')
     files = payload.get("files")
@@ -98,78 +141,71 @@ def check_payload(payload):
     prune = payload.get("prune", [])
     if not isinstance(files, list) or not isinstance(restart, list) or not isinstance(prune, list):
         raise BadInput('"files", "restart" and "prune" must be lists')
-    seen = set()
+    seen: set[str] = set()
     for i, f in enumerate(files):
-        where = f"files[{i}]"
-        if not isinstance(f, dict) or set(f) != {"path", "content", "mode", "owner", "group"}:
-            raise BadInput(f"{where}: needs exactly path, content, mode, owner, group")
-        path = f["path"]
-        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-            raise BadInput(f"{where}: path {path!r} must be absolute")
-        if ".." in path.split("/") or posixpath.normpath(path) != path or path == "/":
-            raise BadInput(f"{where}: path {path!r} must be normalised and must not contain '..'")
+        path = check_file(f, f"files[{i}]")["path"]
         if path in seen:
-            raise BadInput(f"{where}: duplicate path {path}")
+            raise BadInput(f"files[{i}]: duplicate path {path}")
         seen.add(path)
-        if not isinstance(f["content"], str):
-            raise BadInput(f"{where}: content must be a string")
-        mode = f["mode"]
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
-            raise BadInput(f"{where}: mode must be an integer between 0 and 0o777")
-        for key in ("owner", "group"):
-            if not isinstance(f[key], str) or not NAME_RE.match(f[key]):
-                raise BadInput(f"{where}: {key} {f[key]!r} is not a user or group name")
     for unit in restart:
         if not isinstance(unit, str) or not UNIT_RE.match(unit):
             raise BadInput(f"restart: {unit!r} is not a systemd unit name")
     check_prune(prune, seen)
     hot = payload.get("hot", {})
     check_hot(hot, prune)
-    return files, restart, prune, hot
+    return cast(list[FileEntry], files), restart, prune, cast(dict[str, list[str]], hot)
 
 
-def resolve_ids(files, root):
-    """uid/gid per file; under --root unknown names map to the caller (with a warning)."""
-    ids = {}
+UNKNOWN_ID = -1  # a dry run's owner that does not exist yet: matches no file, so it "would write"
+
+
+def resolve_ids(files: Iterable[FileEntry], root: str, dry_run: bool = False) -> dict[str, tuple[int, int]]:
+    """uid/gid per file; under --root unknown names map to the caller (with a warning). A dry run
+    without --root refuses no owner: one that does not exist yet (an earlier step of a real run,
+    like a site kit's install.sh, creates it) is UNKNOWN_ID, and a caller who is not root is told
+    what root would do."""
+    ids: dict[str, tuple[int, int]] = {}
     as_root = os.geteuid() == 0
     for f in files:
         try:
             uid = pwd.getpwnam(f["owner"]).pw_uid
         except KeyError:
-            if not root:
+            if not root and not dry_run:
                 raise BadInput(f"{f['path']}: user {f['owner']!r} does not exist") from None
-            warn(f"user {f['owner']!r} does not exist here; {f['path']} keeps uid {os.getuid()}")
-            uid = os.getuid()
+            uid = os.getuid() if root else UNKNOWN_ID
+            warn(f"user {f['owner']!r} does not exist here; {f['path']} " + (f"keeps uid {uid}" if root else "needs it"))
         try:
             gid = grp.getgrnam(f["group"]).gr_gid
         except KeyError:
-            if not root:
+            if not root and not dry_run:
                 raise BadInput(f"{f['path']}: group {f['group']!r} does not exist") from None
-            warn(f"group {f['group']!r} does not exist here; {f['path']} keeps gid {os.getgid()}")
-            gid = os.getgid()
+            gid = os.getgid() if root else UNKNOWN_ID
+            warn(f"group {f['group']!r} does not exist here; {f['path']} " + (f"keeps gid {gid}" if root else "needs it"))
         if not as_root and (uid, gid) != (os.getuid(), os.getgid()):
-            if not root:
+            if root:
+                warn(f"not root: {f['path']} keeps the caller's uid/gid")
+                uid, gid = os.getuid(), os.getgid()
+            elif not dry_run:
                 raise BadInput(f"{f['path']}: only root can give files to {f['owner']}:{f['group']}")
-            warn(f"not root: {f['path']} keeps the caller's uid/gid")
-            uid, gid = os.getuid(), os.getgid()
         ids[f["path"]] = (uid, gid)
     return ids
 
 
-def unchanged(target, data, mode, uid, gid):
+def unchanged(target: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    """Whether target is a regular file with this content, mode and owner (False if it cannot be read)."""
     try:
         st = os.lstat(target)
-    except FileNotFoundError:
+        if not os.path.isfile(target) or os.path.islink(target):
+            return False
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            return False
+        with open(target, "rb") as fh:
+            return fh.read() == data
+    except OSError:  # missing, or not readable by a caller who is not root (a dry run)
         return False
-    if not os.path.isfile(target) or os.path.islink(target):
-        return False
-    if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
-        return False
-    with open(target, "rb") as fh:
-        return fh.read() == data
 
 
-def write_atomic(target, data, mode, uid, gid):
+def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".nina-install-")
@@ -188,14 +224,14 @@ def write_atomic(target, data, mode, uid, gid):
         raise
 
 
-def strays(directory, root, keep):
+def strays(directory: str, root: str, keep: set[str]) -> list[str]:
     """Regular files directly in root+directory that the payload does not carry (sorted)."""
     target = root + directory
     if os.path.islink(target) or not os.path.isdir(target):
         if os.path.islink(target):
             warn(f"prune: {directory} is a symlink; not pruning it")
         return []
-    out = []
+    out: list[str] = []
     with os.scandir(target) as entries:
         for entry in entries:
             path = posixpath.join(directory, entry.name)
@@ -208,7 +244,7 @@ MANAGEMENT_TIMEOUT = 10  # seconds
 CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # no spaces or newlines: one management command
 
 
-def _answer(reader):
+def _answer(reader: Iterable[str]) -> str:
     """The next SUCCESS:/ERROR: line (real-time ">..." notifications are skipped)."""
     for line in reader:
         if line.startswith(("SUCCESS:", "ERROR:")):
@@ -216,7 +252,7 @@ def _answer(reader):
     raise OSError("the management interface closed without an answer")
 
 
-def _client_ids(reader, name):
+def _client_ids(reader: Iterable[str], name: str) -> list[str]:
     """Client IDs of `name`'s connections from a `status 2` listing (columns named by its HEADER)."""
     header: list[str] | None = None
     ids: list[str] = []
@@ -233,7 +269,7 @@ def _client_ids(reader, name):
     raise OSError("the management interface closed in the middle of `status 2`")
 
 
-def management_disconnect(sock_path, name):
+def management_disconnect(sock_path: str, name: str) -> str:
     """Disconnect every connection of certificate `name` through an OpenVPN management socket
     (`client-kill`, which tells the client to reconnect at once). Returns what happened."""
     directory, base = os.path.split(sock_path)
@@ -265,12 +301,12 @@ def management_disconnect(sock_path, name):
         os.close(cwd)
 
 
-def hot_only(changed, hot):
+def hot_only(changed: Iterable[str], hot: Mapping[str, list[str]]) -> bool:
     """Whether every changed path lies directly in a hot directory."""
     return bool(hot) and all(posixpath.dirname(p) in hot for p in changed)
 
 
-def commands(restart, ca_changed):
+def commands(restart: list[str], ca_changed: bool) -> list[list[str]]:
     systemctl = shlex.split(os.environ.get("NINA_SYSTEMCTL", "systemctl"))
     update_ca = shlex.split(os.environ.get("NINA_UPDATE_CA_CERTIFICATES", "update-ca-certificates"))
     cmds = [[*systemctl, "daemon-reload"]]
@@ -282,7 +318,7 @@ def commands(restart, ca_changed):
     return cmds
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description="Install a nina delivery payload read from stdin.")
     ap.add_argument("--root", default="", help="prefix every path with this directory (tests)")
     ap.add_argument("--dry-run", action="store_true", help="show what would change; touch nothing")
@@ -294,13 +330,13 @@ def main(argv=None):
         except ValueError as exc:
             raise BadInput(f"stdin is not a JSON payload: {exc}") from None
         files, restart, prune, hot = check_payload(payload)
-        ids = resolve_ids(files, root)
+        ids = resolve_ids(files, root, args.dry_run)
     except BadInput as exc:
         print(f"{PROG}: error: {exc}; nothing was written", file=sys.stderr)
         return 2
 
-    changed = []
-    existed = set()  # changed paths that were there before (clients may be connected under them)
+    changed: list[str] = []
+    existed: set[str] = set()  # changed paths that were there before (clients may be connected under them)
     for f in files:
         target = root + f["path"]
         data = f["content"].encode("utf-8")
@@ -362,7 +398,7 @@ def main(argv=None):
     return 0
 
 
-def disconnect(paths, hot, root, dry_run, n_changed, n_unchanged):
+def disconnect(paths: list[str], hot: Mapping[str, list[str]], root: str, dry_run: bool, n_changed: int, n_unchanged: int) -> int:
     """Only hot files changed: no restart; disconnect the clients whose entries changed or went."""
     print("only per-connection entries changed: no restart")
     for path in paths:

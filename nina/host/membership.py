@@ -18,6 +18,8 @@ NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
 Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
 """
 
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import json
@@ -26,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import Any
 
 from nina import facts
 from nina.host import install_files
@@ -46,20 +49,20 @@ NOT_FOUND = "node id not found"
 
 
 class Failure(Exception):
-    def __init__(self, msg, code=1):
+    def __init__(self, msg: str, code: int = 1) -> None:
         super().__init__(msg)
         self.code = code
 
 
-def say(msg):
+def say(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
-def record(slug, ext):
+def record(slug: str, ext: str) -> str:
     return os.path.join(MEMBERS_DIR, f"{slug}.{ext}")
 
 
-def read(path):
+def read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
@@ -67,12 +70,12 @@ def read(path):
         return None
 
 
-def write_atomic(path, text, mode=0o644):
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """As the installer writes files: a temporary file in the same directory, fsynced, renamed."""
     install_files.write_atomic(path, text.encode("utf-8"), mode, os.getuid(), os.getgid())
 
 
-def parse_json(out):
+def parse_json(out: str) -> dict[str, Any] | None:
     """The first JSON object in flwr's output (rich may pretty-print it over several lines)."""
     decoder = json.JSONDecoder()
     for i, ch in enumerate(out):
@@ -86,7 +89,7 @@ def parse_json(out):
     return None
 
 
-def flwr(*args):
+def flwr(*args: str) -> dict[str, Any]:
     """Run one flwr CLI command; return its JSON. Retries while the Control API is unavailable."""
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
     os.makedirs(FLWR_HOME, mode=0o700, exist_ok=True)
@@ -109,7 +112,7 @@ def flwr(*args):
         raise Failure(f"flwr supernode {args[0]} failed: {message}")
 
 
-def unregister_node(node_id):
+def unregister_node(node_id: str) -> None:
     try:
         flwr("unregister", node_id)
     except Failure as exc:
@@ -118,13 +121,13 @@ def unregister_node(node_id):
         say(f"node {node_id} was already unregistered")
 
 
-def remove_records(slug):
+def remove_records(slug: str) -> None:
     for ext in ("node_id", "pub"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record(slug, ext))
 
 
-def register(slug, pubkey):
+def register(slug: str, pubkey: str) -> dict[str, Any]:
     pub = pubkey.strip()
     if "\n" in pub or not PUBKEY_RE.match(pub):
         raise Failure("stdin must hold one OpenSSH ECDSA public key line (ecdsa-sha2-nistp384 AAAA...)", 2)
@@ -158,7 +161,7 @@ def register(slug, pubkey):
     return {"slug": slug, "node-id": str(new_id), "changed": True}
 
 
-def unregister(slug):
+def unregister(slug: str) -> dict[str, Any]:
     node_id = (read(record(slug, "node_id")) or "").strip()
     if not node_id:
         remove_records(slug)
@@ -168,8 +171,8 @@ def unregister(slug):
     return {"slug": slug, "node-id": node_id, "changed": True}
 
 
-def members():
-    out = []
+def members() -> dict[str, Any]:
+    out: list[dict[str, str]] = []
     for name in sorted(os.listdir(MEMBERS_DIR)):
         if name.endswith(".node_id") and not name.startswith("."):
             slug = name[: -len(".node_id")]
@@ -177,10 +180,10 @@ def members():
     return {"members": out}
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     usage = f"usage: {PROG} register <slug> < key.pub | unregister <slug> | list"
     if len(argv) == 1 and argv[0] == "list":
-        cmd, slug = "list", None
+        cmd, slug = "list", ""  # list takes no slug
     elif len(argv) == 2 and argv[0] in ("register", "unregister"):
         cmd, slug = argv
         if not SLUG_RE.match(slug):

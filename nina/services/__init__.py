@@ -4,7 +4,7 @@ Each module here defines one `Service` (its name is the role that puts it on a h
 Debian packages, its service user, its directories (manual 4.1.1) and the programs it needs in
 the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
 bootstrap from the services of its roles, and the role list of the config model comes from
-here. What evolves (programs, units, configs, keys) is not here: each service's delivery
+here; a site kit's install.sh sets up the services of `site_kit()` (nina.kit). What evolves (programs, units, configs, keys) is not here: each service's delivery
 (`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
 `nina.vpn.vpn_delivery`) carries it in place and restarts the `UNITS` of its module. The port
 table (`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
@@ -27,19 +27,22 @@ from nina.services import (
     supernode,
     vpn,
 )
-from nina.services.model import Directory, Service, User
+from nina.services.model import VENV_DIRECTORIES, VENV_PACKAGES, Directory, Service, User
 
 __all__ = [
     "BASE",
     "ROLES",
     "SERVICES",
     "SHARED_ROLES",
+    "VENV_DIRECTORIES",
+    "VENV_PACKAGES",
     "Directory",
     "Service",
     "User",
     "directories",
     "for_roles",
     "packages",
+    "site_kit",
     "users",
     "venv_programs",
 ]
@@ -70,6 +73,12 @@ def for_roles(roles: Iterable[str]) -> list[Service]:
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
     return [BASE, *(s for name, s in SERVICES.items() if name in wanted)]
+
+
+def site_kit(onprem: bool) -> list[Service]:
+    """What a site kit's install.sh sets up (nina.kit): a SuperNode host's services, as a cloud
+    SuperNode VM gets them, plus the VPN client for an on-premise organisation."""
+    return [*for_roles(["supernode"]), *([vpn.CLIENT] if onprem else [])]
 
 
 def packages(services: Iterable[Service]) -> list[str]:

@@ -5,12 +5,12 @@ and the launchers of the nina host programs. Its delivery (`nina.render.base_del
 from __future__ import annotations
 
 from nina import facts
-from nina.services.model import Service
+from nina.services.model import VENV_PACKAGES, Service
 
 SERVICE = Service(
     name="base",
     summary="node exporter, journald and logrotate limits, nina host programs",
-    packages=("prometheus-node-exporter", "python3-venv"),
+    packages=("prometheus-node-exporter", *VENV_PACKAGES),
 )
 # Restarted when the base delivery changes their files.
 UNITS = (facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT)

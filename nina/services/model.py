@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from nina import facts
 
-ROOT = "root"
-
 
 @dataclass(frozen=True)
 class Directory:
@@ -16,7 +14,7 @@ class Directory:
 
     path: str
     mode: int
-    owner: str = ROOT
+    owner: str = facts.ROOT_USER
     group: str = facts.SYSTEM_GROUP
 
 
@@ -45,5 +43,9 @@ class Service:
 
 # The venvs' root, group-writable for fl_system (manual 4.1.2.11): the Flower venv and JupyterHub's.
 PYTHON_ROOT = Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775)
+# What exists only for the Flower venv: a site kit installed with `--containers` runs the SuperNode
+# from an image instead, so it leaves these out (nina.kit).
+VENV_PACKAGES = ("python3-venv",)
+VENV_DIRECTORIES = (PYTHON_ROOT,)
 # What every Flower service (SuperLink, SuperNode) lays out before its own directories.
 FLOWER_DIRS = (PYTHON_ROOT, Directory(facts.ETC_FLWR, 0o755), Directory(posixpath.dirname(facts.SUPERLINK_OPT), 0o755))

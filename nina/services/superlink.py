@@ -2,7 +2,7 @@
 (`<host>-superlink`): certificates, the admin project, run script and unit, nina-membership."""
 
 from nina import facts
-from nina.services.model import FLOWER_DIRS, ROOT, Directory, Service, User
+from nina.services.model import FLOWER_DIRS, Directory, Service, User
 
 _USER = facts.SERVICE_USERS["superlink"]
 SERVICE = Service(
@@ -16,7 +16,7 @@ SERVICE = Service(
         Directory(facts.SUPERLINK_CERTS, 0o750),
         Directory(facts.SUPERLINK_OPT, 0o755, _USER),
         Directory(facts.SUPERLINK_STATE_DIR, 0o750, _USER),
-        Directory(facts.SUPERLINK_ADMIN_APP, 0o755, ROOT, ROOT),
+        Directory(facts.SUPERLINK_ADMIN_APP, 0o755, facts.ROOT_USER, facts.ROOT_USER),
     ),
     venv_programs=("flower-superlink", "flwr"),
 )
