@@ -180,7 +180,7 @@ def kit_fixture_module():
     bench = str(CFG_REPO_ROOT / "benchmarks")
     if bench not in sys.path:
         sys.path.insert(0, bench)
-    import outputs_fixture  # type: ignore[import-not-found]  # benchmarks/ is put on sys.path just above
+    import outputs_fixture  # benchmarks/ is put on sys.path just above
 
     return outputs_fixture
 

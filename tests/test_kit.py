@@ -35,7 +35,7 @@ from nina import cli, facts, kit, render, services, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
-SHELLCHECK = shutil.which("shellcheck")
+SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
 ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
 ALL = sorted([*ONPREM, "cloud-lab"])
 # The cloud hosts' installer (nina-install-files and what it imports), and the payloads it installs.
@@ -103,7 +103,9 @@ def contents(data: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for m in tar.getmembers():
             if m.isfile():
-                out[m.name.split("/", 1)[1]] = tar.extractfile(m).read()
+                member = tar.extractfile(m)
+                assert member is not None
+                out[m.name.split("/", 1)[1]] = member.read()
     return out
 
 
@@ -424,7 +426,7 @@ def test_root_install_puts_files_in_place_with_modes_and_is_idempotent(kit_archi
     assert installed == expected
     for path in files:
         dest = dest_of(path)
-        if dest in expected:
+        if dest is not None and dest in expected:
             assert (root / dest.lstrip("/")).read_bytes() == files[path]
     for d, mode in INSTALLED_DIRS.items():
         assert stat.S_IMODE((root / d.lstrip("/")).stat().st_mode) == mode, d
@@ -475,11 +477,11 @@ def _cloud_supernode_bootstrap(render_plans, render_volume_ids) -> tuple[set[tup
     plan = render_plans["test"]
     host = next(h for h in plan.hosts if h.roles == ("supernode",))
     doc = yaml.safe_load(user_data(plan, host, render_volume_ids(host)))
-    dirs = set()
+    dirs: set[tuple[str, str, str, str]] = set()
     for step in doc["runcmd"]:
         words = step.split() if isinstance(step, str) else step
         if words[:2] == ["install", "-d"]:
-            mode, owner, group, *paths = words[3], words[5], words[7], *words[8:]
+            mode, owner, group, paths = words[3], words[5], words[7], list(words[8:])
             dirs |= {(p, mode, owner, group) for p in paths}
     users = [u["name"] for u in doc["users"] if u != "default"]
     return dirs, doc["packages"], users
@@ -518,7 +520,8 @@ def test_layout_users_and_packages_are_those_of_a_supernode_host(kit_archives, t
     proc = install(top, "--root", str(root), *mode)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {p: f"{stat.S_IMODE((root / p.lstrip('/')).stat().st_mode):04o}" for p, *_ in want_dirs} == {p: m for p, m, *_ in want_dirs}
-    assert re.search(r"skipped: --root: packages are not installed \((.*)\)", proc.stdout).group(1).split() == want_packages
+    skipped = re.search(r"skipped: --root: packages are not installed \((.*)\)", proc.stdout)
+    assert skipped is not None and skipped.group(1).split() == want_packages
 
 
 def _user_exists(name: str) -> bool:
@@ -560,7 +563,7 @@ def test_payloads_carry_exactly_the_files_that_have_a_place(kit_archives, slug):
     """Each kit file that install.sh puts on the host is in exactly one payload, byte for byte."""
     files = contents(kit_archives[slug])
     entries = [(name, e) for name in files if name.startswith("payloads/") for e in json.loads(files[name])["files"]]
-    placed = {dest_of(p): (files[p], mode) for p, mode in expected_files(slug, slug in ONPREM, False).items() if dest_of(p)}
+    placed = {dest: (files[p], mode) for p, mode in expected_files(slug, slug in ONPREM, False).items() if (dest := dest_of(p))}
     assert sorted(e["path"] for _, e in entries) == sorted(placed)
     for name, e in entries:
         assert (e["content"].encode(), e["mode"]) == placed[e["path"]], e["path"]
@@ -673,7 +676,7 @@ def test_every_shell_script_parses_and_passes_shellcheck(kit_archives, tmp_path)
         f.write_bytes(body)
         files.append(str(f))
         subprocess.run(["bash", "-n", str(f)], check=True)
-    if SHELLCHECK is None:
+    if not SHELLCHECK:
         pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
     proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout

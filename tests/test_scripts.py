@@ -14,14 +14,16 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nina import facts, render
 from nina.plan import Member
 
-SHELLCHECK = shutil.which("shellcheck")
+SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
 CA = "-----BEGIN CERTIFICATE-----\nMIIBdummyCA\n-----END CERTIFICATE-----\n"
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
@@ -61,7 +63,7 @@ def write(path: Path, text: str, mode: int = 0o644) -> Path:
 def test_shell_scripts_parse_and_pass_shellcheck(tmp_path, name):
     script = write(tmp_path / name, SHELL_SCRIPTS[name](), 0o755)
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if SHELLCHECK is None:
+    if not SHELLCHECK:
         pytest.skip("shellcheck missing (scripts/bootstrap --test-tools installs it)")
     proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
@@ -193,22 +195,29 @@ def test_supernode_without_conf_fails_clearly(tmp_path, fake_venv):
 # --- nina-install-files ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def installer(tmp_path):
-    script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
-    calls = tmp_path / "calls.log"
-    fake = write(tmp_path / "bin" / "fake-cmd", f'#!/bin/sh\necho "$*" >> {calls}\n', 0o755)
+@dataclass
+class Installer:
+    """nina-install-files; with fake_commands, systemctl and update-ca-certificates log to `calls`."""
 
-    def run(payload: str, *args: str, fake_commands: bool = False):
+    script: Path
+    calls: Path
+    fake: Path
+
+    def __call__(self, payload: str, *args: str, fake_commands: bool = False) -> subprocess.CompletedProcess:
         env = dict(os.environ)
         env.pop("NINA_SYSTEMCTL", None)
         env.pop("NINA_UPDATE_CA_CERTIFICATES", None)
         if fake_commands:
-            env.update(NINA_SYSTEMCTL=f"{fake} systemctl", NINA_UPDATE_CA_CERTIFICATES=f"{fake} update-ca-certificates")
-        return subprocess.run([sys.executable, str(script), *args], input=payload, env=env, capture_output=True, text=True, timeout=60)
+            env.update(NINA_SYSTEMCTL=f"{self.fake} systemctl", NINA_UPDATE_CA_CERTIFICATES=f"{self.fake} update-ca-certificates")
+        return subprocess.run([sys.executable, str(self.script), *args], input=payload, env=env, capture_output=True, text=True, timeout=60)
 
-    run.calls = calls
-    return run
+
+@pytest.fixture
+def installer(tmp_path) -> Installer:
+    script = write(tmp_path / "bin" / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
+    calls = tmp_path / "calls.log"
+    fake = write(tmp_path / "bin" / "fake-cmd", f'#!/bin/sh\necho "$*" >> {calls}\n', 0o755)
+    return Installer(script, calls, fake)
 
 
 def _expected_uid(user: str) -> int:
@@ -451,32 +460,44 @@ sys.exit(0)  # flwr 1.25 exits 0 even when it printed an error
 '''
 
 
-@pytest.fixture
-def membership(tmp_path):
-    script = write(tmp_path / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
-    state = tmp_path / "fake-flwr.json"
-    flwr = write(tmp_path / "flwr", FAKE_FLWR.format(python=sys.executable, state=str(state)), 0o755)
-    members = tmp_path / "members"
+@dataclass
+class Membership:
+    """nina-membership against a fake flwr; a call gives (process, its JSON result or None)."""
 
-    def run(*args: str, stdin: str = "", **env: str):
+    script: Path
+    flwr: Path
+    state: Path
+    members: Path
+    workdir: Path
+
+    @property
+    def app(self) -> str:
+        return str(self.workdir / "admin-app")
+
+    def __call__(self, *args: str, stdin: str = "", **env: str) -> tuple[subprocess.CompletedProcess, Any]:
         full = {
             **os.environ,
-            "NINA_FLWR": str(flwr),
-            "NINA_MEMBERS_DIR": str(members),
-            "NINA_ADMIN_APP": str(tmp_path / "admin-app"),
-            "NINA_FLWR_HOME": str(tmp_path / "flwr-home"),
+            "NINA_FLWR": str(self.flwr),
+            "NINA_MEMBERS_DIR": str(self.members),
+            "NINA_ADMIN_APP": self.app,
+            "NINA_FLWR_HOME": str(self.workdir / "flwr-home"),
             "NINA_RETRY_INTERVAL": "0.05",
             **env,
         }
-        proc = subprocess.run([sys.executable, str(script), *args], input=stdin, env=full, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, str(self.script), *args], input=stdin, env=full, capture_output=True, text=True, timeout=60)
         result = json.loads(proc.stdout) if proc.returncode == 0 else None
         return proc, result
 
-    def calls():
-        return json.loads(state.read_text())["calls"] if state.exists() else []
+    def calls(self) -> list[Any]:
+        return json.loads(self.state.read_text())["calls"] if self.state.exists() else []
 
-    run.calls, run.members, run.app = calls, members, str(tmp_path / "admin-app")
-    return run
+
+@pytest.fixture
+def membership(tmp_path) -> Membership:
+    script = write(tmp_path / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
+    state = tmp_path / "fake-flwr.json"
+    flwr = write(tmp_path / "flwr", FAKE_FLWR.format(python=sys.executable, state=str(state)), 0o755)
+    return Membership(script, flwr, state, tmp_path / "members", tmp_path)
 
 
 def test_membership_register_is_idempotent(membership):
@@ -588,38 +609,53 @@ exit 0
 VOLUME_ID = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
 
 
+@dataclass
+class PrepareVolume:
+    """nina-prepare-volume with fake disk tools; `attach()` makes the disk appear."""
+
+    script: Path
+    fake_bin: Path
+    by_id: Path
+    device: Path
+    fstab: Path
+    mnt: Path
+    workdir: Path
+
+    @property
+    def fs(self) -> Path:
+        return self.workdir / "fs"
+
+    def attach(self) -> None:
+        self.by_id.mkdir(exist_ok=True)
+        (self.by_id / f"virtio-{VOLUME_ID[:20]}").symlink_to(self.device)
+
+    def __call__(self, volume_id: str = VOLUME_ID, wait: str = "3") -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "PATH": f"{self.fake_bin}:{os.environ['PATH']}",
+            "FAKE_DIR": str(self.workdir),
+            "NINA_BY_ID_PREFIX": f"{self.by_id}/virtio-",
+            "NINA_FSTAB": str(self.fstab),
+            "NINA_VOLUME_WAIT": wait,
+        }
+        return subprocess.run(
+            ["bash", str(self.script), volume_id, str(self.mnt), "superlink"], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    def calls(self) -> list[str]:
+        log = self.workdir / "calls.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+
 @pytest.fixture
-def prepare_volume(tmp_path):
+def prepare_volume(tmp_path) -> PrepareVolume:
     script = write(tmp_path / "nina-prepare-volume", render.prepare_volume_script(), 0o755)
     fake_bin = tmp_path / "fakebin"
     for tool in ("blkid", "mkfs.ext4", "mount", "mountpoint", "systemctl", "chown"):
         write(fake_bin / tool, FAKE_TOOL, 0o755)
-    by_id = tmp_path / "by-id"
     device = write(tmp_path / "dev" / "vdb", "")
     fstab = write(tmp_path / "fstab", "LABEL=cloudimg-rootfs / ext4 discard,errors=remount-ro 0 1\n")
-    mnt = tmp_path / "mnt" / "state"
-
-    def attach():
-        by_id.mkdir(exist_ok=True)
-        (by_id / f"virtio-{VOLUME_ID[:20]}").symlink_to(device)
-
-    def run(volume_id=VOLUME_ID, wait="3"):
-        env = {
-            **os.environ,
-            "PATH": f"{fake_bin}:{os.environ['PATH']}",
-            "FAKE_DIR": str(tmp_path),
-            "NINA_BY_ID_PREFIX": f"{by_id}/virtio-",
-            "NINA_FSTAB": str(fstab),
-            "NINA_VOLUME_WAIT": wait,
-        }
-        return subprocess.run(["bash", str(script), volume_id, str(mnt), "superlink"], env=env, capture_output=True, text=True, timeout=60)
-
-    def calls():
-        log = tmp_path / "calls.log"
-        return log.read_text().splitlines() if log.exists() else []
-
-    run.attach, run.calls, run.fstab, run.mnt, run.device, run.fs = attach, calls, fstab, mnt, device, tmp_path / "fs"
-    return run
+    return PrepareVolume(script, fake_bin, tmp_path / "by-id", device, fstab, tmp_path / "mnt" / "state", tmp_path)
 
 
 def test_prepare_volume_formats_once_and_mounts(prepare_volume):
