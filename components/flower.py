@@ -1,7 +1,7 @@
 """Keys, certificates and membership delivered in place over SSH (pulumi-command).
 
 user-data is immutable bootstrap without secrets; everything that changes during the life of
-a VM (certificates, SuperNode keys, supernode.conf with num-partitions, SuperLink
+a VM (certificates, SuperNode keys, supernode.conf, SuperLink
 registrations) goes through these resources, so onboarding an organisation or renewing a
 certificate updates files on running hosts instead of replacing them.
 """

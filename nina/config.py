@@ -162,6 +162,9 @@ class Organisation(_Strict):
     slug: str
     name: str = Field(min_length=1, max_length=120)
     placement: Literal["cloud", "onprem"]
+    # Required, and never renumbered: it fixes the organisation's partition and (on premise)
+    # its VPN address. Optional here only so that `_check_partitions` can report a missing one
+    # with the id to write down, instead of pydantic's bare "required".
     partition_id: int | None = Field(default=None, ge=0)
     gpu: bool = False
     # The organisation's own segment inside Nectar; required for `cloud`, not for `onprem`.
@@ -220,10 +223,31 @@ class StackConfig(_Strict):
         return tenancy.vpn_pool_cidr or self.network.vpn_pool_cidr
 
     def partition_ids(self, tenancy: Tenancy) -> dict[str, int]:
-        """Partition id per org slug: explicit ids kept, the others get the lowest free ids in list order."""
-        taken = {o.partition_id for o in tenancy.organisations if o.partition_id is not None}
-        free = (i for i in range(len(tenancy.organisations) + len(taken) + 1) if i not in taken)
-        return {o.slug: o.partition_id if o.partition_id is not None else next(free) for o in tenancy.organisations}
+        """Partition id per org slug, as the config states them (every one is required)."""
+        ids = {o.slug: o.partition_id for o in tenancy.organisations}
+        missing = [slug for slug, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"organisations {missing} have no partition_id; load the config with load_config")
+        return {slug: i for slug, i in ids.items() if i is not None}
+
+
+def _next_id(tenancy: Tenancy) -> int:
+    return 1 + max((o.partition_id for o in tenancy.organisations if o.partition_id is not None), default=-1)
+
+
+def proposed_partition_ids(tenancy: Tenancy) -> dict[int, int]:
+    """The id to write down for each organisation (by list index) that states none.
+
+    While no organisation of the tenancy has one (a config from before ids were required),
+    the ids list order gave them until then: 0..n-1, so a live stack keeps its partitions and
+    VPN addresses. Otherwise the next ids after the highest one taken, in list order: an id
+    freed by a removal is never handed out again (a new organisation never inherits an old
+    VPN address)."""
+    orgs = tenancy.organisations
+    if all(o.partition_id is None for o in orgs):
+        return {i: i for i in range(len(orgs))}
+    missing = [i for i, o in enumerate(orgs) if o.partition_id is None]
+    return {i: _next_id(tenancy) + k for k, i in enumerate(missing)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,28 +389,34 @@ def _check_names(cfg: StackConfig) -> Iterable[tuple[str, str]]:
 
 
 def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    """Every organisation states its partition id; ids are unique within a tenancy. Gaps are
+    fine (an organisation was removed): ids are never renumbered."""
     for t, ten in enumerate(cfg.all_tenancies):
         seen: dict[int, int] = {}
         for o, org in enumerate(ten.organisations):
             if org.partition_id is None:
                 continue
-            key = f"{_tenancy_key(cfg, t)}[{o}].partition_id"
             if org.partition_id in seen:
                 yield (
-                    key,
-                    f"duplicate partition id {org.partition_id} (also organisation [{seen[org.partition_id]}]); partition ids are unique within a tenancy",
+                    f"{_tenancy_key(cfg, t)}[{o}].partition_id",
+                    f"duplicate partition id {org.partition_id} (also organisation [{seen[org.partition_id]}]); partition ids are unique within a tenancy: "
+                    f"keep the deployed organisation's id and give the other partition_id: {_next_id(ten)} (the next after the highest taken)",
                 )
             seen.setdefault(org.partition_id, o)
-        if len(seen) != sum(1 for org in ten.organisations if org.partition_id is not None):
-            continue
-        ids = sorted(cfg.partition_ids(ten).values())
-        n = len(ten.organisations)
-        if ids != list(range(n)):
-            bad = [o for o, org in enumerate(ten.organisations) if org.partition_id is not None and org.partition_id >= n]
-            key = f"{_tenancy_key(cfg, t)}[{bad[0] if bad else 0}].partition_id"
+        proposals = proposed_partition_ids(ten)
+        first_ids = len(proposals) == len(ten.organisations)
+        for o, proposed in proposals.items():
+            slug = ten.organisations[o].slug
+            why = (
+                "the id list order gives it today, as no organisation of this tenancy states one yet: "
+                "writing these down changes nothing for a live stack"
+                if first_ids
+                else f"the next after the highest in this tenancy, {_next_id(ten) - 1}: ids of removed organisations are never reused; "
+                f"if {slug!r} is already deployed, keep its id from the stack outputs, tenancies.{ten.name}.organisations.{slug}.partition_id"
+            )
             yield (
-                key,
-                f"partition ids must be contiguous 0..{n - 1} for {n} organisations; renumber them or leave partition_id out to assign in list order",
+                f"{_tenancy_key(cfg, t)}[{o}].partition_id",
+                f"is required (it fixes the organisation's partition and VPN address for good); add partition_id: {proposed} ({why})",
             )
 
 
@@ -503,12 +533,17 @@ def _check_vpn(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                 f"tenancy {ten.name!r} would share the VPN pool {pool} with tenancies[{users[pool]}]; each tenancy has its own OpenVPN server, so give it its own vpn_pool_cidr (e.g. 192.168.{100 + t}.0/24)",
             )
         users.setdefault(pool, t)
-        room = pool.num_addresses - 2 - facts.VPN_CLIENT_OFFSET
-        if len(ten.organisations) > room:
-            yield (
-                f"{_tenancy_key(cfg, t)}",
-                f"{len(ten.organisations)} organisations do not fit the VPN pool {pool} (room for {room}); use a larger pool",
-            )
+        # An on-premise organisation's VPN address is pool + VPN_CLIENT_OFFSET + its partition
+        # id: it must be a host address of the pool (not its broadcast address).
+        highest = pool.num_addresses - 2 - facts.VPN_CLIENT_OFFSET
+        for o, org in enumerate(ten.organisations):
+            if org.placement == "onprem" and org.partition_id is not None and org.partition_id > highest:
+                pool_key = f"nina:tenancies[{t}].vpn_pool_cidr" if ten.vpn_pool_cidr is not None else "nina:network.vpn_pool_cidr"
+                yield (
+                    f"{_tenancy_key(cfg, t)}[{o}].partition_id",
+                    f"{org.partition_id} puts {org.slug!r} outside the VPN pool {pool} (its address is pool .{facts.VPN_CLIENT_OFFSET} + partition id, "
+                    f"so ids up to {highest} fit); use a larger pool in {pool_key}, or an id up to {highest} that no organisation has had",
+                )
 
 
 def _check_own_keys(cfg: StackConfig) -> Iterable[tuple[str, str]]:

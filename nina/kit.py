@@ -116,7 +116,6 @@ class Organisation:
     display_name: str
     placement: str
     partition_id: int
-    num_partitions: int
     gpu: bool
     supernode_public_key: str  # OpenSSH line, ends in a newline
     vpn: OrgVpn | None  # exactly for on-premise organisations
@@ -140,7 +139,6 @@ class Organisation:
             self.display_name,
             self.placement,
             self.partition_id,
-            self.num_partitions,
             self.gpu,
             vpn_address=self.vpn_address,
         )
@@ -179,7 +177,6 @@ def parse_outputs(raw: Any) -> StackOutputs:
             display_name=o.display_name,
             placement=o.placement,
             partition_id=o.partition_id,
-            num_partitions=o.num_partitions,
             gpu=o.gpu,
             supernode_public_key=o.supernode_public_key_openssh,
             vpn=org_vpn,
@@ -394,8 +391,7 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
             sn_user,
             grp,
             tag="supernode",
-            about=f"SuperNode settings (manual 4.1.3.3.1): SuperLink {tenancy.fleet_address}, partition "
-            f"{org.partition_id} of {org.num_partitions}",
+            about=f"SuperNode settings (manual 4.1.3.3.1): SuperLink {tenancy.fleet_address}, partition {org.partition_id}",
         ),
         KitFile(
             _rel(sn["ca"]),

@@ -234,8 +234,7 @@ class KeysHeld(_Model):
 class Organisation(_Model):
     display_name: Annotated[Text, AfterValidator(_one_line)]
     placement: Literal["onprem", "cloud"]
-    partition_id: StrictInt
-    num_partitions: StrictInt
+    partition_id: StrictInt  # never renumbered; nothing in an organisation depends on the others
     gpu: StrictBool
     supernode_public_key_openssh: Annotated[Text, AfterValidator(_supernode_public_key)]
     vpn_address: Ipv4 | None
@@ -462,13 +461,11 @@ def _check_tenancy(name: str, t: Tenancy, tp: str) -> Iterator[tuple[str, str]]:
 
 
 def _check_organisation(slug: str, org: Organisation, t: Tenancy, op: str) -> Iterator[tuple[str, str]]:
-    if org.num_partitions < 1:
-        yield at(op, "num_partitions"), f"{show(org.num_partitions)} must be at least 1"
-    elif not 0 <= org.partition_id < org.num_partitions:
-        yield (
-            at(op, "partition_id"),
-            f"{show(org.partition_id)} must be in 0..{org.num_partitions - 1} (num_partitions {org.num_partitions})",
-        )
+    if org.partition_id < 0:
+        yield at(op, "partition_id"), f"{show(org.partition_id)} must be 0 or more"
+    twin = next((s for s, o in t.organisations.items() if s < slug and o.partition_id == org.partition_id), None)
+    if twin is not None:
+        yield at(op, "partition_id"), f"{org.partition_id} is also the partition id of {twin!r}; partition ids are unique within a tenancy"
     if not org.onprem:
         return
     if t.vpn is None:
@@ -557,7 +554,6 @@ def organisation(m: Member, public_key_openssh: Any, vpn_client_cert_pem: Any, *
         display_name=m.display_name,
         placement=m.placement,
         partition_id=m.partition_id,
-        num_partitions=m.num_partitions,
         gpu=m.gpu,
         supernode_public_key_openssh=public_key_openssh,
         vpn_address=m.vpn_address,

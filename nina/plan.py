@@ -88,14 +88,15 @@ class Certificate:
 
 @dataclass(frozen=True)
 class Member:
-    """An organisation's SuperNode in its tenancy's federation."""
+    """An organisation's SuperNode in its tenancy's federation. Nothing here depends on the
+    rest of the membership (no count, no list position): a site kit made from it stays valid
+    whoever joins or leaves."""
 
     tenancy: str
     slug: str
     display_name: str
     placement: str
-    partition_id: int
-    num_partitions: int
+    partition_id: int  # stated in the config, never renumbered
     gpu: bool
     vpn_address: str | None = None  # fixed VPN address (on-premise organisations)
     own_vpn_csr: str | None = None  # the organisation keeps its VPN key: sign this CSR
@@ -243,7 +244,6 @@ def build_plan(cfg: StackConfig) -> Plan:
                 o.name,
                 o.placement,
                 ids[o.slug],
-                len(ten.organisations),
                 o.gpu,
                 vpn_address=str(pool.network_address + facts.VPN_CLIENT_OFFSET + ids[o.slug]) if pool and o.placement == "onprem" else None,
                 own_vpn_csr=o.vpn_csr_pem,

@@ -97,7 +97,6 @@ def supernode_conf(member: Member, superlink_address: str) -> str:
         superlink_server=host,
         superlink_port=port,
         partition_id=int(member.partition_id),
-        num_partitions=int(member.num_partitions),
     )
 
 

@@ -14,9 +14,9 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    # The node config carries the partition id only (no federation-wide count).
     partition_id = task.integer(context.node_config["partition-id"])
-    num_partitions = task.integer(context.node_config["num-partitions"])
-    x, y = task.partition_data(partition_id, num_partitions)
+    x, y = task.partition_data(partition_id)
     model = task.from_record(msg.content["arrays"])
     before = task.loss(model, x, y)
     config = msg.content["config"]
@@ -31,7 +31,6 @@ def train(msg: Message, context: Context) -> Message:
                     {
                         "num-examples": len(y),
                         "partition-id": partition_id,
-                        "num-partitions": num_partitions,
                         "loss-before": before,
                         "loss-after": after,
                     }

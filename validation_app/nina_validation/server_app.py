@@ -22,11 +22,15 @@ from nina_validation import task
 app = ServerApp()
 
 
-def _expected(spec: str, reported: set[int]) -> set[int]:
+def _expected(spec: str, seen: set[int]) -> set[int]:
+    """The partitions that must answer this round: those of run config `expected-partitions`
+    (the stack's membership: `nina rehearse` and the README's runs name them), or, when it is
+    empty, every partition that has answered in any round so far. SuperNodes report only their
+    own partition id: ids have gaps after removals, so no count could stand in for the list."""
     spec = spec.strip()
     if spec:
         return {int(p) for p in spec.replace(" ", "").split(",") if p}
-    return set(range(max(reported))) if reported else set()
+    return set(seen)
 
 
 def _emit(prefix: str, data: dict) -> None:
@@ -59,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
                 )
             time.sleep(1)
         model = task.to_record(task.initial_model())
+        seen: set[int] = set()
         for rnd in range(1, rounds + 1):
             nodes = sorted(grid.get_node_ids())
             config = ConfigRecord(
@@ -77,7 +82,6 @@ def main(grid: Grid, context: Context) -> None:
             good = [r for r in replies if not r.has_error()]
             errors = {int(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()}
             answered: dict[int, dict[str, Any]] = {}
-            reported_num = set()
             for r in good:
                 m, info = r.content["metrics"], r.content["node"]
                 answered[task.integer(m["partition-id"])] = {
@@ -86,8 +90,8 @@ def main(grid: Grid, context: Context) -> None:
                     "loss-before": task.number(m["loss-before"]),
                     "loss-after": task.number(m["loss-after"]),
                 }
-                reported_num.add(task.integer(m["num-partitions"]))
-            expected = _expected(str(cfg.get("expected-partitions", "")), reported_num)
+            seen |= set(answered)
+            expected = _expected(str(cfg.get("expected-partitions", "")), seen)
             missing = sorted(expected - set(answered))
             line = {
                 "round": rnd,

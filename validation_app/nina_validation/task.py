@@ -1,6 +1,7 @@
 """The model and data: y = X @ W_TRUE + b_TRUE + noise, a different slice of it per partition.
 
-Deterministic: each partition's data comes from a seed derived from (partition-id, num-partitions).
+Deterministic: each partition's data comes from a seed derived from its partition id alone, so
+a SuperNode needs no federation-wide count (partition ids have gaps after removals).
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ def initial_model() -> dict[str, np.ndarray]:
     return {"w": np.zeros(FEATURES, dtype=np.float64), "b": np.zeros(1, dtype=np.float64)}
 
 
-def partition_data(partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1000 * num_partitions + partition_id)
-    # Partitions differ in their input distribution (shifted means), so each one matters.
-    x = rng.normal(loc=partition_id - num_partitions / 2, scale=1.0, size=(SAMPLES_PER_PARTITION, FEATURES))
+SEED = 20240401
+MEAN_SHIFTS = 9  # input means -4..4: neighbouring partition ids get different ones
+
+
+def partition_data(partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    if partition_id < 0:
+        raise ValueError(f"partition id {partition_id} must be 0 or more")
+    rng = np.random.default_rng([SEED, partition_id])
+    # Partitions differ in their input distribution (shifted means), so each one matters; the
+    # shift is bounded whatever the id.
+    shift = (2 * partition_id) % MEAN_SHIFTS - MEAN_SHIFTS // 2
+    x = rng.normal(loc=shift, scale=1.0, size=(SAMPLES_PER_PARTITION, FEATURES))
     y = x @ W_TRUE + B_TRUE + rng.normal(scale=0.1, size=SAMPLES_PER_PARTITION)
     return x, y
 
