@@ -13,8 +13,8 @@ CFG_VALID = {
     "environment": "test",
     "network": {"server_cidr": "10.100.0.0/24", "admin_cidrs": ["203.0.113.0/24"]},
     "organisations": [
-        {"slug": "org-a", "name": "Organisation A", "placement": "cloud", "cidr": "10.101.0.0/24"},
-        {"slug": "org-b", "name": "Organisation B", "placement": "onprem"},
+        {"slug": "org-a", "name": "Organisation A", "placement": "cloud", "partition_id": 0, "cidr": "10.101.0.0/24"},
+        {"slug": "org-b", "name": "Organisation B", "placement": "onprem", "partition_id": 1},
     ],
 }
 
@@ -62,8 +62,8 @@ def render_raw_configs() -> dict[str, dict]:
             {
                 "name": "alpha",
                 "organisations": [
-                    {"slug": "a-one", "name": "A One", "placement": "cloud", "cidr": "10.121.0.0/24"},
-                    {"slug": "a-two", "name": "A Two", "placement": "onprem"},
+                    {"slug": "a-one", "name": "A One", "placement": "cloud", "partition_id": 0, "cidr": "10.121.0.0/24"},
+                    {"slug": "a-two", "name": "A Two", "placement": "onprem", "partition_id": 1},
                 ],
             },
             {

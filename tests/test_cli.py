@@ -51,7 +51,7 @@ config:
   nina:network:
     admin_cidrs: [203.0.113.0/24]
   nina:organisations:
-    - {slug: org-a, name: A, placement: onprem}
+    - {slug: org-a, name: A, placement: onprem, partition_id: 0}
 """
 
 
@@ -105,6 +105,30 @@ def test_broken_copy_of_test_stack(capsys, cfg_repo_root, tmp_path):
     assert ssh.startswith("  nina:network.admin_cidrs[0]: 0.0.0.0/0 opens SSH")
     assert "allow_ssh_from_anywhere: true" in ssh
     assert overlap.startswith("  nina:organisations[1].cidr: 10.101.0.0/24 overlaps 10.101.0.0/24 (nina:organisations[0].cidr)")
+
+
+def test_uat_as_it_was_before_partition_ids_were_required(capsys, cfg_repo_root, tmp_path):
+    # The live uat stack's file without its ids: one line per organisation, naming the key
+    # and the id list order gave it (so writing them down changes nothing).
+    text = (cfg_repo_root / "Pulumi.uat.yaml").read_text()
+    assert text.count("      partition_id: ") == 2
+    write(tmp_path, "".join(line for line in text.splitlines(keepends=True) if "partition_id:" not in line), "uat")
+    code, out, err = run(capsys, check(tmp_path, "uat"))
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert lines[0].endswith("invalid stack config (2 problems):")
+    for i, line in enumerate(lines[1:]):
+        assert line.startswith(f"  nina:organisations[{i}].partition_id: is required"), line
+        assert f"add partition_id: {i} (" in line and "changes nothing for a live stack" in line, line
+    # Adding an organisation after that: it is proposed the next id after the highest.
+    appended = text + "    - {slug: new-site, name: New Site, placement: onprem}\n"
+    write(tmp_path, appended.replace("partition_id: 0", "partition_id: 4"), "uat")
+    code, _, err = run(capsys, check(tmp_path, "uat"))
+    assert code == 2 and err.splitlines()[1:] == [
+        "  nina:organisations[2].partition_id: is required (it fixes the organisation's partition and VPN address for good); "
+        "add partition_id: 5 (the next after the highest in this tenancy, 4: ids of removed organisations are never reused; "
+        "if 'new-site' is already deployed, keep its id from the stack outputs, tenancies.main.organisations.new-site.partition_id)"
+    ], err
 
 
 def test_every_problem_on_its_own_line(capsys, tmp_path):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from nina import facts
 from nina.cli import main
 from nina.config import MAX_SHARED_HOSTS, MAX_TENANCIES, ConfigError, StackConfig, load_config
+from nina.plan import build_plan
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -34,14 +35,29 @@ def cloud_org(slug: str, cidr: str, **kw: Any) -> dict[str, Any]:
     return org(slug, "cloud", cidr=cidr, **kw)
 
 
+def numbered(orgs: Any) -> Any:
+    """`orgs` with a partition id from list position for each organisation that states none
+    (every organisation must state one; the partition-id tests build their lists by hand)."""
+    if not isinstance(orgs, list):
+        return orgs
+    return [{"partition_id": i, **o} if isinstance(o, dict) else o for i, o in enumerate(orgs)]
+
+
 def base(**overrides: Any) -> dict[str, Any]:
-    """A small valid config (shorthand form); `None` values remove a key."""
+    """A small valid config (shorthand form); `None` values remove a key. Organisations given
+    without a partition id get one from their position (see `numbered`)."""
     raw: dict[str, Any] = {
         "environment": "test",
         "network": {"admin_cidrs": ["203.0.113.0/24"]},
         "organisations": [cloud_org("org-a", "10.101.0.0/24"), org("org-b")],
     }
     raw.update(overrides)
+    raw["organisations"] = numbered(raw["organisations"])
+    if isinstance(raw.get("tenancies"), list):
+        raw["tenancies"] = [
+            {**t, "organisations": numbered(t["organisations"])} if isinstance(t, dict) and "organisations" in t else t
+            for t in raw["tenancies"]
+        ]
     return {k: v for k, v in raw.items() if v is not None}
 
 
@@ -139,7 +155,8 @@ def test_repo_stack_files_load(cfg_repo_root, stack):
     cfg = ok(_stack_namespace(cfg_repo_root / f"Pulumi.{stack}.yaml"))
     assert cfg.environment == stack
     [ten] = cfg.all_tenancies
-    assert sorted(cfg.partition_ids(ten).values()) == list(range(len(ten.organisations)))
+    # Every organisation states its id (written down as list order gave them before ids were required).
+    assert [o.partition_id for o in ten.organisations] == list(range(len(ten.organisations)))
 
 
 def test_conftest_valid_config_loads(cfg_valid):
@@ -397,25 +414,87 @@ def test_same_partition_id_in_different_tenancies_is_fine():
     ok(raw)
 
 
-def test_non_contiguous_partition_ids():
-    raw = base(organisations=[org("a", partition_id=0), org("b", partition_id=2)])
-    problem(raw, "nina:organisations[1].partition_id", "contiguous 0..1", "renumber", "leave partition_id out")
+def _by_hand(orgs: list[dict[str, Any]], **network: Any) -> dict[str, Any]:
+    """base() with exactly these organisations (no ids filled in)."""
+    raw = base(**({"network": {"admin_cidrs": ["203.0.113.0/24"], **network}} if network else {}))
+    raw["organisations"] = orgs
+    return raw
 
 
-def test_non_contiguous_partition_ids_with_gaps_filled_by_auto():
-    raw = base(organisations=[org("a"), org("b", partition_id=5), org("c")])
-    problem(raw, "nina:organisations[1].partition_id", "contiguous 0..2")
+def test_a_missing_partition_id_is_one_message_with_the_list_order_id_when_none_is_stated():
+    # A config written before ids were required: the proposals are the ids list order gave,
+    # so writing them down keeps a live stack's partitions and VPN addresses.
+    raw = _by_hand([org("a"), cloud_org("b", "10.101.0.0/24"), org("c")])
+    found = problems(raw)
+    assert [k for k, _ in found] == [f"nina:organisations[{i}].partition_id" for i in range(3)]
+    for i, (_, msg) in enumerate(found):
+        assert f"add partition_id: {i} (" in msg, msg
+        assert "changes nothing for a live stack" in msg, msg
+    for i, o in enumerate(raw["organisations"]):
+        o["partition_id"] = i
+    plan = build_plan(ok(raw))
+    assert [(m.slug, m.partition_id, m.vpn_address) for m in plan.members()] == [
+        ("a", 0, "192.168.99.10"),
+        ("b", 1, None),
+        ("c", 2, "192.168.99.12"),
+    ]
 
 
-def test_partition_ids_auto_assigned_lowest_free_in_list_order():
-    raw = base(organisations=[org("a"), org("b", partition_id=0), org("c"), org("d", partition_id=3)])
-    cfg = ok(raw)
-    assert cfg.partition_ids(cfg.all_tenancies[0]) == {"a": 1, "b": 0, "c": 2, "d": 3}
+def test_a_missing_partition_id_gets_the_next_after_the_highest_never_a_freed_one():
+    # b (1) was removed: the gap stays, and the new organisations take 4 and 5, not 1.
+    raw = _by_hand([org("a", partition_id=0), org("new-one"), org("c", partition_id=2), org("d", partition_id=3), org("new-two")])
+    found = problems(raw)
+    assert [k for k, _ in found] == ["nina:organisations[1].partition_id", "nina:organisations[4].partition_id"]
+    assert "add partition_id: 4 (the next after the highest in this tenancy, 3" in found[0][1], found[0][1]
+    assert "add partition_id: 5 (" in found[1][1], found[1][1]
+    assert "tenancies.main.organisations.new-one.partition_id" in found[0][1]  # an already deployed one keeps its id
+    assert "changes nothing" not in found[0][1]
 
 
-def test_partition_ids_all_auto():
-    cfg = ok(two_tenancies())
-    assert [cfg.partition_ids(t) for t in cfg.all_tenancies] == [{"a-one": 0, "a-two": 1}, {"b-one": 0, "b-two": 1}]
+def test_a_missing_partition_id_is_reported_per_tenancy():
+    raw = two_tenancies()
+    del raw["tenancies"][1]["organisations"][0]["partition_id"]
+    found = problems(raw)
+    assert [k for k, _ in found] == ["nina:tenancies[1].organisations[0].partition_id"]
+    assert "add partition_id: 2 (" in found[0][1] and "tenancies.beta.organisations.b-one" in found[0][1]
+
+
+def test_gaps_in_partition_ids_are_normal():
+    cfg = ok(_by_hand([org("d", partition_id=7), org("a", partition_id=0), cloud_org("c", "10.101.0.0/24", partition_id=2)]))
+    assert cfg.partition_ids(cfg.all_tenancies[0]) == {"d": 7, "a": 0, "c": 2}
+    plan = build_plan(cfg)
+    assert {m.slug: m.vpn_address for m in plan.members()} == {"d": "192.168.99.17", "a": "192.168.99.10", "c": None}
+
+
+def test_the_highest_partition_id_must_give_a_host_address_of_the_vpn_pool():
+    # pool .10 + id: in a /24, 244 is .254 (the last host address), 245 would be the broadcast.
+    cfg = ok(_by_hand([org("a", partition_id=244), cloud_org("far-cloud", "10.101.0.0/24", partition_id=900)]))
+    assert build_plan(cfg).members()[0].vpn_address == "192.168.99.254"
+    msg = problem(
+        _by_hand([org("a", partition_id=0), org("b", partition_id=245)]),
+        "nina:organisations[1].partition_id",
+        "245",
+        "outside the VPN pool 192.168.99.0/24",
+        "ids up to 244",
+        "larger pool in nina:network.vpn_pool_cidr",
+    )
+    assert len(problems(_by_hand([org("a", partition_id=0), org("b", partition_id=245)]))) == 1, msg
+    raw = _by_hand([org("a", partition_id=0), org("b", partition_id=53)], vpn_pool_cidr="192.168.99.0/26")
+    problem(raw, "nina:organisations[1].partition_id", "ids up to 52")
+    raw = two_tenancies()
+    raw["tenancies"][1]["organisations"][0]["partition_id"] = 300
+    problem(raw, "nina:tenancies[1].organisations[0].partition_id", "192.168.100.0/24", "nina:tenancies[1].vpn_pool_cidr")
+
+
+def test_partition_ids_stay_with_their_organisation_when_the_list_changes():
+    # Remove the first, reorder, append: nobody else's id or VPN address moves.
+    before = build_plan(ok(_by_hand([org("a", partition_id=0), org("b", partition_id=1), org("c", partition_id=2)])))
+    after = build_plan(ok(_by_hand([org("c", partition_id=2), org("b", partition_id=1), org("d", partition_id=3)])))
+    old = {m.slug: m for m in before.members()}
+    for m in after.members():
+        if m.slug in old:
+            assert m == old[m.slug]
+    assert {m.slug: m.vpn_address for m in after.members()} == {"c": "192.168.99.12", "b": "192.168.99.11", "d": "192.168.99.13"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -630,7 +709,9 @@ FULL: dict[str, Any] = {
         },
         {
             "name": "beta",
-            "organisations": [{"slug": "b-one", "name": "B1", "placement": "cloud", "cidr": "10.102.0.0/24", "flavor": "m3.large"}],
+            "organisations": [
+                {"slug": "b-one", "name": "B1", "placement": "cloud", "cidr": "10.102.0.0/24", "flavor": "m3.large", "partition_id": 0}
+            ],
         },
     ],
     "protect": False,
@@ -769,7 +850,7 @@ def test_malformed_configs_only_raise_config_error(data):
         assert isinstance(cfg, StackConfig)
         for ten in cfg.all_tenancies:
             ids = cfg.partition_ids(ten)
-            assert sorted(ids.values()) == list(range(len(ten.organisations)))
+            assert len(set(ids.values())) == len(ten.organisations) and min(ids.values()) >= 0
 
 
 EDGE_VALUES: list[Any] = [

@@ -12,7 +12,7 @@ def cfg(**orgs_and_more):
     base = {
         "environment": "uat",
         "network": {"admin_cidrs": ["203.0.113.0/24"]},
-        "organisations": [{"slug": "metro-north", "name": "Metro North", "placement": "onprem"}],
+        "organisations": [{"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0}],
     }
     base.update(orgs_and_more)
     return base
@@ -26,8 +26,8 @@ def problems(raw) -> dict[str, str]:
 
 def test_tenancies_with_on_premise_organisations_need_their_own_pools():
     t = [
-        {"name": "a", "organisations": [{"slug": "x", "name": "X", "placement": "onprem"}]},
-        {"name": "b", "organisations": [{"slug": "y", "name": "Y", "placement": "onprem"}]},
+        {"name": "a", "organisations": [{"slug": "x", "name": "X", "placement": "onprem", "partition_id": 0}]},
+        {"name": "b", "organisations": [{"slug": "y", "name": "Y", "placement": "onprem", "partition_id": 0}]},
     ]
     found = problems(cfg(organisations=None, tenancies=t))
     assert "give it its own vpn_pool_cidr" in found["nina:tenancies[1].vpn_pool_cidr"]
@@ -39,7 +39,7 @@ def test_tenancies_with_on_premise_organisations_need_their_own_pools():
 
 
 def test_cloud_only_tenancy_has_no_vpn():
-    config = load_config(cfg(organisations=[{"slug": "a", "name": "A", "placement": "cloud", "cidr": "10.101.0.0/24"}]))
+    config = load_config(cfg(organisations=[{"slug": "a", "name": "A", "placement": "cloud", "partition_id": 0, "cidr": "10.101.0.0/24"}]))
     assert config.vpn_pool(config.all_tenancies[0]) is None
 
 
@@ -49,7 +49,7 @@ def test_organisation_may_bring_its_own_csr_and_supernode_key():
     org = {
         "slug": "metro-north",
         "name": "Metro North",
-        "placement": "onprem",
+        "placement": "onprem", "partition_id": 0,
         "vpn_csr_pem": csr,
         "supernode_public_key": key.public_key_openssh,
     }
@@ -65,14 +65,14 @@ def test_organisation_may_bring_its_own_csr_and_supernode_key():
     ],
 )
 def test_bad_brought_keys_name_the_key_and_the_fix(field, value, message):
-    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", field: value}
+    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0, field: value}
     assert message in problems(cfg(organisations=[org]))[f"nina:organisations[0].{field}"]
 
 
 def test_csr_with_the_wrong_common_name_is_refused():
     key = localpki.generate_key()
     csr = localpki.cert_request(key.private_key_pem, {"common_name": "someone-else"})
-    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "vpn_csr_pem": csr}
+    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0, "vpn_csr_pem": csr}
     assert "must be the organisation slug 'metro-north'" in problems(cfg(organisations=[org]))["nina:organisations[0].vpn_csr_pem"]
 
 
@@ -81,7 +81,7 @@ def test_cloud_organisations_cannot_bring_keys():
     org = {
         "slug": "a",
         "name": "A",
-        "placement": "cloud",
+        "placement": "cloud", "partition_id": 0,
         "cidr": "10.101.0.0/24",
         "supernode_public_key": key.public_key_openssh,
         "vpn_csr_pem": localpki.cert_request(key.private_key_pem, {"common_name": "a"}),
