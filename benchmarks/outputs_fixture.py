@@ -105,8 +105,8 @@ def config_for(tenancies, environment, held_keys):
     cloud_index = 0
     for t, ten in enumerate(tenancies):
         orgs = []
-        for spec in ten.orgs:
-            org = {"slug": spec.slug, "name": spec.display_name, "placement": spec.placement, "gpu": spec.gpu}
+        for i, spec in enumerate(ten.orgs):
+            org = {"slug": spec.slug, "name": spec.display_name, "placement": spec.placement, "partition_id": i, "gpu": spec.gpu}
             if spec.placement == "cloud":
                 org["cidr"] = f"10.{111 + cloud_index // 256}.{cloud_index % 256}.0/24"
                 cloud_index += 1

@@ -12,8 +12,8 @@ def base(**extra) -> dict:
         "environment": "test",
         "network": {"admin_cidrs": ["203.0.113.0/24"]},
         "organisations": [
-            {"slug": "org-a", "name": "A", "placement": "cloud", "cidr": "10.101.0.0/24"},
-            {"slug": "org-b", "name": "B", "placement": "onprem"},
+            {"slug": "org-a", "name": "A", "placement": "cloud", "partition_id": 0, "cidr": "10.101.0.0/24"},
+            {"slug": "org-b", "name": "B", "placement": "onprem", "partition_id": 1},
         ],
     }
     cfg.update(extra)
@@ -43,12 +43,14 @@ def test_superlink_certificate_names_every_address_it_is_dialled_on():
     assert set(cert.dns_names) == {"superlink-main", "localhost", "superlink-main.proj.cloud.edu.au"}
 
 
-def test_members_carry_partition_ids_and_count():
+def test_members_carry_their_partition_ids_and_nothing_about_the_others():
     plan = build_plan(load_config(base()))
-    assert [(m.slug, m.partition_id, m.num_partitions, m.placement) for m in plan.members()] == [
-        ("org-a", 0, 2, "cloud"),
-        ("org-b", 1, 2, "onprem"),
-    ]
+    assert [(m.slug, m.partition_id, m.placement) for m in plan.members()] == [("org-a", 0, "cloud"), ("org-b", 1, "onprem")]
+    # No federation-wide count (or other membership-wide value) in a member: adding one
+    # organisation leaves the others' members as they were.
+    bigger = base()
+    bigger["organisations"] = [*bigger["organisations"], {"slug": "org-c", "name": "C", "placement": "onprem", "partition_id": 2}]
+    assert build_plan(load_config(bigger)).members()[:2] == plan.members()
     t = plan.tenancies[0]
     assert t.fleet_address == f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"
     assert t.control_address == f"10.100.0.40:{facts.SUPERLINK_CONTROL_PORT}"
@@ -77,7 +79,7 @@ def test_each_tenancy_has_its_own_superlink_and_fleet_sources():
     assert [t.vpn.host if t.vpn else None for t in plan.tenancies] == [None, "vpn-t2"]
     hub = plan.tenancies[1].vpn
     assert hub is not None and hub.pool == plan.cfg.network.vpn_pool_cidr
-    assert [m.num_partitions for t in plan.tenancies for m in t.members] == [1, 1]
+    assert [(m.tenancy, m.partition_id) for t in plan.tenancies for m in t.members] == [("t1", 0), ("t2", 1)]
 
 
 def test_plan_is_deterministic():

@@ -24,7 +24,7 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAdummy\n-----END OPENSSH PRIVATE KEY-----\n"
 SSH_PUB = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBdummy\n"
-MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, 3, False)
+MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, False)
 
 NO_ARG_RENDERERS = [
     render.run_superlink_sh,
@@ -165,7 +165,6 @@ def _source_conf(tmp_path: Path, text: str) -> dict[str, str]:
         "local_address",
         "local_port",
         "local_partition",
-        "num_partitions",
         "client_credentials_key",
         "client_credentials_pub",
         "ca_certificate",
@@ -178,13 +177,15 @@ def _source_conf(tmp_path: Path, text: str) -> dict[str, str]:
 def test_supernode_conf_sources_in_bash(tmp_path):
     text = render.supernode_conf(MEMBER, f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}")
     assert text.count("\n# ") + text.startswith("# ") >= 5, "keys should be commented (manual 4.1.3.3.1)"
-    assert _source_conf(tmp_path, text) == {
+    sourced = _source_conf(tmp_path, text)
+    # Exactly these settings, none about the rest of the federation (no partition count).
+    assert {line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")} == set(sourced)
+    assert sourced == {
         "superlink_server": "10.100.0.40",
         "superlink_port": str(facts.SUPERLINK_FLEET_PORT),
         "local_address": facts.LOOPBACK,
         "local_port": str(facts.SUPERNODE_CLIENTAPPIO_PORT),
         "local_partition": "1",
-        "num_partitions": "3",
         "client_credentials_key": facts.SUPERNODE_KEY_FILE,
         "client_credentials_pub": facts.SUPERNODE_PUB_FILE,
         "ca_certificate": facts.CA_CERT_FILE,

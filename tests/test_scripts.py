@@ -29,7 +29,7 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
 PUB_A = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBAAAA= org-a\n"
 PUB_B = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBBBBB=\n"
-MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, 3, False)
+MEMBER = Member("main", "org-a", "Organisation A", "cloud", 1, False)
 SHELL_SCRIPTS = {
     "run_superlink.sh": render.run_superlink_sh,
     "run_supernode.sh": render.run_supernode_sh,
@@ -167,12 +167,13 @@ def test_supernode_command_line_parses_in_flwr(tmp_path, fake_venv):
     assert args["root_certificates"] == f"{conf}/certs/{facts.CA_CERT_FILE}"
     assert args["superlink"] == f"10.100.0.40:{facts.SUPERLINK_FLEET_PORT}"
     assert args["clientappio_api_address"] == f"127.0.0.1:{facts.SUPERNODE_CLIENTAPPIO_PORT}"
-    assert args["node_config"] == "partition-id=1 num-partitions=3"
-    assert parse_config_args([args["node_config"]]) == {"partition-id": 1, "num-partitions": 3}
+    # The node config carries the partition id only: nothing that changes when others join or leave.
+    assert args["node_config"] == "partition-id=1"
+    assert parse_config_args([args["node_config"]]) == {"partition-id": 1}
     assert args["auth_supernode_private_key"] == f"{conf}/certs/{facts.SUPERNODE_KEY_FILE}"
     assert args["auth_supernode_public_key"] is None and args["insecure"] is False
     assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
-    assert "Partition id: 1 num-partitions: 3" in proc.stdout
+    assert "Partition id: 1\n" in proc.stdout
 
 
 def test_supernode_wrong_flag_is_rejected_by_flwr(tmp_path, fake_venv):

@@ -207,7 +207,7 @@ def test_ccd_entries(hub, onprem, vpn_tenancy):
         text = vpn.ccd_entry(hub, m)
         assert directives(text) == [["ifconfig-push", m.vpn_address, str(hub.pool.netmask)]]
         assert m.slug in text.splitlines()[0]
-    cloud = Member("main", "org-c", "C", "cloud", 5, 6, False)
+    cloud = Member("main", "org-c", "C", "cloud", 5, False)
     with pytest.raises(ValueError, match="no VPN address"):
         vpn.ccd_entry(hub, cloud)
     for bad in ("10.0.0.5", hub.server_ip, str(hub.pool.broadcast_address), "not-an-ip"):
