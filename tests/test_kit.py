@@ -298,9 +298,7 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     outputs = kit_built.outputs
     tname, t = next((n, t) for n, t in outputs["tenancies"].items() if slug in t["organisations"])
     o = t["organisations"][slug]
-    member = Member(
-        tname, slug, o["display_name"], o["placement"], o["partition_id"], o["num_partitions"], o["gpu"], vpn_address=o["vpn_address"]
-    )
+    member = Member(tname, slug, o["display_name"], o["placement"], o["partition_id"], o["gpu"], vpn_address=o["vpn_address"])
     files = contents(kit_archives[slug])
     fleet = f"{t['superlink']['internal_ip']}:{facts.SUPERLINK_FLEET_PORT}"
     assert files["etc/flwr/supernode/supernode.conf"] == render.supernode_conf(member, fleet).encode()
@@ -831,16 +829,24 @@ MUTATIONS = {
         "tenancies.main.organisations.hospital-a.partition_id: is a string; expected an integer",
     ),
     "bool-not-int": (
-        lambda d: _org(d).__setitem__("num_partitions", True),
-        "tenancies.main.organisations.hospital-a.num_partitions: is a boolean; expected an integer",
+        lambda d: _org(d).__setitem__("partition_id", True),
+        "tenancies.main.organisations.hospital-a.partition_id: is a boolean; expected an integer",
+    ),
+    "count-from-an-older-version": (
+        lambda d: _org(d).__setitem__("num_partitions", 4),
+        "tenancies.main.organisations.hospital-a.num_partitions: unknown key; the outputs of this program have no such key",
     ),
     "gpu": (
         lambda d: _org(d).__setitem__("gpu", "yes"),
         "tenancies.main.organisations.hospital-a.gpu: is a string; expected true or false",
     ),
-    "partition-range": (
-        lambda d: _org(d).__setitem__("partition_id", 9),
-        "tenancies.main.organisations.hospital-a.partition_id: 9 must be in 0..3",
+    "partition-negative": (
+        lambda d: _org(d).__setitem__("partition_id", -1),
+        "tenancies.main.organisations.hospital-a.partition_id: -1 must be 0 or more",
+    ),
+    "partition-shared": (
+        lambda d: _org(d, "hospital-b").__setitem__("partition_id", _org(d)["partition_id"]),
+        "tenancies.main.organisations.hospital-b.partition_id: 0 is also the partition id of 'hospital-a'; partition ids are unique",
     ),
     "placement": (
         lambda d: _org(d).__setitem__("placement", "moon"),
