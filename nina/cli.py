@@ -258,9 +258,7 @@ def format_plan(plan: Plan) -> str:
             )
         for m in t.members:
             vpn = f" vpn {m.vpn_address}" if m.vpn_address else ""
-            lines.append(
-                f"    {m.slug:<26} partition {m.partition_id} {m.placement}{' gpu' if m.gpu else ''}{vpn}  {m.display_name}"
-            )
+            lines.append(f"    {m.slug:<26} partition {m.partition_id} {m.placement}{' gpu' if m.gpu else ''}{vpn}  {m.display_name}")
     return "\n".join(lines) + "\n"
 
 

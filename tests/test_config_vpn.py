@@ -49,7 +49,8 @@ def test_organisation_may_bring_its_own_csr_and_supernode_key():
     org = {
         "slug": "metro-north",
         "name": "Metro North",
-        "placement": "onprem", "partition_id": 0,
+        "placement": "onprem",
+        "partition_id": 0,
         "vpn_csr_pem": csr,
         "supernode_public_key": key.public_key_openssh,
     }
@@ -81,7 +82,8 @@ def test_cloud_organisations_cannot_bring_keys():
     org = {
         "slug": "a",
         "name": "A",
-        "placement": "cloud", "partition_id": 0,
+        "placement": "cloud",
+        "partition_id": 0,
         "cidr": "10.101.0.0/24",
         "supernode_public_key": key.public_key_openssh,
         "vpn_csr_pem": localpki.cert_request(key.private_key_pem, {"common_name": "a"}),
