@@ -29,7 +29,13 @@ CERTS = {"tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedC
 def config_with(n: int) -> dict:
     cfg = stack_config("test")
     cfg["nina:organisations"] = [
-        {"slug": f"org-{i:03d}", "name": f"Organisation {i}", "placement": "cloud", "cidr": f"10.{101 + i // 256}.{i % 256}.0/24"}
+        {
+            "slug": f"org-{i:03d}",
+            "name": f"Organisation {i}",
+            "placement": "cloud",
+            "partition_id": i,
+            "cidr": f"10.{101 + i // 256}.{i % 256}.0/24",
+        }
         for i in range(n)
     ]
     return cfg

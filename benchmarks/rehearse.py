@@ -35,7 +35,9 @@ def plan_for(n: int):
             {
                 "environment": "bench",
                 "network": {"server_cidr": "10.110.0.0/24", "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]},
-                "organisations": [{"slug": f"org-{i:02d}", "name": f"Organisation {i}", "placement": "onprem"} for i in range(n)],
+                "organisations": [
+                    {"slug": f"org-{i:02d}", "name": f"Organisation {i}", "placement": "onprem", "partition_id": i} for i in range(n)
+                ],
             }
         )
     )

@@ -58,7 +58,10 @@ def lab_config() -> dict:
     cfg = stack_config("test")
     uat = stack_config("uat")
     cfg["nina:network"] = dict(cfg["nina:network"], vpn_pool_cidr=uat["nina:network"]["vpn_pool_cidr"])
-    cfg["nina:organisations"] = [*cfg["nina:organisations"], uat["nina:organisations"][0]]
+    orgs = cfg["nina:organisations"]
+    # The hospital joins with the next id after test's (its uat id is taken by test-org-a).
+    hospital = {**uat["nina:organisations"][0], "partition_id": 1 + max(o["partition_id"] for o in orgs)}
+    cfg["nina:organisations"] = [*orgs, hospital]
     return cfg
 
 
