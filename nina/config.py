@@ -416,7 +416,7 @@ def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             )
             yield (
                 f"{_tenancy_key(cfg, t)}[{o}].partition_id",
-                f"is required (it fixes the organisation's partition and VPN address for good); add partition_id: {proposed} ({why})",
+                f"is required (it fixes the organisation's partition and, on premise, its VPN address for good); add partition_id: {proposed} ({why})",
             )
 
 

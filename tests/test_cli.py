@@ -125,7 +125,7 @@ def test_uat_as_it_was_before_partition_ids_were_required(capsys, cfg_repo_root,
     write(tmp_path, appended.replace("partition_id: 0", "partition_id: 4"), "uat")
     code, _, err = run(capsys, check(tmp_path, "uat"))
     assert code == 2 and err.splitlines()[1:] == [
-        "  nina:organisations[2].partition_id: is required (it fixes the organisation's partition and VPN address for good); "
+        "  nina:organisations[2].partition_id: is required (it fixes the organisation's partition and, on premise, its VPN address for good); "
         "add partition_id: 5 (the next after the highest in this tenancy, 4: ids of removed organisations are never reused; "
         "if 'new-site' is already deployed, keep its id from the stack outputs, tenancies.main.organisations.new-site.partition_id)"
     ], err
