@@ -479,8 +479,11 @@ def test_the_highest_partition_id_must_give_a_host_address_of_the_vpn_pool():
         "larger pool in nina:network.vpn_pool_cidr",
     )
     assert len(problems(_by_hand([org("a", partition_id=0), org("b", partition_id=245)]))) == 1, msg
-    raw = _by_hand([org("a", partition_id=0), org("b", partition_id=53)], vpn_pool_cidr="192.168.99.0/26")
-    problem(raw, "nina:organisations[1].partition_id", "ids up to 52")
+    # A larger pool, as the message says, makes room.
+    assert ok(_by_hand([org("a", partition_id=0), org("b", partition_id=500)], vpn_pool_cidr="192.168.98.0/23"))
+    raw = _by_hand([org("a", partition_id=0), org("b", partition_id=501)], vpn_pool_cidr="192.168.98.0/23")
+    assert [k for k, _ in problems(raw)] == ["nina:organisations[1].partition_id"]
+    problem(raw, "nina:organisations[1].partition_id", "ids up to 500")
     raw = two_tenancies()
     raw["tenancies"][1]["organisations"][0]["partition_id"] = 300
     problem(raw, "nina:tenancies[1].organisations[0].partition_id", "192.168.100.0/24", "nina:tenancies[1].vpn_pool_cidr")
