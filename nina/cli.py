@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,24 @@ PREFIX = NAMESPACE + ":"
 PROJECT_NAMESPACE = "nina-fl"
 # A stack file is a few hundred lines; this bounds the work on YAML alias bombs.
 MAX_NODES = 100_000
+# Reads are bounded: a stack file or outputs document bigger than this is refused unread
+# (a symlink to /dev/zero, a pipe that never ends). Stack outputs of 100 organisations
+# are about 1 MiB.
+MAX_STACK_FILE_BYTES = 1024 * 1024
+MAX_OUTPUTS_BYTES = 32 * 1024 * 1024
+
+
+def read_bounded(stream: Any, limit: int) -> bytes | None:
+    """At most `limit` bytes of a binary stream, or None when it holds more."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1024 * 1024, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 class StackFileError(Exception):
@@ -71,6 +90,24 @@ class _Loader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML's constructors raise plain ValueError, KeyError or OverflowError for values
+        # their tag cannot hold (`!!bool maybe`, `2026-02-30`, an integer of 5,000 digits):
+        # report those like any other YAML error, at the value's line and column.
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, OverflowError, TypeError) as exc:
+            value = node.value if isinstance(node, yaml.ScalarNode) else ""
+            reason = str(exc).split(";")[0] if not isinstance(exc, KeyError) else "not a value of that type"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read {value[:40]!r} as {node.tag.rsplit(':', 1)[-1]} ({reason}); quote it to make it a string, or fix the value",
+                node.start_mark,
+            ) from None
+
 
 def stack_file(stack: str, directory: str | Path = ".") -> Path:
     """`Pulumi.<stack>.yaml` in `directory`; `org/project/stack` names use their last part."""
@@ -88,12 +125,15 @@ def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
 def read_stack_file(path: Path) -> dict[Any, Any]:
     """The stack file's `config:` mapping (empty if the file or `config:` is empty)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            data = read_bounded(stream, MAX_STACK_FILE_BYTES)
     except FileNotFoundError:
         raise StackFileError(f"{path}: no such stack file; check --stack and --dir ({_stacks_hint(path.parent)})") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StackFileError(f"{path}: cannot read ({reason}); check the path and its permissions") from None
+    if data is None:
+        raise StackFileError(f"{path}: larger than {MAX_STACK_FILE_BYTES // 1024} KiB; a stack file is a few hundred lines, check the path")
     try:
         doc = yaml.load(data, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -273,12 +313,20 @@ def _plan(args: argparse.Namespace) -> int:
         from cloudinit.userdata import user_data  # only needed when writing files
 
         out = Path(args.out)
-        (out / "user-data").mkdir(parents=True, exist_ok=True)
-        (out / "plan.txt").write_text(summary)
-        for host in plan.hosts:
-            # Volume ids exist only after `pulumi up`; the preview names them instead.
-            ids = {v.name: f"volume-id-of-{host.name}-{v.name}" for v in host.volumes}
-            (out / "user-data" / f"{host.name}.yaml").write_text(user_data(plan, host, ids))
+        try:
+            (out / "user-data").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or missing parent, /proc
+            print(f"nina plan: cannot create --out {out}: {exc.strerror or exc}; choose a directory you can write to", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            (out / "plan.txt").write_text(summary)
+            for host in plan.hosts:
+                # Volume ids exist only after `pulumi up`; the preview names them instead.
+                ids = {v.name: f"volume-id-of-{host.name}-{v.name}" for v in host.volumes}
+                (out / "user-data" / f"{host.name}.yaml").write_text(user_data(plan, host, ids))
+        except OSError as exc:
+            print(f"nina plan: cannot write into {out}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"\nwrote {out / 'plan.txt'} and user-data for {len(plan.hosts)} hosts in {out / 'user-data'}")
     return EXIT_OK
 
@@ -320,12 +368,21 @@ def read_stack_outputs(stack: str | None, outputs: str | None) -> tuple[Any, str
             raise KitInputError("name the stack outputs: --stack NAME or --outputs FILE (or - for stdin)")
         name = "stdin" if outputs == "-" else str(outputs)
         try:
-            data = sys.stdin.buffer.read() if outputs == "-" else Path(outputs).read_bytes()
+            if outputs == "-":
+                read = read_bounded(sys.stdin.buffer, MAX_OUTPUTS_BYTES)
+            else:
+                with Path(outputs).open("rb") as stream:
+                    read = read_bounded(stream, MAX_OUTPUTS_BYTES)
         except FileNotFoundError:
             raise KitInputError(f"{name}: no such file; write it with `{' '.join(PULUMI_OUTPUTS)} > FILE`") from None
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise KitInputError(f"{name}: cannot read ({reason})") from None
+        if read is None:
+            raise KitInputError(
+                f"{name}: larger than {MAX_OUTPUTS_BYTES // (1024 * 1024)} MiB; that is not the output of `{' '.join(PULUMI_OUTPUTS)}`"
+            )
+        data = read
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -333,11 +390,30 @@ def read_stack_outputs(stack: str | None, outputs: str | None) -> tuple[Any, str
     if not text.strip():
         raise KitInputError(f"{name}: is empty; expected the JSON of `{' '.join(PULUMI_OUTPUTS)}`")
     try:
-        return json.loads(text), name
+        return json.loads(text, object_pairs_hook=_unique_keys), name
     except json.JSONDecodeError as exc:
         raise KitInputError(f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except _DuplicateKey as exc:
+        raise KitInputError(f"{name}: key {exc.args[0]!r} appears twice in one object; the outputs of pulumi never repeat a key") from None
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        digits = re.search(r"value has (\d+) digits", str(exc))
+        what = f"a number of {digits.group(1)} digits" if digits else str(exc).split(";")[0]
+        raise KitInputError(f"{name}: holds {what}; no value in the stack outputs is that long, re-export them") from None
     except RecursionError:
         raise KitInputError(f"{name}: not valid JSON (nested too deeply)") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key[:80])
+        out[key] = value
+    return out
 
 
 def _kit_export(args: argparse.Namespace) -> int:

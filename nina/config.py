@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from nina import facts, services
+from nina import facts, services, text
 
 NAMESPACE = "nina"
 # \Z, not $: `$` also matches before a trailing newline, which would let "abc\n" through.
@@ -34,6 +34,9 @@ if set(get_args(Role)) != set(SHARED_ROLES):
 SUPPORTED_FLWR_VERSIONS = (facts.FLWR_VERSION,)
 MAX_TENANCIES = facts.VPN_SERVER_OFFSET - facts.SUPERLINK_OFFSET
 MAX_SHARED_HOSTS = facts.SUPERLINK_OFFSET - facts.SHARED_HOST_OFFSET
+MAX_DNS_NAME = 253  # RFC 1035: a full name, dots included
+# An admin network (or all of them together) broader than this needs allow_ssh_from_anywhere.
+MIN_ADMIN_PREFIX = 8
 # Segments must be RFC 1918 space. `IPv4Network.is_private` is not that test: it also
 # accepts loopback, link-local, TEST-NET and 0.0.0.0/8 ranges, none of which Neutron can route.
 RFC1918 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
@@ -97,6 +100,8 @@ class CloudConfig(_Strict):
         if value is None:
             return value
         value = value.rstrip(".")
+        if len(value) > MAX_DNS_NAME:
+            raise ValueError(f"is {len(value)} characters; a DNS name has at most {MAX_DNS_NAME}")
         if not all(SLUG_RE.match(label) for label in value.split(".")):
             raise ValueError(f"{_show(value)} is not a DNS domain; use dot-separated DNS-safe labels like 'myproject.cloud.edu.au'")
         return value
@@ -337,6 +342,7 @@ def load_config(raw: Mapping[str, Any]) -> StackConfig:
 
 
 def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    yield from _check_text(cfg, ())
     yield from _check_tenancy_form(cfg)
     if cfg.tenancies is None and cfg.organisations is None:
         return
@@ -348,6 +354,24 @@ def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_hosts(cfg)
     yield from _check_vpn(cfg)
     yield from _check_own_keys(cfg)
+
+
+# PEM fields and the key line (a trailing newline): the only strings that may hold line breaks.
+_MULTILINE_FIELDS = frozenset({"vpn_csr_pem", "supernode_public_key"})  # the key check refuses more than one line
+
+
+def _check_text(value: Any, loc: tuple[Any, ...]) -> Iterable[tuple[str, str]]:
+    """Every string of the config, wherever it is, free of control and invisible characters."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _check_text(getattr(value, name), (*loc, name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _check_text(item, (*loc, i))
+    elif isinstance(value, str):
+        problem = text.refusal(value, newlines=bool(loc) and loc[-1] in _MULTILINE_FIELDS)
+        if problem is not None:
+            yield (_key(loc), problem)
 
 
 def _tenancy_key(cfg: StackConfig, t: int) -> str:
@@ -458,15 +482,41 @@ def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
 
 
 def _check_ssh(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    if cfg.network.allow_ssh_from_anywhere:
+        return
+    opt_in = "list your admin networks, or set nina:network.allow_ssh_from_anywhere: true to accept that risk"
     for i, net in enumerate(cfg.network.admin_cidrs):
-        if net.prefixlen == 0 and not cfg.network.allow_ssh_from_anywhere:
+        if net.prefixlen == 0:
+            yield (f"nina:network.admin_cidrs[{i}]", f"0.0.0.0/0 opens SSH to the whole internet; {opt_in}")
+        elif net.prefixlen < MIN_ADMIN_PREFIX:
             yield (
                 f"nina:network.admin_cidrs[{i}]",
-                "0.0.0.0/0 opens SSH to the whole internet; list your admin networks, or set nina:network.allow_ssh_from_anywhere: true to accept that risk",
+                f"{net} is broader than a /{MIN_ADMIN_PREFIX} ({net.num_addresses:,} addresses) and opens SSH to a large part of the internet; {opt_in}",
             )
+    if any(net.prefixlen < MIN_ADMIN_PREFIX for net in cfg.network.admin_cidrs):
+        return
+    total = sum(n.num_addresses for n in ipaddress.collapse_addresses(cfg.network.admin_cidrs))
+    if total > 2 ** (32 - MIN_ADMIN_PREFIX):
+        yield (
+            "nina:network.admin_cidrs",
+            f"together cover {total:,} addresses, more than a /{MIN_ADMIN_PREFIX}: SSH would be open to a large part of the internet; {opt_in}",
+        )
 
 
 def _check_cloud(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    domain = cfg.cloud.dns_domain
+    if domain:
+        # Host names in the domain go into certificates' SANs: each at most 253 characters.
+        names = [h.name for h in cfg.hosts]
+        names += [f"{role}-{t.name}" for t in cfg.all_tenancies for role in ("superlink", "vpn")]
+        names += [f"supernode-{o.slug}" for t in cfg.all_tenancies for o in t.organisations]
+        longest = max(names, key=len)
+        if len(longest) + 1 + len(domain) > MAX_DNS_NAME:
+            yield (
+                "nina:cloud.dns_domain",
+                f"is {len(domain)} characters; with host name {longest!r} it makes a name of "
+                f"{len(longest) + 1 + len(domain)}, over DNS's {MAX_DNS_NAME}; use a domain of at most {MAX_DNS_NAME - 1 - len(longest)} characters",
+            )
     expected = facts.AZ_EXTERNAL_NETWORKS.get(cfg.cloud.availability_zone)
     if expected is not None and cfg.cloud.external_network != expected:
         yield (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -39,9 +40,21 @@ def check_csr(pem: str, slug: str) -> x509.CertificateSigningRequest:
 
 
 def check_openssh_public_key(line: str) -> None:
+    text = line.strip()
+    if "\n" in text or "\r" in text:
+        raise KeyError_(
+            "holds more than one line; send exactly one OpenSSH public key line (the .pub file of `ssh-keygen -t ecdsa -b 384`)"
+        )
+    fields = text.split()
+    if fields and not fields[0].startswith(("ecdsa-sha2-", "ssh-", "sk-")):
+        raise KeyError_(
+            f"starts with {fields[0][:40]!r}, not a key type: authorized_keys options are not accepted; send the bare key line (type, key, comment)"
+        )
+    if not text.isascii() or not text.isprintable():
+        raise KeyError_("contains characters that are not printable ASCII; send the .pub file as ssh-keygen wrote it")
     try:
-        key = serialization.load_ssh_public_key(line.strip().encode())
-    except (ValueError, TypeError):
+        key = serialization.load_ssh_public_key(text.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise KeyError_("is not an OpenSSH public key line; send the .pub file of `ssh-keygen -t ecdsa -b 384`") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in SUPERNODE_KEY_CURVES:
         raise KeyError_("flwr 1.25 accepts only NIST-curve ECDSA keys for SuperNodes; use `ssh-keygen -t ecdsa -b 384`")

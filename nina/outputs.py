@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from nina import facts
+from nina import facts, text
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Host as HostPlan
@@ -85,12 +85,23 @@ def _encodable(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("holds a character that is not valid text (a lone surrogate); re-export the outputs") from None
-    if "\x00" in value:
-        raise ValueError("holds a NUL character; re-export the outputs")
+    # Multi-line values (PEM, keys) may hold line breaks; nothing else invisible.
+    problem = text.refusal(value, newlines=True)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
 def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; expected a non-empty string")
+    problem = text.refusal(value)  # names, hosts, roles: one line of printable text
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _non_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; expected a non-empty string")
     return value
@@ -236,7 +247,7 @@ class Organisation(_Model):
     placement: Literal["onprem", "cloud"]
     partition_id: StrictInt  # never renumbered; nothing in an organisation depends on the others
     gpu: StrictBool
-    supernode_public_key_openssh: Annotated[Text, AfterValidator(_supernode_public_key)]
+    supernode_public_key_openssh: Annotated[Str, AfterValidator(_non_blank), AfterValidator(_supernode_public_key)]
     vpn_address: Ipv4 | None
     vpn_client_cert_pem: Annotated[Str, AfterValidator(_pem("CERTIFICATE"))] | None
     # Which private keys the organisation keeps at home (it sent a CSR / a public key instead).

@@ -85,7 +85,7 @@ HOSTILE = {
         "Clinic \udc80",
         "tenancies.main.organisations.hospital-a.display_name: holds a character that is not valid text",
     ),
-    "nul": (("environment",), "uat\x00", "environment: holds a NUL character"),
+    "nul": (("environment",), "uat\x00", "environment: contains a control or invisible character (U+0000 NUL"),
     "hidden-entry": (("supernode_private_keys", "hospital-a"), "[secret]", "supernode_private_keys.hospital-a: is hidden"),
     "hidden-single": (("ops_ssh_private_key",), "[secret]", "ops_ssh_private_key: is hidden"),
     "unknown-key": (("tenancies", "main", "superlink", "extra"), 1, "tenancies.main.superlink.extra: unknown key"),
