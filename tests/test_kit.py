@@ -653,7 +653,12 @@ def test_install_usage_errors(kit_archives, tmp_path):
     top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
     assert install(top, "--bogus").returncode == 64
     assert install(top, "--root").returncode == 64
-    assert install(top, "--root", "/").returncode == 64
+    (tmp_path / "to-slash").symlink_to("/")
+    for this_host in ("/", "/.", "//", "/tmp/..", str(tmp_path / "to-slash"), "--root=/./"):
+        args = (this_host,) if this_host.startswith("--") else ("--root", this_host)
+        refused = install(top, "--dry-run", *args)
+        assert refused.returncode == 64, (this_host, refused.stdout, refused.stderr)
+        assert "--root / is this host" in refused.stderr, refused.stderr
     helped = install(top, "--help")
     assert helped.returncode == 0 and "--containers" in helped.stdout
     if os.geteuid() != 0:
