@@ -91,14 +91,15 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        # PyYAML's constructors raise plain ValueError, KeyError or OverflowError for values
-        # their tag cannot hold (`!!bool maybe`, `2026-02-30`, an integer of 5,000 digits):
+        # PyYAML's constructors raise plain ValueError, KeyError, IndexError or AttributeError
+        # for values their tag cannot hold (`!!bool maybe`, `2026-02-30`, `!!int ''`, an integer
+        # of 5,000 digits):
         # report those like any other YAML error, at the value's line and column.
         try:
             return super().construct_object(node, deep=deep)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError, MemoryError):
             raise
-        except (ValueError, KeyError, OverflowError, TypeError) as exc:
+        except Exception as exc:  # ValueError, KeyError, IndexError, AttributeError, ...: all seen
             value = node.value if isinstance(node, yaml.ScalarNode) else ""
             reason = str(exc).split(";")[0] if not isinstance(exc, KeyError) else "not a value of that type"
             raise yaml.constructor.ConstructorError(

@@ -160,6 +160,9 @@ def stack_cases() -> list[Case]:
         Case("yaml values", "!!float x", _with_value(r"^(  nina:environment: ).*$", "!!float x"), "cannot read"),
         Case("yaml values", "impossible date", _with_value(r"^(  nina:environment: ).*$", "2026-02-30"), "cannot read"),
         Case("yaml values", "!!timestamp junk", _with_value(r"^(  nina:environment: ).*$", "!!timestamp 2026-13-45"), "cannot read"),
+        # Found by the property test (tests/test_config.py): IndexError and AttributeError.
+        Case("yaml values", "!!int ''", _with_value(r"^(  nina:environment: ).*$", "!!int ''"), "cannot read"),
+        Case("yaml values", "!!timestamp maybe", _with_value(r"^(  nina:environment: ).*$", "!!timestamp maybe"), "cannot read"),
         Case("yaml values", "!!binary junk", _with_value(r"^(  nina:environment: ).*$", "!!binary '%%%'"), "nina:environment"),
         Case(
             "yaml values",

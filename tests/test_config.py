@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import re
 import string
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -907,7 +908,19 @@ yaml_noise = st.text(alphabet=string.printable + "é\u2028\x00\ufeff", max_size=
 
 
 def _stack_text(data: st.DataObject) -> str | bytes:
-    kind = data.draw(st.sampled_from(["dumped", "noise", "edited", "bytes"]), label="file kind")
+    kind = data.draw(st.sampled_from(["dumped", "noise", "edited", "bytes", "tagged"]), label="file kind")
+    if kind == "tagged":  # a value PyYAML constructs with a tag that cannot hold it
+        lines = yaml.safe_dump({"config": {f"nina:{k}": v for k, v in FULL.items()}}).splitlines()
+        scalars = [i for i, line in enumerate(lines) if re.match(r"^\s*(- )?[\w:]+: \S", line)]
+        i = data.draw(st.sampled_from(scalars), label="line")
+        tag = data.draw(st.sampled_from(["!!bool", "!!int", "!!float", "!!timestamp", "!!binary", "!!null", "!!str", ""]), label="tag")
+        value = data.draw(
+            st.one_of(st.sampled_from(["maybe", "2026-02-30", "9" * 5000, "0x", "1e999", "%%%", "-.inf", "0o9"]), yaml_noise.map(repr)),
+            label="value",
+        )
+        head = lines[i].split(": ", 1)[0]
+        lines[i] = f"{head}: {tag} {value}".rstrip()
+        return "\n".join(lines)
     if kind == "dumped":
         raw = copy.deepcopy(data.draw(st.sampled_from([FULL, SHORT])))
         for _ in range(data.draw(st.integers(0, 3))):

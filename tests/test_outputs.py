@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nina import outputs
 
@@ -123,3 +126,53 @@ def test_the_writer_places_exactly_the_schemas_fields():
     with pytest.raises(ValueError, match=r"Host outputs need exactly .* missing \['floating_ip'\], unknown \['public_ip'\]"):
         outputs._place(outputs.Host, roles=[], fixed_ip="10.0.0.1", public_ip=None)
     assert list(outputs._place(outputs.Host, floating_ip=None, fixed_ip="10.0.0.1", roles=[])) == list(outputs.Host.model_fields)
+
+
+# --- property: any change to a valid document ends in a Document or an OutputsError -------------
+
+_hostile_text = st.text(
+    alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from([*"\n\r\t\x00\x1b\u202e\u2028\ufeff", "\ud800"])),
+    max_size=40,
+)
+_leaf_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([float("nan"), float("inf"), -0.0, 1.5, 10**4000]),
+    _hostile_text,
+    st.sampled_from(["[secret]", "10.0.0.1", "10.0.0.1:9092", "0.0.0.0/0", "x" * 5000]),
+)
+_values = st.recursive(
+    _leaf_values, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_hostile_text, inner, max_size=3)), max_leaves=6
+)
+
+
+@settings(max_examples=int(__import__("os").environ.get("OUTPUTS_FUZZ", 100)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_change_to_a_valid_document_is_read_or_refused_by_key(kit_built, data):
+    doc = copy.deepcopy(kit_built.outputs)
+    paths = [p for p, _ in _walk(doc)]
+    for _ in range(data.draw(st.integers(1, 3), label="changes")):
+        path = data.draw(st.sampled_from(paths), label="path")
+        parent: Any = doc
+        for key in path[:-1]:  # an earlier change may have removed or replaced the way there
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            continue
+        action = data.draw(st.sampled_from(["set", "delete", "add"]), label="action")
+        if action == "set":
+            parent[path[-1]] = data.draw(_values, label="value")
+        elif action == "delete":
+            del parent[path[-1]]
+        else:
+            parent[data.draw(_hostile_text, label="new key")] = data.draw(_values, label="new value")
+    try:
+        read = outputs.read(doc)
+    except outputs.OutputsError as exc:
+        assert exc.problems
+        for where, problem in exc.problems:
+            assert where.strip() and problem.strip()
+        # The message can go to a terminal: nothing in it may be a control character.
+        assert all(ch == "\n" or ch.isprintable() for ch in exc.message()), repr(exc.message())
+    else:
+        assert isinstance(read, outputs.Document)
