@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -227,37 +228,47 @@ def stop(proc: subprocess.Popen, timeout: float = facts.REHEARSAL_STOP_TIMEOUT) 
 
 
 def ssh_failure(text: str, a: Access, t: Target) -> str:
-    """One line: what ssh said, and what to do about it."""
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    """One line: what ssh said (the lines that matter), and what to do about it."""
+    lines = list(dict.fromkeys(" ".join(line.split()) for line in text.splitlines()))
     lines = [line for line in lines if line and not line.startswith(_NOISE) and not line.startswith("---")]
-    detail = "; ".join(dict.fromkeys(lines))[-400:] or "no message"
+
+    def said(*needles: str) -> str:
+        hits = [line for line in lines if any(n in line.lower() for n in needles)] or lines
+        return "; ".join(hits)[-400:] or "no message"
+
     kh = str(a.known_hosts) if a.known_hosts else "~/.ssh/known_hosts"
     low = text.lower()
+    names = {a.bastion_ip: f"the bastion {a.bastion_host}", t.ip: f"the SuperLink host {t.host}"}
     if "remote host identification has changed" in low or "host key verification failed" in low:
-        aliases = a.alias(a.bastion_host) if t.on_bastion else f"{a.alias(a.bastion_host)} or {a.alias(t.host)}"
+        changed = re.search(r"Host key for (\S+) has changed", text)
+        alias = changed.group(1) if changed else f"{a.alias(a.bastion_host)} or {a.alias(t.host)}"
         return (
-            f"the host key of {aliases} differs from the one in {kh} ({detail}); if that VM was replaced, "
-            f"remove its old entry (`ssh-keygen -R <alias> -f {kh}`) and run again; otherwise stop: the connection may be intercepted"
+            f"the host key of {alias} is not the one {kh} recorded for it (ssh: {said('has changed', 'verification failed')}); "
+            f"if that VM was replaced, remove the old entry (`ssh-keygen -R {alias} -f {kh}`) and run again; "
+            "otherwise stop: the connection may be intercepted"
         )
     if "permission denied" in low or "too many authentication failures" in low:
-        key = f"key {a.identity}" if a.identity else "keys of your agent / ssh config"
+        key = f"the key {a.identity}" if a.identity else "the keys of your agent and ssh config"
+        refused = re.search(r"@([0-9.]+): Permission denied", text)
+        who = names.get(refused.group(1), refused.group(1)) if refused else "the bastion or the SuperLink host"
         return (
-            f"ssh refused the {key} for {a.user} ({detail}); use the operators' key (stack output ops_ssh_private_key, "
-            "the default), --identity FILE with a key authorised on the hosts, or --agent, and --user for another login"
+            f"{who} refused {key} for {a.user} (ssh: {said('permission denied', 'authentication failures')}); use the operators' key "
+            "(stack output ops_ssh_private_key, the default), --identity FILE with a key authorised on the hosts, or --agent; "
+            "--user for another login"
         )
     if "address already in use" in low or "cannot listen to port" in low:
-        return f"the local port is taken ({detail})"
+        return f"the local port is taken (ssh: {said('already in use', 'cannot listen')})"
     if "stdio forwarding failed" in low or ("open failed" in low and not t.on_bastion):
         return (
-            f"the bastion could not connect to the SuperLink host {t.host} at {t.ip}:{facts.SSH_PORT} ({detail}); "
-            "check that the VM is running (`openstack server show`)"
+            f"the bastion could not connect to the SuperLink host {t.host} at {t.ip}:{facts.SSH_PORT} "
+            f"(ssh: {said('open failed', 'forwarding failed')}); check that the VM is running (`openstack server show {t.host}`)"
         )
     if any(s in low for s in ("timed out", "no route to host", "connection refused", "network is unreachable", "could not resolve")):
         return (
-            f"cannot reach the bastion at {a.bastion_ip}:{facts.SSH_PORT} ({detail}); check bastion_ip in the stack outputs and "
-            "that your public address is in nina:network.admin_cidrs"
+            f"cannot reach the bastion at {a.bastion_ip}:{facts.SSH_PORT} (ssh: {said('connect to host', 'resolve')}); "
+            "check bastion_ip in the stack outputs and that your public address is in nina:network.admin_cidrs"
         )
-    return f"ssh failed ({detail})"
+    return f"ssh failed (ssh: {said()})"
 
 
 @contextlib.contextmanager

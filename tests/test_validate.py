@@ -74,12 +74,17 @@ def test_with_the_agent_no_identity_is_forced_and_a_superlink_on_the_bastion_nee
 @pytest.mark.parametrize(
     ("said", "wanted"),
     [
-        ("ubuntu@192.0.2.1: Permission denied (publickey).\nConnection closed by UNKNOWN port 65535", "ssh refused the key"),
+        (
+            "ubuntu@192.0.2.1: Permission denied (publickey).\nConnection closed by UNKNOWN port 65535",
+            "the bastion gateway refused the keys of your agent",
+        ),
+        ("ubuntu@10.110.0.40: Permission denied (publickey).", "the SuperLink host superlink-main refused"),
         ("ssh: connect to host 192.0.2.1 port 22: Connection timed out", "cannot reach the bastion at 192.0.2.1:22"),
         ("channel 0: open failed: connect failed: No route to host\nstdio forwarding failed", "could not connect to the SuperLink host"),
         (
-            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.",
-            "ssh-keygen -R <alias>",
+            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n"
+            "Host key for nina-uat-superlink-main has changed and you have requested strict checking.\nHost key verification failed.",
+            "ssh-keygen -R nina-uat-superlink-main -f ~/.ssh/known_hosts",
         ),
     ],
 )
@@ -236,19 +241,21 @@ def test_nina_validate_runs_the_app_through_the_bastion_and_leaves_nothing_behin
     assert federation.lab.pids(federation.lab.op) == []  # no ssh, no flwr left
     assert list(federation.tmpdir.iterdir()) == []  # the private directory with the key is gone
     # Again (one round), now checked against the recorded host keys.
+    recorded = federation.known_hosts.read_bytes()
     again = federation.run("--rounds", "1")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "Permanently added" not in (federation.lab.workdir / "sshd-bastion.log").read_text()
+    assert federation.known_hosts.read_bytes() == recorded
 
 
 @pytest.mark.slow
 def test_a_wrong_key_is_one_clear_error_and_no_ssh_stays(federation):
     wrong = sshlab.keygen(federation.tmpdir.parent / "wrong_key")
     proc = federation.run("--identity", str(wrong), timeout=120)
+    print(proc.stderr)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     [line] = proc.stderr.splitlines()
-    assert line.startswith("nina validate: tenancy main: FAILED: the SSH tunnel") and "ssh refused the key" in line
+    assert line.startswith("nina validate: tenancy main: FAILED: the SSH tunnel") and "the bastion gateway refused the key" in line
     assert "Permission denied (publickey)" in line and "--identity" in line
     assert federation.lab.pids(federation.lab.op) == []
     assert list(federation.tmpdir.iterdir()) == []
@@ -266,8 +273,10 @@ def test_a_changed_host_key_is_refused(federation, tmp_path):
         timeout=120,
         env=federation.env(),
     )
+    print(proc.stderr)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "the host key of" in proc.stderr and "ssh-keygen -R" in proc.stderr
+    assert f"the host key of nina-uat-superlink-main is not the one {known} recorded" in proc.stderr
+    assert f"ssh-keygen -R nina-uat-superlink-main -f {known}" in proc.stderr
     assert federation.lab.pids(federation.lab.op) == []
 
 
@@ -294,6 +303,7 @@ def test_sigterm_tears_the_tunnel_down(federation):
     finally:
         if proc.poll() is None:
             proc.kill()
+    print(err)
     assert proc.returncode == 1 and "interrupted; the SSH tunnel and flwr were stopped" in err and "Traceback" not in err
     assert federation.lab.pids(federation.lab.op) == []
     assert list(federation.tmpdir.iterdir()) == []
