@@ -173,6 +173,17 @@ class SshLab:
         self.procs.append(proc)
         return proc
 
+    def stop(self, proc: Proc, timeout: float = 5) -> None:
+        if proc.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=timeout)
+
     def close(self) -> None:
         for proc in self.procs:
             if proc.running():

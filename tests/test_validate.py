@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,71 @@ def test_nina_validate_runs_the_app_through_the_bastion_and_leaves_nothing_behin
     again = federation.run("--rounds", "1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert federation.known_hosts.read_bytes() == recorded
+
+
+def _readme_block(starts: str) -> str:
+    """The README's fenced block whose first line starts with `starts`."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2]]
+    [block] = [b for b in blocks if b.startswith(starts)]
+    return block
+
+
+@pytest.mark.slow
+def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
+    """The README's ~/.ssh/config blocks, ssh command and federation, with the lab's values."""
+    lab = federation.lab
+    config = _readme_block("Host nina-uat-gateway")
+    for old, new in (
+        ("203.0.113.10", facts.REHEARSAL_PUBLIC_IP),
+        ("User ubuntu", f"User {lab.user}"),
+        ("~/.ssh/nina-uat", str(federation.key)),
+    ):
+        assert old in config
+        config = config.replace(old, new)
+    config += f"Host *\n  UserKnownHostsFile {federation.known_hosts}\n  BatchMode yes\n"  # not root's own file
+    (tmp_path / "ssh_config").write_text(config)
+    ssh = "ssh -N -o ExitOnForwardFailure=yes -L 127.0.0.1:9093:127.0.0.1:9093 nina-uat-superlink-main"
+    assert ssh in _readme_block("ssh -N")
+    tunnel = lab.spawn("manual-tunnel", [sshlab.SSH, "-F", str(tmp_path / "ssh_config"), *ssh.split()[1:]], lab.op)
+    try:
+        deadline = time.monotonic() + 30
+        while lab.connect(lab.op, facts.LOOPBACK, facts.SUPERLINK_CONTROL_PORT) != "OK":
+            assert tunnel.running() and time.monotonic() < deadline, tunnel.output()
+            time.sleep(0.3)
+        app = tmp_path / "validation_app"
+        shutil.copytree(validate.VALIDATION_APP, app, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        federation_toml = _readme_block("[tool.flwr.federations.uat-main]").replace(
+            "/home/you/nina-uat-ca.crt", str(federation.rehearsal.ca_path)
+        )
+        with open(app / "pyproject.toml", "a") as fh:
+            fh.write("\n" + federation_toml)
+        assert "FLWR_TELEMETRY_ENABLED=0 flwr ls validation_app uat-main" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
+        env = {**federation.env(), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr-home")}
+        flwr = str(Path(sys.executable).parent / "flwr")
+        ls = subprocess.run(
+            [sshlab.IP, "netns", "exec", lab.op, flwr, "ls", str(app), "uat-main", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        runs = json.loads(ls.stdout)["runs"]
+        # The runs `nina validate` submitted through its own tunnel, seen through this one.
+        assert runs and all(r["fab-id"] == "nina/nina-validation" for r in runs), ls.stdout + ls.stderr
+        done = next(r["run-id"] for r in runs if r["status"].startswith("finished:completed"))
+        assert "flwr log <run-id> validation_app uat-main --show" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
+        log = subprocess.run(
+            [sshlab.IP, "netns", "exec", lab.op, flwr, "log", done, str(app), "uat-main", "--show"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert '"ok": true' in log.stdout and "NINA-SUMMARY" in log.stdout, log.stdout + log.stderr
+    finally:
+        lab.stop(tunnel)
+    assert lab.pids(lab.op) == []
 
 
 @pytest.mark.slow
