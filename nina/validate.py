@@ -438,7 +438,8 @@ def validate(
                     result = run_app(flwr, port, ca_file, t.expected, tmp, rounds=rounds, round_timeout=round_timeout, tag=t.tenancy)
                 log(result.table())
                 log(f"run time {result.seconds:.1f} s")
-                reports.append(Report(t.tenancy, result.ok, result.error, result))
+                who = ", ".join(f"{pid} {slug}" for slug, pid in sorted(t.partitions.items(), key=lambda kv: kv[1]))
+                reports.append(Report(t.tenancy, result.ok, result.error and f"{result.error} (partitions: {who})", result))
             except ValidateError as exc:
                 reports.append(Report(t.tenancy, False, str(exc), None))
         return reports

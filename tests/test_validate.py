@@ -347,6 +347,25 @@ def test_a_changed_host_key_is_refused(federation, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_missing_organisation_fails_the_validation(federation):
+    r, lab = federation.rehearsal, federation.lab
+    r.stop_supernode("gold-coast")
+    try:
+        proc = federation.run("--rounds", "1", "--round-timeout", "10", timeout=300)
+    finally:
+        with lab.inside(lab.sl):
+            r.start_supernode("gold-coast")
+            r.wait_online(len(r.members))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("nina validate: tenancy main: FAILED: ") and "Traceback" not in proc.stderr
+    assert "partitions [1] did not answer" in line or "only 1 of 2 expected SuperNodes" in line, line
+    assert line.endswith("(partitions: 0 metro-north, 1 gold-coast)")
+    assert "ok: every organisation" not in proc.stdout
+    assert lab.pids(lab.op) == []
+
+
+@pytest.mark.slow
 def test_sigterm_tears_the_tunnel_down(federation):
     """Last: the run it interrupts goes on on the SuperLink until its rounds are done."""
     proc = subprocess.Popen(
