@@ -3,6 +3,9 @@
     nina config check --stack NAME [--dir DIR]   validate DIR/Pulumi.NAME.yaml's `nina:` keys
     nina kit export (--stack NAME | --outputs FILE|-) (--org SLUG | --all) --out DIR
                                                  write each organisation's site kit (nina.kit)
+    nina validate (--stack NAME | --outputs FILE|-) [--identity FILE | --agent] ...
+                                                 the validation app against a deployed stack,
+                                                 through an SSH tunnel via the bastion (nina.validate)
 
 Exit codes: 0 success, 1 failure while writing (kit export), 2 invalid input (bad arguments,
 missing/unreadable stack file, invalid config, unusable stack outputs, unknown slug).
@@ -490,6 +493,87 @@ def _rehearse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _validate(args: argparse.Namespace) -> int:
+    import signal
+
+    from nina import flwrcli, outputs, validate  # starts ssh and flwr: only for this command
+
+    def fail(message: str, code: int = EXIT_INVALID) -> int:
+        for line in message.splitlines():
+            print(f"nina validate: {line}", file=sys.stderr)
+        return code
+
+    if args.rounds < 1:
+        return fail("--rounds must be at least 1")
+    if args.round_timeout < 1:
+        return fail("--round-timeout must be at least 1 (seconds)")
+    try:
+        raw, name = read_stack_outputs(args.stack, args.outputs)
+    except KitInputError as exc:
+        return fail(str(exc))
+    try:
+        doc = outputs.read(raw)
+    except outputs.OutputsError as exc:
+        return fail("\n".join(f"{name}: {line}" for line in exc.message().splitlines()))
+    identity = None
+    if args.identity is not None:
+        identity = Path(args.identity).expanduser().absolute()
+        try:
+            with open(identity, "rb"):
+                pass
+        except OSError as exc:
+            return fail(f"--identity {args.identity}: cannot read ({exc.strerror or exc}); name the private key file to log in with")
+    known_hosts = Path(args.known_hosts).expanduser().absolute() if args.known_hosts else None
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        return fail("the OpenSSH client (`ssh`) is not on PATH; install it (Debian/Ubuntu: apt-get install openssh-client)")
+    flwr = flwrcli.executable()
+    if flwr is None:
+        return fail(f"no flwr CLI next to {sys.executable}; run nina from the project's venv (scripts/bootstrap)")
+    try:
+        access = validate.access(doc, user=args.user, identity=identity, known_hosts=known_hosts, ssh=ssh)
+        chosen = validate.targets(doc, args.tenancy)
+    except validate.InputError as exc:
+        return fail(f"{name}: {exc}" if not str(exc).startswith("--") else str(exc))
+    key = doc.ops_ssh_private_key if identity is None and not args.agent else None
+    how = f"key {identity}" if identity else "your agent and ssh config" if args.agent else "the operators' key from the outputs"
+    print(
+        f"nina validate: {name}: environment {doc.environment}, {len(chosen)} tenancy(ies), {args.rounds} round(s); "
+        f"ssh as {args.user} with {how}, host keys in {known_hosts or '~/.ssh/known_hosts'}",
+        flush=True,
+    )
+
+    def _terminate(signum, frame):  # SIGTERM/SIGHUP: unwind like Ctrl-C so the tunnel is torn down
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        reports = validate.validate(
+            doc,
+            access,
+            chosen,
+            flwr,
+            ops_key=key,
+            rounds=args.rounds,
+            round_timeout=args.round_timeout,
+            log=lambda line: print(line, flush=True),
+        )
+    except KeyboardInterrupt:
+        return fail(
+            "interrupted; the SSH tunnel and flwr were stopped (a run already submitted ends on the SuperLink by its timeouts)", EXIT_FAILED
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [r for r in reports if not r.ok]
+    for r in failed:
+        print(f"nina validate: tenancy {r.tenancy}: FAILED: {r.reason}", file=sys.stderr)
+    if failed:
+        return EXIT_FAILED
+    print(f"ok: every organisation took part in every round ({', '.join(r.tenancy for r in reports)})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nina", description="Operate a nina-fl federated-learning platform.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -552,6 +636,37 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (kits with private keys, logs, state DB)")
     rehearse.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication (benchmarks only)")
     rehearse.set_defaults(func=_rehearse)
+
+    validate = commands.add_parser(
+        "validate",
+        help="run the validation app against a deployed stack, through the bastion",
+        description="For each tenancy of a deployed stack, open an SSH tunnel via the bastion to its SuperLink's "
+        f"Control API ({facts.LOOPBACK}:{facts.SUPERLINK_CONTROL_PORT} on the VM), check its certificate against the stack's CA, run "
+        "validation_app/ with flwr run and print who answered in each round. Exit 0 only if every organisation "
+        "took part in every round, 1 if not (or ssh failed), 2 on invalid input. Host keys are trusted on first "
+        "use and refused if they change (StrictHostKeyChecking=accept-new), recorded as nina-<environment>-<host>.",
+    )
+    source = validate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--stack", metavar="NAME", help="read the outputs with `pulumi stack output --json --show-secrets --stack NAME`")
+    source.add_argument("--outputs", metavar="FILE", help="read the outputs from FILE (that command's JSON); '-' reads stdin")
+    validate.add_argument("--tenancy", metavar="NAME", action="append", help="validate only this tenancy (repeat for several)")
+    key = validate.add_mutually_exclusive_group()
+    key.add_argument("--identity", metavar="FILE", help="log in with this private key (default: ops_ssh_private_key from the outputs)")
+    key.add_argument("--agent", action="store_true", help="log in with your ssh agent's keys and ssh config instead")
+    validate.add_argument(
+        "--user", default=facts.DEFAULT_LOGIN_USER, help=f"login on the bastion and the SuperLink (default {facts.DEFAULT_LOGIN_USER})"
+    )
+    validate.add_argument(
+        "--known-hosts", metavar="FILE", help="known_hosts file to check and record host keys in (default ~/.ssh/known_hosts)"
+    )
+    validate.add_argument("--rounds", type=int, default=facts.VALIDATE_ROUNDS, help=f"FedAvg rounds (default {facts.VALIDATE_ROUNDS})")
+    validate.add_argument(
+        "--round-timeout",
+        type=int,
+        default=facts.VALIDATE_ROUND_TIMEOUT,
+        help=f"seconds to wait for the SuperNodes and for each round (default {facts.VALIDATE_ROUND_TIMEOUT})",
+    )
+    validate.set_defaults(func=_validate)
     return parser
 
 

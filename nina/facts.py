@@ -244,3 +244,11 @@ REHEARSAL_ROUNDS = 3
 REHEARSAL_START_TIMEOUT = 60  # seconds for a SuperLink's Control API / nodes to come up
 REHEARSAL_ROUND_TIMEOUT = 60  # seconds the validation app waits for one round's replies
 REHEARSAL_STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL of a process group
+
+# --- deployment validation (nina.validate, `nina validate`, manual 4.2) -----------------------
+VALIDATE_FEDERATION = "nina-validate"  # federation name written into the app copy's pyproject
+VALIDATE_ROUNDS = 3
+VALIDATE_ROUND_TIMEOUT = 120  # seconds the validation app waits for the nodes, and for one round's replies
+VALIDATE_TUNNEL_TIMEOUT = 60  # seconds for the SSH tunnel's local port to accept
+SSH_CONNECT_TIMEOUT = 20  # seconds for each SSH hop's TCP connection
+SSH_HOST_KEY_ALIAS = "nina-{environment}-{host}"  # how `nina validate` names hosts in known_hosts

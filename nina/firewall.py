@@ -34,7 +34,10 @@ PORT_TABLE: tuple[Flow, ...] = (
     Flow("JupyterHub HTTPS", "jupyterhub", "tcp", facts.HTTPS_PORT, ("proxy",), "3.3.1 UserInterface JupyterHub"),
     Flow("Keycloak HTTPS", "keycloak", "tcp", facts.KEYCLOAK_PORT, ("proxy", "jupyterhub", "monitoring"), "3.3.1 IAM Keycloak"),
     Flow("Flower Fleet API", "superlink", "tcp", facts.SUPERLINK_FLEET_PORT, ("supernodes",), "3.3.1 Flower SuperLink 9092"),
-    Flow("Flower Control API", "superlink", "tcp", facts.SUPERLINK_CONTROL_PORT, ("jupyterhub", "admin"), "3.3.1 Flower SuperLink 9093"),
+    # Not from the admin CIDRs: they are public addresses, and the SuperLink has only a private one,
+    # so no packet from them could ever match. Operators reach it through an SSH tunnel via the
+    # bastion to its 127.0.0.1:9093 (`nina validate`; README "Deployment validation").
+    Flow("Flower Control API", "superlink", "tcp", facts.SUPERLINK_CONTROL_PORT, ("jupyterhub",), "3.3.1 Flower SuperLink 9093"),
     Flow("OpenVPN UDP", "vpn", "udp", facts.OPENVPN_UDP_PORT, ("public",), "3.3.1 Nectar.VPN OpenVPN"),
     Flow("OpenVPN TCP fallback", "vpn", "tcp", facts.OPENVPN_TCP_PORT, ("public",), "3.3.1 Nectar.VPN OpenVPN"),
     Flow("Prometheus node exporter", "managed", "tcp", facts.NODE_EXPORTER_PORT, ("monitoring",), "3.3.1 Monitoring Node Exporter"),

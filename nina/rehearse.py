@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nina import facts, kit, localpki, outputs, render, vpn
+from nina import facts, flwrcli, kit, localpki, outputs, render, vpn
 from nina.host.membership import parse_json  # one reader of flwr's JSON output, host and rehearsal
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
@@ -463,15 +463,7 @@ class Rehearsal:
 
     def _federation(self, pyproject: str, name: str) -> str:
         """Point a pyproject's federation `name` at this rehearsal's Control API."""
-        header = f"[tool.flwr.federations.{name}]"
-        body = f'address = "{facts.LOOPBACK}:{self.control_port}"\n'
-        body += "insecure = true\n" if self.insecure else f"root-certificates = {json.dumps(str(self.ca_path))}\n"
-        if header in pyproject:
-            head, _, rest = pyproject.partition(header)
-            nxt = rest.find("\n[")
-            rest = rest[nxt + 1 :] if nxt >= 0 else ""
-            return f"{head}{header}\n{body}\n{rest}"
-        return pyproject.rstrip("\n") + f"\n\n{header}\n{body}"
+        return flwrcli.federation(pyproject, name, f"{facts.LOOPBACK}:{self.control_port}", None if self.insecure else str(self.ca_path))
 
     # --- SuperLink -----------------------------------------------------------------------
 
@@ -670,13 +662,8 @@ class Rehearsal:
     # --- the validation app --------------------------------------------------------------
 
     def _app_copy(self) -> Path:
-        dst = self.dir / "app"
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(self.app_dir, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-        pyproject = dst / "pyproject.toml"
-        pyproject.write_text(self._federation(pyproject.read_text(), facts.REHEARSAL_FEDERATION))
-        return dst
+        ca = None if self.insecure else str(self.ca_path)
+        return flwrcli.app_copy(self.app_dir, self.dir / "app", facts.REHEARSAL_FEDERATION, f"{facts.LOOPBACK}:{self.control_port}", ca)
 
     def start_app(
         self,
@@ -691,7 +678,7 @@ class Rehearsal:
         summary = self.dir / f"{tag}-summary.json"
         summary.unlink(missing_ok=True)
         run_config = validation_run_config(expected, rounds, round_timeout, str(summary))
-        cmd = [str(self.venv / "bin" / "flwr"), "run", str(app), facts.REHEARSAL_FEDERATION, "--run-config", run_config, "--stream"]
+        cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_FEDERATION, run_config)
         proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.dir / "cli-home")))
         budget = round_timeout * (rounds + 1) + 90
         return AppRun(self, proc, summary, expected, time.monotonic(), budget)

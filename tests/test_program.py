@@ -91,7 +91,6 @@ def test_test_stack_rules_are_exactly_the_port_table_rows_that_apply(test_run):
     admin = "203.0.113.0/24"
     assert _rules(test_run) == {
         ("admin-203.0.113.0_24->bastion-tcp-22", "tcp", 22, 22, admin, False),
-        ("admin-203.0.113.0_24->superlink-main-tcp-9093", "tcp", 9093, 9093, admin, False),
         ("bastion->managed-tcp-22", "tcp", 22, 22, None, True),
         ("org-test-org-a->superlink-main-tcp-9092", "tcp", 9092, 9092, "10.101.0.0/24", False),
         ("org-test-org-b->superlink-main-tcp-9092", "tcp", 9092, 9092, "10.102.0.0/24", False),
@@ -139,10 +138,10 @@ def test_every_declared_rule_comes_from_the_port_table_and_nothing_is_world_open
             assert key in public, f"{r.name} is world-open but the table does not say public"
         assert r.inputs.get("remoteIpPrefix") or r.inputs.get("remoteGroupId"), r.name
     names = {r.name for r in run.of_type(RULE)}
-    # Control API: researcher-facing host and admins only; Fleet of tenancy beta: VPN pool only.
+    # Control API: the researcher-facing host only (operators tunnel through the bastion, so no
+    # rule from the admin CIDRs, which could never match a private address); Fleet of tenancy
+    # beta: VPN pool only.
     assert {n for n in names if n.endswith("-tcp-9093")} == {
-        "admin-203.0.113.0_24->superlink-alpha-tcp-9093",
-        "admin-203.0.113.0_24->superlink-beta-tcp-9093",
         "jupyterhub->superlink-alpha-tcp-9093",
         "jupyterhub->superlink-beta-tcp-9093",
     }
