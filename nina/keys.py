@@ -8,6 +8,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from nina import pem
+
 # flwr 1.25 takes only NIST-curve EC keys for SuperNode authentication.
 SUPERNODE_KEY_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
@@ -16,9 +18,19 @@ class KeyError_(ValueError):
     """A supplied key or CSR is unusable; the message says why and what to send instead."""
 
 
-def check_csr(pem: str, slug: str) -> x509.CertificateSigningRequest:
+def check_csr(text: str, slug: str) -> x509.CertificateSigningRequest:
+    """The organisation's CSR: exactly one 'CERTIFICATE REQUEST' block and nothing else (nina.pem)."""
     try:
-        csr = x509.load_pem_x509_csr(pem.encode())
+        csr = x509.load_pem_x509_csr(pem.csr(text).encode())
+    except pem.PemError as exc:
+        if "-----BEGIN" not in text:
+            raise KeyError_(
+                "is not a PEM certificate signing request; send the output of "
+                f"`openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {slug}.key -subj /CN={slug}`"
+            ) from None
+        raise KeyError_(
+            f"{exc}; paste only the CSR file, from its BEGIN to its END line (`openssl req -in {slug}.csr -noout -text` shows what it holds)"
+        ) from None
     except ValueError:
         raise KeyError_(
             "is not a PEM certificate signing request; send the output of "

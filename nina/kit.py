@@ -63,7 +63,10 @@ CONTAINER_NAME = "nina-supernode"
 TAR_MTIME = 0
 DIR_MODE, PRIVATE_DIR_MODE = 0o755, 0o700
 
-_TLS_AUTH_RE = re.compile(r"-----BEGIN OpenVPN Static key V1-----\n((?:[0-9a-fA-F]+\n)+)-----END OpenVPN Static key V1-----\n?\Z")
+# The whole value: `#` comment lines (as `openvpn --genkey secret` writes them), then exactly one block.
+_TLS_AUTH_RE = re.compile(
+    r"(?:#[^\n]*\n)*-----BEGIN OpenVPN Static key V1-----\n((?:[0-9a-fA-F]+\n)+)-----END OpenVPN Static key V1-----\n?\Z"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,9 +214,10 @@ def _secret(maps: Mapping[str, str], key: str) -> str:
 
 def tls_auth_key(out: StackOutputs, tenancy: str) -> str:
     """The tenancy's tls-auth key, formatted by nina.vpn exactly as the VPN server gets it."""
-    match = _TLS_AUTH_RE.search(_secret(out.vpn_tls_auth_keys, tenancy))
+    value = out.vpn_tls_auth_keys[tenancy].replace("\r\n", "\n").strip() + "\n"
+    match = _TLS_AUTH_RE.match(value)  # the whole value: nothing before or after the one block
     if match is None:
-        raise ValueError("no BEGIN/END block of hex lines")
+        raise ValueError("not exactly one BEGIN/END block of hex lines, with nothing but '#' comment lines before it and nothing after it")
     return vpn_files.tls_auth_key(match.group(1).replace("\n", ""))
 
 

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nina import pem
+
 CURVES: dict[str, type[ec.EllipticCurve]] = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
 _ORDERS = {"P224": 2**224, "P256": 2**256, "P384": 2**384, "P521": 2**521}
 # pulumi-tls subject argument names -> X.509 attribute OIDs
@@ -81,9 +83,10 @@ def generate_key(algorithm: str = "ECDSA", curve: str = "P384", *, seed: bytes |
     public = key.public_key()
     return KeyPair(
         private_key_pem=key.private_bytes(serialization.Encoding.PEM, pem_format, serialization.NoEncryption()).decode(),
-        private_key_openssh=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        ).decode(),
+        # Re-wrapped at 64 columns, as pulumi-tls (Go's encoding/pem) writes it (cryptography: 70).
+        private_key_openssh=pem.openssh_private_key(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
+        ),
         public_key_openssh=public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + "\n",
         public_key_pem=public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
     )

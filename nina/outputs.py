@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from nina import facts, text
+from nina import facts, pem, text
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Host as HostPlan
@@ -152,11 +152,17 @@ def _server_name(value: str) -> str:
     return value
 
 
-def _pem(marker: str) -> Callable[[str], str]:
+_REEXPORT = "; re-export the outputs with `pulumi stack output --json --show-secrets`"
+
+
+def _strict(parse: Callable[[str], str]) -> Callable[[str], str]:
+    """A field holding exactly one PEM object of `parse`'s kind, written back canonically (nina.pem)."""
+
     def check(value: str) -> str:
-        if f"-----BEGIN {marker}-----" not in value or f"-----END {marker}-----" not in value:
-            raise ValueError(f"does not look like a PEM block '{marker}'")
-        return value if value.endswith("\n") else value + "\n"
+        try:
+            return parse(value)
+        except pem.PemError as exc:
+            raise ValueError(f"{exc}{_REEXPORT}") from None
 
     return check
 
@@ -202,6 +208,8 @@ Address = Annotated[Str, AfterValidator(_address)]
 Slug = Annotated[Str, AfterValidator(_slug)]
 Secret = Annotated[Str, BeforeValidator(_not_hidden)]
 SecretMap = Annotated[dict[Str, Secret], BeforeValidator(_not_hidden)]
+OpensshPrivateKey = Annotated[Secret, AfterValidator(_strict(pem.openssh_private_key))]
+PemPrivateKey = Annotated[Secret, AfterValidator(_strict(pem.private_key))]
 
 
 class _Model(BaseModel):
@@ -249,7 +257,7 @@ class Organisation(_Model):
     gpu: StrictBool
     supernode_public_key_openssh: Annotated[Str, AfterValidator(_non_blank), AfterValidator(_supernode_public_key)]
     vpn_address: Ipv4 | None
-    vpn_client_cert_pem: Annotated[Str, AfterValidator(_pem("CERTIFICATE"))] | None
+    vpn_client_cert_pem: Annotated[Str, AfterValidator(_strict(pem.certificate))] | None
     # Which private keys the organisation keeps at home (it sent a CSR / a public key instead).
     keys_held_by_organisation: KeysHeld
 
@@ -278,16 +286,16 @@ class Database(_Model):
 
 class Document(_Model):
     environment: Text
-    ca_cert_pem: Annotated[Str, AfterValidator(_pem("CERTIFICATE")), AfterValidator(_ca_certificate)]
+    ca_cert_pem: Annotated[Str, AfterValidator(_strict(pem.certificate)), AfterValidator(_ca_certificate)]
     tenancies: dict[Slug, Tenancy]
     hosts: dict[Text, Host]
     bastion_ip: Ipv4 | None
     database: Database | None
-    supernode_private_keys: SecretMap
-    vpn_client_private_keys: SecretMap
+    supernode_private_keys: Annotated[dict[Str, OpensshPrivateKey], BeforeValidator(_not_hidden)]
+    vpn_client_private_keys: Annotated[dict[Str, PemPrivateKey], BeforeValidator(_not_hidden)]
     vpn_tls_auth_keys: SecretMap
     database_passwords: SecretMap
-    ops_ssh_private_key: Secret
+    ops_ssh_private_key: OpensshPrivateKey
 
     @property
     def ca_fingerprint(self) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Network
 
-from nina import facts
+from nina import facts, pem
 from nina.config import StackConfig
 from nina.firewall import DATABASE_CLIENT_ROLES, PER_TENANCY_ZONES, PORT_TABLE, Flow
 
@@ -246,7 +246,7 @@ def build_plan(cfg: StackConfig) -> Plan:
                 ids[o.slug],
                 o.gpu,
                 vpn_address=str(pool.network_address + facts.VPN_CLIENT_OFFSET + ids[o.slug]) if pool and o.placement == "onprem" else None,
-                own_vpn_csr=o.vpn_csr_pem,
+                own_vpn_csr=None if o.vpn_csr_pem is None else pem.csr(o.vpn_csr_pem),  # canonical (checked by nina.config)
                 own_supernode_public_key=o.supernode_public_key,
             )
             for o in ten.organisations

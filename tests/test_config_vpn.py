@@ -6,6 +6,7 @@ import pytest
 
 from nina import localpki
 from nina.config import ConfigError, load_config
+from nina.plan import build_plan
 
 
 def cfg(**orgs_and_more):
@@ -68,6 +69,33 @@ def test_organisation_may_bring_its_own_csr_and_supernode_key():
 def test_bad_brought_keys_name_the_key_and_the_fix(field, value, message):
     org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0, field: value}
     assert message in problems(cfg(organisations=[org]))[f"nina:organisations[0].{field}"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("key", "holds 2 PEM blocks (CERTIFICATE REQUEST, EC PRIVATE KEY)"),
+        ("csr", "holds 2 PEM blocks (CERTIFICATE REQUEST, CERTIFICATE REQUEST)"),
+        ("junk", "holds text outside its PEM block"),
+    ],
+)
+def test_a_csr_field_holds_exactly_one_csr(extra, message):
+    key = localpki.generate_key()
+    csr = localpki.cert_request(key.private_key_pem, {"common_name": "metro-north"})
+    value = csr + {"key": key.private_key_pem, "csr": csr, "junk": "Subject: CN=metro-north\n"}[extra]
+    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0, "vpn_csr_pem": value}
+    found = problems(cfg(organisations=[org]))
+    assert list(found) == ["nina:organisations[0].vpn_csr_pem"]
+    assert found["nina:organisations[0].vpn_csr_pem"].startswith(message)
+    assert "paste only the CSR file" in found["nina:organisations[0].vpn_csr_pem"]
+
+
+def test_a_csr_is_signed_as_the_canonical_block():
+    key = localpki.generate_key()
+    csr = localpki.cert_request(key.private_key_pem, {"common_name": "metro-north"})
+    org = {"slug": "metro-north", "name": "Metro North", "placement": "onprem", "partition_id": 0, "vpn_csr_pem": "\n" + csr.rstrip("\n")}
+    (member,) = build_plan(load_config(cfg(organisations=[org]))).tenancies[0].members
+    assert member.own_vpn_csr == csr
 
 
 def test_csr_with_the_wrong_common_name_is_refused():

@@ -712,8 +712,8 @@ def test_readme_for_on_premise_organisation(kit_archives, kit_built):
     readme = contents(kit_archives["hospital-a"])["README.md"].decode()
     ca = x509.load_pem_x509_certificate(outputs["ca_cert_pem"].encode())
     fingerprint = ":".join(f"{b:02X}" for b in ca.fingerprint(hashes.SHA256()))
-    assert f"SHA256 Fingerprint={fingerprint}" in readme
-    assert "openssl x509 -in hospital-a-sitekit/etc/flwr/supernode/certs/ca.crt -noout -fingerprint -sha256" in readme
+    assert f"sha256 Fingerprint={fingerprint}" in readme
+    assert 'openssl x509 -in "$ca" | cmp - "$ca" && openssl x509 -in "$ca" -noout -fingerprint -sha256' in readme
     assert "Hospital A (Brisbane)" in readme and "`hospital-a`" in readme and "tenancy `main`" in readme
     assert "| 203.0.113.7 | UDP 1194 |" in readme and "| 203.0.113.7 | TCP 443 |" in readme
     assert "**nothing inbound**" in readme
@@ -726,6 +726,38 @@ def test_readme_for_on_premise_organisation(kit_archives, kit_built):
     assert "install.sh --containers" in readme and "EXTRA_PIP_PACKAGES" in readme
     for path in expected_files("hospital-a", True, False):
         assert f"`{path}`" in readme, path
+
+
+def readme_block(readme: str, section: str, index: int = 0) -> str:
+    """The `index`-th ```sh block of the README section whose heading starts with `section`."""
+    part = readme.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    return part.split("```sh\n")[1 + index].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+def test_readme_ca_check_covers_the_whole_file(kit_archives, kit_built, tmp_path, slug):
+    """The README's CA check, run as written: one fingerprint line for the kit as exported; a key
+    or a second CA certificate appended to either copy of the CA file makes it fail."""
+    readme = contents(kit_archives[slug])["README.md"].decode()
+    commands = readme_block(readme, "1.")
+    ca = x509.load_pem_x509_certificate(kit_built.outputs["ca_cert_pem"].encode())
+    fingerprint = ":".join(f"{b:02X}" for b in ca.fingerprint(hashes.SHA256()))
+
+    def run(kit: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=kit.parent, capture_output=True, text=True, timeout=30)
+
+    good = run(extract(kit_archives[slug], tmp_path / "good"))
+    assert good.returncode == 0 and good.stdout.lower() == f"sha256 fingerprint={fingerprint}\n".lower(), good
+    other_ca = kit_built.outputs["ca_cert_pem"].replace("A", "B")  # any second block
+    files = ["etc/flwr/supernode/certs/ca.crt"] + (["etc/openvpn/clientcerts/ca.crt"] if slug == "hospital-a" else [])
+    key = kit_built.outputs["vpn_client_private_keys"]["hospital-a"]
+    for i, rel in enumerate(files):
+        for j, extra in enumerate([key, other_ca]):
+            top = extract(kit_archives[slug], tmp_path / f"bad-{i}-{j}")
+            with (top / rel).open("a") as fh:
+                fh.write(extra)
+            bad = run(top)
+            assert bad.returncode != 0, (rel, bad)
 
 
 def test_readme_for_cloud_and_own_key_organisations(kit_archives):
@@ -883,7 +915,7 @@ MUTATIONS = {
     ),
     "ca": (
         lambda d: d.__setitem__("ca_cert_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
-        "ca_cert_pem: is not a usable CA certificate",
+        "ca_cert_pem: is not a readable X.509 certificate",
     ),
     "hidden-secrets": (
         lambda d: d.__setitem__("supernode_private_keys", "[secret]"),
@@ -934,7 +966,7 @@ CRYPTO_MUTATIONS = {
     "pem-not-openssh": (
         lambda d, b: d["supernode_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-a"]),
         "hospital-a",
-        "supernode_private_keys.hospital-a: is not an unencrypted OpenSSH private key",
+        "supernode_private_keys.hospital-a: is a PEM block 'EC PRIVATE KEY'; expected one unencrypted OpenSSH private key",
     ),
     "swapped-vpn-key": (
         lambda d, b: d["vpn_client_private_keys"].__setitem__("hospital-a", d["vpn_client_private_keys"]["hospital-b"]),

@@ -176,3 +176,95 @@ def test_any_change_to_a_valid_document_is_read_or_refused_by_key(kit_built, dat
         assert all(ch == "\n" or ch.isprintable() for ch in exc.message()), repr(exc.message())
     else:
         assert isinstance(read, outputs.Document)
+
+
+# --- strict material: exactly one PEM object of the expected kind per field (nina.pem) ---------
+
+
+def _strict_cases(built) -> dict[str, tuple[Any, str, str]]:
+    """name -> (mutation of the document, the path refused, the start of its problem)."""
+    doc = built.outputs
+    ca = doc["ca_cert_pem"]
+    org = doc["tenancies"]["main"]["organisations"]["hospital-a"]
+    cert = org["vpn_client_cert_pem"]
+    vpn_key = doc["vpn_client_private_keys"]["hospital-a"]
+    sn_key = doc["supernode_private_keys"]["hospital-a"]
+    org_path = "tenancies.main.organisations.hospital-a"
+
+    def at_org(value):
+        return lambda d: d["tenancies"]["main"]["organisations"]["hospital-a"].__setitem__("vpn_client_cert_pem", value)
+
+    return {
+        "key-appended-to-ca": (lambda d: d.__setitem__("ca_cert_pem", ca + vpn_key), "ca_cert_pem", "holds 2 PEM blocks"),
+        "key-appended-to-client-cert": (at_org(cert + vpn_key), f"{org_path}.vpn_client_cert_pem", "holds 2 PEM blocks"),
+        "two-ca-certificates": (lambda d: d.__setitem__("ca_cert_pem", ca + built.other_ca), "ca_cert_pem", "holds 2 PEM blocks"),
+        "trailing-junk": (lambda d: d.__setitem__("ca_cert_pem", ca + "junk\n"), "ca_cert_pem", "holds text outside its PEM block"),
+        "leading-junk": (at_org("Bag Attributes\n" + cert), f"{org_path}.vpn_client_cert_pem", "holds text outside its PEM block"),
+        "wrong-block-type": (at_org(vpn_key), f"{org_path}.vpn_client_cert_pem", "is a PEM block 'EC PRIVATE KEY'"),
+        "cert-as-vpn-key": (
+            lambda d: d["vpn_client_private_keys"].__setitem__("hospital-a", cert),
+            "vpn_client_private_keys.hospital-a",
+            "is a PEM block 'CERTIFICATE'",
+        ),
+        "two-openssh-keys": (
+            lambda d: d["supernode_private_keys"].__setitem__("hospital-a", sn_key + sn_key),
+            "supernode_private_keys.hospital-a",
+            "holds 2 PEM blocks",
+        ),
+        "junk-after-ops-key": (
+            lambda d: d.__setitem__("ops_ssh_private_key", doc["ops_ssh_private_key"] + "ssh-ed25519 AAAA\n"),
+            "ops_ssh_private_key",
+            "holds text outside its PEM block",
+        ),
+        "bad-base64": (
+            lambda d: d.__setitem__("ca_cert_pem", ca.replace("\n", "\n!", 1)),
+            "ca_cert_pem",
+            "is not a well-formed PEM block",
+        ),
+    }
+
+
+_STRICT_NAMES = [
+    "key-appended-to-ca",
+    "key-appended-to-client-cert",
+    "two-ca-certificates",
+    "trailing-junk",
+    "leading-junk",
+    "wrong-block-type",
+    "cert-as-vpn-key",
+    "two-openssh-keys",
+    "junk-after-ops-key",
+    "bad-base64",
+]
+
+
+@pytest.mark.parametrize("name", _STRICT_NAMES)
+def test_pem_fields_hold_exactly_one_object_of_their_kind(kit_built, kit_fixture_module, name):
+    class Built:
+        outputs = kit_built.outputs
+        other_ca = kit_fixture_module.ca("other")[1]
+
+    cases = _strict_cases(Built)
+    assert sorted(cases) == sorted(_STRICT_NAMES)
+    mutate, where, start = cases[name]
+    doc = copy.deepcopy(kit_built.outputs)
+    mutate(doc)
+    with pytest.raises(outputs.OutputsError) as info:
+        outputs.read(doc)
+    assert len(info.value.problems) == 1, info.value.message()
+    path, problem = info.value.problems[0]
+    assert path == where and problem.startswith(start), info.value.message()
+    assert "re-export the outputs" in problem
+    if "key-appended" in name:
+        assert "a private key (EC PRIVATE KEY) is appended" in problem
+
+
+def test_pem_fields_are_read_back_canonically(kit_built):
+    # Other line widths and blank space around the block: the same object,
+    # written back as OpenSSL and pulumi-tls write them.
+    doc = copy.deepcopy(kit_built.outputs)
+    ca = doc["ca_cert_pem"]
+    body = "".join(ca.splitlines()[1:-1])
+    lines = [body[i : i + 76] for i in range(0, len(body), 76)]
+    doc["ca_cert_pem"] = "\n\n-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----"
+    assert outputs.read(doc).ca_cert_pem == ca
