@@ -22,7 +22,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from nina import facts, localpki, outputs
+from nina import facts, localpki, outputs, pem
 from nina import vpn as vpn_files
 from nina.config import load_config
 from nina.plan import build_plan
@@ -150,6 +150,11 @@ def ca(environment: str = "uat") -> tuple[str, str]:
     )
 
 
+def signing_key(environment: str = "uat") -> localpki.KeyPair:
+    """The fixture's platform signing key for `environment`, the same on every call."""
+    return _key(f"{environment}/platform-signing")
+
+
 def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Built:
     """The outputs of a stack declaring `tenancies`: its config goes through nina.config and
     nina.plan, and nina.outputs shapes the document, as components/platform.py does."""
@@ -159,6 +164,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
     keys = {slug: (_key(f"{environment}/{slug}/supernode"), _key(f"{environment}/{slug}/vpn")) for slug in specs}
     plan = build_plan(load_config(config_for(tenancies, environment, keys)))
     ips = public_ips(plan)
+    signing = signing_key(environment)
     tenancy_docs: dict[str, Any] = {}
     sn_keys: dict[str, str] = {}
     vpn_keys: dict[str, str] = {}
@@ -189,6 +195,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
     built.outputs = outputs.document(
         plan,
         ca_cert_pem=ca_cert,
+        platform_signing_key=outputs.signing_key(signing.public_key_pem, pem.public_key_sha256(signing.public_key_pem)),
         tenancies=tenancy_docs,
         hosts={h.name: outputs.host(h, h.fixed_ip, ips.get(h.name)) for h in plan.hosts},
         bastion_ip=ips[plan.bastion.name],
@@ -202,6 +209,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
                 "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24],
             },
             "ops_ssh_private_key": _key(f"{environment}/ops").private_key_openssh,
+            "platform_signing_private_key_pem": signing.private_key_pem,
         },
     )
     return built

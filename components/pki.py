@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
-from nina import facts
+from nina import facts, pem
 from nina.plan import Certificate
 
 
@@ -104,3 +104,27 @@ class SuperNodeKey(pulumi.ComponentResource):
         self.private_key_openssh = key.private_key_openssh
         self.public_key_openssh = key.public_key_openssh
         self.register_outputs({"public_key_openssh": self.public_key_openssh})
+
+
+@dataclass
+class SigningKeyArgs:
+    protect: bool
+
+
+class SigningKey(pulumi.ComponentResource):
+    """The platform's kit-signing key (ECDSA P-384): `nina kit export` signs each kit's SHA256SUMS
+    with it, and sites check the signature against its fingerprint, which they got out of band.
+    Protected and without config input like the CA key: a new key would make every site's pinned
+    fingerprint refuse the next kit."""
+
+    public_key_pem: pulumi.Output[str]
+    private_key_pem: pulumi.Output[str]
+    sha256: pulumi.Output[str]
+
+    def __init__(self, name: str, args: SigningKeyArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("nina:pki:SigningKey", name, None, opts)
+        key = _key(f"{name}-key", pulumi.ResourceOptions(parent=self, protect=args.protect))
+        self.public_key_pem = key.public_key_pem
+        self.private_key_pem = key.private_key_pem
+        self.sha256 = key.public_key_pem.apply(pem.public_key_sha256)
+        self.register_outputs({"public_key_pem": self.public_key_pem, "sha256": self.sha256})

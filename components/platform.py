@@ -19,7 +19,7 @@ from components.database import Database, DatabaseArgs
 from components.flower import DeliveryTarget, deliver
 from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
-from components.pki import CertificateAuthority, CertificateAuthorityArgs
+from components.pki import CertificateAuthority, CertificateAuthorityArgs, SigningKey, SigningKeyArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
 from nina import outputs, render, services
@@ -58,6 +58,7 @@ class Platform(pulumi.ComponentResource):
             child,
         )
         ca = CertificateAuthority("ca", CertificateAuthorityArgs(protect=cfg.protect), child)
+        signing = SigningKey("platform-signing", SigningKeyArgs(protect=cfg.protect), child)
         access = OperatorAccess("access", OperatorAccessArgs(key_pair_name=plan.prefix("ops")), child)
 
         hosts: dict[str, Host] = {}
@@ -128,6 +129,7 @@ class Platform(pulumi.ComponentResource):
         self.outputs = outputs.document(
             plan,
             ca_cert_pem=ca.cert_pem,
+            platform_signing_key=outputs.signing_key(signing.public_key_pem, signing.sha256),
             tenancies={name: t.document for name, t in tenancies.items()},
             hosts={name: outputs.host(plan.host_by_name[name], h.fixed_ip, h.floating_ip) for name, h in hosts.items()},
             bastion_ip=access.bastion_ip,
@@ -138,6 +140,7 @@ class Platform(pulumi.ComponentResource):
                 "vpn_tls_auth_keys": pulumi.Output.secret(vpn_tls_auth_keys),
                 "database_passwords": pulumi.Output.secret(database_passwords),
                 "ops_ssh_private_key": pulumi.Output.secret(access.private_key_openssh),
+                "platform_signing_private_key_pem": pulumi.Output.secret(signing.private_key_pem),
             },
         )
         self.register_outputs(self.outputs)

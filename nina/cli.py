@@ -429,7 +429,8 @@ def _kit_export(args: argparse.Namespace) -> int:
         print(f"nina kit export: {exc}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        paths = kit.export_kits(raw, None if args.all else args.org, args.out)
+        out = kit.parse_outputs(raw)
+        paths = kit.export_kits(out, None if args.all else args.org, args.out)
     except kit.UnknownOrganisation as exc:
         for line in exc.message().splitlines():
             print(f"nina kit export: {line}", file=sys.stderr)
@@ -443,6 +444,12 @@ def _kit_export(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for path in paths:
         print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path}")
+    # stderr, so stdout stays in sha256sum format
+    print(
+        f"nina kit export: signed with the platform key {out.signing_key_sha256}: the organisation checks its kit "
+        "against this fingerprint, which you tell it out of band (by phone; it never changes)",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -611,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write <slug>-sitekit.tar.gz (mode 0600) for organisations of a deployed stack: VPN client, "
         "SuperNode configuration and keys, systemd and container files, install.sh and a README for "
         "the organisation's ICT team. Prints one line per kit: its SHA-256 and path (sha256sum format); "
-        "give the organisation that SHA-256 out of band. Kits hold private keys: handle them as secrets.",
+        "give the organisation that SHA-256 out of band, and the platform key's fingerprint (on stderr) with which "
+        "its install.sh checks the kit's signature. Kits hold private keys: handle them as secrets.",
     )
     source = export.add_mutually_exclusive_group(required=True)
     source.add_argument("--stack", metavar="NAME", help="read the outputs with `pulumi stack output --json --show-secrets --stack NAME`")

@@ -10,9 +10,12 @@ each other and against the CA before a kit is made (`KitError` again).
 
 A kit holds the manual's client-side layout (4.1.3) for ONE organisation, with the very files
 the cloud SuperNodes get (`nina.render` renders both), the OpenVPN client (`nina.vpn`), the
-container build and run files (4.1.3.3.2, 5.7), `install.sh` (verifies `SHA256SUMS` before it
+container build and run files (4.1.3.3.2, 5.7), `install.sh` (verifies the platform's signature
+of `SHA256SUMS` against the key fingerprint the site got out of band, and `SHA256SUMS`, before it
 changes anything, then installs the files with the cloud hosts' nina-install-files, which the
-kit carries with its payloads), `SHA256SUMS` and a README for the organisation's ICT team.
+kit carries with its payloads), `SHA256SUMS`, its signature `SHA256SUMS.sig` (made with the
+stack's platform signing key), the platform's public key and a README for the organisation's
+ICT team.
 
 Pure: never imports pulumi, reads only its templates (nina/templates/kit). Same outputs give
 byte-identical archives: sorted entries, mtime 0, uid/gid 0 (root), explicit modes, and a gzip
@@ -38,7 +41,7 @@ from typing import Any
 import jinja2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -157,6 +160,9 @@ class StackOutputs:
     supernode_private_keys: Mapping[str, str]
     vpn_client_private_keys: Mapping[str, str]
     vpn_tls_auth_keys: Mapping[str, str]
+    signing_key_pem: str  # the platform's kit-signing key (secret)
+    signing_public_key_pem: str
+    signing_key_sha256: str
 
 
 def parse_outputs(raw: Any) -> StackOutputs:
@@ -199,6 +205,9 @@ def parse_outputs(raw: Any) -> StackOutputs:
         supernode_private_keys=doc.supernode_private_keys,
         vpn_client_private_keys=doc.vpn_client_private_keys,
         vpn_tls_auth_keys=doc.vpn_tls_auth_keys,
+        signing_key_pem=doc.platform_signing_private_key_pem,
+        signing_public_key_pem=doc.platform_signing_key.public_key_pem,
+        signing_key_sha256=doc.platform_signing_key.sha256,
     )
 
 
@@ -676,6 +685,19 @@ def _secrets(org: Organisation) -> list[str]:
     return secrets
 
 
+# The kit's signature: SHA256SUMS signed with the platform key (ECDSA P-384, SHA-384, DER), which
+# `openssl dgst -sha384 -verify PLATFORM_KEY_FILE -signature SIGNATURE_FILE SHA256SUMS` checks.
+# RFC 6979 deterministic ECDSA, so the same outputs still give a byte-identical kit.
+SUMS_FILE, SIGNATURE_FILE, PLATFORM_KEY_FILE = "SHA256SUMS", "SHA256SUMS.sig", "platform-key.pem"
+
+
+def sign_manifest(out: StackOutputs, manifest: bytes) -> bytes:
+    key = serialization.load_pem_private_key(out.signing_key_pem.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):  # nina.outputs checked the public half is P-384
+        raise KitError([("platform_signing_private_key_pem", "is not an ECDSA key")])
+    return key.sign(manifest, ec.ECDSA(hashes.SHA384(), deterministic_signing=True))
+
+
 def _sha256sums(files: Sequence[KitFile]) -> bytes:
     lines = [f"{hashlib.sha256(f.content).hexdigest()}  {f.path}\n" for f in sorted(files, key=lambda f: f.path)]
     return "".join(lines).encode()
@@ -707,6 +729,8 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
     }
     install = _render(
         "install.sh.j2",
+        platform_key_file=PLATFORM_KEY_FILE,
+        signature_file=SIGNATURE_FILE,
         payloads=payloads,
         installer_dir=INSTALLER_DIR,
         payloads_dir=PAYLOADS_DIR,
@@ -725,10 +749,15 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         supernode_paths=_supernode_paths(),
         tap_device=f"{facts.OPENVPN_DEVICE}0",
         secrets=_secrets(org),
+        platform_key_file=PLATFORM_KEY_FILE,
+        signature_file=SIGNATURE_FILE,
         **context,
     )
     files.append(KitFile("README.md", _text(readme), 0o644))
-    files.append(KitFile("SHA256SUMS", _sha256sums(files), 0o644))
+    files.append(KitFile(PLATFORM_KEY_FILE, out.signing_public_key_pem.encode(), 0o644))
+    manifest = _sha256sums(files)
+    files.append(KitFile(SUMS_FILE, manifest, 0o644))
+    files.append(KitFile(SIGNATURE_FILE, sign_manifest(out, manifest), 0o644))
     files.sort(key=lambda f: f.path)
     return files
 

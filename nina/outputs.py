@@ -17,9 +17,10 @@ One typed schema (the pydantic models below) for the document that
 
 Top-level keys:
 
-    environment, ca_cert_pem, tenancies, hosts, bastion_ip, database        (public)
+    environment, ca_cert_pem, platform_signing_key, tenancies, hosts,
+    bastion_ip, database                                                      (public)
     supernode_private_keys, vpn_client_private_keys, vpn_tls_auth_keys,
-    database_passwords, ops_ssh_private_key                                   (secret)
+    database_passwords, ops_ssh_private_key, platform_signing_private_key_pem (secret)
 
 Pure: never imports pulumi.
 """
@@ -35,6 +36,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from nina import facts, pem, text
@@ -48,7 +50,15 @@ ONPREM, CLOUD = "onprem", "cloud"
 SECRET_PLACEHOLDER = "[secret]"
 HIDDEN = f"is hidden ({SECRET_PLACEHOLDER!r}); export the outputs with `pulumi stack output --json --show-secrets`"
 # The outputs the program marks secret (one mapping each, so the public ones stay readable).
-SECRET_KEYS = ("supernode_private_keys", "vpn_client_private_keys", "vpn_tls_auth_keys", "database_passwords", "ops_ssh_private_key")
+SECRET_KEYS = (
+    "supernode_private_keys",
+    "vpn_client_private_keys",
+    "vpn_tls_auth_keys",
+    "database_passwords",
+    "ops_ssh_private_key",
+    "platform_signing_private_key_pem",
+)
+_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 _SLUG_RE = re.compile(facts.SLUG_PATTERN)
 _SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
@@ -278,6 +288,25 @@ class Host(_Model):
     floating_ip: Ipv4 | None
 
 
+def _sha256_hex(value: str) -> str:
+    if not _SHA256_HEX_RE.match(value):
+        raise ValueError(f"{show(value)} is not a SHA-256 in lower-case hex (64 digits)")
+    return value
+
+
+def _p384_public_key(value: str) -> str:
+    if not pem.is_p384(value):
+        raise ValueError("is not an ECDSA P-384 public key; the kits' signatures are checked with `openssl dgst -sha384`")
+    return value
+
+
+class SigningKey(_Model):
+    """The platform's kit-signing key (public half): sites check its SHA-256 out of band."""
+
+    public_key_pem: Annotated[Str, AfterValidator(_strict(pem.public_key)), AfterValidator(_p384_public_key)]
+    sha256: Annotated[Str, AfterValidator(_sha256_hex)]  # of the DER SubjectPublicKeyInfo (nina.pem.public_key_sha256)
+
+
 class Database(_Model):
     address: Ipv4
     port: Port
@@ -287,6 +316,7 @@ class Database(_Model):
 class Document(_Model):
     environment: Text
     ca_cert_pem: Annotated[Str, AfterValidator(_strict(pem.certificate)), AfterValidator(_ca_certificate)]
+    platform_signing_key: SigningKey
     tenancies: dict[Slug, Tenancy]
     hosts: dict[Text, Host]
     bastion_ip: Ipv4 | None
@@ -296,6 +326,7 @@ class Document(_Model):
     vpn_tls_auth_keys: SecretMap
     database_passwords: SecretMap
     ops_ssh_private_key: OpensshPrivateKey
+    platform_signing_private_key_pem: PemPrivateKey
 
     @property
     def ca_fingerprint(self) -> str:
@@ -395,7 +426,9 @@ def _describe(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     if kind_ == "missing":
         expected = _expected_at(loc)
         message = f"missing; expected {expected}" if expected else "missing"
-        if len(loc) == 1:  # a whole top-level key: a partial or hand-made document
+        if len(loc) == 1 and loc[0] in ("platform_signing_key", "platform_signing_private_key_pem"):
+            message += "; a stack deployed before kits were signed has no platform signing key yet: run `pulumi up` once, then export"
+        elif len(loc) == 1:  # a whole top-level key: a partial or hand-made document
             message += "; export the whole document with `pulumi stack output --json --show-secrets`"
         return message
     if kind_ == "extra_forbidden":
@@ -455,6 +488,17 @@ def _semantic_problems(doc: Document) -> Iterator[tuple[str, str]]:
             owner[slug] = name
             yield from _check_organisation(slug, org, t, op)
     yield from _check_secrets(doc)
+    yield from _check_signing_key(doc)
+
+
+def _check_signing_key(doc: Document) -> Iterator[tuple[str, str]]:
+    key = doc.platform_signing_key
+    if pem.public_key_sha256(key.public_key_pem) != key.sha256:
+        yield "platform_signing_key.sha256", "is not the SHA-256 of platform_signing_key.public_key_pem; re-export the outputs"
+    private = serialization.load_pem_private_key(doc.platform_signing_private_key_pem.encode(), password=None)
+    public = serialization.load_pem_public_key(key.public_key_pem.encode())
+    if private.public_key() != public:
+        yield "platform_signing_private_key_pem", "does not belong to platform_signing_key.public_key_pem; re-export the outputs"
 
 
 def _check_tenancy(name: str, t: Tenancy, tp: str) -> Iterator[tuple[str, str]]:
@@ -593,6 +637,10 @@ def host(h: HostPlan, fixed_ip: Any, floating_ip: Any) -> dict[str, Any]:
     return _place(Host, roles=list(h.roles), fixed_ip=fixed_ip, floating_ip=floating_ip)
 
 
+def signing_key(public_key_pem: Any, sha256: Any) -> dict[str, Any]:
+    return _place(SigningKey, public_key_pem=public_key_pem, sha256=sha256)
+
+
 def database(plan: Plan, address: Any) -> dict[str, Any]:
     return _place(Database, address=address, port=facts.POSTGRES_PORT, allowed_cidrs=list(plan.database_allowed_cidrs))
 
@@ -601,6 +649,7 @@ def document(
     plan: Plan,
     *,
     ca_cert_pem: Any,
+    platform_signing_key: Any,
     tenancies: Mapping[str, Any],
     hosts: Mapping[str, Any],
     bastion_ip: Any,
@@ -614,6 +663,7 @@ def document(
         Document,
         environment=plan.cfg.environment,
         ca_cert_pem=ca_cert_pem,
+        platform_signing_key=platform_signing_key,
         tenancies=dict(tenancies),
         hosts=dict(hosts),
         bastion_ip=bastion_ip,

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nina import facts, flwrcli, kit, localpki, outputs, render, vpn
+from nina import facts, flwrcli, kit, localpki, outputs, pem, render, vpn
 from nina.host.membership import parse_json  # one reader of flwr's JSON output, host and rehearsal
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
@@ -122,9 +122,11 @@ def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
                 m, pki.supernodes[m.slug].public_key_openssh, client[0] if client else None, stand_in_keys=True
             )  # see build_pki
         tenancies[t.name] = outputs.tenancy(t, outputs.vpn(t.vpn, public_ip) if t.vpn is not None else None, orgs)
+    signing = _key()
     return outputs.document(
         plan,
         ca_cert_pem=pki.ca_cert,
+        platform_signing_key=outputs.signing_key(signing.public_key_pem, pem.public_key_sha256(signing.public_key_pem)),
         tenancies=tenancies,
         hosts={h.name: outputs.host(h, h.fixed_ip, public_ip if h.public else None) for h in plan.hosts},
         bastion_ip=public_ip,
@@ -135,6 +137,7 @@ def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
             "vpn_tls_auth_keys": dict(pki.tls_auth),
             "database_passwords": {},
             "ops_ssh_private_key": _key().private_key_openssh,
+            "platform_signing_private_key_pem": signing.private_key_pem,
         },
     )
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, render, services, vpn
+from nina import cli, facts, kit, pem, render, services, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +61,8 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
     files = {
         "README.md": 0o644,
         "SHA256SUMS": 0o644,
+        "SHA256SUMS.sig": 0o644,
+        "platform-key.pem": 0o644,
         "install.sh": 0o755,
         **INSTALLER_FILES,
         "payloads/exporter.json": 0o600,
@@ -116,8 +118,17 @@ def extract(data: bytes, dest: Path) -> Path:
     return top
 
 
-def install(kit_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(kit_dir / "install.sh"), *args], capture_output=True, text=True, timeout=60, env=env)
+def platform_fingerprint() -> str:
+    """The SHA-256 of the fixture's platform signing key: what the operators tell a site by phone."""
+    import outputs_fixture  # benchmarks/ is on sys.path (conftest's kit_fixture_module)
+
+    return pem.public_key_sha256(outputs_fixture.signing_key().public_key_pem)
+
+
+def install(kit_dir: Path, *args: str, env: dict | None = None, fingerprint: str | None = "") -> subprocess.CompletedProcess:
+    """install.sh with the platform key's fingerprint, as a site runs it (`fingerprint=None`: without one)."""
+    given = [] if fingerprint is None else ["--platform-key-sha256", fingerprint or platform_fingerprint()]
+    return subprocess.run(["bash", str(kit_dir / "install.sh"), *given, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def tree_digest(root: Path) -> dict[str, tuple[int, bytes]]:
@@ -162,7 +173,7 @@ def test_sha256sums_cover_every_other_file(kit_archives, tmp_path):
         listed = {line[66:]: line[:64] for line in lines}
         assert [line[66:] for line in lines] == sorted(listed)
         assert all(line[64:66] == "  " for line in lines)
-        assert listed == {p: hashlib.sha256(b).hexdigest() for p, b in files.items() if p != "SHA256SUMS"}
+        assert listed == {p: hashlib.sha256(b).hexdigest() for p, b in files.items() if p not in ("SHA256SUMS", "SHA256SUMS.sig")}
         top = extract(data, tmp_path / slug)
         subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=top, check=True)
 
@@ -214,6 +225,7 @@ def foreign_markers(outputs: dict, slug: str) -> list[str]:
             if other != slug:
                 markers += [line for line in _pem_bodies(pem) if line not in shared]
     markers += [line for line in _pem_bodies(outputs["ops_ssh_private_key"]) if line not in shared]
+    markers += _pem_bodies(outputs["platform_signing_private_key_pem"])  # signs kits, is in none
     markers += list(outputs["database_passwords"].values())
     return markers
 
@@ -225,7 +237,7 @@ def test_nothing_of_other_organisations_inside(kit_archives, kit_built, slug):
     assert len(markers) > 20
     files = contents(kit_archives[slug])
     for path, data in files.items():
-        text = data.decode()
+        text = data.decode(errors="replace")  # SHA256SUMS.sig is binary (DER)
         for marker in markers:
             pattern = marker if marker.endswith("(?![0-9])") else re.escape(marker)
             assert not re.search(pattern, path), f"{slug}: {path} is named after {marker!r}"
@@ -346,7 +358,7 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
 
 
 def dest_of(path: str) -> str | None:
-    if path in ("README.md", "SHA256SUMS", "install.sh") or path.startswith(("installer/", "payloads/")):
+    if path in ("README.md", "SHA256SUMS", "SHA256SUMS.sig", "platform-key.pem", "install.sh") or path.startswith(("installer/", "payloads/")):
         return None
     if path == "opt/flwr/supernode/supernode.service":
         return "/etc/systemd/system/supernode.service"
@@ -374,7 +386,7 @@ def test_dry_run_prints_every_action_and_touches_nothing(kit_archives, tmp_path)
     assert not root.exists()
     assert tree_digest(top) == before
     out = proc.stdout
-    assert f"all {len(expected_files('hospital-a', True, False)) - 1} files match SHA256SUMS" in out
+    assert f"all {len(expected_files('hospital-a', True, False)) - 2} files match SHA256SUMS" in out
     for path, mode in expected_files("hospital-a", True, False).items():
         dest = dest_of(path)
         if dest and not path.startswith("containers/"):  # nina-install-files names each file as on the host
@@ -605,6 +617,141 @@ def test_a_kit_others_can_write_to_is_refused(kit_archives, tmp_path):
     assert not root.exists()
 
 
+# --- the kit's signature ------------------------------------------------------------------------
+
+
+def forge(top: Path, victim: str, *, resign_with: str | None = None) -> None:
+    """What an attacker who changes a kit does: change a file, rewrite SHA256SUMS to match, and
+    (`resign_with`: a private key PEM) replace the platform key and the signature with their own."""
+    target = top / victim
+    target.write_bytes(target.read_bytes() + b"\n# changed\n")
+    lines = []
+    for line in (top / "SHA256SUMS").read_text().splitlines():
+        path = line[66:]
+        lines.append(f"{hashlib.sha256((top / path).read_bytes()).hexdigest()}  {path}" if path != "platform-key.pem" else line)
+    if resign_with is not None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = serialization.load_pem_private_key(resign_with.encode(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (top / "platform-key.pem").write_bytes(public)
+        lines = [f"{hashlib.sha256(public).hexdigest()}  platform-key.pem" if ln.endswith("  platform-key.pem") else ln for ln in lines]
+    sums = "".join(line + "\n" for line in lines).encode()
+    (top / "SHA256SUMS").write_bytes(sums)
+    if resign_with is not None:
+        (top / "SHA256SUMS.sig").write_bytes(key.sign(sums, ec.ECDSA(hashes.SHA384())))
+    assert subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=top).returncode == 0
+
+
+def test_the_signature_is_the_platform_keys_over_sha256sums(kit_archives, kit_built):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public_pem = kit_built.outputs["platform_signing_key"]["public_key_pem"]
+    public = serialization.load_pem_public_key(public_pem.encode())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    for data in kit_archives.values():
+        files = contents(data)
+        assert files["platform-key.pem"].decode() == public_pem
+        public.verify(files["SHA256SUMS.sig"], files["SHA256SUMS"], ec.ECDSA(hashes.SHA384()))  # raises if not
+    assert kit_built.outputs["platform_signing_key"]["sha256"] == platform_fingerprint()
+
+
+@pytest.mark.parametrize("victim", ["install.sh", "etc/flwr/supernode/certs/ca.crt", "installer/nina/host/install_files.py"])
+def test_a_kit_with_a_rewritten_sha256sums_is_refused(kit_archives, tmp_path, victim):
+    """The attacker changes a file and rewrites SHA256SUMS to match: the signature no longer
+    verifies, and install.sh refuses before anything (a changed install.sh proves nothing,
+    which is why the README's manual check exists: test_the_readme_manual_check_...)."""
+    top = extract(kit_archives["hospital-a"], tmp_path / "kit")
+    forge(top, victim)
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root))
+    if victim != "install.sh":
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "SHA256SUMS is not signed by the platform key" in proc.stderr and "nothing was changed" in proc.stderr
+    assert not root.exists()
+
+
+def test_a_kit_signed_with_another_key_is_refused(kit_archives, kit_fixture_module, tmp_path):
+    top = extract(kit_archives["hospital-a"], tmp_path / "kit")
+    attacker = kit_fixture_module.signing_key("attacker").private_key_pem
+    forge(top, "etc/openvpn/client/client.conf", resign_with=attacker)
+    root = tmp_path / "root"
+    proc = install(top, "--root", str(root))
+    assert proc.returncode == 2 and "not " + platform_fingerprint() + " as you were told" in proc.stderr, proc.stderr
+    assert not root.exists()
+    # ... also when the site checks against its own copy of the genuine key
+    genuine = tmp_path / "platform-key.pem"
+    genuine.write_bytes(contents(kit_archives["hospital-a"])["platform-key.pem"])
+    proc = install(top, "--platform-key", str(genuine), "--root", str(root), fingerprint=None)
+    assert proc.returncode == 2 and "SHA256SUMS is not signed by the platform key" in proc.stderr, proc.stderr
+    assert not root.exists()
+
+
+def test_install_needs_the_platform_fingerprint_from_the_site(kit_archives, tmp_path):
+    top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
+    root = tmp_path / "root"
+    for args in (("--root", str(root)), ("--dry-run", "--root", str(root))):
+        proc = install(top, *args, fingerprint=None)
+        assert proc.returncode == 2, proc.stderr
+        assert "the kit's signature cannot be checked" in proc.stderr and "--platform-key-sha256 HEX" in proc.stderr
+        assert "nothing was changed" in proc.stderr
+    wrong = hashlib.sha256(b"not the key").hexdigest()
+    proc = install(top, "--root", str(root), fingerprint=wrong)
+    assert proc.returncode == 2 and f"not {wrong} as you were told" in proc.stderr, proc.stderr
+    assert install(top, "--root", str(root), fingerprint="12:34").returncode == 64
+    assert not root.exists()
+    # As read out on the phone: capitals and colons are fine.
+    spoken = ":".join(platform_fingerprint()[i : i + 2] for i in range(0, 64, 2)).upper()
+    proc = install(top, "--dry-run", "--root", str(root), fingerprint=spoken)
+    assert proc.returncode == 0 and "SHA256SUMS is signed by the platform key " + platform_fingerprint() in proc.stdout, proc.stderr
+    # A copy of the key the site kept works too.
+    kept = tmp_path / "kept.pem"
+    kept.write_bytes((top / "platform-key.pem").read_bytes())
+    proc = install(top, "--platform-key", str(kept), "--dry-run", "--root", str(root), fingerprint=None)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _manual_check(kit_archives, slug: str, tmp_path: Path, fingerprint: str, archive: bytes | None = None) -> subprocess.CompletedProcess:
+    """Section 1's commands of the README, run as written (standard tools only, nothing from the kit)."""
+    readme = contents(kit_archives[slug])["README.md"].decode()
+    commands = readme_block(readme, "1.", 0)
+    assert "fp=FINGERPRINT-YOU-WERE-TOLD\n" in commands and "./" not in commands  # runs nothing of the kit
+    home = tmp_path / "home"
+    home.mkdir(parents=True)
+    (home / f"{slug}-sitekit.tar.gz").write_bytes(archive if archive is not None else kit_archives[slug])
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    script = commands.replace("FINGERPRINT-YOU-WERE-TOLD", fingerprint)
+    return subprocess.run(["bash", "-c", script], cwd=home, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _repack(top: Path) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    return raw.getvalue()
+
+
+def test_the_readme_manual_check_verifies_a_good_kit_and_rejects_a_forged_one(kit_archives, kit_fixture_module, tmp_path):
+    good = _manual_check(kit_archives, "hospital-a", tmp_path / "good", platform_fingerprint())
+    assert good.stdout.splitlines() == ["platform key: OK", "Verified OK", "files: OK"], good
+    # SHA256SUMS rewritten to match a changed install.sh: the signature fails.
+    top = extract(kit_archives["hospital-a"], tmp_path / "forged")
+    forge(top, "install.sh")
+    bad = _manual_check(kit_archives, "hospital-a", tmp_path / "bad", platform_fingerprint(), _repack(top))
+    assert "platform key: OK" in bad.stdout and "signature: WRONG, STOP" in bad.stdout and "Verified OK" not in bad.stdout, bad
+    # Re-signed with the attacker's own key: the fingerprint the site was told does not match.
+    top = extract(kit_archives["hospital-a"], tmp_path / "resigned")
+    forge(top, "install.sh", resign_with=kit_fixture_module.signing_key("attacker").private_key_pem)
+    bad = _manual_check(kit_archives, "hospital-a", tmp_path / "bad2", platform_fingerprint(), _repack(top))
+    assert "platform key: WRONG, STOP" in bad.stdout, bad
+    # A wrong fingerprint (someone else's key) is caught by the first line.
+    bad = _manual_check(kit_archives, "hospital-a", tmp_path / "bad3", hashlib.sha256(b"x").hexdigest())
+    assert bad.stdout.splitlines()[0] == "platform key: WRONG, STOP", bad
+
+
 def _tampered_cases() -> list[str]:
     return sorted(expected_files("hospital-a", True, False))
 
@@ -617,7 +764,7 @@ def test_a_changed_byte_anywhere_makes_install_refuse_before_anything(kit_archiv
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
     root = tmp_path / "root"
-    proc = subprocess.run(["bash", str(top / "install.sh"), "--root", str(root)], capture_output=True, text=True, timeout=60)
+    proc = install(top, "--root", str(root))
     assert proc.returncode != 0
     if victim != "install.sh":  # a broken install.sh may fail any way, but must still not install
         assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -723,7 +870,7 @@ def test_readme_for_on_premise_organisation(kit_archives, kit_built):
     assert "systemctl status supernode" in readme and "journalctl -u supernode -f" in readme
     assert "/media/data" in readme and "re-issued kit" in readme
     assert "contact the NINA platform operators (QCIF)".lower() in readme.lower()
-    assert "install.sh --containers" in readme and "EXTRA_PIP_PACKAGES" in readme
+    assert 'install.sh --platform-key-sha256 "$fp" --containers' in readme and "EXTRA_PIP_PACKAGES" in readme
     for path in expected_files("hospital-a", True, False):
         assert f"`{path}`" in readme, path
 
@@ -739,12 +886,12 @@ def test_readme_ca_check_covers_the_whole_file(kit_archives, kit_built, tmp_path
     """The README's CA check, run as written: one fingerprint line for the kit as exported; a key
     or a second CA certificate appended to either copy of the CA file makes it fail."""
     readme = contents(kit_archives[slug])["README.md"].decode()
-    commands = readme_block(readme, "1.")
+    commands = readme_block(readme, "1.", 1)
     ca = x509.load_pem_x509_certificate(kit_built.outputs["ca_cert_pem"].encode())
     fingerprint = ":".join(f"{b:02X}" for b in ca.fingerprint(hashes.SHA256()))
 
     def run(kit: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=kit.parent, capture_output=True, text=True, timeout=30)
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=kit, capture_output=True, text=True, timeout=30)
 
     good = run(extract(kit_archives[slug], tmp_path / "good"))
     assert good.returncode == 0 and good.stdout.lower() == f"sha256 fingerprint={fingerprint}\n".lower(), good
@@ -792,6 +939,7 @@ def test_cli_exports_from_file_and_stdin(kit_built, kit_archives, tmp_path):
         assert Path(path) == tmp_path / "b" / f"{slug}-sitekit.tar.gz"
         assert digest == hashlib.sha256(kit_archives[slug]).hexdigest() == hashlib.sha256(Path(path).read_bytes()).hexdigest()
         assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    assert f"signed with the platform key {platform_fingerprint()}:" in proc.stderr.decode()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["cloud-lab-sitekit.tar.gz", "hospital-a-sitekit.tar.gz"]
 
 

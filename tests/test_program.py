@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from harness import INSTANCE, Run, run_program, stack_config
 
-from nina import facts, localpki
+from nina import facts, localpki, pem
 from nina.config import load_config
 from nina.firewall import NEVER_OPEN, PER_TENANCY_ZONES, PORT_TABLE
 from nina.plan import build_plan
@@ -175,13 +175,23 @@ def test_rules_are_replaced_delete_first(test_run):
 
 
 def test_private_keys_and_passwords_are_secret_outputs(test_run):
-    for name in ("supernode_private_keys", "database_passwords", "ops_ssh_private_key"):
+    for name in ("supernode_private_keys", "database_passwords", "ops_ssh_private_key", "platform_signing_private_key_pem"):
         assert test_run.output_secret[name], name
     assert set(test_run.outputs["supernode_private_keys"]) == {"test-org-a", "test-org-b"}
     assert all("OPENSSH PRIVATE KEY" in v for v in test_run.outputs["supernode_private_keys"].values())
-    for name in ("environment", "ca_cert_pem", "tenancies", "hosts", "database"):
+    for name in ("environment", "ca_cert_pem", "platform_signing_key", "tenancies", "hosts", "database"):
         assert not test_run.output_secret[name], f"{name} should stay readable"
         assert "PRIVATE KEY" not in repr(test_run.outputs[name])
+
+
+def test_the_platform_signing_key_is_protected_and_its_fingerprint_public(test_run):
+    (key,) = [r for r in test_run.of_type(PRIVATE_KEY) if r.name == "platform-signing-key"]
+    assert key.inputs["algorithm"] == "ECDSA" and key.inputs["ecdsaCurve"] == "P384"
+    assert key.protect
+    public = test_run.outputs["platform_signing_key"]
+    assert public["public_key_pem"] == key.outputs["publicKeyPem"]
+    assert public["sha256"] == pem.public_key_sha256(key.outputs["publicKeyPem"])
+    assert test_run.outputs["platform_signing_private_key_pem"] == key.outputs["privateKeyPem"]
 
 
 def test_tls_private_keys_are_secret_in_state(test_run):
@@ -224,7 +234,7 @@ def test_user_data_holds_no_key_material_or_password(test_run):
     for key in test_run.of_type(PRIVATE_KEY):
         secrets += [key.outputs["privateKeyPem"], key.outputs["privateKeyOpenssh"]]
     secrets += [r.outputs["result"] for r in test_run.of_type("random:index/randomPassword:RandomPassword")]
-    assert len(secrets) == 2 * 5 + 2  # CA, SuperLink leaf, ops, two SuperNodes; two DB passwords
+    assert len(secrets) == 2 * 6 + 2  # CA, platform signing key, SuperLink leaf, ops, two SuperNodes; two DB passwords
     # Compare on the base64 body lines of keys, so a reformatted copy is still caught.
     needles = {line for s in secrets for line in s.splitlines() if len(line) >= 16 and "-----" not in line}
     for name, data in test_run.user_data().items():
