@@ -221,9 +221,9 @@ def foreign_markers(outputs: dict, slug: str) -> list[str]:
             if t_name in outputs["vpn_tls_auth_keys"]:
                 markers += [line for line in outputs["vpn_tls_auth_keys"][t_name].splitlines() if re.fullmatch("[0-9a-f]{32}", line)]
     for name in ("supernode_private_keys", "vpn_client_private_keys"):
-        for other, pem in outputs[name].items():
+        for other, key_pem in outputs[name].items():
             if other != slug:
-                markers += [line for line in _pem_bodies(pem) if line not in shared]
+                markers += [line for line in _pem_bodies(key_pem) if line not in shared]
     markers += [line for line in _pem_bodies(outputs["ops_ssh_private_key"]) if line not in shared]
     markers += _pem_bodies(outputs["platform_signing_private_key_pem"])  # signs kits, is in none
     markers += list(outputs["database_passwords"].values())
@@ -256,8 +256,8 @@ def test_organisation_keeping_its_keys_gets_no_private_key(kit_archives, kit_bui
         assert b"PRIVATE KEY-----" not in data, path
     held = kit_built.held["hospital-own"]
     assert set(held) == {"vpn_key_pem", "supernode_key_openssh"}
-    for pem in held.values():
-        for body in _pem_bodies(pem):
+    for key_pem in held.values():
+        for body in _pem_bodies(key_pem):
             assert all(body.encode() not in data for data in files.values())
     # ... but the tls-auth key of its tenancy, which is not an organisation's key.
     assert b"BEGIN OpenVPN Static key V1" in files["etc/openvpn/clientcerts/private/ta.key"]
@@ -358,7 +358,9 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
 
 
 def dest_of(path: str) -> str | None:
-    if path in ("README.md", "SHA256SUMS", "SHA256SUMS.sig", "platform-key.pem", "install.sh") or path.startswith(("installer/", "payloads/")):
+    if path in ("README.md", "SHA256SUMS", "SHA256SUMS.sig", "platform-key.pem", "install.sh") or path.startswith(
+        ("installer/", "payloads/")
+    ):
         return None
     if path == "opt/flwr/supernode/supernode.service":
         return "/etc/systemd/system/supernode.service"
@@ -629,18 +631,18 @@ def forge(top: Path, victim: str, *, resign_with: str | None = None) -> None:
     for line in (top / "SHA256SUMS").read_text().splitlines():
         path = line[66:]
         lines.append(f"{hashlib.sha256((top / path).read_bytes()).hexdigest()}  {path}" if path != "platform-key.pem" else line)
-    if resign_with is not None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-        key = serialization.load_pem_private_key(resign_with.encode(), None)
+    key = serialization.load_pem_private_key(resign_with.encode(), None) if resign_with is not None else None
+    if key is not None:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         (top / "platform-key.pem").write_bytes(public)
         lines = [f"{hashlib.sha256(public).hexdigest()}  platform-key.pem" if ln.endswith("  platform-key.pem") else ln for ln in lines]
     sums = "".join(line + "\n" for line in lines).encode()
     (top / "SHA256SUMS").write_bytes(sums)
-    if resign_with is not None:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
         (top / "SHA256SUMS.sig").write_bytes(key.sign(sums, ec.ECDSA(hashes.SHA384())))
     assert subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=top).returncode == 0
 
