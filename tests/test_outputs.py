@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import outputs
+from nina import localpki, outputs
 
 
 def _walk(value, prefix=()):
@@ -268,3 +268,24 @@ def test_pem_fields_are_read_back_canonically(kit_built):
     lines = [body[i : i + 76] for i in range(0, len(body), 76)]
     doc["ca_cert_pem"] = "\n\n-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----"
     assert outputs.read(doc).ca_cert_pem == ca
+
+
+def test_the_signing_key_halves_and_fingerprint_must_agree(kit_built, kit_fixture_module):
+    other = kit_fixture_module.signing_key("other")
+    rsa = localpki.generate_key("RSA")
+    cases = {
+        "platform_signing_key.sha256": lambda d: d["platform_signing_key"].__setitem__("sha256", "0" * 64),
+        "platform_signing_private_key_pem": lambda d: d.__setitem__("platform_signing_private_key_pem", other.private_key_pem),
+        "platform_signing_key.public_key_pem": lambda d: d["platform_signing_key"].__setitem__("public_key_pem", rsa.public_key_pem),
+    }
+    for where, mutate in cases.items():
+        doc = copy.deepcopy(kit_built.outputs)
+        mutate(doc)
+        with pytest.raises(outputs.OutputsError) as info:
+            outputs.read(doc)
+        assert [p for p, _ in info.value.problems] == [where], info.value.message()
+    doc = copy.deepcopy(kit_built.outputs)
+    del doc["platform_signing_key"]
+    with pytest.raises(outputs.OutputsError) as info:
+        outputs.read(doc)
+    assert "run `pulumi up` once" in info.value.message()
