@@ -24,6 +24,12 @@ superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port
 project's pyproject names the rehearsal's Control port and the CA under the temporary root.
 `insecure=True` (benchmarks) also drops TLS and SuperNode authentication from the script copies.
 
+Every SuperNode is supervised as its kit's supernode.service would be under systemd (Supervisor,
+with the unit's Restart= and RestartSec=): when one exits by itself (flwr 1.25.0 drops SuperNodes,
+see the README) the rest of its process group is stopped and it is started again after RestartSec;
+every exit and restart is logged and `restarts()` counts them. Stopping one (or closing the
+rehearsal) never restarts it.
+
 Every process the rehearsal starts runs in its own process group and is stopped (SIGTERM, then
 SIGKILL) when the Rehearsal closes, also on errors and Ctrl-C. Every wait is bounded.
 """
@@ -42,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +287,177 @@ class Proc:
         return self.popen.returncode
 
 
+# ---------------------------------------------------------------------------------------
+# Supervision: a SuperNode runs as its systemd unit (Restart=, RestartSec=) would run it
+# ---------------------------------------------------------------------------------------
+
+# systemd's defaults (systemd-system.conf(5)) for what a unit does not set.
+SYSTEMD_DEFAULT_RESTART_SEC = 0.1  # RestartSec=100ms
+SYSTEMD_DEFAULT_START_LIMIT_INTERVAL = 10.0  # DefaultStartLimitIntervalSec=10s
+SYSTEMD_DEFAULT_START_LIMIT_BURST = 5  # DefaultStartLimitBurst=5
+# Exits that count as clean for Restart=on-failure / on-success (systemd.service(5)).
+_CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+_RESTART_VALUES = ("no", "always", "on-success", "on-failure", "on-abnormal")
+_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "msec": 0.001, "m": 60.0, "min": 60.0}
+
+
+def _timespan(value: str, what: str) -> float:
+    """A systemd time span as the units use them: `5`, `5s`, `100ms`, `1min` (one term)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value)
+    if not m or m.group(2) not in _TIME_UNITS:
+        raise RehearsalError(f"{what}: cannot read the time span {value!r}")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """What a unit's `Restart=` and `RestartSec=` (and `StartLimitIntervalSec=`/`StartLimitBurst=`)
+    make systemd do when the main process exits by itself; read from the unit with `from_unit`."""
+
+    unit: str
+    restart: str = "no"
+    restart_sec: float = SYSTEMD_DEFAULT_RESTART_SEC
+    start_limit_interval: float = SYSTEMD_DEFAULT_START_LIMIT_INTERVAL
+    start_limit_burst: int = SYSTEMD_DEFAULT_START_LIMIT_BURST
+
+    @classmethod
+    def from_unit(cls, text: str, unit: str) -> RestartPolicy:
+        section, found = "", {}
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+                continue
+            key, sep, value = line.partition("=")
+            if sep:
+                found[(section, key.strip())] = value.strip()  # the last assignment wins, as in systemd
+        restart = found.get(("Service", "Restart"), "no")
+        if restart not in _RESTART_VALUES:
+            raise RehearsalError(f"{unit}: Restart={restart} is not one the rehearsal supervises ({', '.join(_RESTART_VALUES)})")
+        kwargs: dict[str, Any] = {"restart": restart}
+        if ("Service", "RestartSec") in found:
+            kwargs["restart_sec"] = _timespan(found[("Service", "RestartSec")], f"{unit}: RestartSec")
+        if ("Unit", "StartLimitIntervalSec") in found:
+            kwargs["start_limit_interval"] = _timespan(found[("Unit", "StartLimitIntervalSec")], f"{unit}: StartLimitIntervalSec")
+        if ("Unit", "StartLimitBurst") in found:
+            kwargs["start_limit_burst"] = int(found[("Unit", "StartLimitBurst")])
+        return cls(unit, **kwargs)
+
+    def restarts_after(self, returncode: int) -> bool:
+        """Whether systemd restarts the unit after its main process ended with `returncode`
+        (Popen's: negative for a signal) by itself, not through a stop."""
+        signalled = returncode < 0
+        clean = returncode == 0 or (signalled and -returncode in _CLEAN_SIGNALS)
+        return {
+            "no": False,
+            "always": True,
+            "on-success": clean,
+            "on-failure": not clean,
+            "on-abnormal": signalled and not clean,
+        }[self.restart]
+
+    def describe(self) -> str:
+        return f"{self.unit}: Restart={self.restart}, RestartSec={self.restart_sec:g}s"
+
+
+class Supervisor:
+    """Runs one service process as systemd runs its unit under `policy`.
+
+    When the main process exits by itself, what is left of its process group is stopped (as
+    systemd's default KillMode=control-group does) and, if the policy restarts after that exit,
+    it is started again after RestartSec, unless the start limit is hit (StartLimitBurst starts
+    within StartLimitIntervalSec: the unit "failed"). `stop()` (systemctl stop) never leads to a
+    restart. `restarts` counts the restarts; every exit and restart is logged through `log`.
+    """
+
+    def __init__(self, name: str, start: Callable[[], Proc], policy: RestartPolicy, log: Callable[[str], None], poll: float = 0.1):
+        self.name = name
+        self.policy = policy
+        self.restarts = 0
+        self.exits: list[int] = []  # return codes of the exits by itself
+        self.state = "running"  # running, restarting, stopped, exited (no restart), failed (start limit or start error)
+        self._start = start
+        self._say = log
+        self._poll = poll
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.proc = start()
+        self._starts = [time.monotonic()]
+        self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        """Running or waiting for its restart (systemd: active or activating)."""
+        return self.state in ("running", "restarting")
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            if self.proc.popen.poll() is None:
+                self._stopping.wait(self._poll)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                rc = self.proc.popen.returncode
+                self.proc.stop()  # the rest of its group (superexec, app processes)
+                self.exits.append(rc)
+                if not self.policy.restarts_after(rc):
+                    self.state = "exited"
+                    self._say(f"{self.name} exited ({_exit_text(rc)}); not restarted ({self.policy.describe()})")
+                    return
+                self.state = "restarting"
+                self._say(f"{self.name} exited ({_exit_text(rc)}); restarting in {self.policy.restart_sec:g} s ({self.policy.describe()})")
+            if self._stopping.wait(self.policy.restart_sec):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                now = time.monotonic()
+                self._starts = [t for t in self._starts if now - t < self.policy.start_limit_interval]
+                if len(self._starts) >= self.policy.start_limit_burst:
+                    self.state = "failed"
+                    self._say(
+                        f"{self.name}: start request repeated too quickly ({len(self._starts)} starts within "
+                        f"{self.policy.start_limit_interval:g} s); not restarted, as systemd would leave {self.policy.unit} failed"
+                    )
+                    return
+                try:
+                    self.proc = self._start()
+                except Exception as exc:
+                    self.state = "failed"
+                    self._say(f"{self.name}: restart failed: {exc}")
+                    return
+                self._starts.append(now)
+                self.restarts += 1
+                self.state = "running"
+                self._say(f"{self.name} restarted (restart {self.restarts}, pid {self.proc.popen.pid})")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the main process only, as a crash ends it; supervision carries on."""
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            self.proc.popen.send_signal(sig)
+
+    def stop(self, timeout: float = facts.REHEARSAL_STOP_TIMEOUT) -> None:
+        """Stop it for good (systemctl stop): the process group is stopped and never restarted."""
+        self._stopping.set()
+        with self._lock:  # a start in progress finishes first, and is stopped below
+            self.state = "stopped"
+            proc = self.proc
+        proc.stop(timeout=timeout)
+        self._thread.join(timeout=timeout)
+
+
 @dataclass
 class RunResult:
     ok: bool
@@ -342,6 +520,7 @@ class Rehearsal:
         self.venv = _venv()
         self._taken = ports_taken if ports_taken is not None else set()
         self.procs: dict[str, Proc] = {}
+        self.supervisors: dict[str, Supervisor] = {}  # slug -> its SuperNode's supervisor
         self.superlink: Proc | None = None
         self.kits: dict[str, Path] = {}
         self.node_ports: dict[str, int] = {}
@@ -639,33 +818,54 @@ class Rehearsal:
             text = _drop_option(text, "--root-certificates", what)
         return _write(self.dir / "nodes" / slug / "run_supernode.sh", text, 0o755)
 
+    def restart_policy(self, slug: str) -> RestartPolicy:
+        """Restart=/RestartSec= of the organisation's own supernode.service (from its kit, the
+        unit nina.render renders for cloud SuperNodes too)."""
+        unit = self.kits[slug] / facts.SUPERNODE_OPT.lstrip("/") / facts.SUPERNODE_UNIT
+        return RestartPolicy.from_unit(unit.read_text(), facts.SUPERNODE_UNIT)
+
     def start_supernode(
         self, slug: str, *, superlink_host: str = facts.LOOPBACK, trust_ca: bool = True, env: dict[str, str] | None = None
     ) -> Proc:
-        """Start the organisation's SuperNode from its kit's run_supernode.sh. `trust_ca=False`
-        drops --root-certificates (system trust store); `superlink_host` is the name it dials."""
+        """Start the organisation's SuperNode from its kit's run_supernode.sh, supervised as its
+        supernode.service would be (see Supervisor; the restarts are logged and counted in
+        `restarts()`). `trust_ca=False` drops --root-certificates (system trust store);
+        `superlink_host` is the name it dials."""
         name = f"supernode-{slug}"
-        old = self.procs.get(name)
-        if old is not None and old.alive():
+        old = self.supervisors.get(slug)
+        if old is not None and old.active:
             raise RehearsalError(f"{name} is already running")
         conf_dir = self.supernode_conf_dir(slug, superlink_host=superlink_host)
         script = self._supernode_script(slug, trust_ca)
         env = self._env(
             PYTHONENV=str(self.venv), CONF_DIR=str(conf_dir), FLWR_HOME=str(self.dir / "nodes" / slug / "flwr-home"), **(env or {})
         )
-        return self._spawn(name, ["bash", str(script)], env)
+        sup = Supervisor(name, lambda: self._spawn(name, ["bash", str(script)], env), self.restart_policy(slug), self.say)
+        self.supervisors[slug] = sup
+        return sup.proc
 
     def start_supernodes(self, slugs: Iterable[str] | None = None) -> None:
         for slug in list(slugs) if slugs is not None else [m.slug for m in self.members]:
             self.start_supernode(slug)
 
     def stop_supernode(self, slug: str) -> None:
-        proc = self.procs.get(f"supernode-{slug}")
-        if proc is not None:
-            proc.stop()
+        """Stop the SuperNode for good (systemctl stop): no restart follows."""
+        sup = self.supervisors.get(slug)
+        if sup is not None:
+            sup.stop()
+
+    def kill_supernode(self, slug: str) -> None:
+        """SIGKILL the SuperNode's main process, as a crash would end it: its supervisor stops
+        the rest of its group and restarts it after RestartSec, as systemd would."""
+        self.supervisors[slug].kill(signal.SIGKILL)
 
     def supernode(self, slug: str) -> Proc:
-        return self.procs[f"supernode-{slug}"]
+        """The SuperNode's current process (a restart makes a new one)."""
+        return self.supervisors[slug].proc
+
+    def restarts(self) -> dict[str, int]:
+        """slug -> how many times its supervisor restarted its SuperNode."""
+        return {slug: sup.restarts for slug, sup in self.supervisors.items()}
 
     # --- the validation app --------------------------------------------------------------
 
@@ -708,7 +908,11 @@ class Rehearsal:
     # --- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop every process this rehearsal started (process groups), SuperNodes first."""
+        """Stop every process this rehearsal started (process groups), SuperNodes first; their
+        supervisors first of all, so that no stop leads to a restart."""
+        for sup in self.supervisors.values():
+            with contextlib.suppress(Exception):
+                sup.stop()
         order = sorted(self.procs.values(), key=lambda p: (p.name == "superlink", p.name))
         for proc in order:
             with contextlib.suppress(Exception):
@@ -818,6 +1022,7 @@ class TenancyReport:
     reason: str | None
     ready_seconds: float | None
     result: RunResult | None
+    restarts: dict[str, int] = field(default_factory=dict)  # slug -> SuperNode restarts by its supervisor
 
 
 def rehearse(
@@ -854,7 +1059,10 @@ def rehearse(
                 result = r.run_app(rounds)
                 log(result.table())
                 log(f"run time {result.seconds:.1f} s")
-                reports.append(TenancyReport(t.name, result.ok, result.error, ready, result))
+                restarts = r.restarts()
+                restarted = ", ".join(f"{slug} {n}" for slug, n in restarts.items() if n)
+                log(f"SuperNode restarts (supervised as {r.restart_policy(t.members[0].slug).describe()}): {restarted or 'none'}")
+                reports.append(TenancyReport(t.name, result.ok, result.error, ready, result, restarts))
         except RehearsalError as exc:
             reports.append(TenancyReport(t.name, False, str(exc), None, None))
         except subprocess.TimeoutExpired as exc:
