@@ -521,6 +521,8 @@ class Rehearsal:
         self._taken = ports_taken if ports_taken is not None else set()
         self.procs: dict[str, Proc] = {}
         self.supervisors: dict[str, Supervisor] = {}  # slug -> its SuperNode's supervisor
+        self._registrations: list[subprocess.Popen] = []  # nina-membership register-many runs
+        self.marks: dict[str, float] = {}  # time.monotonic() of start_federation's steps (benchmarks)
         self.superlink: Proc | None = None
         self.kits: dict[str, Path] = {}
         self.node_ports: dict[str, int] = {}
@@ -671,7 +673,7 @@ class Rehearsal:
         self.procs[name] = proc
         return proc
 
-    def start_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> Proc:
+    def start_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT, *, wait: bool = True) -> Proc:
         if self.superlink is not None and self.superlink.alive():
             raise RehearsalError("the SuperLink is already running")
         state = self._rooted(facts.SUPERLINK_STATE_DIR)
@@ -683,6 +685,11 @@ class Rehearsal:
             FLWR_HOME=str(self._rooted(facts.SUPERLINK_FLWR_HOME)),
         )
         self.superlink = self._spawn("superlink", ["bash", str(self._superlink_script)], env)
+        return self._wait_superlink(timeout) if wait else self.superlink
+
+    def _wait_superlink(self, timeout: float) -> Proc:
+        """Wait until the SuperLink's Control and Fleet APIs accept connections."""
+        assert self.superlink is not None
         deadline = time.monotonic() + timeout
         while not self._listening(self.control_port) or not self._listening(self.fleet_port):
             if not self.superlink.alive():
@@ -723,31 +730,81 @@ class Rehearsal:
 
     # --- membership ----------------------------------------------------------------------
 
-    def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
-        env = self._env(
+    def _membership_env(self, retry_interval: float) -> dict[str, str]:
+        return self._env(
             NINA_FLWR=str(self.venv / "bin" / "flwr"),
             NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
             NINA_ADMIN_APP=str(self.admin_app),
             NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
             NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT),
-            NINA_RETRY_INTERVAL="1",
+            NINA_RETRY_INTERVAL=f"{retry_interval:g}",
         )
+
+    def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
         proc = subprocess.run(
             [sys.executable, str(self.membership), *args],
             input=stdin or "",
             text=True,
             capture_output=True,
-            env=env,
+            env=self._membership_env(1),
             timeout=facts.REHEARSAL_START_TIMEOUT + 60,
         )
         if proc.returncode != 0:
             raise RehearsalError(f"nina-membership {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
         return json.loads(proc.stdout)
 
+    def public_key(self, slug: str) -> str:
+        """The organisation's SuperNode public key, from its kit."""
+        return (self.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE).read_text()
+
     def register(self, slug: str) -> str:
         """Register the organisation's SuperNode key (from its kit) with nina-membership; returns the node id."""
-        pub = (self.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE).read_text()
-        return self._membership("register", slug, stdin=pub)["node-id"]
+        return self._membership("register", slug, stdin=self.public_key(slug))["node-id"]
+
+    def _start_registrations(self, slugs: Sequence[str]) -> subprocess.Popen:
+        """`nina-membership register-many` for `slugs`, not waiting (see _finish_registrations)."""
+        logs = self.dir / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / "nina-membership.log", "a") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(self.membership), "register-many"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=self._membership_env(0.2),  # its retries cost no process start-up: one interpreter
+                start_new_session=True,
+            )
+        self._registrations.append(proc)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({slug: self.public_key(slug) for slug in slugs}))
+        proc.stdin.close()
+        return proc
+
+    def _finish_registrations(self, proc: subprocess.Popen, registered: Callable[[str], object] | None = None) -> dict[str, str]:
+        """Read register-many's line per organisation as it comes (calling `registered(slug)`);
+        slug -> node id. Bounded: the process is killed if it outlives the Control API wait."""
+        budget = facts.REHEARSAL_START_TIMEOUT + 60
+        watchdog = threading.Timer(budget, proc.kill)
+        watchdog.start()
+        ids, errors = {}, []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                doc = json.loads(line)
+                if "error" in doc:
+                    errors.append(f"{doc['slug']}: {doc['error']}")
+                    continue
+                ids[doc["slug"]] = str(doc["node-id"])
+                if registered is not None:
+                    registered(doc["slug"])
+            code = proc.wait(timeout=30)
+        finally:
+            watchdog.cancel()
+        if code != 0 or errors:
+            log = self.dir / "logs" / "nina-membership.log"
+            raise RehearsalError(f"nina-membership register-many failed (exit {code}): {'; '.join(errors) or f'see {log}'}")
+        return ids
 
     def unregister(self, slug: str) -> dict[str, Any]:
         return self._membership("unregister", slug)
@@ -757,9 +814,41 @@ class Rehearsal:
         return {m["slug"]: str(m["node-id"]) for m in self._membership("list")["members"]}
 
     def register_all(self) -> dict[str, str]:
+        """Register every organisation's key with one `nina-membership register-many`; slug -> node id."""
         if self.insecure:
             return {}  # no --enable-supernode-auth: nothing to register
-        return {m.slug: self.register(m.slug) for m in self.members}
+        return self._finish_registrations(self._start_registrations([m.slug for m in self.members]))
+
+    def start_federation(self, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> dict[str, str]:
+        """SuperLink, registrations and SuperNodes, overlapped (returns slug -> node id; {} insecure).
+
+        Secured: `nina-membership register-many` starts with the SuperLink (it retries until the
+        Control API answers), and each SuperNode starts once the SuperLink's APIs listen and its
+        key is registered. Insecure: the SuperNodes start once the SuperLink's APIs listen.
+        Either way no SuperNode starts before its SuperLink listens, so the two differ only by
+        the registrations. Then `wait_online`.
+        """
+        self.marks = {"start": time.monotonic()}
+        if self.insecure:
+            self.start_superlink(timeout)
+            self.marks["listening"] = time.monotonic()
+            self.start_supernodes()
+            self.marks["supernodes started"] = time.monotonic()
+            return {}
+        if self.superlink is not None and self.superlink.alive():
+            raise RehearsalError("the SuperLink is already running")
+        self.start_superlink(timeout=0, wait=False)
+        registrations = self._start_registrations([m.slug for m in self.members])
+        self._wait_superlink(timeout)
+        self.marks["listening"] = time.monotonic()
+
+        def registered(slug: str) -> None:
+            self.marks.setdefault("first registered", time.monotonic())
+            self.start_supernode(slug)
+
+        ids = self._finish_registrations(registrations, registered)
+        self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
+        return ids
 
     def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
@@ -913,6 +1002,13 @@ class Rehearsal:
         for sup in self.supervisors.values():
             with contextlib.suppress(Exception):
                 sup.stop()
+        for reg in self._registrations:
+            if reg.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(reg.pid, signal.SIGKILL)  # its own session: it and its flwr interpreter
+            with contextlib.suppress(Exception):
+                reg.wait(timeout=facts.REHEARSAL_STOP_TIMEOUT)
         order = sorted(self.procs.values(), key=lambda p: (p.name == "superlink", p.name))
         for proc in order:
             with contextlib.suppress(Exception):
@@ -1044,11 +1140,9 @@ def rehearse(
                 for edit in r.edits:
                     log(f"rehearsal edit: {edit}")
                 t0 = time.monotonic()
-                r.start_superlink()
-                ids = r.register_all()
+                ids = r.start_federation()
                 for slug, node in ids.items():
-                    log(f"registered {slug} with nina-membership: node {node}")
-                r.start_supernodes()
+                    log(f"registered {slug} with nina-membership register-many: node {node}")
                 log(
                     f"rehearsal edit: each kit's supernode.conf copy: superlink_server={facts.LOOPBACK}, "
                     f"superlink_port={r.fleet_port}, local_port " + ", ".join(f"{s}={p}" for s, p in r.node_ports.items())
