@@ -52,9 +52,9 @@ def plan_for(n: int) -> Plan:
     )
 
 
-def start(r: Rehearsal, n: int) -> dict[str, float]:
+def start(r: Rehearsal, n: int, registration: str = "batch") -> dict[str, float]:
     """Bring the federation up; seconds from starting the SuperLink to each step and to every SuperNode online."""
-    r.start_federation()
+    r.start_federation(registration=registration)
     r.wait_online(n, timeout=180)
     online = time.monotonic()
     t0 = r.marks["start"]
@@ -66,7 +66,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def measure_ready(n: int, repeat: int, workdir: Path) -> dict[str, list[dict[str, float]]]:
+def measure_ready(n: int, repeat: int, workdir: Path, registration: str = "batch") -> dict[str, list[dict[str, float]]]:
     """`repeat` fresh federations of each kind, alternated, one at a time."""
     plan = plan_for(n)
     quiet = lambda line: None  # noqa: E731
@@ -74,7 +74,7 @@ def measure_ready(n: int, repeat: int, workdir: Path) -> dict[str, list[dict[str
     for i in range(repeat):
         for variant in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
             with Rehearsal(plan, workdir / f"{n}-ready-{variant}-{i}", insecure=variant == "insecure", log=quiet) as r:
-                trials[variant].append(start(r, n))
+                trials[variant].append(start(r, n, registration))
     return trials
 
 
@@ -122,15 +122,24 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="federations / runs per kind (median reported)")
     ap.add_argument("--no-runs", action="store_true", help="measure time to ready only")
+    ap.add_argument(
+        "--registration",
+        choices=("batch", "each"),
+        default="batch",
+        help="secured bring-up: one nina-membership register-many (default), or one `register <slug>` process per organisation at once",
+    )
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (logs under */logs/)")
     args = ap.parse_args()
     failed = 0
     with contextlib.ExitStack() as stack:
         tmp = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nina-bench-rehearse-")))
-        print(f"time to ready (SuperLink start -> every SuperNode online), median of {args.repeat} alternated fresh federations")
+        print(
+            f"time to ready (SuperLink start -> every SuperNode online), median of {args.repeat} alternated fresh federations;"
+            f" secured registration: {args.registration}"
+        )
         print(f"{'orgs':>4}  {'secured':>8}  {'insecure':>8}  {'ratio':>5}  target")
         for n in args.orgs:
-            trials = measure_ready(n, args.repeat, tmp)
+            trials = measure_ready(n, args.repeat, tmp, args.registration)
             rs, ri = _median(trials["secured"], "ready"), _median(trials["insecure"], "ready")
             ratio = _ratio(rs, ri)
             target = f"<= {READY_TARGET:.2f} " + ("met" if ratio <= READY_TARGET else "NOT met") if n == 10 else "(set at 10 organisations)"
