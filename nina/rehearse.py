@@ -13,8 +13,9 @@ From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a 
 3. installs the SuperLink's delivery (nina.render.superlink_delivery) with the real
    nina-install-files under a temporary root, starts the SuperLink from the rendered
    run_superlink.sh (TLS, --enable-supernode-auth, state DB under the root), registers every
-   SuperNode key with the real nina-membership, starts one SuperNode per organisation from its
-   kit's run_supernode.sh and etc/flwr/supernode/;
+   SuperNode key with the real nina-membership (`register-many`, started with the SuperLink:
+   Rehearsal.start_federation), starts one SuperNode per organisation from its kit's
+   run_supernode.sh and etc/flwr/supernode/ as soon as its key is registered;
 4. runs validation_app/ with `flwr run` against the Control API and checks that every
    organisation answered in every round.
 
