@@ -128,7 +128,7 @@ def test_superlink_killed_mid_federation_and_restarted_on_its_state(reh_rehearsa
 
 def _plan(n: int):
     """A one-tenancy stack of n on-premise organisations (the uat layout)."""
-    orgs = [{"slug": f"org-{i}", "name": f"Organisation {i}", "placement": "onprem"} for i in range(n)]
+    orgs = [{"slug": f"org-{i}", "name": f"Organisation {i}", "placement": "onprem", "partition_id": i} for i in range(n)]
     network = {"server_cidr": "10.110.0.0/24", "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]}
     return build_plan(load_config({"environment": "reh", "network": network, "organisations": orgs}))
 
