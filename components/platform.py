@@ -22,7 +22,7 @@ from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import outputs, render, services
+from nina import config, outputs, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -76,8 +76,10 @@ class Platform(pulumi.ComponentResource):
             )
         access.bastion_ip = hosts[plan.bastion.name].floating_ip
         # Every host's `<host>-base` delivery (host programs, journald/logrotate/node exporter
-        # settings); each service's own delivery `<host>-<service>` runs after it.
-        base_payload = render.base_delivery()
+        # settings, the login user's authorized_keys: automation key and operators); each
+        # service's own delivery `<host>-<service>` runs after it.
+        operators = config.operator_keys(cfg)
+        base_payload = access.public_key_openssh.apply(lambda pub: render.base_delivery(pub, operators))
         targets: dict[str, DeliveryTarget] = {}
         for host_name, host in hosts.items():
             target = DeliveryTarget(host_name, access.connection(host.fixed_ip), host.instance)

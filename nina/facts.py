@@ -16,6 +16,9 @@ DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
 DEFAULT_EXTERNAL_NETWORK = "QRIScloud"
 DEFAULT_IMAGE = "NeCTAR Ubuntu 24.04 LTS (Noble) amd64"
 DEFAULT_LOGIN_USER = "ubuntu"
+# The login user's authorized_keys, written whole by every host's base delivery: the
+# automation key (pulumi-command) and one line per operator of the config.
+LOGIN_AUTHORIZED_KEYS = f"/home/{DEFAULT_LOGIN_USER}/.ssh/authorized_keys"
 NOVA_USER_DATA_LIMIT = 65535  # bytes, after base64
 USER_DATA_TARGET = 16 * 1024  # the hosts-v2 budget per host (bytes after base64), measured by benchmarks/program.py
 # Known AZ -> the external network that routers and floating IPs must use in that AZ.

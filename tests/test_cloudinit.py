@@ -111,14 +111,18 @@ def mkdirs(doc) -> dict[str, list[str]]:
     return {p: [c[3], c[5], c[7]] for c in doc["runcmd"] if c[:2] == ["install", "-d"] for p in c[8:]}
 
 
+AUTOMATION_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPDEImfmeTlW3dqFjuqMjGoELhWvK0J/gdOCFqWrdsHY"
+
+
 def test_base_delivery_carries_what_evolves():
-    files = {f["path"]: f for f in json.loads(render.base_delivery())["files"]}
+    files = {f["path"]: f for f in json.loads(render.base_delivery(AUTOMATION_KEY))["files"]}
     assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
     assert files[facts.INSTALL_FILES_BIN]["mode"] == 0o755
     assert files[facts.JOURNALD_DROPIN]["content"] == render.journald_conf()
     assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
     assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
-    assert json.loads(render.base_delivery())["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
+    assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == f"{AUTOMATION_KEY} nina-automation\n"
+    assert json.loads(render.base_delivery(AUTOMATION_KEY))["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
 
 
 def test_service_users_follow_roles(rendered):
