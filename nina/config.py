@@ -650,6 +650,8 @@ def _check_operators(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         if op.name in names:
             yield (f"{base}.name", f"duplicate operator name {op.name!r} (also operators[{names[op.name]}]); give each person one entry")
         names.setdefault(op.name, i)
+        if text.refusal(op.ssh_public_key, newlines=True) is not None:
+            continue  # reported by _check_text
         try:
             key = operator_authorized_key(op.ssh_public_key)
         except KeyError_ as exc:

@@ -69,11 +69,16 @@ def load_openssh_public_key(line: str, keygen: str) -> SSHPublicKeyTypes:
 # Operators' login keys: what `ssh-keygen` makes today, nothing weaker.
 OPERATOR_KEYGEN = "ssh-keygen -t ed25519"
 MIN_OPERATOR_RSA_BITS = 3072
+OPERATOR_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
 
 def operator_authorized_key(line: str) -> str:
     """An operator's SSH public key (ed25519, RSA of 3072 bits or more, or NIST-curve ECDSA),
     as its canonical `type base64` (no comment, no options); KeyError_ says what to send instead."""
+    kind = (line.split() or [""])[0]
+    if kind.startswith(("ssh-", "sk-", "ecdsa-sha2-")) and kind not in OPERATOR_KEY_TYPES:
+        # Before parsing: DSA keys make cryptography warn, security-key types it cannot read.
+        raise KeyError_(f"is a {kind[:40]} key; use ed25519, RSA of {MIN_OPERATOR_RSA_BITS} bits or more, or ECDSA: `{OPERATOR_KEYGEN}`")
     key = load_openssh_public_key(line, OPERATOR_KEYGEN)
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_OPERATOR_RSA_BITS:
