@@ -288,6 +288,12 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
             assert bootlab.port_of(m, facts.SUPERNODE_CLIENTAPPIO_PORT) <= {facts.LOOPBACK}
             key = bootlab.stat(m, [f"{facts.SUPERNODE_CERTS}/{facts.SUPERNODE_KEY_FILE}"])
             assert list(key.values()) == ["600 supernode fl_system"], key
+        # The login user's authorized_keys, written whole by the base delivery: the automation
+        # key (these deliveries log in with it) and one line per operator of the config.
+        keys = m.sh(f"cat {facts.LOGIN_AUTHORIZED_KEYS}").stdout.splitlines()
+        operators = [f"nina-operator:{op['name']}" for op in lab_config().get("nina:operators", [])]
+        assert [line.split()[-1] for line in keys] == ["nina-automation", *operators], (h.name, keys)
+        assert list(bootlab.stat(m, [facts.LOGIN_AUTHORIZED_KEYS]).values()) == ["600 ubuntu ubuntu"], h.name
     for unit in (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT):
         vm.wait_for(f"systemctl is-active --quiet {unit}", 60, f"{unit} active")
     assert ("udp", facts.ANY_ADDRESS, facts.OPENVPN_UDP_PORT) in bootlab.listening(vm)
