@@ -536,7 +536,7 @@ def _validate(args: argparse.Namespace) -> int:
     except validate.InputError as exc:
         return fail(f"{name}: {exc}" if not str(exc).startswith("--") else str(exc))
     key = doc.ops_ssh_private_key if identity is None and not args.agent else None
-    how = f"key {identity}" if identity else "your agent and ssh config" if args.agent else "the operators' key from the outputs"
+    how = f"key {identity}" if identity else "your agent and ssh config" if args.agent else "the automation key from the outputs"
     print(
         f"nina validate: {name}: environment {doc.environment}, {len(chosen)} tenancy(ies), {args.rounds} round(s); "
         f"ssh as {args.user} with {how}, host keys in {known_hosts or '~/.ssh/known_hosts'}",
