@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -91,3 +94,9 @@ def operator_authorized_key(line: str) -> str:
     elif not isinstance(key, ed25519.Ed25519PublicKey):
         raise KeyError_(f"is not an ed25519, RSA or ECDSA key; send the .pub file of `{OPERATOR_KEYGEN}`")
     return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def openssh_fingerprint(line: str) -> str:
+    """`SHA256:...` of an OpenSSH public key line, as `ssh-keygen -lf` and sshd's log print it."""
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

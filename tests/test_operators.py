@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa as dsa_
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from harness import INSTANCE, Run, payload_of, run_program, stack_config
 
-from nina import config, facts, render
+from nina import config, facts, keys, render
 from nina.config import ConfigError, load_config
 
 REMOTE_COMMAND = "command:remote:Command"
@@ -132,6 +132,15 @@ def test_duplicate_names_and_keys_are_each_one_problem():
     found = problems([ALICE, shared])
     assert [k for k, _ in found] == ["nina:operators[1].ssh_public_key"], found
     assert "same key as operators[0] ('alice')" in found[0][1]
+
+
+@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs ssh-keygen")
+def test_fingerprints_are_those_ssh_keygen_prints(tmp_path):
+    for name, kind in (("alice", "ed25519"), ("bob", "rsa3072"), ("carol", "ecdsa")):
+        line = public_key(name, kind)
+        (tmp_path / "k.pub").write_text(line + "\n")
+        printed = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True).stdout
+        assert printed.split()[1] == keys.openssh_fingerprint(line), name
 
 
 # --- the rendered file -----------------------------------------------------------------------
