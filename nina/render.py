@@ -218,20 +218,28 @@ def authorized_keys(automation_public_key: str, operators: Sequence[tuple[str, s
     return "".join(line + "\n" for line in lines)
 
 
+def sshd_dropin() -> str:
+    """sshd's drop-in (user-data, fixed): login keys only from the files nina writes."""
+    return (
+        "# nina-fl: logins use only the keys nina writes (the automation key, nina:operators), never\n"
+        "# ~/.ssh/authorized_keys. The file is rewritten whole by each host's <host>-base delivery.\n"
+        f"AuthorizedKeysFile {facts.AUTHORIZED_KEYS_DIR}/%u\n"
+    )
+
+
 def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str]] = ()) -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
     settings (manual 5.2.2, 5.4), the nina-install-files launcher and the login user's
-    authorized_keys (the automation key and the operators'); restarts what they configure
-    (sshd reads authorized_keys at each login: a key change needs no restart)."""
-    login = facts.DEFAULT_LOGIN_USER
+    authorized keys (the automation key and the operators', in facts.AUTHORIZED_KEYS_DIR, which
+    is pruned); restarts what they configure (sshd reads the keys at each login: no restart)."""
     files = [
         DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
         DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
-        DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o600, login, login),
+        DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o644),
     ]
-    return delivery_payload(files, list(services.base.UNITS))
+    return delivery_payload(files, list(services.base.UNITS), prune=[facts.AUTHORIZED_KEYS_DIR])
 
 
 def supernode_delivery(

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from cloudinit.userdata import user_data
+from cloudinit.userdata import AUTOMATION_KEY_PLACEHOLDER, user_data
 from nina import facts, render
 
 CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip)
@@ -93,14 +93,18 @@ def test_base_for_every_host(rendered):
         # checks the bootstrap's promises before writing the marker deliveries require.
         assert doc["runcmd"][0] == "set -eux"
         assert doc["runcmd"][-1] == [facts.BOOTSTRAP_CHECK_BIN]
-        assert not any(c[0] == "systemctl" for c in doc["runcmd"][1:])  # their configs come with <host>-base
+        # Their configs come with <host>-base; only sshd is reloaded, for the login-keys drop-in.
+        assert [c for c in doc["runcmd"][1:] if c[0] == "systemctl"] == [["systemctl", "try-reload-or-restart", facts.SSH_UNIT]]
         check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
         assert check["permissions"] == "0755" and check["owner"] == "root:root"
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
         assert "\nactive prometheus-node-exporter.service\n" in check["content"]
         files = files_of(doc)
-        # A small fixed bootstrap: the first-boot programs only, nothing that evolves (not even the receiver).
-        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN}, key
+        # A small fixed bootstrap: the first-boot programs and sshd's login keys (the drop-in, and
+        # the automation key until <host>-base adds the operators'), nothing that evolves (not
+        # even the receiver).
+        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN, facts.SSHD_DROPIN, facts.LOGIN_AUTHORIZED_KEYS}, key
+        assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == AUTOMATION_KEY_PLACEHOLDER, key  # rendered without the stack's key
         for f in doc["write_files"]:
             assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
             assert f.get("defer", False) == (f["owner"] != "root:root"), f["path"]

@@ -1,8 +1,9 @@
 """Operators are people (issue 10, item 5).
 
-Each operator of `nina:operators` logs in with their own SSH key. Every host's base delivery
-writes the login user's whole `authorized_keys`: the automation key (pulumi-command's, also
-the Nova key pair's) and one line per operator. So adding or removing an operator changes the
+Each operator of `nina:operators` logs in with their own SSH key. sshd reads login keys only
+from root's files under facts.AUTHORIZED_KEYS_DIR (user-data's drop-in), and every host's base
+delivery writes the login user's file whole: the automation key (pulumi-command's, also the
+Nova key pair's) and one line per operator. So adding or removing an operator changes the
 base deliveries only, never a VM, and a removed operator's line is gone from every host at
 the next `pulumi up`. Checked here at each step: the config's refusals, the rendered file, the
 real program under the mock harness (before/after removing an operator), the real installer
@@ -33,6 +34,7 @@ from nina import config, facts, keys, render
 from nina.config import ConfigError, load_config
 
 REMOTE_COMMAND = "command:remote:Command"
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else "")
 BASE_INSTALL = "-base-install"
 
 
@@ -161,7 +163,8 @@ def test_authorized_keys_is_the_automation_key_then_one_bare_line_per_operator()
         render.authorized_keys(AUTOMATION, [("alice", "restrict " + alice)])
     files = {f["path"]: f for f in json.loads(render.base_delivery(AUTOMATION, [("alice", alice)]))["files"]}
     entry = files[facts.LOGIN_AUTHORIZED_KEYS]
-    assert (entry["mode"], entry["owner"], entry["group"]) == (0o600, facts.DEFAULT_LOGIN_USER, facts.DEFAULT_LOGIN_USER)
+    assert (entry["mode"], entry["owner"], entry["group"]) == (0o644, "root", "root")  # sshd: root's, writable by root only
+    assert json.loads(render.base_delivery(AUTOMATION))["prune"] == [facts.AUTHORIZED_KEYS_DIR]
 
 
 # --- the program, before and after an operator leaves ----------------------------------------
@@ -184,6 +187,31 @@ def base_payloads(run: Run) -> dict[str, dict]:
 
 def authorized(payload: dict) -> str:
     return next(f["content"] for f in payload["files"] if f["path"] == facts.LOGIN_AUTHORIZED_KEYS)
+
+
+@pytest.mark.skipif(not SSHD, reason="needs sshd")
+def test_the_sshd_dropin_is_valid_and_reads_only_nina_s_files(tmp_path):
+    hostkey = tmp_path / "hostkey"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
+    conf = tmp_path / "sshd_config"
+    conf.write_text(f"HostKey {hostkey}\n" + render.sshd_dropin())
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    effective = subprocess.run([SSHD, "-T", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+    assert effective.returncode == 0, effective.stderr
+    assert f"authorizedkeysfile {facts.AUTHORIZED_KEYS_DIR}/%u\n" in effective.stdout
+
+
+def test_user_data_holds_the_dropin_and_the_automation_key_alone(runs):
+    import yaml
+
+    keypair = runs[0].of_type("openstack:compute/keypair:Keypair")[0]
+    for run in runs:
+        for name, text in run.user_data().items():
+            files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+            assert files[facts.SSHD_DROPIN]["content"] == render.sshd_dropin(), name
+            keys = files[facts.LOGIN_AUTHORIZED_KEYS]
+            assert keys["content"] == f"{bare(keypair.inputs['publicKey'])} nina-automation\n", name
+            assert (keys["owner"], keys["permissions"]) == ("root:root", "0644"), name
 
 
 def test_removing_an_operator_replaces_no_vm(runs):
@@ -255,17 +283,17 @@ def test_the_installer_rewrites_authorized_keys_without_the_removed_operator(run
     first = install(before, root)
     assert first.returncode == 0, first.stderr
     assert "nina-operator:bob" in target.read_text()
-    # Whatever was added by hand (say, by the operator before leaving) goes too.
+    # Whatever was added by hand (say, by the operator before leaving) goes too: a line in the
+    # file, and a file for another user in the directory.
     target.write_text(target.read_text() + public_key("mallory") + "\n")
+    (target.parent / "root").write_text(public_key("mallory") + "\n")
     second = install(after, root)
     assert second.returncode == 0, second.stderr
     assert f"wrote {facts.LOGIN_AUTHORIZED_KEYS}" in second.stdout
     assert target.read_text() == authorized(after)
     assert "bob" not in target.read_text() and "mallory" not in target.read_text()
-    assert target.stat().st_mode & 0o777 == 0o600
-
-
-SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else "")
+    assert sorted(p.name for p in target.parent.iterdir()) == [facts.DEFAULT_LOGIN_USER]
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def _free_port() -> int:
@@ -316,8 +344,12 @@ def test_a_real_sshd_lets_alice_in_and_refuses_bob_after_his_removal(runs, tmp_p
                 f"ListenAddress 127.0.0.1:{port}",
                 f"HostKey {hostkey}",
                 "PidFile none",
-                # The login user's file as the installer wrote it (the real one is sshd's default).
-                f"AuthorizedKeysFile {root}{facts.LOGIN_AUTHORIZED_KEYS}",
+                # The hosts' drop-in, pointed at the temporary root, and at the login user's file
+                # (the test logs in as root). StrictModes off: the temporary root is under /tmp.
+                *render.sshd_dropin()
+                .replace(facts.AUTHORIZED_KEYS_DIR, f"{root}{facts.AUTHORIZED_KEYS_DIR}")
+                .replace("%u", facts.DEFAULT_LOGIN_USER)
+                .splitlines(),
                 "StrictModes no",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
