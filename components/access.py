@@ -1,8 +1,8 @@
-"""SSH access: the automation key of the `ubuntu` login on every VM (the Nova key pair, so in
-every host's authorized_keys from first boot), and SSH connections to private hosts through
-the bastion with it, used only by pulumi-command to deliver files and membership. People log
-in with their own keys (`nina:operators`), which every host's base delivery writes next to this
-one (`nina.render.authorized_keys`)."""
+"""SSH access: the automation key of the `ubuntu` login on every VM (the Nova key pair's; its
+line is in each host's login keys from first boot, written by user-data), and SSH connections
+to private hosts through the bastion with it, used only by pulumi-command to deliver files and
+membership. People log in with their own keys (`nina:operators`), which every host's base
+delivery writes next to this one (`nina.render.authorized_keys`)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class Platform(pulumi.ComponentResource):
             )
         access.bastion_ip = hosts[plan.bastion.name].floating_ip
         # Every host's `<host>-base` delivery (host programs, journald/logrotate/node exporter
-        # settings, the login user's authorized_keys: automation key and operators); each
+        # settings, the login user's keys: the automation key and the operators'); each
         # service's own delivery `<host>-<service>` runs after it.
         operators = config.operator_keys(cfg)
         base_payload = access.public_key_openssh.apply(lambda pub: render.base_delivery(pub, operators))

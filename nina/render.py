@@ -202,7 +202,8 @@ OPERATOR_KEY_COMMENT = "nina-operator:"
 
 
 def authorized_keys(automation_public_key: str, operators: Sequence[tuple[str, str]]) -> str:
-    """The login user's whole authorized_keys: the automation key (pulumi-command's, the Nova
+    """The login user's whole keys file (facts.LOGIN_AUTHORIZED_KEYS, the only one sshd reads:
+    `sshd_dropin`): the automation key (pulumi-command's, the Nova
     key pair's) first, then one line per operator, `type base64 nina-operator:<name>`.
 
     `operators` are (name, canonical key) as `config.operator_keys` gives them. Every line is
