@@ -253,6 +253,15 @@ def test_the_removed_operator_is_gone_from_every_host(runs):
     assert bob.split()[1] not in json.dumps(runs[1].outputs)
 
 
+def test_no_delivery_writes_into_a_home_directory(runs):
+    """Every file of every delivery lies in root's directories (nothing through a path the login
+    user, or any other, owns): the login keys are in facts.AUTHORIZED_KEYS_DIR, not ~/.ssh."""
+    for r in runs[1].of_type(REMOTE_COMMAND):
+        if r.name.endswith("-install"):
+            for f in json.loads(payload_of(r.inputs["stdin"]))["files"]:
+                assert not f["path"].startswith(("/home/", "/root/")), (r.name, f["path"])
+
+
 def test_the_automation_key_line_is_the_nova_key_pairs(runs):
     run = runs[1]
     keypair = run.of_type("openstack:compute/keypair:Keypair")[0]
