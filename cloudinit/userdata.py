@@ -130,8 +130,14 @@ def _vpn_plan(plan: Plan, host: Host) -> VpnPlan:
     raise ValueError(f"host {host.name} has the vpn role but no tenancy's VPN runs on it")
 
 
-def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUMES) -> str:
-    """`#cloud-config` user-data for `host`; `volume_ids` maps each host volume's name to its OpenStack id."""
+# nina plan's stand-in for the automation key (the stack's, known only once it exists).
+AUTOMATION_KEY_PLACEHOLDER = "# here: the stack's automation key (output ops_ssh_private_key, the Nova key pair's)\n"
+
+
+def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUMES, automation_public_key: str | None = None) -> str:
+    """`#cloud-config` user-data for `host`; `volume_ids` maps each host volume's name to its
+    OpenStack id; `automation_public_key` is the stack's (pulumi-command's) OpenSSH public key,
+    the only login key until the base delivery adds the operators' (None: a placeholder line)."""
     try:
         svcs = services.for_roles(host.roles)
     except ValueError as exc:
@@ -144,8 +150,18 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
     users = [_user(u) for u in services.users(svcs)]
     # Only first-boot programs: the receiver travels in each delivery's command; configs,
     # units and the other host programs arrive with the deliveries.
-    files: list[dict[str, Any]] = []
-    runcmd: list[list[str]] = [["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER]]
+    # Login keys only from root's files (render.sshd_dropin); until the base delivery rewrites
+    # the login user's, it holds the automation key alone. sshd may have started before
+    # write_files (a first connection, socket activation): reload it so it reads the drop-in.
+    keys = AUTOMATION_KEY_PLACEHOLDER if automation_public_key is None else render.authorized_keys(automation_public_key, [])
+    files: list[dict[str, Any]] = [
+        _file(facts.SSHD_DROPIN, render.sshd_dropin(), 0o644),
+        _file(facts.LOGIN_AUTHORIZED_KEYS, keys, 0o644),
+    ]
+    runcmd: list[list[str]] = [
+        ["systemctl", "try-reload-or-restart", facts.SSH_UNIT],
+        ["usermod", "-a", "-G", facts.SYSTEM_GROUP, facts.DEFAULT_LOGIN_USER],
+    ]
     dirs = services.directories(svcs)
     runcmd += _dirs(dirs)
 

@@ -1,5 +1,8 @@
-"""Operator SSH access: one key pair for the `ubuntu` login on every VM, and SSH connections
-to private hosts through the bastion (used by pulumi-command to deliver keys and membership)."""
+"""SSH access: the automation key of the `ubuntu` login on every VM (the Nova key pair's; its
+line is in each host's login keys from first boot, written by user-data), and SSH connections
+to private hosts through the bastion with it, used only by pulumi-command to deliver files and
+membership. People log in with their own keys (`nina:operators`), which every host's base
+delivery writes next to this one (`nina.render.authorized_keys`)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class OperatorAccessArgs:
 
 class OperatorAccess(pulumi.ComponentResource):
     private_key_openssh: pulumi.Output[str]
+    public_key_openssh: pulumi.Output[str]
     key_pair_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: OperatorAccessArgs, opts: pulumi.ResourceOptions | None = None):
@@ -29,6 +33,7 @@ class OperatorAccess(pulumi.ComponentResource):
         key = tls.PrivateKey("ops-ssh-key", algorithm="ED25519", opts=child)
         keypair = openstack.compute.Keypair("ops-keypair", name=args.key_pair_name, public_key=key.public_key_openssh, opts=child)
         self.private_key_openssh = key.private_key_openssh
+        self.public_key_openssh = key.public_key_openssh
         self.key_pair_name = keypair.name
         self.bastion_ip: pulumi.Output[str] | None = None
         self.register_outputs({"key_pair_name": self.key_pair_name})

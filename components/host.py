@@ -15,9 +15,10 @@ import pulumi_openstack as openstack
 
 from nina.plan import Volume
 
-UserData = Callable[[Mapping[str, str]], str]
-"""Renders a host's user-data from its volumes' OpenStack ids (volume name -> id); pure, as
-`cloudinit.userdata.user_data` with the plan and host bound."""
+UserData = Callable[[Mapping[str, str], str], str]
+"""Renders a host's user-data from its volumes' OpenStack ids (volume name -> id) and the
+automation key's OpenSSH public key; pure, as `cloudinit.userdata.user_data` with the plan
+and host bound."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,7 @@ class HostArgs:
     image: str
     availability_zone: str
     key_pair: pulumi.Input[str]
+    automation_public_key: pulumi.Input[str]  # the key pair's public key, in user-data's login keys
     network_id: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
     security_group_ids: Sequence[pulumi.Input[str]]
@@ -70,7 +72,9 @@ class Host(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect_volumes),
             )
         volume_ids: Mapping[str, pulumi.Output[str]] = {k: v.id for k, v in volumes.items()}
-        rendered: pulumi.Input[str] = pulumi.Output.all(**volume_ids).apply(args.user_data) if volume_ids else args.user_data({})
+        rendered = pulumi.Output.all(pulumi.Output.all(**volume_ids) if volume_ids else {}, args.automation_public_key).apply(
+            lambda ids_key: args.user_data(ids_key[0], ids_key[1])
+        )
         # The VM holds the pre-created port: it must be deleted before its replacement is created.
         self.instance = openstack.compute.Instance(
             name,

@@ -7,7 +7,6 @@ resources (ids, connections, deliveries) other components made, in dependency or
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, SigningKey, SigningKeyArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import outputs, render, services
+from nina import config, outputs, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -72,13 +71,16 @@ class Platform(pulumi.ComponentResource):
                     subnet_id=network.subnet_ids[h.segment],
                     security_group_ids=[groups.ids[z] for z in h.security_groups],
                     key_pair=access.key_pair_name,
+                    automation_public_key=access.public_key_openssh,
                 ),
                 child,
             )
         access.bastion_ip = hosts[plan.bastion.name].floating_ip
         # Every host's `<host>-base` delivery (host programs, journald/logrotate/node exporter
-        # settings); each service's own delivery `<host>-<service>` runs after it.
-        base_payload = render.base_delivery()
+        # settings, the login user's keys: the automation key and the operators'); each
+        # service's own delivery `<host>-<service>` runs after it.
+        operators = config.operator_keys(cfg)
+        base_payload = access.public_key_openssh.apply(lambda pub: render.base_delivery(pub, operators))
         targets: dict[str, DeliveryTarget] = {}
         for host_name, host in hosts.items():
             target = DeliveryTarget(host_name, access.connection(host.fixed_ip), host.instance)
@@ -154,6 +156,7 @@ def _host_args(
     subnet_id: pulumi.Input[str],
     security_group_ids: list[pulumi.Input[str]],
     key_pair: pulumi.Input[str],
+    automation_public_key: pulumi.Input[str],
 ) -> HostArgs:
     """A planned host's VM: its cloud settings from the plan, its ids from the network and groups."""
     cloud = plan.cfg.cloud
@@ -163,12 +166,13 @@ def _host_args(
         image=cloud.image,
         availability_zone=cloud.availability_zone,
         key_pair=key_pair,
+        automation_public_key=automation_public_key,
         network_id=network_id,
         subnet_id=subnet_id,
         security_group_ids=security_group_ids,
         fixed_ip=h.fixed_ip,
-        # Pure rendering; the Host supplies its volumes' ids.
-        user_data=functools.partial(user_data, plan, h),
+        # Pure rendering; the Host supplies its volumes' ids and the automation key.
+        user_data=lambda ids, key: user_data(plan, h, ids, key),
         metadata={"nina-environment": plan.cfg.environment, "nina-roles": ",".join(h.roles)},
         volumes=h.volumes,
         protect_volumes=plan.cfg.protect,

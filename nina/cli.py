@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from nina import facts
-from nina.config import NAMESPACE, ConfigError, StackConfig, load_config
+from nina.config import NAMESPACE, ConfigError, StackConfig, load_config, operator_keys
+from nina.keys import openssh_fingerprint
 from nina.plan import Plan, build_plan
 
 EXIT_OK = 0
@@ -292,6 +293,10 @@ def format_plan(plan: Plan) -> str:
     lines += ["", "ingress rules (from the port table):"]
     for r in plan.rules:
         lines.append(f"  {r.name:<52} {r.description}")
+    operators = operator_keys(cfg)
+    lines += ["", f"operators (log in to every host as {facts.DEFAULT_LOGIN_USER}, besides the automation key; <host>-base delivers them):"]
+    lines += [f"  {name:<28} {openssh_fingerprint(key)} {key.split()[0]}" for name, key in operators]
+    lines += [] if operators else ["  (none: only the automation key logs in)"]
     lines += ["", "tenancies:"]
     for t in plan.tenancies:
         lines.append(f"  {t.name}: SuperLink {t.superlink_host} fleet {t.fleet_address} control {t.control_address}")
@@ -543,7 +548,7 @@ def _validate(args: argparse.Namespace) -> int:
     except validate.InputError as exc:
         return fail(f"{name}: {exc}" if not str(exc).startswith("--") else str(exc))
     key = doc.ops_ssh_private_key if identity is None and not args.agent else None
-    how = f"key {identity}" if identity else "your agent and ssh config" if args.agent else "the operators' key from the outputs"
+    how = f"key {identity}" if identity else "your agent and ssh config" if args.agent else "the automation key from the outputs"
     print(
         f"nina validate: {name}: environment {doc.environment}, {len(chosen)} tenancy(ies), {args.rounds} round(s); "
         f"ssh as {args.user} with {how}, host keys in {known_hosts or '~/.ssh/known_hosts'}",

@@ -195,6 +195,16 @@ class Tenancy(_Strict):
     _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
 
+class Operator(_Strict):
+    """A person who logs in to every host (as the image's login user) with their own SSH key."""
+
+    name: str
+    # One bare OpenSSH public key line (ed25519, RSA 3072+, ECDSA), as `ssh-keygen` wrote the .pub.
+    ssh_public_key: NonEmptyStr
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+
 class StackConfig(_Strict):
     environment: str
     cloud: CloudConfig = CloudConfig()
@@ -210,6 +220,8 @@ class StackConfig(_Strict):
     tenancies: list[Tenancy] | None = None
     # Protect the CA and state volumes from deletion (turn off only for throwaway stacks).
     protect: bool = True
+    # People who may log in to every host; their keys are delivered in place (no VM replaced).
+    operators: list[Operator] = Field(default_factory=list)
 
     _env = field_validator("environment")(classmethod(lambda cls, v: _slug(v)))
 
@@ -354,10 +366,11 @@ def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_hosts(cfg)
     yield from _check_vpn(cfg)
     yield from _check_own_keys(cfg)
+    yield from _check_operators(cfg)
 
 
 # PEM fields and the key line (a trailing newline): the only strings that may hold line breaks.
-_MULTILINE_FIELDS = frozenset({"vpn_csr_pem", "supernode_public_key"})  # the key check refuses more than one line
+_MULTILINE_FIELDS = frozenset({"vpn_csr_pem", "supernode_public_key", "ssh_public_key"})  # the key check refuses more than one line
 
 
 def _check_text(value: Any, loc: tuple[Any, ...]) -> Iterable[tuple[str, str]]:
@@ -623,3 +636,39 @@ def _check_own_keys(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                     check_openssh_public_key(org.supernode_public_key)
                 except KeyError_ as exc:
                     yield (f"{base}.supernode_public_key", str(exc))
+
+
+def _check_operators(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    """Each operator's key is a usable login key; names and keys are unique (a key twice would
+    leave its holder in when one entry is removed)."""
+    from nina.keys import KeyError_, operator_authorized_key
+
+    names: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    for i, op in enumerate(cfg.operators):
+        base = f"nina:operators[{i}]"
+        if op.name in names:
+            yield (f"{base}.name", f"duplicate operator name {op.name!r} (also operators[{names[op.name]}]); give each person one entry")
+        names.setdefault(op.name, i)
+        if text.refusal(op.ssh_public_key, newlines=True) is not None:
+            continue  # reported by _check_text
+        try:
+            key = operator_authorized_key(op.ssh_public_key)
+        except KeyError_ as exc:
+            yield (f"{base}.ssh_public_key", str(exc))
+            continue
+        if key in keys:
+            other = cfg.operators[keys[key]].name
+            yield (
+                f"{base}.ssh_public_key",
+                f"is the same key as operators[{keys[key]}] ({other!r}); every operator logs in with a key of their own, "
+                "so removing one entry cuts that person off",
+            )
+        keys.setdefault(key, i)
+
+
+def operator_keys(cfg: StackConfig) -> list[tuple[str, str]]:
+    """(name, canonical `type base64`) of each operator, in config order (after load_config)."""
+    from nina.keys import operator_authorized_key
+
+    return [(op.name, operator_authorized_key(op.ssh_public_key)) for op in cfg.operators]

@@ -16,6 +16,14 @@ DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
 DEFAULT_EXTERNAL_NETWORK = "QRIScloud"
 DEFAULT_IMAGE = "NeCTAR Ubuntu 24.04 LTS (Noble) amd64"
 DEFAULT_LOGIN_USER = "ubuntu"
+# sshd reads login keys only from AUTHORIZED_KEYS_DIR/<user> (root's files, never a home
+# directory's: nothing there survives an operator's removal): user-data writes the drop-in and
+# the automation key's line at first boot, every host's base delivery the whole file for the
+# login user, the automation key and one line per operator of the config.
+AUTHORIZED_KEYS_DIR = "/etc/ssh/nina-authorized-keys"
+LOGIN_AUTHORIZED_KEYS = f"{AUTHORIZED_KEYS_DIR}/{DEFAULT_LOGIN_USER}"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-nina-authorized-keys.conf"  # first: sshd takes an option's first value
+SSH_UNIT = "ssh.service"  # Debian's and Ubuntu's OpenSSH server
 NOVA_USER_DATA_LIMIT = 65535  # bytes, after base64
 USER_DATA_TARGET = 16 * 1024  # the hosts-v2 budget per host (bytes after base64), measured by benchmarks/program.py
 # Known AZ -> the external network that routers and floating IPs must use in that AZ.

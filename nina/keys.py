@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import SSHPublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from nina import pem
@@ -52,11 +56,18 @@ def check_csr(text: str, slug: str) -> x509.CertificateSigningRequest:
 
 
 def check_openssh_public_key(line: str) -> None:
+    """An organisation's SuperNode public key: one bare OpenSSH line of a NIST-curve ECDSA key."""
+    key = load_openssh_public_key(line, "ssh-keygen -t ecdsa -b 384")
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in SUPERNODE_KEY_CURVES:
+        raise KeyError_("flwr 1.25 accepts only NIST-curve ECDSA keys for SuperNodes; use `ssh-keygen -t ecdsa -b 384`")
+
+
+def load_openssh_public_key(line: str, keygen: str) -> SSHPublicKeyTypes:
+    """One bare OpenSSH public key line (type, key, comment): no authorized_keys options, one
+    line, printable ASCII. `keygen` is the command the messages suggest."""
     text = line.strip()
     if "\n" in text or "\r" in text:
-        raise KeyError_(
-            "holds more than one line; send exactly one OpenSSH public key line (the .pub file of `ssh-keygen -t ecdsa -b 384`)"
-        )
+        raise KeyError_(f"holds more than one line; send exactly one OpenSSH public key line (the .pub file of `{keygen}`)")
     fields = text.split()
     if fields and not fields[0].startswith(("ecdsa-sha2-", "ssh-", "sk-")):
         raise KeyError_(
@@ -65,8 +76,39 @@ def check_openssh_public_key(line: str) -> None:
     if not text.isascii() or not text.isprintable():
         raise KeyError_("contains characters that are not printable ASCII; send the .pub file as ssh-keygen wrote it")
     try:
-        key = serialization.load_ssh_public_key(text.encode())
+        return serialization.load_ssh_public_key(text.encode())
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyError_("is not an OpenSSH public key line; send the .pub file of `ssh-keygen -t ecdsa -b 384`") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in SUPERNODE_KEY_CURVES:
-        raise KeyError_("flwr 1.25 accepts only NIST-curve ECDSA keys for SuperNodes; use `ssh-keygen -t ecdsa -b 384`")
+        raise KeyError_(f"is not an OpenSSH public key line; send the .pub file of `{keygen}`") from None
+
+
+# Operators' login keys: what `ssh-keygen` makes today, nothing weaker.
+OPERATOR_KEYGEN = "ssh-keygen -t ed25519"
+MIN_OPERATOR_RSA_BITS = 3072
+OPERATOR_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+
+
+def operator_authorized_key(line: str) -> str:
+    """An operator's SSH public key (ed25519, RSA of 3072 bits or more, or NIST-curve ECDSA),
+    as its canonical `type base64` (no comment, no options); KeyError_ says what to send instead."""
+    kind = (line.split() or [""])[0]
+    if kind.startswith(("ssh-", "sk-", "ecdsa-sha2-")) and kind not in OPERATOR_KEY_TYPES:
+        # Before parsing: DSA keys make cryptography warn, security-key types it cannot read.
+        raise KeyError_(f"is a {kind[:40]} key; use ed25519, RSA of {MIN_OPERATOR_RSA_BITS} bits or more, or ECDSA: `{OPERATOR_KEYGEN}`")
+    key = load_openssh_public_key(line, OPERATOR_KEYGEN)
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_OPERATOR_RSA_BITS:
+            raise KeyError_(
+                f"is an RSA key of {key.key_size} bits; use RSA of {MIN_OPERATOR_RSA_BITS} bits or more, or better `{OPERATOR_KEYGEN}`"
+            )
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in SUPERNODE_KEY_CURVES:
+            raise KeyError_(f"is an ECDSA key on curve {key.curve.name}; use P-256/384/521 or `{OPERATOR_KEYGEN}`")
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        raise KeyError_(f"is not an ed25519, RSA or ECDSA key; send the .pub file of `{OPERATOR_KEYGEN}`")
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def openssh_fingerprint(line: str) -> str:
+    """`SHA256:...` of an OpenSSH public key line, as `ssh-keygen -lf` and sshd's log print it."""
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

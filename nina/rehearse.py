@@ -13,8 +13,9 @@ From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a 
 3. installs the SuperLink's delivery (nina.render.superlink_delivery) with the real
    nina-install-files under a temporary root, starts the SuperLink from the rendered
    run_superlink.sh (TLS, --enable-supernode-auth, state DB under the root), registers every
-   SuperNode key with the real nina-membership, starts one SuperNode per organisation from its
-   kit's run_supernode.sh and etc/flwr/supernode/;
+   SuperNode key with the real nina-membership (`register-many`, started with the SuperLink:
+   Rehearsal.start_federation), starts one SuperNode per organisation from its kit's
+   run_supernode.sh and etc/flwr/supernode/ as soon as its key is registered;
 4. runs validation_app/ with `flwr run` against the Control API and checks that every
    organisation answered in every round.
 
@@ -23,6 +24,12 @@ Rehearsal-only edits, each printed: the copy of run_superlink.sh listens on free
 superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin
 project's pyproject names the rehearsal's Control port and the CA under the temporary root.
 `insecure=True` (benchmarks) also drops TLS and SuperNode authentication from the script copies.
+
+Every SuperNode is supervised as its kit's supernode.service would be under systemd (Supervisor,
+with the unit's Restart= and RestartSec=): when one exits by itself (flwr 1.25.0 drops SuperNodes,
+see the README) the rest of its process group is stopped and it is started again after RestartSec;
+every exit and restart is logged and `restarts()` counts them. Stopping one (or closing the
+rehearsal) never restarts it.
 
 Every process the rehearsal starts runs in its own process group and is stopped (SIGTERM, then
 SIGKILL) when the Rehearsal closes, also on errors and Ctrl-C. Every wait is bounded.
@@ -42,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -283,6 +291,177 @@ class Proc:
         return self.popen.returncode
 
 
+# ---------------------------------------------------------------------------------------
+# Supervision: a SuperNode runs as its systemd unit (Restart=, RestartSec=) would run it
+# ---------------------------------------------------------------------------------------
+
+# systemd's defaults (systemd-system.conf(5)) for what a unit does not set.
+SYSTEMD_DEFAULT_RESTART_SEC = 0.1  # RestartSec=100ms
+SYSTEMD_DEFAULT_START_LIMIT_INTERVAL = 10.0  # DefaultStartLimitIntervalSec=10s
+SYSTEMD_DEFAULT_START_LIMIT_BURST = 5  # DefaultStartLimitBurst=5
+# Exits that count as clean for Restart=on-failure / on-success (systemd.service(5)).
+_CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+_RESTART_VALUES = ("no", "always", "on-success", "on-failure", "on-abnormal")
+_TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "msec": 0.001, "m": 60.0, "min": 60.0}
+
+
+def _timespan(value: str, what: str) -> float:
+    """A systemd time span as the units use them: `5`, `5s`, `100ms`, `1min` (one term)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value)
+    if not m or m.group(2) not in _TIME_UNITS:
+        raise RehearsalError(f"{what}: cannot read the time span {value!r}")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """What a unit's `Restart=` and `RestartSec=` (and `StartLimitIntervalSec=`/`StartLimitBurst=`)
+    make systemd do when the main process exits by itself; read from the unit with `from_unit`."""
+
+    unit: str
+    restart: str = "no"
+    restart_sec: float = SYSTEMD_DEFAULT_RESTART_SEC
+    start_limit_interval: float = SYSTEMD_DEFAULT_START_LIMIT_INTERVAL
+    start_limit_burst: int = SYSTEMD_DEFAULT_START_LIMIT_BURST
+
+    @classmethod
+    def from_unit(cls, text: str, unit: str) -> RestartPolicy:
+        section, found = "", {}
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+                continue
+            key, sep, value = line.partition("=")
+            if sep:
+                found[(section, key.strip())] = value.strip()  # the last assignment wins, as in systemd
+        restart = found.get(("Service", "Restart"), "no")
+        if restart not in _RESTART_VALUES:
+            raise RehearsalError(f"{unit}: Restart={restart} is not one the rehearsal supervises ({', '.join(_RESTART_VALUES)})")
+        kwargs: dict[str, Any] = {"restart": restart}
+        if ("Service", "RestartSec") in found:
+            kwargs["restart_sec"] = _timespan(found[("Service", "RestartSec")], f"{unit}: RestartSec")
+        if ("Unit", "StartLimitIntervalSec") in found:
+            kwargs["start_limit_interval"] = _timespan(found[("Unit", "StartLimitIntervalSec")], f"{unit}: StartLimitIntervalSec")
+        if ("Unit", "StartLimitBurst") in found:
+            kwargs["start_limit_burst"] = int(found[("Unit", "StartLimitBurst")])
+        return cls(unit, **kwargs)
+
+    def restarts_after(self, returncode: int) -> bool:
+        """Whether systemd restarts the unit after its main process ended with `returncode`
+        (Popen's: negative for a signal) by itself, not through a stop."""
+        signalled = returncode < 0
+        clean = returncode == 0 or (signalled and -returncode in _CLEAN_SIGNALS)
+        return {
+            "no": False,
+            "always": True,
+            "on-success": clean,
+            "on-failure": not clean,
+            "on-abnormal": signalled and not clean,
+        }[self.restart]
+
+    def describe(self) -> str:
+        return f"{self.unit}: Restart={self.restart}, RestartSec={self.restart_sec:g}s"
+
+
+class Supervisor:
+    """Runs one service process as systemd runs its unit under `policy`.
+
+    When the main process exits by itself, what is left of its process group is stopped (as
+    systemd's default KillMode=control-group does) and, if the policy restarts after that exit,
+    it is started again after RestartSec, unless the start limit is hit (StartLimitBurst starts
+    within StartLimitIntervalSec: the unit "failed"). `stop()` (systemctl stop) never leads to a
+    restart. `restarts` counts the restarts; every exit and restart is logged through `log`.
+    """
+
+    def __init__(self, name: str, start: Callable[[], Proc], policy: RestartPolicy, log: Callable[[str], None], poll: float = 0.1):
+        self.name = name
+        self.policy = policy
+        self.restarts = 0
+        self.exits: list[int] = []  # return codes of the exits by itself
+        self.state = "running"  # running, restarting, stopped, exited (no restart), failed (start limit or start error)
+        self._start = start
+        self._say = log
+        self._poll = poll
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.proc = start()
+        self._starts = [time.monotonic()]
+        self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        """Running or waiting for its restart (systemd: active or activating)."""
+        return self.state in ("running", "restarting")
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            if self.proc.popen.poll() is None:
+                self._stopping.wait(self._poll)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                rc = self.proc.popen.returncode
+                self.proc.stop()  # the rest of its group (superexec, app processes)
+                self.exits.append(rc)
+                if not self.policy.restarts_after(rc):
+                    self.state = "exited"
+                    self._say(f"{self.name} exited ({_exit_text(rc)}); not restarted ({self.policy.describe()})")
+                    return
+                self.state = "restarting"
+                self._say(f"{self.name} exited ({_exit_text(rc)}); restarting in {self.policy.restart_sec:g} s ({self.policy.describe()})")
+            if self._stopping.wait(self.policy.restart_sec):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                now = time.monotonic()
+                self._starts = [t for t in self._starts if now - t < self.policy.start_limit_interval]
+                if len(self._starts) >= self.policy.start_limit_burst:
+                    self.state = "failed"
+                    self._say(
+                        f"{self.name}: start request repeated too quickly ({len(self._starts)} starts within "
+                        f"{self.policy.start_limit_interval:g} s); not restarted, as systemd would leave {self.policy.unit} failed"
+                    )
+                    return
+                try:
+                    self.proc = self._start()
+                except Exception as exc:
+                    self.state = "failed"
+                    self._say(f"{self.name}: restart failed: {exc}")
+                    return
+                self._starts.append(now)
+                self.restarts += 1
+                self.state = "running"
+                self._say(f"{self.name} restarted (restart {self.restarts}, pid {self.proc.popen.pid})")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the main process only, as a crash ends it; supervision carries on."""
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            self.proc.popen.send_signal(sig)
+
+    def stop(self, timeout: float = facts.REHEARSAL_STOP_TIMEOUT) -> None:
+        """Stop it for good (systemctl stop): the process group is stopped and never restarted."""
+        self._stopping.set()
+        with self._lock:  # a start in progress finishes first, and is stopped below
+            self.state = "stopped"
+            proc = self.proc
+        proc.stop(timeout=timeout)
+        self._thread.join(timeout=timeout)
+
+
 @dataclass
 class RunResult:
     ok: bool
@@ -345,6 +524,9 @@ class Rehearsal:
         self.venv = _venv()
         self._taken = ports_taken if ports_taken is not None else set()
         self.procs: dict[str, Proc] = {}
+        self.supervisors: dict[str, Supervisor] = {}  # slug -> its SuperNode's supervisor
+        self._registrations: list[subprocess.Popen] = []  # nina-membership register-many runs
+        self.marks: dict[str, float] = {}  # time.monotonic() of start_federation's steps (benchmarks)
         self.superlink: Proc | None = None
         self.kits: dict[str, Path] = {}
         self.node_ports: dict[str, int] = {}
@@ -487,7 +669,7 @@ class Rehearsal:
         self.procs[name] = proc
         return proc
 
-    def start_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> Proc:
+    def start_superlink(self, timeout: float = facts.REHEARSAL_START_TIMEOUT, *, wait: bool = True) -> Proc:
         if self.superlink is not None and self.superlink.alive():
             raise RehearsalError("the SuperLink is already running")
         state = self._rooted(facts.SUPERLINK_STATE_DIR)
@@ -499,6 +681,11 @@ class Rehearsal:
             FLWR_HOME=str(self._rooted(facts.SUPERLINK_FLWR_HOME)),
         )
         self.superlink = self._spawn("superlink", ["bash", str(self._superlink_script)], env)
+        return self._wait_superlink(timeout) if wait else self.superlink
+
+    def _wait_superlink(self, timeout: float) -> Proc:
+        """Wait until the SuperLink's Control and Fleet APIs accept connections."""
+        assert self.superlink is not None
         deadline = time.monotonic() + timeout
         while not self._listening(self.control_port) or not self._listening(self.fleet_port):
             if not self.superlink.alive():
@@ -539,31 +726,81 @@ class Rehearsal:
 
     # --- membership ----------------------------------------------------------------------
 
-    def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
-        env = self._env(
+    def _membership_env(self, retry_interval: float) -> dict[str, str]:
+        return self._env(
             NINA_FLWR=str(self.venv / "bin" / "flwr"),
             NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
             NINA_ADMIN_APP=str(self.admin_app),
             NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
             NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT),
-            NINA_RETRY_INTERVAL="1",
+            NINA_RETRY_INTERVAL=f"{retry_interval:g}",
         )
+
+    def _membership(self, *args: str, stdin: str | None = None) -> dict[str, Any]:
         proc = subprocess.run(
             [sys.executable, str(self.membership), *args],
             input=stdin or "",
             text=True,
             capture_output=True,
-            env=env,
+            env=self._membership_env(1),
             timeout=facts.REHEARSAL_START_TIMEOUT + 60,
         )
         if proc.returncode != 0:
             raise RehearsalError(f"nina-membership {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
         return json.loads(proc.stdout)
 
+    def public_key(self, slug: str) -> str:
+        """The organisation's SuperNode public key, from its kit."""
+        return (self.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE).read_text()
+
     def register(self, slug: str) -> str:
         """Register the organisation's SuperNode key (from its kit) with nina-membership; returns the node id."""
-        pub = (self.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE).read_text()
-        return self._membership("register", slug, stdin=pub)["node-id"]
+        return self._membership("register", slug, stdin=self.public_key(slug))["node-id"]
+
+    def _start_registrations(self, slugs: Sequence[str]) -> subprocess.Popen:
+        """`nina-membership register-many` for `slugs`, not waiting (see _finish_registrations)."""
+        logs = self.dir / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / "nina-membership.log", "a") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(self.membership), "register-many"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=self._membership_env(0.2),  # its retries cost no process start-up: one interpreter
+                start_new_session=True,
+            )
+        self._registrations.append(proc)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({slug: self.public_key(slug) for slug in slugs}))
+        proc.stdin.close()
+        return proc
+
+    def _finish_registrations(self, proc: subprocess.Popen, registered: Callable[[str], object] | None = None) -> dict[str, str]:
+        """Read register-many's line per organisation as it comes (calling `registered(slug)`);
+        slug -> node id. Bounded: the process is killed if it outlives the Control API wait."""
+        budget = facts.REHEARSAL_START_TIMEOUT + 60
+        watchdog = threading.Timer(budget, proc.kill)
+        watchdog.start()
+        ids, errors = {}, []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                doc = json.loads(line)
+                if "error" in doc:
+                    errors.append(f"{doc['slug']}: {doc['error']}")
+                    continue
+                ids[doc["slug"]] = str(doc["node-id"])
+                if registered is not None:
+                    registered(doc["slug"])
+            code = proc.wait(timeout=30)
+        finally:
+            watchdog.cancel()
+        if code != 0 or errors:
+            log = self.dir / "logs" / "nina-membership.log"
+            raise RehearsalError(f"nina-membership register-many failed (exit {code}): {'; '.join(errors) or f'see {log}'}")
+        return ids
 
     def unregister(self, slug: str) -> dict[str, Any]:
         return self._membership("unregister", slug)
@@ -573,9 +810,73 @@ class Rehearsal:
         return {m["slug"]: str(m["node-id"]) for m in self._membership("list")["members"]}
 
     def register_all(self) -> dict[str, str]:
+        """Register every organisation's key with one `nina-membership register-many`; slug -> node id."""
         if self.insecure:
             return {}  # no --enable-supernode-auth: nothing to register
-        return {m.slug: self.register(m.slug) for m in self.members}
+        return self._finish_registrations(self._start_registrations([m.slug for m in self.members]))
+
+    def start_federation(self, timeout: float = facts.REHEARSAL_START_TIMEOUT, *, registration: str = "batch") -> dict[str, str]:
+        """SuperLink, registrations and SuperNodes, overlapped (returns slug -> node id; {} insecure).
+
+        Secured: `nina-membership register-many` starts with the SuperLink (it retries until the
+        Control API answers), and each SuperNode starts once the SuperLink's APIs listen and its
+        key is registered. Insecure: the SuperNodes start once the SuperLink's APIs listen.
+        Either way no SuperNode starts before its SuperLink listens, so the two differ only by
+        the registrations. Then `wait_online`. `registration="each"` (benchmarks: what the
+        deployment does) runs one `nina-membership register <slug>` per organisation at once
+        once the Control API listens, each starting its SuperNode when done.
+        """
+        self.marks = {"start": time.monotonic()}
+        if self.insecure:
+            self.start_superlink(timeout)
+            self.marks["listening"] = time.monotonic()
+            self.start_supernodes()
+            self.marks["supernodes started"] = time.monotonic()
+            return {}
+        if self.superlink is not None and self.superlink.alive():
+            raise RehearsalError("the SuperLink is already running")
+        if registration == "each":
+            return self._start_federation_each(timeout)
+        self.start_superlink(timeout=0, wait=False)
+        registrations = self._start_registrations([m.slug for m in self.members])
+        self._wait_superlink(timeout)
+        self.marks["listening"] = time.monotonic()
+
+        def registered(slug: str) -> None:
+            self.marks.setdefault("first registered", time.monotonic())
+            self.start_supernode(slug)
+
+        ids = self._finish_registrations(registrations, registered)
+        self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
+        return ids
+
+    def _start_federation_each(self, timeout: float) -> dict[str, str]:
+        self.start_superlink(timeout)
+        self.marks["listening"] = time.monotonic()
+        ids: dict[str, str] = {}
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def one(slug: str) -> None:
+            try:
+                node = self.register(slug)
+            except (RehearsalError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc))
+                return
+            with lock:
+                self.marks.setdefault("first registered", time.monotonic())
+                ids[slug] = node
+                self.start_supernode(slug)
+
+        threads = [threading.Thread(target=one, args=(m.slug,)) for m in self.members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RehearsalError("; ".join(errors))
+        self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
+        return ids
 
     def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
@@ -634,33 +935,54 @@ class Rehearsal:
             text = _drop_option(text, "--root-certificates", what)
         return _write(self.dir / "nodes" / slug / "run_supernode.sh", text, 0o755)
 
+    def restart_policy(self, slug: str) -> RestartPolicy:
+        """Restart=/RestartSec= of the organisation's own supernode.service (from its kit, the
+        unit nina.render renders for cloud SuperNodes too)."""
+        unit = self.kits[slug] / facts.SUPERNODE_OPT.lstrip("/") / facts.SUPERNODE_UNIT
+        return RestartPolicy.from_unit(unit.read_text(), facts.SUPERNODE_UNIT)
+
     def start_supernode(
         self, slug: str, *, superlink_host: str = facts.LOOPBACK, trust_ca: bool = True, env: dict[str, str] | None = None
     ) -> Proc:
-        """Start the organisation's SuperNode from its kit's run_supernode.sh. `trust_ca=False`
-        drops --root-certificates (system trust store); `superlink_host` is the name it dials."""
+        """Start the organisation's SuperNode from its kit's run_supernode.sh, supervised as its
+        supernode.service would be (see Supervisor; the restarts are logged and counted in
+        `restarts()`). `trust_ca=False` drops --root-certificates (system trust store);
+        `superlink_host` is the name it dials."""
         name = f"supernode-{slug}"
-        old = self.procs.get(name)
-        if old is not None and old.alive():
+        old = self.supervisors.get(slug)
+        if old is not None and old.active:
             raise RehearsalError(f"{name} is already running")
         conf_dir = self.supernode_conf_dir(slug, superlink_host=superlink_host)
         script = self._supernode_script(slug, trust_ca)
         env = self._env(
             PYTHONENV=str(self.venv), CONF_DIR=str(conf_dir), FLWR_HOME=str(self.dir / "nodes" / slug / "flwr-home"), **(env or {})
         )
-        return self._spawn(name, ["bash", str(script)], env)
+        sup = Supervisor(name, lambda: self._spawn(name, ["bash", str(script)], env), self.restart_policy(slug), self.say)
+        self.supervisors[slug] = sup
+        return sup.proc
 
     def start_supernodes(self, slugs: Iterable[str] | None = None) -> None:
         for slug in list(slugs) if slugs is not None else [m.slug for m in self.members]:
             self.start_supernode(slug)
 
     def stop_supernode(self, slug: str) -> None:
-        proc = self.procs.get(f"supernode-{slug}")
-        if proc is not None:
-            proc.stop()
+        """Stop the SuperNode for good (systemctl stop): no restart follows."""
+        sup = self.supervisors.get(slug)
+        if sup is not None:
+            sup.stop()
+
+    def kill_supernode(self, slug: str) -> None:
+        """SIGKILL the SuperNode's main process, as a crash would end it: its supervisor stops
+        the rest of its group and restarts it after RestartSec, as systemd would."""
+        self.supervisors[slug].kill(signal.SIGKILL)
 
     def supernode(self, slug: str) -> Proc:
-        return self.procs[f"supernode-{slug}"]
+        """The SuperNode's current process (a restart makes a new one)."""
+        return self.supervisors[slug].proc
+
+    def restarts(self) -> dict[str, int]:
+        """slug -> how many times its supervisor restarted its SuperNode."""
+        return {slug: sup.restarts for slug, sup in self.supervisors.items()}
 
     # --- the validation app --------------------------------------------------------------
 
@@ -698,7 +1020,18 @@ class Rehearsal:
     # --- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop every process this rehearsal started (process groups), SuperNodes first."""
+        """Stop every process this rehearsal started (process groups), SuperNodes first; their
+        supervisors first of all, so that no stop leads to a restart."""
+        for sup in self.supervisors.values():
+            with contextlib.suppress(Exception):
+                sup.stop()
+        for reg in self._registrations:
+            if reg.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(reg.pid, signal.SIGKILL)  # its own session: it and its flwr interpreter
+            with contextlib.suppress(Exception):
+                reg.wait(timeout=facts.REHEARSAL_STOP_TIMEOUT)
         order = sorted(self.procs.values(), key=lambda p: (p.name == "superlink", p.name))
         for proc in order:
             with contextlib.suppress(Exception):
@@ -808,6 +1141,7 @@ class TenancyReport:
     reason: str | None
     ready_seconds: float | None
     result: RunResult | None
+    restarts: dict[str, int] = field(default_factory=dict)  # slug -> SuperNode restarts by its supervisor
 
 
 def rehearse(
@@ -829,11 +1163,9 @@ def rehearse(
                 for edit in r.edits:
                     log(f"rehearsal edit: {edit}")
                 t0 = time.monotonic()
-                r.start_superlink()
-                ids = r.register_all()
+                ids = r.start_federation()
                 for slug, node in ids.items():
-                    log(f"registered {slug} with nina-membership: node {node}")
-                r.start_supernodes()
+                    log(f"registered {slug} with nina-membership register-many: node {node}")
                 log(
                     f"rehearsal edit: each kit's supernode.conf copy: superlink_server={facts.LOOPBACK}, "
                     f"superlink_port={r.fleet_port}, local_port " + ", ".join(f"{s}={p}" for s, p in r.node_ports.items())
@@ -844,7 +1176,10 @@ def rehearse(
                 result = r.run_app(rounds)
                 log(result.table())
                 log(f"run time {result.seconds:.1f} s")
-                reports.append(TenancyReport(t.name, result.ok, result.error, ready, result))
+                restarts = r.restarts()
+                restarted = ", ".join(f"{slug} {n}" for slug, n in restarts.items() if n)
+                log(f"SuperNode restarts (supervised as {r.restart_policy(t.members[0].slug).describe()}): {restarted or 'none'}")
+                reports.append(TenancyReport(t.name, result.ok, result.error, ready, result, restarts))
         except RehearsalError as exc:
             reports.append(TenancyReport(t.name, False, str(exc), None, None))
         except subprocess.TimeoutExpired as exc:

@@ -197,16 +197,50 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
     return delivery_payload(files, list(services.superlink.UNITS))
 
 
-def base_delivery() -> str:
+AUTOMATION_KEY_COMMENT = "nina-automation"  # pulumi-command only; never give it to a person
+OPERATOR_KEY_COMMENT = "nina-operator:"
+
+
+def authorized_keys(automation_public_key: str, operators: Sequence[tuple[str, str]]) -> str:
+    """The login user's whole keys file (facts.LOGIN_AUTHORIZED_KEYS, the only one sshd reads:
+    `sshd_dropin`): the automation key (pulumi-command's, the Nova
+    key pair's) first, then one line per operator, `type base64 nina-operator:<name>`.
+
+    `operators` are (name, canonical key) as `config.operator_keys` gives them. Every line is
+    a bare key (no options), so an operator removed from the config has no line left."""
+    fields = automation_public_key.split()
+    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-sha2-")):
+        raise ValueError("the automation public key is not an OpenSSH public key line")
+    lines = [f"{fields[0]} {fields[1]} {AUTOMATION_KEY_COMMENT}"]
+    for name, key in operators:
+        if not config.SLUG_RE.match(name) or len(key.split()) != 2:
+            raise ValueError(f"operator {name!r}: pass config.operator_keys(cfg), a name and a bare `type base64` key")
+        lines.append(f"{key} {OPERATOR_KEY_COMMENT}{name}")
+    return "".join(line + "\n" for line in lines)
+
+
+def sshd_dropin() -> str:
+    """sshd's drop-in (user-data, fixed): login keys only from the files nina writes."""
+    return (
+        "# nina-fl: logins use only the keys nina writes (the automation key, nina:operators), never\n"
+        "# ~/.ssh/authorized_keys. The file is rewritten whole by each host's <host>-base delivery.\n"
+        f"AuthorizedKeysFile {facts.AUTHORIZED_KEYS_DIR}/%u\n"
+    )
+
+
+def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str]] = ()) -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
-    settings (manual 5.2.2, 5.4) and the nina-install-files launcher; restarts what they configure."""
+    settings (manual 5.2.2, 5.4), the nina-install-files launcher and the login user's
+    authorized keys (the automation key and the operators', in facts.AUTHORIZED_KEYS_DIR, which
+    is pruned); restarts what they configure (sshd reads the keys at each login: no restart)."""
     files = [
         DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
         DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
+        DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o644),
     ]
-    return delivery_payload(files, list(services.base.UNITS))
+    return delivery_payload(files, list(services.base.UNITS), prune=[facts.AUTHORIZED_KEYS_DIR])
 
 
 def supernode_delivery(

@@ -252,8 +252,9 @@ def ssh_failure(text: str, a: Access, t: Target) -> str:
         refused = re.search(r"@([0-9.]+): Permission denied", text)
         who = names.get(refused.group(1), refused.group(1)) if refused else "the bastion or the SuperLink host"
         return (
-            f"{who} refused {key} for {a.user} (ssh: {said('permission denied', 'authentication failures')}); use the operators' key "
-            "(stack output ops_ssh_private_key, the default), --identity FILE with a key authorised on the hosts, or --agent; "
+            f"{who} refused {key} for {a.user} (ssh: {said('permission denied', 'authentication failures')}); use your own key "
+            "(--identity FILE or --agent; its .pub line must be in nina:operators and delivered by `pulumi up`), or the automation key "
+            "(stack output ops_ssh_private_key, the default); "
             "--user for another login"
         )
     if "address already in use" in low or "cannot listen to port" in low:
@@ -410,7 +411,7 @@ def validate(
     """Validate each tenancy in turn; raises only KeyboardInterrupt (after tearing everything down).
 
     Works in `workdir` (default: a private temporary directory, removed afterwards): the CA,
-    `ops_key` (the operators' key from the outputs, used instead of `a.identity`) as a 0600
+    `ops_key` (the automation key from the outputs, used instead of `a.identity`) as a 0600
     file, the ssh and flwr logs."""
     tmp = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nina-validate-"))
     try:

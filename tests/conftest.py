@@ -222,15 +222,15 @@ def reh_uat_plan():
 
 @pytest.fixture
 def reh_rehearsal(reh_uat_plan, tmp_path):
-    """A factory `reh_rehearsal(**kwargs) -> nina.rehearse.Rehearsal` (prepared: PKI, kits, SuperLink
-    files installed) for the uat plan; every rehearsal is closed afterwards (all its processes
+    """A factory `reh_rehearsal(plan=None, **kwargs) -> nina.rehearse.Rehearsal` (prepared: PKI, kits,
+    SuperLink files installed) for the uat plan (or `plan`); every rehearsal is closed afterwards (all its processes
     stopped), also when the test fails."""
     from nina.rehearse import Rehearsal
 
     made: list[Any] = []
 
-    def make(**kwargs):
-        r = Rehearsal(reh_uat_plan, tmp_path / f"reh{len(made)}", log=lambda line: None, **kwargs)
+    def make(plan=None, log=lambda line: None, **kwargs):
+        r = Rehearsal(plan or reh_uat_plan, tmp_path / f"reh{len(made)}", log=log, **kwargs)
         made.append(r)
         r.prepare()
         return r

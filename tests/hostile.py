@@ -204,6 +204,31 @@ def stack_cases() -> list[Case]:
             _stack_edit(_set_org("supernode_public_key", ecdsa_key() + " a\nb")),
             "supernode_public_key",
         ),
+        # Operators' login keys (nina:operators): the same refusals, and keys too weak to log in with.
+        Case(
+            "ssh keys",
+            "operator key with options",
+            _stack_edit(_set("nina:operators", [{"name": "alice", "ssh_public_key": 'restrict,command="sh" ' + ecdsa_key()}])),
+            "operators[0].ssh_public_key",
+        ),
+        Case(
+            "ssh keys",
+            "two operator keys in one entry",
+            _stack_edit(_set("nina:operators", [{"name": "alice", "ssh_public_key": ecdsa_key() + "\n" + ecdsa_key()}])),
+            "operators[0].ssh_public_key",
+        ),
+        Case(
+            "ssh keys",
+            "one operator key under two names",
+            _stack_edit(_set("nina:operators", [{"name": n, "ssh_public_key": ecdsa_key()} for n in ("alice", "bob")])),
+            "operators[1].ssh_public_key",
+        ),
+        Case(
+            "ssh keys",
+            "operator key of a weak type",
+            _stack_edit(_set("nina:operators", [{"name": "alice", "ssh_public_key": "ssh-dss AAAAB3NzaC1kc3M= alice"}])),
+            "operators[0].ssh_public_key",
+        ),
         # Admin networks that together are the internet.
         Case(
             "broad admin networks",

@@ -288,6 +288,14 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
             assert bootlab.port_of(m, facts.SUPERNODE_CLIENTAPPIO_PORT) <= {facts.LOOPBACK}
             key = bootlab.stat(m, [f"{facts.SUPERNODE_CERTS}/{facts.SUPERNODE_KEY_FILE}"])
             assert list(key.values()) == ["600 supernode fl_system"], key
+        # The login user's keys (the only ones sshd reads), written whole by the base delivery:
+        # the automation key (these deliveries log in with it) and one line per operator.
+        keys = m.sh(f"cat {facts.LOGIN_AUTHORIZED_KEYS}").stdout.splitlines()
+        operators = [f"nina-operator:{op['name']}" for op in lab_config().get("nina:operators", [])]
+        assert [line.split()[-1] for line in keys] == ["nina-automation", *operators], (h.name, keys)
+        assert list(bootlab.stat(m, [facts.LOGIN_AUTHORIZED_KEYS]).values()) == ["644 root root"], h.name
+        effective = m.sh(f"sshd -T -C user={facts.DEFAULT_LOGIN_USER},host=x,addr=127.0.0.1 | grep -i '^authorizedkeysfile'").stdout
+        assert effective.split() == ["authorizedkeysfile", f"{facts.AUTHORIZED_KEYS_DIR}/%u"], (h.name, effective)
     for unit in (facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT):
         vm.wait_for(f"systemctl is-active --quiet {unit}", 60, f"{unit} active")
     assert ("udp", facts.ANY_ADDRESS, facts.OPENVPN_UDP_PORT) in bootlab.listening(vm)

@@ -15,6 +15,8 @@ def test_plan_prints_hosts_rules_and_members_and_writes_user_data(tmp_path, caps
     assert "superlink-main               10.100.0.40" in out
     assert "org-test-org-a->superlink-main-tcp-9092" in out
     assert "test-org-b                 partition 1 cloud" in out
+    # The example operator, with the fingerprint `ssh-keygen -lf` prints for its key.
+    assert "  example-operator             SHA256:" in out and " ssh-ed25519\n" in out
     written = sorted(p.name for p in (tmp_path / "user-data").iterdir())
     assert written == ["gateway.yaml", "superlink-main.yaml", "supernode-test-org-a.yaml", "supernode-test-org-b.yaml"]
     assert all(p.read_text().startswith("#cloud-config\n") for p in (tmp_path / "user-data").iterdir())

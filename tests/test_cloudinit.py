@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from cloudinit.userdata import user_data
+from cloudinit.userdata import AUTOMATION_KEY_PLACEHOLDER, user_data
 from nina import facts, render
 
 CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip)
@@ -93,14 +93,18 @@ def test_base_for_every_host(rendered):
         # checks the bootstrap's promises before writing the marker deliveries require.
         assert doc["runcmd"][0] == "set -eux"
         assert doc["runcmd"][-1] == [facts.BOOTSTRAP_CHECK_BIN]
-        assert not any(c[0] == "systemctl" for c in doc["runcmd"][1:])  # their configs come with <host>-base
+        # Their configs come with <host>-base; only sshd is reloaded, for the login-keys drop-in.
+        assert [c for c in doc["runcmd"][1:] if c[0] == "systemctl"] == [["systemctl", "try-reload-or-restart", facts.SSH_UNIT]]
         check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
         assert check["permissions"] == "0755" and check["owner"] == "root:root"
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
         assert "\nactive prometheus-node-exporter.service\n" in check["content"]
         files = files_of(doc)
-        # A small fixed bootstrap: the first-boot programs only, nothing that evolves (not even the receiver).
-        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN}, key
+        # A small fixed bootstrap: the first-boot programs and sshd's login keys (the drop-in, and
+        # the automation key until <host>-base adds the operators'), nothing that evolves (not
+        # even the receiver).
+        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN, facts.SSHD_DROPIN, facts.LOGIN_AUTHORIZED_KEYS}, key
+        assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == AUTOMATION_KEY_PLACEHOLDER, key  # rendered without the stack's key
         for f in doc["write_files"]:
             assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
             assert f.get("defer", False) == (f["owner"] != "root:root"), f["path"]
@@ -111,14 +115,18 @@ def mkdirs(doc) -> dict[str, list[str]]:
     return {p: [c[3], c[5], c[7]] for c in doc["runcmd"] if c[:2] == ["install", "-d"] for p in c[8:]}
 
 
+AUTOMATION_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPDEImfmeTlW3dqFjuqMjGoELhWvK0J/gdOCFqWrdsHY"
+
+
 def test_base_delivery_carries_what_evolves():
-    files = {f["path"]: f for f in json.loads(render.base_delivery())["files"]}
+    files = {f["path"]: f for f in json.loads(render.base_delivery(AUTOMATION_KEY))["files"]}
     assert files[facts.INSTALL_FILES_BIN]["content"] == render.install_files_script()
     assert files[facts.INSTALL_FILES_BIN]["mode"] == 0o755
     assert files[facts.JOURNALD_DROPIN]["content"] == render.journald_conf()
     assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
     assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
-    assert json.loads(render.base_delivery())["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
+    assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == f"{AUTOMATION_KEY} nina-automation\n"
+    assert json.loads(render.base_delivery(AUTOMATION_KEY))["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
 
 
 def test_service_users_follow_roles(rendered):

@@ -433,29 +433,51 @@ def test_install_files_dry_run_as_a_user_shows_what_root_would_do(tmp_path):
 # --- nina-membership against a fake flwr ----------------------------------------------------
 
 FAKE_FLWR = '''#!{python}
-"""Behaves like flwr 1.25's `flwr supernode register|unregister ... --format json`."""
-import json, os, sys
+"""Behaves like flwr 1.25's `flwr supernode register|unregister ... --format json`.
+
+FAKE_RENDEZVOUS=<s>: a call first waits (up to <s> seconds) until another call is in flight,
+so that calls which can run at once are seen to (max_active in the state)."""
+import fcntl, json, os, sys, time
 state_file = {state!r}
-state = json.load(open(state_file)) if os.path.exists(state_file) else {{"next": 1001, "nodes": {{}}, "calls": []}}
+
+def update(change):
+    with open(state_file + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.load(open(state_file)) if os.path.exists(state_file) else {{"next": 1001, "nodes": {{}}, "calls": [], "active": 0, "max_active": 0}}
+        result = change(state)
+        json.dump(state, open(state_file, "w"))
+        return result
+
+def enter(state):
+    state["active"] += 1
+    state["max_active"] = max(state["max_active"], state["active"])
+
+update(enter)
+wait = float(os.environ.get("FAKE_RENDEZVOUS", "0"))
+deadline = time.monotonic() + wait
+while wait and time.monotonic() < deadline and update(lambda st: st["max_active"]) < 2:
+    time.sleep(0.02)
 argv = sys.argv[1:]
-state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}},
-                        "key": open(argv[2]).read() if argv[1] == "register" else None}})
-mode = os.environ.get("FAKE_MODE", "ok")
-out = None
-if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
-    out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Connection to the SuperLink is unavailable. Please check your network connection and 'address' in the federation configuration.\\n\\n"}}
-elif mode == "refuse":
-    out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n The provided public key is invalid.\\n\\n"}}
-elif argv[1] == "register":
-    node_id = state["next"]; state["next"] += 1
-    state["nodes"][str(node_id)] = open(argv[2]).read()
-    out = {{"success": True, "node-id": node_id}}
-elif argv[1] == "unregister":
-    if state["nodes"].pop(argv[2], None) is None:
-        out = {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Node ID not found for this account.\\n\\n"}}
-    else:
-        out = {{"success": True, "node-id": int(argv[2])}}
-json.dump(state, open(state_file, "w"))
+
+def call(state):
+    state["active"] -= 1
+    state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}},
+                            "key": open(argv[2]).read() if argv[1] == "register" else None, "pid": os.getpid()}})
+    mode = os.environ.get("FAKE_MODE", "ok")
+    if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
+        return {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Connection to the SuperLink is unavailable. Please check your network connection and 'address' in the federation configuration.\\n\\n"}}
+    if mode == "refuse":
+        return {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n The provided public key is invalid.\\n\\n"}}
+    if argv[1] == "register":
+        node_id = state["next"]; state["next"] += 1
+        state["nodes"][str(node_id)] = open(argv[2]).read()
+        return {{"success": True, "node-id": node_id}}
+    if argv[1] == "unregister":
+        if state["nodes"].pop(argv[2], None) is None:
+            return {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Node ID not found for this account.\\n\\n"}}
+        return {{"success": True, "node-id": int(argv[2])}}
+
+out = update(call)
 print(json.dumps(out, indent=2))  # rich prints it over several lines
 sys.exit(0)  # flwr 1.25 exits 0 even when it printed an error
 '''
@@ -486,7 +508,7 @@ class Membership:
             **env,
         }
         proc = subprocess.run([sys.executable, str(self.script), *args], input=stdin, env=full, capture_output=True, text=True, timeout=60)
-        result = json.loads(proc.stdout) if proc.returncode == 0 else None
+        result = json.loads(proc.stdout) if proc.returncode == 0 and len(proc.stdout.splitlines()) == 1 else None  # register-many: lines
         return proc, result
 
     def calls(self) -> list[Any]:
@@ -572,6 +594,96 @@ def test_membership_gives_up_when_control_api_stays_down(membership):
     proc, _ = membership("register", "org-a", stdin=PUB_A, FAKE_MODE="unavailable:1000", NINA_CONTROL_WAIT="0.5")
     assert proc.returncode == 1 and "unavailable" in proc.stderr
     assert time.monotonic() - start < 20
+
+
+def _concurrently(membership: Membership, runs: list[tuple[str, str]], **env: str) -> list[subprocess.CompletedProcess]:
+    """`nina-membership register <slug>` for every (slug, key) at once, as pulumi runs registrations."""
+    full = {
+        **os.environ,
+        "NINA_FLWR": str(membership.flwr),
+        "NINA_MEMBERS_DIR": str(membership.members),
+        "NINA_ADMIN_APP": membership.app,
+        "NINA_FLWR_HOME": str(membership.workdir / "flwr-home"),
+        **env,
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(membership.script), "register", slug],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full,
+            text=True,
+        )
+        for slug, _ in runs
+    ]
+    for proc, (_, key) in zip(procs, runs, strict=True):
+        assert proc.stdin is not None
+        proc.stdin.write(key)
+        proc.stdin.close()
+    for proc in procs:
+        proc.wait(timeout=60)
+    return [subprocess.CompletedProcess(p.args, p.returncode, p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+
+
+def test_membership_registers_organisations_at_once(membership):
+    # Each call waits (up to 20 s) for another to be in flight: with one lock for all
+    # organisations the second could not start until the first was done.
+    done = _concurrently(membership, [("org-a", PUB_A), ("org-b", PUB_B)], FAKE_RENDEZVOUS="20")
+    assert [p.returncode for p in done] == [0, 0], [p.stderr for p in done]
+    state = json.loads(membership.state.read_text())
+    assert state["max_active"] == 2
+    assert sorted(json.loads(p.stdout)["node-id"] for p in done) == ["1001", "1002"]
+    _, out = membership("list")
+    assert sorted(m["slug"] for m in out["members"]) == ["org-a", "org-b"]
+    assert {(membership.members / f"{s}.pub").read_text() for s in ("org-a", "org-b")} == {PUB_A, PUB_B}
+
+
+def test_membership_runs_for_one_organisation_take_turns(membership):
+    done = _concurrently(membership, [("org-a", PUB_A), ("org-a", PUB_A)], FAKE_RENDEZVOUS="1")
+    assert [p.returncode for p in done] == [0, 0], [p.stderr for p in done]
+    state = json.loads(membership.state.read_text())
+    assert state["max_active"] == 1 and len(state["calls"]) == 1  # the second found the record
+    assert sorted(json.loads(p.stdout)["changed"] for p in done) == [False, True]
+
+
+def test_membership_register_many_in_one_interpreter(membership):
+    keys = json.dumps({"org-a": PUB_A, "org-b": PUB_B})
+    proc, _ = membership("register-many", stdin=keys, FAKE_MODE="unavailable:1")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [
+        {"slug": "org-a", "node-id": "1001", "changed": True},
+        {"slug": "org-b", "node-id": "1002", "changed": True},
+    ]
+    assert "Control API not ready" in proc.stderr
+    calls = membership.calls()
+    assert [c["argv"][:2] for c in calls] == [["supernode", "register"]] * 3  # a retry while "unavailable", org-a, org-b
+    assert [c["key"] for c in calls] == [PUB_A, PUB_A, PUB_B]
+    assert len({c["pid"] for c in calls}) == 1  # one interpreter for the whole batch, retries included
+    assert all(c["argv"][3:] == [membership.app, facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json"] for c in calls)
+    assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_HOME"].endswith("flwr-home") for c in calls)
+    assert (membership.members / "org-b.node_id").read_text() == "1002\n" and (membership.members / "org-b.pub").read_text() == PUB_B
+
+    proc, _ = membership("register-many", stdin=keys)  # the same keys again: nothing to do
+    assert proc.returncode == 0 and [json.loads(line)["changed"] for line in proc.stdout.splitlines()] == [False, False]
+    assert len(membership.calls()) == 3
+    proc, _ = membership("register", "org-c", stdin=PUB_A)  # a single registration runs flwr on its own
+    assert membership.calls()[-1]["pid"] != calls[0]["pid"]
+
+
+def test_membership_register_many_reports_each_failure(membership):
+    proc, _ = membership("register-many", stdin=json.dumps({"org-a": PUB_A}), FAKE_MODE="refuse")
+    assert proc.returncode == 1
+    [line] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert line["slug"] == "org-a" and "public key is invalid" in line["error"]
+    assert not (membership.members / "org-a.node_id").exists()
+
+
+@pytest.mark.parametrize("stdin", ["", "[]", "{}", json.dumps({"Org_A": PUB_A}), json.dumps({"org-a": "ssh-rsa AAAA"}), "not json"])
+def test_membership_register_many_refuses_bad_input(membership, stdin):
+    proc, _ = membership("register-many", stdin=stdin)
+    assert proc.returncode == 2, proc.stderr
+    assert membership.calls() == []
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """nina-membership: admit or remove an organisation's SuperNode at this SuperLink (flwr, the version in nina.facts).
 
   nina-membership register <slug>    OpenSSH public key on stdin
+  nina-membership register-many      {"<slug>": "<OpenSSH public key>", ...} on stdin
   nina-membership unregister <slug>
   nina-membership list
 
@@ -12,6 +13,18 @@ different key it unregisters the old node first. unregister of an unknown slug i
 The Control API may still be starting: unavailable errors are retried for up to
 NINA_CONTROL_WAIT seconds. flwr 1.25 prints {"success": false, ...} and may still
 exit 0, so success is read from the JSON, never from the exit code alone.
+
+Concurrency: each organisation has its own lock (<slug>.lock in the members directory), so
+registrations of different organisations (pulumi runs the SuperNodeRegistration resources in
+parallel) run at once, and two runs for one organisation take turns. `list` takes no lock:
+every record is written atomically.
+
+register-many registers each organisation of the input as `register <slug>` does (same
+records, same locks, same idempotency) and prints one JSON line per organisation as soon as
+it is done ({"slug", "node-id", "changed"} or {"slug", "error"}); exit 1 if any failed. When
+flwr is a Python script (a venv's console script), all of its `flwr supernode ...` commands
+run in one interpreter started for the batch (Worker): the same command, arguments and
+environment, once per organisation, without a Python start-up and `import flwr` per key.
 
 Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
 NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
@@ -25,9 +38,12 @@ import fcntl
 import json
 import os
 import re
+import select
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from nina import facts
@@ -46,6 +62,7 @@ PUBKEY_RE = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/]+={0,2}( [^
 # Errors that mean "the Control API is not up yet": retried until WAIT runs out.
 TRANSIENT = ("unavailable", "connection refused", "failed to connect", "deadline exceeded")
 NOT_FOUND = "node id not found"
+FLWR_TIMEOUT = 120  # seconds one flwr command may take
 
 
 class Failure(Exception):
@@ -89,22 +106,121 @@ def parse_json(out: str) -> dict[str, Any] | None:
     return None
 
 
+def flwr_env() -> dict[str, str]:
+    return dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
+
+
+def run_flwr(argv: list[str]) -> tuple[int, str, str]:
+    """One flwr command in its own process: (exit code, stdout, stderr)."""
+    try:
+        proc = subprocess.run([FLWR, *argv], env=flwr_env(), capture_output=True, text=True, timeout=FLWR_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Failure(f"cannot run {FLWR}: {exc}") from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+# The batch's interpreter: runs a Python script (flwr's console script) as `python SCRIPT ARGS...`
+# would, once per request line ({"argv": [...]}) on stdin, and answers each with one line
+# {"code", "stdout", "stderr"} on the stdout it started with. The script's own stdout and stderr
+# (file descriptors 1 and 2, so also what rich and logging write) go to a temporary file per run.
+WORKER_SOURCE = r"""
+import json, os, runpy, sys, tempfile
+script = sys.argv[1]
+answers = os.fdopen(os.dup(1), "w")
+null = os.open(os.devnull, os.O_RDWR)
+for request in sys.stdin:
+    argv = json.loads(request)["argv"]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        sys.argv = [script, *argv]
+        code = 0
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os.dup2(null, 1); os.dup2(null, 2)
+        out.seek(0); err.seek(0)
+        answer = {"code": code, "stdout": out.read().decode("utf-8", "replace"), "stderr": err.read().decode("utf-8", "replace")}
+    answers.write(json.dumps(answer) + "\n"); answers.flush()
+"""
+
+
+def script_interpreter(path: str) -> str | None:
+    """The Python interpreter named by `path`'s #! line, if it is a Python script (None otherwise)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return None
+    parts = first[2:].decode("utf-8", "replace").split() if first.startswith(b"#!") else []
+    if parts and os.path.basename(parts[0]) == "env" and len(parts) > 1:
+        parts = [shutil.which(parts[1]) or parts[1]]
+    if parts and os.path.basename(parts[0]).startswith("python") and os.access(parts[0], os.X_OK):
+        return parts[0]
+    return None
+
+
+class Worker:
+    """One interpreter running every flwr command of a batch (see WORKER_SOURCE)."""
+
+    def __init__(self, python: str) -> None:
+        self.proc = subprocess.Popen(
+            [python, "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
+        )
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps({"argv": argv}) + "\n")
+            self.proc.stdin.flush()
+            # One answer line per request, so nothing is left buffered between requests.
+            if not select.select([self.proc.stdout], [], [], FLWR_TIMEOUT)[0]:
+                self.proc.kill()
+                raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {FLWR_TIMEOUT} s")
+            line = self.proc.stdout.readline()
+        except OSError as exc:
+            raise Failure(f"the flwr interpreter of the batch failed: {exc}") from None
+        if not line:
+            raise Failure(f"the flwr interpreter of the batch exited (code {self.proc.wait()})")
+        answer = json.loads(line)
+        return int(answer["code"]), str(answer["stdout"]), str(answer["stderr"])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+WORKER: Worker | None = None  # set for a batch: flwr commands run there instead of one process each
+
+
 def flwr(*args: str) -> dict[str, Any]:
     """Run one flwr CLI command; return its JSON. Retries while the Control API is unavailable."""
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
     os.makedirs(FLWR_HOME, mode=0o700, exist_ok=True)
-    cmd = [FLWR, "supernode", *args, ADMIN_APP, FEDERATION, "--format", "json"]
+    argv = ["supernode", *args, ADMIN_APP, FEDERATION, "--format", "json"]
     deadline = time.monotonic() + WAIT
     while True:
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise Failure(f"cannot run {FLWR}: {exc}") from None
-        result = parse_json(proc.stdout)
-        if result is not None and result.get("success") is True and proc.returncode == 0:
+        code, stdout, stderr = WORKER.run(argv) if WORKER is not None else run_flwr(argv)
+        result = parse_json(stdout)
+        if result is not None and result.get("success") is True and code == 0:
             return result
-        message = (result or {}).get("error-message") or (proc.stdout + proc.stderr).strip()
-        message = " ".join(message.split()) or f"exit code {proc.returncode}, no output"
+        message = (result or {}).get("error-message") or (stdout + stderr).strip()
+        message = " ".join(message.split()) or f"exit code {code}, no output"
         if any(t in message.lower() for t in TRANSIENT) and time.monotonic() < deadline:
             say(f"Control API not ready ({message}); retrying in {INTERVAL:g}s")
             time.sleep(INTERVAL)
@@ -127,11 +243,23 @@ def remove_records(slug: str) -> None:
             os.unlink(record(slug, ext))
 
 
-def register(slug: str, pubkey: str) -> dict[str, Any]:
+def checked_key(pubkey: str) -> str:
     pub = pubkey.strip()
     if "\n" in pub or not PUBKEY_RE.match(pub):
         raise Failure("stdin must hold one OpenSSH ECDSA public key line (ecdsa-sha2-nistp384 AAAA...)", 2)
-    pub += "\n"
+    return pub + "\n"
+
+
+@contextlib.contextmanager
+def locked(slug: str) -> Iterator[None]:
+    """The organisation's own lock: runs for one organisation take turns, others run at once."""
+    with open(os.path.join(MEMBERS_DIR, f"{slug}.lock"), "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def register(slug: str, pubkey: str) -> dict[str, Any]:
+    pub = checked_key(pubkey)
     node_id = (read(record(slug, "node_id")) or "").strip()
     if node_id and read(record(slug, "pub")) == pub:
         return {"slug": slug, "node-id": node_id, "changed": False}
@@ -180,10 +308,47 @@ def members() -> dict[str, Any]:
     return {"members": out}
 
 
+def register_many(text: str) -> int:
+    """register-many: one JSON line per organisation as it is done; 1 if any failed."""
+    try:
+        keys = json.loads(text)
+    except ValueError as exc:
+        raise Failure(f"stdin must hold a JSON object {{slug: public key}}: {exc}", 2) from None
+    if not isinstance(keys, dict) or not keys:
+        raise Failure("stdin must hold a non-empty JSON object {slug: public key}", 2)
+    checked = {}
+    for slug, pub in keys.items():
+        if not SLUG_RE.match(str(slug)) or not isinstance(pub, str):
+            raise Failure(f"{slug!r} is not an organisation slug with a key", 2)
+        try:
+            checked[slug] = checked_key(pub)
+        except Failure as exc:
+            raise Failure(f"{slug}: {exc}", 2) from None
+    global WORKER
+    python = script_interpreter(FLWR)
+    WORKER = Worker(python) if python else None
+    failed = 0
+    try:
+        for slug, pub in checked.items():
+            try:
+                with locked(slug):
+                    result = register(slug, pub)
+            except Failure as exc:
+                failed += 1
+                result = {"slug": slug, "error": str(exc)}
+                say(f"{slug}: error: {exc}")
+            print(json.dumps(result, sort_keys=True), flush=True)
+    finally:
+        if WORKER is not None:
+            WORKER.close()
+            WORKER = None
+    return 1 if failed else 0
+
+
 def main(argv: list[str]) -> int:
-    usage = f"usage: {PROG} register <slug> < key.pub | unregister <slug> | list"
-    if len(argv) == 1 and argv[0] == "list":
-        cmd, slug = "list", ""  # list takes no slug
+    usage = f"usage: {PROG} register <slug> < key.pub | register-many < keys.json | unregister <slug> | list"
+    if len(argv) == 1 and argv[0] in ("list", "register-many"):
+        cmd, slug = argv[0], ""  # no slug
     elif len(argv) == 2 and argv[0] in ("register", "unregister"):
         cmd, slug = argv
         if not SLUG_RE.match(slug):
@@ -193,18 +358,21 @@ def main(argv: list[str]) -> int:
         print(usage, file=sys.stderr)
         return 2
     os.makedirs(MEMBERS_DIR, mode=0o750, exist_ok=True)
-    with open(os.path.join(MEMBERS_DIR, ".lock"), "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # pulumi may run several members at once
-        try:
-            if cmd == "register":
-                result = register(slug, sys.stdin.read())
-            elif cmd == "unregister":
+    try:
+        if cmd == "register-many":
+            return register_many(sys.stdin.read())
+        if cmd == "register":
+            pub = sys.stdin.read()
+            with locked(slug):
+                result = register(slug, pub)
+        elif cmd == "unregister":
+            with locked(slug):
                 result = unregister(slug)
-            else:
-                result = members()
-        except Failure as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return exc.code
+        else:
+            result = members()
+    except Failure as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.code
     print(json.dumps(result, sort_keys=True))
     return 0
 
