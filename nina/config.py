@@ -523,8 +523,8 @@ def _check_cloud(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         names = [h.name for h in cfg.hosts]
         names += [f"{role}-{t.name}" for t in cfg.all_tenancies for role in ("superlink", "vpn")]
         names += [f"supernode-{o.slug}" for t in cfg.all_tenancies for o in t.organisations]
-        longest = max(names, key=len)
-        if len(longest) + 1 + len(domain) > MAX_DNS_NAME:
+        longest = max(names, key=len, default="")
+        if names and len(longest) + 1 + len(domain) > MAX_DNS_NAME:
             yield (
                 "nina:cloud.dns_domain",
                 f"is {len(domain)} characters; with host name {longest!r} it makes a name of "
