@@ -65,10 +65,8 @@ def accounts() -> Iterator[None]:
             try:
                 pwd.getpwnam(user)
             except KeyError:
-                subprocess.run(
-                    ["useradd", "--system", "--shell", facts.SERVICE_SHELL, "--no-create-home", "--home-dir", "/nonexistent", "--groups", GROUP, user],
-                    check=True,
-                )
+                locked = ["--system", "--shell", facts.SERVICE_SHELL, "--no-create-home", "--home-dir", "/nonexistent"]
+                subprocess.run(["useradd", *locked, "--groups", GROUP, user], check=True)
                 made_users.append(user)
         yield
     finally:
@@ -154,7 +152,7 @@ def snapshot(path: Path) -> dict[str, tuple[int, int, int, bytes]]:
 
 def planted_program(marker: Path) -> str:
     """A program that leaves `marker` (in a root-only directory: only root can make it) when it runs."""
-    return f"#!/bin/sh\ntouch {marker}\necho '{{\"success\": true, \"node-id\": 1}}'\n"
+    return f'#!/bin/sh\ntouch {marker}\necho \'{{"success": true, "node-id": 1}}\'\n'
 
 
 def plant_venv(user: str, root: Path, marker: Path) -> None:
