@@ -309,13 +309,18 @@ def test_nina_membership_works_on_todays_layout(base):
     assert (records / "org-a.node_id").read_text() == "4242\n" and (records / "org-a.node_id").stat().st_uid == 0
 
 
-def test_nina_membership_does_not_run_a_planted_flwr(base):
-    """The old layout: superlink's code renames the venv and plants bin/flwr; `sudo
-    nina-membership register` refuses without running it (it used to run it as root)."""
+@pytest.mark.parametrize("command", ["register", "register-many"])
+def test_nina_membership_does_not_run_a_planted_flwr(base, command):
+    """The old layout: superlink's code renames the venv and plants bin/flwr (and bin/python, the
+    interpreter register-many starts for a batch); `sudo nina-membership register` and
+    `register-many` refuse without running either (they used to run them as root)."""
     root = superlink_host(base, legacy=True)
     marker = base / "ran-as-root"
     plant_venv(SUPERLINK, root, marker)
-    proc = membership(root, "register", "org-a", stdin=PUB)
+    if command == "register":
+        proc = membership(root, "register", "org-a", stdin=PUB)
+    else:
+        proc = membership(root, "register-many", stdin=json.dumps({"org-a": PUB, "org-b": PUB.replace("org-a", "org-b")}))
     assert not marker.exists(), "nina-membership ran the planted flwr as root"
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = one_line_refusal(proc.stderr, "refused", f"{root}/opt/python is writable by group {GROUP}")
