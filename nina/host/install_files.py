@@ -5,7 +5,11 @@ Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], 
 `check_payload` is the one definition of this schema: nina.render checks every payload it
 renders with it (and each DeliveredFile with `check_file`), so a payload nina makes is one the
 installer takes.
-Each file is written atomically (temp file in the same directory, then rename) with its
+Nothing is written through a symbolic link or into a directory that anyone but root can change
+(nina.host.trust: a service account could have planted it): every directory of the payload is
+checked first, and then nothing is written (exit 1, one line naming the path); each directory
+is then reached one component at a time without following links, and written through that
+descriptor. Each file is written atomically (temp file in the same directory, then rename) with its
 mode and owner; files whose content, mode and owner are unchanged are left alone. Then, in
 each "prune" directory, regular files that the payload does not carry are deleted (only
 directly inside it: no recursion, symlinks and subdirectories are left alone); a prune
@@ -30,7 +34,7 @@ disconnect); any other failure to disconnect is an error (exit 1).
               --root it refuses no owner: one that does not exist yet is a warning (a real
               run needs it), and a caller who is not root sees what root would change.
 
-Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
+Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed, or a path was refused.
 A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
 """
 

@@ -26,6 +26,11 @@ flwr is a Python script (a venv's console script), all of its `flwr supernode ..
 run in one interpreter started for the batch (Worker): the same command, arguments and
 environment, once per organisation, without a Python start-up and `import flwr` per key.
 
+As root it runs flwr only if flwr, its interpreter and the admin project are root's alone, with
+nothing a service user or group could change on the way (nina.host.trust); the members
+directory (on the state volume, whose top directory superlink owns) is opened without
+following links and must itself be root's; anything else is refused in one line, running nothing.
+
 Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
 NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
 Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
