@@ -276,7 +276,7 @@ def test_install_sh_does_not_run_a_planted_venv_python(base, venv_kit):
 # --- nina-membership, as `sudo nina-membership` runs it on the SuperLink host ----------------
 
 
-def membership(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def membership(root: Path, *args: str, stdin: str = "", cwd: str = "/") -> subprocess.CompletedProcess:
     """The real nina-membership (its launcher, with this checkout's nina.host) as root, with the
     SuperLink host's paths under `root`, as sudo runs it (a reset environment)."""
     launcher = write(root.parent / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
@@ -289,7 +289,7 @@ def membership(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedP
         "NINA_FLWR_HOME": f"{root}{facts.SUPERLINK_ADMIN_FLWR_HOME}",
         "NINA_CONTROL_WAIT": "0",
     }
-    return subprocess.run([python, "-I", str(launcher), *args], input=stdin, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([python, "-I", str(launcher), *args], input=stdin, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def superlink_host(base: Path, legacy: bool) -> Path:
@@ -368,3 +368,21 @@ def test_nina_membership_keeps_the_cli_home_off_the_state_volume(base):
     assert snapshot(secret) == before, "root's flwr wrote through the planted link"
     assert proc.returncode == 0, proc.stderr
     assert not facts.SUPERLINK_ADMIN_FLWR_HOME.startswith(facts.SUPERLINK_STATE_DIR + "/")
+
+
+def test_nina_membership_imports_nothing_from_where_it_was_started(base):
+    """register-many runs a Python flwr's commands in one interpreter it starts for the batch. An
+    operator who runs `sudo nina-membership register-many` from a directory superlink owns (its
+    state volume) must not have root import what superlink put there (a `json.py`)."""
+    root = superlink_host(base, legacy=False)
+    flwr = root / facts.FLOWER_VENV.lstrip("/") / "bin/flwr"
+    python = facts.HOST_PYTHON if os.path.exists(facts.HOST_PYTHON) else sys.executable
+    write(flwr, f"#!{python}\nimport json\nprint(json.dumps({{'success': True, 'node-id': 7}}))\n", 0o755)
+    state = root / facts.SUPERLINK_STATE_DIR.lstrip("/")
+    marker = base / "ran-as-root"
+    planted = as_user(SUPERLINK, f'printf \'open("{marker}", "w")\\nfrom _json import *\\n\' > {state}/json.py')
+    assert planted.returncode == 0, planted.stderr
+    proc = membership(root, "register-many", stdin=json.dumps({"org-a": PUB}), cwd=str(state))
+    assert not marker.exists(), "root imported superlink's json.py"
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0]) == {"slug": "org-a", "node-id": "7", "changed": True}

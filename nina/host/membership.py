@@ -214,8 +214,10 @@ class Worker:
     """One interpreter running every flwr command of a batch (see WORKER_SOURCE)."""
 
     def __init__(self, python: str) -> None:
+        # -I: not the caller's working directory (`-c` would put it first on sys.path: a
+        # superlink user's directory there could shadow `json` for root), nor PYTHON* variables.
         self.proc = subprocess.Popen(
-            [python, "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
+            [python, "-I", "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
         )
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
