@@ -26,8 +26,8 @@ flwr is a Python script (a venv's console script), all of its `flwr supernode ..
 run in one interpreter started for the batch (Worker): the same command, arguments and
 environment, once per organisation, without a Python start-up and `import flwr` per key.
 
-As root it runs flwr only if flwr, its interpreter and the admin project are root's alone, with
-nothing a service user or group could change on the way (nina.host.trust); the members
+As root (sudo) it runs flwr only if flwr, its interpreter and the admin project are root's
+alone, with nothing a service user or group could change on the way (nina.host.trust); the members
 directory (on the state volume, whose top directory superlink owns) is opened without
 following links and must itself be root's; anything else is refused in one line, running nothing.
 
@@ -118,12 +118,12 @@ def refused(why: str) -> Failure:
 def check_paths() -> None:
     """Root runs flwr (and its interpreter) and lets it read the admin project and write FLWR_HOME
     only where no service account can change them (nina.host.trust): a superlink or supernode
-    user that could rename the venv or plant a link would otherwise choose what root runs."""
-    for why in (
-        trust.exec_problem(FLWR),
-        trust.problem(ADMIN_APP),
-        trust.problem(os.path.join(ADMIN_APP, "pyproject.toml")),
-    ):
+    user that could rename the venv or plant a link would otherwise choose what root runs.
+    The program checks guard root (sudo on the SuperLink host): run unprivileged (the rehearsal,
+    tests) flwr runs as the caller, with nothing to take, from wherever its venv is (a CI
+    runner's Python lies in a world-writable tool cache)."""
+    whys = [trust.exec_problem(FLWR), trust.problem(ADMIN_APP), trust.problem(os.path.join(ADMIN_APP, "pyproject.toml"))]
+    for why in whys if os.geteuid() == 0 else []:
         if why:
             raise refused(why)
     try:
@@ -369,7 +369,7 @@ def register_many(text: str) -> int:
             raise Failure(f"{slug}: {exc}", 2) from None
     global WORKER
     python = script_interpreter(FLWR)
-    why = trust.exec_problem(python) if python else None  # `#!/usr/bin/env python3`: the one PATH finds
+    why = trust.exec_problem(python) if python and os.geteuid() == 0 else None  # `#!/usr/bin/env python3`: the one PATH finds
     if why:
         raise refused(why)
     WORKER = Worker(python) if python else None
