@@ -164,8 +164,9 @@ SUPERNODE_CONF = "/etc/flwr/supernode/supernode.conf"
 # Flower's home (installed FABs, FFS objects). The SuperLink's is on the state volume.
 SUPERLINK_FLWR_HOME = "/opt/flwr/superlink/state/flwr-home"
 SUPERNODE_FLWR_HOME = "/opt/flwr/supernode/flwr-home"
-# FLWR_HOME of the `flwr` CLI that nina-membership runs as root on the SuperLink host.
-SUPERLINK_ADMIN_FLWR_HOME = "/opt/flwr/superlink/state/admin-flwr-home"
+# FLWR_HOME of the `flwr` CLI that nina-membership runs as root on the SuperLink host: root's
+# alone (not on the state volume, whose top directory the superlink user owns).
+SUPERLINK_ADMIN_FLWR_HOME = "/var/lib/nina/admin-flwr-home"
 MEMBERSHIP_WAIT_SECONDS = 120  # how long nina-membership waits for the Control API
 JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
 # Cinder volumes: a virtio disk shows up as /dev/disk/by-id/virtio-<first 20 chars of its id>.

@@ -281,8 +281,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # a checkout (tests, the rehearsal) instead of a host's facts.HOST_LIB_CURRENT.
 SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
-# four are nina-install-files with what it imports, which site kits carry too (nina.kit).
-INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py")
+# five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
+INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
 HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py")
 
 

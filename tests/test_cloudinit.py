@@ -158,8 +158,10 @@ def test_superlink_host(render_plans, rendered):
     dirs = mkdirs(doc)
     assert max(i for i, c in enumerate(cmds) if c[:2] == ["install", "-d"]) < prep
     assert dirs[facts.SUPERLINK_CERTS] == ["0750", "root", facts.SYSTEM_GROUP]
-    assert dirs[facts.SUPERLINK_OPT][1] == facts.SERVICE_USERS["superlink"]
-    assert dirs["/opt/python"] == ["2775", "root", facts.SYSTEM_GROUP]
+    # root's alone where root reads, writes or runs (nina.host.trust): the service writes only to its volume.
+    assert dirs[facts.SUPERLINK_OPT] == ["0755", "root", facts.SYSTEM_GROUP]
+    assert dirs[facts.SUPERLINK_STATE_DIR] == ["0750", facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP]
+    assert dirs["/opt/python"] == ["0755", "root", "root"]
 
 
 def test_supernode_host(rendered):
@@ -168,7 +170,10 @@ def test_supernode_host(rendered):
     assert facts.SUPERNODE_RUN_SCRIPT not in files and f"/etc/systemd/system/{facts.SUPERNODE_UNIT}" not in files
     assert not any(facts.SUPERNODE_UNIT in c for c in doc["runcmd"])
     assert facts.MEMBERSHIP_BIN not in files and facts.PREPARE_VOLUME_BIN not in files  # no data volume here
-    assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= set(mkdirs(doc))
+    dirs = mkdirs(doc)
+    assert {facts.SUPERNODE_ETC, facts.SUPERNODE_CERTS, facts.SUPERNODE_OPT, facts.SUPERNODE_DATA} <= set(dirs)
+    assert dirs[facts.SUPERNODE_OPT] == ["0755", "root", facts.SYSTEM_GROUP]
+    assert dirs[facts.SUPERNODE_FLWR_HOME] == ["0750", facts.SERVICE_USERS["supernode"], facts.SYSTEM_GROUP]
     assert f"flwr=={facts.FLWR_VERSION}" in text
 
 

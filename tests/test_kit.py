@@ -44,6 +44,7 @@ INSTALLER_FILES = {
     "installer/nina/facts.py": 0o644,
     "installer/nina/host/__init__.py": 0o644,
     "installer/nina/host/install_files.py": 0o644,
+    "installer/nina/host/trust.py": 0o644,
 }
 CONTAINER_FILES = {
     "containers/Dockerfile.cpu": 0o644,
@@ -442,7 +443,7 @@ def test_root_install_puts_files_in_place_with_modes_and_is_idempotent(kit_archi
             assert (root / dest.lstrip("/")).read_bytes() == files[path]
     for d, mode in INSTALLED_DIRS.items():
         assert stat.S_IMODE((root / d.lstrip("/")).stat().st_mode) == mode, d
-    assert stat.S_IMODE((root / "opt/python").stat().st_mode) == 0o2775
+    assert stat.S_IMODE((root / "opt/python").stat().st_mode) == 0o755  # root's alone (tests/test_attacker.py)
     if slug in ONPREM:
         assert stat.S_IMODE((root / "etc/openvpn/clientcerts/private").stat().st_mode) == 0o700
     if os.geteuid() == 0:

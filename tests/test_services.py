@@ -41,8 +41,27 @@ def test_service_users_live_in_the_system_group_with_their_home():
     for s in services.SERVICES.values():
         if s.user is not None:
             assert s.user == User(facts.SERVICE_USERS[s.name], s.user.home)
-            assert any(d.path == s.user.home and d.owner == s.user.name for d in s.directories), s.name
+            assert any(d.path == s.user.home for d in s.directories), s.name
             assert all(d.group == facts.SYSTEM_GROUP or d.owner == "root" for d in s.directories), s.name
+
+
+def test_service_users_own_only_where_they_write():
+    """Root reads, writes and runs nothing a service user could swap (nina.host.trust): a service
+    user owns only its writable state, nothing root's lies below that, and no directory is group-
+    or other-writable (the manual's /opt/python was 2775 root:fl_system)."""
+    every = services.directories(services.SERVICES.values())
+    owned = {d.path: d.owner for d in every if d.owner != "root"}
+    assert owned == {
+        facts.SUPERLINK_STATE_DIR: "superlink",
+        facts.SUPERNODE_FLWR_HOME: "supernode",
+        facts.SUPERNODE_DATA: "supernode",
+        facts.KEYCLOAK_OPT: "keycloak",  # not built yet
+        facts.JUPYTERHUB_OPT: "jupyterhub",  # not built yet
+    }
+    for d in every:
+        assert d.mode & 0o022 == 0, d
+        assert not any(d.path.startswith(o + "/") for o in owned), d
+    assert (services.model.PYTHON_ROOT.owner, services.model.PYTHON_ROOT.group, services.model.PYTHON_ROOT.mode) == ("root", "root", 0o755)
 
 
 def test_flower_services_need_the_venv_and_others_do_not():

@@ -234,13 +234,15 @@ def test_tests_workflow_runs_scripts_test_on_every_push_and_pull_request():
     # The venv is built as the runner user, then root only adds the Debian tools, then scripts/test
     # (which calls bootstrap again, without root: every tool is there by then).
     assert runs.index("scripts/bootstrap") < runs.index("sudo scripts/bootstrap --test-tools") < runs.index("scripts/test")
-    # Then, as root (network namespaces), exactly the VPN test files and the boot lab, which must exist.
+    # Then, as root (network namespaces, real users), exactly the VPN test files, the attacker tests
+    # and the boot lab, which must exist.
     vpn_step = runs[-1].split()
     assert vpn_step[:5] == ["sudo", ".venv/bin/python", "-m", "pytest", "-p"] and runs.index("scripts/test") == len(runs) - 2
     vpn_files = [w for w in vpn_step if w.startswith("tests/")]
-    assert vpn_files == ["tests/test_vpn_tunnel.py", "tests/test_uat_sitekit_vpn.py", "tests/test_bootlab.py"]
+    assert vpn_files == ["tests/test_vpn_tunnel.py", "tests/test_uat_sitekit_vpn.py", "tests/test_attacker.py", "tests/test_bootlab.py"]
     assert all((REPO / f).is_file() for f in vpn_files)
-    assert all("vpn_lab" in (REPO / f).read_text() for f in vpn_files[:2]) and "missing_tools()" in (REPO / vpn_files[2]).read_text()
+    assert all("vpn_lab" in (REPO / f).read_text() for f in vpn_files[:2]) and "missing_tools()" in (REPO / vpn_files[3]).read_text()
+    assert "os.geteuid() != 0" in (REPO / vpn_files[2]).read_text()  # the attacker tests skip without root
     assert not any(r.startswith("sudo") and r not in ("sudo scripts/bootstrap --test-tools", runs[-1]) for r in runs)
 
 

@@ -5,7 +5,11 @@ Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], 
 `check_payload` is the one definition of this schema: nina.render checks every payload it
 renders with it (and each DeliveredFile with `check_file`), so a payload nina makes is one the
 installer takes.
-Each file is written atomically (temp file in the same directory, then rename) with its
+Nothing is written through a symbolic link or into a directory that anyone but root can change
+(nina.host.trust: a service account could have planted it): every directory of the payload is
+checked first, and then nothing is written (exit 1, one line naming the path); each directory
+is then reached one component at a time without following links, and written through that
+descriptor. Each file is written atomically (temp file in the same directory, then rename) with its
 mode and owner; files whose content, mode and owner are unchanged are left alone. Then, in
 each "prune" directory, regular files that the payload does not carry are deleted (only
 directly inside it: no recursion, symlinks and subdirectories are left alone); a prune
@@ -30,28 +34,31 @@ disconnect); any other failure to disconnect is an error (exit 1).
               --root it refuses no owner: one that does not exist yet is a warning (a real
               run needs it), and a caller who is not root sees what root would change.
 
-Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed.
+Exit codes: 0 ok, 2 bad input (nothing written), 1 a write or command failed, or a path was refused.
 A module of nina (nina.host): standard library and nina.facts only, as it runs on the host's python3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
 import posixpath
 import pwd
 import re
+import secrets
 import shlex
 import socket
+import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from nina import facts
+from nina.host import trust
 
 if TYPE_CHECKING:
     from typing import TypeGuard  # Python 3.10; only the type checker needs it
@@ -191,24 +198,25 @@ def resolve_ids(files: Iterable[FileEntry], root: str, dry_run: bool = False) ->
     return ids
 
 
-def unchanged(target: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
-    """Whether target is a regular file with this content, mode and owner (False if it cannot be read)."""
+def unchanged(dir_fd: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    """Whether `name` in the directory `dir_fd` is a regular file (not a link) with this content,
+    mode and owner (False if it cannot be read)."""
     try:
-        st = os.lstat(target)
-        if not os.path.isfile(target) or os.path.islink(target):
-            return False
-        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
-            return False
-        with open(target, "rb") as fh:
-            return fh.read() == data
-    except OSError:  # missing, or not readable by a caller who is not root (a dry run)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:  # missing, a symlink, or not readable by a caller who is not root (a dry run)
         return False
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            return False
+        return fh.read() == data
 
 
-def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-    parent = os.path.dirname(target)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".nina-install-")
+def write_at(dir_fd: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Write `name` in the directory `dir_fd` atomically: a new temporary file there (never
+    through a link), fsynced, renamed over `name` (which replaces a link, never follows it)."""
+    tmp = f".nina-install-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -217,27 +225,52 @@ def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int) -> Non
             if (uid, gid) != (os.getuid(), os.getgid()) or os.geteuid() == 0:
                 os.fchown(fh.fileno(), uid, gid)
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
 
 
-def strays(directory: str, root: str, keep: set[str]) -> list[str]:
-    """Regular files directly in root+directory that the payload does not carry (sorted)."""
-    target = root + directory
-    if os.path.islink(target) or not os.path.isdir(target):
-        if os.path.islink(target):
-            warn(f"prune: {directory} is a symlink; not pruning it")
-        return []
-    out: list[str] = []
-    with os.scandir(target) as entries:
-        for entry in entries:
-            path = posixpath.join(directory, entry.name)
-            if path not in keep and entry.is_file(follow_symlinks=False):
-                out.append(path)
-    return sorted(out)
+def write_atomic(target: str, data: bytes, mode: int, uid: int, gid: int, strict: bool = True) -> None:
+    """`write_at` by path: its directory is reached (made if missing) with trust.open_dir, so
+    nothing is written through a link or into a directory someone other than root can change
+    (trust.Untrusted). `strict=False`: only that directory itself must be root's (nina-membership)."""
+    parent, name = os.path.split(target)
+    dir_fd = trust.open_dir(parent, create=True, strict=strict)
+    try:
+        write_at(dir_fd, name, data, mode, uid, gid)
+    finally:
+        os.close(dir_fd)
+
+
+def untrusted_dirs(directories: Iterable[str]) -> list[str]:
+    """What trust.open_dir finds wrong with each of `directories` (as far as they exist)."""
+    found: list[str] = []
+    for d in dict.fromkeys(directories):
+        try:
+            os.close(trust.open_dir(d))
+        except FileNotFoundError:
+            pass  # made by the installer, root's, inside a directory that was checked
+        except trust.Untrusted as exc:
+            found.append(str(exc))
+        except OSError as exc:
+            found.append(f"{d} cannot be checked ({exc.strerror})")
+    return found
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def strays(dir_fd: int, directory: str, keep: set[str]) -> list[str]:
+    """Regular files directly in `directory` (open as `dir_fd`) that the payload does not carry (sorted)."""
+    with os.scandir(dir_fd) as entries:
+        return sorted(p for e in entries if (p := posixpath.join(directory, e.name)) not in keep and e.is_file(follow_symlinks=False))
 
 
 MANAGEMENT_TIMEOUT = 10  # seconds
@@ -323,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="", help="prefix every path with this directory (tests)")
     ap.add_argument("--dry-run", action="store_true", help="show what would change; touch nothing")
     args = ap.parse_args(argv)
-    root = os.path.abspath(args.root) if args.root else ""
+    root = os.path.realpath(args.root) if args.root else ""
     try:
         try:
             payload = json.loads(sys.stdin.read())
@@ -335,46 +368,81 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}; nothing was written", file=sys.stderr)
         return 2
 
+    # Nothing is written through a link or into a directory others can change (nina.host.trust):
+    # checked for every directory first, so a refusal writes nothing, and again on the way in.
+    problems = untrusted_dirs([root + posixpath.dirname(f["path"]) for f in files] + [root + d for d in prune])
+    if problems and not args.dry_run:
+        print(f"{PROG}: refused: {'; '.join(problems)}; {trust.ADVICE}; nothing was written", file=sys.stderr)
+        return 1
+    for why in problems:
+        warn(f"a real run refuses this (unless fixed first): {why}")
+
     changed: list[str] = []
     existed: set[str] = set()  # changed paths that were there before (clients may be connected under them)
     for f in files:
-        target = root + f["path"]
+        parent, name = posixpath.split(root + f["path"])
         data = f["content"].encode("utf-8")
         uid, gid = ids[f["path"]]
-        if unchanged(target, data, f["mode"], uid, gid):
-            print(f"unchanged {f['path']}")
-            continue
-        changed.append(f["path"])
-        if os.path.lexists(target):
-            existed.add(f["path"])
-        desc = f"{f['path']} (mode {f['mode']:04o}, {f['owner']}:{f['group']})"
-        if args.dry_run:
-            print(f"would write {desc}")
-            continue
         try:
-            write_atomic(target, data, f["mode"], uid, gid)
+            dir_fd: int | None = trust.open_dir(parent, create=not args.dry_run)
+        except (FileNotFoundError, trust.Untrusted) as exc:
+            if not args.dry_run:  # changed since the check above
+                print(f"{PROG}: error: cannot write {root + f['path']}: {exc}; {trust.ADVICE}", file=sys.stderr)
+                return 1
+            dir_fd = None  # a dry run: it would be made, or was named above
         except OSError as exc:
-            print(f"{PROG}: error: cannot write {target}: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: cannot write {root + f['path']}: {exc}", file=sys.stderr)
             return 1
-        print(f"wrote {desc}")
+        try:
+            if dir_fd is not None and unchanged(dir_fd, name, data, f["mode"], uid, gid):
+                print(f"unchanged {f['path']}")
+                continue
+            changed.append(f["path"])
+            if dir_fd is not None and _exists(dir_fd, name):
+                existed.add(f["path"])
+            desc = f"{f['path']} (mode {f['mode']:04o}, {f['owner']}:{f['group']})"
+            if dir_fd is None or args.dry_run:
+                print(f"would write {desc}")
+                continue
+            try:
+                write_at(dir_fd, name, data, f["mode"], uid, gid)
+            except OSError as exc:
+                print(f"{PROG}: error: cannot write {root + f['path']}: {exc}", file=sys.stderr)
+                return 1
+            print(f"wrote {desc}")
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
     written = len(changed)
 
     keep = {f["path"] for f in files}
     for directory in dict.fromkeys(prune):
-        for path in strays(directory, root, keep):
-            changed.append(path)
-            existed.add(path)
+        try:
+            dir_fd = trust.open_dir(root + directory)
+        except FileNotFoundError:
+            continue
+        except trust.Untrusted as exc:
             if args.dry_run:
-                print(f"would remove {path}")
-                continue
-            try:
-                os.unlink(root + path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                print(f"{PROG}: error: cannot remove {root + path}: {exc}", file=sys.stderr)
-                return 1
-            print(f"removed {path}")
+                continue  # named above
+            print(f"{PROG}: error: cannot prune {root + directory}: {exc}; {trust.ADVICE}", file=sys.stderr)
+            return 1
+        try:
+            for path in strays(dir_fd, directory, keep):
+                changed.append(path)
+                existed.add(path)
+                if args.dry_run:
+                    print(f"would remove {path}")
+                    continue
+                try:
+                    os.unlink(posixpath.basename(path), dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    print(f"{PROG}: error: cannot remove {root + path}: {exc}", file=sys.stderr)
+                    return 1
+                print(f"removed {path}")
+        finally:
+            os.close(dir_fd)
 
     if changed and hot_only(changed, hot):
         return disconnect(sorted(p for p in changed if p in existed), hot, root, args.dry_run, len(changed), len(files) - written)

@@ -26,6 +26,11 @@ flwr is a Python script (a venv's console script), all of its `flwr supernode ..
 run in one interpreter started for the batch (Worker): the same command, arguments and
 environment, once per organisation, without a Python start-up and `import flwr` per key.
 
+As root (sudo) it runs flwr only if flwr, its interpreter and the admin project are root's
+alone, with nothing a service user or group could change on the way (nina.host.trust); the members
+directory (on the state volume, whose top directory superlink owns) is opened without
+following links and must itself be root's; anything else is refused in one line, running nothing.
+
 Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
 NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
 Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
@@ -42,12 +47,13 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from nina import facts
-from nina.host import install_files
+from nina.host import install_files, trust
 
 PROG = "nina-membership"
 FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
@@ -75,21 +81,55 @@ def say(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
+# The members directory, open (main): every record and lock is read and written through this
+# descriptor, never by path. The directory lies on the SuperLink's state volume, whose top
+# directory the superlink user owns; trust.open_dir reached it without following a link and
+# checked that it is root's and writable by root only, so nothing can be swapped under it.
+_members_fd = -1
+
+
 def record(slug: str, ext: str) -> str:
     return os.path.join(MEMBERS_DIR, f"{slug}.{ext}")
 
 
 def read(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=_members_fd)
     except FileNotFoundError:
         return None
+    with open(fd, encoding="utf-8") as fh:
+        return fh.read(1 << 16)
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """As the installer writes files: a temporary file in the same directory, fsynced, renamed."""
-    install_files.write_atomic(path, text.encode("utf-8"), mode, os.getuid(), os.getgid())
+    install_files.write_at(_members_fd, os.path.basename(path), text.encode("utf-8"), mode, os.getuid(), os.getgid())
+
+
+def unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.basename(path), dir_fd=_members_fd)
+
+
+def refused(why: str) -> Failure:
+    return Failure(f"refused: {why}; {trust.ADVICE}; nothing was run")
+
+
+def check_paths() -> None:
+    """Root runs flwr (and its interpreter) and lets it read the admin project and write FLWR_HOME
+    only where no service account can change them (nina.host.trust): a superlink or supernode
+    user that could rename the venv or plant a link would otherwise choose what root runs.
+    The program checks guard root (sudo on the SuperLink host): run unprivileged (the rehearsal,
+    tests) flwr runs as the caller, with nothing to take, from wherever its venv is (a CI
+    runner's Python lies in a world-writable tool cache)."""
+    whys = [trust.exec_problem(FLWR), trust.problem(ADMIN_APP), trust.problem(os.path.join(ADMIN_APP, "pyproject.toml"))]
+    for why in whys if os.geteuid() == 0 else []:
+        if why:
+            raise refused(why)
+    try:
+        os.close(trust.open_dir(FLWR_HOME, create=True, mode=0o700))
+    except trust.Untrusted as exc:
+        raise refused(str(exc)) from None
 
 
 def parse_json(out: str) -> dict[str, Any] | None:
@@ -174,8 +214,10 @@ class Worker:
     """One interpreter running every flwr command of a batch (see WORKER_SOURCE)."""
 
     def __init__(self, python: str) -> None:
+        # -I: not the caller's working directory (`-c` would put it first on sys.path: a
+        # superlink user's directory there could shadow `json` for root), nor PYTHON* variables.
         self.proc = subprocess.Popen(
-            [python, "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
+            [python, "-I", "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
         )
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
@@ -211,7 +253,6 @@ WORKER: Worker | None = None  # set for a batch: flwr commands run there instead
 
 def flwr(*args: str) -> dict[str, Any]:
     """Run one flwr CLI command; return its JSON. Retries while the Control API is unavailable."""
-    os.makedirs(FLWR_HOME, mode=0o700, exist_ok=True)
     argv = ["supernode", *args, ADMIN_APP, FEDERATION, "--format", "json"]
     deadline = time.monotonic() + WAIT
     while True:
@@ -239,8 +280,7 @@ def unregister_node(node_id: str) -> None:
 
 def remove_records(slug: str) -> None:
     for ext in ("node_id", "pub"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(record(slug, ext))
+        unlink(record(slug, ext))
 
 
 def checked_key(pubkey: str) -> str:
@@ -253,7 +293,8 @@ def checked_key(pubkey: str) -> str:
 @contextlib.contextmanager
 def locked(slug: str) -> Iterator[None]:
     """The organisation's own lock: runs for one organisation take turns, others run at once."""
-    with open(os.path.join(MEMBERS_DIR, f"{slug}.lock"), "w", encoding="utf-8") as lock:
+    fd = os.open(f"{slug}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=_members_fd)
+    with open(fd, "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -267,20 +308,22 @@ def register(slug: str, pubkey: str) -> dict[str, Any]:
         say(f"{slug}: key changed, unregistering node {node_id} first")
         unregister_node(node_id)
         remove_records(slug)
-    pending = record(slug, "pending.pub")
-    write_atomic(pending, pub)
-    try:
-        result = flwr("register", pending)
-    except Failure as exc:
-        if "already in use" in str(exc).lower():
-            raise Failure(
-                f"{exc} (the key is registered but {slug} has no record here: find its node id with "
-                f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
-                f"the key to {record(slug, 'pub')})"
-            ) from None
-        raise
-    finally:
-        os.unlink(pending)
+    # flwr reads the key from a path: a private directory of root's, not the members directory
+    # (whose parent the superlink user could rename under it).
+    with tempfile.TemporaryDirectory(prefix="nina-membership-") as tmp:
+        pending = os.path.join(tmp, f"{slug}.pub")
+        with open(pending, "w", encoding="utf-8") as fh:
+            fh.write(pub)
+        try:
+            result = flwr("register", pending)
+        except Failure as exc:
+            if "already in use" in str(exc).lower():
+                raise Failure(
+                    f"{exc} (the key is registered but {slug} has no record here: find its node id with "
+                    f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
+                    f"the key to {record(slug, 'pub')})"
+                ) from None
+            raise
     new_id = result.get("node-id")
     if new_id is None or not str(new_id).isdigit():
         raise Failure(f"flwr supernode register returned no node id: {json.dumps(result, sort_keys=True)}")
@@ -301,7 +344,7 @@ def unregister(slug: str) -> dict[str, Any]:
 
 def members() -> dict[str, Any]:
     out: list[dict[str, str]] = []
-    for name in sorted(os.listdir(MEMBERS_DIR)):
+    for name in sorted(os.listdir(_members_fd)):
         if name.endswith(".node_id") and not name.startswith("."):
             slug = name[: -len(".node_id")]
             out.append({"slug": slug, "node-id": (read(record(slug, "node_id")) or "").strip()})
@@ -326,6 +369,9 @@ def register_many(text: str) -> int:
             raise Failure(f"{slug}: {exc}", 2) from None
     global WORKER
     python = script_interpreter(FLWR)
+    why = trust.exec_problem(python) if python and os.geteuid() == 0 else None  # `#!/usr/bin/env python3`: the one PATH finds
+    if why:
+        raise refused(why)
     WORKER = Worker(python) if python else None
     failed = 0
     try:
@@ -357,8 +403,14 @@ def main(argv: list[str]) -> int:
     else:
         print(usage, file=sys.stderr)
         return 2
-    os.makedirs(MEMBERS_DIR, mode=0o750, exist_ok=True)
+    global _members_fd
     try:
+        if cmd != "list":
+            check_paths()
+        try:
+            _members_fd = trust.open_dir(MEMBERS_DIR, create=True, strict=False, mode=0o750)
+        except trust.Untrusted as exc:
+            raise refused(str(exc)) from None
         if cmd == "register-many":
             return register_many(sys.stdin.read())
         if cmd == "register":
@@ -373,6 +425,13 @@ def main(argv: list[str]) -> int:
     except Failure as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if _members_fd >= 0:
+            os.close(_members_fd)
+            _members_fd = -1
     print(json.dumps(result, sort_keys=True))
     return 0
 

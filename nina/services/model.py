@@ -41,8 +41,10 @@ class Service:
     built: bool = True
 
 
-# The venvs' root, group-writable for fl_system (manual 4.1.2.11): the Flower venv and JupyterHub's.
-PYTHON_ROOT = Directory(posixpath.dirname(facts.FLOWER_VENV), 0o2775)
+# The venvs' root (manual 4.1.2.11): the Flower venv and JupyterHub's. root's alone, unlike the
+# manual's 2775 root:fl_system: the service users run researchers' code, and root runs the venv's
+# python (install.sh, nina-membership), so nobody but root may rename or plant anything in it.
+PYTHON_ROOT = Directory(posixpath.dirname(facts.FLOWER_VENV), 0o755, facts.ROOT_USER, facts.ROOT_USER)
 # What exists only for the Flower venv: a site kit installed with `--containers` runs the SuperNode
 # from an image instead, so it leaves these out (nina.kit).
 VENV_PACKAGES = ("python3-venv",)

@@ -14,7 +14,8 @@ SERVICE = Service(
         *FLOWER_DIRS,
         Directory(facts.SUPERLINK_ETC, 0o750),
         Directory(facts.SUPERLINK_CERTS, 0o750),
-        Directory(facts.SUPERLINK_OPT, 0o755, _USER),
+        # root's: the service reads its run script here (root: the admin project); it writes only to its state volume.
+        Directory(facts.SUPERLINK_OPT, 0o755),
         Directory(facts.SUPERLINK_STATE_DIR, 0o750, _USER),
         Directory(facts.SUPERLINK_ADMIN_APP, 0o755, facts.ROOT_USER, facts.ROOT_USER),
     ),

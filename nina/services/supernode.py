@@ -14,7 +14,9 @@ SERVICE = Service(
         *FLOWER_DIRS,
         Directory(facts.SUPERNODE_ETC, 0o750),
         Directory(facts.SUPERNODE_CERTS, 0o750),
-        Directory(facts.SUPERNODE_OPT, 0o755, _USER),
+        # root's: the service reads its run script here; it writes only to its FLWR_HOME and the data directory.
+        Directory(facts.SUPERNODE_OPT, 0o755),
+        Directory(facts.SUPERNODE_FLWR_HOME, 0o750, _USER),
         Directory(facts.SUPERNODE_DATA, 0o750, _USER),
     ),
     venv_programs=("flower-supernode",),
