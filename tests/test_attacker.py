@@ -213,8 +213,15 @@ def extract(data: bytes, dest: Path) -> Path:
 
 
 def install(kit_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The kit's install.sh as a site runs it: as root, with the platform key's fingerprint."""
+    import outputs_fixture  # benchmarks/ is on sys.path (conftest's kit_fixture_module)
+
+    from nina import pem
+
+    fingerprint = pem.public_key_sha256(outputs_fixture.signing_key().public_key_pem)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}  # as sudo leaves it
-    return subprocess.run(["bash", str(kit_dir / "install.sh"), *args], capture_output=True, text=True, timeout=120, env=env)
+    argv = ["bash", str(kit_dir / "install.sh"), "--platform-key-sha256", fingerprint, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("planted", ["containers", "flwr-home"])
