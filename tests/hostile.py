@@ -322,6 +322,19 @@ def _org_field(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _a_private_key(doc: dict[str, Any]) -> str:
+    key = next(iter(doc["vpn_client_private_keys"].values()))
+    assert isinstance(key, str)
+    return key
+
+
+def _pem_extra(extra: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["ca_cert_pem"] = doc["ca_cert_pem"] + extra(doc)
+
+    return edit
+
+
 def _outputs_text(edit: Callable[[str], str]) -> Callable[[Path], list[str]]:
     return _export(edit(json.dumps(valid_outputs(), indent=1)))
 
@@ -368,6 +381,10 @@ def outputs_cases() -> list[Case]:
             _outputs_edit(_org_field("display_name", "\x1b]0;owned\x07Metro")),
             "display_name",
         ),
+        # Key material with something more in the field than the one object it names.
+        Case("pem material", "private key appended to the CA", _outputs_edit(_pem_extra(lambda d: _a_private_key(d))), "ca_cert_pem"),
+        Case("pem material", "second CA certificate", _outputs_edit(_pem_extra(lambda d: d["ca_cert_pem"])), "ca_cert_pem"),
+        Case("pem material", "text after the CA certificate", _outputs_edit(_pem_extra(lambda d: "trust me\n")), "ca_cert_pem"),
         Case("unbounded reads", "outputs are /dev/zero", _outputs_from("/dev/zero"), "/dev/zero"),
         Case("unbounded reads", "outputs of 80 MiB", _big_outputs, "outputs.json"),
     ]
