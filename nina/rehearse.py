@@ -21,8 +21,8 @@ From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a 
 
 Rehearsal-only edits, each printed: the copy of run_superlink.sh listens on free loopback ports
 (9091-9093 if free) instead of 0.0.0.0; each kit's supernode.conf copy gets
-superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin
-project's pyproject names the rehearsal's Control port and the CA under the temporary root.
+superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin flwr
+CLI config (config.toml) names the rehearsal's Control port and the CA under the temporary root.
 `insecure=True` (benchmarks) also drops TLS and SuperNode authentication from the script copies.
 
 Every SuperNode is supervised as its kit's supernode.service would be under systemd (Supervisor,
@@ -559,8 +559,13 @@ class Rehearsal:
         return self._rooted(facts.SUPERLINK_STATE_DB)
 
     @property
-    def admin_app(self) -> Path:
-        return self._rooted(facts.SUPERLINK_ADMIN_APP)
+    def admin_flwr_home(self) -> Path:
+        return self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)
+
+    @property
+    def cli_home(self) -> Path:
+        """FLWR_HOME of the operator's `flwr run` (its config.toml names facts.REHEARSAL_CONNECTION)."""
+        return self.dir / "cli-home"
 
     def prepare(self) -> None:
         if self._prepared:
@@ -598,9 +603,13 @@ class Rehearsal:
             self.node_ports[m.slug] = pick_ports((facts.SUPERNODE_CLIENTAPPIO_PORT + i,), self._taken)[0]
 
         self._superlink_script = _write(self.dir / "run_superlink.sh", self._superlink_sh(), 0o755)
-        admin = self.admin_app / "pyproject.toml"
-        admin.write_text(self._federation(admin.read_text(), facts.SUPERLINK_ADMIN_FEDERATION))
-        self.edits.append(f"admin project: Control API {facts.LOOPBACK}:{self.control_port}, CA {self.ca_path}")
+        admin = self.admin_flwr_home / facts.FLWR_CONFIG_FILE
+        if not admin.is_file():
+            raise RehearsalError(f"the SuperLink delivery did not install {admin}")
+        admin.write_text(self._cli_config(facts.SUPERLINK_ADMIN_CONNECTION))
+        self.edits.append(f"admin flwr CLI config: Control API {facts.LOOPBACK}:{self.control_port}, CA {self.ca_path}")
+        self.cli_home.mkdir(mode=0o700, exist_ok=True)
+        (self.cli_home / facts.FLWR_CONFIG_FILE).write_text(self._cli_config(facts.REHEARSAL_CONNECTION))
         self._prepared = True
 
     def _env(self, **extra: str) -> dict[str, str]:
@@ -643,9 +652,9 @@ class Rehearsal:
             self.edits.append("run_superlink.sh copy: --insecure, no TLS files, no --enable-supernode-auth (benchmark mode)")
         return text
 
-    def _federation(self, pyproject: str, name: str) -> str:
-        """Point a pyproject's federation `name` at this rehearsal's Control API."""
-        return flwrcli.federation(pyproject, name, f"{facts.LOOPBACK}:{self.control_port}", None if self.insecure else str(self.ca_path))
+    def _cli_config(self, name: str) -> str:
+        """A flwr CLI config.toml whose default SuperLink connection `name` is this rehearsal's Control API."""
+        return flwrcli.connection(name, f"{facts.LOOPBACK}:{self.control_port}", None if self.insecure else str(self.ca_path))
 
     # --- SuperLink -----------------------------------------------------------------------
 
@@ -727,8 +736,7 @@ class Rehearsal:
         return self._env(
             NINA_FLWR=str(self.venv / "bin" / "flwr"),
             NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
-            NINA_ADMIN_APP=str(self.admin_app),
-            NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
+            NINA_FLWR_HOME=str(self.admin_flwr_home),
             NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT),
             NINA_RETRY_INTERVAL=f"{retry_interval:g}",
         )
@@ -875,16 +883,18 @@ class Rehearsal:
         self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
         return ids
 
-    def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
+    def _flwr(self, *args: str, home: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = self._env(FLWR_HOME=str(home or self.cli_home))
         return subprocess.run(
             [str(self.venv / "bin" / "flwr"), *args], capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
         )
 
     def nodes(self) -> list[dict[str, Any]]:
-        """`flwr supernode ls` through the admin project (empty if the Control API does not answer)."""
+        """`flwr supernode ls` with the admin CLI config (empty if the Control API does not answer)."""
         try:
-            proc = self._flwr("supernode", "ls", str(self.admin_app), facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json", timeout=30)
+            proc = self._flwr(
+                "supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json", home=self.admin_flwr_home, timeout=30
+            )
         except subprocess.TimeoutExpired:
             return []
         doc = parse_json(proc.stdout) or {}
@@ -984,8 +994,7 @@ class Rehearsal:
     # --- the validation app --------------------------------------------------------------
 
     def _app_copy(self) -> Path:
-        ca = None if self.insecure else str(self.ca_path)
-        return flwrcli.app_copy(self.app_dir, self.dir / "app", facts.REHEARSAL_FEDERATION, f"{facts.LOOPBACK}:{self.control_port}", ca)
+        return flwrcli.app_copy(self.app_dir, self.dir / "app")
 
     def start_app(
         self,
@@ -1000,8 +1009,8 @@ class Rehearsal:
         summary = self.dir / f"{tag}-summary.json"
         summary.unlink(missing_ok=True)
         run_config = validation_run_config(expected, rounds, round_timeout, str(summary))
-        cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_FEDERATION, run_config)
-        proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.dir / "cli-home")))
+        cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_CONNECTION, run_config)
+        proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.cli_home)))
         budget = round_timeout * (rounds + 1) + 90
         return AppRun(self, proc, summary, expected, time.monotonic(), budget)
 

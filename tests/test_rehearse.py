@@ -1,4 +1,4 @@
-"""The offline rehearsal (nina.rehearse, `nina rehearse`): real flwr 1.25 SuperLink and SuperNodes
+"""The offline rehearsal (nina.rehearse, `nina rehearse`): real flwr (the pinned release) SuperLink and SuperNodes
 on loopback, started from the rendered scripts and the organisations' own site kits, running
 validation_app/. Two organisations (stack uat) and two rounds keep each test well under 2 minutes.
 """
@@ -96,7 +96,7 @@ def test_supernode_dialling_an_address_outside_the_sans_fails_verification(reh_r
     bad = r.start_supernode(wrong, superlink_host=target)
     r.start_supernode(right)  # same SuperLink, same CA, dialling 127.0.0.1: admitted
     r.wait_online(1)
-    # Two of the bad node's connection attempts failed (flwr 1.25 logs no reason for them).
+    # Two of the bad node's connection attempts failed (flwr logs no reason for them).
     _wait_for(
         lambda: bad.output().count("Connection attempt failed") >= 2,
         90,

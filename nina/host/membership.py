@@ -5,14 +5,15 @@
   nina-membership unregister <slug>
   nina-membership list
 
-Runs `flwr supernode register|unregister <...> <facts.SUPERLINK_ADMIN_APP> <facts.SUPERLINK_ADMIN_FEDERATION> --format json`
-against the local Control API and records which organisation holds which node id in
+Runs `flwr supernode register|unregister <...> <facts.SUPERLINK_ADMIN_CONNECTION> --format json` with
+FLWR_HOME=<facts.SUPERLINK_ADMIN_FLWR_HOME>, whose config.toml (delivered with the SuperLink) names the
+local Control API under that connection, and records which organisation holds which node id in
 <facts.SUPERLINK_MEMBERS_DIR>/<slug>.node_id and <slug>.pub (on the state volume).
 register is idempotent: with a record whose key equals the input it does nothing; with a
 different key it unregisters the old node first. unregister of an unknown slug is a no-op.
 The Control API may still be starting: unavailable errors are retried for up to
-NINA_CONTROL_WAIT seconds. flwr 1.25 prints {"success": false, ...} and may still
-exit 0, so success is read from the JSON, never from the exit code alone.
+NINA_CONTROL_WAIT seconds. flwr (1.25 and later) prints {"success": false, ...} and may
+still exit 0, so success is read from the JSON, never from the exit code alone.
 
 Concurrency: each organisation has its own lock (<slug>.lock in the members directory), so
 registrations of different organisations (pulumi runs the SuperNodeRegistration resources in
@@ -26,8 +27,8 @@ flwr is a Python script (a venv's console script), all of its `flwr supernode ..
 run in one interpreter started for the batch (Worker): the same command, arguments and
 environment, once per organisation, without a Python start-up and `import flwr` per key.
 
-Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
-NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
+Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_CONNECTION, NINA_FLWR_HOME,
+NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
 Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
 """
 
@@ -52,8 +53,7 @@ from nina.host import install_files
 PROG = "nina-membership"
 FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
 MEMBERS_DIR = os.environ.get("NINA_MEMBERS_DIR", facts.SUPERLINK_MEMBERS_DIR)
-ADMIN_APP = os.environ.get("NINA_ADMIN_APP", facts.SUPERLINK_ADMIN_APP)
-FEDERATION = os.environ.get("NINA_FEDERATION", facts.SUPERLINK_ADMIN_FEDERATION)
+CONNECTION = os.environ.get("NINA_CONNECTION", facts.SUPERLINK_ADMIN_CONNECTION)
 FLWR_HOME = os.environ.get("NINA_FLWR_HOME", facts.SUPERLINK_ADMIN_FLWR_HOME)
 WAIT = float(os.environ.get("NINA_CONTROL_WAIT", str(facts.MEMBERSHIP_WAIT_SECONDS)))
 INTERVAL = float(os.environ.get("NINA_RETRY_INTERVAL", "5"))
@@ -211,8 +211,11 @@ WORKER: Worker | None = None  # set for a batch: flwr commands run there instead
 
 def flwr(*args: str) -> dict[str, Any]:
     """Run one flwr CLI command; return its JSON. Retries while the Control API is unavailable."""
-    os.makedirs(FLWR_HOME, mode=0o700, exist_ok=True)
-    argv = ["supernode", *args, ADMIN_APP, FEDERATION, "--format", "json"]
+    config = os.path.join(FLWR_HOME, facts.FLWR_CONFIG_FILE)
+    if not os.path.isfile(config):
+        # Without it flwr writes its own default, whose "local" connection starts a simulation SuperLink.
+        raise Failure(f"{config} is missing (it comes with the SuperLink's delivery)")
+    argv = ["supernode", *args, CONNECTION, "--format", "json"]
     deadline = time.monotonic() + WAIT
     while True:
         code, stdout, stderr = WORKER.run(argv) if WORKER is not None else run_flwr(argv)
@@ -275,7 +278,7 @@ def register(slug: str, pubkey: str) -> dict[str, Any]:
         if "already in use" in str(exc).lower():
             raise Failure(
                 f"{exc} (the key is registered but {slug} has no record here: find its node id with "
-                f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
+                f"`FLWR_HOME={FLWR_HOME} flwr supernode ls {CONNECTION}` and write it to {record(slug, 'node_id')}, "
                 f"the key to {record(slug, 'pub')})"
             ) from None
         raise
