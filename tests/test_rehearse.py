@@ -128,7 +128,7 @@ def test_superlink_killed_mid_federation_and_restarted_on_its_state(reh_rehearsa
 
 def _plan(n: int):
     """A one-tenancy stack of n on-premise organisations (the uat layout)."""
-    orgs = [{"slug": f"org-{i}", "name": f"Organisation {i}", "placement": "onprem"} for i in range(n)]
+    orgs = [{"slug": f"org-{i}", "name": f"Organisation {i}", "placement": "onprem", "partition_id": i} for i in range(n)]
     network = {"server_cidr": "10.110.0.0/24", "vpn_pool_cidr": "192.168.99.0/24", "admin_cidrs": ["203.0.113.0/24"]}
     return build_plan(load_config({"environment": "reh", "network": network, "organisations": orgs}))
 
@@ -145,12 +145,23 @@ def test_supernode_killed_mid_run_is_restarted_and_the_next_run_has_everyone(reh
     killed_pid = r.supernode(victim).popen.pid
     run = r.start_app(rounds=3, round_timeout=30, tag="killed")
     _wait_for(lambda: run.rounds_so_far(), 120, "round 1 of the first run")
+    node_id = r.registered()[victim]
     r.kill_supernode(victim)
+    killed_at = time.monotonic()
     first = run.wait()  # the round in flight misses the victim, unless the kill fell between rounds
     # Restarted after RestartSec; flwr refuses it ("could not be activated") while the SuperLink
-    # still holds the killed node online, so it may take a few restarts, as under systemd.
+    # still holds the killed node online (until its heartbeat expires: 2 x 30 s in flwr 1.31), so
+    # it may take a few restarts, as under systemd. Online alone is not enough: the killed node
+    # stays "online" until then, so wait for an activation after the kill.
     _wait_for(lambda: r.restarts()[victim] >= 1, 60, f"{victim}'s supervisor to restart it")
     assert any(f"supernode-{victim} exited (killed by SIGKILL); restarting in {policy.restart_sec:g} s" in line for line in logs), logs
+
+    def reconnected() -> bool:
+        since_kill = time.monotonic() - killed_at
+        ours = [n for n in r.nodes() if str(n.get("node-id")) == node_id and n.get("status") == "online"]
+        return r.supernode(victim).alive() and any(float(n.get("online-elapsed") or since_kill) < since_kill for n in ours)
+
+    _wait_for(reconnected, 180, f"{victim} to be activated again after the kill")
     r.wait_online(len(r.members), timeout=180)
     assert r.supernode(victim).popen.pid != killed_pid and r.supernode(victim).alive()
     result = r.run_app(ROUNDS, tag="after-kill")
