@@ -51,8 +51,17 @@ def run_command(flwr: str | Path, app: Path, name: str, run_config: str) -> list
 
 
 def env(flwr_home: Path, base: dict[str, str]) -> dict[str, str]:
-    """The environment of a flwr CLI call: `base` with flwr's config and state under `flwr_home`, no telemetry."""
-    return {**base, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "NO_COLOR": "1", "TERM": "dumb"}
+    """The environment of a flwr CLI call: `base` with flwr's config and state under `flwr_home`, no
+    telemetry and no update check (flwr 1.31 posts one to api.flower.ai from every CLI call without
+    --format json and from every SuperLink, SuperNode and SuperExec start)."""
+    return {
+        **base,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
 
 
 def executable() -> Path | None:

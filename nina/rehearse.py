@@ -617,6 +617,7 @@ class Rehearsal:
         env.update(
             {
                 "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "NO_COLOR": "1",
                 "TERM": "dumb",
                 "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",

@@ -84,7 +84,7 @@ SHIM = """#!{python}
 import json, os, sys
 from {module} import {func} as make_parser
 args = make_parser().parse_args(sys.argv[1:])  # exits 2 on an unknown flag, like the real program
-env = {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME", "PATH")}}
+env = {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_HOME", "PATH")}}
 print("SHIM " + json.dumps({{"args": vars(args), "env": env}}, default=str))
 """
 
@@ -130,7 +130,7 @@ def test_superlink_command_line_parses_in_flwr(tmp_path, fake_venv):
     assert args["serverappio_api_address"] == f"127.0.0.1:{facts.SUPERLINK_SERVERAPPIO_PORT}"
     assert args["fleet_api_address"] == f"0.0.0.0:{facts.SUPERLINK_FLEET_PORT}"
     assert args["control_api_address"] == f"0.0.0.0:{facts.SUPERLINK_CONTROL_PORT}"
-    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and out["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert out["env"]["FLWR_HOME"] == str(home) and home.is_dir()
     assert out["env"]["PATH"].split(":")[0] == f"{fake_venv}/bin"
 
@@ -172,7 +172,7 @@ def test_supernode_command_line_parses_in_flwr(tmp_path, fake_venv):
     assert parse_config_args([args["node_config"]]) == {"partition-id": 1}
     assert args["auth_supernode_private_key"] == f"{conf}/certs/{facts.SUPERNODE_KEY_FILE}"
     assert args["auth_supernode_public_key"] is None and args["insecure"] is False
-    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and out["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert "Partition id: 1\n" in proc.stdout
 
 
@@ -462,7 +462,7 @@ argv = sys.argv[1:]
 
 def call(state):
     state["active"] -= 1
-    state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}},
+    state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_HOME")}},
                             "key": open(argv[2]).read() if argv[1] == "register" else None, "pid": os.getpid()}})
     mode = os.environ.get("FAKE_MODE", "ok")
     if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
@@ -532,7 +532,8 @@ def test_membership_register_is_idempotent(membership):
     assert call["argv"][:2] == ["supernode", "register"]
     assert call["argv"][3:] == [facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
     assert call["key"] == PUB_A
-    assert call["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and call["env"]["FLWR_HOME"] == str(membership.home)
+    assert call["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and call["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert call["env"]["FLWR_HOME"] == str(membership.home)
     assert (membership.members / "org-a.node_id").read_text() == "1001\n"
     assert (membership.members / "org-a.pub").read_text() == PUB_A
     assert not list(membership.members.glob("*pending*"))
@@ -670,7 +671,8 @@ def test_membership_register_many_in_one_interpreter(membership):
     assert [c["key"] for c in calls] == [PUB_A, PUB_A, PUB_B]
     assert len({c["pid"] for c in calls}) == 1  # one interpreter for the whole batch, retries included
     assert all(c["argv"][3:] == [facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"] for c in calls)
-    assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_HOME"] == str(membership.home) for c in calls)
+    assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1" for c in calls)
+    assert all(c["env"]["FLWR_HOME"] == str(membership.home) for c in calls)
     assert (membership.members / "org-b.node_id").read_text() == "1002\n" and (membership.members / "org-b.pub").read_text() == PUB_B
 
     proc, _ = membership("register-many", stdin=keys)  # the same keys again: nothing to do

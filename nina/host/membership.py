@@ -107,7 +107,7 @@ def parse_json(out: str) -> dict[str, Any] | None:
 
 
 def flwr_env() -> dict[str, str]:
-    return dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
+    return dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
 
 
 def run_flwr(argv: list[str]) -> tuple[int, str, str]:
