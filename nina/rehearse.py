@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from nina import facts, flwrcli, kit, localpki, outputs, render, vpn
-from nina.host.membership import parse_json  # one reader of flwr's JSON output, host and rehearsal
+from nina.host.membership import Failure, Worker, parse_json, script_interpreter  # one reader of flwr's JSON output
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -523,6 +523,8 @@ class Rehearsal:
         self.procs: dict[str, Proc] = {}
         self.supervisors: dict[str, Supervisor] = {}  # slug -> its SuperNode's supervisor
         self._registrations: list[subprocess.Popen] = []  # nina-membership register-many runs
+        self._ls: Worker | None = None  # the interpreter that answers nodes() (`flwr supernode ls`)
+        self._ls_lock = threading.Lock()
         self.marks: dict[str, float] = {}  # time.monotonic() of start_federation's steps (benchmarks)
         self.superlink: Proc | None = None
         self.kits: dict[str, Path] = {}
@@ -891,14 +893,32 @@ class Rehearsal:
         )
 
     def nodes(self) -> list[dict[str, Any]]:
-        """`flwr supernode ls` with the admin CLI config (empty if the Control API does not answer)."""
-        try:
-            proc = self._flwr(
-                "supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json", home=self.admin_flwr_home, timeout=30
-            )
-        except subprocess.TimeoutExpired:
-            return []
-        doc = parse_json(proc.stdout) or {}
+        """`flwr supernode ls` with the admin CLI config (empty if the Control API does not answer).
+
+        wait_online polls this every half second while SuperNodes start: a `flwr` process per poll
+        (Python start-up and `import flwr`, about 1.3 s of CPU with flwr 1.31) would take a good
+        part of 2 cores from what it measures, so every poll runs in one interpreter kept for the
+        rehearsal (nina-membership's Worker: the same command line, in-process)."""
+        argv = ["supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
+        flwr = str(self.venv / "bin" / "flwr")
+        python = script_interpreter(flwr)
+        if python is None:  # not a Python script: one process per poll
+            try:
+                proc = self._flwr(*argv, home=self.admin_flwr_home, timeout=30)
+            except subprocess.TimeoutExpired:
+                return []
+            stdout = proc.stdout
+        else:
+            with self._ls_lock:
+                try:
+                    if self._ls is None or self._ls.proc.poll() is not None:
+                        env = flwrcli.env(self.admin_flwr_home, self._env())
+                        self._ls = Worker(python, flwr, env)
+                    _, stdout, _ = self._ls.run(argv, timeout=30)
+                except Failure:
+                    self._ls = None  # killed on a timeout, or it exited: a new one next time
+                    return []
+        doc = parse_json(stdout) or {}
         return list(doc.get("nodes") or [])
 
     def wait_online(self, count: int, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> float:
@@ -1029,6 +1049,11 @@ class Rehearsal:
     def close(self) -> None:
         """Stop every process this rehearsal started (process groups), SuperNodes first; their
         supervisors first of all, so that no stop leads to a restart."""
+        with self._ls_lock:
+            if self._ls is not None:
+                with contextlib.suppress(Exception):
+                    self._ls.close()
+                self._ls = None
         for sup in self.supervisors.values():
             with contextlib.suppress(Exception):
                 sup.stop()

@@ -171,22 +171,29 @@ def script_interpreter(path: str) -> str | None:
 
 
 class Worker:
-    """One interpreter running every flwr command of a batch (see WORKER_SOURCE)."""
+    """One interpreter running every flwr command of a batch (see WORKER_SOURCE). `script` and
+    `env` default to this program's flwr and its environment (the rehearsal passes its own, to
+    poll `flwr supernode ls` without starting a flwr process per poll)."""
 
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, script: str | None = None, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [python, "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
+            [python, "-c", WORKER_SOURCE, script or FLWR],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=flwr_env() if env is None else env,
+            text=True,
         )
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
+    def run(self, argv: list[str], timeout: float = FLWR_TIMEOUT) -> tuple[int, str, str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps({"argv": argv}) + "\n")
             self.proc.stdin.flush()
             # One answer line per request, so nothing is left buffered between requests.
-            if not select.select([self.proc.stdout], [], [], FLWR_TIMEOUT)[0]:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
                 self.proc.kill()
-                raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {FLWR_TIMEOUT} s")
+                self.proc.wait()
+                raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {timeout:g} s")
             line = self.proc.stdout.readline()
         except OSError as exc:
             raise Failure(f"the flwr interpreter of the batch failed: {exc}") from None
