@@ -158,7 +158,7 @@ class FlowerConfig(_Strict):
         if value not in SUPPORTED_FLWR_VERSIONS:
             raise ValueError(
                 f"flwr {_show(value)} is not supported; use {' or '.join(SUPPORTED_FLWR_VERSIONS)} "
-                "(newer releases change ports and CLI config, see README)"
+                "(other releases differ in CLI config, dependencies or ports; see README, Which flwr release)"
             )
         return value
 

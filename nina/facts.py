@@ -2,13 +2,13 @@
 
 Everything else (config defaults, firewall rules, rendered files, tests) derives from here.
 Sources: the operations manual (sections 3.3.1 ports, 4.1.1 directory layout, 4.1.2.17
-systemd) and ../shared/notes/facts.md for flwr 1.25 behaviour.
+systemd) and ../shared/notes/facts.md for flwr behaviour (README, "Which flwr release", for 1.31).
 """
 
 from __future__ import annotations
 
 # --- versions -------------------------------------------------------------------------
-FLWR_VERSION = "1.25.0"
+FLWR_VERSION = "1.31.0"
 UBUNTU_RELEASE = "24.04"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
@@ -87,10 +87,10 @@ SUPERLINK_STATE_DIR = "/opt/flwr/superlink/state"
 SUPERLINK_STATE_DB = "/opt/flwr/superlink/state/superlink_state.db"
 # Which organisation holds which registered node id (written by nina-membership).
 SUPERLINK_MEMBERS_DIR = "/opt/flwr/superlink/state/members"
-# A minimal Flower project whose pyproject.toml names the local Control API, so that
-# `flwr supernode register|unregister|ls` can run on the SuperLink host.
-SUPERLINK_ADMIN_APP = "/opt/flwr/superlink/admin-app"
-SUPERLINK_ADMIN_FEDERATION = "local"
+# flwr 1.26+ reads SuperLink connections from $FLWR_HOME/config.toml (no longer from an app's
+# pyproject.toml): the SuperLink host's admin FLWR_HOME holds one named connection to the local
+# Control API, so that `flwr supernode register|unregister|ls <...> local` can run there.
+SUPERLINK_ADMIN_CONNECTION = "local"
 SUPERNODE_ETC = "/etc/flwr/supernode"
 SUPERNODE_CERTS = "/etc/flwr/supernode/certs"
 SUPERNODE_OPT = "/opt/flwr/supernode"
@@ -165,8 +165,10 @@ SUPERNODE_CONF = "/etc/flwr/supernode/supernode.conf"
 SUPERLINK_FLWR_HOME = "/opt/flwr/superlink/state/flwr-home"
 SUPERNODE_FLWR_HOME = "/opt/flwr/supernode/flwr-home"
 # FLWR_HOME of the `flwr` CLI that nina-membership runs as root on the SuperLink host: root's
-# alone (not on the state volume, whose top directory the superlink user owns).
+# alone (not on the state volume, whose top directory the superlink user owns). The SuperLink
+# delivery writes its config.toml (FLWR_CONFIG_FILE) with SUPERLINK_ADMIN_CONNECTION.
 SUPERLINK_ADMIN_FLWR_HOME = "/var/lib/nina/admin-flwr-home"
+FLWR_CONFIG_FILE = "config.toml"
 MEMBERSHIP_WAIT_SECONDS = 120  # how long nina-membership waits for the Control API
 JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
 # Cinder volumes: a virtio disk shows up as /dev/disk/by-id/virtio-<first 20 chars of its id>.
@@ -248,14 +250,14 @@ SITEKIT_SUFFIX = "-sitekit"  # <slug>-sitekit/ inside <slug>-sitekit.tar.gz
 # The stack outputs a rehearsal assembles carry a documentation address (RFC 5737 TEST-NET-1)
 # as the VPN server's public IP: nothing is dialled there, it only fills the kits' client.conf.
 REHEARSAL_PUBLIC_IP = "192.0.2.1"
-REHEARSAL_FEDERATION = "rehearsal"  # federation name written into the app copy's pyproject
+REHEARSAL_CONNECTION = "rehearsal"  # SuperLink connection the rehearsal writes into its CLI's config.toml
 REHEARSAL_ROUNDS = 3
 REHEARSAL_START_TIMEOUT = 60  # seconds for a SuperLink's Control API / nodes to come up
 REHEARSAL_ROUND_TIMEOUT = 60  # seconds the validation app waits for one round's replies
 REHEARSAL_STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL of a process group
 
 # --- deployment validation (nina.validate, `nina validate`, manual 4.2) -----------------------
-VALIDATE_FEDERATION = "nina-validate"  # federation name written into the app copy's pyproject
+VALIDATE_CONNECTION = "nina-validate"  # SuperLink connection nina validate writes into its private FLWR_HOME
 VALIDATE_ROUNDS = 3
 VALIDATE_ROUND_TIMEOUT = 120  # seconds the validation app waits for the nodes, and for one round's replies
 VALIDATE_TUNNEL_TIMEOUT = 60  # seconds for the SSH tunnel's local port to accept

@@ -15,14 +15,14 @@ From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a 
    run_superlink.sh (TLS, --enable-supernode-auth, state DB under the root), registers every
    SuperNode key with the real nina-membership (`register-many`, started with the SuperLink:
    Rehearsal.start_federation), starts one SuperNode per organisation from its kit's
-   run_supernode.sh and etc/flwr/supernode/ as soon as its key is registered;
+   run_supernode.sh and etc/flwr/supernode/ once every key is registered;
 4. runs validation_app/ with `flwr run` against the Control API and checks that every
    organisation answered in every round.
 
 Rehearsal-only edits, each printed: the copy of run_superlink.sh listens on free loopback ports
 (9091-9093 if free) instead of 0.0.0.0; each kit's supernode.conf copy gets
-superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin
-project's pyproject names the rehearsal's Control port and the CA under the temporary root.
+superlink_server=127.0.0.1, the rehearsal's Fleet port and a distinct local_port; the admin flwr
+CLI config (config.toml) names the rehearsal's Control port and the CA under the temporary root.
 `insecure=True` (benchmarks) also drops TLS and SuperNode authentication from the script copies.
 
 Every SuperNode is supervised as its kit's supernode.service would be under systemd (Supervisor,
@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from nina import facts, flwrcli, kit, localpki, outputs, pem, render, vpn
-from nina.host.membership import parse_json  # one reader of flwr's JSON output, host and rehearsal
+from nina.host.membership import Failure, Worker, parse_json, script_interpreter  # one reader of flwr's JSON output
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -526,6 +526,8 @@ class Rehearsal:
         self.procs: dict[str, Proc] = {}
         self.supervisors: dict[str, Supervisor] = {}  # slug -> its SuperNode's supervisor
         self._registrations: list[subprocess.Popen] = []  # nina-membership register-many runs
+        self._ls: Worker | None = None  # the interpreter that answers nodes() (`flwr supernode ls`)
+        self._ls_lock = threading.Lock()
         self.marks: dict[str, float] = {}  # time.monotonic() of start_federation's steps (benchmarks)
         self.superlink: Proc | None = None
         self.kits: dict[str, Path] = {}
@@ -562,8 +564,13 @@ class Rehearsal:
         return self._rooted(facts.SUPERLINK_STATE_DB)
 
     @property
-    def admin_app(self) -> Path:
-        return self._rooted(facts.SUPERLINK_ADMIN_APP)
+    def admin_flwr_home(self) -> Path:
+        return self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)
+
+    @property
+    def cli_home(self) -> Path:
+        """FLWR_HOME of the operator's `flwr run` (its config.toml names facts.REHEARSAL_CONNECTION)."""
+        return self.dir / "cli-home"
 
     def prepare(self) -> None:
         if self._prepared:
@@ -601,9 +608,13 @@ class Rehearsal:
             self.node_ports[m.slug] = pick_ports((facts.SUPERNODE_CLIENTAPPIO_PORT + i,), self._taken)[0]
 
         self._superlink_script = _write(self.dir / "run_superlink.sh", self._superlink_sh(), 0o755)
-        admin = self.admin_app / "pyproject.toml"
-        admin.write_text(self._federation(admin.read_text(), facts.SUPERLINK_ADMIN_FEDERATION))
-        self.edits.append(f"admin project: Control API {facts.LOOPBACK}:{self.control_port}, CA {self.ca_path}")
+        admin = self.admin_flwr_home / facts.FLWR_CONFIG_FILE
+        if not admin.is_file():
+            raise RehearsalError(f"the SuperLink delivery did not install {admin}")
+        admin.write_text(self._cli_config(facts.SUPERLINK_ADMIN_CONNECTION))
+        self.edits.append(f"admin flwr CLI config: Control API {facts.LOOPBACK}:{self.control_port}, CA {self.ca_path}")
+        self.cli_home.mkdir(mode=0o700, exist_ok=True)
+        (self.cli_home / facts.FLWR_CONFIG_FILE).write_text(self._cli_config(facts.REHEARSAL_CONNECTION))
         self._prepared = True
 
     def _env(self, **extra: str) -> dict[str, str]:
@@ -611,6 +622,7 @@ class Rehearsal:
         env.update(
             {
                 "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "NO_COLOR": "1",
                 "TERM": "dumb",
                 "PATH": f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
@@ -646,9 +658,9 @@ class Rehearsal:
             self.edits.append("run_superlink.sh copy: --insecure, no TLS files, no --enable-supernode-auth (benchmark mode)")
         return text
 
-    def _federation(self, pyproject: str, name: str) -> str:
-        """Point a pyproject's federation `name` at this rehearsal's Control API."""
-        return flwrcli.federation(pyproject, name, f"{facts.LOOPBACK}:{self.control_port}", None if self.insecure else str(self.ca_path))
+    def _cli_config(self, name: str) -> str:
+        """A flwr CLI config.toml whose default SuperLink connection `name` is this rehearsal's Control API."""
+        return flwrcli.connection(name, f"{facts.LOOPBACK}:{self.control_port}", None if self.insecure else str(self.ca_path))
 
     # --- SuperLink -----------------------------------------------------------------------
 
@@ -730,8 +742,7 @@ class Rehearsal:
         return self._env(
             NINA_FLWR=str(self.venv / "bin" / "flwr"),
             NINA_MEMBERS_DIR=str(self._rooted(facts.SUPERLINK_MEMBERS_DIR)),
-            NINA_ADMIN_APP=str(self.admin_app),
-            NINA_FLWR_HOME=str(self._rooted(facts.SUPERLINK_ADMIN_FLWR_HOME)),
+            NINA_FLWR_HOME=str(self.admin_flwr_home),
             NINA_CONTROL_WAIT=str(facts.REHEARSAL_START_TIMEOUT),
             NINA_RETRY_INTERVAL=f"{retry_interval:g}",
         )
@@ -819,8 +830,11 @@ class Rehearsal:
         """SuperLink, registrations and SuperNodes, overlapped (returns slug -> node id; {} insecure).
 
         Secured: `nina-membership register-many` starts with the SuperLink (it retries until the
-        Control API answers), and each SuperNode starts once the SuperLink's APIs listen and its
-        key is registered. Insecure: the SuperNodes start once the SuperLink's APIs listen.
+        Control API answers), and the SuperNodes start together once every key is registered.
+        (Starting each as soon as its own key was registered made it slower with flwr 1.31: on
+        2 cores the SuperNodes' start-up, about 1.4 s of CPU each, slowed the batch's serial
+        registrations, so the last SuperNode started later; 10 organisations: 19.0 s against
+        13.9 s to ready.) Insecure: the SuperNodes start once the SuperLink's APIs listen.
         Either way no SuperNode starts before its SuperLink listens, so the two differ only by
         the registrations. Then `wait_online`. `registration="each"` (benchmarks: what the
         deployment does) runs one `nina-membership register <slug>` per organisation at once
@@ -844,10 +858,11 @@ class Rehearsal:
 
         def registered(slug: str) -> None:
             self.marks.setdefault("first registered", time.monotonic())
-            self.start_supernode(slug)
 
         ids = self._finish_registrations(registrations, registered)
-        self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
+        self.marks["registered"] = time.monotonic()
+        self.start_supernodes()
+        self.marks["supernodes started"] = time.monotonic()
         return ids
 
     def _start_federation_each(self, timeout: float) -> dict[str, str]:
@@ -878,19 +893,39 @@ class Rehearsal:
         self.marks["supernodes started"] = self.marks["registered"] = time.monotonic()
         return ids
 
-    def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        env = self._env(FLWR_HOME=str(self.dir / "cli-home"))
+    def _flwr(self, *args: str, home: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = self._env(FLWR_HOME=str(home or self.cli_home))
         return subprocess.run(
             [str(self.venv / "bin" / "flwr"), *args], capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
         )
 
     def nodes(self) -> list[dict[str, Any]]:
-        """`flwr supernode ls` through the admin project (empty if the Control API does not answer)."""
-        try:
-            proc = self._flwr("supernode", "ls", str(self.admin_app), facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json", timeout=30)
-        except subprocess.TimeoutExpired:
-            return []
-        doc = parse_json(proc.stdout) or {}
+        """`flwr supernode ls` with the admin CLI config (empty if the Control API does not answer).
+
+        wait_online polls this every half second while SuperNodes start: a `flwr` process per poll
+        (Python start-up and `import flwr`, about 1.3 s of CPU with flwr 1.31) would take a good
+        part of 2 cores from what it measures, so every poll runs in one interpreter kept for the
+        rehearsal (nina-membership's Worker: the same command line, in-process)."""
+        argv = ["supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
+        flwr = str(self.venv / "bin" / "flwr")
+        python = script_interpreter(flwr)
+        if python is None:  # not a Python script: one process per poll
+            try:
+                proc = self._flwr(*argv, home=self.admin_flwr_home, timeout=30)
+            except subprocess.TimeoutExpired:
+                return []
+            stdout = proc.stdout
+        else:
+            with self._ls_lock:
+                try:
+                    if self._ls is None or self._ls.proc.poll() is not None:
+                        env = flwrcli.env(self.admin_flwr_home, self._env())
+                        self._ls = Worker(python, flwr, env)
+                    _, stdout, _ = self._ls.run(argv, timeout=30)
+                except Failure:
+                    self._ls = None  # killed on a timeout, or it exited: a new one next time
+                    return []
+        doc = parse_json(stdout) or {}
         return list(doc.get("nodes") or [])
 
     def wait_online(self, count: int, timeout: float = facts.REHEARSAL_START_TIMEOUT) -> float:
@@ -987,8 +1022,7 @@ class Rehearsal:
     # --- the validation app --------------------------------------------------------------
 
     def _app_copy(self) -> Path:
-        ca = None if self.insecure else str(self.ca_path)
-        return flwrcli.app_copy(self.app_dir, self.dir / "app", facts.REHEARSAL_FEDERATION, f"{facts.LOOPBACK}:{self.control_port}", ca)
+        return flwrcli.app_copy(self.app_dir, self.dir / "app")
 
     def start_app(
         self,
@@ -1003,8 +1037,8 @@ class Rehearsal:
         summary = self.dir / f"{tag}-summary.json"
         summary.unlink(missing_ok=True)
         run_config = validation_run_config(expected, rounds, round_timeout, str(summary))
-        cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_FEDERATION, run_config)
-        proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.dir / "cli-home")))
+        cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_CONNECTION, run_config)
+        proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.cli_home)))
         budget = round_timeout * (rounds + 1) + 90
         return AppRun(self, proc, summary, expected, time.monotonic(), budget)
 
@@ -1022,6 +1056,11 @@ class Rehearsal:
     def close(self) -> None:
         """Stop every process this rehearsal started (process groups), SuperNodes first; their
         supervisors first of all, so that no stop leads to a restart."""
+        with self._ls_lock:
+            if self._ls is not None:
+                with contextlib.suppress(Exception):
+                    self._ls.close()
+                self._ls = None
         for sup in self.supervisors.values():
             with contextlib.suppress(Exception):
                 sup.stop()

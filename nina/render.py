@@ -100,11 +100,12 @@ def supernode_conf(member: Member, superlink_address: str) -> str:
     )
 
 
-def admin_app_pyproject(tenancy_name: str) -> str:
-    """pyproject.toml of the admin Flower project on the SuperLink host (facts.SUPERLINK_ADMIN_APP)."""
+def admin_flwr_config(tenancy_name: str) -> str:
+    """The flwr CLI's config.toml in the SuperLink host's admin FLWR_HOME (facts.SUPERLINK_ADMIN_FLWR_HOME):
+    one SuperLink connection, facts.SUPERLINK_ADMIN_CONNECTION, to the local Control API."""
     if not config.SLUG_RE.match(tenancy_name):
         raise ValueError(f"tenancy name {tenancy_name!r} is not a slug")
-    return _render("admin_app_pyproject.toml.j2", tenancy_name=tenancy_name, project_name=f"nina-admin-{tenancy_name}")
+    return _render("admin_flwr_config.toml.j2", tenancy_name=tenancy_name)
 
 
 # --- delivery payloads (secrets: SSH stdin only) -----------------------------------------
@@ -181,7 +182,7 @@ def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
 
 
 def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
-    """Certificates, key and admin project for a tenancy's SuperLink; restarts superlink.service."""
+    """Certificates, key and the admin CLI config for a tenancy's SuperLink; restarts superlink.service."""
     ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
     user, group = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
     certs = facts.SUPERLINK_CERTS
@@ -190,7 +191,7 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{certs}/{facts.SERVER_CERT_FILE}", _text(cert_pem, "server certificate", "BEGIN CERTIFICATE"), 0o644, user, group),
         DeliveredFile(f"{certs}/{facts.SERVER_KEY_FILE}", _text(key_pem, "server key", "PRIVATE KEY"), 0o600, user, group),
         _ca_trust(ca),
-        DeliveredFile(f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml", admin_app_pyproject(tenancy.name), 0o644),
+        DeliveredFile(f"{facts.SUPERLINK_ADMIN_FLWR_HOME}/{facts.FLWR_CONFIG_FILE}", admin_flwr_config(tenancy.name), 0o644),
         *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
         DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755),
     ]

@@ -364,13 +364,14 @@ def run_app(
 ) -> RunResult:
     """validation_app/ with `flwr run` against the tunnel's local port; judged as the rehearsal judges."""
     address = f"{facts.LOOPBACK}:{port}"
-    app = flwrcli.app_copy(app_src, workdir / f"app-{tag}", facts.VALIDATE_FEDERATION, address, str(ca_file))
+    flwrcli.write_connection(workdir / "flwr-home", facts.VALIDATE_CONNECTION, address, str(ca_file))
+    app = flwrcli.app_copy(app_src, workdir / f"app-{tag}")
     # No summary-path: the ServerApp runs on the SuperLink host; its NINA-SUMMARY line streams back.
     run_config = validation_run_config(expected, rounds, round_timeout)
     log = workdir / f"flwr-{tag}.log"
     env = flwrcli.env(workdir / "flwr-home", dict(os.environ))
     started = time.monotonic()
-    proc = spawn(flwrcli.run_command(flwr, app, facts.VALIDATE_FEDERATION, run_config), log, env)
+    proc = spawn(flwrcli.run_command(flwr, app, facts.VALIDATE_CONNECTION, run_config), log, env)
     budget = round_timeout * (rounds + 1) + 90
     timed_out = None
     try:

@@ -292,7 +292,6 @@ def membership(root: Path, *args: str, stdin: str = "", cwd: str = "/") -> subpr
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "NINA_FLWR": f"{root}{facts.FLOWER_VENV}/bin/flwr",
         "NINA_MEMBERS_DIR": f"{root}{facts.SUPERLINK_MEMBERS_DIR}",
-        "NINA_ADMIN_APP": f"{root}{facts.SUPERLINK_ADMIN_APP}",
         "NINA_FLWR_HOME": f"{root}{facts.SUPERLINK_ADMIN_FLWR_HOME}",
         "NINA_CONTROL_WAIT": "0",
     }
@@ -302,7 +301,8 @@ def membership(root: Path, *args: str, stdin: str = "", cwd: str = "/") -> subpr
 def superlink_host(base: Path, legacy: bool) -> Path:
     root = base / "host"
     host_tree(root, ["superlink"], legacy)
-    write(root / facts.SUPERLINK_ADMIN_APP.lstrip("/") / "pyproject.toml", '[tool.flwr.federations.local]\naddress = "127.0.0.1:9093"\n')
+    home = root / facts.SUPERLINK_ADMIN_FLWR_HOME.lstrip("/")
+    write(home / facts.FLWR_CONFIG_FILE, render.admin_flwr_config("main"))
     return root
 
 
@@ -334,20 +334,15 @@ def test_nina_membership_does_not_run_a_planted_flwr(base, command):
     assert "run again" in line
 
 
-@pytest.mark.parametrize("planted", ["members", "admin-app"])
-def test_nina_membership_writes_nothing_through_a_planted_link(base, planted):
+def test_nina_membership_writes_nothing_through_a_planted_link(base):
     """superlink owns its state volume's top directory, so its code can replace the members
-    directory there with a link to a root-only directory; on the old layout it also owns
-    /opt/flwr/superlink and can replace the admin project flwr reads. nina-membership refuses:
-    nothing is written there, and flwr does not run."""
-    legacy = planted == "admin-app"
-    root = superlink_host(base, legacy=legacy)
-    if legacy:  # the venv root's, as today: only the link is in play
-        (root / "opt/python").chmod(0o755)
-        os.chown(root / "opt/python", 0, 0)
+    directory there with a link to a root-only directory. nina-membership refuses: nothing is
+    written there, and flwr does not run. (flwr 1.31's CLI reads its connection from
+    FLWR_HOME, which is root's alone under /var/lib/nina: no admin project in /opt/flwr any more.)"""
+    root = superlink_host(base, legacy=False)
     secret = secret_dir(base)
     write(secret / "pyproject.toml", '[tool.flwr.federations.local]\naddress = "127.0.0.1:1"\n')
-    link = root / {"members": facts.SUPERLINK_MEMBERS_DIR, "admin-app": facts.SUPERLINK_ADMIN_APP}[planted].lstrip("/")
+    link = root / facts.SUPERLINK_MEMBERS_DIR.lstrip("/")
     planted_ok = as_user(SUPERLINK, f"{{ [ ! -e {link} ] || mv {link} {link}.orig; }} && ln -s {secret} {link}")
     assert planted_ok.returncode == 0, planted_ok.stderr
     before = snapshot(secret)
@@ -355,9 +350,7 @@ def test_nina_membership_writes_nothing_through_a_planted_link(base, planted):
     assert snapshot(secret) == before, "root wrote through the planted link"
     assert not (base / "flwr-ran").exists(), "root ran flwr with what the link points at"
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    # What is found first on the way: the link itself, or (old layout) the directory superlink owns.
-    found = f"{link} is a symbolic link (to {secret})" if planted == "members" else f"{link.parent} is owned by {SUPERLINK}, not root"
-    line = one_line_refusal(proc.stderr, "refused", found)
+    line = one_line_refusal(proc.stderr, "refused", f"{link} is a symbolic link (to {secret})")
     assert "run again" in line
 
 

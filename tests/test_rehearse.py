@@ -1,4 +1,4 @@
-"""The offline rehearsal (nina.rehearse, `nina rehearse`): real flwr 1.25 SuperLink and SuperNodes
+"""The offline rehearsal (nina.rehearse, `nina rehearse`): real flwr (the pinned release) SuperLink and SuperNodes
 on loopback, started from the rendered scripts and the organisations' own site kits, running
 validation_app/. Two organisations (stack uat) and two rounds keep each test well under 2 minutes.
 """
@@ -96,7 +96,7 @@ def test_supernode_dialling_an_address_outside_the_sans_fails_verification(reh_r
     bad = r.start_supernode(wrong, superlink_host=target)
     r.start_supernode(right)  # same SuperLink, same CA, dialling 127.0.0.1: admitted
     r.wait_online(1)
-    # Two of the bad node's connection attempts failed (flwr 1.25 logs no reason for them).
+    # Two of the bad node's connection attempts failed (flwr logs no reason for them).
     _wait_for(
         lambda: bad.output().count("Connection attempt failed") >= 2,
         90,
@@ -145,12 +145,23 @@ def test_supernode_killed_mid_run_is_restarted_and_the_next_run_has_everyone(reh
     killed_pid = r.supernode(victim).popen.pid
     run = r.start_app(rounds=3, round_timeout=30, tag="killed")
     _wait_for(lambda: run.rounds_so_far(), 120, "round 1 of the first run")
+    node_id = r.registered()[victim]
     r.kill_supernode(victim)
+    killed_at = time.monotonic()
     first = run.wait()  # the round in flight misses the victim, unless the kill fell between rounds
     # Restarted after RestartSec; flwr refuses it ("could not be activated") while the SuperLink
-    # still holds the killed node online, so it may take a few restarts, as under systemd.
+    # still holds the killed node online (until its heartbeat expires: 2 x 30 s in flwr 1.31), so
+    # it may take a few restarts, as under systemd. Online alone is not enough: the killed node
+    # stays "online" until then, so wait for an activation after the kill.
     _wait_for(lambda: r.restarts()[victim] >= 1, 60, f"{victim}'s supervisor to restart it")
     assert any(f"supernode-{victim} exited (killed by SIGKILL); restarting in {policy.restart_sec:g} s" in line for line in logs), logs
+
+    def reconnected() -> bool:
+        since_kill = time.monotonic() - killed_at
+        ours = [n for n in r.nodes() if str(n.get("node-id")) == node_id and n.get("status") == "online"]
+        return r.supernode(victim).alive() and any(float(n.get("online-elapsed") or since_kill) < since_kill for n in ours)
+
+    _wait_for(reconnected, 180, f"{victim} to be activated again after the kill")
     r.wait_online(len(r.members), timeout=180)
     assert r.supernode(victim).popen.pid != killed_pid and r.supernode(victim).alive()
     result = r.run_app(ROUNDS, tag="after-kill")

@@ -1,6 +1,6 @@
-"""The rendering layer (nina.render): units, configs, the admin project and delivery payloads.
+"""The rendering layer (nina.render): units, configs, the admin flwr CLI config and delivery payloads.
 
-Checked with the real tools where there is one: systemd-analyze for units, flwr 1.25's own
+Checked with the real tools where there is one: systemd-analyze for units, the pinned flwr's own
 project loader for the admin pyproject, bash for supernode.conf.
 """
 
@@ -102,7 +102,7 @@ def test_superlink_unit():
     assert d["Service.Group"] == [facts.SYSTEM_GROUP]
     assert d["Service.WorkingDirectory"] == [facts.SUPERLINK_OPT]
     assert f"PATH={facts.FLOWER_VENV}/bin:/usr/bin:/bin" in d["Service.Environment"]
-    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"]
+    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"] and "FLWR_DISABLE_UPDATE_CHECK=1" in d["Service.Environment"]
     assert d["Service.ExecStart"] == [f"/bin/bash {facts.SUPERLINK_RUN_SCRIPT}"]
     assert d["Service.Restart"] == ["always"] and d["Service.RestartSec"] == ["5"]
     assert d["Unit.After"] == ["network-online.target"] and d["Unit.Wants"] == ["network-online.target"]
@@ -118,7 +118,7 @@ def test_supernode_unit():
     assert d["Service.Group"] == [facts.SYSTEM_GROUP]
     assert d["Service.WorkingDirectory"] == [facts.SUPERNODE_OPT]
     assert f"PATH={facts.FLOWER_VENV}/bin:/usr/bin:/bin" in d["Service.Environment"]
-    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"]
+    assert "FLWR_TELEMETRY_ENABLED=0" in d["Service.Environment"] and "FLWR_DISABLE_UPDATE_CHECK=1" in d["Service.Environment"]
     assert d["Service.ExecStart"] == [f"/bin/bash {facts.SUPERNODE_RUN_SCRIPT}"]
     assert d["Unit.ConditionPathExists"] == [facts.SUPERNODE_CONF]
     assert d["Service.Restart"] == ["always"]
@@ -198,35 +198,43 @@ def test_supernode_conf_refuses_bad_address(address):
         render.supernode_conf(MEMBER, address)
 
 
-def test_admin_pyproject_accepted_by_flwr(tmp_path):
-    from flwr.cli.config_utils import load_and_validate, validate_federation_in_project_config
+def _read_connection(home, monkeypatch, name):
+    """The SuperLink connection `name` as flwr's CLI reads it from `home`/config.toml."""
+    import click
+    from flwr.cli.flower_config import read_superlink_connection
 
-    (tmp_path / "pyproject.toml").write_text(render.admin_app_pyproject("main"))
-    config, errors, warnings = load_and_validate(tmp_path / "pyproject.toml", check_module=False)
-    assert config is not None and errors == [] and warnings == []
-    name, fed = validate_federation_in_project_config(facts.SUPERLINK_ADMIN_FEDERATION, config)
-    assert name == facts.SUPERLINK_ADMIN_FEDERATION
-    assert fed == {
-        "address": f"{facts.LOOPBACK}:{facts.SUPERLINK_CONTROL_PORT}",
-        "root-certificates": f"{facts.SUPERLINK_CERTS}/{facts.CA_CERT_FILE}",
-    }
-    # Without a federation argument the CLI picks the default, which is the same one.
-    assert validate_federation_in_project_config(None, config)[0] == facts.SUPERLINK_ADMIN_FEDERATION
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    try:
+        return read_superlink_connection(name)
+    except click.ClickException as exc:
+        raise ValueError(exc.message) from None
 
 
-def test_admin_pyproject_broken_is_refused_by_flwr(tmp_path):
-    """The loader check above can fail: the same file without [tool.flwr.app] is rejected."""
-    from flwr.cli.config_utils import load_and_validate
+def test_admin_flwr_config_accepted_by_flwr(tmp_path, monkeypatch):
+    (tmp_path / facts.FLWR_CONFIG_FILE).write_text(render.admin_flwr_config("main"))
+    conn = _read_connection(tmp_path, monkeypatch, facts.SUPERLINK_ADMIN_CONNECTION)
+    assert conn.address == f"{facts.LOOPBACK}:{facts.SUPERLINK_CONTROL_PORT}"
+    assert conn.root_certificates == f"{facts.SUPERLINK_CERTS}/{facts.CA_CERT_FILE}"
+    # An address and no simulation options: flwr treats it as a user-managed SuperLink (it
+    # starts a local simulation SuperLink only for an options-only connection) over TLS.
+    assert conn.options is None and conn.insecure is False
+    # Without a connection argument the CLI picks the default, which is the same one.
+    assert _read_connection(tmp_path, monkeypatch, None).address == conn.address
+    # flwr wrote no file of its own next to it (it writes a default config only when none exists).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [facts.FLWR_CONFIG_FILE]
 
-    text = render.admin_app_pyproject("main").replace("[tool.flwr.app]\npublisher", "[tool.flwr.other]\npublisher")
-    (tmp_path / "pyproject.toml").write_text(text)
-    config, errors, _ = load_and_validate(tmp_path / "pyproject.toml", check_module=False)
-    assert config is None and errors
+
+def test_admin_flwr_config_broken_is_refused_by_flwr(tmp_path, monkeypatch):
+    """The reader check above can fail: the same file with the connection renamed is refused."""
+    text = render.admin_flwr_config("main").replace(f"[superlink.{facts.SUPERLINK_ADMIN_CONNECTION}]", "[superlink.other]")
+    (tmp_path / facts.FLWR_CONFIG_FILE).write_text(text)
+    with pytest.raises(ValueError, match="not found"):
+        _read_connection(tmp_path, monkeypatch, facts.SUPERLINK_ADMIN_CONNECTION)
 
 
-def test_admin_pyproject_rejects_non_slug():
+def test_admin_flwr_config_rejects_non_slug():
     with pytest.raises(ValueError):
-        render.admin_app_pyproject('x"]\n[evil')
+        render.admin_flwr_config('x"]\n[evil')
 
 
 def _files(payload: str) -> dict[str, dict]:
@@ -248,7 +256,7 @@ def test_superlink_delivery(render_plans):
         f"{c}/server.pem": (CERT, 0o644, sl, g),
         f"{c}/server.key": (KEY, 0o600, sl, g),
         facts.LOCAL_CA_TRUST: (CA, 0o644, "root", "root"),
-        f"{facts.SUPERLINK_ADMIN_APP}/pyproject.toml": (render.admin_app_pyproject(tenancy.name), 0o644, "root", "root"),
+        f"{facts.SUPERLINK_ADMIN_FLWR_HOME}/{facts.FLWR_CONFIG_FILE}": (render.admin_flwr_config(tenancy.name), 0o644, "root", "root"),
         # The service's program and unit travel with its delivery (changing them replaces no VM).
         facts.SUPERLINK_RUN_SCRIPT: (render.run_superlink_sh(), 0o755, "root", "root"),
         f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}": (render.superlink_service(), 0o644, "root", "root"),

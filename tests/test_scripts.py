@@ -1,4 +1,4 @@
-"""The rendered programs, run for real: wrapper scripts against flwr 1.25's own argument
+"""The rendered programs, run for real: wrapper scripts against the pinned flwr's own argument
 parsers, nina-install-files on a real delivery payload, nina-membership against a fake
 `flwr`, nina-prepare-volume against fake disk tools, plus one end-to-end run of a real
 SuperLink and SuperNode (in a private network namespace) wired by these files.
@@ -78,13 +78,13 @@ def test_python_scripts_use_only_the_stdlib(tmp_path, fn):
     assert proc.returncode in (0, 2) and "usage" in (proc.stdout + proc.stderr).lower(), proc.stderr
 
 
-# --- wrapper scripts against flwr 1.25's own parsers --------------------------------------
+# --- wrapper scripts against the pinned flwr's parsers --------------------------------------
 
 SHIM = """#!{python}
 import json, os, sys
 from {module} import {func} as make_parser
 args = make_parser().parse_args(sys.argv[1:])  # exits 2 on an unknown flag, like the real program
-env = {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME", "PATH")}}
+env = {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_HOME", "PATH")}}
 print("SHIM " + json.dumps({{"args": vars(args), "env": env}}, default=str))
 """
 
@@ -130,7 +130,7 @@ def test_superlink_command_line_parses_in_flwr(tmp_path, fake_venv):
     assert args["serverappio_api_address"] == f"127.0.0.1:{facts.SUPERLINK_SERVERAPPIO_PORT}"
     assert args["fleet_api_address"] == f"0.0.0.0:{facts.SUPERLINK_FLEET_PORT}"
     assert args["control_api_address"] == f"0.0.0.0:{facts.SUPERLINK_CONTROL_PORT}"
-    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and out["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert out["env"]["FLWR_HOME"] == str(home) and home.is_dir()
     assert out["env"]["PATH"].split(":")[0] == f"{fake_venv}/bin"
 
@@ -172,7 +172,7 @@ def test_supernode_command_line_parses_in_flwr(tmp_path, fake_venv):
     assert parse_config_args([args["node_config"]]) == {"partition-id": 1}
     assert args["auth_supernode_private_key"] == f"{conf}/certs/{facts.SUPERNODE_KEY_FILE}"
     assert args["auth_supernode_public_key"] is None and args["insecure"] is False
-    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert out["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and out["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert "Partition id: 1\n" in proc.stdout
 
 
@@ -433,7 +433,8 @@ def test_install_files_dry_run_as_a_user_shows_what_root_would_do(tmp_path):
 # --- nina-membership against a fake flwr ----------------------------------------------------
 
 FAKE_FLWR = '''#!{python}
-"""Behaves like flwr 1.25's `flwr supernode register|unregister ... --format json`.
+"""Behaves like flwr 1.31's `flwr supernode register|unregister <key file|node id> <connection> --format json`,
+run as its own process or by nina-membership's batch interpreter (runpy, one process for many calls).
 
 FAKE_RENDEZVOUS=<s>: a call first waits (up to <s> seconds) until another call is in flight,
 so that calls which can run at once are seen to (max_active in the state)."""
@@ -461,7 +462,7 @@ argv = sys.argv[1:]
 
 def call(state):
     state["active"] -= 1
-    state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}},
+    state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_HOME")}},
                             "key": open(argv[2]).read() if argv[1] == "register" else None, "pid": os.getpid()}})
     mode = os.environ.get("FAKE_MODE", "ok")
     if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
@@ -479,7 +480,7 @@ def call(state):
 
 out = update(call)
 print(json.dumps(out, indent=2))  # rich prints it over several lines
-sys.exit(0)  # flwr 1.25 exits 0 even when it printed an error
+sys.exit(0)  # flwr (1.25 to 1.31) exits 0 even when it printed an error
 '''
 
 
@@ -494,16 +495,15 @@ class Membership:
     workdir: Path
 
     @property
-    def app(self) -> str:
-        return str(self.workdir / "admin-app")
+    def home(self) -> Path:
+        return self.workdir / "flwr-home"
 
     def __call__(self, *args: str, stdin: str = "", **env: str) -> tuple[subprocess.CompletedProcess, Any]:
         full = {
             **os.environ,
             "NINA_FLWR": str(self.flwr),
             "NINA_MEMBERS_DIR": str(self.members),
-            "NINA_ADMIN_APP": self.app,
-            "NINA_FLWR_HOME": str(self.workdir / "flwr-home"),
+            "NINA_FLWR_HOME": str(self.home),
             "NINA_RETRY_INTERVAL": "0.05",
             **env,
         }
@@ -520,6 +520,7 @@ def membership(tmp_path) -> Membership:
     script = write(tmp_path / "nina-membership", render.membership_script(render.SOURCE_ROOT), 0o755)
     state = tmp_path / "fake-flwr.json"
     flwr = write(tmp_path / "flwr", FAKE_FLWR.format(python=sys.executable, state=str(state)), 0o755)
+    write(tmp_path / "flwr-home" / facts.FLWR_CONFIG_FILE, render.admin_flwr_config("main"))  # as the SuperLink delivery installs it
     return Membership(script, flwr, state, tmp_path / "members", tmp_path)
 
 
@@ -529,9 +530,10 @@ def test_membership_register_is_idempotent(membership):
     assert out == {"slug": "org-a", "node-id": "1001", "changed": True}
     [call] = membership.calls()
     assert call["argv"][:2] == ["supernode", "register"]
-    assert call["argv"][3:] == [membership.app, facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json"]
+    assert call["argv"][3:] == [facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
     assert call["key"] == PUB_A
-    assert call["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and call["env"]["FLWR_HOME"].endswith("flwr-home")
+    assert call["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and call["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert call["env"]["FLWR_HOME"] == str(membership.home)
     assert (membership.members / "org-a.node_id").read_text() == "1001\n"
     assert (membership.members / "org-a.pub").read_text() == PUB_A
     assert not list(membership.members.glob("*pending*"))
@@ -553,6 +555,15 @@ def test_membership_key_change_replaces_node(membership):
     assert [c["argv"][1] for c in calls] == ["register", "unregister", "register"]
     assert calls[1]["argv"][2] == "1001" and calls[2]["key"] == PUB_B
     assert (membership.members / "org-a.pub").read_text() == PUB_B
+
+
+def test_membership_refuses_without_the_cli_config(membership):
+    """Without the delivered config.toml flwr would write its own default, whose "local" connection
+    starts a simulation SuperLink: nina-membership refuses before running flwr."""
+    (membership.home / facts.FLWR_CONFIG_FILE).unlink()
+    proc, out = membership("register", "org-a", stdin=PUB_A)
+    assert proc.returncode == 1 and out is None and "config.toml is missing" in proc.stderr
+    assert membership.calls() == [] and not (membership.home / facts.FLWR_CONFIG_FILE).exists()
 
 
 def test_membership_unregister(membership):
@@ -602,8 +613,7 @@ def _concurrently(membership: Membership, runs: list[tuple[str, str]], **env: st
         **os.environ,
         "NINA_FLWR": str(membership.flwr),
         "NINA_MEMBERS_DIR": str(membership.members),
-        "NINA_ADMIN_APP": membership.app,
-        "NINA_FLWR_HOME": str(membership.workdir / "flwr-home"),
+        "NINA_FLWR_HOME": str(membership.home),
         **env,
     }
     procs = [
@@ -660,8 +670,9 @@ def test_membership_register_many_in_one_interpreter(membership):
     assert [c["argv"][:2] for c in calls] == [["supernode", "register"]] * 3  # a retry while "unavailable", org-a, org-b
     assert [c["key"] for c in calls] == [PUB_A, PUB_A, PUB_B]
     assert len({c["pid"] for c in calls}) == 1  # one interpreter for the whole batch, retries included
-    assert all(c["argv"][3:] == [membership.app, facts.SUPERLINK_ADMIN_FEDERATION, "--format", "json"] for c in calls)
-    assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_HOME"].endswith("flwr-home") for c in calls)
+    assert all(c["argv"][3:] == [facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"] for c in calls)
+    assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1" for c in calls)
+    assert all(c["env"]["FLWR_HOME"] == str(membership.home) for c in calls)
     assert (membership.members / "org-b.node_id").read_text() == "1002\n" and (membership.members / "org-b.pub").read_text() == PUB_B
 
     proc, _ = membership("register-many", stdin=keys)  # the same keys again: nothing to do
@@ -842,8 +853,8 @@ try:
     procs.append(start(cfg["supernode_sh"], cfg["supernode_env"], root / "supernode.log"))
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
-        ls = subprocess.run([venv + "/bin/flwr", "supernode", "ls", cfg["app"], "local", "--format", "json"],
-                            capture_output=True, text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        ls = subprocess.run([venv + "/bin/flwr", "supernode", "ls", cfg["connection"], "--format", "json"], capture_output=True,
+                            text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": cfg["admin_home"]})
         result["ls"] = ls.stdout
         if '"online"' in ls.stdout:
             break
@@ -937,15 +948,16 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
     ]
     for payload in payloads:
         subprocess.run([sys.executable, str(installer), "--root", str(root)], input=payload, text=True, check=True, capture_output=True)
-    app = root / facts.SUPERLINK_ADMIN_APP.lstrip("/")
-    pyproject = app / "pyproject.toml"
-    # The delivered project names the host's CA path; point it at the test root.
-    pyproject.write_text(pyproject.read_text().replace(f'"{facts.SUPERLINK_CERTS}/', f'"{root}{facts.SUPERLINK_CERTS}/'))
+    admin_home = root / facts.SUPERLINK_ADMIN_FLWR_HOME.lstrip("/")
+    admin_config = admin_home / facts.FLWR_CONFIG_FILE
+    # The delivered CLI config names the host's CA path; point it at the test root.
+    admin_config.write_text(admin_config.read_text().replace(f'"{facts.SUPERLINK_CERTS}/', f'"{root}{facts.SUPERLINK_CERTS}/'))
     venv = sys.prefix
     cfg = {
         "root": str(tmp_path),
         "venv": venv,
-        "app": str(app),
+        "admin_home": str(admin_home),
+        "connection": facts.SUPERLINK_ADMIN_CONNECTION,
         "pub": keys["node_pub"],
         "superlink_sh": str(write(tmp_path / "run_superlink.sh", render.run_superlink_sh(), 0o755)),
         "supernode_sh": str(write(tmp_path / "run_supernode.sh", render.run_supernode_sh(), 0o755)),
@@ -960,8 +972,7 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
         "membership_env": {
             "NINA_FLWR": f"{venv}/bin/flwr",
             "NINA_MEMBERS_DIR": str(tmp_path / "state" / "members"),
-            "NINA_ADMIN_APP": str(app),
-            "NINA_FLWR_HOME": str(tmp_path / "admin-home"),
+            "NINA_FLWR_HOME": str(admin_home),
             "NINA_RETRY_INTERVAL": "1",
             "NINA_CONTROL_WAIT": "60",
         },

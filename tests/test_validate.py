@@ -280,16 +280,15 @@ def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
             time.sleep(0.3)
         app = tmp_path / "validation_app"
         shutil.copytree(validate.VALIDATION_APP, app, ignore=shutil.ignore_patterns("__pycache__", ".*"))
-        federation_toml = _readme_block("[tool.flwr.federations.uat-main]").replace(
-            "/home/you/nina-uat-ca.crt", str(federation.rehearsal.ca_path)
-        )
-        with open(app / "pyproject.toml", "a") as fh:
-            fh.write("\n" + federation_toml)
-        assert "FLWR_TELEMETRY_ENABLED=0 flwr ls validation_app uat-main" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
-        env = {**federation.env(), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr-home")}
+        connection_toml = _readme_block("[superlink.uat-main]").replace("/home/you/nina-uat-ca.crt", str(federation.rehearsal.ca_path))
+        home = tmp_path / "flwr-home"
+        home.mkdir()
+        (home / facts.FLWR_CONFIG_FILE).write_text(connection_toml)
+        assert "FLWR_TELEMETRY_ENABLED=0 flwr ls uat-main" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
+        env = {**federation.env(), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(home)}
         flwr = str(Path(sys.executable).parent / "flwr")
         ls = subprocess.run(
-            [sshlab.IP, "netns", "exec", lab.op, flwr, "ls", str(app), "uat-main", "--format", "json"],
+            [sshlab.IP, "netns", "exec", lab.op, flwr, "ls", "uat-main", "--format", "json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -299,9 +298,9 @@ def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
         # The runs `nina validate` submitted through its own tunnel, seen through this one.
         assert runs and all(r["fab-id"] == "nina/nina-validation" for r in runs), ls.stdout + ls.stderr
         done = next(r["run-id"] for r in runs if r["status"].startswith("finished:completed"))
-        assert "flwr log <run-id> validation_app uat-main --show" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
+        assert "flwr log <run-id> uat-main --show" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
         log = subprocess.run(
-            [sshlab.IP, "netns", "exec", lab.op, flwr, "log", done, str(app), "uat-main", "--show"],
+            [sshlab.IP, "netns", "exec", lab.op, flwr, "log", done, "uat-main", "--show"],
             capture_output=True,
             text=True,
             timeout=60,

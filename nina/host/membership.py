@@ -5,14 +5,15 @@
   nina-membership unregister <slug>
   nina-membership list
 
-Runs `flwr supernode register|unregister <...> <facts.SUPERLINK_ADMIN_APP> <facts.SUPERLINK_ADMIN_FEDERATION> --format json`
-against the local Control API and records which organisation holds which node id in
+Runs `flwr supernode register|unregister <...> <facts.SUPERLINK_ADMIN_CONNECTION> --format json` with
+FLWR_HOME=<facts.SUPERLINK_ADMIN_FLWR_HOME>, whose config.toml (delivered with the SuperLink) names the
+local Control API under that connection, and records which organisation holds which node id in
 <facts.SUPERLINK_MEMBERS_DIR>/<slug>.node_id and <slug>.pub (on the state volume).
 register is idempotent: with a record whose key equals the input it does nothing; with a
 different key it unregisters the old node first. unregister of an unknown slug is a no-op.
 The Control API may still be starting: unavailable errors are retried for up to
-NINA_CONTROL_WAIT seconds. flwr 1.25 prints {"success": false, ...} and may still
-exit 0, so success is read from the JSON, never from the exit code alone.
+NINA_CONTROL_WAIT seconds. flwr (1.25 and later) prints {"success": false, ...} and may
+still exit 0, so success is read from the JSON, never from the exit code alone.
 
 Concurrency: each organisation has its own lock (<slug>.lock in the members directory), so
 registrations of different organisations (pulumi runs the SuperNodeRegistration resources in
@@ -26,13 +27,13 @@ flwr is a Python script (a venv's console script), all of its `flwr supernode ..
 run in one interpreter started for the batch (Worker): the same command, arguments and
 environment, once per organisation, without a Python start-up and `import flwr` per key.
 
-As root (sudo) it runs flwr only if flwr, its interpreter and the admin project are root's
+As root (sudo) it runs flwr only if flwr, its interpreter and the CLI's FLWR_HOME are root's
 alone, with nothing a service user or group could change on the way (nina.host.trust); the members
 directory (on the state volume, whose top directory superlink owns) is opened without
 following links and must itself be root's; anything else is refused in one line, running nothing.
 
-Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_ADMIN_APP,
-NINA_FEDERATION, NINA_FLWR_HOME, NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
+Environment overrides (tests): NINA_FLWR, NINA_MEMBERS_DIR, NINA_CONNECTION, NINA_FLWR_HOME,
+NINA_CONTROL_WAIT, NINA_RETRY_INTERVAL.
 Exit codes: 0 ok, 2 bad input, 1 flwr failed. A module of nina (nina.host): standard library and nina.facts only.
 """
 
@@ -58,8 +59,7 @@ from nina.host import install_files, trust
 PROG = "nina-membership"
 FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
 MEMBERS_DIR = os.environ.get("NINA_MEMBERS_DIR", facts.SUPERLINK_MEMBERS_DIR)
-ADMIN_APP = os.environ.get("NINA_ADMIN_APP", facts.SUPERLINK_ADMIN_APP)
-FEDERATION = os.environ.get("NINA_FEDERATION", facts.SUPERLINK_ADMIN_FEDERATION)
+CONNECTION = os.environ.get("NINA_CONNECTION", facts.SUPERLINK_ADMIN_CONNECTION)
 FLWR_HOME = os.environ.get("NINA_FLWR_HOME", facts.SUPERLINK_ADMIN_FLWR_HOME)
 WAIT = float(os.environ.get("NINA_CONTROL_WAIT", str(facts.MEMBERSHIP_WAIT_SECONDS)))
 INTERVAL = float(os.environ.get("NINA_RETRY_INTERVAL", "5"))
@@ -116,13 +116,13 @@ def refused(why: str) -> Failure:
 
 
 def check_paths() -> None:
-    """Root runs flwr (and its interpreter) and lets it read the admin project and write FLWR_HOME
+    """Root runs flwr (and its interpreter) and lets it read its connection config and write FLWR_HOME
     only where no service account can change them (nina.host.trust): a superlink or supernode
     user that could rename the venv or plant a link would otherwise choose what root runs.
     The program checks guard root (sudo on the SuperLink host): run unprivileged (the rehearsal,
     tests) flwr runs as the caller, with nothing to take, from wherever its venv is (a CI
     runner's Python lies in a world-writable tool cache)."""
-    whys = [trust.exec_problem(FLWR), trust.problem(ADMIN_APP), trust.problem(os.path.join(ADMIN_APP, "pyproject.toml"))]
+    whys = [trust.exec_problem(FLWR), trust.problem(FLWR_HOME), trust.problem(os.path.join(FLWR_HOME, facts.FLWR_CONFIG_FILE))]
     for why in whys if os.geteuid() == 0 else []:
         if why:
             raise refused(why)
@@ -147,7 +147,7 @@ def parse_json(out: str) -> dict[str, Any] | None:
 
 
 def flwr_env() -> dict[str, str]:
-    return dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
+    return dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", FLWR_HOME=FLWR_HOME, NO_COLOR="1", TERM="dumb")
 
 
 def run_flwr(argv: list[str]) -> tuple[int, str, str]:
@@ -211,24 +211,31 @@ def script_interpreter(path: str) -> str | None:
 
 
 class Worker:
-    """One interpreter running every flwr command of a batch (see WORKER_SOURCE)."""
+    """One interpreter running every flwr command of a batch (see WORKER_SOURCE). `script` and
+    `env` default to this program's flwr and its environment (the rehearsal passes its own, to
+    poll `flwr supernode ls` without starting a flwr process per poll)."""
 
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, script: str | None = None, env: dict[str, str] | None = None) -> None:
         # -I: not the caller's working directory (`-c` would put it first on sys.path: a
         # superlink user's directory there could shadow `json` for root), nor PYTHON* variables.
         self.proc = subprocess.Popen(
-            [python, "-I", "-c", WORKER_SOURCE, FLWR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=flwr_env(), text=True
+            [python, "-I", "-c", WORKER_SOURCE, script or FLWR],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=flwr_env() if env is None else env,
+            text=True,
         )
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
+    def run(self, argv: list[str], timeout: float = FLWR_TIMEOUT) -> tuple[int, str, str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps({"argv": argv}) + "\n")
             self.proc.stdin.flush()
             # One answer line per request, so nothing is left buffered between requests.
-            if not select.select([self.proc.stdout], [], [], FLWR_TIMEOUT)[0]:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
                 self.proc.kill()
-                raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {FLWR_TIMEOUT} s")
+                self.proc.wait()
+                raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {timeout:g} s")
             line = self.proc.stdout.readline()
         except OSError as exc:
             raise Failure(f"the flwr interpreter of the batch failed: {exc}") from None
@@ -253,7 +260,11 @@ WORKER: Worker | None = None  # set for a batch: flwr commands run there instead
 
 def flwr(*args: str) -> dict[str, Any]:
     """Run one flwr CLI command; return its JSON. Retries while the Control API is unavailable."""
-    argv = ["supernode", *args, ADMIN_APP, FEDERATION, "--format", "json"]
+    config = os.path.join(FLWR_HOME, facts.FLWR_CONFIG_FILE)
+    if not os.path.isfile(config):
+        # Without it flwr writes its own default, whose "local" connection starts a simulation SuperLink.
+        raise Failure(f"{config} is missing (it comes with the SuperLink's delivery)")
+    argv = ["supernode", *args, CONNECTION, "--format", "json"]
     deadline = time.monotonic() + WAIT
     while True:
         code, stdout, stderr = WORKER.run(argv) if WORKER is not None else run_flwr(argv)
@@ -320,7 +331,7 @@ def register(slug: str, pubkey: str) -> dict[str, Any]:
             if "already in use" in str(exc).lower():
                 raise Failure(
                     f"{exc} (the key is registered but {slug} has no record here: find its node id with "
-                    f"`flwr supernode ls {ADMIN_APP} {FEDERATION}` and write it to {record(slug, 'node_id')}, "
+                    f"`FLWR_HOME={FLWR_HOME} flwr supernode ls {CONNECTION}` and write it to {record(slug, 'node_id')}, "
                     f"the key to {record(slug, 'pub')})"
                 ) from None
             raise

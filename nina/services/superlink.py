@@ -1,5 +1,5 @@
 """A tenancy's Flower SuperLink (manual 4.1.2.17). Its delivery is `nina.render.superlink_delivery`
-(`<host>-superlink`): certificates, the admin project, run script and unit, nina-membership."""
+(`<host>-superlink`): certificates, the admin flwr CLI config, run script and unit, nina-membership."""
 
 from nina import facts
 from nina.services.model import FLOWER_DIRS, Directory, Service, User
@@ -17,7 +17,7 @@ SERVICE = Service(
         # root's: the service reads its run script here (root: the admin project); it writes only to its state volume.
         Directory(facts.SUPERLINK_OPT, 0o755),
         Directory(facts.SUPERLINK_STATE_DIR, 0o750, _USER),
-        Directory(facts.SUPERLINK_ADMIN_APP, 0o755, facts.ROOT_USER, facts.ROOT_USER),
+        Directory(facts.SUPERLINK_ADMIN_FLWR_HOME, 0o700, facts.ROOT_USER, facts.ROOT_USER),
     ),
     venv_programs=("flower-superlink", "flwr"),
 )
