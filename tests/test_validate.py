@@ -284,8 +284,10 @@ def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
         home = tmp_path / "flwr-home"
         home.mkdir()
         (home / facts.FLWR_CONFIG_FILE).write_text(connection_toml)
-        assert "FLWR_TELEMETRY_ENABLED=0 flwr ls uat-main" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
-        env = {**federation.env(), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(home)}
+        commands = _readme_block("export FLWR_TELEMETRY_ENABLED=0").splitlines()
+        assert commands[0].startswith("export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 "), commands
+        assert "flwr ls uat-main" in commands and "flwr log <run-id> uat-main --show" in commands, commands
+        env = {**federation.env(), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": str(home)}
         flwr = str(Path(sys.executable).parent / "flwr")
         ls = subprocess.run(
             [sshlab.IP, "netns", "exec", lab.op, flwr, "ls", "uat-main", "--format", "json"],
@@ -298,7 +300,6 @@ def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
         # The runs `nina validate` submitted through its own tunnel, seen through this one.
         assert runs and all(r["fab-id"] == "nina/nina-validation" for r in runs), ls.stdout + ls.stderr
         done = next(r["run-id"] for r in runs if r["status"].startswith("finished:completed"))
-        assert "flwr log <run-id> uat-main --show" in _readme_block("FLWR_TELEMETRY_ENABLED=0 flwr ls")
         log = subprocess.run(
             [sshlab.IP, "netns", "exec", lab.op, flwr, "log", done, "uat-main", "--show"],
             capture_output=True,
