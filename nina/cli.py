@@ -496,9 +496,14 @@ def _rehearse(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"kept {workdir} (kits with private keys, logs, state DB)")
+    return _verdict("rehearse", reports)
+
+
+def _verdict(command: str, reports: Sequence[Any]) -> int:
+    """The last lines of `nina rehearse` and `nina validate`: each failed tenancy, or ok."""
     failed = [r for r in reports if not r.ok]
     for r in failed:
-        print(f"nina rehearse: tenancy {r.tenancy}: FAILED: {r.reason}", file=sys.stderr)
+        print(f"nina {command}: tenancy {r.tenancy}: FAILED: {r.reason}", file=sys.stderr)
     if failed:
         return EXIT_FAILED
     print(f"ok: every organisation took part in every round ({', '.join(r.tenancy for r in reports)})")
@@ -577,13 +582,7 @@ def _validate(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    failed = [r for r in reports if not r.ok]
-    for r in failed:
-        print(f"nina validate: tenancy {r.tenancy}: FAILED: {r.reason}", file=sys.stderr)
-    if failed:
-        return EXIT_FAILED
-    print(f"ok: every organisation took part in every round ({', '.join(r.tenancy for r in reports)})")
-    return EXIT_OK
+    return _verdict("validate", reports)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vpnlab import Proc  # one process record for both labs
+
 IP = shutil.which("ip") or ""  # "" when missing (the tests skip)
 SSH = shutil.which("ssh") or ""
 SSH_KEYGEN = shutil.which("ssh-keygen") or ""
@@ -70,19 +72,6 @@ def unavailable_reason() -> str | None:
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     subprocess.run([SSH_KEYGEN, "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)], check=True, timeout=COMMAND_TIMEOUT)
     return path
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
 
 
 @dataclass
