@@ -1,7 +1,7 @@
 """Realistic stack outputs (`pulumi stack output --json --show-secrets`) for the site-kit tests
 and benchmark, with a real PKI: an ECDSA P-384 CA, VPN client certificates signed by it (CN =
 slug), SEC1 VPN keys and OpenSSH SuperNode keys as pulumi-tls writes them (`nina.localpki`), and
-OpenVPN tls-auth static keys. Organisations that keep their own keys send a CSR and an OpenSSH
+OpenVPN tls-crypt-v2 keys (one per on-premise organisation). Organisations that keep their own keys send a CSR and an OpenSSH
 public key; their private halves are returned beside the outputs (`Built.held`), never in them.
 
     from outputs_fixture import build_outputs, default_tenancies, many_tenancies
@@ -22,8 +22,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from nina import facts, localpki, outputs, pem
-from nina import vpn as vpn_files
+from nina import facts, localpki, outputs, pem, tlscrypt
 from nina.config import load_config
 from nina.plan import build_plan
 
@@ -88,11 +87,9 @@ def many_tenancies(n: int) -> list[TenancySpec]:
     return [TenancySpec("main", tuple(orgs))]
 
 
-def tls_auth_key(seed: str) -> str:
-    """An OpenVPN static key (2048 bits) in `openvpn --genkey secret` format."""
-    data = b"".join(hashlib.sha512(f"{seed}/{i}".encode()).digest() for i in range(4))
-    assert len(data) == facts.TLS_AUTH_KEY_BYTES
-    return vpn_files.tls_auth_key(data.hex())
+def _bytes(seed: str, size: int) -> bytes:
+    """`size` bytes derived from `seed` (deterministic stand-ins for pulumi-random's RandomBytes)."""
+    return b"".join(hashlib.sha512(f"{seed}/{i}".encode()).digest() for i in range(-(-size // 64)))[:size]
 
 
 def _key(seed: str) -> localpki.KeyPair:
@@ -168,7 +165,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
     tenancy_docs: dict[str, Any] = {}
     sn_keys: dict[str, str] = {}
     vpn_keys: dict[str, str] = {}
-    tls_keys: dict[str, str] = {}
+    tc_keys: dict[str, str] = {}
     for t in plan.tenancies:
         orgs: dict[str, Any] = {}
         for m in t.members:
@@ -190,7 +187,12 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
         vpn_doc = None
         if t.vpn is not None:
             vpn_doc = outputs.vpn(t.vpn, ips[t.vpn.host])
-            tls_keys[t.name] = tls_auth_key(f"{environment}/{t.name}/ta")
+            server = tlscrypt.server_key(_bytes(f"{environment}/{t.name}/tls-crypt-v2", tlscrypt.SERVER_KEY_BYTES))
+            for m in t.members:
+                if m.vpn_address is not None:
+                    tc_keys[m.slug] = tlscrypt.client_key(
+                        server, _bytes(f"{environment}/{m.slug}/tls-crypt-v2", tlscrypt.CLIENT_KEY_BYTES), m.slug
+                    )
         tenancy_docs[t.name] = outputs.tenancy(t, vpn_doc, orgs)
     built.outputs = outputs.document(
         plan,
@@ -203,7 +205,7 @@ def build_outputs(tenancies: list[TenancySpec], environment: str = "uat") -> Bui
         secrets={
             "supernode_private_keys": sn_keys,
             "vpn_client_private_keys": vpn_keys,
-            "vpn_tls_auth_keys": tls_keys,
+            "vpn_tls_crypt_v2_keys": tc_keys,
             "database_passwords": {
                 "keycloak": "kc-" + hashlib.sha256(b"kc").hexdigest()[:24],
                 "grafana": "gf-" + hashlib.sha256(b"gf").hexdigest()[:24],

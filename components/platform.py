@@ -127,7 +127,7 @@ class Platform(pulumi.ComponentResource):
         # Secret outputs, one mapping each so the public outputs stay readable.
         supernode_private_keys = {slug: key for t in tenancies.values() for slug, key in t.supernode_private_keys.items()}
         vpn_client_private_keys = {slug: key for t in tenancies.values() for slug, key in t.vpn_client_private_keys.items()}
-        vpn_tls_auth_keys = {name: t.vpn_tls_auth_key for name, t in tenancies.items() if t.vpn_tls_auth_key is not None}
+        vpn_tls_crypt_v2_keys = {slug: key for t in tenancies.values() for slug, key in t.vpn_tls_crypt_v2_keys.items()}
         self.outputs = outputs.document(
             plan,
             ca_cert_pem=ca.cert_pem,
@@ -139,7 +139,7 @@ class Platform(pulumi.ComponentResource):
             secrets={
                 "supernode_private_keys": pulumi.Output.secret(supernode_private_keys),
                 "vpn_client_private_keys": pulumi.Output.secret(vpn_client_private_keys),
-                "vpn_tls_auth_keys": pulumi.Output.secret(vpn_tls_auth_keys),
+                "vpn_tls_crypt_v2_keys": pulumi.Output.secret(vpn_tls_crypt_v2_keys),
                 "database_passwords": pulumi.Output.secret(database_passwords),
                 "ops_ssh_private_key": pulumi.Output.secret(access.private_key_openssh),
                 "platform_signing_private_key_pem": pulumi.Output.secret(signing.private_key_pem),

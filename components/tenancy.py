@@ -45,7 +45,7 @@ class Member(pulumi.ComponentResource):
             self.public_key_openssh = m.own_supernode_public_key.strip() + "\n"
             self.private_key_openssh = None
         else:
-            key = SuperNodeKey(f"supernode-{m.slug}", moved)
+            key = SuperNodeKey(f"supernode-{m.slug}{m.key_suffix}", moved)
             self.public_key_openssh, self.private_key_openssh = key.public_key_openssh, key.private_key_openssh
         registration = SuperNodeRegistration(
             f"{m.slug}-registration",
@@ -80,7 +80,7 @@ class Tenancy(pulumi.ComponentResource):
     document: dict[str, Any]
     supernode_private_keys: dict[str, pulumi.Output[str]]
     vpn_client_private_keys: dict[str, pulumi.Output[str]]
-    vpn_tls_auth_key: pulumi.Output[str] | None
+    vpn_tls_crypt_v2_keys: dict[str, pulumi.Output[str]]  # slug -> its own tls-crypt-v2 client key
 
     def __init__(self, name: str, args: TenancyArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("nina:flower:Tenancy", name, None, opts)
@@ -101,7 +101,7 @@ class Tenancy(pulumi.ComponentResource):
                 child,
             )
             vpn_doc = outputs.vpn(t.vpn, args.vpn_public_ip)
-        self.vpn_tls_auth_key = hub.tls_auth_key if hub is not None else None
+        self.vpn_tls_crypt_v2_keys = dict(hub.tls_crypt_v2_keys) if hub is not None else {}
         self.vpn_client_private_keys = dict(hub.client_private_keys) if hub is not None else {}
 
         self.supernode_private_keys = {}

@@ -180,6 +180,10 @@ class Organisation(_Strict):
     # OpenSSH public key of its SuperNode key pair; then no private key of theirs is in the stack.
     vpn_csr_pem: NonEmptyStr | None = None
     supernode_public_key: NonEmptyStr | None = None
+    # Raise by one to replace the organisation's kit (a lost laptop, a leaked key): new VPN and
+    # SuperNode keys, certificates and tls-crypt-v2 key; the old ones are refused by the VPN hub
+    # and the SuperLink at once. No other organisation's kit changes.
+    kit_generation: int = Field(default=1, ge=1, le=9999)
 
     _slug_ok = field_validator("slug")(classmethod(lambda cls, v: _slug(v)))
 

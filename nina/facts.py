@@ -191,10 +191,13 @@ OPENVPN_SERVER_DIR = "/etc/openvpn/server"
 OPENVPN_SERVER_CONF = "/etc/openvpn/server/server.conf"
 OPENVPN_SERVER_UNIT = "openvpn-server@server.service"
 OPENVPN_CCD_DIR = "/etc/openvpn/server/ccd"
-OPENVPN_SERVER_PKI = "/etc/openvpn/server/pki"  # ca.crt, issued/server.crt, private/server.key, private/ta.key
+OPENVPN_SERVER_PKI = "/etc/openvpn/server/pki"  # ca.crt, issued/server.crt, private/server.key, private/tls-crypt-v2-server.key
+# One file per on-premise organisation (name = slug = certificate CN): the SHA-256 of its current VPN
+# certificate and the id of its current tls-crypt-v2 key, checked per connection by VPN_VERIFY_BIN.
+OPENVPN_ALLOW_DIR = "/etc/openvpn/server/allowed"
 OPENVPN_CLIENT_CONF = "/etc/openvpn/client/client.conf"
 OPENVPN_CLIENT_UNIT = "openvpn-client@client.service"
-OPENVPN_CLIENT_CERTS = "/etc/openvpn/clientcerts"  # ca.crt, issued/<slug>.crt, private/<slug>.key, private/ta.key
+OPENVPN_CLIENT_CERTS = "/etc/openvpn/clientcerts"  # ca.crt, issued/<slug>.crt, private/<slug>.key, private/tls-crypt-v2.key
 OPENVPN_KEEPALIVE = (10, 60)
 
 # --- certificate profiles (shared by pulumi-tls resources and nina.localpki) ---------------
@@ -226,7 +229,8 @@ OPENVPN_CA_FILE = "ca.crt"  # the files under OPENVPN_SERVER_PKI and OPENVPN_CLI
 OPENVPN_ISSUED_DIR = "issued"
 OPENVPN_PRIVATE_DIR = "private"
 OPENVPN_SERVER_CERT_NAME = "server"  # issued/server.crt, private/server.key
-OPENVPN_TLS_AUTH_FILE = "ta.key"  # in private/
+OPENVPN_TLS_CRYPT_V2_SERVER_FILE = "tls-crypt-v2-server.key"  # in the server's private/
+OPENVPN_TLS_CRYPT_V2_CLIENT_FILE = "tls-crypt-v2.key"  # in a site's private/: its own control-channel key
 OPENVPN_USER = "nobody"
 OPENVPN_GROUP = "nogroup"
 OPENVPN_SERVER_POLL_TIMEOUT = 10  # seconds a client waits on UDP before trying TCP
@@ -235,7 +239,8 @@ OPENVPN_SERVER_POLL_TIMEOUT = 10  # seconds a client waits on UDP before trying 
 # organisation whose client-config-dir entry changed or went, instead of restarting the servers.
 OPENVPN_RUN_DIR = "/run/openvpn-server"
 OPENVPN_MANAGEMENT_SOCKETS = (f"{OPENVPN_RUN_DIR}/server.sock", f"{OPENVPN_RUN_DIR}/server-tcp.sock")  # UDP, TCP
-TLS_AUTH_KEY_BYTES = 256  # OpenVPN static key: 2048 bits
+# Both server instances run it per connection (--tls-crypt-v2-verify, --tls-verify): nina.host.vpn_verify.
+VPN_VERIFY_BIN = "/usr/local/sbin/nina-vpn-verify"
 VPN_FORWARDING_BIN = "/usr/local/sbin/nina-vpn-forwarding"
 VPN_FORWARDING_UNIT = "nina-vpn-forwarding.service"
 VPN_SYSCTL_DROPIN = "/etc/sysctl.d/60-nina-vpn.conf"

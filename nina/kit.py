@@ -28,7 +28,6 @@ import gzip
 import hashlib
 import io
 import os
-import re
 import shlex
 import tarfile
 import tempfile
@@ -65,11 +64,6 @@ BASE_IMAGES = {
 CONTAINER_NAME = "nina-supernode"
 TAR_MTIME = 0
 DIR_MODE, PRIVATE_DIR_MODE = 0o755, 0o700
-
-# The whole value: `#` comment lines (as `openvpn --genkey secret` writes them), then exactly one block.
-_TLS_AUTH_RE = re.compile(
-    r"(?:#[^\n]*\n)*-----BEGIN OpenVPN Static key V1-----\n((?:[0-9a-fA-F]+\n)+)-----END OpenVPN Static key V1-----\n?\Z"
-)
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,7 +153,7 @@ class StackOutputs:
     organisations: Mapping[str, Organisation]  # by slug, sorted
     supernode_private_keys: Mapping[str, str]
     vpn_client_private_keys: Mapping[str, str]
-    vpn_tls_auth_keys: Mapping[str, str]
+    vpn_tls_crypt_v2_keys: Mapping[str, str]  # slug -> the organisation's own tls-crypt-v2 client key
     signing_key_pem: str  # the platform's kit-signing key (secret)
     signing_public_key_pem: str
     signing_key_sha256: str
@@ -204,7 +198,7 @@ def parse_outputs(raw: Any) -> StackOutputs:
         organisations=dict(sorted(orgs.items())),
         supernode_private_keys=doc.supernode_private_keys,
         vpn_client_private_keys=doc.vpn_client_private_keys,
-        vpn_tls_auth_keys=doc.vpn_tls_auth_keys,
+        vpn_tls_crypt_v2_keys=doc.vpn_tls_crypt_v2_keys,
         signing_key_pem=doc.platform_signing_private_key_pem,
         signing_public_key_pem=doc.platform_signing_key.public_key_pem,
         signing_key_sha256=doc.platform_signing_key.sha256,
@@ -221,15 +215,6 @@ def _secret(maps: Mapping[str, str], key: str) -> str:
     return value if value.endswith("\n") else value + "\n"
 
 
-def tls_auth_key(out: StackOutputs, tenancy: str) -> str:
-    """The tenancy's tls-auth key, formatted by nina.vpn exactly as the VPN server gets it."""
-    value = out.vpn_tls_auth_keys[tenancy].replace("\r\n", "\n").strip() + "\n"
-    match = _TLS_AUTH_RE.match(value)  # the whole value: nothing before or after the one block
-    if match is None:
-        raise ValueError("not exactly one BEGIN/END block of hex lines, with nothing but '#' comment lines before it and nothing after it")
-    return vpn_files.tls_auth_key(match.group(1).replace("\n", ""))
-
-
 def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
     problems: list[tuple[str, str]] = []
     ca = x509.load_pem_x509_certificate(out.ca_cert_pem.encode())
@@ -239,11 +224,11 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
         try:
             key = serialization.load_ssh_private_key(pem.encode(), password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            problems.append((where, f"is not an unencrypted OpenSSH private key ({exc}); flwr 1.25 reads only that format"))
+            problems.append((where, f"is not an unencrypted OpenSSH private key ({exc}); flwr reads only that format"))
         else:
             public = serialization.load_ssh_public_key(org.supernode_public_key.encode())
             if not isinstance(key, ec.EllipticCurvePrivateKey):
-                problems.append((where, "is not an ECDSA key; flwr 1.25 accepts only NIST-curve ECDSA SuperNode keys"))
+                problems.append((where, "is not an ECDSA key; flwr accepts only NIST-curve ECDSA SuperNode keys"))
             elif key.public_key() != public:
                 problems.append(
                     (
@@ -276,16 +261,6 @@ def _check_org_crypto(out: StackOutputs, org: Organisation) -> None:
                 else:
                     if vkey.public_key() != cert.public_key():
                         problems.append((kwhere, f"does not belong to {where}"))
-        try:
-            tls_auth_key(out, org.tenancy)
-        except ValueError as exc:
-            problems.append(
-                (
-                    schema.at("vpn_tls_auth_keys", org.tenancy),
-                    f"is not an OpenVPN static key ({exc}); expected "
-                    "the '-----BEGIN OpenVPN Static key V1-----' block `openvpn --genkey secret` writes",
-                )
-            )
     if problems:
         raise KitError(problems)
 
@@ -372,7 +347,7 @@ def _text(value: str) -> bytes:
 
 
 def _vpn_paths(slug: str) -> dict[str, str]:
-    """ca, cert, key, tls_auth: where nina.vpn's client.conf expects them."""
+    """ca, cert, key, tls_crypt_v2: where nina.vpn's client.conf expects them."""
     return vpn_files.client_certs_paths(slug)
 
 
@@ -494,12 +469,12 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
                 about=f"your VPN client certificate (CN {org.slug})",
             ),
             KitFile(
-                _rel(vp["tls_auth"]),
-                _text(tls_auth_key(out, org.tenancy)),
+                _rel(vp["tls_crypt_v2"]),
+                _text(out.vpn_tls_crypt_v2_keys[org.slug]),
                 0o600,
-                vp["tls_auth"],
+                vp["tls_crypt_v2"],
                 tag="vpn",
-                about="SECRET: the VPN's tls-auth key (shared by the tenancy's VPN clients)",
+                about="SECRET: your organisation's own tls-crypt-v2 key (the VPN's control channel; no other site has it)",
             ),
         ]
         if not org.holds_vpn_key:
@@ -681,7 +656,7 @@ def _held_keys(org: Organisation) -> list[dict[str, str]]:
 def _secrets(org: Organisation) -> list[str]:
     secrets = [] if org.holds_supernode_key else ["the SuperNode's private key"]
     if org.onprem:
-        secrets += ([] if org.holds_vpn_key else ["your VPN private key"]) + ["the VPN's tls-auth key"]
+        secrets += ([] if org.holds_vpn_key else ["your VPN private key"]) + ["your tls-crypt-v2 key"]
     return secrets
 
 

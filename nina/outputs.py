@@ -19,7 +19,7 @@ Top-level keys:
 
     environment, ca_cert_pem, platform_signing_key, tenancies, hosts,
     bastion_ip, database                                                      (public)
-    supernode_private_keys, vpn_client_private_keys, vpn_tls_auth_keys,
+    supernode_private_keys, vpn_client_private_keys, vpn_tls_crypt_v2_keys,
     database_passwords, ops_ssh_private_key, platform_signing_private_key_pem (secret)
 
 Pure: never imports pulumi.
@@ -39,7 +39,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from nina import facts, pem, text
+from nina import facts, pem, text, tlscrypt
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Host as HostPlan
@@ -53,7 +53,7 @@ HIDDEN = f"is hidden ({SECRET_PLACEHOLDER!r}); export the outputs with `pulumi s
 SECRET_KEYS = (
     "supernode_private_keys",
     "vpn_client_private_keys",
-    "vpn_tls_auth_keys",
+    "vpn_tls_crypt_v2_keys",
     "database_passwords",
     "ops_ssh_private_key",
     "platform_signing_private_key_pem",
@@ -220,6 +220,7 @@ Secret = Annotated[Str, BeforeValidator(_not_hidden)]
 SecretMap = Annotated[dict[Str, Secret], BeforeValidator(_not_hidden)]
 OpensshPrivateKey = Annotated[Secret, AfterValidator(_strict(pem.openssh_private_key))]
 PemPrivateKey = Annotated[Secret, AfterValidator(_strict(pem.private_key))]
+TlsCryptV2Key = Annotated[Secret, AfterValidator(tlscrypt.client_key_file)]
 
 
 class _Model(BaseModel):
@@ -323,7 +324,7 @@ class Document(_Model):
     database: Database | None
     supernode_private_keys: Annotated[dict[Str, OpensshPrivateKey], BeforeValidator(_not_hidden)]
     vpn_client_private_keys: Annotated[dict[Str, PemPrivateKey], BeforeValidator(_not_hidden)]
-    vpn_tls_auth_keys: SecretMap
+    vpn_tls_crypt_v2_keys: Annotated[dict[Str, TlsCryptV2Key], BeforeValidator(_not_hidden)]
     database_passwords: SecretMap
     ops_ssh_private_key: OpensshPrivateKey
     platform_signing_private_key_pem: PemPrivateKey
@@ -548,23 +549,20 @@ def _check_organisation(slug: str, org: Organisation, t: Tenancy, op: str) -> It
 
 def _check_secrets(doc: Document) -> Iterator[tuple[str, str]]:
     """Each private key is in the stack exactly when the organisation does not keep it itself."""
-    tls_auth_needed: dict[str, str] = {}  # tenancy -> first on-premise slug
     for name, slug, org in doc.organisations():
         op = at(at(at("tenancies", name), "organisations"), slug)
         held = at(op, "keys_held_by_organisation")
         wanted = [("supernode_private_keys", doc.supernode_private_keys, org.keys_held_by_organisation.supernode, "supernode")]
         if org.onprem:
             wanted.append(("vpn_client_private_keys", doc.vpn_client_private_keys, org.keys_held_by_organisation.vpn, "vpn"))
-            tls_auth_needed.setdefault(name, slug)
+            if slug not in doc.vpn_tls_crypt_v2_keys:
+                yield at("vpn_tls_crypt_v2_keys", slug), f"missing; the kit of {slug!r} needs its own tls-crypt-v2 key"
         for table_name, table, kept, flag in wanted:
             where = at(table_name, slug)
             if kept and slug in table:
                 yield where, f"present, but {held}.{flag} is true: the organisation keeps this key, so the stack must not hold it"
             elif not kept and slug not in table:
                 yield where, f"missing; the kit of {slug!r} needs it (or set {held}.{flag} if the organisation keeps this key itself)"
-    for name, slug in tls_auth_needed.items():
-        if name not in doc.vpn_tls_auth_keys:
-            yield at("vpn_tls_auth_keys", name), f"missing; the kit of {slug!r} needs it"
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,6 +101,15 @@ class Member:
     vpn_address: str | None = None  # fixed VPN address (on-premise organisations)
     own_vpn_csr: str | None = None  # the organisation keeps its VPN key: sign this CSR
     own_supernode_public_key: str | None = None  # ... and its SuperNode key: register this
+    kit_generation: int = 1  # raised in the config to replace the organisation's kit (keys, certificates)
+
+    @property
+    def key_suffix(self) -> str:
+        """Part of the names of the organisation's key and certificate resources: a new
+        generation names new resources, so Pulumi makes new keys and certificates (and drops
+        the old ones), and the VPN hub and SuperLink admit only the new ones. Generation 1 has
+        no suffix (the names of stacks deployed before generations existed)."""
+        return "" if self.kit_generation == 1 else f"-g{self.kit_generation}"
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,7 @@ def build_plan(cfg: StackConfig) -> Plan:
                 vpn_address=str(pool.network_address + facts.VPN_CLIENT_OFFSET + ids[o.slug]) if pool and o.placement == "onprem" else None,
                 own_vpn_csr=None if o.vpn_csr_pem is None else pem.csr(o.vpn_csr_pem),  # canonical (checked by nina.config)
                 own_supernode_public_key=o.supernode_public_key,
+                kit_generation=o.kit_generation,
             )
             for o in ten.organisations
         )
@@ -299,7 +309,9 @@ def build_plan(cfg: StackConfig) -> Plan:
                 superlink_ip=sl.fixed_ip,
                 certificate=Certificate(vh.name, vh.name, (vh.name,), (), server=True),
                 clients=tuple(
-                    Certificate(f"vpn-client-{m.slug}", m.slug, (), (), server=False) for m in members_of[ten.name] if m.vpn_address
+                    Certificate(f"vpn-client-{m.slug}{m.key_suffix}", m.slug, (), (), server=False)
+                    for m in members_of[ten.name]
+                    if m.vpn_address
                 ),
             )
         tenancy_plans.append(

@@ -5,8 +5,8 @@
 From the validated stack config (nina.cli.check_stack + nina.plan.build_plan) a rehearsal:
 
 1. makes the PKI with nina.localpki from the plan's certificate specs (CA, each tenancy's
-   SuperLink certificate, one SuperNode key per organisation, VPN client certificates and a
-   tls-auth key for on-premise organisations) in pulumi-tls's formats;
+   SuperLink certificate, one SuperNode key per organisation, VPN client certificates and
+   tls-crypt-v2 keys for on-premise organisations) in pulumi-tls's and OpenVPN's formats;
 2. assembles the stack outputs with nina.outputs, as the program does (`stack_outputs`; the VPN's
    public IP is the documentation address facts.REHEARSAL_PUBLIC_IP) and builds and extracts
    every organisation's site kit with nina.kit.build_kit;
@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nina import facts, flwrcli, kit, localpki, outputs, pem, render, vpn
+from nina import facts, flwrcli, kit, localpki, outputs, pem, render, tlscrypt
 from nina.host.membership import Failure, Worker, parse_json, script_interpreter  # one reader of flwr's JSON output
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
@@ -82,7 +82,8 @@ class Pki:
     superlinks: dict[str, tuple[str, str]]  # tenancy -> (cert, key) PEM
     supernodes: dict[str, localpki.KeyPair]  # slug -> OpenSSH key pair
     vpn_clients: dict[str, tuple[str, str]]  # slug -> (cert, key) PEM
-    tls_auth: dict[str, str]  # tenancy -> static key file
+    tls_crypt_v2_servers: dict[str, str]  # tenancy -> server key file
+    tls_crypt_v2: dict[str, str]  # slug -> its client key file
     notes: list[str] = field(default_factory=list)
 
 
@@ -103,7 +104,7 @@ def _leaf(spec: Certificate, ca_cert: str, ca_key: str) -> tuple[str, str]:
 def build_pki(plan: Plan) -> Pki:
     ca_key = _key().private_key_pem
     ca_cert = localpki.self_signed_ca(ca_key, facts.CA_SUBJECT, facts.CA_VALIDITY_HOURS, facts.CA_CERT_USES)
-    pki = Pki(ca_cert, ca_key, {}, {}, {}, {})
+    pki = Pki(ca_cert, ca_key, {}, {}, {}, {}, {})
     for t in plan.tenancies:
         pki.superlinks[t.name] = _leaf(t.certificate, ca_cert, ca_key)
         for m in t.members:
@@ -111,9 +112,12 @@ def build_pki(plan: Plan) -> Pki:
             if m.own_supernode_public_key or m.own_vpn_csr:
                 pki.notes.append(f"{m.slug} keeps its own keys in the stack; the rehearsal uses stand-in keys for it")
         if t.vpn is not None:
-            pki.tls_auth[t.name] = vpn.tls_auth_key(secrets.token_hex(facts.TLS_AUTH_KEY_BYTES))
+            server = pki.tls_crypt_v2_servers[t.name] = tlscrypt.server_key(secrets.token_bytes(tlscrypt.SERVER_KEY_BYTES))
             for spec in t.vpn.clients:
                 pki.vpn_clients[spec.common_name] = _leaf(spec, ca_cert, ca_key)
+                pki.tls_crypt_v2[spec.common_name] = tlscrypt.client_key(
+                    server, secrets.token_bytes(tlscrypt.CLIENT_KEY_BYTES), spec.common_name
+                )
     return pki
 
 
@@ -142,7 +146,7 @@ def stack_outputs(plan: Plan, pki: Pki) -> dict[str, Any]:
         secrets={
             "supernode_private_keys": {slug: k.private_key_openssh for slug, k in pki.supernodes.items()},
             "vpn_client_private_keys": {slug: c[1] for slug, c in pki.vpn_clients.items()},
-            "vpn_tls_auth_keys": dict(pki.tls_auth),
+            "vpn_tls_crypt_v2_keys": dict(pki.tls_crypt_v2),
             "database_passwords": {},
             "ops_ssh_private_key": _key().private_key_openssh,
             "platform_signing_private_key_pem": signing.private_key_pem,

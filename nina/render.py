@@ -284,7 +284,7 @@ SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
 # five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
 INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
-HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py")
+HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py", "host/vpn_verify.py")
 
 
 @lru_cache(maxsize=1)
@@ -317,7 +317,8 @@ def receive_command(lib: str = facts.HOST_LIB_DIR, program: str = "install_files
     return "sudo " + shlex.join(receive_argv(lib, program))
 
 
-def _launcher(module: str, lib: str) -> str:
+def launcher(module: str, lib: str = facts.HOST_LIB_CURRENT) -> str:
+    """A root-owned program file that runs nina.host.`module` from `lib` with the host's python3 -I."""
     return (
         f"#!{facts.HOST_PYTHON} -I\n"
         f'"""Runs nina.host.{module} from {lib} (installed there by a delivery\'s receiver)."""\n'
@@ -329,12 +330,12 @@ def _launcher(module: str, lib: str) -> str:
 
 def install_files_script(lib: str = facts.HOST_LIB_CURRENT) -> str:
     """`nina-install-files` (facts.INSTALL_FILES_BIN): a launcher of nina.host.install_files in `lib`."""
-    return _launcher("install_files", lib)
+    return launcher("install_files", lib)
 
 
 def membership_script(lib: str = facts.HOST_LIB_CURRENT) -> str:
     """`nina-membership` (facts.MEMBERSHIP_BIN): a launcher of nina.host.membership in `lib`."""
-    return _launcher("membership", lib)
+    return launcher("membership", lib)
 
 
 def bootstrap_check_script(host: str, checks: Sequence[Sequence[str]]) -> str:

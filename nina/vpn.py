@@ -23,8 +23,20 @@ directive, which would `ifconfig` its tap); instead:
 - each organisation's address comes from its client-config-dir file (`ifconfig-push
   <Member.vpn_address> <netmask>`, file name = certificate CN = slug), read by whichever
   instance the client reached: the address is the same over UDP and TCP. `ccd-exclusive`
-  refuses any certificate without such a file, so deleting the file (the delivery prunes
-  files of removed organisations) locks an organisation out without a CRL.
+  refuses any certificate without such a file.
+
+Admission: revocation without a CRL
+-----------------------------------
+Each on-premise organisation has its own tls-crypt-v2 client key (nina.tlscrypt; no key is
+shared by the tenancy's sites) and a file in facts.OPENVPN_ALLOW_DIR naming the SHA-256 of its
+current certificate and the id of its current tls-crypt-v2 key. Both instances run
+`nina-vpn-verify` (nina.host.vpn_verify) per connection: the key is checked before any TLS,
+the certificate at the TLS handshake. So an organisation that leaves (its files pruned) and a
+replaced kit (its files rewritten: `kit_generation`, a new CSR or key) are refused at once,
+although the CA signed the old certificate and an organisation of that name is still admitted.
+These files and the client-config-dir are "hot": changing them restarts nothing and
+disconnects only the organisation concerned. An allow-list of the current certificates needs no
+record of the old ones, which a CRL would (Pulumi keeps no history of replaced certificates).
 
 There is no dynamic pool: a client without a CCD file never gets in. An organisation that
 connects over both transports at once would hold its address twice (its own problem; the
@@ -45,23 +57,25 @@ facts.CLIENT_CERT_USES give them.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from nina import config, facts, services, templating
+from nina import config, facts, pem, services, templating, tlscrypt
+from nina.host import vpn_verify
 from nina.plan import Member, VpnPlan
-from nina.render import DeliveredFile, delivery_payload, service_files
+from nina.render import DeliveredFile, delivery_payload, launcher, service_files
 
 SERVER_UNITS = services.vpn.SERVER_UNITS
-STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
-STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_HEX_RE = re.compile(r"^[0-9a-fA-F]*$")
 
 
 @lru_cache(maxsize=1)
@@ -125,13 +139,13 @@ def _pem(value: str, what: str, marker: str) -> str:
 
 
 def client_certs_paths(slug: str) -> dict[str, str]:
-    """Where the client config expects its files (manual 4.1.2.3.1): ca, cert, key, tls_auth."""
+    """Where the client config expects its files (manual 4.1.2.3.1): ca, cert, key, tls_crypt_v2."""
     base = facts.OPENVPN_CLIENT_CERTS
     return {
         "ca": f"{base}/{facts.OPENVPN_CA_FILE}",
         "cert": f"{base}/{facts.OPENVPN_ISSUED_DIR}/{_slug(slug)}.crt",
         "key": f"{base}/{facts.OPENVPN_PRIVATE_DIR}/{slug}.key",
-        "tls_auth": f"{base}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_AUTH_FILE}",
+        "tls_crypt_v2": f"{base}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}",
     }
 
 
@@ -172,6 +186,7 @@ def _server(vpn: VpnPlan, proto: str) -> str:
         prefix=vpn.pool.prefixlen,
         routes=[(str(n.network_address), str(n.netmask)) for n in vpn.routes],
         pki=facts.OPENVPN_SERVER_PKI,
+        verify=facts.VPN_VERIFY_BIN,
     )
 
 
@@ -225,33 +240,6 @@ def openvpn_server_dropin() -> str:
     return _render("openvpn-server.dropin.conf.j2")
 
 
-# --- tls-auth key ---------------------------------------------------------------------------
-
-
-def tls_auth_key(hex_2048_bits: str) -> str:
-    """OpenVPN's static key file (as `openvpn --genkey secret` writes it) from 512 hex digits."""
-    size = facts.TLS_AUTH_KEY_BYTES
-    if not isinstance(hex_2048_bits, str):
-        raise ValueError(f"tls-auth key must be a string of {2 * size} hex digits")
-    digits = hex_2048_bits.strip().lower()
-    if len(digits) != 2 * size or not _HEX_RE.match(digits):
-        raise ValueError(f"tls-auth key must be exactly {2 * size} hex digits ({size} random bytes), got {len(digits)} characters")
-    if len(set(digits)) < 2:
-        raise ValueError("tls-auth key is a single repeated digit: not random bytes")
-    lines = [digits[i : i + 32] for i in range(0, len(digits), 32)]
-    return "\n".join(["#", f"# {size * 8} bit OpenVPN static key", "#", STATIC_KEY_BEGIN, *lines, STATIC_KEY_END]) + "\n"
-
-
-def _static_key(value: str) -> str:
-    """A formatted static key (re-checked) or 512 hex digits (formatted)."""
-    if isinstance(value, str) and STATIC_KEY_BEGIN in value:
-        body = value.split(STATIC_KEY_BEGIN, 1)[1]
-        if STATIC_KEY_END not in body:
-            raise ValueError("tls-auth key has no END line")
-        return tls_auth_key("".join(body.split(STATIC_KEY_END, 1)[0].split()))
-    return tls_auth_key(value)
-
-
 # --- delivery -------------------------------------------------------------------------------
 
 
@@ -262,8 +250,28 @@ def server_pki_paths() -> dict[str, str]:
         "ca": f"{pki}/{facts.OPENVPN_CA_FILE}",
         "cert": f"{pki}/{facts.OPENVPN_ISSUED_DIR}/{name}.crt",
         "key": f"{pki}/{facts.OPENVPN_PRIVATE_DIR}/{name}.key",
-        "tls_auth": f"{pki}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_AUTH_FILE}",
+        "tls_crypt_v2": f"{pki}/{facts.OPENVPN_PRIVATE_DIR}/{facts.OPENVPN_TLS_CRYPT_V2_SERVER_FILE}",
     }
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What one on-premise organisation may connect with: its current VPN client certificate
+    and the id of its current tls-crypt-v2 client key (nina.tlscrypt.key_id)."""
+
+    cert_pem: str
+    tls_crypt_v2_key_id: str
+
+
+def allow_entry(slug: str, admitted: Admitted) -> str:
+    """The organisation's file in facts.OPENVPN_ALLOW_DIR (nina.host.vpn_verify reads it per connection)."""
+    der = x509.load_pem_x509_certificate(pem.certificate(admitted.cert_pem).encode()).public_bytes(serialization.Encoding.DER)
+    return vpn_verify.allow_entry(_slug(slug), hashlib.sha256(der).hexdigest(), admitted.tls_crypt_v2_key_id)
+
+
+def verify_program() -> str:
+    """facts.VPN_VERIFY_BIN: a launcher of nina.host.vpn_verify (installed by every delivery's receiver)."""
+    return launcher("vpn_verify")
 
 
 def vpn_delivery(
@@ -272,29 +280,37 @@ def vpn_delivery(
     ca_cert_pem: str,
     server_cert_pem: str,
     server_key_pem: str,
-    tls_auth_key: str,
+    tls_crypt_v2_server_key: str,
+    admitted: Mapping[str, Admitted],
 ) -> str:
-    """Payload for the VPN host: both server configs, the PKI, one CCD file per on-premise
-    member (others are pruned: a removed organisation is refused). A change to the configs or
-    the PKI restarts the forwarding unit and both instances; a change only to client-config-dir
-    entries restarts nothing and disconnects just the organisations concerned.
+    """Payload for the VPN host: both server configs, the PKI, the admission check
+    (nina-vpn-verify), and per on-premise member one client-config-dir file (its address) and one
+    allow file (its current certificate and tls-crypt-v2 key), `admitted[slug]`. Others are
+    pruned: a removed organisation is refused, and so is a replaced kit's certificate or key.
+    A change to the configs or the PKI restarts the forwarding unit and both instances; a change
+    only to the per-organisation files restarts nothing and disconnects just the organisations
+    concerned.
 
-    `tls_auth_key` is the static key file (`tls_auth_key()`) or its 512 hex digits.
+    `tls_crypt_v2_server_key` is the server key file (nina.tlscrypt.server_key).
     """
     paths = server_pki_paths()
+    server_tc = tlscrypt.server_key_file(tls_crypt_v2_server_key)
     files = [
         DeliveredFile(facts.OPENVPN_SERVER_CONF, server_conf(vpn), 0o644),
         DeliveredFile(facts.OPENVPN_TCP_SERVER_CONF, server_tcp_conf(vpn), 0o644),
         DeliveredFile(paths["ca"], _pem(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE"), 0o644),
         DeliveredFile(paths["cert"], _pem(server_cert_pem, "VPN server certificate", "BEGIN CERTIFICATE"), 0o644),
         DeliveredFile(paths["key"], _pem(server_key_pem, "VPN server key", "PRIVATE KEY"), 0o600),
-        DeliveredFile(paths["tls_auth"], _static_key(tls_auth_key), 0o600),
+        DeliveredFile(paths["tls_crypt_v2"], server_tc, 0o600),
+        DeliveredFile(facts.VPN_VERIFY_BIN, verify_program(), 0o755),
         # The hub's bridge, forwarding and firewall (started before the servers: their drop-in
         # Requires it), delivered in place like the rest.
         *service_files(facts.VPN_FORWARDING_BIN, forwarding_script(vpn), facts.VPN_FORWARDING_UNIT, forwarding_unit()),
         DeliveredFile(facts.OPENVPN_SERVER_DROPIN, openvpn_server_dropin(), 0o644),
     ]
     on_premise = sorted((m for m in members if m.vpn_address is not None), key=lambda m: m.slug)
+    if set(admitted) != {m.slug for m in on_premise}:
+        raise ValueError(f"admitted organisations {sorted(admitted)} must be exactly the on-premise members {[m.slug for m in on_premise]}")
     seen: dict[str, str] = {}
     for m in on_premise:
         entry = ccd_entry(vpn, m)
@@ -303,11 +319,13 @@ def vpn_delivery(
             raise ValueError(f"{m.slug!r} and {seen[m.vpn_address]!r} share the VPN address {m.vpn_address}")
         seen[m.vpn_address] = m.slug
         files.append(DeliveredFile(posixpath.join(facts.OPENVPN_CCD_DIR, m.slug), entry, 0o644))
-    # Onboarding or removing an organisation changes only its CCD file: no restart, only that
-    # organisation is disconnected (see nina-install-files, "hot").
+        files.append(DeliveredFile(posixpath.join(facts.OPENVPN_ALLOW_DIR, m.slug), allow_entry(m.slug, admitted[m.slug]), 0o644))
+    # Onboarding, removing or replacing an organisation's kit changes only its own files here:
+    # no restart, only that organisation is disconnected (see nina-install-files, "hot").
+    sockets = list(facts.OPENVPN_MANAGEMENT_SOCKETS)
     return delivery_payload(
         files,
         list(services.vpn.UNITS),
-        prune=[facts.OPENVPN_CCD_DIR],
-        hot={facts.OPENVPN_CCD_DIR: list(facts.OPENVPN_MANAGEMENT_SOCKETS)},
+        prune=[facts.OPENVPN_CCD_DIR, facts.OPENVPN_ALLOW_DIR],
+        hot={facts.OPENVPN_CCD_DIR: sockets, facts.OPENVPN_ALLOW_DIR: sockets},
     )

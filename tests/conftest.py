@@ -114,11 +114,13 @@ def vpn_tenancy(vpn_raw_uat):
 @pytest.fixture(scope="session")
 def vpn_pki(vpn_tenancy):
     """A real local PKI for the hub (nina.localpki, ECDSA P-384, the pulumi-tls profiles):
-    {"ca", "ca_key", "server_cert", "server_key", "tls_auth", "clients": {slug: (cert, key)},
+    {"ca", "ca_key", "server_cert", "server_key", "clients": {slug: (cert, key)},
+    "tls_crypt_v2_server": server key file, "tls_crypt_v2": {slug: client key file},
+    "admitted": {slug: nina.vpn.Admitted} (the hub's allow-list of those clients),
     "sign": fn(cn, uses, ca=..., ca_key=...) -> (cert, key), "other_ca": (cert, key)}."""
     import secrets
 
-    from nina import facts, localpki, vpn
+    from nina import facts, localpki, tlscrypt, vpn
 
     def new_ca(cn: str) -> tuple[str, str]:
         key = localpki.generate_key().private_key_pem
@@ -133,13 +135,18 @@ def vpn_pki(vpn_tenancy):
 
     v = vpn_tenancy.vpn
     server_cert, server_key = sign(v.certificate.common_name, facts.SERVER_CERT_USES)
+    tc_server = tlscrypt.server_key(secrets.token_bytes(tlscrypt.SERVER_KEY_BYTES))
+    clients = {c.common_name: sign(c.common_name) for c in v.clients}
+    tc = {slug: tlscrypt.client_key(tc_server, secrets.token_bytes(tlscrypt.CLIENT_KEY_BYTES), slug) for slug in clients}
     return {
         "ca": ca,
         "ca_key": ca_key,
         "server_cert": server_cert,
         "server_key": server_key,
-        "tls_auth": vpn.tls_auth_key(secrets.token_hex(facts.TLS_AUTH_KEY_BYTES)),
-        "clients": {c.common_name: sign(c.common_name) for c in v.clients},
+        "tls_crypt_v2_server": tc_server,
+        "tls_crypt_v2": tc,
+        "admitted": {slug: vpn.Admitted(cert, tlscrypt.client_key_id(tc[slug])) for slug, (cert, _) in clients.items()},
+        "clients": clients,
         "sign": sign,
         "other_ca": new_ca("Some other CA"),
     }

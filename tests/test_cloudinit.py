@@ -211,7 +211,7 @@ def test_volume_ids_are_required_and_checked(render_plans):
         user_data(plan, host, {"state": "abc; reboot"})
 
 
-def test_vpn_host(render_plans, rendered):
+def test_vpn_host(render_plans, rendered, vpn_pki):
     """The OpenVPN hub (details and the real tunnel: test_vpn.py, test_vpn_tunnel.py)."""
     from nina import vpn
 
@@ -222,7 +222,9 @@ def test_vpn_host(render_plans, rendered):
     # The hub's bridge/forwarding script, its unit and the servers' drop-in come with the VPN delivery.
     assert {facts.VPN_FORWARDING_BIN, f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}", facts.OPENVPN_SERVER_DROPIN}.isdisjoint(files)
     assert not any(facts.VPN_FORWARDING_UNIT in c for c in doc["runcmd"])
-    payload = json.loads(vpn.vpn_delivery(hub, render_plans["uat"].tenancies[0].members, CA_PEM, CA_PEM, KEY_PEM, "0123456789abcdef" * 32))
+    members = render_plans["uat"].tenancies[0].members
+    admitted = {m.slug: vpn_pki["admitted"][m.slug] for m in members if m.vpn_address}
+    payload = json.loads(vpn.vpn_delivery(hub, members, CA_PEM, CA_PEM, KEY_PEM, vpn_pki["tls_crypt_v2_server"], admitted))
     delivered = {f["path"]: f for f in payload["files"]}
     assert (
         delivered[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)

@@ -87,7 +87,7 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
                 "etc/openvpn/client/client.conf": 0o644,
                 "etc/openvpn/clientcerts/ca.crt": 0o644,
                 f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
-                "etc/openvpn/clientcerts/private/ta.key": 0o600,
+                "etc/openvpn/clientcerts/private/tls-crypt-v2.key": 0o600,
             }
         )
         if not own_keys:
@@ -219,9 +219,8 @@ def foreign_markers(outputs: dict, slug: str) -> list[str]:
             markers += [t["superlink"]["internal_ip"], t["superlink"]["host"]]
             if t["vpn"]:
                 markers += [t["vpn"]["public_ip"], t["vpn"]["host"], t["vpn"]["pool_cidr"].rsplit(".", 1)[0] + "."]
-            if t_name in outputs["vpn_tls_auth_keys"]:
-                markers += [line for line in outputs["vpn_tls_auth_keys"][t_name].splitlines() if re.fullmatch("[0-9a-f]{32}", line)]
-    for name in ("supernode_private_keys", "vpn_client_private_keys"):
+    # Every other organisation's keys, its tls-crypt-v2 key too: no kit holds a key of another site.
+    for name in ("supernode_private_keys", "vpn_client_private_keys", "vpn_tls_crypt_v2_keys"):
         for other, key_pem in outputs[name].items():
             if other != slug:
                 markers += [line for line in _pem_bodies(key_pem) if line not in shared]
@@ -260,8 +259,9 @@ def test_organisation_keeping_its_keys_gets_no_private_key(kit_archives, kit_bui
     for key_pem in held.values():
         for body in _pem_bodies(key_pem):
             assert all(body.encode() not in data for data in files.values())
-    # ... but the tls-auth key of its tenancy, which is not an organisation's key.
-    assert b"BEGIN OpenVPN Static key V1" in files["etc/openvpn/clientcerts/private/ta.key"]
+    # ... but its own tls-crypt-v2 key (a control-channel key nina makes: it needs the server key).
+    tc = files["etc/openvpn/clientcerts/private/tls-crypt-v2.key"].decode()
+    assert tc == kit_built.outputs["vpn_tls_crypt_v2_keys"]["hospital-own"] and tc.startswith("-----BEGIN OpenVPN tls-crypt-v2 client key-----")
 
 
 # --- determinism and export ------------------------------------------------------------------
@@ -352,7 +352,9 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
         )
         for key, path in vpn.client_certs_paths(slug).items():
             assert path.lstrip("/") in files, key
-        assert b"tls-auth " + facts.OPENVPN_CLIENT_CERTS.encode() + b"/private/ta.key 1" in files["etc/openvpn/client/client.conf"]
+        tc = f"tls-crypt-v2 {facts.OPENVPN_CLIENT_CERTS}/private/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}\n"
+        assert tc.encode() in files["etc/openvpn/client/client.conf"] and b"tls-auth" not in files["etc/openvpn/client/client.conf"]
+        assert files[f"etc/openvpn/clientcerts/private/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}"] == outputs["vpn_tls_crypt_v2_keys"][slug].encode()
 
 
 # --- install.sh, run for real ------------------------------------------------------------------
@@ -782,7 +784,7 @@ def test_added_or_missing_files_make_install_refuse(kit_archives, tmp_path, chan
     if change == "add":
         (top / "etc/flwr/supernode/certs/extra.key").write_text("x")
     elif change == "remove":
-        (top / "etc/openvpn/clientcerts/private/ta.key").unlink()
+        (top / "etc/openvpn/clientcerts/private/tls-crypt-v2.key").unlink()
     elif change == "symlink":
         (top / "etc/flwr/supernode/link").symlink_to("/etc/passwd")
     else:  # a SHA256SUMS line pointing outside the kit
@@ -796,7 +798,7 @@ def test_added_or_missing_files_make_install_refuse(kit_archives, tmp_path, chan
     if change == "add":
         assert "added: etc/flwr/supernode/certs/extra.key;" in proc.stderr
     if change == "remove":
-        assert "missing: etc/openvpn/clientcerts/private/ta.key)" in proc.stderr
+        assert "missing: etc/openvpn/clientcerts/private/tls-crypt-v2.key)" in proc.stderr
 
 
 def test_install_usage_errors(kit_archives, tmp_path):
@@ -1077,8 +1079,8 @@ MUTATIONS = {
         "supernode_private_keys.hospital-a: missing; the kit of 'hospital-a' needs it",
     ),
     "missing-map": (
-        lambda d: d.pop("vpn_tls_auth_keys"),
-        "vpn_tls_auth_keys: missing; expected an object; export the whole document with `pulumi stack output --json --show-secrets`",
+        lambda d: d.pop("vpn_tls_crypt_v2_keys"),
+        "vpn_tls_crypt_v2_keys: missing; expected an object; export the whole document with `pulumi stack output --json --show-secrets`",
     ),
     "held-but-present": (
         lambda d: d["vpn_client_private_keys"].__setitem__("hospital-own", d["vpn_client_private_keys"]["hospital-a"]),
@@ -1134,12 +1136,17 @@ CRYPTO_MUTATIONS = {
         "hospital-a",
         "tenancies.main.organisations.hospital-a.vpn_client_cert_pem: is not signed by ca_cert_pem",
     ),
-    "tls-auth": (
-        lambda d, b: d["vpn_tls_auth_keys"].__setitem__(
-            "main", "-----BEGIN OpenVPN Static key V1-----\nabcd\n-----END OpenVPN Static key V1-----\n"
+    "tls-crypt-v2": (
+        lambda d, b: d["vpn_tls_crypt_v2_keys"].__setitem__(
+            "hospital-a", "-----BEGIN OpenVPN tls-crypt-v2 client key-----\nabcd\n-----END OpenVPN tls-crypt-v2 client key-----\n"
         ),
         "hospital-a",
-        "vpn_tls_auth_keys.main: is not an OpenVPN static key",
+        "vpn_tls_crypt_v2_keys.hospital-a: tls-crypt-v2 client key is not a key and a wrapped key",
+    ),
+    "tls-crypt-v2-missing": (
+        lambda d, b: d["vpn_tls_crypt_v2_keys"].pop("hospital-a"),
+        "hospital-a",
+        "vpn_tls_crypt_v2_keys.hospital-a: missing; the kit of 'hospital-a' needs its own tls-crypt-v2 key",
     ),
 }
 

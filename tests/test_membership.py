@@ -118,7 +118,7 @@ def test_only_what_belongs_to_the_leaving_and_the_new_organisation_changes(runs)
     assert gone and all("metro-north" in name for name in gone), gone
     assert added and all("cairns" in name for name in added), added
     changed = {before[u].name for u in set(before) & set(after) if before[u].inputs != after[u].inputs}
-    # The VPN server's delivery: metro-north's client-config-dir entry goes, cairns's comes.
+    # The VPN server's delivery: metro-north's client-config-dir and allow entries go, cairns's come.
     assert changed == {"vpn-main-vpn-install"}, changed
 
     def vpn_files(regs: dict) -> dict[str, dict]:
@@ -126,6 +126,7 @@ def test_only_what_belongs_to_the_leaving_and_the_new_organisation_changes(runs)
         return {f["path"]: f for f in json.loads(payload_of(delivery.inputs["stdin"]))["files"]}
 
     old, new = vpn_files(before), vpn_files(after)
-    ccd = facts.OPENVPN_CCD_DIR + "/"
-    assert set(old) - set(new) == {ccd + "metro-north"} and set(new) - set(old) == {ccd + "cairns"}
+    ccd, allow = facts.OPENVPN_CCD_DIR + "/", facts.OPENVPN_ALLOW_DIR + "/"
+    assert set(old) - set(new) == {ccd + "metro-north", allow + "metro-north"}
+    assert set(new) - set(old) == {ccd + "cairns", allow + "cairns"}
     assert all(new[p] == old[p] for p in set(old) & set(new))

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from harness import INSTANCE, Run, run_program, stack_config
 
-from nina import facts, localpki, pem
+from nina import facts, localpki, pem, tlscrypt
 from nina.config import load_config
 from nina.firewall import NEVER_OPEN, PER_TENANCY_ZONES, PORT_TABLE
 from nina.plan import build_plan
@@ -431,9 +431,18 @@ def test_uat_outputs_carry_each_organisations_vpn_material(uat_run):
     for slug, org in orgs.items():
         cert = x509.load_pem_x509_certificate(org["vpn_client_cert_pem"].encode())
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == slug
-    assert uat_run.output_secret["vpn_client_private_keys"] and uat_run.output_secret["vpn_tls_auth_keys"]
-    assert set(uat_run.outputs["vpn_client_private_keys"]) == set(orgs)
-    assert "-----BEGIN OpenVPN Static key V1-----" in uat_run.outputs["vpn_tls_auth_keys"]["main"]
+    assert uat_run.output_secret["vpn_client_private_keys"] and uat_run.output_secret["vpn_tls_crypt_v2_keys"]
+    assert set(uat_run.outputs["vpn_client_private_keys"]) == set(orgs) == set(uat_run.outputs["vpn_tls_crypt_v2_keys"])
+    # Each organisation its own tls-crypt-v2 key, wrapped with the hub's server key (the one delivered).
+    server_key = next(
+        f["content"]
+        for f in json.loads(next(r for r in uat_run.registrations if r.name == "vpn-main-vpn-install").inputs["stdin"])["payload"]["files"]
+        if f["path"].endswith("/" + facts.OPENVPN_TLS_CRYPT_V2_SERVER_FILE)
+    )
+    keys = uat_run.outputs["vpn_tls_crypt_v2_keys"]
+    assert len(set(keys.values())) == len(keys)
+    for slug, key in keys.items():
+        assert tlscrypt.unwrap(server_key, key)[1] == b"\x00nina-fl " + f"{slug} {tlscrypt.client_key_id(key)}".encode()
 
 
 def test_removing_an_onprem_organisation_removes_its_vpn_entry_and_registration_only(uat_run):
@@ -448,13 +457,13 @@ def test_removing_an_onprem_organisation_removes_its_vpn_entry_and_registration_
     for urn in set(before) & set(after):
         if before[urn][0] in STABLE_TYPES:
             assert before[urn][1] == after[urn][1], urn
-    # The VPN server's delivered files change: gold-coast's client-config-dir entry is gone.
+    # The VPN server's delivered files change: gold-coast's client-config-dir and allow entries are gone.
     old = next(r for r in uat_run.registrations if r.name == "vpn-main-vpn-install").inputs["stdin"]
     new = next(r for r in shrunk.registrations if r.name == "vpn-main-vpn-install").inputs["stdin"]
     old_paths = {f["path"] for f in json.loads(old)["payload"]["files"]}
     new_paths = {f["path"] for f in json.loads(new)["payload"]["files"]}
-    assert old_paths - new_paths == {f"{facts.OPENVPN_CCD_DIR}/gold-coast"}
-    assert facts.OPENVPN_CCD_DIR in json.loads(new)["payload"].get("prune", [])
+    assert old_paths - new_paths == {f"{facts.OPENVPN_CCD_DIR}/gold-coast", f"{facts.OPENVPN_ALLOW_DIR}/gold-coast"}
+    assert {facts.OPENVPN_CCD_DIR, facts.OPENVPN_ALLOW_DIR} <= set(json.loads(new)["payload"].get("prune", []))
 
 
 def before_type(run: Run, name: str) -> str:

@@ -1,12 +1,13 @@
 """The OpenVPN hub's files (nina.vpn), the prune feature of nina-install-files and the vpn
 host's user-data: content, determinism, and checks with the real tools (openvpn parses and
-loads the configs and the tls-auth key, bash/shellcheck, the forwarding script against fake
+loads the configs and the tls-crypt-v2 keys, bash/shellcheck, the forwarding script against fake
 ip/iptables/sysctl, systemd-analyze, cloud-init schema). The real tunnel is test_vpn_tunnel.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import yaml
 from vpnlab import rewrite
 
 from cloudinit.userdata import user_data
-from nina import facts, render, vpn
+from nina import facts, render, tlscrypt, vpn
 from nina.plan import Member
 
 OPENVPN = shutil.which("openvpn") or ""  # "" when missing (the tests skip)
@@ -32,11 +33,12 @@ CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""  # "" when missing (the tests skip)
 TEMPLATES = Path(vpn.__file__).parent / "templates" / "vpn"
 PUBLIC_IP = "203.0.113.10"
-HEX = bytes(range(256)).hex()
 READY = "Initialization Sequence Completed"
 CA = "-----BEGIN CERTIFICATE-----\nMIIBdummyCA\n-----END CERTIFICATE-----\n"
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBdummyLEAF\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
+TC_SERVER_RAW = bytes(range(128))
+TC_CLIENT_RAW = bytes(range(256))
 
 
 def directives(conf: str) -> list[list[str]]:
@@ -68,6 +70,27 @@ def onprem(vpn_tenancy):
     return [m for m in vpn_tenancy.members if m.vpn_address]
 
 
+@pytest.fixture(scope="module")
+def delivery(vpn_pki):
+    """vpn.vpn_delivery with the session's real PKI (any argument replaceable); the allow-list
+    admits the on-premise organisations among `members` with their current material."""
+
+    def make(hub, members, ca=None, cert=None, key=None, tc_server=None, admitted=None) -> str:
+        if admitted is None:
+            admitted = {m.slug: vpn_pki["admitted"][m.slug] for m in members if m.vpn_address}
+        return vpn.vpn_delivery(
+            hub,
+            members,
+            ca or vpn_pki["ca"],
+            cert or vpn_pki["server_cert"],
+            key or vpn_pki["server_key"],
+            tc_server or vpn_pki["tls_crypt_v2_server"],
+            admitted,
+        )
+
+    return make
+
+
 # --- purity and templates --------------------------------------------------------------------
 
 
@@ -86,7 +109,7 @@ def test_templates_are_clean_text():
             assert "\t" not in line and line == line.rstrip(), f"{name}:{n}"
 
 
-def test_everything_renders_deterministically(hub, onprem):
+def test_everything_renders_deterministically(hub, onprem, delivery):
     outputs = lambda: [  # noqa: E731
         vpn.client_conf("metro-north", "vpn-main", PUBLIC_IP, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT),
         vpn.server_conf(hub),
@@ -95,7 +118,7 @@ def test_everything_renders_deterministically(hub, onprem):
         vpn.forwarding_unit(),
         vpn.openvpn_server_dropin(),
         *(vpn.ccd_entry(hub, m) for m in onprem),
-        vpn.vpn_delivery(hub, onprem, CA, CERT, KEY, HEX),
+        delivery(hub, onprem),
     ]
     a, b = outputs(), outputs()
     assert a == b
@@ -120,7 +143,8 @@ def test_client_conf_is_the_manuals_made_robust():
     assert first(conf, "verify-x509-name") == ["vpn-main", "name"]
     certs = facts.OPENVPN_CLIENT_CERTS
     assert certs == "/etc/openvpn/clientcerts"
-    assert first(conf, "tls-auth") == ["/etc/openvpn/clientcerts/private/ta.key", "1"]
+    assert first(conf, "tls-crypt-v2") == ["/etc/openvpn/clientcerts/private/tls-crypt-v2.key"]
+    assert first(conf, "tls-auth") is None
     assert first(conf, "ca") == ["/etc/openvpn/clientcerts/ca.crt"]
     assert first(conf, "cert") == ["/etc/openvpn/clientcerts/issued/metro-north.crt"]
     assert first(conf, "key") == ["/etc/openvpn/clientcerts/private/metro-north.key"]
@@ -174,7 +198,11 @@ def test_server_confs(hub):
         assert first(conf, "ca") == [f"{pki}/ca.crt"]
         assert first(conf, "cert") == [f"{pki}/issued/server.crt"]
         assert first(conf, "key") == [f"{pki}/private/server.key"]
-        assert first(conf, "tls-auth") == [f"{pki}/private/ta.key", "0"]
+        assert first(conf, "tls-crypt-v2") == [f"{pki}/private/tls-crypt-v2-server.key"] and first(conf, "tls-auth") is None
+        assert first(conf, "script-security") == ["2"]
+        allow = facts.OPENVPN_ALLOW_DIR
+        assert first(conf, "tls-crypt-v2-verify") == [f'"{facts.VPN_VERIFY_BIN}', "tls-crypt-v2", f'{allow}"']
+        assert first(conf, "tls-verify") == [f'"{facts.VPN_VERIFY_BIN}', "tls-verify", f'{allow}"']
         assert first(conf, "dh") == ["none"]
         assert first(conf, "remote-cert-tls") == ["client"]
         assert first(conf, "client-config-dir") == [facts.OPENVPN_CCD_DIR] and ["ccd-exclusive"] in d
@@ -245,10 +273,10 @@ def _place(root: Path, files: dict[str, str], modes: dict[str, int] | None = Non
 
 @needs_netns
 @pytest.mark.parametrize("which", ["server_conf", "server_tcp_conf"])
-def test_openvpn_starts_each_server_instance(tmp_path, hub, onprem, vpn_pki, which):
-    """openvpn loads the config, the PKI, the tls-auth key and the CCD dir and comes up (in a
-    private namespace: it creates its own tap there)."""
-    payload = json.loads(vpn.vpn_delivery(hub, onprem, vpn_pki["ca"], vpn_pki["server_cert"], vpn_pki["server_key"], vpn_pki["tls_auth"]))
+def test_openvpn_starts_each_server_instance(tmp_path, hub, onprem, delivery, which):
+    """openvpn loads the config, the PKI, the tls-crypt-v2 server key and the CCD dir and comes up
+    (in a private namespace: it creates its own tap there)."""
+    payload = json.loads(delivery(hub, onprem))
     _place(tmp_path, {f["path"]: f["content"] for f in payload["files"]}, {f["path"]: f["mode"] for f in payload["files"]})
     conf = tmp_path / "server.conf"
     conf.write_text(rewrite(getattr(vpn, which)(hub), tmp_path))
@@ -263,7 +291,13 @@ def test_openvpn_loads_the_client_conf(tmp_path, vpn_pki):
     no option is silently ignored."""
     cert, key = vpn_pki["clients"]["metro-north"]
     paths = vpn.client_certs_paths("metro-north")
-    _place(tmp_path, {paths["ca"]: vpn_pki["ca"], paths["cert"]: cert, paths["key"]: key, paths["tls_auth"]: vpn_pki["tls_auth"]})
+    files = {
+        paths["ca"]: vpn_pki["ca"],
+        paths["cert"]: cert,
+        paths["key"]: key,
+        paths["tls_crypt_v2"]: vpn_pki["tls_crypt_v2"]["metro-north"],
+    }
+    _place(tmp_path, files)
     conf = tmp_path / "client.conf"
     conf.write_text(rewrite(vpn.client_conf("metro-north", "vpn-main", PUBLIC_IP, 1194, 443), tmp_path))
     out = _run_until([OPENVPN, "--config", str(conf)], r"UDPv4 link remote: \[AF_INET\]203\.0\.113\.10:1194", tmp_path / "openvpn.log")
@@ -281,93 +315,128 @@ def test_openvpn_config_check_can_fail(tmp_path):
     assert "Options error" in out
 
 
-# --- tls-auth key ----------------------------------------------------------------------------------
+# --- tls-crypt-v2 keys (nina.tlscrypt) -------------------------------------------------------------
 
 
-def test_tls_auth_key_format():
-    text = vpn.tls_auth_key(HEX)
-    lines = text.splitlines()
-    begin, end = lines.index(vpn.STATIC_KEY_BEGIN), lines.index(vpn.STATIC_KEY_END)
-    body = lines[begin + 1 : end]
-    assert len(body) == 16 and all(re.fullmatch(r"[0-9a-f]{32}", line) for line in body)
-    assert "".join(body) == HEX and end == len(lines) - 1
-    assert vpn.tls_auth_key(HEX.upper()) == text and vpn.tls_auth_key(f"  {HEX}\n") == text
-
-
-@needs_openvpn
-def test_tls_auth_key_matches_openvpn_genkey(tmp_path):
-    """For the key bytes of `openvpn --genkey secret`, the formatted file is byte-identical."""
-    real = tmp_path / "ta.key"
-    subprocess.run([OPENVPN, "--genkey", "secret", str(real)], check=True, capture_output=True, timeout=30)
-    text = real.read_text()
-    digits = "".join(text.split(vpn.STATIC_KEY_BEGIN)[1].split(vpn.STATIC_KEY_END)[0].split())
-    assert vpn.tls_auth_key(digits) == text
+def test_tls_crypt_v2_keys_are_deterministic_and_carry_the_organisation():
+    server = tlscrypt.server_key(TC_SERVER_RAW)
+    assert server == tlscrypt.server_key(TC_SERVER_RAW.hex()) == tlscrypt.server_key_file(server)
+    client = tlscrypt.client_key(server, TC_CLIENT_RAW, "metro-north")
+    assert client == tlscrypt.client_key(server, TC_CLIENT_RAW.hex(), "metro-north") == tlscrypt.client_key_file(client)
+    assert all(len(line) <= 64 for line in client.splitlines())
+    kc, meta = tlscrypt.unwrap(server, client)
+    assert kc == TC_CLIENT_RAW
+    kid = tlscrypt.key_id(TC_CLIENT_RAW)
+    assert meta == b"\x00nina-fl metro-north " + kid.encode() and tlscrypt.client_key_id(client) == kid
+    # Another organisation, or other bytes: another key; another server key cannot unwrap it.
+    assert tlscrypt.client_key(server, TC_CLIENT_RAW, "sunshine-coast") != client
+    other = tlscrypt.server_key(bytes(reversed(TC_SERVER_RAW)))
+    with pytest.raises(ValueError, match="not made with this server key"):
+        tlscrypt.unwrap(other, client)
 
 
 @needs_openvpn
-def test_openvpn_accepts_the_tls_auth_key_and_refuses_a_broken_one(tmp_path):
-    def crypto_test(text: str) -> subprocess.CompletedProcess:
-        path = tmp_path / "ta.key"
-        path.write_text(text)
-        return subprocess.run(
-            [OPENVPN, "--test-crypto", "--secret", str(path), "--cipher", "AES-256-CBC", "--verb", "3"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+def test_tls_crypt_v2_matches_openvpn(tmp_path):
+    """Our unwrap opens a client key that openvpn made, and openvpn makes client keys from our
+    server key: the two agree on the format of both files."""
+    srv, cli = tmp_path / "srv.key", tmp_path / "cli.key"
+    subprocess.run([OPENVPN, "--genkey", "tls-crypt-v2-server", str(srv)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [OPENVPN, "--tls-crypt-v2", str(srv), "--genkey", "tls-crypt-v2-client", str(cli)], check=True, capture_output=True, timeout=30
+    )
+    kc, meta = tlscrypt.unwrap(srv.read_text(), cli.read_text())
+    assert len(kc) == tlscrypt.CLIENT_KEY_BYTES and meta[0] == 1 and len(meta) == 9  # openvpn's default: a timestamp
+    assert tlscrypt.server_key_file(srv.read_text()) == srv.read_text()
+    assert tlscrypt.client_key_file(cli.read_text()) == cli.read_text()
+    ours = tmp_path / "ours.key"
+    ours.write_text(tlscrypt.server_key(os.urandom(128)))
+    made = subprocess.run(
+        [OPENVPN, "--tls-crypt-v2", str(ours), "--genkey", "tls-crypt-v2-client", str(tmp_path / "c.key")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert tlscrypt.unwrap(ours.read_text(), (tmp_path / "c.key").read_text())[1][0] == 1
 
-    good = crypto_test(vpn.tls_auth_key(os.urandom(256).hex()))
-    assert good.returncode == 0 and "crypto self-test mode SUCCEEDED" in good.stdout, good.stdout[-1000:]
-    lines = vpn.tls_auth_key(HEX).splitlines()
-    bad = crypto_test("\n".join(lines[:5] + lines[6:]) + "\n")  # one key line missing
-    assert bad.returncode != 0
 
-
-@pytest.mark.parametrize("bad", [HEX[:-2], HEX + "00", HEX[:-1] + "g", "0" * 512, None, 42, b"\x00" * 256])
-def test_tls_auth_key_refuses_bad_input(bad):
+@pytest.mark.parametrize(
+    "bad",
+    [TC_SERVER_RAW[:-1], TC_SERVER_RAW + b"\x00", TC_SERVER_RAW.hex()[:-1] + "g", bytes(128), "0" * 256, None, 42],
+)
+def test_tls_crypt_v2_server_key_refuses_bad_input(bad):
     with pytest.raises(ValueError):
-        vpn.tls_auth_key(bad)
+        tlscrypt.server_key(bad)
+
+
+def test_tls_crypt_v2_key_files_refuse_tampering():
+    server = tlscrypt.server_key(TC_SERVER_RAW)
+    client = tlscrypt.client_key(server, TC_CLIENT_RAW, "metro-north")
+    lines = client.splitlines()
+    for bad in (
+        client + client,  # two blocks
+        "junk\n" + client,
+        "\n".join(lines[:3] + lines[4:]) + "\n",  # a line missing: the length field no longer matches
+        client.replace("client key", "server key"),
+        server,
+    ):
+        with pytest.raises(ValueError):
+            tlscrypt.client_key_file(bad)
+    with pytest.raises(ValueError):
+        tlscrypt.server_key_file(client)
+    with pytest.raises(ValueError, match="slug"):
+        tlscrypt.client_key(server, TC_CLIENT_RAW, "Not A Slug")
 
 
 # --- delivery --------------------------------------------------------------------------------------
 
 
-def test_vpn_delivery(hub, onprem, vpn_tenancy):
-    payload = json.loads(vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, HEX))
+def test_vpn_delivery(hub, onprem, vpn_tenancy, vpn_pki, delivery):
+    payload = json.loads(delivery(hub, vpn_tenancy.members))
     files = {f["path"]: f for f in payload["files"]}
     pki = facts.OPENVPN_SERVER_PKI
     assert files[facts.OPENVPN_SERVER_CONF]["content"] == vpn.server_conf(hub)
     assert files[facts.OPENVPN_TCP_SERVER_CONF]["content"] == vpn.server_tcp_conf(hub)
-    assert files[f"{pki}/ca.crt"]["content"] == CA and files[f"{pki}/issued/server.crt"]["content"] == CERT
-    assert files[f"{pki}/private/server.key"]["content"] == KEY
-    assert files[f"{pki}/private/ta.key"]["content"] == vpn.tls_auth_key(HEX)
-    for path in (f"{pki}/private/server.key", f"{pki}/private/ta.key"):
+    assert files[f"{pki}/ca.crt"]["content"] == vpn_pki["ca"] and files[f"{pki}/issued/server.crt"]["content"] == vpn_pki["server_cert"]
+    assert files[f"{pki}/private/server.key"]["content"] == vpn_pki["server_key"]
+    assert files[f"{pki}/private/tls-crypt-v2-server.key"]["content"] == vpn_pki["tls_crypt_v2_server"]
+    for path in (f"{pki}/private/server.key", f"{pki}/private/tls-crypt-v2-server.key"):
         assert files[path]["mode"] == 0o600
+    assert files[facts.VPN_VERIFY_BIN]["mode"] == 0o755 and "nina.host.vpn_verify" in files[facts.VPN_VERIFY_BIN]["content"]
     assert all(f["owner"] == f["group"] == "root" for f in files.values())
     assert files[facts.VPN_FORWARDING_BIN]["mode"] == 0o755 and files[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)
     assert files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.VPN_FORWARDING_UNIT}"]["content"] == vpn.forwarding_unit()
     assert files[facts.OPENVPN_SERVER_DROPIN]["content"] == vpn.openvpn_server_dropin()
-    assert all(f["mode"] == 0o644 for p, f in files.items() if "/private/" not in p and p != facts.VPN_FORWARDING_BIN)
+    executables = (facts.VPN_FORWARDING_BIN, facts.VPN_VERIFY_BIN)
+    assert all(f["mode"] == 0o644 for p, f in files.items() if "/private/" not in p and p not in executables)
     ccd = {p.rsplit("/", 1)[1]: f["content"] for p, f in files.items() if p.startswith(facts.OPENVPN_CCD_DIR + "/")}
     assert ccd == {m.slug: vpn.ccd_entry(hub, m) for m in onprem}  # only on-premise members
-    assert payload["prune"] == [facts.OPENVPN_CCD_DIR]
+    allowed = {p.rsplit("/", 1)[1]: f["content"] for p, f in files.items() if p.startswith(facts.OPENVPN_ALLOW_DIR + "/")}
+    assert allowed == {m.slug: vpn.allow_entry(m.slug, vpn_pki["admitted"][m.slug]) for m in onprem}
+    for m in onprem:  # the certificate's SHA-256 as openssl prints it, and the key's id
+        cert = vpn_pki["clients"][m.slug][0]
+        der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=cert.encode(), capture_output=True, check=True).stdout
+        assert f"cert-sha256 {hashlib.sha256(der).hexdigest()}\n" in allowed[m.slug]
+        assert f"tls-crypt-v2 {tlscrypt.client_key_id(vpn_pki['tls_crypt_v2'][m.slug])}\n" in allowed[m.slug]
+    assert payload["prune"] == [facts.OPENVPN_CCD_DIR, facts.OPENVPN_ALLOW_DIR]
+    assert payload["hot"] == {d: list(facts.OPENVPN_MANAGEMENT_SOCKETS) for d in (facts.OPENVPN_CCD_DIR, facts.OPENVPN_ALLOW_DIR)}
     assert payload["restart"] == [facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT, facts.OPENVPN_TCP_SERVER_UNIT]
-    # The formatted key is accepted as well as its hex digits.
-    assert vpn.vpn_delivery(hub, vpn_tenancy.members, CA, CERT, KEY, vpn.tls_auth_key(HEX)) == vpn.vpn_delivery(
-        hub, vpn_tenancy.members, CA, CERT, KEY, HEX
-    )
 
 
-def test_vpn_delivery_refuses_wrong_material(hub, onprem):
+def test_vpn_delivery_refuses_wrong_material(hub, onprem, vpn_pki, delivery):
     with pytest.raises(ValueError, match="CA certificate"):
-        vpn.vpn_delivery(hub, onprem, KEY, CERT, KEY, HEX)
+        delivery(hub, onprem, ca=KEY)
     with pytest.raises(ValueError, match="server key"):
-        vpn.vpn_delivery(hub, onprem, CA, CERT, CERT, HEX)
-    with pytest.raises(ValueError, match="tls-auth"):
-        vpn.vpn_delivery(hub, onprem, CA, CERT, KEY, HEX[:100])
+        delivery(hub, onprem, key=CERT)
+    with pytest.raises(ValueError, match="tls-crypt-v2 server key"):
+        delivery(hub, onprem, tc_server=vpn_pki["tls_crypt_v2"]["metro-north"])
     twin = dataclasses.replace(onprem[1], vpn_address=onprem[0].vpn_address)
     with pytest.raises(ValueError, match="share the VPN address"):
-        vpn.vpn_delivery(hub, [onprem[0], twin], CA, CERT, KEY, HEX)
+        delivery(hub, [onprem[0], twin])
+    with pytest.raises(ValueError, match="must be exactly the on-premise members"):
+        delivery(hub, onprem, admitted={onprem[0].slug: vpn_pki["admitted"][onprem[0].slug]})
+    with pytest.raises(ValueError):  # an allow entry from something that is not one certificate
+        delivery(hub, onprem, admitted={m.slug: vpn.Admitted(CERT, "0" * 32) for m in onprem})
 
 
 def test_delivery_payload_prune_argument():
@@ -417,8 +486,8 @@ def install(tmp_path) -> Installer:
     return Installer(script, tmp_path / "root", calls, fake)
 
 
-def test_install_files_prunes_removed_organisations(install, hub, onprem):
-    first_payload = vpn.vpn_delivery(hub, onprem, CA, CERT, KEY, HEX)
+def test_install_files_prunes_removed_organisations(install, hub, onprem, vpn_pki, delivery):
+    first_payload = delivery(hub, onprem)
     assert install(first_payload).returncode == 0
     root = install.root
     ccd = root / facts.OPENVPN_CCD_DIR.lstrip("/")
@@ -436,7 +505,7 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     install.calls.unlink()
 
     kept, gone = onprem[0], onprem[1]
-    second_payload = vpn.vpn_delivery(hub, [kept], CA, CERT, KEY, HEX)
+    second_payload = delivery(hub, [kept])
     dry = install(second_payload, "--dry-run")
     assert dry.returncode == 0 and f"would remove {facts.OPENVPN_CCD_DIR}/{gone.slug}" in dry.stdout
     assert (ccd / gone.slug).exists() and not install.calls.exists()  # the dry run removed and ran nothing
@@ -448,12 +517,13 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     proc = install(second_payload)
     assert proc.returncode == 0, proc.stderr
     assert f"removed {facts.OPENVPN_CCD_DIR}/{gone.slug}" in proc.stdout
-    assert "nina-install-files: 1 changed, 10 unchanged" in proc.stdout
+    assert f"removed {facts.OPENVPN_ALLOW_DIR}/{gone.slug}" in proc.stdout
+    assert "nina-install-files: 2 changed, 12 unchanged" in proc.stdout
     assert sorted(p.name for p in ccd.iterdir()) == sorted([kept.slug, "sub", "link"])
     assert parent_file.read_text() == "keep\n" and (ccd / "sub" / "inner").exists() and (other / "stray").exists()
     assert not install.calls.exists()  # no systemctl at all
     for sock in facts.OPENVPN_MANAGEMENT_SOCKETS:  # no server runs under this root
-        assert f"disconnect {gone.slug} via {sock}: not running" in proc.stdout
+        assert proc.stdout.count(f"disconnect {gone.slug} via {sock}: not running") == 1  # once, though two of its files went
 
     # Onboarding it again: a new entry, nothing to restart and nobody to disconnect.
     back = install(first_payload)
@@ -462,10 +532,10 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
     assert not install.calls.exists()
     # A renewed server certificate beside a removal: both instances restart (which drops every
     # connection anyway), nobody is disconnected one by one.
-    renewed = CERT.replace("dummyLEAF", "dummyRENEWED")
-    last_payload = vpn.vpn_delivery(hub, [kept], CA, renewed, KEY, HEX)
+    renewed, renewed_key = vpn_pki["sign"](hub.certificate.common_name, facts.SERVER_CERT_USES)
+    last_payload = delivery(hub, [kept], cert=renewed, key=renewed_key)
     both = install(last_payload)
-    assert both.returncode == 0 and "nina-install-files: 2 changed" in both.stdout and "disconnect" not in both.stdout
+    assert both.returncode == 0 and "nina-install-files: 4 changed" in both.stdout and "disconnect" not in both.stdout
     assert install.calls.read_text().splitlines() == [
         "daemon-reload",
         f"enable {facts.VPN_FORWARDING_UNIT} {' '.join(vpn.SERVER_UNITS)}",
@@ -474,7 +544,7 @@ def test_install_files_prunes_removed_organisations(install, hub, onprem):
 
     install.calls.unlink()
     again = install(last_payload)
-    assert "0 changed, 10 unchanged" in again.stdout and not install.calls.exists()
+    assert "0 changed, 12 unchanged" in again.stdout and not install.calls.exists()
 
 
 def test_install_files_prune_of_a_missing_directory_is_fine(install):

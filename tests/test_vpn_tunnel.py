@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 from vpnlab import Client, VpnLab, wait_for
 
-from nina import facts, render, vpn
+from nina import facts, render, tlscrypt, vpn
 from nina.config import load_config
 from nina.plan import TenancyPlan, build_plan
 
@@ -48,20 +50,20 @@ class Hub:
     def member(self, slug: str):
         return next(m for m in self.tenancy.members if m.slug == slug)
 
-    def client_files(self, slug: str, cert_key: tuple[str, str] | None = None) -> dict[str, bytes]:
+    def client_files(self, slug: str, cert_key: tuple[str, str] | None = None, tc: str | None = None) -> dict[str, bytes]:
         cert, key = cert_key or self.pki["clients"][slug]
         paths = vpn.client_certs_paths(slug)
         return {
             paths["ca"]: self.pki["ca"].encode(),
             paths["cert"]: cert.encode(),
             paths["key"]: key.encode(),
-            paths["tls_auth"]: self.pki["tls_auth"].encode(),
+            paths["tls_crypt_v2"]: (tc or self.pki["tls_crypt_v2"][slug]).encode(),
         }
 
-    def connect_client(self, client: Client, slug: str | None = None, cert_key=None, name: str | None = None):
+    def connect_client(self, client: Client, slug: str | None = None, cert_key=None, name: str | None = None, tc: str | None = None):
         slug = slug or client.name
         conf = vpn.client_conf(slug, self.vpn.certificate.common_name, client.public_ip, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
-        return self.lab.start_client(client, conf, self.client_files(slug, cert_key), name=name)
+        return self.lab.start_client(client, conf, self.client_files(slug, cert_key, tc), name=name)
 
     def tunnel_address(self, client: Client) -> list[str]:
         return self.lab.addresses(client.ns).get("tap0", [])
@@ -73,6 +75,17 @@ class Hub:
             self.servers[name] = self.lab.start_server(name, (root / path.lstrip("/")).read_text())
         for name, proc in self.servers.items():
             assert wait_for(proc, READY, 10), (name, proc.output()[-2000:])
+
+
+def hub_payload(tenancy: TenancyPlan, pki: dict, admitted: dict | None = None) -> str:
+    """The VPN host's delivery for `tenancy`, admitting its on-premise members with `pki`'s material
+    (or `admitted`)."""
+    assert tenancy.vpn is not None
+    if admitted is None:
+        admitted = {m.slug: pki["admitted"][m.slug] for m in tenancy.members if m.vpn_address}
+    return vpn.vpn_delivery(
+        tenancy.vpn, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_crypt_v2_server"], admitted
+    )
 
 
 def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProcess:
@@ -95,7 +108,7 @@ def start_hub(vpn_lab, tenancy: TenancyPlan, pki: dict) -> Hub:
     assert v is not None
     lab = vpn_lab(v)
     hub = Hub(lab, tenancy, pki, lab.workdir / "systemctl-calls.log", {})
-    deliver(lab, vpn.vpn_delivery(v, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_auth"]), hub.deliver_log)
+    deliver(lab, hub_payload(tenancy, pki), hub.deliver_log)
     fwd = lab.run_forwarding(vpn.forwarding_script(v))
     assert fwd.returncode == 0, fwd.stderr
     assert f"internal interface (route to the SuperLink {v.superlink_ip}): {lab.internal_if}" in fwd.stdout
@@ -194,9 +207,10 @@ def test_tcp_fallback_keeps_the_address_and_organisations_are_isolated(vpn_lab, 
 
 @pytest.mark.timeout(180)
 def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_lab, vpn_tenancy, vpn_pki, vpn_raw_uat):
-    """(d) removing an organisation from the config prunes its CCD file on delivery, which
-    restarts nothing: that organisation alone is disconnected through the management sockets
-    and its (still valid) certificate is refused on reconnecting; the other stays connected."""
+    """(d) removing an organisation from the config prunes its CCD and allow files on delivery,
+    which restarts nothing: that organisation alone is disconnected through the management
+    sockets and its (still valid) kit is refused on reconnecting, at its tls-crypt-v2 key, before
+    any TLS; the other stays connected."""
     hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
     lab, v = hub.lab, hub.vpn
     keep, gone = [m for m in vpn_tenancy.members if m.vpn_address][:2]
@@ -210,25 +224,25 @@ def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_
     tenancy2 = build_plan(load_config(raw)).tenancies[0]
     assert tenancy2.vpn is not None and {m.slug: m.vpn_address for m in tenancy2.members}[keep.slug] == keep.vpn_address
     hub.deliver_log.unlink(missing_ok=True)
-    out = deliver(
-        lab,
-        vpn.vpn_delivery(tenancy2.vpn, tenancy2.members, vpn_pki["ca"], vpn_pki["server_cert"], vpn_pki["server_key"], vpn_pki["tls_auth"]),
-        hub.deliver_log,
-    ).stdout
-    assert f"removed {CCD}/{gone.slug}" in out
+    out = deliver(lab, hub_payload(tenancy2, vpn_pki), hub.deliver_log).stdout
+    assert f"removed {CCD}/{gone.slug}" in out and f"removed {facts.OPENVPN_ALLOW_DIR}/{gone.slug}" in out
     assert "no restart" in out and not hub.deliver_log.exists(), out  # systemctl was not called at all
     assert f"disconnect {gone.slug} via {facts.OPENVPN_MANAGEMENT_SOCKETS[0]}: disconnected 1 connection(s)" in out, out
     assert f"disconnect {gone.slug} via {facts.OPENVPN_MANAGEMENT_SOCKETS[1]}: not connected" in out, out
     ccd = lab.server_root / CCD.lstrip("/")
     assert sorted(p.name for p in ccd.iterdir()) == [keep.slug]
 
-    # The removed organisation's client tries again at once and is refused.
-    assert wait_for(pg, "AUTH_FAILED", 30), pg.output()[-2000:]
-    assert f"client-config-dir authentication failed for common name '{gone.slug}'" in hub.servers["server"].output()
-    deadline = time.monotonic() + 15
-    while pg.running() and time.monotonic() < deadline:  # auth-retry none: the client gives up
-        time.sleep(0.2)
-    assert not pg.running() and hub.tunnel_address(cg) == [], pg.output()[-1000:]
+    # The removed organisation's client tries again at once and is refused before TLS (its
+    # control-channel key is no longer admitted): the server drops it without an answer.
+    refusal = (
+        re.escape(f"nina-vpn-verify: refused: {gone.slug} is not admitted (no ")
+        + r"\S*"
+        + re.escape(f"{facts.OPENVPN_ALLOW_DIR}/{gone.slug})")
+    )
+    assert wait_for(hub.servers["server"], refusal, 30), hub.servers["server"].output()[-2000:]
+    assert "TLS CRYPT V2 VERIFY SCRIPT ERROR" in hub.servers["server"].output()
+    lab.stop(pg)
+    assert pg.output().count(READY) == 1 and hub.tunnel_address(cg) == [], pg.output()[-1000:]
     # The other organisation never noticed: same servers, one connection, still routed.
     assert {name: proc.popen.pid for name, proc in hub.servers.items()} == servers_before
     assert all(proc.running() for proc in hub.servers.values())
@@ -256,3 +270,49 @@ def test_certificate_from_another_ca_is_refused(vpn_lab, vpn_tenancy, vpn_pki):
     ok = hub.connect_client(client, name=f"{org.slug}-own-cert")
     assert wait_for(ok, READY, 15), ok.output()[-2000:]
     assert hub.tunnel_address(client) == [f"{org.vpn_address}/{v.pool.prefixlen}"]
+
+
+@pytest.mark.timeout(180)
+def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a_restart(vpn_lab, vpn_tenancy, vpn_pki):
+    """(f) Revocation: the organisation's kit is replaced (new certificate and key, new
+    tls-crypt-v2 key; what `kit_generation` does). The delivery rewrites only its allow file:
+    nothing restarts, that organisation alone is disconnected; its old kit is refused at the
+    tls-crypt-v2 key, its old certificate (CA-signed, same CN, the organisation still admitted)
+    at the TLS handshake even with the new key; the new kit connects with the same address."""
+    hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
+    lab, v = hub.lab, hub.vpn
+    org, other = [m for m in vpn_tenancy.members if m.vpn_address][:2]
+    co, cx = lab.add_client(org.slug), lab.add_client(other.slug)
+    old, px = hub.connect_client(co), hub.connect_client(cx)
+    assert wait_for(old, READY, 15) and wait_for(px, READY, 15), old.output()[-2000:]
+    servers_before = {name: proc.popen.pid for name, proc in hub.servers.items()}
+
+    new_cert = vpn_pki["sign"](org.slug)
+    new_tc = tlscrypt.client_key(vpn_pki["tls_crypt_v2_server"], secrets.token_bytes(tlscrypt.CLIENT_KEY_BYTES), org.slug)
+    admitted = {**{m.slug: vpn_pki["admitted"][m.slug] for m in vpn_tenancy.members if m.vpn_address}}
+    admitted[org.slug] = vpn.Admitted(new_cert[0], tlscrypt.client_key_id(new_tc))
+    hub.deliver_log.unlink(missing_ok=True)
+    out = deliver(lab, hub_payload(vpn_tenancy, vpn_pki, admitted), hub.deliver_log).stdout
+    assert f"wrote {facts.OPENVPN_ALLOW_DIR}/{org.slug}" in out and "nina-install-files: 1 changed" in out, out
+    assert "no restart" in out and not hub.deliver_log.exists(), out
+    assert f"disconnect {org.slug} via {facts.OPENVPN_MANAGEMENT_SOCKETS[0]}: disconnected 1 connection(s)" in out, out
+
+    server = hub.servers["server"]
+    # The old kit reconnects at once: refused at its control-channel key.
+    assert wait_for(server, re.escape(f"nina-vpn-verify: refused: {org.slug}: tls-crypt-v2 key"), 30), server.output()[-2000:]
+    lab.stop(old)
+    assert old.output().count(READY) == 1 and hub.tunnel_address(co) == []
+    # The old certificate with the new key gets through the control channel, and is refused at TLS.
+    mixed = hub.connect_client(co, tc=new_tc, name=f"{org.slug}-old-cert")
+    assert wait_for(server, re.escape(f"nina-vpn-verify: refused: {org.slug}: certificate"), 30), server.output()[-2000:]
+    assert wait_for(server, "VERIFY SCRIPT ERROR", 10), server.output()[-2000:]
+    lab.stop(mixed)
+    assert READY not in mixed.output() and hub.tunnel_address(co) == []
+    # The new kit connects, with the organisation's fixed address.
+    new = hub.connect_client(co, cert_key=new_cert, tc=new_tc, name=f"{org.slug}-new-kit")
+    assert wait_for(new, READY, 20), new.output()[-2000:]
+    assert hub.tunnel_address(co) == [f"{org.vpn_address}/{v.pool.prefixlen}"]
+    assert lab.connect(co.ns, v.superlink_ip, FLEET) == v.internal_ip
+    # The other organisation never noticed.
+    assert {name: proc.popen.pid for name, proc in hub.servers.items()} == servers_before
+    assert px.output().count(READY) == 1 and hub.tunnel_address(cx) == [f"{other.vpn_address}/{v.pool.prefixlen}"]

@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nina import facts, render
 from nina.plan import VpnPlan
 
 OPENVPN = shutil.which("openvpn") or ""  # "" when missing (the tests skip)
@@ -107,7 +109,18 @@ def netns_unavailable_reason() -> str | None:
 
 
 def rewrite(conf: str, root: Path) -> str:
-    """A rendered OpenVPN config with /etc/openvpn/... under `root` and without DROPPED_DIRECTIVES."""
+    """A rendered OpenVPN config with /etc/openvpn/... under `root` and without DROPPED_DIRECTIVES.
+
+    A config that runs nina-vpn-verify runs a launcher of this checkout's nina.host.vpn_verify
+    instead, written here under `root`/.lab-programs (the delivered launcher, which a test's
+    delivery may compare, runs the host's installed copy under /usr/local/lib/nina)."""
+    verify = f'"{facts.VPN_VERIFY_BIN} '
+    if verify in conf:
+        launcher = root / ".lab-programs" / posixpath.basename(facts.VPN_VERIFY_BIN)
+        launcher.parent.mkdir(parents=True, exist_ok=True)
+        launcher.write_text(render.launcher("vpn_verify", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
+        launcher.chmod(0o755)
+        conf = conf.replace(verify, f'"{launcher} ')
     out = []
     for line in conf.splitlines():
         words = line.split()

@@ -469,12 +469,16 @@ def main(argv: list[str] | None = None) -> int:
 def disconnect(paths: list[str], hot: Mapping[str, list[str]], root: str, dry_run: bool, n_changed: int, n_unchanged: int) -> int:
     """Only hot files changed: no restart; disconnect the clients whose entries changed or went."""
     print("only per-connection entries changed: no restart")
+    done: set[tuple[str, str]] = set()  # a client named by files in two hot directories goes once per socket
     for path in paths:
         name = posixpath.basename(path)
         if not CLIENT_NAME_RE.match(name):
             warn(f"{path}: {name!r} cannot be a certificate name; not disconnecting it")
             continue
         for sock in hot[posixpath.dirname(path)]:
+            if (name, sock) in done:
+                continue
+            done.add((name, sock))
             if dry_run:
                 print(f"would disconnect {name} via {sock}")
                 continue
