@@ -261,7 +261,9 @@ def test_organisation_keeping_its_keys_gets_no_private_key(kit_archives, kit_bui
             assert all(body.encode() not in data for data in files.values())
     # ... but its own tls-crypt-v2 key (a control-channel key nina makes: it needs the server key).
     tc = files["etc/openvpn/clientcerts/private/tls-crypt-v2.key"].decode()
-    assert tc == kit_built.outputs["vpn_tls_crypt_v2_keys"]["hospital-own"] and tc.startswith("-----BEGIN OpenVPN tls-crypt-v2 client key-----")
+    assert tc == kit_built.outputs["vpn_tls_crypt_v2_keys"]["hospital-own"] and tc.startswith(
+        "-----BEGIN OpenVPN tls-crypt-v2 client key-----"
+    )
 
 
 # --- determinism and export ------------------------------------------------------------------
@@ -354,7 +356,10 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
             assert path.lstrip("/") in files, key
         tc = f"tls-crypt-v2 {facts.OPENVPN_CLIENT_CERTS}/private/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}\n"
         assert tc.encode() in files["etc/openvpn/client/client.conf"] and b"tls-auth" not in files["etc/openvpn/client/client.conf"]
-        assert files[f"etc/openvpn/clientcerts/private/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}"] == outputs["vpn_tls_crypt_v2_keys"][slug].encode()
+        assert (
+            files[f"etc/openvpn/clientcerts/private/{facts.OPENVPN_TLS_CRYPT_V2_CLIENT_FILE}"]
+            == outputs["vpn_tls_crypt_v2_keys"][slug].encode()
+        )
 
 
 # --- install.sh, run for real ------------------------------------------------------------------
