@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nina import cli, facts
+from nina import cli, facts, localpki
 from nina.config import load_config
 from nina.plan import build_plan
 
@@ -169,3 +169,42 @@ def test_supernode_killed_mid_run_is_restarted_and_the_next_run_has_everyone(reh
     assert [row["partitions"] for row in result.rounds] == [everyone] * ROUNDS
     restarts = r.restarts()
     assert restarts[victim] >= 1 and all(restarts[slug] == 0 for slug in others), restarts
+
+
+@pytest.mark.timeout(300)
+def test_replaced_supernode_key_old_refused_new_admitted(reh_rehearsal):
+    """Revocation at the SuperLink (real flwr): the organisation's kit is replaced (what
+    `kit_generation` does: a new SuperNode key pair). Registering the new key through
+    nina-membership, as the deployment's registration resource does when its key changes,
+    unregisters the old node: the SuperNode still holding the old key is refused from then on
+    (its restarts too); the same organisation with its new kit joins and takes part."""
+    r = reh_rehearsal()
+    org, other = r.members[0].slug, r.members[1].slug
+    _full_federation(r)
+    old_ids = r.registered()
+    old_node = r.supernode(org)
+
+    certs = r.kits[org] / facts.SUPERNODE_CERTS.lstrip("/")
+    new = localpki.generate_key(facts.KEY_ALGORITHM, facts.KEY_CURVE)
+    (certs / facts.SUPERNODE_KEY_FILE).write_text(new.private_key_openssh)
+    (certs / facts.SUPERNODE_PUB_FILE).write_text(new.public_key_openssh)
+    new_id = r.register(org)  # reads the kit's (new) public key
+    assert new_id != old_ids[org] and r.registered() == {org: new_id, other: old_ids[other]}
+
+    # The SuperNode with the old key is refused from its next request on: the SuperLink knows no
+    # node of that key any more (flwr answers UNAUTHENTICATED "Invalid node ID"; the SuperNode
+    # logs only "Connection attempt failed" and retries, never admitted again).
+    mark = len(old_node.output())
+    _wait_for(lambda: old_node.output()[mark:].count("Connection attempt failed") >= 3, 90, f"{org}'s old key to be refused")
+    status = {str(n["node-id"]): n.get("status") for n in r.nodes()}
+    assert status.get(old_ids[org]) in (None, "unregistered"), status
+    assert status.get(new_id) != "online" and status[old_ids[other]] == "online", status
+    r.stop_supernode(org)
+    # The new kit: the same organisation, its new key, admitted.
+    r.start_supernode(org)
+    r.wait_online(2, timeout=120)
+    online = {str(n["node-id"]) for n in r.nodes() if n.get("status") == "online"}
+    assert online == {new_id, old_ids[other]}, online
+    result = r.run_app(ROUNDS, tag="new-kit")
+    assert result.ok, (result.error, result.output[-2000:])
+    assert [row["partitions"] for row in result.rounds] == [[0, 1]] * ROUNDS
