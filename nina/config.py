@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from nina import facts, services, text
 
@@ -170,7 +170,7 @@ class Organisation(_Strict):
     # Required, and never renumbered: it fixes the organisation's partition and (on premise)
     # its VPN address. Optional here only so that `_check_partitions` can report a missing one
     # with the id to write down, instead of pydantic's bare "required".
-    partition_id: int | None = Field(default=None, ge=0)
+    partition_id: StrictInt | None = Field(default=None, ge=0)
     gpu: bool = False
     # The organisation's own segment inside Nectar; required for `cloud`, not for `onprem`.
     cidr: Cidr | None = None
@@ -183,7 +183,7 @@ class Organisation(_Strict):
     # Raise by one to replace the organisation's kit (a lost laptop, a leaked key): new VPN and
     # SuperNode keys, certificates and tls-crypt-v2 key; the old ones are refused by the VPN hub
     # and the SuperLink at once. No other organisation's kit changes.
-    kit_generation: int = Field(default=1, ge=1, le=9999)
+    kit_generation: StrictInt = Field(default=1, ge=1, le=9999)
 
     _slug_ok = field_validator("slug")(classmethod(lambda cls, v: _slug(v)))
 

@@ -214,6 +214,11 @@ def test_unknown_keys_in_tenancies():
         (base(network=["10.0.0.0/8"]), "nina:network", ("mapping",)),
         (base(organisations=[org("a", placement="moon")]), "nina:organisations[0].placement", ("'moon'", "cloud", "onprem")),
         (base(organisations=[org("a", partition_id=-1)]), "nina:organisations[0].partition_id", ("-1", "greater than or equal to 0")),
+        (base(organisations=[org("a", kit_generation=0)]), "nina:organisations[0].kit_generation", ("greater than or equal to 1",)),
+        (base(organisations=[org("a", kit_generation="2")]), "nina:organisations[0].kit_generation", ("whole number",)),
+        (base(organisations=[org("a", kit_generation=True)]), "nina:organisations[0].kit_generation", ("whole number",)),
+        # `true` is no partition (YAML's true would otherwise pass as 1).
+        (base(organisations=[org("a", partition_id=True)]), "nina:organisations[0].partition_id", ("whole number",)),
         (base(organisations=[org("a", partition_id="first")]), "nina:organisations[0].partition_id", ("whole number",)),
         (base(organisations=[org("a", name="")]), "nina:organisations[0].name", ("empty",)),
         (base(organisations=[org("a", name="x" * 121)]), "nina:organisations[0].name", ("at most 120",)),
