@@ -335,6 +335,24 @@ def _pem_extra(extra: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, An
     return edit
 
 
+def _a_tc_key(doc: dict[str, Any]) -> str:
+    key = next(iter(doc["vpn_tls_crypt_v2_keys"].values()))
+    assert isinstance(key, str)
+    return key
+
+
+def _tc_replace(value: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        slug = next(iter(doc["vpn_tls_crypt_v2_keys"]))
+        doc["vpn_tls_crypt_v2_keys"][slug] = value(doc)
+
+    return edit
+
+
+def _tc_extra(extra: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], None]:
+    return _tc_replace(lambda d: _a_tc_key(d) + extra(d))
+
+
 def _outputs_text(edit: Callable[[str], str]) -> Callable[[Path], list[str]]:
     return _export(edit(json.dumps(valid_outputs(), indent=1)))
 
@@ -385,6 +403,19 @@ def outputs_cases() -> list[Case]:
         Case("pem material", "private key appended to the CA", _outputs_edit(_pem_extra(lambda d: _a_private_key(d))), "ca_cert_pem"),
         Case("pem material", "second CA certificate", _outputs_edit(_pem_extra(lambda d: d["ca_cert_pem"])), "ca_cert_pem"),
         Case("pem material", "text after the CA certificate", _outputs_edit(_pem_extra(lambda d: "trust me\n")), "ca_cert_pem"),
+        # An organisation's tls-crypt-v2 key: one block of its own kind, nothing else.
+        Case(
+            "pem material", "private key appended to a tls-crypt-v2 key", _outputs_edit(_tc_extra(_a_private_key)), "vpn_tls_crypt_v2_keys"
+        ),
+        Case(
+            "pem material", "two tls-crypt-v2 keys in one field", _outputs_edit(_tc_extra(lambda d: _a_tc_key(d))), "vpn_tls_crypt_v2_keys"
+        ),
+        Case(
+            "pem material",
+            "a tls-crypt-v2 server key as an organisation's key",
+            _outputs_edit(_tc_replace(lambda d: _a_tc_key(d).replace("client key", "server key"))),
+            "vpn_tls_crypt_v2_keys",
+        ),
         Case("unbounded reads", "outputs are /dev/zero", _outputs_from("/dev/zero"), "/dev/zero"),
         Case("unbounded reads", "outputs of 80 MiB", _big_outputs, "outputs.json"),
     ]
