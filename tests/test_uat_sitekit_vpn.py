@@ -6,7 +6,9 @@ host's delivery, and a client from the kit's own files, in network namespaces.
 
 Checks: the kit's client gets its fixed address and reaches the SuperLink's Fleet API through
 the tunnel; after the organisation is removed from the config (a new `pulumi up`'s delivery),
-its kit is refused; a kit whose certificate comes from another CA is refused.
+its kit is refused; after another organisation's `kit_generation` is raised, its old kit is
+refused and the new kit (exported from the new outputs) connects, with nothing restarted; a
+kit whose certificate comes from another CA is refused.
 """
 
 from __future__ import annotations
@@ -120,20 +122,44 @@ def test_uat_site_kits_join_over_openvpn_and_removal_refuses(vpn_lab):
     assert wait_for(pk, f"(?s){READY}.*{READY}", 20), pk.output()[-2000:]
     assert lab.connect(ck.ns, v.superlink_ip, facts.SUPERLINK_FLEET_PORT) == v.internal_ip
     refused = lab.start_client(cg, conf_g.replace(ck.public_ip, cg.public_ip), files_g, name=f"{gone.slug}-removed")
-    assert wait_for(refused, "AUTH_FAILED", 15), refused.output()[-2000:]
+    # Refused before TLS: its tls-crypt-v2 key is no longer admitted.
+    assert wait_for(servers["server"], f"nina-vpn-verify: refused: {gone.slug} is not admitted", 20), servers["server"].output()[-2000:]
+    lab.stop(refused)
     assert READY not in refused.output()
 
-    # A kit whose client certificate comes from another CA (same CN) fails TLS.
+    # The remaining organisation's kit is replaced (a leaked key): one config change.
+    replaced = copy.deepcopy(smaller)
+    next(o for o in replaced["nina:organisations"] if o["slug"] == keep.slug)["kit_generation"] = 2
+    run3 = run_program(replaced, "uat")
+    assert run3.error is None, run3.error
+    pids = {name: proc.popen.pid for name, proc in servers.items()}
+    out = deliver(lab, delivered_payload(run3, v.host), calls).stdout
+    assert "only per-connection entries changed: no restart" in out and f"wrote {facts.OPENVPN_ALLOW_DIR}/{keep.slug}" in out, out
+    assert f"disconnect {keep.slug} via {facts.OPENVPN_MANAGEMENT_SOCKETS[0]}: disconnected 1 connection(s)" in out, out
+    assert wait_for(servers["server"], f"nina-vpn-verify: refused: {keep.slug}: tls-crypt-v2 key", 30), servers["server"].output()[-2000:]
+    lab.stop(pk)
+    assert pk.output().count(READY) == 2  # the first connection and the reconnection after the removal, no more
+    new_kit = build_kit(stack_outputs(run3, ck.public_ip), keep.slug)
+    assert new_kit != kits[keep.slug]
+    conf_n, files_n = kit_files(new_kit, keep.slug)
+    pn = lab.start_client(ck, conf_n, files_n, name=f"{keep.slug}-new-kit")
+    assert wait_for(pn, READY, 20), pn.output()[-3000:]
+    assert lab.addresses(ck.ns).get("tap0") == [f"{keep.vpn_address}/{v.pool.prefixlen}"]
+    assert lab.connect(ck.ns, v.superlink_ip, facts.SUPERLINK_FLEET_PORT) == v.internal_ip
+    assert {name: proc.popen.pid for name, proc in servers.items()} == pids
+
+    # A kit whose client certificate comes from another CA (same CN; the current tls-crypt-v2 key,
+    # so it gets as far as TLS) fails TLS.
     other_key = localpki.generate_key().private_key_pem
     other_ca = localpki.self_signed_ca(other_key, {**facts.CA_SUBJECT, "common_name": "not the NINA CA"}, 48, facts.CA_CERT_USES)
     key = localpki.generate_key().private_key_pem
     cert = localpki.sign_certificate(
         localpki.cert_request(key, {"common_name": keep.slug}), other_key, other_ca, 48, facts.CLIENT_CERT_USES
     )
-    forged = dict(files_k)
+    forged = dict(files_n)
     forged[f"{facts.OPENVPN_CLIENT_CERTS}/issued/{keep.slug}.crt"] = cert.encode()
     forged[f"{facts.OPENVPN_CLIENT_CERTS}/private/{keep.slug}.key"] = key.encode()
-    lab.stop(pk)
-    bad = lab.start_client(ck, conf_k, forged, name=f"{keep.slug}-forged")
+    lab.stop(pn)
+    bad = lab.start_client(ck, conf_n, forged, name=f"{keep.slug}-forged")
     assert wait_for(servers["server"], "VERIFY ERROR", 15), servers["server"].output()[-2000:]
     assert READY not in bad.output()
