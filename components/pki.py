@@ -93,7 +93,7 @@ class LeafCertificate(pulumi.ComponentResource):
 
 
 class SuperNodeKey(pulumi.ComponentResource):
-    """A SuperNode's authentication key pair (ECDSA P-384; flwr 1.25 takes only the OpenSSH format)."""
+    """A SuperNode's authentication key pair (ECDSA P-384; flwr takes only the OpenSSH format)."""
 
     private_key_openssh: pulumi.Output[str]
     public_key_openssh: pulumi.Output[str]

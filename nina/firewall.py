@@ -47,8 +47,8 @@ PORT_TABLE: tuple[Flow, ...] = (
 
 # Rows of 3.3.1 that never get an ingress rule, and why. Tests check these stay closed.
 NEVER_OPEN: dict[int, str] = {
-    facts.SUPERLINK_SERVERAPPIO_PORT: "ServerAppIo has no TLS in flwr 1.25: bound to 127.0.0.1",
-    facts.SUPERNODE_CLIENTAPPIO_PORT: "ClientAppIo has no TLS in flwr 1.25: bound to 127.0.0.1 (9094-9099)",
+    facts.SUPERLINK_SERVERAPPIO_PORT: "ServerAppIo is served without TLS by flwr: bound to 127.0.0.1",
+    facts.SUPERNODE_CLIENTAPPIO_PORT: "ClientAppIo is served without TLS by flwr: bound to 127.0.0.1 (9094-9099)",
     facts.PROMETHEUS_PORT: "Prometheus is read by Grafana on the same host",
 }
 # Postgres (3.3.1 IAM Postgres 5432) is the managed Trove instance: Neutron rules cannot

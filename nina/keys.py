@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from nina import pem
 
-# flwr 1.25 takes only NIST-curve EC keys for SuperNode authentication.
+# flwr (1.25 to 1.31 at least) takes only NIST-curve EC keys for SuperNode authentication.
 SUPERNODE_KEY_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 
@@ -59,7 +59,7 @@ def check_openssh_public_key(line: str) -> None:
     """An organisation's SuperNode public key: one bare OpenSSH line of a NIST-curve ECDSA key."""
     key = load_openssh_public_key(line, "ssh-keygen -t ecdsa -b 384")
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in SUPERNODE_KEY_CURVES:
-        raise KeyError_("flwr 1.25 accepts only NIST-curve ECDSA keys for SuperNodes; use `ssh-keygen -t ecdsa -b 384`")
+        raise KeyError_("flwr accepts only NIST-curve ECDSA keys for SuperNodes; use `ssh-keygen -t ecdsa -b 384`")
 
 
 def load_openssh_public_key(line: str, keygen: str) -> SSHPublicKeyTypes:

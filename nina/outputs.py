@@ -196,7 +196,7 @@ def _supernode_public_key(value: str) -> str:
     try:
         check_openssh_public_key(value)
     except UnsupportedAlgorithm:
-        raise ValueError("is a key type flwr 1.25 does not accept; use `ssh-keygen -t ecdsa -b 384`") from None
+        raise ValueError("is a key type flwr does not accept; use `ssh-keygen -t ecdsa -b 384`") from None
     except KeyError_ as exc:
         raise ValueError(str(exc)) from None
     return value.strip() + "\n"

@@ -1095,7 +1095,7 @@ MUTATIONS = {
         lambda d: _org(d).__setitem__(
             "supernode_public_key_openssh", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
         ),
-        "tenancies.main.organisations.hospital-a.supernode_public_key_openssh: flwr 1.25 accepts only NIST-curve ECDSA keys",
+        "tenancies.main.organisations.hospital-a.supernode_public_key_openssh: flwr accepts only NIST-curve ECDSA keys",
     ),
     "duplicate-slug": (
         lambda d: d["tenancies"]["beta"]["organisations"].__setitem__("hospital-a", _org(d)),
