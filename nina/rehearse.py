@@ -911,7 +911,7 @@ class Rehearsal:
         wait_online polls this every half second while SuperNodes start: a `flwr` process per poll
         (Python start-up and `import flwr`, about 1.3 s of CPU with flwr 1.31) would take a good
         part of 2 cores from what it measures, so every poll runs in one interpreter kept for the
-        rehearsal (nina-membership's Worker: the same command line, in-process)."""
+        rehearsal (nina-membership's Worker: the same command line, forked from it)."""
         argv = ["supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
         flwr = str(self.venv / "bin" / "flwr")
         python = script_interpreter(flwr)
