@@ -170,6 +170,7 @@ SUPERNODE_FLWR_HOME = "/opt/flwr/supernode/flwr-home"
 SUPERLINK_ADMIN_FLWR_HOME = "/var/lib/nina/admin-flwr-home"
 FLWR_CONFIG_FILE = "config.toml"
 MEMBERSHIP_WAIT_SECONDS = 120  # how long nina-membership waits for the Control API
+MEMBERSHIP_BATCH_PARALLEL = 16  # how many registrations of a register-many batch run at once
 JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
 # Cinder volumes: a virtio disk shows up as /dev/disk/by-id/virtio-<first 20 chars of its id>.
 VOLUME_BY_ID_PREFIX = "/dev/disk/by-id/virtio-"

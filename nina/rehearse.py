@@ -834,11 +834,12 @@ class Rehearsal:
         """SuperLink, registrations and SuperNodes, overlapped (returns slug -> node id; {} insecure).
 
         Secured: `nina-membership register-many` starts with the SuperLink (it retries until the
-        Control API answers), and the SuperNodes start together once every key is registered.
-        (Starting each as soon as its own key was registered made it slower with flwr 1.31: on
-        2 cores the SuperNodes' start-up, about 1.4 s of CPU each, slowed the batch's serial
-        registrations, so the last SuperNode started later; 10 organisations: 19.0 s against
-        13.9 s to ready.) Insecure: the SuperNodes start once the SuperLink's APIs listen.
+        Control API answers; its registrations run at once), and the SuperNodes start together
+        as soon as its last line says every key is registered. (When the batch registered one
+        key after the other, starting each SuperNode as soon as its own key was registered made
+        it slower with flwr 1.31: on 2 cores the SuperNodes' start-up, about 1.4 s of CPU each,
+        slowed the remaining registrations.) Insecure: the SuperNodes start once the
+        SuperLink's APIs listen.
         Either way no SuperNode starts before its SuperLink listens, so the two differ only by
         the registrations. Then `wait_online`. `registration="each"` (benchmarks: what the
         deployment does) runs one `nina-membership register <slug>` per organisation at once
@@ -860,14 +861,19 @@ class Rehearsal:
         self._wait_superlink(timeout)
         self.marks["listening"] = time.monotonic()
 
-        def registered(slug: str) -> None:
-            self.marks.setdefault("first registered", time.monotonic())
+        done: set[str] = set()
 
-        ids = self._finish_registrations(registrations, registered)
-        self.marks["registered"] = time.monotonic()
-        self.start_supernodes()
-        self.marks["supernodes started"] = time.monotonic()
-        return ids
+        def registered(slug: str) -> None:
+            # Lines come as registrations finish: start the SuperNodes with the last one, not
+            # once register-many has also exited.
+            self.marks.setdefault("first registered", time.monotonic())
+            done.add(slug)
+            if len(done) == len(self.members):
+                self.marks["registered"] = time.monotonic()
+                self.start_supernodes()
+                self.marks["supernodes started"] = time.monotonic()
+
+        return self._finish_registrations(registrations, registered)
 
     def _start_federation_each(self, timeout: float) -> dict[str, str]:
         self.start_superlink(timeout)
@@ -909,7 +915,7 @@ class Rehearsal:
         wait_online polls this every half second while SuperNodes start: a `flwr` process per poll
         (Python start-up and `import flwr`, about 1.3 s of CPU with flwr 1.31) would take a good
         part of 2 cores from what it measures, so every poll runs in one interpreter kept for the
-        rehearsal (nina-membership's Worker: the same command line, in-process)."""
+        rehearsal (nina-membership's Worker: the same command line, forked from it)."""
         argv = ["supernode", "ls", facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"]
         flwr = str(self.venv / "bin" / "flwr")
         python = script_interpreter(flwr)

@@ -371,7 +371,7 @@ def test_nina_membership_keeps_the_cli_home_off_the_state_volume(base):
 
 
 def test_nina_membership_imports_nothing_from_where_it_was_started(base):
-    """register-many runs a Python flwr's commands in one interpreter it starts for the batch. An
+    """register-many runs a Python flwr's commands forked from one interpreter it starts for the batch. An
     operator who runs `sudo nina-membership register-many` from a directory superlink owns (its
     state volume) must not have root import what superlink put there (a `json.py`)."""
     root = superlink_host(base, legacy=False)

@@ -437,7 +437,8 @@ FAKE_FLWR = '''#!{python}
 run as its own process or by nina-membership's batch interpreter (runpy, one process for many calls).
 
 FAKE_RENDEZVOUS=<s>: a call first waits (up to <s> seconds) until another call is in flight,
-so that calls which can run at once are seen to (max_active in the state)."""
+so that calls which can run at once are seen to (max_active in the state). Each call records
+its process and its parent ("pid", "ppid")."""
 import fcntl, json, os, sys, time
 state_file = {state!r}
 
@@ -463,7 +464,8 @@ argv = sys.argv[1:]
 def call(state):
     state["active"] -= 1
     state["calls"].append({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_HOME")}},
-                            "key": open(argv[2]).read() if argv[1] == "register" else None, "pid": os.getpid()}})
+                            "key": open(argv[2]).read() if argv[1] == "register" else None, "pid": os.getpid(),
+                            "ppid": os.getppid()}})
     mode = os.environ.get("FAKE_MODE", "ok")
     if mode.startswith("unavailable") and int(mode.split(":")[1]) >= len(state["calls"]):
         return {{"success": False, "error-message": "Loading project configuration... \\nSuccess\\n Connection to the SuperLink is unavailable. Please check your network connection and 'address' in the federation configuration.\\n\\n"}}
@@ -658,28 +660,43 @@ def test_membership_runs_for_one_organisation_take_turns(membership):
 
 
 def test_membership_register_many_in_one_interpreter(membership):
+    """Every flwr command of the batch, retries included, runs in a process forked from one
+    interpreter started for the batch (which imported what flwr's script imports, once)."""
     keys = json.dumps({"org-a": PUB_A, "org-b": PUB_B})
     proc, _ = membership("register-many", stdin=keys, FAKE_MODE="unavailable:1")
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(line) for line in proc.stdout.splitlines()] == [
-        {"slug": "org-a", "node-id": "1001", "changed": True},
-        {"slug": "org-b", "node-id": "1002", "changed": True},
-    ]
+    lines = sorted((json.loads(line) for line in proc.stdout.splitlines()), key=lambda d: d["slug"])
+    assert [(d["slug"], d["changed"]) for d in lines] == [("org-a", True), ("org-b", True)]
+    assert sorted(d["node-id"] for d in lines) == ["1001", "1002"]
     assert "Control API not ready" in proc.stderr
     calls = membership.calls()
     assert [c["argv"][:2] for c in calls] == [["supernode", "register"]] * 3  # a retry while "unavailable", org-a, org-b
-    assert [c["key"] for c in calls] == [PUB_A, PUB_A, PUB_B]
-    assert len({c["pid"] for c in calls}) == 1  # one interpreter for the whole batch, retries included
+    assert sorted(c["key"] for c in calls[1:]) == sorted([PUB_A, PUB_B])
+    assert len({c["pid"] for c in calls}) == 3 and len({c["ppid"] for c in calls}) == 1  # one interpreter forked for each
     assert all(c["argv"][3:] == [facts.SUPERLINK_ADMIN_CONNECTION, "--format", "json"] for c in calls)
     assert all(c["env"]["FLWR_TELEMETRY_ENABLED"] == "0" and c["env"]["FLWR_DISABLE_UPDATE_CHECK"] == "1" for c in calls)
     assert all(c["env"]["FLWR_HOME"] == str(membership.home) for c in calls)
-    assert (membership.members / "org-b.node_id").read_text() == "1002\n" and (membership.members / "org-b.pub").read_text() == PUB_B
+    node_b = next(d["node-id"] for d in lines if d["slug"] == "org-b")
+    assert (membership.members / "org-b.node_id").read_text() == f"{node_b}\n" and (membership.members / "org-b.pub").read_text() == PUB_B
 
     proc, _ = membership("register-many", stdin=keys)  # the same keys again: nothing to do
     assert proc.returncode == 0 and [json.loads(line)["changed"] for line in proc.stdout.splitlines()] == [False, False]
     assert len(membership.calls()) == 3
     proc, _ = membership("register", "org-c", stdin=PUB_A)  # a single registration runs flwr on its own
-    assert membership.calls()[-1]["pid"] != calls[0]["pid"]
+    assert membership.calls()[-1]["ppid"] != calls[0]["ppid"]
+
+
+def test_membership_register_many_registers_organisations_at_once(membership):
+    # Each call waits (up to 20 s) for another to be in flight: registered one after the other,
+    # the second could not start before the first was done.
+    keys = {"org-a": PUB_A, "org-b": PUB_B}
+    proc, _ = membership("register-many", stdin=json.dumps(keys), FAKE_RENDEZVOUS="20")
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(membership.state.read_text())
+    assert state["max_active"] == 2 and len(state["calls"]) == 2
+    assert sorted(json.loads(line)["slug"] for line in proc.stdout.splitlines()) == sorted(keys)
+    for slug, key in keys.items():
+        assert (membership.members / f"{slug}.pub").read_text() == key
 
 
 def test_membership_register_many_reports_each_failure(membership):

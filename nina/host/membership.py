@@ -21,11 +21,15 @@ parallel) run at once, and two runs for one organisation take turns. `list` take
 every record is written atomically.
 
 register-many registers each organisation of the input as `register <slug>` does (same
-records, same locks, same idempotency) and prints one JSON line per organisation as soon as
-it is done ({"slug", "node-id", "changed"} or {"slug", "error"}); exit 1 if any failed. When
-flwr is a Python script (a venv's console script), all of its `flwr supernode ...` commands
-run in one interpreter started for the batch (Worker): the same command, arguments and
-environment, once per organisation, without a Python start-up and `import flwr` per key.
+records, same locks, same idempotency), up to facts.MEMBERSHIP_BATCH_PARALLEL organisations at
+once (threads, as pulumi runs the registration resources in parallel), and prints one JSON line
+per organisation as soon as it is done, in the order they finish ({"slug", "node-id",
+"changed"} or {"slug", "error"}); exit 1 if any failed. When flwr is a Python script (a venv's
+console script), its `flwr supernode ...` commands run in processes forked from one interpreter
+started for the batch (Worker), which imported what the script imports once: the same command,
+arguments and environment, once per organisation, without a Python start-up and `import flwr`
+per key, and several at once (each `flwr supernode register` spends most of its time, about
+0.2 s with flwr 1.31, in grpc closing its channel).
 
 As root (sudo) it runs flwr only if flwr, its interpreter and the CLI's FLWR_HOME are root's
 alone, with nothing a service user or group could change on the way (nina.host.trust); the members
@@ -44,11 +48,11 @@ import fcntl
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -160,38 +164,93 @@ def run_flwr(argv: list[str]) -> tuple[int, str, str]:
 
 
 # The batch's interpreter: runs a Python script (flwr's console script) as `python SCRIPT ARGS...`
-# would, once per request line ({"argv": [...]}) on stdin, and answers each with one line
-# {"code", "stdout", "stderr"} on the stdout it started with. The script's own stdout and stderr
-# (file descriptors 1 and 2, so also what rich and logging write) go to a temporary file per run.
+# would, once per request line ({"id", "argv", "timeout"}) on stdin, each in a process of its own
+# forked from it, and answers each with one line {"id", "code", "stdout", "stderr"} on the stdout it
+# started with, as each is done: requests run at once (flwr's CLI redirects sys.stdout and closes
+# its grpc channel with a wait of about 0.2 s, so it cannot share one process with itself).
+# Before the first request it runs the script's own top-level import statements (flwr's
+# `from flwr.cli.app import app`: Python start-up and `import flwr` cost about 1.3 s of CPU with
+# flwr 1.31), nothing else of it, so each request costs a fork instead. No grpc channel exists in
+# it when it forks (grpc starts its threads with the first channel, in a child). A child's file
+# descriptors 1 and 2 (so also what rich and logging write) go to temporary files, and SIGALRM
+# ends a child that outlives its request's timeout.
 WORKER_SOURCE = r"""
-import json, os, runpy, sys, tempfile
+import ast, json, math, os, runpy, select, signal, sys, tempfile
 script = sys.argv[1]
 answers = os.fdopen(os.dup(1), "w")
 null = os.open(os.devnull, os.O_RDWR)
-for request in sys.stdin:
-    argv = json.loads(request)["argv"]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        sys.stdout.flush(); sys.stderr.flush()
-        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
-        sys.argv = [script, *argv]
-        code = 0
+os.dup2(null, 1); os.dup2(null, 2)
+try:
+    with open(script, "rb") as fh:
+        tree = ast.parse(fh.read(), script)
+    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    exec(compile(ast.Module(body=imports, type_ignores=[]), script, "exec"), {"__name__": "__nina_preload__"})
+except BaseException:
+    pass  # each request runs the whole script and reports what fails
+
+def child(argv, timeout, wfd):
+    try:
+        signal.alarm(max(1, math.ceil(timeout)))
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            os.dup2(null, 0); os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+            sys.argv = [script, *argv]
+            code = 0
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException as exc:
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                code = 1
+            finally:
+                for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
+            out.seek(0); err.seek(0)
+            answer = {"code": code, "stdout": out.read().decode("utf-8", "replace"), "stderr": err.read().decode("utf-8", "replace")}
+        data = memoryview(json.dumps(answer).encode("utf-8"))
+        while data:
+            data = data[os.write(wfd, data):]
+    finally:
+        os._exit(0)
+
+pending = {}  # read end of a child's answer pipe -> [request id, pid, bytes so far]
+buffered, ended = b"", False
+while not ended or pending:
+    readable, _, _ = select.select(list(pending) + ([] if ended else [0]), [], [])
+    for fd in readable:
+        if fd == 0:
+            data = os.read(0, 1 << 16)
+            ended = not data
+            buffered += data
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                if line.strip():
+                    request = json.loads(line)
+                    r, w = os.pipe()
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(r)
+                        child(request["argv"], float(request["timeout"]), w)
+                    os.close(w)
+                    pending[r] = [request["id"], pid, b""]
+            continue
+        data = os.read(fd, 1 << 16)
+        if data:
+            pending[fd][2] += data
+            continue
+        os.close(fd)
+        rid, pid, text = pending.pop(fd)
+        _, status = os.waitpid(pid, 0)
         try:
-            runpy.run_path(script, run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException as exc:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            code = 1
-        finally:
-            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-            os.dup2(null, 1); os.dup2(null, 2)
-        out.seek(0); err.seek(0)
-        answer = {"code": code, "stdout": out.read().decode("utf-8", "replace"), "stderr": err.read().decode("utf-8", "replace")}
-    answers.write(json.dumps(answer) + "\n"); answers.flush()
+            answer = json.loads(text)
+        except ValueError:
+            answer = {"code": 1, "stdout": "", "stderr": f"the command's process ended without an answer (wait status {status})"}
+        answer["id"] = rid
+        answers.write(json.dumps(answer) + "\n"); answers.flush()
+os._exit(0)  # every answer is out: no interpreter finalization (flwr's modules) to wait for
 """
 
 
@@ -211,9 +270,10 @@ def script_interpreter(path: str) -> str | None:
 
 
 class Worker:
-    """One interpreter running every flwr command of a batch (see WORKER_SOURCE). `script` and
-    `env` default to this program's flwr and its environment (the rehearsal passes its own, to
-    poll `flwr supernode ls` without starting a flwr process per poll)."""
+    """One interpreter running every flwr command of a batch (see WORKER_SOURCE), several at once:
+    `run` may be called from several threads, each waits for its own answer. `script` and `env`
+    default to this program's flwr and its environment (the rehearsal passes its own, to poll
+    `flwr supernode ls` without starting a flwr process per poll)."""
 
     def __init__(self, python: str, script: str | None = None, env: dict[str, str] | None = None) -> None:
         # -I: not the caller's working directory (`-c` would put it first on sys.path: a
@@ -225,27 +285,52 @@ class Worker:
             env=flwr_env() if env is None else env,
             text=True,
         )
+        self._send = threading.Lock()
+        self._answered = threading.Condition()
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._requests = 0
+        self._ended = False
+        threading.Thread(target=self._read, name="nina-membership-worker", daemon=True).start()
+
+    def _read(self) -> None:
+        """Hand each answer line to the request it names."""
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    answer = json.loads(line)
+                    with self._answered:
+                        self._answers[int(answer["id"])] = answer
+                        self._answered.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._answered:
+                self._ended = True
+                self._answered.notify_all()
 
     def run(self, argv: list[str], timeout: float = FLWR_TIMEOUT) -> tuple[int, str, str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(json.dumps({"argv": argv}) + "\n")
-            self.proc.stdin.flush()
-            # One answer line per request, so nothing is left buffered between requests.
-            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+        assert self.proc.stdin is not None
+        with self._send:
+            self._requests += 1
+            rid = self._requests
+            try:
+                self.proc.stdin.write(json.dumps({"id": rid, "argv": argv, "timeout": timeout}) + "\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise Failure(f"the flwr interpreter of the batch failed: {exc}") from None
+        with self._answered:
+            if not self._answered.wait_for(lambda: rid in self._answers or self._ended, timeout):
                 self.proc.kill()
                 self.proc.wait()
                 raise Failure(f"flwr {' '.join(argv[:2])} did not answer within {timeout:g} s")
-            line = self.proc.stdout.readline()
-        except OSError as exc:
-            raise Failure(f"the flwr interpreter of the batch failed: {exc}") from None
-        if not line:
+            answer = self._answers.pop(rid, None)
+        if answer is None:
             raise Failure(f"the flwr interpreter of the batch exited (code {self.proc.wait()})")
-        answer = json.loads(line)
         return int(answer["code"]), str(answer["stdout"]), str(answer["stderr"])
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
         try:
@@ -384,22 +469,42 @@ def register_many(text: str) -> int:
     if why:
         raise refused(why)
     WORKER = Worker(python) if python else None
-    failed = 0
-    try:
-        for slug, pub in checked.items():
+    queue = list(checked.items())
+    failures: list[str] = []
+    lock = threading.Lock()  # the queue, the failures and stdout
+
+    def registrar() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                slug, pub = queue.pop(0)
             try:
                 with locked(slug):
                     result = register(slug, pub)
             except Failure as exc:
-                failed += 1
                 result = {"slug": slug, "error": str(exc)}
                 say(f"{slug}: error: {exc}")
-            print(json.dumps(result, sort_keys=True), flush=True)
+            except Exception as exc:  # a thread must report, not die silently
+                result = {"slug": slug, "error": f"{type(exc).__name__}: {exc}"}
+                say(f"{slug}: error: {result['error']}")
+            with lock:
+                if "error" in result:
+                    failures.append(slug)
+                print(json.dumps(result, sort_keys=True), flush=True)
+
+    threads = [threading.Thread(target=registrar, name=f"register-{i}") for i in range(min(len(queue), facts.MEMBERSHIP_BATCH_PARALLEL))]
+    try:
+        for t in threads:
+            t.start()
     finally:
+        for t in threads:
+            if t.ident is not None:  # started
+                t.join()
         if WORKER is not None:
             WORKER.close()
             WORKER = None
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
 def main(argv: list[str]) -> int:
