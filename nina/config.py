@@ -107,6 +107,48 @@ class CloudConfig(_Strict):
         return value
 
 
+def _dns_domain(value: str) -> str:
+    value = value.rstrip(".")
+    if len(value) > MAX_DNS_NAME:
+        raise ValueError(f"is {len(value)} characters; a DNS name has at most {MAX_DNS_NAME}")
+    if not all(SLUG_RE.match(label) for label in value.split(".")) or "." not in value:
+        raise ValueError(f"{_show(value)} is not a DNS domain; use dot-separated DNS-safe labels like 'fl.example.edu.au'")
+    return value
+
+
+class ResearcherAccess(_Strict):
+    """The researchers' way in (manual 2, 3.2.2, 4.1.2.5-4.1.2.15): nginx on the proxy host serves
+    each public service at `<facts.PUBLIC_NAMES[service]>.<public_domain>` over HTTPS, with Let's
+    Encrypt certificates for which `acme_email` receives the expiry notices."""
+
+    public_domain: str
+    acme_email: str
+    # Let's Encrypt's staging CA (untrusted certificates, generous rate limits): for test stacks.
+    acme_staging: bool = False
+
+    _domain = field_validator("public_domain")(classmethod(lambda cls, v: _dns_domain(v)))
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        local, _, domain = value.partition("@")
+        bad = ValueError(f"{_show(value)} is not an e-mail address Let's Encrypt accepts; use e.g. 'fl-ops@example.edu.au'")
+        if not re.fullmatch(r"[A-Za-z0-9._%+-]{1,64}", local):
+            raise bad
+        try:
+            _dns_domain(domain.lower())
+        except ValueError:
+            raise bad from None
+        return value
+
+    def public_name(self, service: str) -> str:
+        """The public host name of `service` (a key of facts.PUBLIC_NAMES)."""
+        return f"{facts.PUBLIC_NAMES[service]}.{self.public_domain}"
+
+    def public_url(self, service: str) -> str:
+        return f"https://{self.public_name(service)}"
+
+
 class NetworkConfig(_Strict):
     server_cidr: Cidr = IPv4Network("10.100.0.0/24")
     vpn_pool_cidr: Cidr = IPv4Network("192.168.99.0/24")
@@ -226,6 +268,8 @@ class StackConfig(_Strict):
     protect: bool = True
     # People who may log in to every host; their keys are delivered in place (no VM replaced).
     operators: list[Operator] = Field(default_factory=list)
+    # Researchers' access (nginx, Keycloak, JupyterHub); None: the stack has no public services.
+    researcher_access: ResearcherAccess | None = None
 
     _env = field_validator("environment")(classmethod(lambda cls, v: _slug(v)))
 

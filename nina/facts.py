@@ -103,6 +103,8 @@ JUPYTERHUB_ETC = "/etc/jupyterhub"
 JUPYTERHUB_OPT = "/opt/jupyterhub"
 KEYCLOAK_OPT = "/opt/keycloak"
 NGINX_CONF_D = "/etc/nginx/conf.d"
+# The public host name of each service nginx serves: `<name>.<nina:researcher_access.public_domain>`.
+PUBLIC_NAMES = {"keycloak": "auth", "jupyterhub": "hub", "grafana": "grafana"}
 
 # File names inside the cert directories (manual 4.1.2.17.3 / 4.1.3.3.1).
 CA_CERT_FILE = "ca.crt"

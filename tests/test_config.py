@@ -215,6 +215,17 @@ def test_unknown_keys_in_tenancies():
         (base(organisations=[org("a", placement="moon")]), "nina:organisations[0].placement", ("'moon'", "cloud", "onprem")),
         (base(organisations=[org("a", partition_id=-1)]), "nina:organisations[0].partition_id", ("-1", "greater than or equal to 0")),
         (base(organisations=[org("a", kit_generation=0)]), "nina:organisations[0].kit_generation", ("greater than or equal to 1",)),
+        (
+            base(researcher_access={"public_domain": "fl", "acme_email": "ops@example.edu.au"}),
+            "nina:researcher_access.public_domain",
+            ("not a DNS domain",),
+        ),
+        (
+            base(researcher_access={"public_domain": "fl.example.edu.au", "acme_email": "ops"}),
+            "nina:researcher_access.acme_email",
+            ("not an e-mail address",),
+        ),
+        (base(researcher_access={"public_domain": "fl.example.edu.au"}), "nina:researcher_access.acme_email", ("required",)),
         (base(organisations=[org("a", kit_generation="2")]), "nina:organisations[0].kit_generation", ("whole number",)),
         (base(organisations=[org("a", kit_generation=True)]), "nina:organisations[0].kit_generation", ("whole number",)),
         # `true` is no partition (YAML's true would otherwise pass as 1).
