@@ -398,3 +398,11 @@ def run_program(config: dict[str, Any], stack: str = "test") -> Run:
 def payload_of(stdin: str) -> str:
     """The installer's payload (JSON text) inside a delivery's stdin (the bundle nina-receive reads)."""
     return json.dumps(json.loads(stdin)["payload"], sort_keys=True) + "\n"
+
+
+def before_and_after(before: dict[str, Any], after: dict[str, Any], stack: str) -> tuple[Run, Run]:
+    """The program run on two configs (a change an operator makes), both without errors."""
+    runs = run_program(before, stack), run_program(after, stack)
+    for run in runs:
+        assert run.error is None, run.error
+    return runs

@@ -251,3 +251,12 @@ class SshLab:
     def pids(self, ns: str) -> list[int]:
         """Processes in a namespace now (`ip netns pids`)."""
         return [int(p) for p in self.run(IP, "netns", "pids", ns, check=False).stdout.split()]
+
+    def settled_pids(self, ns: str, timeout: float = 10) -> list[int]:
+        """Processes in a namespace once those already told to stop have gone (`stop` waits for
+        a process group's leader only; e.g. the ProxyCommand ssh of a tunnel exits a moment
+        later): an empty list, or what is still there after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := self.pids(ns)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left

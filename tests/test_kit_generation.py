@@ -19,7 +19,7 @@ import tarfile
 from typing import Any
 
 import pytest
-from harness import INSTANCE, Run, payload_of, run_program
+from harness import INSTANCE, Run, before_and_after, payload_of
 from test_membership import exported, grown_uat
 
 from nina import facts
@@ -39,11 +39,7 @@ def replaced(config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs() -> tuple[Run, Run]:
-    before = run_program(grown_uat(), "uat")
-    assert before.error is None, before.error
-    after = run_program(replaced(grown_uat()), "uat")
-    assert after.error is None, after.error
-    return before, after
+    return before_and_after(grown_uat(), replaced(grown_uat()), "uat")
 
 
 def kit_files(kit: bytes) -> dict[str, bytes]:

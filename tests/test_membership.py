@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 import pytest
-from harness import INSTANCE, Run, payload_of, run_program, stack_config
+from harness import INSTANCE, Run, before_and_after, payload_of, stack_config
 
 from nina import facts, localpki
 from nina.kit import build_kit
@@ -62,11 +62,7 @@ def changed_membership(config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs() -> tuple[Run, Run]:
-    before = run_program(grown_uat(), "uat")
-    assert before.error is None, before.error
-    after = run_program(changed_membership(grown_uat()), "uat")
-    assert after.error is None, after.error
-    return before, after
+    return before_and_after(grown_uat(), changed_membership(grown_uat()), "uat")
 
 
 REMAINING = ["gold-coast", "sunshine-coast", "townsville", "qimr-lab"]

@@ -221,9 +221,16 @@ def test_the_control_api_cannot_be_reached_directly_from_the_operator(federation
     assert lab.connect(lab.op, facts.REHEARSAL_PUBLIC_IP, facts.SSH_PORT) == "OK"  # only the bastion's SSH
 
 
+@pytest.fixture(scope="module")
+def first_validation(federation) -> subprocess.CompletedProcess:
+    """The federation's first `nina validate` (it records the host keys and leaves finished runs
+    at the SuperLink), shared by the tests that build on it, whichever of them runs first."""
+    return federation.run()
+
+
 @pytest.mark.slow
-def test_nina_validate_runs_the_app_through_the_bastion_and_leaves_nothing_behind(federation):
-    proc = federation.run()
+def test_nina_validate_runs_the_app_through_the_bastion_and_leaves_nothing_behind(federation, first_validation):
+    proc = first_validation
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     print(out)
@@ -257,8 +264,10 @@ def _readme_block(starts: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
-    """The README's ~/.ssh/config blocks, ssh command and federation, with the lab's values."""
+def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, first_validation, tmp_path):
+    """The README's ~/.ssh/config blocks, ssh command and federation, with the lab's values
+    (after the first `nina validate`: its host keys and its runs are what this tunnel sees)."""
+    assert first_validation.returncode == 0, first_validation.stderr
     lab = federation.lab
     config = _readme_block("Host nina-uat-gateway")
     for old, new in (
@@ -310,7 +319,7 @@ def test_the_readme_tunnel_by_hand_serves_flwr_ls(federation, tmp_path):
         assert '"ok": true' in log.stdout and "NINA-SUMMARY" in log.stdout, log.stdout + log.stderr
     finally:
         lab.stop(tunnel)
-    assert lab.pids(lab.op) == []
+    assert lab.settled_pids(lab.op) == []
 
 
 @pytest.mark.slow

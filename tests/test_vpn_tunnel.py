@@ -65,6 +65,19 @@ class Hub:
         conf = vpn.client_conf(slug, self.vpn.certificate.common_name, client.public_ip, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
         return self.lab.start_client(client, conf, self.client_files(slug, cert_key, tc), name=name)
 
+    def two_connected(self) -> tuple[list, list[Client], list, dict[str, int]]:
+        """The first two on-premise organisations, each connected from its own client: (members,
+        clients, client processes, the server instances' pids)."""
+        members = [m for m in self.tenancy.members if m.vpn_address][:2]
+        clients = [self.lab.add_client(m.slug) for m in members]
+        procs = [self.connect_client(c) for c in clients]
+        for proc in procs:
+            assert wait_for(proc, READY, 15), proc.output()[-2000:]
+        return members, clients, procs, self.server_pids()
+
+    def server_pids(self) -> dict[str, int]:
+        return {name: proc.popen.pid for name, proc in self.servers.items()}
+
     def tunnel_address(self, client: Client) -> list[str]:
         return self.lab.addresses(client.ns).get("tap0", [])
 
@@ -213,11 +226,7 @@ def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_
     any TLS; the other stays connected."""
     hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
     lab, v = hub.lab, hub.vpn
-    keep, gone = [m for m in vpn_tenancy.members if m.vpn_address][:2]
-    ck, cg = lab.add_client(keep.slug), lab.add_client(gone.slug)
-    pk, pg = hub.connect_client(ck), hub.connect_client(cg)
-    assert wait_for(pk, READY, 15) and wait_for(pg, READY, 15), pg.output()[-2000:]
-    servers_before = {name: proc.popen.pid for name, proc in hub.servers.items()}
+    (keep, gone), (ck, cg), (pk, pg), servers_before = hub.two_connected()
 
     raw = vpn_raw_uat()
     raw["organisations"] = [o for o in raw["organisations"] if o["slug"] != gone.slug]
@@ -244,7 +253,7 @@ def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_
     lab.stop(pg)
     assert pg.output().count(READY) == 1 and hub.tunnel_address(cg) == [], pg.output()[-1000:]
     # The other organisation never noticed: same servers, one connection, still routed.
-    assert {name: proc.popen.pid for name, proc in hub.servers.items()} == servers_before
+    assert hub.server_pids() == servers_before
     assert all(proc.running() for proc in hub.servers.values())
     assert pk.output().count(READY) == 1, pk.output()[-2000:]
     assert hub.tunnel_address(ck) == [f"{keep.vpn_address}/{v.pool.prefixlen}"]
@@ -281,11 +290,7 @@ def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a
     at the TLS handshake even with the new key; the new kit connects with the same address."""
     hub = start_hub(vpn_lab, vpn_tenancy, vpn_pki)
     lab, v = hub.lab, hub.vpn
-    org, other = [m for m in vpn_tenancy.members if m.vpn_address][:2]
-    co, cx = lab.add_client(org.slug), lab.add_client(other.slug)
-    old, px = hub.connect_client(co), hub.connect_client(cx)
-    assert wait_for(old, READY, 15) and wait_for(px, READY, 15), old.output()[-2000:]
-    servers_before = {name: proc.popen.pid for name, proc in hub.servers.items()}
+    (org, other), (co, cx), (old, px), servers_before = hub.two_connected()
 
     new_cert = vpn_pki["sign"](org.slug)
     new_tc = tlscrypt.client_key(vpn_pki["tls_crypt_v2_server"], secrets.token_bytes(tlscrypt.CLIENT_KEY_BYTES), org.slug)
@@ -314,5 +319,5 @@ def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a
     assert hub.tunnel_address(co) == [f"{org.vpn_address}/{v.pool.prefixlen}"]
     assert lab.connect(co.ns, v.superlink_ip, FLEET) == v.internal_ip
     # The other organisation never noticed.
-    assert {name: proc.popen.pid for name, proc in hub.servers.items()} == servers_before
+    assert hub.server_pids() == servers_before
     assert px.output().count(READY) == 1 and hub.tunnel_address(cx) == [f"{other.vpn_address}/{v.pool.prefixlen}"]
