@@ -233,7 +233,7 @@ def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
     settings (manual 5.2.2, 5.4), the nina-install-files launcher and the login user's
     authorized keys (the automation key and the operators', in facts.AUTHORIZED_KEYS_DIR, which
-    is pruned); restarts what they configure (sshd reads the keys at each login: no restart)."""
+    is pruned and hot: a change to the keys alone restarts nothing); restarts what they configure."""
     files = [
         DeliveredFile(facts.JOURNALD_DROPIN, journald_conf(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
@@ -241,7 +241,10 @@ def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str
         DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
         DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o644),
     ]
-    return delivery_payload(files, list(services.base.UNITS), prune=[facts.AUTHORIZED_KEYS_DIR])
+    # The keys are hot without a socket: sshd reads them at each login, so adding or removing an
+    # operator restarts nothing (a removed operator's open sessions are not cut: everyone logs in
+    # as the one login user, so there is no session of theirs alone to end).
+    return delivery_payload(files, list(services.base.UNITS), prune=[facts.AUTHORIZED_KEYS_DIR], hot={facts.AUTHORIZED_KEYS_DIR: []})
 
 
 def supernode_delivery(

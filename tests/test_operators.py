@@ -299,6 +299,8 @@ def test_the_installer_rewrites_authorized_keys_without_the_removed_operator(run
     second = install(after, root)
     assert second.returncode == 0, second.stderr
     assert f"wrote {facts.LOGIN_AUTHORIZED_KEYS}" in second.stdout
+    # Only the keys changed: nothing restarts (sshd reads them at each login).
+    assert "only per-connection entries changed: no restart" in second.stdout and "restart" not in second.stdout.replace("no restart", "")
     assert target.read_text() == authorized(after)
     assert "bob" not in target.read_text() and "mallory" not in target.read_text()
     assert sorted(p.name for p in target.parent.iterdir()) == [facts.DEFAULT_LOGIN_USER]

@@ -354,7 +354,7 @@ PAYLOADS = {
     "hot not pruned": (_with(hot={_CCD: ["/run/app/a.sock"]}), "must also be a prune directory"),
     "hot a list": (_with(prune=[_CCD], hot=[_CCD]), '"hot" must be an object'),
     "hot socket a string": (_with(prune=[_CCD], hot={_CCD: "/run/app/a.sock"}), "needs a list of absolute, normalised socket paths"),
-    "hot without sockets": (_with(prune=[_CCD], hot={_CCD: []}), "needs a list of absolute, normalised socket paths"),
+    "hot socket not a string": (_with(prune=[_CCD], hot={_CCD: [42]}), "needs a list of absolute, normalised socket paths"),
     "hot socket relative": (_with(prune=[_CCD], hot={_CCD: ["a.sock"]}), "needs a list of absolute, normalised socket paths"),
 }
 

@@ -19,7 +19,8 @@ a delivered file. If anything was written or deleted: `systemctl daemon-reload`,
 of the listed units.
 
 A "hot" directory (also pruned) holds files the service reads per connection (OpenVPN's
-client-config-dir). When every change lies directly in hot directories, nothing is reloaded or
+client-config-dir and allow-list; sshd's authorized keys, with no socket: sshd reads them at
+each login). When every change lies directly in hot directories, nothing is reloaded or
 restarted: for each such file that was changed or removed (not for new ones), the client named
 by the file is disconnected through each OpenVPN management socket (`client-kill` of each of
 its connections listed by `status 2`), so it reconnects at once under its new entry or is
@@ -116,7 +117,8 @@ def check_hot(hot: object, prune: list[Any]) -> None:
     for d, sockets in hot.items():
         if d not in prune:
             raise BadInput(f"hot: {d} must also be a prune directory")
-        if not isinstance(sockets, list) or not sockets or not all(normalised(x) for x in sockets):
+        # [] : the service reads the files per use and holds no connection to cut (sshd's keys).
+        if not isinstance(sockets, list) or not all(isinstance(x, str) and normalised(x) for x in sockets):
             raise BadInput(f"hot: {d} needs a list of absolute, normalised socket paths")
 
 
