@@ -237,6 +237,8 @@ class Tenancy(_Strict):
     organisations: list[Organisation] = Field(min_length=1)
     # This tenancy's OpenVPN pool; defaults to nina:network.vpn_pool_cidr (one tenancy only).
     vpn_pool_cidr: Cidr | None = None
+    # Partition ids of removed organisations: never given out again (their VPN addresses with them).
+    retired_partition_ids: list[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list)
 
     _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
@@ -261,8 +263,9 @@ class StackConfig(_Strict):
     vpn: VpnSizing = VpnSizing()
     database: DatabaseConfig = DatabaseConfig()
     flower: FlowerConfig = FlowerConfig()
-    # `organisations` is the one-tenancy shorthand; `tenancies` the general form.
+    # `organisations` (with `retired_partition_ids`) is the one-tenancy shorthand; `tenancies` the general form.
     organisations: list[Organisation] | None = None
+    retired_partition_ids: list[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list)
     tenancies: list[Tenancy] | None = None
     # Protect the CA and state volumes from deletion (turn off only for throwaway stacks).
     protect: bool = True
@@ -279,7 +282,11 @@ class StackConfig(_Strict):
         if self.tenancies is not None:
             return self.tenancies
         # model_construct: `organisations: []` is reported by load_config, not by a crash here.
-        return [Tenancy.model_construct(name="main", organisations=list(self.organisations or []))]
+        return [
+            Tenancy.model_construct(
+                name="main", organisations=list(self.organisations or []), retired_partition_ids=list(self.retired_partition_ids)
+            )
+        ]
 
     def vpn_pool(self, tenancy: Tenancy) -> IPv4Network | None:
         """The tenancy's VPN pool, or None when it has no on-premise organisation (no VPN)."""
@@ -297,7 +304,9 @@ class StackConfig(_Strict):
 
 
 def _next_id(tenancy: Tenancy) -> int:
-    return 1 + max((o.partition_id for o in tenancy.organisations if o.partition_id is not None), default=-1)
+    """The next id after the highest taken, by an organisation or by one that was removed."""
+    taken = [o.partition_id for o in tenancy.organisations if o.partition_id is not None]
+    return 1 + max([*taken, *tenancy.retired_partition_ids], default=-1)
 
 
 def proposed_partition_ids(tenancy: Tenancy) -> dict[int, int]:
@@ -450,6 +459,11 @@ def _check_tenancy_form(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         yield ("nina:tenancies", "must not be empty; list at least one tenancy")
     elif cfg.tenancies is not None and len(cfg.tenancies) > MAX_TENANCIES:
         yield ("nina:tenancies", f"{len(cfg.tenancies)} tenancies; at most {MAX_TENANCIES} are supported")
+    if cfg.tenancies is not None and cfg.retired_partition_ids:
+        yield (
+            "nina:retired_partition_ids",
+            "belongs to the one-tenancy shorthand (nina:organisations); with nina:tenancies, give each tenancy its own retired_partition_ids",
+        )
 
 
 def _check_names(cfg: StackConfig) -> Iterable[tuple[str, str]]:
@@ -488,6 +502,12 @@ def _check_partitions(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                     f"keep the deployed organisation's id and give the other partition_id: {_next_id(ten)} (the next after the highest taken)",
                 )
             seen.setdefault(org.partition_id, o)
+            if org.partition_id in ten.retired_partition_ids:
+                yield (
+                    f"{_tenancy_key(cfg, t)}[{o}].partition_id",
+                    f"{org.partition_id} is a retired partition id (a removed organisation's, in retired_partition_ids): "
+                    f"it is never given out again; give {org.slug!r} partition_id: {_next_id(ten)}",
+                )
         proposals = proposed_partition_ids(ten)
         first_ids = len(proposals) == len(ten.organisations)
         for o, proposed in proposals.items():

@@ -980,3 +980,28 @@ def test_config_check_on_random_files(cfg_fuzz_dir, data):
         assert out.getvalue() == "ok\n" and not err.getvalue()
     else:
         assert err.getvalue().strip() and not out.getvalue()
+
+
+def test_a_retired_partition_id_is_never_given_out_again():
+    """Removing the organisation with the highest id frees nothing: its id goes to
+    retired_partition_ids, and `config check` proposes the next after it for a newcomer."""
+    raw = base(organisations=numbered([org("a"), org("b"), org("c")]))
+    assert [o["partition_id"] for o in raw["organisations"]] == [0, 1, 2]
+    raw["organisations"] = [*raw["organisations"][:2], org("d")]  # c (id 2) leaves, d comes without an id
+    assert problem(raw, "nina:organisations[2].partition_id", "add partition_id: 2")  # without the record: c's id again
+    raw["retired_partition_ids"] = [2]
+    assert problem(raw, "nina:organisations[2].partition_id", "add partition_id: 3")
+    raw["organisations"][2]["partition_id"] = 2  # taken anyway
+    assert problem(raw, "nina:organisations[2].partition_id", "retired partition id", "partition_id: 3")
+    raw["organisations"][2]["partition_id"] = 3
+    plan = build_plan(ok(raw))
+    assert {m.slug: (m.partition_id, m.vpn_address) for m in plan.tenancies[0].members}["d"] == (3, "192.168.99.13")
+
+
+def test_retired_partition_ids_belong_to_their_tenancy():
+    raw = two_tenancies()
+    raw["retired_partition_ids"] = [5]
+    assert problem(raw, "nina:retired_partition_ids", "each tenancy its own retired_partition_ids")
+    raw = two_tenancies()
+    raw["tenancies"][0]["retired_partition_ids"] = [-1]
+    assert problem(raw, "nina:tenancies[0].retired_partition_ids[0]", "greater than or equal to 0")
