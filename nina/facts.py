@@ -87,6 +87,15 @@ SUPERLINK_STATE_DIR = "/opt/flwr/superlink/state"
 SUPERLINK_STATE_DB = "/opt/flwr/superlink/state/superlink_state.db"
 # Which organisation holds which registered node id (written by nina-membership).
 SUPERLINK_MEMBERS_DIR = "/opt/flwr/superlink/state/members"
+# nina-superlink-backup (nina.host.state_backup): the state database and the membership records,
+# daily (SUPERLINK_BACKUP_TIMER), on the root disk: off the state volume, so a lost or corrupted
+# volume does not take its backups with it (a lost VM does: copy them off-site, see README).
+SUPERLINK_BACKUP_BIN = "/usr/local/sbin/nina-superlink-backup"
+SUPERLINK_BACKUP_DIR = "/var/backups/nina/superlink"
+SUPERLINK_BACKUP_KEEP = 14
+SUPERLINK_BACKUP_SERVICE = "nina-superlink-backup.service"
+SUPERLINK_BACKUP_TIMER = "nina-superlink-backup.timer"
+SUPERLINK_BACKUP_SCHEDULE = "*-*-* 02:30:00"
 # flwr 1.26+ reads SuperLink connections from $FLWR_HOME/config.toml (no longer from an app's
 # pyproject.toml): the SuperLink host's admin FLWR_HOME holds one named connection to the local
 # Control API, so that `flwr supernode register|unregister|ls <...> local` can run there.

@@ -65,6 +65,16 @@ def run_superlink_sh() -> str:
     return _render("run_superlink.sh.j2")
 
 
+def superlink_backup_service() -> str:
+    """facts.SUPERLINK_BACKUP_SERVICE: one run of nina-superlink-backup (nina.host.state_backup)."""
+    return _render("superlink-backup.service.j2")
+
+
+def superlink_backup_timer() -> str:
+    """facts.SUPERLINK_BACKUP_TIMER: daily, catching up a missed run after downtime."""
+    return _render("superlink-backup.timer.j2")
+
+
 def superlink_service() -> str:
     """The systemd unit `superlink.service` (installed in facts.SYSTEMD_SYSTEM_DIR)."""
     return _render("superlink.service.j2")
@@ -194,6 +204,9 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{facts.SUPERLINK_ADMIN_FLWR_HOME}/{facts.FLWR_CONFIG_FILE}", admin_flwr_config(tenancy.name), 0o644),
         *service_files(facts.SUPERLINK_RUN_SCRIPT, run_superlink_sh(), facts.SUPERLINK_UNIT, superlink_service()),
         DeliveredFile(facts.MEMBERSHIP_BIN, membership_script(), 0o755),
+        DeliveredFile(facts.SUPERLINK_BACKUP_BIN, launcher("state_backup"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_SERVICE}", superlink_backup_service(), 0o644),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_TIMER}", superlink_backup_timer(), 0o644),
     ]
     return delivery_payload(files, list(services.superlink.UNITS))
 
@@ -287,7 +300,7 @@ SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
 # five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
 INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
-HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py", "host/vpn_verify.py")
+HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/membership.py", "host/vpn_verify.py", "host/state_backup.py")
 
 
 @lru_cache(maxsize=1)

@@ -136,7 +136,15 @@ def _verify(tmp_path: Path, name: str, text: str) -> tuple[int, list[str]]:
 
 
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
-@pytest.mark.parametrize("name, fn", [("superlink.service", render.superlink_service), ("supernode.service", render.supernode_service)])
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("superlink.service", render.superlink_service),
+        ("supernode.service", render.supernode_service),
+        (facts.SUPERLINK_BACKUP_SERVICE, render.superlink_backup_service),
+        (facts.SUPERLINK_BACKUP_TIMER, render.superlink_backup_timer),
+    ],
+)
 def test_systemd_analyze_verify(tmp_path, name, fn):
     # On systemd 252 (Debian 12 container, systemd not PID 1) `verify` prints nothing and exits 0
     # for our units: it does not check that User= exists or that RequiresMountsFor= is a mount.
@@ -247,7 +255,7 @@ def test_superlink_delivery(render_plans):
     payload = render.superlink_delivery(tenancy, CA, CERT, KEY)
     assert payload == render.superlink_delivery(tenancy, CA, CERT, KEY)
     assert payload == json.dumps(json.loads(payload), sort_keys=True) + "\n"
-    assert json.loads(payload)["restart"] == ["superlink.service"]
+    assert json.loads(payload)["restart"] == ["superlink.service", "nina-superlink-backup.timer"]
     files = _files(payload)
     c = facts.SUPERLINK_CERTS
     sl, g = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
@@ -261,8 +269,13 @@ def test_superlink_delivery(render_plans):
         facts.SUPERLINK_RUN_SCRIPT: (render.run_superlink_sh(), 0o755, "root", "root"),
         f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_UNIT}": (render.superlink_service(), 0o644, "root", "root"),
         facts.MEMBERSHIP_BIN: (render.membership_script(), 0o755, "root", "root"),
+        # The daily backup of the SuperLink's state (nina.host.state_backup).
+        facts.SUPERLINK_BACKUP_BIN: (render.launcher("state_backup"), 0o755, "root", "root"),
     }
-    assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items()} == expect
+    units = {f"{facts.SYSTEMD_SYSTEM_DIR}/{u}" for u in (facts.SUPERLINK_BACKUP_SERVICE, facts.SUPERLINK_BACKUP_TIMER)}
+    assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items() if p not in units} == expect
+    assert f"ExecStart={facts.HOST_PYTHON} -I {facts.SUPERLINK_BACKUP_BIN} backup --keep {facts.SUPERLINK_BACKUP_KEEP}" in files[min(units)]["content"]
+    assert f"OnCalendar={facts.SUPERLINK_BACKUP_SCHEDULE}" in files[max(units)]["content"]
 
 
 def test_supernode_delivery(render_plans):
