@@ -21,7 +21,7 @@ from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, SigningKey, SigningKeyArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import config, outputs, render, services
+from nina import config, outputs, proxy, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -85,6 +85,13 @@ class Platform(pulumi.ComponentResource):
         for host_name, host in hosts.items():
             target = DeliveryTarget(host_name, access.connection(host.fixed_ip), host.instance)
             targets[host_name] = dataclasses.replace(target, base=deliver(services.BASE, target, base_payload, child))
+
+        # The reverse proxy (`<proxy host>-proxy`): only with nina:researcher_access and a host
+        # with role proxy. Its sites are plan data, so a change to them re-runs this delivery only.
+        proxy_host = proxy.proxy_host(plan)
+        if cfg.researcher_access is not None and proxy_host is not None and proxy.sites(plan):
+            proxy_payload = ca.cert_pem.apply(lambda ca_pem: proxy.proxy_delivery(plan, ca_pem))
+            deliver(services.proxy.SERVICE, targets[proxy_host], proxy_payload, child)
 
         tenancies = {
             t.name: Tenancy(

@@ -40,6 +40,7 @@ AZ_EXTERNAL_NETWORKS: dict[str, str] = {
 
 # --- ports (manual 3.3.1) ------------------------------------------------------------
 SSH_PORT = 22
+HTTP_PORT = 80  # the proxy only: Let's Encrypt HTTP-01 challenges, everything else redirected to HTTPS
 HTTPS_PORT = 443
 KEYCLOAK_PORT = 8443
 POSTGRES_PORT = 5432
@@ -114,6 +115,28 @@ KEYCLOAK_OPT = "/opt/keycloak"
 NGINX_CONF_D = "/etc/nginx/conf.d"
 # The public host name of each service nginx serves: `<name>.<nina:researcher_access.public_domain>`.
 PUBLIC_NAMES = {"keycloak": "auth", "jupyterhub": "hub", "grafana": "grafana"}
+
+# --- reverse proxy on the proxy host (nina.proxy, manual 4.1.2.5-4.1.2.7) -----------------
+NGINX_DIR = "/etc/nginx"
+NGINX_CONF = "/etc/nginx/nginx.conf"  # nina's own: only conf.d (no Debian default site on port 80)
+NGINX_UNIT = "nginx.service"
+NGINX_USER = "www-data"  # Debian's and Ubuntu's nginx workers
+NGINX_PID = "/run/nginx.pid"  # what Debian's nginx.service expects
+NGINX_LOG_DIR = "/var/log/nginx"  # rotated by the nginx package's logrotate (manual 5.4, table 7)
+PROXY_ETC = "/etc/nginx/nina"
+PROXY_UPSTREAM_CA = (
+    "/etc/nginx/nina/local-ca.crt"  # the local CA nginx verifies upstreams with (a copy: LOCAL_CA_TRUST belongs to the Flower deliveries)
+)
+ACME_WEBROOT = "/var/www/nina-acme"  # certbot --webroot writes challenges here; nginx serves them on port 80
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+LETSENCRYPT_LIVE = "/etc/letsencrypt/live"  # certbot's <name>/fullchain.pem and privkey.pem
+LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"  # certbot's <name>.conf: a lineage certbot renews (certbot.timer)
+ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
+ACME_STAGING_SERVER = "https://acme-staging-v02.api.letsencrypt.org/directory"  # nina:researcher_access.acme_staging
+PROXY_CERTS_BIN = "/usr/local/sbin/nina-proxy-certs"  # placeholders, nginx -t and reload, certbot for missing certificates
+PROXY_CERTS_UNIT = "nina-proxy-certs.service"
+PROXY_PLACEHOLDER_DAYS = 30  # the self-signed stand-in nginx starts with until Let's Encrypt has issued
+PROXY_HSTS_MAX_AGE = 365 * 24 * 3600
 
 # File names inside the cert directories (manual 4.1.2.17.3 / 4.1.3.3.1).
 CA_CERT_FILE = "ca.crt"

@@ -49,6 +49,7 @@ def declared(case: str) -> Run:
 
 
 # Resources added after the fixture's commit (new, so no alias): the platform's kit-signing key;
+# the proxy's port-80 rule (Let's Encrypt HTTP-01);
 # the VPN hub's tls-crypt-v2 server key and one tls-crypt-v2 client key per on-premise
 # organisation, which replaced the tenancy-wide tls-auth key (`<vpn host>-tls-auth`, taken out of
 # the fixture by hand in the same commit).
@@ -56,6 +57,8 @@ ADDED_SINCE_FIXTURE = (
     "$nina:pki:SigningKey$tls:index/privateKey:PrivateKey::platform-signing-key",
     "-tls-crypt-v2-server",
     "-tls-crypt-v2",
+    # The proxy's port 80 for Let's Encrypt's HTTP-01 challenges (nina.firewall).
+    "$openstack:networking/secGroupRule:SecGroupRule::public->proxy-tcp-80",
 )
 
 

@@ -146,7 +146,7 @@ def test_every_declared_rule_comes_from_the_port_table_and_nothing_is_world_open
         "jupyterhub->superlink-beta-tcp-9093",
     }
     assert {n for n in names if n.endswith("superlink-beta-tcp-9092")} == {"vpn-beta->superlink-beta-tcp-9092"}
-    assert "monitoring->gpu-tcp-9400" in names and "public->proxy-tcp-443" in names
+    assert "monitoring->gpu-tcp-9400" in names and "public->proxy-tcp-443" in names and "public->proxy-tcp-80" in names
     assert set(groups) == {
         f"sg-{z}"
         for z in (
