@@ -274,3 +274,57 @@ def keycloak_env(db_password: str, bootstrap_admin_password: str) -> str:
 def keycloak_unit(cfg: config.StackConfig) -> str:
     """facts.KEYCLOAK_UNIT: `kc.sh --config-file=facts.KEYCLOAK_CONF start` as the keycloak user."""
     return _render("keycloak.service.j2", version=cfg.keycloak.version, home=keycloak_home(cfg))
+
+
+# --- the delivery (`<host>-keycloak`; not declared by the components yet) ------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeycloakSecrets:
+    """What the `<host>-keycloak` delivery carries that must never be in user-data."""
+
+    db_admin_user: str
+    db_admin_password: str
+    db_password: str  # the keycloak role's
+    bootstrap_admin_password: str
+    client_secrets: Mapping[str, str]  # OIDC client id -> secret (facts.KEYCLOAK_CLIENTS)
+    cert_pem: str  # the local-CA server certificate of facts.KEYCLOAK_PORT
+    key_pem: str
+
+
+def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host: str, secrets: KeycloakSecrets) -> str:
+    """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the units, the database
+    step (SQL, its environment), keycloak.env, the realm JSON and the certificate. Secrets are root's
+    0600 (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
+    the database step (so it runs again) and Keycloak."""
+    from nina import render  # the payload schema is the installer's, defined once there
+
+    spec = database_spec(facts.SERVICE_USERS["keycloak"])
+    user, group = facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP
+    unit_dir = facts.SYSTEMD_SYSTEM_DIR
+    files = [
+        render.DeliveredFile(facts.KEYCLOAK_CONF, keycloak_conf(cfg, db_host, spec), 0o644),
+        render.DeliveredFile(facts.KEYCLOAK_ENV, keycloak_env(secrets.db_password, secrets.bootstrap_admin_password), 0o600),
+        render.DeliveredFile(facts.KEYCLOAK_REALM_FILE, realm_json(cfg, tenancies, secrets.client_secrets), 0o600),
+        render.DeliveredFile(facts.KEYCLOAK_DB_SQL, database_sql(spec), 0o644),
+        render.DeliveredFile(
+            facts.KEYCLOAK_DB_ENV, database_env(db_host, secrets.db_admin_user, secrets.db_admin_password, secrets.db_password), 0o600
+        ),
+        render.DeliveredFile(
+            f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
+            render._text(secrets.cert_pem, "server certificate", "BEGIN CERTIFICATE"),
+            0o644,
+            user,
+            group,
+        ),
+        render.DeliveredFile(
+            f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}",
+            render._text(secrets.key_pem, "server key", "PRIVATE KEY"),
+            0o600,
+            user,
+            group,
+        ),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_DB_UNIT}", database_unit(spec), 0o644),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_UNIT}", keycloak_unit(cfg), 0o644),
+    ]
+    return render.delivery_payload(files, [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT])

@@ -565,3 +565,29 @@ def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words
 def test_keycloak_config_defaults(cfg_valid):
     kc = config.load_config(cfg_valid()).keycloak
     assert (kc.version, kc.jdk_package, kc.realm) == (facts.KEYCLOAK_VERSION, facts.KEYCLOAK_JDK_PACKAGE, facts.KEYCLOAK_REALM)
+
+
+def test_delivery_payload_carries_the_files_with_their_modes():
+    cfg = _all_in_one()
+    secrets = keycloak.KeycloakSecrets(
+        db_admin_user="root",
+        db_admin_password="A" * 32,
+        db_password="D" * 32,
+        bootstrap_admin_password="B" * 32,
+        client_secrets={"jupyterhub": "J" * 40},
+        cert_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        key_pem="-----BEGIN EC PRIVATE KEY-----\nMIGk\n-----END EC PRIVATE KEY-----\n",
+    )
+    text = keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
+    assert text == keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
+    payload = json.loads(text)
+    files = {f["path"]: f for f in payload["files"]}
+    assert payload["restart"] == [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT]
+    for secret in ("A" * 32, "D" * 32, "B" * 32, "J" * 40, "MIGk"):
+        holders = sorted(p for p, f in files.items() if secret in f["content"])
+        assert holders, secret
+        assert all(files[p]["mode"] == 0o600 for p in holders), (secret, holders)
+    assert all(files[p]["owner"] == "root" for p in (facts.KEYCLOAK_ENV, facts.KEYCLOAK_DB_ENV, facts.KEYCLOAK_REALM_FILE))
+    key = files[f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}"]
+    assert (key["owner"], key["group"], key["mode"]) == (facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP, 0o600)
+    assert json.loads(files[facts.KEYCLOAK_REALM_FILE]["content"])["clients"][0]["secret"] == "J" * 40
