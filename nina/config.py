@@ -191,6 +191,44 @@ class DatabaseConfig(_Strict):
     datastore_version: NonEmptyStr = "16"
 
 
+# Keycloak 26 is the first with the options nina writes (hostname v2 as a URL, proxy-headers,
+# bootstrap-admin); it runs on OpenJDK 21 (17 is deprecated for it).
+MIN_KEYCLOAK_MAJOR = 26
+MIN_JDK_MAJOR = 21
+
+
+class KeycloakConfig(_Strict):
+    """Keycloak on the `keycloak` host (manual 4.1.2.9-4.1.2.10): pinned versions and the realm's name."""
+
+    version: str = facts.KEYCLOAK_VERSION
+    jdk_package: str = facts.KEYCLOAK_JDK_PACKAGE
+    realm: str = facts.KEYCLOAK_REALM
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        m = re.fullmatch(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})", value)
+        if not m or int(m.group(1)) < MIN_KEYCLOAK_MAJOR:
+            raise ValueError(
+                f"{_show(value)} is not a Keycloak release nina supports; pin an exact release "
+                f"{MIN_KEYCLOAK_MAJOR}.x.y or later such as {facts.KEYCLOAK_VERSION!r}"
+            )
+        return value
+
+    @field_validator("jdk_package")
+    @classmethod
+    def _jdk(cls, value: str) -> str:
+        m = re.fullmatch(r"openjdk-(\d{2})-jre-headless", value)
+        if not m or int(m.group(1)) < MIN_JDK_MAJOR:
+            raise ValueError(
+                f"{_show(value)} is not a JDK package Keycloak {MIN_KEYCLOAK_MAJOR} runs on; "
+                f"use an Ubuntu package openjdk-NN-jre-headless with NN >= {MIN_JDK_MAJOR}, e.g. {facts.KEYCLOAK_JDK_PACKAGE!r}"
+            )
+        return value
+
+    _realm = field_validator("realm")(classmethod(lambda cls, v: _slug(v)))
+
+
 class FlowerConfig(_Strict):
     version: str = facts.FLWR_VERSION
 
@@ -262,6 +300,7 @@ class StackConfig(_Strict):
     supernode: SuperNodeSizing = SuperNodeSizing()
     vpn: VpnSizing = VpnSizing()
     database: DatabaseConfig = DatabaseConfig()
+    keycloak: KeycloakConfig = KeycloakConfig()
     flower: FlowerConfig = FlowerConfig()
     # `organisations` (with `retired_partition_ids`) is the one-tenancy shorthand; `tenancies` the general form.
     organisations: list[Organisation] | None = None

@@ -10,6 +10,9 @@ from __future__ import annotations
 # --- versions -------------------------------------------------------------------------
 FLWR_VERSION = "1.31.0"
 UBUNTU_RELEASE = "24.04"
+# Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
+KEYCLOAK_VERSION = "26.3.0"
+KEYCLOAK_JDK_PACKAGE = "openjdk-21-jre-headless"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
 DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
@@ -111,7 +114,31 @@ LOCAL_CA_TRUST = "/usr/local/share/ca-certificates/nina-local-ca.crt"
 OPENVPN_ETC = "/etc/openvpn"
 JUPYTERHUB_ETC = "/etc/jupyterhub"
 JUPYTERHUB_OPT = "/opt/jupyterhub"
-KEYCLOAK_OPT = "/opt/keycloak"
+KEYCLOAK_OPT = "/opt/keycloak"  # the unpacked release lives in keycloak-<nina:keycloak.version>/ below it
+KEYCLOAK_ETC = "/etc/keycloak"
+KEYCLOAK_CONF = "/etc/keycloak/keycloak.conf"  # no secrets: those are in KEYCLOAK_ENV
+KEYCLOAK_ENV = "/etc/keycloak/keycloak.env"  # root's 0600, read by systemd: database password, bootstrap admin
+KEYCLOAK_CERTS = "/etc/keycloak/certs"  # the local-CA server certificate and key of the internal HTTPS port
+KEYCLOAK_REALM_FILE = "/etc/keycloak/realm.json"  # root's 0600: carries the OIDC clients' secrets
+KEYCLOAK_DB_SQL = "/etc/keycloak/database.sql"  # the idempotent database step (nina.keycloak.database_sql)
+KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: the database admin's and the role's passwords
+KEYCLOAK_UNIT = "keycloak.service"
+KEYCLOAK_DB_UNIT = "nina-keycloak-database.service"  # oneshot, re-run by every delivery; keycloak.service requires it
+KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
+KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
+# The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
+KEYCLOAK_ROLES = ("jupyter_admin", "jupyter_user", "superlink_user")
+KEYCLOAK_ADMIN_GROUP = "jupyter-admins"
+KEYCLOAK_TENANCY_GROUP_PREFIX = "tenancy-"  # one group per tenancy: tenancy-<name>
+KEYCLOAK_GROUPS_CLAIM = "groups"  # the token claim with the user's groups (JupyterHub's claim_groups_key)
+KEYCLOAK_ROLES_CLAIM = "roles"  # the token claim with the user's realm roles
+# The OIDC clients: client id -> (the facts.PUBLIC_NAMES service it serves, its redirect path).
+KEYCLOAK_CLIENTS = {
+    "jupyterhub": ("jupyterhub", "/hub/oauth_callback"),  # oauthenticator's callback
+    "grafana": ("grafana", "/login/generic_oauth"),  # Grafana's generic OAuth callback
+}
+POSTGRES_CLIENT_PACKAGE = "postgresql-client"
+PSQL = "/usr/bin/psql"
 NGINX_CONF_D = "/etc/nginx/conf.d"
 # The public host name of each service nginx serves: `<name>.<nina:researcher_access.public_domain>`.
 PUBLIC_NAMES = {"keycloak": "auth", "jupyterhub": "hub", "grafana": "grafana"}
@@ -170,6 +197,13 @@ MAX_SEGMENT_PREFIX = 24  # every segment must hold the static range and a pool
 
 # Databases on the managed Postgres (manual 4.3.1): name -> owner role.
 DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
+# ... and the schema each role owns in its database (PostgreSQL 15+ lets no role but the database
+# owner create objects in `public`; nina.keycloak.database_sql makes these).
+DATABASE_SCHEMAS = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
+# Every database nina makes: UTF-8 from template0 with a locale every glibc has (the manual's
+# en_AU.UTF-8 exists only where it was generated, and CREATE DATABASE ... LOCALE needs template0).
+DATABASE_ENCODING = "UTF8"
+DATABASE_LOCALE = "C.UTF-8"
 TROVE_DATASTORE = "postgresql"
 
 # --- PKI ---------------------------------------------------------------------------------

@@ -1,0 +1,593 @@
+"""Keycloak as code (nina.keycloak): the database step against a real PostgreSQL started here,
+the realm against Keycloak's representation, the server's files with systemd-analyze.
+
+The PostgreSQL tests start the machine's PostgreSQL 15+ (`initdb`, `pg_ctl`) in a temporary
+directory, on a unix socket there and on 127.0.0.1 with a free port (password logins), as an
+unprivileged user when run as root; they skip, saying why, where it is not installed
+(`scripts/bootstrap --test-tools` installs it). Keycloak itself is not installed here: what the
+realm tests cannot check is said in `test_realm_is_a_realm_representation`.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nina import config, facts, keycloak
+from nina.plan import build_plan
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
+
+
+def _pg_bindir() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return str(Path(found[-1]).parent) if found and int(Path(found[-1]).parts[-3]) >= 15 else None
+
+
+PG_BIN = _pg_bindir()
+needs_postgres = pytest.mark.skipif(
+    PG_BIN is None or not shutil.which("psql"),
+    reason="PostgreSQL 15+ (initdb, pg_ctl, psql) not installed (scripts/bootstrap --test-tools installs it)",
+)
+ADMIN = "postgres"
+# A password with everything that breaks naive quoting: quotes, a backslash, a psql colon, a dollar.
+HOSTILE_PASSWORD = "pa'ss\"wo\\rd:'x' $$; DROP ROLE postgres; --"
+KEYCLOAK = keycloak.database_spec("keycloak")
+GRAFANA = keycloak.database_spec("grafana")
+
+
+@dataclass
+class Postgres:
+    socket_dir: str
+    port: int
+
+    def psql(
+        self, *args: str, user: str = ADMIN, db: str = "postgres", password: str | None = None, tcp: bool = False, env: dict | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        environ.update(env or {})
+        if password is not None:
+            environ["PGPASSWORD"] = password
+        host = facts.LOOPBACK if tcp else self.socket_dir
+        argv = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port), "-U", user, "-d", db, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environ)
+
+    def run_step(self, spec: keycloak.DatabaseSpec, sql_dir: Path, role_password: str) -> subprocess.CompletedProcess[str]:
+        """The database step as the unit runs it: psql -f the rendered file, the password in the environment."""
+        sql = sql_dir / f"{spec.database}.sql"
+        sql.write_text(keycloak.database_sql(spec))
+        return self.psql("-f", str(sql), env={keycloak.PASSWORD_ENV: role_password})
+
+    def catalog(self) -> str:
+        """Everything the step could change: roles (with their password verifiers and settings),
+        every database's attributes and ACL, and each database's schema (objects, owners, ACLs)."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        common = ["-h", self.socket_dir, "-p", str(self.port), "-U", ADMIN]
+        out = [
+            subprocess.run(
+                [f"{PG_BIN}/pg_dumpall", *common, "--globals-only"], capture_output=True, text=True, check=True, env=environ
+            ).stdout
+        ]
+        q = self.psql(
+            "-c",
+            "SELECT datname, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, datacl FROM pg_database ORDER BY 1",
+        )
+        out.append(q.stdout)
+        out.append(self.psql("-c", "SELECT setdatabase, setrole, setconfig FROM pg_db_role_setting ORDER BY 1, 2").stdout)
+        for db in sorted(self.psql("-c", "SELECT datname FROM pg_database WHERE NOT datistemplate").stdout.split()):
+            out.append(
+                subprocess.run(
+                    [f"{PG_BIN}/pg_dump", *common, "--schema-only", "--create", "-d", db],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=environ,
+                ).stdout
+            )
+            out.append(self.psql("-c", "SELECT nspname, pg_get_userbyid(nspowner), nspacl FROM pg_namespace ORDER BY 1", db=db).stdout)
+        # pg_dump 15.14+ fences its output with \restrict <random key> ... \unrestrict <key>.
+        return "\n".join(line for line in "\n".join(out).splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((facts.LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    if PG_BIN is None or not shutil.which("psql"):
+        pytest.skip("PostgreSQL 15+ (initdb, pg_ctl, psql) not installed (scripts/bootstrap --test-tools installs it)")
+    top = tempfile.mkdtemp(prefix="nina-pg-")
+    # PostgreSQL refuses to run as root: as root, the server's files are nobody's and it runs as nobody.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chmod(top, 0o700)
+        os.chown(top, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"]
+    data, sock, log = f"{top}/data", f"{top}/sock", f"{top}/log"
+    pwfile = f"{top}/pw"
+
+    def run(*argv: str) -> None:
+        proc = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120, cwd=top)
+        if proc.returncode:
+            raise AssertionError(f"{argv[0]} failed: {proc.stdout}{proc.stderr}")
+
+    run("mkdir", "-m", "0700", sock)
+    run("sh", "-c", f"umask 077; echo admin-password > {pwfile}")
+    run(
+        f"{PG_BIN}/initdb", "-D", data, "-U", ADMIN, f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+        "-E", "UTF8", "--locale=C.UTF-8",
+    )  # fmt: skip
+    port = _free_port()
+    opts = f"-k {sock} -p {port} -c listen_addresses={facts.LOOPBACK} -c fsync=off"
+    run(f"{PG_BIN}/pg_ctl", "-D", data, "-l", log, "-o", opts, "-w", "-t", "60", "start")
+    try:
+        yield Postgres(sock, port)
+    finally:
+        subprocess.run([*as_user, f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, cwd=top)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def keycloak_db(pg: Postgres, tmp_path_factory) -> tuple[Postgres, str, str]:
+    """keycloak's database made once by the step, with the hostile password; (pg, catalog before, catalog after)."""
+    sql_dir = tmp_path_factory.mktemp("sql")
+    before = pg.catalog()
+    first = pg.run_step(KEYCLOAK, sql_dir, HOSTILE_PASSWORD)
+    assert first.returncode == 0, first.stderr
+    return pg, before, pg.catalog()
+
+
+# --- the database step ---------------------------------------------------------------------
+
+
+@needs_postgres
+def test_database_step_makes_what_the_manual_asks(keycloak_db):
+    pg, before, after = keycloak_db
+    assert before != after
+    row = pg.psql(
+        "-c",
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'keycloakdb_server'",
+    )
+    owner, encoding, collate, ctype = row.stdout.strip().split("|")
+    assert (encoding, collate, ctype) == ("UTF8", facts.DATABASE_LOCALE, facts.DATABASE_LOCALE)
+    assert owner == ADMIN, "a database owner could create in public: the role must not own its database"
+    role = pg.psql("-c", "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'keycloak'")
+    assert role.stdout.strip() == "t|f|f|f"
+    schema = pg.psql("-c", "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'keycloak'", db=KEYCLOAK.database)
+    assert schema.stdout.strip() == "keycloak"
+    path = pg.psql("-c", "SHOW search_path", user="keycloak", db=KEYCLOAK.database, password=HOSTILE_PASSWORD, tcp=True)
+    assert path.returncode == 0, path.stderr
+    assert path.stdout.strip() == "keycloak"
+
+
+@needs_postgres
+def test_database_step_run_again_changes_nothing(keycloak_db, tmp_path):
+    pg, _, after = keycloak_db
+    # Twice more, the second with a different password: the role keeps the one it was made with.
+    for password in (HOSTILE_PASSWORD, "another-password-entirely"):
+        again = pg.run_step(KEYCLOAK, tmp_path, password)
+        assert again.returncode == 0, again.stderr
+        assert pg.catalog() == after
+    login = pg.psql("-c", "SELECT 1", user="keycloak", db=KEYCLOAK.database, password=HOSTILE_PASSWORD, tcp=True)
+    assert login.returncode == 0, login.stderr
+
+
+@needs_postgres
+def test_role_creates_tables_in_its_schema_and_nowhere_else(keycloak_db):
+    pg, _, _ = keycloak_db
+
+    def as_keycloak(sql: str, db: str = KEYCLOAK.database) -> subprocess.CompletedProcess[str]:
+        return pg.psql("-c", sql, user="keycloak", db=db, password=HOSTILE_PASSWORD, tcp=True)
+
+    made = as_keycloak("CREATE TABLE realm_probe (id int); SELECT schemaname FROM pg_tables WHERE tablename = 'realm_probe'")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "keycloak"  # unqualified: its search_path is its schema
+    assert as_keycloak("CREATE TABLE keycloak.qualified_probe (id int); DROP TABLE keycloak.qualified_probe, realm_probe").returncode == 0
+    for sql, db in (
+        ("CREATE TABLE public.probe (id int)", KEYCLOAK.database),
+        ("CREATE SCHEMA other", KEYCLOAK.database),
+        ("CREATE TEMP TABLE probe (id int)", KEYCLOAK.database),
+        ("CREATE TABLE public.probe (id int)", "postgres"),
+        ("CREATE DATABASE probe", "postgres"),
+    ):
+        refused = as_keycloak(sql, db)
+        assert refused.returncode != 0, f"{sql} in {db} was allowed"
+        assert "permission denied" in refused.stderr, refused.stderr
+    other = pg.psql("-c", "CREATE DATABASE other_service_db")
+    assert other.returncode == 0, other.stderr
+    try:
+        refused = as_keycloak("CREATE TABLE public.probe (id int)", "other_service_db")
+        assert refused.returncode != 0 and "permission denied" in refused.stderr, refused.stderr
+    finally:
+        pg.psql("-c", "DROP DATABASE other_service_db")
+
+
+@needs_postgres
+def test_the_same_step_makes_grafanas_database_and_keeps_them_apart(keycloak_db, tmp_path):
+    pg, _, _ = keycloak_db
+    made = pg.run_step(GRAFANA, tmp_path, "grafana-password-0123456789")
+    assert made.returncode == 0, made.stderr
+    state = pg.catalog()
+    assert pg.run_step(GRAFANA, tmp_path, "grafana-password-0123456789").returncode == 0
+    assert pg.catalog() == state
+    ok = pg.psql("-c", "CREATE TABLE dash (id int); SELECT schemaname FROM pg_tables WHERE tablename = 'dash'",
+                 user="grafana", db=GRAFANA.database, password="grafana-password-0123456789", tcp=True)  # fmt: skip
+    assert ok.returncode == 0 and ok.stdout.strip() == "grafana", ok.stderr
+    # Neither reaches the other's database: CONNECT is the role's alone.
+    cross = pg.psql("-c", "SELECT 1", user="grafana", db=KEYCLOAK.database, password="grafana-password-0123456789", tcp=True)
+    assert cross.returncode != 0 and "permission denied" in cross.stderr, cross.stderr
+    cross = pg.psql("-c", "SELECT 1", user="keycloak", db=GRAFANA.database, password=HOSTILE_PASSWORD, tcp=True)
+    assert cross.returncode != 0 and "permission denied" in cross.stderr, cross.stderr
+
+
+@needs_postgres
+def test_step_without_a_password_fails_and_makes_nothing(pg, tmp_path):
+    spec = keycloak.DatabaseSpec(database="nopw_db", role="nopw", schema="nopw")
+    before = pg.catalog()
+    sql = tmp_path / "step.sql"
+    sql.write_text(keycloak.database_sql(spec))
+    failed = pg.psql("-f", str(sql))
+    assert failed.returncode != 0
+    assert keycloak.PASSWORD_ENV in failed.stderr
+    assert pg.catalog() == before
+
+
+def test_the_sql_is_constant_text_with_checked_names():
+    sql = keycloak.database_sql(KEYCLOAK)
+    assert sql == keycloak.database_sql(keycloak.database_spec("keycloak"))
+    assert ":'password'" in sql and keycloak.PASSWORD_ENV in sql
+    assert "\\set database keycloakdb_server\n\\set role keycloak\n\\set schema keycloak\n" in sql
+    assert "TEMPLATE template0" in sql and "DROP" not in sql
+
+
+@pytest.mark.parametrize(
+    "field, name",
+    [
+        ("database", "keycloakdb_server; DROP DATABASE postgres"),
+        ("role", "Keycloak"),
+        ("role", 'kc"x'),
+        ("role", "kc\nx"),
+        ("schema", "pg_keycloak"),
+        ("schema", "public"),
+        ("role", "postgres"),
+        ("database", "template1"),
+        ("role", "x" * 64),
+        ("role", ""),
+        ("schema", "1abc"),
+        ("database", ":'password'"),
+    ],
+)
+def test_hostile_names_are_refused(field, name):
+    fields = {"database": "db", "role": "r", "schema": "s", field: name}
+    with pytest.raises(ValueError, match=f"{field} name"):
+        keycloak.DatabaseSpec(**fields)
+
+
+def test_every_database_has_a_schema_and_role():
+    assert set(facts.DATABASE_SCHEMAS) == set(facts.DATABASES)
+    for role in facts.DATABASES.values():
+        keycloak.database_spec(role)  # valid names
+    with pytest.raises(ValueError, match="no database"):
+        keycloak.database_spec("jupyterhub")
+
+
+def test_env_files_refuse_what_would_need_quoting():
+    assert keycloak.database_env("10.100.0.5", "root", "A" * 32, "b" * 32) == (
+        f"PGHOST=10.100.0.5\nPGPORT=5432\nPGUSER=root\nPGPASSWORD={'A' * 32}\n{keycloak.PASSWORD_ENV}={'b' * 32}\n"
+    )
+    for bad in ("short", "a b" * 10, 'quote"d' * 4, "line\nbreak" * 3, "dollar$" * 4):
+        with pytest.raises(ValueError, match="EnvironmentFile"):
+            keycloak.keycloak_env(bad, "x" * 32)
+        with pytest.raises(ValueError, match="EnvironmentFile"):
+            keycloak.database_env("10.100.0.5", "root", bad, "x" * 32)
+    with pytest.raises(ValueError, match="host"):
+        keycloak.database_env("10.100.0.5\nPGUSER=evil", "root", "x" * 32, "x" * 32)
+
+
+# --- the realm -----------------------------------------------------------------------------
+
+ACCESS = {"public_domain": "fl.example.edu.au", "acme_email": "fl-ops@example.edu.au"}
+SECRETS = {"jupyterhub": "j" * 40, "grafana": "g" * 40}
+
+
+@pytest.fixture
+def multi_cfg():
+    from conftest import render_raw_configs
+
+    raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
+    raw["researcher_access"] = ACCESS
+    return config.load_config(raw)
+
+
+def _tenancies(cfg: config.StackConfig) -> list[str]:
+    return [t.name for t in build_plan(cfg).tenancies]
+
+
+def test_realm_roles_groups_and_clients(multi_cfg):
+    r = keycloak.realm(multi_cfg, _tenancies(multi_cfg), SECRETS)
+    assert r["realm"] == facts.KEYCLOAK_REALM and r["enabled"] is True
+    assert [role["name"] for role in r["roles"]["realm"]] == ["jupyter_admin", "jupyter_user", "superlink_user"]
+    groups = {g["name"]: g for g in r["groups"]}
+    assert sorted(groups) == ["jupyter-admins", "tenancy-alpha", "tenancy-beta"]
+    assert groups["tenancy-alpha"]["realmRoles"] == ["jupyter_user", "superlink_user"]
+    assert groups["tenancy-beta"]["attributes"] == {"nina_tenancy": ["beta"]}
+    assert groups["jupyter-admins"]["realmRoles"] == sorted(facts.KEYCLOAK_ROLES)
+    clients = {c["clientId"]: c for c in r["clients"]}
+    assert clients["jupyterhub"]["redirectUris"] == ["https://hub.fl.example.edu.au/hub/oauth_callback"]
+    assert clients["grafana"]["redirectUris"] == ["https://grafana.fl.example.edu.au/login/generic_oauth"]
+    assert clients["jupyterhub"]["secret"] == SECRETS["jupyterhub"] and clients["jupyterhub"]["publicClient"] is False
+    groups_mapper = next(m for m in clients["jupyterhub"]["protocolMappers"] if m["protocolMapper"] == "oidc-group-membership-mapper")
+    assert groups_mapper["config"]["claim.name"] == "groups"
+    assert groups_mapper["config"]["id.token.claim"] == groups_mapper["config"]["access.token.claim"] == "true"
+    # Only the clients whose secrets are given (Grafana's comes with the monitoring issue).
+    only_hub = keycloak.realm(multi_cfg, _tenancies(multi_cfg), {"jupyterhub": SECRETS["jupyterhub"]})
+    assert [c["clientId"] for c in only_hub["clients"]] == ["jupyterhub"]
+
+
+def test_realm_json_is_deterministic_and_follows_the_config(multi_cfg):
+    tenancies = _tenancies(multi_cfg)
+    text = keycloak.realm_json(multi_cfg, tenancies, SECRETS)
+    assert text == keycloak.realm_json(multi_cfg, tenancies, dict(reversed(SECRETS.items())))
+    assert json.loads(text) == keycloak.realm(multi_cfg, tenancies, SECRETS)
+    renamed = multi_cfg.model_copy(update={"keycloak": config.KeycloakConfig(realm="research")})
+    assert json.loads(keycloak.realm_json(renamed, tenancies, SECRETS))["realm"] == "research"
+    moved = multi_cfg.model_copy(
+        update={"researcher_access": config.ResearcherAccess(public_domain="fl.other.org", acme_email=ACCESS["acme_email"])}
+    )
+    assert "https://hub.fl.other.org/hub/oauth_callback" in keycloak.realm_json(moved, tenancies, SECRETS)
+
+
+def test_realm_refuses_what_it_cannot_build(multi_cfg):
+    tenancies = _tenancies(multi_cfg)
+    with pytest.raises(ValueError, match="unknown OIDC clients"):
+        keycloak.realm(multi_cfg, tenancies, {"superlink": "s" * 40})
+    with pytest.raises(ValueError, match="at least 32"):
+        keycloak.realm(multi_cfg, tenancies, {"jupyterhub": "short"})
+    with pytest.raises(ValueError, match="duplicate"):
+        keycloak.realm(multi_cfg, ["alpha", "alpha"], SECRETS)
+    with pytest.raises(ValueError, match="not a slug"):
+        keycloak.realm(multi_cfg, ["Alpha Team"], SECRETS)
+    with pytest.raises(ValueError, match="researcher_access"):
+        keycloak.realm(multi_cfg.model_copy(update={"researcher_access": None}), tenancies, SECRETS)
+
+
+# Field -> type of Keycloak's representations (org.keycloak.representations.idm, 26.x) that the
+# realm uses: RealmRepresentation, RolesRepresentation, RoleRepresentation, GroupRepresentation,
+# ClientRepresentation, ProtocolMapperRepresentation. Keycloak's JSON reader fails on unknown
+# fields of these (Jackson's FAIL_ON_UNKNOWN_PROPERTIES is on for imports), so a misspelt key
+# would break the import there; here it breaks this test.
+_REPRESENTATIONS: dict[str, dict[str, type | tuple[type, str]]] = {
+    "realm": {
+        "realm": str, "displayName": str, "enabled": bool, "sslRequired": str, "registrationAllowed": bool,
+        "loginWithEmailAllowed": bool, "duplicateEmailsAllowed": bool, "resetPasswordAllowed": bool,
+        "editUsernameAllowed": bool, "bruteForceProtected": bool, "roles": (dict, "roles"),
+        "groups": (list, "group"), "clients": (list, "client"),
+    },
+    "roles": {"realm": (list, "role")},
+    "role": {"name": str, "description": str, "composite": bool},
+    "group": {"name": str, "path": str, "realmRoles": list, "attributes": dict, "subGroups": (list, "group")},
+    "client": {
+        "clientId": str, "name": str, "enabled": bool, "protocol": str, "publicClient": bool, "clientAuthenticatorType": str,
+        "secret": str, "standardFlowEnabled": bool, "implicitFlowEnabled": bool, "directAccessGrantsEnabled": bool,
+        "serviceAccountsEnabled": bool, "frontchannelLogout": bool, "fullScopeAllowed": bool, "rootUrl": str, "baseUrl": str,
+        "redirectUris": list, "webOrigins": list, "attributes": dict, "protocolMappers": (list, "mapper"),
+    },
+    "mapper": {"name": str, "protocol": str, "protocolMapper": str, "consentRequired": bool, "config": dict},
+}  # fmt: skip
+# Protocol mapper ids Keycloak 26 ships (OIDC), and the config keys each reads.
+_MAPPERS = {
+    "oidc-group-membership-mapper": {"claim.name", "full.path", "id.token.claim", "access.token.claim", "userinfo.token.claim", "introspection.token.claim"},
+    "oidc-usermodel-realm-role-mapper": {
+        "claim.name", "multivalued", "jsonType.label", "id.token.claim", "access.token.claim", "userinfo.token.claim", "introspection.token.claim",
+    },
+}  # fmt: skip
+
+
+def _check(value: object, kind: str, where: str) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(value, dict):
+        return [f"{where}: not an object"]
+    fields = _REPRESENTATIONS[kind]
+    for key, item in value.items():
+        if key not in fields:
+            problems.append(f"{where}.{key}: not a field of the {kind} representation")
+            continue
+        spec = fields[key]
+        typ, inner = spec if isinstance(spec, tuple) else (spec, None)
+        if not isinstance(item, typ):
+            problems.append(f"{where}.{key}: {type(item).__name__}, not {typ.__name__}")
+        elif inner and isinstance(item, list):
+            problems += [p for i, sub in enumerate(item) for p in _check(sub, inner, f"{where}.{key}[{i}]")]
+        elif inner:
+            problems += _check(item, inner, f"{where}.{key}")
+        elif isinstance(item, dict):  # Map<String, String>, or Map<String, List<String>> (group attributes)
+            for k, v in item.items():
+                if not isinstance(k, str) or not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))):
+                    problems.append(f"{where}.{key}.{k}: not a string or list of strings")
+        elif isinstance(item, list) and not all(isinstance(s, str) for s in item):
+            problems.append(f"{where}.{key}: not a list of strings")
+    return problems
+
+
+def test_realm_is_a_realm_representation(multi_cfg):
+    """A structural check against Keycloak's representation classes: every key a field, every
+    value of its type, mappers of ids Keycloak ships with config keys they read, role names the
+    groups use defined, redirect URIs absolute https. Not checkable without a running Keycloak:
+    that the import succeeds, that the tokens then carry `groups` and `roles`, and how a second
+    import treats the existing realm (partialImport's OVERWRITE keeps users; `kc.sh import
+    --override true` replaces the realm, users included)."""
+    r = json.loads(keycloak.realm_json(multi_cfg, _tenancies(multi_cfg), SECRETS))
+    assert _check(r, "realm", "realm") == []
+    defined = {role["name"] for role in r["roles"]["realm"]}
+    for group in r["groups"]:
+        assert set(group["realmRoles"]) <= defined
+        assert group["path"] == "/" + group["name"]
+    for client in r["clients"]:
+        assert client["protocol"] == "openid-connect"
+        assert all(u.startswith("https://") and "*" not in u for u in client["redirectUris"])
+        for mapper in client["protocolMappers"]:
+            assert set(mapper["config"]) <= _MAPPERS[mapper["protocolMapper"]], mapper
+    # The check itself catches what it is there for.
+    broken = copy.deepcopy(r)
+    broken["clients"][0]["redirectUri"] = broken["clients"][0].pop("redirectUris")
+    broken["groups"][0]["realmRoles"] = "jupyter_user"
+    assert len(_check(broken, "realm", "realm")) == 2
+
+
+# --- the server's files ----------------------------------------------------------------------
+
+
+def _all_in_one() -> config.StackConfig:
+    from conftest import render_raw_configs
+
+    raw = copy.deepcopy(render_raw_configs()["all-in-one"])
+    raw["researcher_access"] = ACCESS
+    raw["keycloak"] = {"version": "26.3.1"}
+    return config.load_config(raw)
+
+
+def test_keycloak_conf():
+    cfg = _all_in_one()
+    conf = keycloak.keycloak_conf(cfg, "10.100.0.5")
+    options = dict(line.split("=", 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    assert options == {
+        "db": "postgres",
+        "db-url": "jdbc:postgresql://10.100.0.5:5432/keycloakdb_server",
+        "db-username": "keycloak",
+        "db-schema": "keycloak",
+        "hostname": "https://auth.fl.example.edu.au",
+        "proxy-headers": "xforwarded",
+        "http-enabled": "false",
+        "https-port": str(facts.KEYCLOAK_PORT),
+        "https-certificate-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
+        "https-certificate-key-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}",
+        "health-enabled": "true",
+    }
+    assert not any("password" in key for key in options)  # it is KC_DB_PASSWORD in keycloak.env
+    with pytest.raises(ValueError, match="host"):
+        keycloak.keycloak_conf(cfg, "10.100.0.5/db?x=1")
+
+
+def test_no_secret_outside_the_secret_files():
+    cfg = _all_in_one()
+    env = keycloak.keycloak_env("d" * 32, "a" * 32)
+    assert (
+        env
+        == f"KC_DB_PASSWORD={'d' * 32}\nKC_BOOTSTRAP_ADMIN_USERNAME={facts.KEYCLOAK_BOOTSTRAP_ADMIN}\nKC_BOOTSTRAP_ADMIN_PASSWORD={'a' * 32}\n"
+    )
+    public = [
+        keycloak.keycloak_conf(cfg, "10.100.0.5"),
+        keycloak.keycloak_unit(cfg),
+        keycloak.database_unit(KEYCLOAK),
+        keycloak.database_sql(KEYCLOAK),
+    ]
+    assert not any("d" * 32 in text or "a" * 32 in text for text in public)
+
+
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    cfg = _all_in_one()
+    home = keycloak.keycloak_home(cfg)
+    assert home == f"{facts.KEYCLOAK_OPT}/keycloak-26.3.1"
+    units = tmp_path / "units"
+    units.mkdir()
+    # Stand-ins for the programs the units run (kc.sh is not installed here; psql may not be).
+    for name in ("kc.sh", "psql"):
+        (tmp_path / name).write_text("#!/bin/sh\nexit 0\n")
+        (tmp_path / name).chmod(0o755)
+    unit = keycloak.keycloak_unit(cfg)
+    assert f"ExecStart={home}/bin/kc.sh --config-file={facts.KEYCLOAK_CONF} start\n" in unit
+    assert f"Requires={facts.KEYCLOAK_DB_UNIT}\n" in unit and f"User={facts.SERVICE_USERS['keycloak']}\n" in unit
+    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace(f"{home}/bin/kc.sh", str(tmp_path / "kc.sh")))
+    db_unit = keycloak.database_unit(KEYCLOAK)
+    assert f"-f {facts.KEYCLOAK_DB_SQL}" in db_unit and f"EnvironmentFile={facts.KEYCLOAK_DB_ENV}" in db_unit
+    (units / facts.KEYCLOAK_DB_UNIT).write_text(db_unit.replace(facts.PSQL, str(tmp_path / "psql")))
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT), str(units / facts.KEYCLOAK_DB_UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        cwd=units,
+    )
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "keycloak" in line]
+    assert problems == [], problems
+    # ... and it does report a broken unit.
+    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace("Type=exec", "Type=sometimes"))
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        cwd=units,
+    )
+    assert "sometimes" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "keycloak_cfg, key, words",
+    [
+        ({"version": "25.0.6"}, "nina:keycloak.version", ("26.x.y",)),
+        ({"version": "latest"}, "nina:keycloak.version", ("exact release",)),
+        ({"jdk_package": "openjdk-17-jre-headless"}, "nina:keycloak.jdk_package", (">= 21",)),
+        ({"jdk_package": "default-jre"}, "nina:keycloak.jdk_package", ("openjdk-NN-jre-headless",)),
+        ({"realm": "Researchers"}, "nina:keycloak.realm", ("DNS-safe",)),
+        ({"realms": "x"}, "nina:keycloak.realms", ("unknown key",)),
+    ],
+)
+def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words):
+    raw = cfg_valid()
+    raw["keycloak"] = keycloak_cfg
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(raw)
+    (problem,) = err.value.problems
+    assert problem[0] == key
+    assert all(w in problem[1] for w in words), problem
+
+
+def test_keycloak_config_defaults(cfg_valid):
+    kc = config.load_config(cfg_valid()).keycloak
+    assert (kc.version, kc.jdk_package, kc.realm) == (facts.KEYCLOAK_VERSION, facts.KEYCLOAK_JDK_PACKAGE, facts.KEYCLOAK_REALM)
+
+
+def test_delivery_payload_carries_the_files_with_their_modes():
+    cfg = _all_in_one()
+    secrets = keycloak.KeycloakSecrets(
+        db_admin_user="root",
+        db_admin_password="A" * 32,
+        db_password="D" * 32,
+        bootstrap_admin_password="B" * 32,
+        client_secrets={"jupyterhub": "J" * 40},
+        cert_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        key_pem="-----BEGIN EC PRIVATE KEY-----\nMIGk\n-----END EC PRIVATE KEY-----\n",
+    )
+    text = keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
+    assert text == keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
+    payload = json.loads(text)
+    files = {f["path"]: f for f in payload["files"]}
+    assert payload["restart"] == [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT]
+    for secret in ("A" * 32, "D" * 32, "B" * 32, "J" * 40, "MIGk"):
+        holders = sorted(p for p, f in files.items() if secret in f["content"])
+        assert holders, secret
+        assert all(files[p]["mode"] == 0o600 for p in holders), (secret, holders)
+    assert all(files[p]["owner"] == "root" for p in (facts.KEYCLOAK_ENV, facts.KEYCLOAK_DB_ENV, facts.KEYCLOAK_REALM_FILE))
+    key = files[f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}"]
+    assert (key["owner"], key["group"], key["mode"]) == (facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP, 0o600)
+    assert json.loads(files[facts.KEYCLOAK_REALM_FILE]["content"])["clients"][0]["secret"] == "J" * 40
