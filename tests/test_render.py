@@ -274,7 +274,10 @@ def test_superlink_delivery(render_plans):
     }
     units = {f"{facts.SYSTEMD_SYSTEM_DIR}/{u}" for u in (facts.SUPERLINK_BACKUP_SERVICE, facts.SUPERLINK_BACKUP_TIMER)}
     assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items() if p not in units} == expect
-    assert f"ExecStart={facts.HOST_PYTHON} -I {facts.SUPERLINK_BACKUP_BIN} backup --keep {facts.SUPERLINK_BACKUP_KEEP}" in files[min(units)]["content"]
+    assert (
+        f"ExecStart={facts.HOST_PYTHON} -I {facts.SUPERLINK_BACKUP_BIN} backup --keep {facts.SUPERLINK_BACKUP_KEEP}"
+        in files[min(units)]["content"]
+    )
     assert f"OnCalendar={facts.SUPERLINK_BACKUP_SCHEDULE}" in files[max(units)]["content"]
 
 
