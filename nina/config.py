@@ -684,6 +684,11 @@ def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             "nina:hosts",
             "no host has the 'bastion' role; one host must carry it (operators and pulumi reach the private hosts through it)",
         )
+    if cfg.researcher_access is not None and "proxy" not in where:
+        yield (
+            "nina:researcher_access",
+            "is set, but no host in nina:hosts has the 'proxy' role; add 'proxy' to a host's roles (nginx serves the public names there)",
+        )
     if "superlink" in where and len(cfg.all_tenancies) > 1:
         yield (
             f"nina:hosts[{where['superlink']}].roles",

@@ -226,6 +226,11 @@ def test_unknown_keys_in_tenancies():
             ("not an e-mail address",),
         ),
         (base(researcher_access={"public_domain": "fl.example.edu.au"}), "nina:researcher_access.acme_email", ("required",)),
+        (
+            base(researcher_access={"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}),
+            "nina:researcher_access",
+            ("no host in nina:hosts has the 'proxy' role",),
+        ),
         (base(organisations=[org("a", kit_generation="2")]), "nina:organisations[0].kit_generation", ("whole number",)),
         (base(organisations=[org("a", kit_generation=True)]), "nina:organisations[0].kit_generation", ("whole number",)),
         # `true` is no partition (YAML's true would otherwise pass as 1).

@@ -312,6 +312,7 @@ def multi_cfg():
 
     raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
     raw["researcher_access"] = ACCESS
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "access", "roles": ["keycloak", "jupyterhub"]}]
     return config.load_config(raw)
 
 
