@@ -113,6 +113,13 @@ def _set_net(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _retired_reused(d: Path) -> list[str]:
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["nina:retired_partition_ids"] = [_orgs(cfg)[0]["partition_id"]]
+
+    return _stack_edit(edit)(d)
+
+
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(cfg: dict[str, Any]) -> None:
         cfg[key] = value
@@ -172,6 +179,10 @@ def stack_cases() -> list[Case]:
         ),
         Case("yaml values", "5,000-digit integer", _stack_edit(_set("nina:superlink", {"state_volume_gb": "BIG"})), "5000 digits"),
         Case("yaml values", "lone surrogate", _stack_edit(_set_org("name", "Metro \ud800 North")), "name"),
+        # Numbers a careless YAML edit gives the wrong type: YAML's true would pass as 1.
+        Case("yaml values", "true as a partition id", _stack_edit(_set_org("partition_id", True)), "partition_id"),
+        Case("yaml values", "a string as a kit generation", _stack_edit(_set_org("kit_generation", "2")), "kit_generation"),
+        Case("yaml values", "a retired partition id reused", _retired_reused, "retired partition id"),
         # Strings that reach files, terminals and READMEs.
         Case("control characters", "newline in a name", _stack_edit(_set_org("name", "Metro\nNorth")), "name"),
         Case("control characters", "escape sequence in a name", _stack_edit(_set_org("name", "Metro \x1b[2J North")), "name"),
