@@ -125,6 +125,8 @@ class ResearcherAccess(_Strict):
     acme_email: str
     # Let's Encrypt's staging CA (untrusted certificates, generous rate limits): for test stacks.
     acme_staging: bool = False
+    # The notebook images researchers choose from in JupyterHub (pulled on the host before first use).
+    notebook_images: list[NonEmptyStr] = Field(default_factory=lambda: list(facts.JUPYTERHUB_IMAGES), min_length=1)
 
     _domain = field_validator("public_domain")(classmethod(lambda cls, v: _dns_domain(v)))
 

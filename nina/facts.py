@@ -240,6 +240,50 @@ FLWR_CONFIG_FILE = "config.toml"
 MEMBERSHIP_WAIT_SECONDS = 120  # how long nina-membership waits for the Control API
 MEMBERSHIP_BATCH_PARALLEL = 16  # how many registrations of a register-many batch run at once
 JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
+
+# --- JupyterHub (manual 4.1.2.10-4.1.2.15; nina.jupyterhub) --------------------------------------
+# The JupyterHub host's venv (JUPYTER_VENV) and the test extra of pyproject.toml pin the same releases.
+JUPYTERHUB_PACKAGES = ("jupyterhub==6.1.1", "oauthenticator==17.4.0", "dockerspawner==14.0.0", "jupyterhub-idle-culler==2.0.0")
+CONFIGURABLE_HTTP_PROXY_VERSION = "5.3.0"  # npm; also tests/node/package.json
+# The Keycloak realm researchers log in to, and JupyterHub's client in it (confidential, standard flow).
+KEYCLOAK_REALM = "nina"
+JUPYTERHUB_CLIENT_ID = "jupyterhub"
+# Realm groups: `tenancy-<name>` lets a researcher into JupyterHub with that tenancy's federation
+# (nina.jupyterhub.tenancy_group); members of the admin group administer the hub.
+TENANCY_GROUP_PREFIX = "tenancy-"
+JUPYTERHUB_ADMIN_GROUP = "jupyterhub-admins"
+# The userinfo claim (and auth_state key) that carries the realm groups (Keycloak's group mapper, no full path).
+GROUPS_CLAIM = "groups"
+USERNAME_CLAIM = "preferred_username"
+JUPYTERHUB_CONFIG_FILE = "jupyterhub_config.py"  # in JUPYTERHUB_CONFIG: the fixed template
+JUPYTERHUB_SETTINGS_FILE = "jupyterhub_settings.json"  # ... beside it: the settings as data (holds the client secret)
+JUPYTERHUB_RUNTIME_MODULE = "nina_jupyterhub"  # ... and beside it the module it calls (nina/jupyterhub_runtime.py)
+JUPYTERHUB_HUB_PORT = 8081  # the hub's own API, where the notebook containers report
+JUPYTERHUB_STATE_FILES = {"db": "jupyterhub.sqlite", "cookie_secret": "jupyterhub_cookie_secret"}  # in JUPYTERHUB_OPT
+# configurable-http-proxy, installed with npm under this root-owned prefix.
+JUPYTERHUB_PROXY_PREFIX = "/opt/configurable-http-proxy"
+JUPYTERHUB_PROXY_BIN = "/opt/configurable-http-proxy/node_modules/.bin/configurable-http-proxy"
+# One directory per tenancy with what its researchers' containers get read-only: the CA
+# certificate and a flwr config.toml whose connection (named for the tenancy) is its SuperLink.
+JUPYTERHUB_TENANCIES = "/etc/jupyterhub/tenancies"
+# The notebook images researchers choose from (nina:researcher_access.notebook_images), pulled
+# before first use (manual 4.1.2.14).
+JUPYTERHUB_IMAGES = (
+    "quay.io/jupyter/datascience-notebook",
+    "quay.io/jupyter/pytorch-notebook",
+    "quay.io/jupyter/tensorflow-notebook",
+)
+JUPYTERHUB_IDLE_TIMEOUT = 3600  # seconds without activity before the idle culler stops a notebook
+JUPYTERHUB_NETWORK_PREFIX = "nina-"  # docker network per tenancy: nina-<tenancy>
+# Docker's data root on the JupyterHub host's Cinder volume: images and the per-user named volumes
+# (JUPYTERHUB_USER_VOLUME) survive a new VM.
+JUPYTERHUB_VOLUME = "/media/jupyterhub"
+JUPYTERHUB_DOCKER_ROOT = "/media/jupyterhub/docker"
+JUPYTERHUB_USER_VOLUME = "jupyterhub-user-{username}"  # DockerSpawner expands {username}
+# Inside a notebook container (the docker-stacks images' user jovyan).
+NOTEBOOK_DIR = "/home/jovyan/work"
+NOTEBOOK_FLWR_HOME = "/home/jovyan/.flwr"
+NOTEBOOK_CA_CERT = "/etc/nina/ca.crt"
 # Cinder volumes: a virtio disk shows up as /dev/disk/by-id/virtio-<first 20 chars of its id>.
 VOLUME_BY_ID_PREFIX = "/dev/disk/by-id/virtio-"
 VOLUME_SERIAL_LENGTH = 20

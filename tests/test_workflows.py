@@ -253,13 +253,15 @@ def _fake_checkout(tmp_path: Path, tools: list[str]) -> tuple[Path, dict[str, st
     (root / "scripts").mkdir(parents=True)
     shutil.copy2(REPO / "scripts" / "bootstrap", root / "scripts" / "bootstrap")
     (root / "pyproject.toml").write_text("")
+    # The node packages of the JupyterHub test: bootstrap installs them from this lock (npm is a stub here).
+    shutil.copytree(REPO / "tests" / "node", root / "tests" / "node")
     venv_bin = root / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "python").symlink_to(sys.executable)
     (root / ".venv" / ".nina-installed").touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("dirname", "touch"):
+    for name in ("dirname", "touch", "mkdir", "cp", "cmp"):
         (bin_dir / name).symlink_to(shutil.which(name) or f"/usr/bin/{name}")
     stubs = {"id": "#!/bin/sh\necho 1000\n", "apt-get": "#!/bin/sh\necho apt-get called >&2\nexit 99\n"}
     stubs.update({tool: "#!/bin/sh\nexit 0\n" for tool in tools})

@@ -1,4 +1,5 @@
-"""JupyterHub (manual 4.1.2.10): only its user and directories so far (researcher-access issue)."""
+"""JupyterHub (manual 4.1.2.10-4.1.2.15): only its user and directories so far; its configuration is
+rendered by `nina.jupyterhub` (tested with the real JupyterHub), its delivery is still to come."""
 
 from nina import facts
 from nina.services.model import PYTHON_ROOT, Directory, Service, User

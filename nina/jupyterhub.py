@@ -1,0 +1,293 @@
+"""JupyterHub's configuration (manual 4.1.2.10-4.1.2.15) as data.
+
+`inputs(plan, host)` gathers what the hub needs from the plan (public and internal URLs,
+tenancies and their SuperLinks, images); `settings(inputs, client_secret)` turns it into the
+settings JupyterHub loads: GenericOAuthenticator against Keycloak (the browser goes to the
+public authorize URL; the hub calls the token and userinfo endpoints on the Keycloak host's
+fixed address, verified with the local CA), DockerSpawner (images, per-user volumes, a
+network per tenancy), configurable-http-proxy and the idle culler. `files(...)` gives every
+file of the hub's config directory: `jupyterhub_config.py` (a fixed template), the settings
+as JSON, the runtime module (`nina/jupyterhub_runtime.py`, the only logic run inside the
+hub), the CA certificate, and per tenancy the CA and a flwr `config.toml` whose connection,
+named for the tenancy, is its SuperLink's Control API, so that `flwr run . <tenancy>` works
+from a notebook terminal.
+
+`realm_client(inputs)` and `realm_groups(plan)` are what the Keycloak realm must hold for this
+hub (its client, redirect URI, group claim, groups); the tests configure their OIDC provider
+from them.
+
+Pure: never imports pulumi; deterministic output.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from nina import facts, flwrcli, templating
+from nina.plan import Host, Plan
+
+RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
+AUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
+SPAWNER = "dockerspawner.DockerSpawner"
+PROXY = "jupyterhub.proxy.ConfigurableHTTPProxy"
+IDLE_CULLER = "idle-culler"
+SCOPES = ("openid", "profile", "email", facts.GROUPS_CLAIM)
+
+
+def tenancy_group(tenancy: str) -> str:
+    """The realm group whose members use `tenancy`'s federation from JupyterHub."""
+    return f"{facts.TENANCY_GROUP_PREFIX}{tenancy}"
+
+
+def tenancy_network(tenancy: str) -> str:
+    """The docker network of `tenancy`'s notebook containers."""
+    return f"{facts.JUPYTERHUB_NETWORK_PREFIX}{tenancy}"
+
+
+def realm_path(realm: str = facts.KEYCLOAK_REALM) -> str:
+    return f"/realms/{realm}/protocol/openid-connect"
+
+
+@dataclass(frozen=True)
+class TenancyAccess:
+    name: str
+    control_address: str  # the SuperLink's Control API, ip:port
+
+
+@dataclass(frozen=True)
+class HubInputs:
+    """Everything the hub's settings derive from (the tests replace the URLs and paths)."""
+
+    public_url: str  # https://hub.<domain>, what researchers' browsers see
+    keycloak_public_url: str  # https://auth.<domain>: the authorize URL's base
+    keycloak_internal_url: str  # https://<keycloak fixed ip>:8443: token and userinfo
+    bind_url: str  # where the proxy listens for nginx
+    hub_bind_url: str  # the hub's API, for the notebook containers
+    tenancies: tuple[TenancyAccess, ...]
+    images: tuple[str, ...]
+    realm: str = facts.KEYCLOAK_REALM
+    client_id: str = facts.JUPYTERHUB_CLIENT_ID
+    admin_group: str = facts.JUPYTERHUB_ADMIN_GROUP
+    idle_timeout: int = facts.JUPYTERHUB_IDLE_TIMEOUT
+    config_dir: str = facts.JUPYTERHUB_CONFIG
+    state_dir: str = facts.JUPYTERHUB_OPT
+    tenancies_dir: str = facts.JUPYTERHUB_TENANCIES
+    python: str = f"{facts.JUPYTER_VENV}/bin/python3"
+    proxy_command: tuple[str, ...] = (facts.JUPYTERHUB_PROXY_BIN,)
+    # The proxy's TLS key pair (paths on the host); None: plain HTTP (the tests, on loopback).
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.public_url}/hub/oauth_callback"
+
+    @property
+    def ca_file(self) -> str:
+        return posixpath.join(self.config_dir, facts.CA_CERT_FILE)
+
+    def tenancy_dir(self, tenancy: str) -> str:
+        return posixpath.join(self.tenancies_dir, tenancy)
+
+
+def jupyterhub_host(plan: Plan) -> Host:
+    hosts = [h for h in plan.hosts if "jupyterhub" in h.roles]
+    if len(hosts) != 1:
+        raise ValueError(f"the plan has {len(hosts)} hosts with role jupyterhub; JupyterHub needs exactly one")
+    return hosts[0]
+
+
+def keycloak_host(plan: Plan) -> Host:
+    hosts = [h for h in plan.hosts if "keycloak" in h.roles]
+    if len(hosts) != 1:
+        raise ValueError(f"the plan has {len(hosts)} hosts with role keycloak; JupyterHub needs exactly one")
+    return hosts[0]
+
+
+def inputs(plan: Plan) -> HubInputs:
+    """The hub's inputs from the plan: needs nina:researcher_access and one host each with the
+    roles jupyterhub and keycloak."""
+    access = plan.cfg.researcher_access
+    if access is None:
+        raise ValueError("JupyterHub needs nina:researcher_access (its public URL and Keycloak's)")
+    hub = jupyterhub_host(plan)
+    return HubInputs(
+        public_url=access.public_url("jupyterhub"),
+        keycloak_public_url=access.public_url("keycloak"),
+        keycloak_internal_url=f"https://{keycloak_host(plan).fixed_ip}:{facts.KEYCLOAK_PORT}",
+        bind_url=f"https://{hub.fixed_ip}:{facts.HTTPS_PORT}",
+        hub_bind_url=f"http://{hub.fixed_ip}:{facts.JUPYTERHUB_HUB_PORT}",
+        tenancies=tuple(TenancyAccess(t.name, t.control_address) for t in plan.tenancies),
+        images=tuple(access.notebook_images),
+        ssl_cert=posixpath.join(facts.SSL_CERTS, "jupyterhub.pem"),
+        ssl_key=posixpath.join(facts.SSL_PRIVATE, "jupyterhub.key"),
+    )
+
+
+def realm_groups(plan: Plan) -> list[str]:
+    """The realm groups this hub relies on: one per tenancy, and the admins'."""
+    return [*(tenancy_group(t.name) for t in plan.tenancies), facts.JUPYTERHUB_ADMIN_GROUP]
+
+
+def realm_client(hub: HubInputs) -> dict[str, Any]:
+    """JupyterHub's client as the realm must define it (Keycloak's representation's names)."""
+    return {
+        "clientId": hub.client_id,
+        "protocol": "openid-connect",
+        "publicClient": False,
+        "standardFlowEnabled": True,
+        "redirectUris": [hub.callback_url],
+        "webOrigins": [hub.public_url],
+        # The groups claim, in userinfo, by group name (Keycloak's oidc-group-membership-mapper).
+        "groupsClaim": facts.GROUPS_CLAIM,
+        "fullGroupPath": False,
+    }
+
+
+def _image_name(image: str) -> str:
+    """The label researchers pick an image by: its last path part, without the tag."""
+    return image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+
+
+def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
+    directory = hub.tenancy_dir(tenancy.name)
+    return {
+        "name": tenancy.name,
+        "group": tenancy_group(tenancy.name),
+        "network": tenancy_network(tenancy.name),
+        "environment": {
+            "FLWR_HOME": facts.NOTEBOOK_FLWR_HOME,
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "NINA_TENANCY": tenancy.name,
+            "NINA_FEDERATION": tenancy.name,
+            "NINA_CA_CERT": facts.NOTEBOOK_CA_CERT,
+        },
+        "volumes": {
+            posixpath.join(directory, facts.FLWR_CONFIG_FILE): {
+                "bind": posixpath.join(facts.NOTEBOOK_FLWR_HOME, facts.FLWR_CONFIG_FILE),
+                "mode": "ro",
+            },
+            posixpath.join(directory, facts.CA_CERT_FILE): {"bind": facts.NOTEBOOK_CA_CERT, "mode": "ro"},
+        },
+    }
+
+
+def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
+    """The settings file's content: `traits` (class -> trait -> value) and `tenancies`."""
+    if not client_secret:
+        raise ValueError("the JupyterHub client secret is empty")
+    images = {_image_name(i): i for i in hub.images}
+    if len(images) != len(hub.images):
+        raise ValueError(f"notebook images {list(hub.images)} share a name; each needs its own last path part")
+    oidc = realm_path(hub.realm)
+    state = hub.state_dir
+    jupyterhub: dict[str, Any] = {
+        "authenticator_class": AUTHENTICATOR,
+        "spawner_class": SPAWNER,
+        "proxy_class": PROXY,
+        "bind_url": hub.bind_url,
+        "hub_bind_url": hub.hub_bind_url,
+        "db_url": f"sqlite:///{posixpath.join(state, facts.JUPYTERHUB_STATE_FILES['db'])}",
+        "cookie_secret_file": posixpath.join(state, facts.JUPYTERHUB_STATE_FILES["cookie_secret"]),
+        "pid_file": posixpath.join(state, "jupyterhub.pid"),
+        "services": [
+            {
+                "name": IDLE_CULLER,
+                "command": [hub.python, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_timeout}"],
+            }
+        ],
+        "load_roles": [
+            {
+                "name": IDLE_CULLER,
+                "description": "stop notebooks idle for longer than the timeout",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": [IDLE_CULLER],
+            }
+        ],
+    }
+    if hub.ssl_cert and hub.ssl_key:
+        jupyterhub |= {"ssl_cert": hub.ssl_cert, "ssl_key": hub.ssl_key}
+    return {
+        "traits": {
+            "JupyterHub": jupyterhub,
+            "ConfigurableHTTPProxy": {"command": list(hub.proxy_command)},
+            "GenericOAuthenticator": {
+                "client_id": hub.client_id,
+                "client_secret": client_secret,
+                "oauth_callback_url": hub.callback_url,
+                "authorize_url": f"{hub.keycloak_public_url}{oidc}/auth",
+                "token_url": f"{hub.keycloak_internal_url}{oidc}/token",
+                "userdata_url": f"{hub.keycloak_internal_url}{oidc}/userinfo",
+                "login_service": "NINA (Keycloak)",
+                "scope": list(SCOPES),
+                "username_claim": facts.USERNAME_CLAIM,
+                "manage_groups": True,
+                # oauthenticator 16+ (claim_groups_key is deprecated): a key of auth_state.
+                "auth_state_groups_key": f"oauth_user.{facts.GROUPS_CLAIM}",
+                "allowed_groups": [tenancy_group(t.name) for t in hub.tenancies],
+                "admin_groups": [hub.admin_group],
+                "validate_server_cert": True,
+                # token and userinfo go to the Keycloak host itself: its certificate is the local CA's.
+                "http_request_kwargs": {"ca_certs": hub.ca_file},
+            },
+            "DockerSpawner": {
+                "allowed_images": images,
+                "image": hub.images[0],
+                "notebook_dir": facts.NOTEBOOK_DIR,
+                "volumes": {facts.JUPYTERHUB_USER_VOLUME: facts.NOTEBOOK_DIR},
+                "use_internal_ip": True,
+                "remove": True,
+                "pull_policy": "never",  # pre-pulled (manual 4.1.2.14): a spawn never waits for a registry
+            },
+        },
+        "tenancies": [_tenancy_settings(hub, t) for t in hub.tenancies],
+    }
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return templating.environment("jupyterhub")
+
+
+def config_py() -> str:
+    """`jupyterhub_config.py`: loads the settings file and the runtime module beside it."""
+    return (
+        _env()
+        .get_template(f"{facts.JUPYTERHUB_CONFIG_FILE}.j2")
+        .render(
+            module=facts.JUPYTERHUB_RUNTIME_MODULE,
+            settings_file=facts.JUPYTERHUB_SETTINGS_FILE,
+            settings_literal=json.dumps(facts.JUPYTERHUB_SETTINGS_FILE),
+        )
+    )
+
+
+def settings_json(hub: HubInputs, client_secret: str) -> str:
+    return json.dumps(settings(hub, client_secret), indent=2, sort_keys=True) + "\n"
+
+
+def tenancy_flwr_config(tenancy: TenancyAccess) -> str:
+    """The flwr config.toml of `tenancy`'s notebooks: one connection, named for the tenancy."""
+    return flwrcli.connection(tenancy.name, tenancy.control_address, facts.NOTEBOOK_CA_CERT)
+
+
+def files(hub: HubInputs, client_secret: str, ca_cert_pem: str) -> dict[str, str]:
+    """Every file of the hub's configuration: absolute path (under `hub`'s directories) -> text."""
+    out = {
+        posixpath.join(hub.config_dir, facts.JUPYTERHUB_CONFIG_FILE): config_py(),
+        posixpath.join(hub.config_dir, facts.JUPYTERHUB_SETTINGS_FILE): settings_json(hub, client_secret),
+        posixpath.join(hub.config_dir, f"{facts.JUPYTERHUB_RUNTIME_MODULE}.py"): RUNTIME_SOURCE.read_text(encoding="utf-8"),
+        hub.ca_file: ca_cert_pem,
+    }
+    for t in hub.tenancies:
+        out[posixpath.join(hub.tenancy_dir(t.name), facts.FLWR_CONFIG_FILE)] = tenancy_flwr_config(t)
+        out[posixpath.join(hub.tenancy_dir(t.name), facts.CA_CERT_FILE)] = ca_cert_pem
+    return out

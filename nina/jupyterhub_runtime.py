@@ -1,0 +1,65 @@
+"""What JupyterHub runs from its config (installed beside it as `nina_jupyterhub.py`).
+
+The rendered `jupyterhub_config.py` is a fixed template that calls `configure(c, settings_file)`:
+the settings file (written by `nina.jupyterhub`) is plain data, and this module is the only
+logic: it sets the traits the settings name, and installs the spawner's `pre_spawn_hook`,
+which gives each researcher's notebook the federation of their tenancy (its docker network,
+the CA certificate and a flwr config.toml naming the tenancy's SuperLink, mounted read-only).
+
+Standalone: standard library only (the hub's venv imports it by file, without nina).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PRE_SPAWN_HOOK = "pre_spawn_hook"
+
+
+class NoTenancy(PermissionError):
+    """The user is in no tenancy group: there is no federation to give their notebook."""
+
+
+def load(settings_file: str | Path) -> dict[str, Any]:
+    data = json.loads(Path(settings_file).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("traits"), dict) or not isinstance(data.get("tenancies"), list):
+        raise ValueError(f"{settings_file}: not a nina JupyterHub settings file (needs 'traits' and 'tenancies')")
+    return data
+
+
+def tenancy_for(groups: Iterable[str], tenancies: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The first tenancy (in the settings' order, the plan's) whose group the user is in."""
+    have = set(groups)
+    for tenancy in tenancies:
+        if tenancy["group"] in have:
+            return tenancy
+    raise NoTenancy(f"in none of the tenancy groups {[t['group'] for t in tenancies]}; ask an operator to add you to one")
+
+
+def make_pre_spawn_hook(tenancies: Sequence[Mapping[str, Any]]) -> Any:
+    """The spawner's pre_spawn_hook: the notebook of a user gets their tenancy's environment and,
+    with DockerSpawner, its network and read-only mounts (other spawners have neither)."""
+
+    def pre_spawn_hook(spawner: Any) -> None:
+        tenancy = tenancy_for((g.name for g in spawner.user.groups), tenancies)
+        spawner.environment = {**spawner.environment, **tenancy["environment"]}
+        if spawner.has_trait("network_name"):
+            spawner.network_name = tenancy["network"]
+            spawner.volumes = {**spawner.volumes, **tenancy["volumes"]}
+        spawner.log.info("nina: %s spawns with tenancy %s", spawner.user.name, tenancy["name"])
+
+    return pre_spawn_hook
+
+
+def configure(c: Any, settings_file: str | Path) -> dict[str, Any]:
+    """Apply the settings file to the JupyterHub config `c`; returns the settings."""
+    settings = load(settings_file)
+    for section, traits in settings["traits"].items():
+        target = getattr(c, section)
+        for name, value in traits.items():
+            setattr(target, name, value)
+    setattr(c.Spawner, PRE_SPAWN_HOOK, make_pre_spawn_hook(settings["tenancies"]))
+    return settings

@@ -1,0 +1,283 @@
+"""JupyterHub's rendered configuration (nina.jupyterhub): loaded by the real JupyterHub, and a
+browser-less OAuth login against a real OIDC provider configured from the same realm definition."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from traitlets.config import Config, PyFileConfigLoader
+
+from nina import facts, jupyterhub, jupyterhub_runtime, localpki
+from nina.config import load_config
+from nina.plan import Plan, build_plan
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = REPO / ".cache" / "node"
+PROXY_BIN = NODE_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
+SECRET = "test-client-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def plan(cfg_valid) -> Plan:
+    raw = cfg_valid()
+    orgs = raw.pop("organisations")
+    raw["tenancies"] = [
+        {"name": "main", "organisations": orgs},
+        {
+            "name": "beta",
+            "organisations": [{"slug": "org-c", "name": "C", "placement": "cloud", "partition_id": 0, "cidr": "10.102.0.0/24"}],
+        },
+    ]
+    raw["hosts"] = [
+        {"name": "gateway", "roles": ["bastion", "proxy"]},
+        {"name": "idp", "roles": ["keycloak"]},
+        {"name": "hub", "roles": ["jupyterhub"]},
+    ]
+    raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+    return build_plan(load_config(raw))
+
+
+def _load(config_file: Path) -> Config:
+    loader = PyFileConfigLoader(config_file.name, path=str(config_file.parent))
+    return loader.load_config()
+
+
+def _write(files: dict[str, str]) -> None:
+    for path, text in files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+
+def _local(hub: jupyterhub.HubInputs, root: Path, **changes: Any) -> jupyterhub.HubInputs:
+    return dataclasses.replace(
+        hub,
+        config_dir=str(root / "config"),
+        state_dir=str(root / "state"),
+        tenancies_dir=str(root / "tenancies"),
+        python=sys.executable,
+        proxy_command=(str(PROXY_BIN),),
+        **changes,
+    )
+
+
+def test_names_and_urls(plan):
+    hub = jupyterhub.inputs(plan)
+    s = jupyterhub.settings(hub, SECRET)
+    oauth = s["traits"]["GenericOAuthenticator"]
+    idp = plan.host_by_name["idp"].fixed_ip
+    realm = f"/realms/{facts.KEYCLOAK_REALM}/protocol/openid-connect"
+    assert oauth["authorize_url"] == f"https://auth.fl.example.edu.au{realm}/auth"
+    assert oauth["token_url"] == f"https://{idp}:{facts.KEYCLOAK_PORT}{realm}/token"
+    assert oauth["userdata_url"] == f"https://{idp}:{facts.KEYCLOAK_PORT}{realm}/userinfo"
+    assert oauth["oauth_callback_url"] == "https://hub.fl.example.edu.au/hub/oauth_callback"
+    assert oauth["client_id"] == "jupyterhub" and oauth["client_secret"] == SECRET
+    assert oauth["allowed_groups"] == ["tenancy-main", "tenancy-beta"] and oauth["admin_groups"] == [facts.JUPYTERHUB_ADMIN_GROUP]
+    assert "claim_groups_key" not in oauth and oauth["auth_state_groups_key"] == "oauth_user.groups"
+    assert jupyterhub.realm_groups(plan) == ["tenancy-main", "tenancy-beta", facts.JUPYTERHUB_ADMIN_GROUP]
+    assert jupyterhub.realm_client(hub)["redirectUris"] == [oauth["oauth_callback_url"]]
+    spawner = s["traits"]["DockerSpawner"]
+    assert spawner["allowed_images"] == {i.rsplit("/", 1)[1]: i for i in facts.JUPYTERHUB_IMAGES}
+    assert [(t["name"], t["network"]) for t in s["tenancies"]] == [("main", "nina-main"), ("beta", "nina-beta")]
+    assert s["traits"]["JupyterHub"]["bind_url"] == f"https://{plan.host_by_name['hub'].fixed_ip}:{facts.HTTPS_PORT}"
+    # Deterministic: the same inputs give the same bytes.
+    ca = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+    assert jupyterhub.files(hub, SECRET, ca) == jupyterhub.files(jupyterhub.inputs(plan), SECRET, ca)
+
+
+def test_refuses_what_cannot_work(plan, cfg_valid):
+    with pytest.raises(ValueError, match="client secret"):
+        jupyterhub.settings(jupyterhub.inputs(plan), "")
+    images = dataclasses.replace(jupyterhub.inputs(plan), images=("a/x:1", "b/x:2"))
+    with pytest.raises(ValueError, match="share a name"):
+        jupyterhub.settings(images, SECRET)
+    with pytest.raises(ValueError, match="researcher_access"):
+        jupyterhub.inputs(build_plan(load_config(cfg_valid())))
+
+
+def test_pinned_releases_are_the_test_extras():
+    """The host's venv pins (facts) and the test venv's (pyproject) are the same releases."""
+    text = (REPO / "pyproject.toml").read_text()
+    for pin in facts.JUPYTERHUB_PACKAGES:
+        assert f'"{pin}"' in text, pin
+    package = json.loads((REPO / "tests" / "node" / "package.json").read_text())
+    assert package["dependencies"]["configurable-http-proxy"] == facts.CONFIGURABLE_HTTP_PROXY_VERSION
+
+
+def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
+    """The rendered files, loaded as JupyterHub loads its config, configure the real classes."""
+    from dockerspawner import DockerSpawner
+    from jupyterhub.app import JupyterHub
+    from oauthenticator.generic import GenericOAuthenticator
+
+    hub = jupyterhub.inputs(plan)
+    local = _local(hub, tmp_path)
+    _write(jupyterhub.files(local, SECRET, "ca"))
+    config = _load(tmp_path / "config" / facts.JUPYTERHUB_CONFIG_FILE)
+    app = JupyterHub(config=config)
+    assert app.bind_url == hub.bind_url and app.hub_bind_url == hub.hub_bind_url
+    assert [svc["name"] for svc in app.services] == [jupyterhub.IDLE_CULLER]
+    auth = GenericOAuthenticator(config=config)
+    assert auth.allowed_groups == {"tenancy-main", "tenancy-beta"} and auth.manage_groups
+    assert auth.token_url.startswith(hub.keycloak_internal_url) and auth.authorize_url.startswith(hub.keycloak_public_url)
+    assert auth.http_request_kwargs == {"ca_certs": str(tmp_path / "config" / facts.CA_CERT_FILE)}
+    user = SimpleNamespace(name="rita", groups=[SimpleNamespace(name="tenancy-beta")])
+    spawner = DockerSpawner(config=config, user=user)
+    assert spawner.allowed_images == {i.rsplit("/", 1)[1]: i for i in facts.JUPYTERHUB_IMAGES}
+    assert spawner.volumes == {facts.JUPYTERHUB_USER_VOLUME: facts.NOTEBOOK_DIR} and spawner.pull_policy == "never"
+    hook = spawner.pre_spawn_hook
+    assert callable(hook)
+    # The hook gives a tenancy-beta researcher beta's network, environment and read-only files.
+    hook(spawner)
+    assert spawner.network_name == "nina-beta"
+    assert spawner.environment["NINA_TENANCY"] == "beta" and spawner.environment["FLWR_HOME"] == facts.NOTEBOOK_FLWR_HOME
+    mounted = {v["bind"]: Path(k) for k, v in spawner.volumes.items() if isinstance(v, dict)}
+    conf = tomllib.loads(mounted[f"{facts.NOTEBOOK_FLWR_HOME}/{facts.FLWR_CONFIG_FILE}"].read_text())
+    beta = next(t for t in plan.tenancies if t.name == "beta")
+    assert conf["superlink"]["beta"] == {"address": beta.control_address, "root-certificates": facts.NOTEBOOK_CA_CERT}
+    assert mounted[facts.NOTEBOOK_CA_CERT].read_text() == "ca"
+    outsider = SimpleNamespace(name="olga", groups=[SimpleNamespace(name="other")])
+    with pytest.raises(jupyterhub_runtime.NoTenancy):
+        jupyterhub_runtime.make_pre_spawn_hook(jupyterhub.settings(local, SECRET)["tenancies"])(SimpleNamespace(user=outsider))
+
+
+def test_notebook_flwr_config_is_read_by_flwr(plan, tmp_path, monkeypatch):
+    """What a notebook terminal's `flwr run . main` reads: the connection `main`, TLS with the CA."""
+    from flwr.cli.flower_config import read_superlink_connection
+
+    main = next(t for t in jupyterhub.inputs(plan).tenancies if t.name == "main")
+    (tmp_path / facts.FLWR_CONFIG_FILE).write_text(jupyterhub.tenancy_flwr_config(main))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    conn = read_superlink_connection("main")
+    assert conn.address == f"{plan.tenancies[0].superlink_ip}:{facts.SUPERLINK_CONTROL_PORT}"
+    assert conn.root_certificates == facts.NOTEBOOK_CA_CERT and conn.insecure is False
+
+
+def test_config_loader_fails_on_broken_settings(plan, tmp_path):
+    """The load test above can fail: a settings file without its traits is refused at load."""
+    _write(jupyterhub.files(_local(jupyterhub.inputs(plan), tmp_path), SECRET, "ca"))
+    (tmp_path / "config" / facts.JUPYTERHUB_SETTINGS_FILE).write_text('{"tenancies": []}')
+    with pytest.raises(ValueError, match="settings file"):
+        _load(tmp_path / "config" / facts.JUPYTERHUB_CONFIG_FILE)
+
+
+def _netns_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `unshare -n` (a private network namespace for the servers' ports)")
+@pytest.mark.skipif(
+    not PROXY_BIN.exists() or not shutil.which("node"), reason="needs node and scripts/bootstrap --test-tools (.cache/node)"
+)
+def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
+    """JupyterHub with the rendered config (only the spawner class replaced: no docker here) and a
+    real OIDC provider configured from the same realm definition: a tenancy-main researcher gets
+    a hub session, an admin gets an admin session, a user in no tenancy group is refused (403),
+    and the hub called the token and userinfo endpoints on the internal address."""
+    port = facts.KEYCLOAK_PORT
+    public_idp, internal_idp, hub_url = f"https://localhost:{port}", f"https://127.0.0.1:{port}", "http://127.0.0.1:8000"
+    # The local CA signs the provider's certificate, valid for both of its names.
+    ca_key = localpki.generate_key()
+    ca = localpki.self_signed_ca(ca_key.private_key_pem, facts.CA_SUBJECT, 24)
+    key = localpki.generate_key()
+    csr = localpki.cert_request(key.private_key_pem, {"common_name": "idp"}, ["localhost"], ["127.0.0.1"])
+    cert = localpki.sign_certificate(csr, ca_key.private_key_pem, ca, 24, facts.SERVER_CERT_USES)
+    hub = _local(
+        jupyterhub.inputs(plan),
+        tmp_path,
+        public_url=hub_url,
+        keycloak_public_url=public_idp,
+        keycloak_internal_url=internal_idp,
+        bind_url=hub_url,
+        hub_bind_url="http://127.0.0.1:8081",
+        ssl_cert=None,
+        ssl_key=None,
+    )
+    files = jupyterhub.files(hub, SECRET, ca)
+    settings_path = f"{hub.config_dir}/{facts.JUPYTERHUB_SETTINGS_FILE}"
+    settings = json.loads(files[settings_path])
+    settings["traits"]["JupyterHub"]["spawner_class"] = "simple"  # the one change: no docker in the test
+    files[settings_path] = json.dumps(settings)
+    _write(files)
+    (tmp_path / "state").mkdir()
+    for name, text in (("idp.pem", cert), ("idp.key", key.private_key_pem)):
+        (tmp_path / name).write_text(text)
+    # The provider from the realm definition: the hub's client, redirect URI, the groups claim.
+    client = jupyterhub.realm_client(hub)
+    path = jupyterhub.realm_path()
+    admin = facts.JUPYTERHUB_ADMIN_GROUP
+    users = {
+        "alice": {"password": "alice-pw", "email": "alice@example.edu.au", "groups": [jupyterhub.tenancy_group("main")]},
+        "carol": {"password": "carol-pw", "email": "carol@example.edu.au", "groups": [jupyterhub.tenancy_group("beta"), admin]},
+        "bob": {"password": "bob-pw", "email": "bob@example.edu.au", "groups": ["other"]},
+    }
+    provider_settings = {
+        "node_modules": str(NODE_DIR / "node_modules"),
+        "issuer": f"{public_idp}/realms/{facts.KEYCLOAK_REALM}",
+        "routes": {"authorization": f"{path}/auth", "token": f"{path}/token", "userinfo": f"{path}/userinfo", "jwks": f"{path}/certs"},
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": {"cert": str(tmp_path / "idp.pem"), "key": str(tmp_path / "idp.key")},
+        "client": {"client_id": client["clientId"], "client_secret": SECRET, "redirect_uris": client["redirectUris"]},
+        "users": users,
+        "groups_claim": client["groupsClaim"],
+    }
+    (tmp_path / "provider.json").write_text(json.dumps(provider_settings))
+    scenario = {
+        "node": shutil.which("node"),
+        "provider_script": str(REPO / "tests" / "node" / "oidc_provider.mjs"),
+        "provider_settings": str(tmp_path / "provider.json"),
+        "provider_probe": f"{internal_idp}/.well-known/openid-configuration",
+        "jupyterhub": str(Path(sys.executable).parent / "jupyterhub"),
+        "hub_config": f"{hub.config_dir}/{facts.JUPYTERHUB_CONFIG_FILE}",
+        "hub_cwd": str(tmp_path / "state"),
+        "hub_url": hub_url,
+        "ca_file": hub.ca_file,
+        "users": [{"name": n, "password": u["password"]} for n, u in users.items()],
+    }
+    (tmp_path / "scenario.json").write_text(json.dumps(scenario))
+    driver = REPO / "tests" / "jupyterhub_login.py"
+    proc = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--kill-child", sys.executable, str(driver), str(tmp_path / "scenario.json")],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0][len("RESULT ") :])
+    context = f"{result.get('error')}\nhub log:\n{result['hub_log'][-6000:]}\nprovider log:\n{result['provider_log'][-3000:]}"
+    assert "error" not in result, context
+    got = result["users"]
+    alice, carol, bob = got["alice"], got["carol"], got["bob"]
+    # The browser went to the public authorize URL and back to the hub's callback.
+    assert alice["steps"][0].startswith(f"{public_idp}{path}/auth"), alice["steps"]
+    assert alice["callback_status"] == 302 and alice["home_status"] == 200, context
+    assert alice["api_user"]["name"] == "alice" and alice["api_user"]["admin"] is False, alice
+    assert jupyterhub.tenancy_group("main") in alice["api_user"]["groups"]
+    assert carol["callback_status"] == 302 and carol["api_user"]["admin"] is True, carol
+    assert bob["callback_status"] == 403 and "home_status" not in bob, bob
+    # Which host each endpoint was called on: authorize by the browser on the public name,
+    # token and userinfo by the hub on the internal address.
+    calls = [json.loads(line) for line in result["provider_log"].splitlines() if line.startswith("{")]
+    hosts: dict[str, set[str]] = {c["path"]: set() for c in calls}
+    for c in calls:
+        hosts[c["path"]].add(c["host"])
+    assert hosts[f"{path}/auth"] == {f"localhost:{port}"}, hosts
+    assert hosts[f"{path}/token"] == {f"127.0.0.1:{port}"} and hosts[f"{path}/userinfo"] == {f"127.0.0.1:{port}"}, hosts
+    # The idle culler ran as the hub's managed service.
+    assert re.search(r"Starting managed service idle-culler", result["hub_log"]), result["hub_log"][-3000:]
