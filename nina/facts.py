@@ -245,15 +245,11 @@ JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
 # The JupyterHub host's venv (JUPYTER_VENV) and the test extra of pyproject.toml pin the same releases.
 JUPYTERHUB_PACKAGES = ("jupyterhub==6.1.1", "oauthenticator==17.4.0", "dockerspawner==14.0.0", "jupyterhub-idle-culler==2.0.0")
 CONFIGURABLE_HTTP_PROXY_VERSION = "5.3.0"  # npm; also tests/node/package.json
-# The Keycloak realm researchers log in to, and JupyterHub's client in it (confidential, standard flow).
-KEYCLOAK_REALM = "nina"
+# JupyterHub's client in the realm (nina:keycloak.realm; KEYCLOAK_CLIENTS), confidential, standard
+# flow. Realm groups (the Keycloak facts above): `tenancy-<name>` lets a researcher into
+# JupyterHub with that tenancy's federation; KEYCLOAK_ADMIN_GROUP administers the hub. The groups
+# come in KEYCLOAK_GROUPS_CLAIM (Keycloak's group mapper, no full path).
 JUPYTERHUB_CLIENT_ID = "jupyterhub"
-# Realm groups: `tenancy-<name>` lets a researcher into JupyterHub with that tenancy's federation
-# (nina.jupyterhub.tenancy_group); members of the admin group administer the hub.
-TENANCY_GROUP_PREFIX = "tenancy-"
-JUPYTERHUB_ADMIN_GROUP = "jupyterhub-admins"
-# The userinfo claim (and auth_state key) that carries the realm groups (Keycloak's group mapper, no full path).
-GROUPS_CLAIM = "groups"
 USERNAME_CLAIM = "preferred_username"
 JUPYTERHUB_CONFIG_FILE = "jupyterhub_config.py"  # in JUPYTERHUB_CONFIG: the fixed template
 JUPYTERHUB_SETTINGS_FILE = "jupyterhub_settings.json"  # ... beside it: the settings as data (holds the client secret)

@@ -30,7 +30,7 @@ from typing import Any
 
 import jinja2
 
-from nina import facts, flwrcli, templating
+from nina import facts, flwrcli, keycloak, templating
 from nina.plan import Host, Plan
 
 RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
@@ -38,12 +38,12 @@ AUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
 SPAWNER = "dockerspawner.DockerSpawner"
 PROXY = "jupyterhub.proxy.ConfigurableHTTPProxy"
 IDLE_CULLER = "idle-culler"
-SCOPES = ("openid", "profile", "email", facts.GROUPS_CLAIM)
+SCOPES = ("openid", "profile", "email", facts.KEYCLOAK_GROUPS_CLAIM)
 
 
 def tenancy_group(tenancy: str) -> str:
-    """The realm group whose members use `tenancy`'s federation from JupyterHub."""
-    return f"{facts.TENANCY_GROUP_PREFIX}{tenancy}"
+    """The realm group whose members use `tenancy`'s federation from JupyterHub (nina.keycloak's)."""
+    return keycloak.tenancy_group(tenancy)
 
 
 def tenancy_network(tenancy: str) -> str:
@@ -74,7 +74,7 @@ class HubInputs:
     images: tuple[str, ...]
     realm: str = facts.KEYCLOAK_REALM
     client_id: str = facts.JUPYTERHUB_CLIENT_ID
-    admin_group: str = facts.JUPYTERHUB_ADMIN_GROUP
+    admin_group: str = facts.KEYCLOAK_ADMIN_GROUP
     idle_timeout: int = facts.JUPYTERHUB_IDLE_TIMEOUT
     config_dir: str = facts.JUPYTERHUB_CONFIG
     state_dir: str = facts.JUPYTERHUB_OPT
@@ -126,6 +126,7 @@ def inputs(plan: Plan) -> HubInputs:
         hub_bind_url=f"http://{hub.fixed_ip}:{facts.JUPYTERHUB_HUB_PORT}",
         tenancies=tuple(TenancyAccess(t.name, t.control_address) for t in plan.tenancies),
         images=tuple(access.notebook_images),
+        realm=plan.cfg.keycloak.realm,
         ssl_cert=posixpath.join(facts.SSL_CERTS, "jupyterhub.pem"),
         ssl_key=posixpath.join(facts.SSL_PRIVATE, "jupyterhub.key"),
     )
@@ -133,7 +134,7 @@ def inputs(plan: Plan) -> HubInputs:
 
 def realm_groups(plan: Plan) -> list[str]:
     """The realm groups this hub relies on: one per tenancy, and the admins'."""
-    return [*(tenancy_group(t.name) for t in plan.tenancies), facts.JUPYTERHUB_ADMIN_GROUP]
+    return [*(tenancy_group(t.name) for t in plan.tenancies), facts.KEYCLOAK_ADMIN_GROUP]
 
 
 def realm_client(hub: HubInputs) -> dict[str, Any]:
@@ -146,7 +147,7 @@ def realm_client(hub: HubInputs) -> dict[str, Any]:
         "redirectUris": [hub.callback_url],
         "webOrigins": [hub.public_url],
         # The groups claim, in userinfo, by group name (Keycloak's oidc-group-membership-mapper).
-        "groupsClaim": facts.GROUPS_CLAIM,
+        "groupsClaim": facts.KEYCLOAK_GROUPS_CLAIM,
         "fullGroupPath": False,
     }
 
@@ -231,7 +232,7 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
                 "username_claim": facts.USERNAME_CLAIM,
                 "manage_groups": True,
                 # oauthenticator 16+ (claim_groups_key is deprecated): a key of auth_state.
-                "auth_state_groups_key": f"oauth_user.{facts.GROUPS_CLAIM}",
+                "auth_state_groups_key": f"oauth_user.{facts.KEYCLOAK_GROUPS_CLAIM}",
                 "allowed_groups": [tenancy_group(t.name) for t in hub.tenancies],
                 "admin_groups": [hub.admin_group],
                 "validate_server_cert": True,

@@ -82,9 +82,9 @@ def test_names_and_urls(plan):
     assert oauth["userdata_url"] == f"https://{idp}:{facts.KEYCLOAK_PORT}{realm}/userinfo"
     assert oauth["oauth_callback_url"] == "https://hub.fl.example.edu.au/hub/oauth_callback"
     assert oauth["client_id"] == "jupyterhub" and oauth["client_secret"] == SECRET
-    assert oauth["allowed_groups"] == ["tenancy-main", "tenancy-beta"] and oauth["admin_groups"] == [facts.JUPYTERHUB_ADMIN_GROUP]
+    assert oauth["allowed_groups"] == ["tenancy-main", "tenancy-beta"] and oauth["admin_groups"] == [facts.KEYCLOAK_ADMIN_GROUP]
     assert "claim_groups_key" not in oauth and oauth["auth_state_groups_key"] == "oauth_user.groups"
-    assert jupyterhub.realm_groups(plan) == ["tenancy-main", "tenancy-beta", facts.JUPYTERHUB_ADMIN_GROUP]
+    assert jupyterhub.realm_groups(plan) == ["tenancy-main", "tenancy-beta", facts.KEYCLOAK_ADMIN_GROUP]
     assert jupyterhub.realm_client(hub)["redirectUris"] == [oauth["oauth_callback_url"]]
     spawner = s["traits"]["DockerSpawner"]
     assert spawner["allowed_images"] == {i.rsplit("/", 1)[1]: i for i in facts.JUPYTERHUB_IMAGES}
@@ -219,7 +219,7 @@ def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
     # The provider from the realm definition: the hub's client, redirect URI, the groups claim.
     client = jupyterhub.realm_client(hub)
     path = jupyterhub.realm_path()
-    admin = facts.JUPYTERHUB_ADMIN_GROUP
+    admin = facts.KEYCLOAK_ADMIN_GROUP
     users = {
         "alice": {"password": "alice-pw", "email": "alice@example.edu.au", "groups": [jupyterhub.tenancy_group("main")]},
         "carol": {"password": "carol-pw", "email": "carol@example.edu.au", "groups": [jupyterhub.tenancy_group("beta"), admin]},
@@ -281,3 +281,35 @@ def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
     assert hosts[f"{path}/token"] == {f"127.0.0.1:{port}"} and hosts[f"{path}/userinfo"] == {f"127.0.0.1:{port}"}, hosts
     # The idle culler ran as the hub's managed service.
     assert re.search(r"Starting managed service idle-culler", result["hub_log"]), result["hub_log"][-3000:]
+
+
+def test_the_keycloak_realm_holds_what_the_hub_relies_on():
+    """One stack, both renderers: the realm nina.keycloak builds has the hub's realm name, its
+    client with the hub's callback, the groups the hub allows and administers with, and the
+    groups claim by name, as nina.jupyterhub expects them (the login test's OIDC provider is
+    configured from nina.jupyterhub's side of this contract)."""
+    import copy
+
+    from conftest import render_raw_configs
+
+    from nina import keycloak
+    from nina.config import load_config
+
+    raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
+    raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "fl-ops@example.edu.au"}
+    raw["keycloak"] = {"realm": "fl-research"}
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "access", "roles": ["keycloak", "jupyterhub"]}]
+    plan = build_plan(load_config(raw))
+    hub = jupyterhub.inputs(plan)
+    realm = keycloak.realm(plan.cfg, [t.name for t in plan.tenancies], {"jupyterhub": "s" * 40})
+    assert realm["realm"] == hub.realm == "fl-research"
+    assert set(jupyterhub.realm_groups(plan)) <= {g["name"] for g in realm["groups"]}
+    want = jupyterhub.realm_client(hub)
+    client = next(c for c in realm["clients"] if c["clientId"] == want["clientId"])
+    assert set(want["redirectUris"]) <= set(client["redirectUris"]) and client["publicClient"] is False
+    mappers = [
+        m
+        for m in client.get("protocolMappers", []) + realm.get("protocolMappers", [])
+        if m["protocolMapper"] == "oidc-group-membership-mapper"
+    ]
+    assert [(m["config"]["claim.name"], m["config"]["full.path"]) for m in mappers] == [(want["groupsClaim"], "false")]
