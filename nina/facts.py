@@ -255,6 +255,10 @@ JUPYTERHUB_CONFIG_FILE = "jupyterhub_config.py"  # in JUPYTERHUB_CONFIG: the fix
 JUPYTERHUB_SETTINGS_FILE = "jupyterhub_settings.json"  # ... beside it: the settings as data (holds the client secret)
 JUPYTERHUB_RUNTIME_MODULE = "nina_jupyterhub"  # ... and beside it the module it calls (nina/jupyterhub_runtime.py)
 JUPYTERHUB_HUB_PORT = 8081  # the hub's own API, where the notebook containers report
+# The hub's proxy (configurable-http-proxy), internal HTTPS with a local-CA certificate, reached
+# only by nginx: 8000 as in the manual's procedure (4.1.2.13), not table 3.3.1's 443, which nginx
+# holds when the proxy shares the VM (the manual's "one large VM"); no privileged port either.
+JUPYTERHUB_PORT = 8000
 JUPYTERHUB_STATE_FILES = {"db": "jupyterhub.sqlite", "cookie_secret": "jupyterhub_cookie_secret"}  # in JUPYTERHUB_OPT
 # configurable-http-proxy, installed with npm under this root-owned prefix.
 JUPYTERHUB_PROXY_PREFIX = "/opt/configurable-http-proxy"

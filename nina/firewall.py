@@ -34,7 +34,7 @@ PORT_TABLE: tuple[Flow, ...] = (
     # Not in 3.3.1: Let's Encrypt's HTTP-01 challenge (4.1.2.6) comes to port 80. nginx serves only
     # the challenge directory there and redirects everything else to HTTPS (nina.proxy).
     Flow("Reverse proxy HTTP (ACME challenges, redirect)", "proxy", "tcp", facts.HTTP_PORT, ("public",), "4.1.2.6 Let's Encrypt HTTP-01"),
-    Flow("JupyterHub HTTPS", "jupyterhub", "tcp", facts.HTTPS_PORT, ("proxy",), "3.3.1 UserInterface JupyterHub"),
+    Flow("JupyterHub HTTPS", "jupyterhub", "tcp", facts.JUPYTERHUB_PORT, ("proxy",), "3.3.1 UserInterface JupyterHub (4.1.2.13's 8000)"),
     Flow("Keycloak HTTPS", "keycloak", "tcp", facts.KEYCLOAK_PORT, ("proxy", "jupyterhub", "monitoring"), "3.3.1 IAM Keycloak"),
     Flow("Flower Fleet API", "superlink", "tcp", facts.SUPERLINK_FLEET_PORT, ("supernodes",), "3.3.1 Flower SuperLink 9092"),
     # Not from the admin CIDRs: they are public addresses, and the SuperLink has only a private one,

@@ -122,7 +122,7 @@ def inputs(plan: Plan) -> HubInputs:
         public_url=access.public_url("jupyterhub"),
         keycloak_public_url=access.public_url("keycloak"),
         keycloak_internal_url=f"https://{keycloak_host(plan).fixed_ip}:{facts.KEYCLOAK_PORT}",
-        bind_url=f"https://{hub.fixed_ip}:{facts.HTTPS_PORT}",
+        bind_url=f"https://{hub.fixed_ip}:{facts.JUPYTERHUB_PORT}",
         hub_bind_url=f"http://{hub.fixed_ip}:{facts.JUPYTERHUB_HUB_PORT}",
         tenancies=tuple(TenancyAccess(t.name, t.control_address) for t in plan.tenancies),
         images=tuple(access.notebook_images),

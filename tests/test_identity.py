@@ -59,6 +59,10 @@ ADDED_SINCE_FIXTURE = (
     "-tls-crypt-v2",
     # The proxy's port 80 for Let's Encrypt's HTTP-01 challenges (nina.firewall).
     "$openstack:networking/secGroupRule:SecGroupRule::public->proxy-tcp-80",
+    # The proxy's rule to JupyterHub's internal port 8000, which replaced the rule to 443
+    # (`proxy->jupyterhub-tcp-443`, taken out of the fixture by hand in the same commit: no
+    # JupyterHub was ever deployed behind it).
+    "$openstack:networking/secGroupRule:SecGroupRule::proxy->jupyterhub-tcp-8000",
 )
 
 

@@ -89,7 +89,7 @@ def test_names_and_urls(plan):
     spawner = s["traits"]["DockerSpawner"]
     assert spawner["allowed_images"] == {i.rsplit("/", 1)[1]: i for i in facts.JUPYTERHUB_IMAGES}
     assert [(t["name"], t["network"]) for t in s["tenancies"]] == [("main", "nina-main"), ("beta", "nina-beta")]
-    assert s["traits"]["JupyterHub"]["bind_url"] == f"https://{plan.host_by_name['hub'].fixed_ip}:{facts.HTTPS_PORT}"
+    assert s["traits"]["JupyterHub"]["bind_url"] == f"https://{plan.host_by_name['hub'].fixed_ip}:{facts.JUPYTERHUB_PORT}"
     # Deterministic: the same inputs give the same bytes.
     ca = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
     assert jupyterhub.files(hub, SECRET, ca) == jupyterhub.files(jupyterhub.inputs(plan), SECRET, ca)

@@ -5,6 +5,7 @@ idempotent certbot step), and real nginx on loopback in a private network namesp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,7 +68,7 @@ def test_sites_come_from_the_plan_the_config_and_the_port_table(plan):
     sites = proxy.sites(plan)
     assert [(s.service, s.server_name, s.upstream_host, s.upstream_ip, s.upstream_port, s.websocket) for s in sites] == [
         ("keycloak", AUTH, "idp", "10.100.0.11", facts.KEYCLOAK_PORT, False),
-        ("jupyterhub", HUB, "notebooks", "10.100.0.12", facts.HTTPS_PORT, True),
+        ("jupyterhub", HUB, "notebooks", "10.100.0.12", facts.JUPYTERHUB_PORT, True),
     ]
     # The port nginx dials is the one the port table opens to the proxy.
     for s in sites:
@@ -95,13 +96,20 @@ def test_a_new_public_service_is_one_entry_of_data():
         proxy.upstream_port("superlink-main")  # nothing of it is open to the proxy
 
 
-def test_an_upstream_on_the_proxy_host_may_not_need_nginx_s_port():
-    hosts = [{"name": "gateway", "roles": ["bastion", "proxy", "jupyterhub"]}]
+def test_an_upstream_on_the_proxy_host_may_not_need_nginx_s_port(monkeypatch):
+    # JupyterHub (8000) and Keycloak (8443) may share the proxy's host: the manual's "one large VM".
+    hosts = [{"name": "gateway", "roles": ["bastion", "proxy", "jupyterhub", "keycloak"]}]
+    assert {(s.service, s.upstream_host, s.upstream_port) for s in proxy.sites(make_plan(hosts))} == {
+        ("keycloak", "gateway", facts.KEYCLOAK_PORT),
+        ("jupyterhub", "gateway", facts.JUPYTERHUB_PORT),
+    }
+    # A port table that put an upstream on nginx's 443 would be refused where they share a host.
+    table = tuple(
+        dataclasses.replace(f, port=facts.HTTPS_PORT) if f.to == "jupyterhub" and "proxy" in f.sources else f for f in firewall.PORT_TABLE
+    )
+    monkeypatch.setattr(firewall, "PORT_TABLE", table)
     with pytest.raises(ValueError, match=r"jupyterhub on the proxy host 'gateway' would listen on port 443"):
         proxy.sites(make_plan(hosts))
-    # Keycloak (8443) may share the proxy's host.
-    (site,) = proxy.sites(make_plan([{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}]))
-    assert (site.upstream_host, site.upstream_port) == ("gateway", facts.KEYCLOAK_PORT)
 
 
 def test_the_delivery_is_deterministic_and_complete(plan):
@@ -127,7 +135,7 @@ def test_the_delivery_is_deterministic_and_complete(plan):
     assert by_path[facts.PROXY_CERTS_BIN]["mode"] == 0o755
     hub = by_path[f"{conf_d}/nina-jupyterhub.conf"]["content"]
     auth = by_path[f"{conf_d}/nina-keycloak.conf"]["content"]
-    for conf, name, host, upstream in ((auth, AUTH, "idp", "10.100.0.11:8443"), (hub, HUB, "notebooks", "10.100.0.12:443")):
+    for conf, name, host, upstream in ((auth, AUTH, "idp", "10.100.0.11:8443"), (hub, HUB, "notebooks", "10.100.0.12:8000")):
         assert f"server_name {name};" in conf
         assert f"ssl_certificate {facts.LETSENCRYPT_LIVE}/{name}/fullchain.pem;" in conf
         assert f"proxy_pass https://{upstream};" in conf and f"proxy_ssl_name {host};" in conf
@@ -361,8 +369,8 @@ def lab_root() -> Iterator[Path]:
 def test_real_nginx_proxies_each_name_to_its_upstream(plan, lab_root):
     pki = _pki()
     conf = place(plan, pki["ca"], lab_root)
-    # In the lab, nginx and the upstreams share one namespace: nginx listens on 127.0.0.1 only so
-    # that the JupyterHub upstream can have its own address's port 443.
+    # In the lab, nginx and the upstreams share one namespace: nginx listens on 127.0.0.1 only, so
+    # the upstreams keep their own addresses for their ports.
     for path in conf.parent.rglob("*.conf"):
         path.write_text(
             path.read_text()
