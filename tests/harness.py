@@ -406,3 +406,21 @@ def before_and_after(before: dict[str, Any], after: dict[str, Any], stack: str) 
     for run in runs:
         assert run.error is None, run.error
     return runs
+
+
+def instances_unchanged(before: Run, after: Run) -> set[str]:
+    """Asserts that no VM appears, disappears or has an input changed between two runs; the VMs' URNs."""
+    old, new = ({r.urn: r.inputs for r in run.of_type(INSTANCE)} for run in (before, after))
+    assert set(new) == set(old), sorted(set(new) ^ set(old))
+    for urn in old:
+        assert new[urn] == old[urn], urn
+    return set(old)
+
+
+def changed_names(before: Run, after: Run) -> tuple[set[str], set[str], set[str]]:
+    """Names of the resources gone, added, and kept with other inputs, from `before` to `after`."""
+    old, new = ({r.urn: r for r in run.registrations} for run in (before, after))
+    gone = {old[u].name for u in set(old) - set(new)}
+    added = {new[u].name for u in set(new) - set(old)}
+    changed = {old[u].name for u in set(old) & set(new) if old[u].inputs != new[u].inputs}
+    return gone, added, changed

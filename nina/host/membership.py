@@ -59,6 +59,7 @@ from typing import Any
 
 from nina import facts
 from nina.host import install_files, trust
+from nina.host.failure import Failure, sayer
 
 PROG = "nina-membership"
 FLWR = os.environ.get("NINA_FLWR", f"{facts.FLOWER_VENV}/bin/flwr")
@@ -75,14 +76,7 @@ NOT_FOUND = "node id not found"
 FLWR_TIMEOUT = 120  # seconds one flwr command may take
 
 
-class Failure(Exception):
-    def __init__(self, msg: str, code: int = 1) -> None:
-        super().__init__(msg)
-        self.code = code
-
-
-def say(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+say = sayer(PROG)
 
 
 # The members directory, open (main): every record and lock is read and written through this

@@ -45,6 +45,7 @@ from collections.abc import Iterator
 
 from nina import facts
 from nina.host import trust
+from nina.host.failure import Failure, sayer
 
 PROG = "nina-superlink-backup"
 STATE_DB = os.environ.get("NINA_STATE_DB", facts.SUPERLINK_STATE_DB)
@@ -52,18 +53,11 @@ MEMBERS_DIR = os.environ.get("NINA_MEMBERS_DIR", facts.SUPERLINK_MEMBERS_DIR)
 BACKUP_DIR = os.environ.get("NINA_BACKUP_DIR", facts.SUPERLINK_BACKUP_DIR)
 SYSTEMCTL = os.environ.get("NINA_SYSTEMCTL", "systemctl")
 NAME_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
-RECORD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\.(node_id|pub)$")
+RECORD_RE = re.compile(facts.SLUG_PATTERN.removesuffix(r"\Z").removesuffix("$") + r"\.(node_id|pub)\Z")
 DB_FILE, MEMBERS, SUMS = "state.db", "members", "SHA256SUMS"
 
 
-class Failure(Exception):
-    def __init__(self, msg: str, code: int = 1) -> None:
-        super().__init__(msg)
-        self.code = code
-
-
-def say(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+say = sayer(PROG)
 
 
 def _now() -> str:
