@@ -57,7 +57,6 @@ facts.CLIENT_CERT_USES give them.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import posixpath
 import re
@@ -66,10 +65,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from nina import config, facts, pem, services, templating, tlscrypt
+from nina import config, facts, localpki, pem, services, templating, tlscrypt
 from nina.host import vpn_verify
 from nina.plan import Member, VpnPlan
 from nina.render import DeliveredFile, delivery_payload, launcher, service_files
@@ -265,8 +262,8 @@ class Admitted:
 
 def allow_entry(slug: str, admitted: Admitted) -> str:
     """The organisation's file in facts.OPENVPN_ALLOW_DIR (nina.host.vpn_verify reads it per connection)."""
-    der = x509.load_pem_x509_certificate(pem.certificate(admitted.cert_pem).encode()).public_bytes(serialization.Encoding.DER)
-    return vpn_verify.allow_entry(_slug(slug), hashlib.sha256(der).hexdigest(), admitted.tls_crypt_v2_key_id)
+    fingerprint = localpki.fingerprint_sha256(pem.certificate(admitted.cert_pem))
+    return vpn_verify.allow_entry(_slug(slug), fingerprint, admitted.tls_crypt_v2_key_id)
 
 
 def verify_program() -> str:
