@@ -152,6 +152,24 @@ def vpn_pki(vpn_tenancy):
     }
 
 
+def vpn_hub_payload(pki: dict, hub, members, *, ca=None, cert=None, key=None, tc_server=None, admitted=None) -> str:
+    """nina.vpn.vpn_delivery with `pki` (a `vpn_pki`), any part replaceable; the allow-list admits
+    the on-premise organisations among `members` with their material in `pki`, or `admitted`."""
+    from nina import vpn
+
+    if admitted is None:
+        admitted = {m.slug: pki["admitted"][m.slug] for m in members if m.vpn_address}
+    return vpn.vpn_delivery(
+        hub,
+        members,
+        ca or pki["ca"],
+        cert or pki["server_cert"],
+        key or pki["server_key"],
+        tc_server or pki["tls_crypt_v2_server"],
+        admitted,
+    )
+
+
 @pytest.fixture
 def vpn_lab(tmp_path):
     """A factory `vpn_lab(vpn_plan) -> tests.vpnlab.VpnLab`; every lab is torn down afterwards

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import vpn_hub_payload
 
 from cloudinit.userdata import AUTOMATION_KEY_PLACEHOLDER, user_data
 from nina import facts, render
@@ -223,8 +224,7 @@ def test_vpn_host(render_plans, rendered, vpn_pki):
     assert {facts.VPN_FORWARDING_BIN, f"/etc/systemd/system/{facts.VPN_FORWARDING_UNIT}", facts.OPENVPN_SERVER_DROPIN}.isdisjoint(files)
     assert not any(facts.VPN_FORWARDING_UNIT in c for c in doc["runcmd"])
     members = render_plans["uat"].tenancies[0].members
-    admitted = {m.slug: vpn_pki["admitted"][m.slug] for m in members if m.vpn_address}
-    payload = json.loads(vpn.vpn_delivery(hub, members, CA_PEM, CA_PEM, KEY_PEM, vpn_pki["tls_crypt_v2_server"], admitted))
+    payload = json.loads(vpn_hub_payload(vpn_pki, hub, members, ca=CA_PEM, cert=CA_PEM, key=KEY_PEM))
     delivered = {f["path"]: f for f in payload["files"]}
     assert (
         delivered[facts.VPN_FORWARDING_BIN]["content"] == vpn.forwarding_script(hub)

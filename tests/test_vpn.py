@@ -7,6 +7,7 @@ ip/iptables/sysctl, systemd-analyze, cloud-init schema). The real tunnel is test
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import vpn_hub_payload
 from vpnlab import rewrite
 
 from cloudinit.userdata import user_data
@@ -72,23 +74,8 @@ def onprem(vpn_tenancy):
 
 @pytest.fixture(scope="module")
 def delivery(vpn_pki):
-    """vpn.vpn_delivery with the session's real PKI (any argument replaceable); the allow-list
-    admits the on-premise organisations among `members` with their current material."""
-
-    def make(hub, members, ca=None, cert=None, key=None, tc_server=None, admitted=None) -> str:
-        if admitted is None:
-            admitted = {m.slug: vpn_pki["admitted"][m.slug] for m in members if m.vpn_address}
-        return vpn.vpn_delivery(
-            hub,
-            members,
-            ca or vpn_pki["ca"],
-            cert or vpn_pki["server_cert"],
-            key or vpn_pki["server_key"],
-            tc_server or vpn_pki["tls_crypt_v2_server"],
-            admitted,
-        )
-
-    return make
+    """vpn.vpn_delivery with the session's real PKI (conftest.vpn_hub_payload)."""
+    return functools.partial(vpn_hub_payload, vpn_pki)
 
 
 # --- purity and templates --------------------------------------------------------------------

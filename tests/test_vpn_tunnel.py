@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import vpn_hub_payload
 from vpnlab import Client, VpnLab, wait_for
 
 from nina import facts, render, tlscrypt, vpn
@@ -91,14 +92,9 @@ class Hub:
 
 
 def hub_payload(tenancy: TenancyPlan, pki: dict, admitted: dict | None = None) -> str:
-    """The VPN host's delivery for `tenancy`, admitting its on-premise members with `pki`'s material
-    (or `admitted`)."""
+    """The VPN host's delivery for `tenancy` (conftest.vpn_hub_payload)."""
     assert tenancy.vpn is not None
-    if admitted is None:
-        admitted = {m.slug: pki["admitted"][m.slug] for m in tenancy.members if m.vpn_address}
-    return vpn.vpn_delivery(
-        tenancy.vpn, tenancy.members, pki["ca"], pki["server_cert"], pki["server_key"], pki["tls_crypt_v2_server"], admitted
-    )
+    return vpn_hub_payload(pki, tenancy.vpn, tenancy.members, admitted=admitted)
 
 
 def deliver(lab: VpnLab, payload: str, calls: Path) -> subprocess.CompletedProcess:
@@ -294,7 +290,7 @@ def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a
 
     new_cert = vpn_pki["sign"](org.slug)
     new_tc = tlscrypt.client_key(vpn_pki["tls_crypt_v2_server"], secrets.token_bytes(tlscrypt.CLIENT_KEY_BYTES), org.slug)
-    admitted = {**{m.slug: vpn_pki["admitted"][m.slug] for m in vpn_tenancy.members if m.vpn_address}}
+    admitted = {m.slug: vpn_pki["admitted"][m.slug] for m in vpn_tenancy.members if m.vpn_address}
     admitted[org.slug] = vpn.Admitted(new_cert[0], tlscrypt.client_key_id(new_tc))
     hub.deliver_log.unlink(missing_ok=True)
     out = deliver(lab, hub_payload(vpn_tenancy, vpn_pki, admitted), hub.deliver_log).stdout
