@@ -95,17 +95,22 @@ def server_key_file(text: str) -> str:
     return _pem(SERVER_PEM_NAME, data)
 
 
-def client_key_file(text: str) -> str:
-    """A client key file checked (one block: Kc, then a wrapped key whose length field matches,
-    with nina's metadata length bounds) and written back canonically. Without the server key
-    the wrapping itself cannot be checked: `unwrap` does that."""
+def _client_parts(text: str) -> tuple[bytes, bytes]:
+    """(Kc, WKc) of one client key block: a wrapped key whose length field matches, within
+    OpenVPN's metadata bound; ValueError otherwise."""
     data = _unpem(CLIENT_PEM_NAME, text, "tls-crypt-v2 client key")
-    wkc = data[CLIENT_KEY_BYTES:]
+    kc, wkc = data[:CLIENT_KEY_BYTES], data[CLIENT_KEY_BYTES:]
     if len(data) < CLIENT_KEY_BYTES + TAG_BYTES + 2 + 1 or struct.unpack(">H", wkc[-2:])[0] != len(wkc):
         raise ValueError("tls-crypt-v2 client key is not a key and a wrapped key (the length field does not match)")
     if len(wkc) > TAG_BYTES + CLIENT_KEY_BYTES + 1 + vpn_verify.MAX_METADATA_BYTES + 2:
         raise ValueError("tls-crypt-v2 client key carries more metadata than OpenVPN accepts")
-    return _pem(CLIENT_PEM_NAME, data)
+    return kc, wkc
+
+
+def client_key_file(text: str) -> str:
+    """A client key file checked (`_client_parts`) and written back canonically. Without the
+    server key the wrapping itself cannot be checked: `unwrap` does that."""
+    return _pem(CLIENT_PEM_NAME, b"".join(_client_parts(text)))
 
 
 def key_id(client_raw: bytes | str) -> str:
@@ -130,13 +135,7 @@ def unwrap(server_pem: str, client_pem: str) -> tuple[bytes, bytes]:
     """(Kc, metadata with its type byte) of a client key, checked with the server key as OpenVPN
     checks it; ValueError if the key was not made with this server key or is malformed."""
     ke, ka = _server_parts(server_pem)
-    data = _unpem(CLIENT_PEM_NAME, client_pem, "tls-crypt-v2 client key")
-    if len(data) < CLIENT_KEY_BYTES + TAG_BYTES + 2 + 1:
-        raise ValueError("tls-crypt-v2 client key is too short")
-    kc, wkc = data[:CLIENT_KEY_BYTES], data[CLIENT_KEY_BYTES:]
-    (length,) = struct.unpack(">H", wkc[-2:])
-    if length != len(wkc):
-        raise ValueError("tls-crypt-v2 client key: the wrapped key's length field does not match")
+    kc, wkc = _client_parts(client_pem)
     tag, body = wkc[:TAG_BYTES], wkc[TAG_BYTES:-2]
     decryptor = Cipher(algorithms.AES(ke), modes.CTR(tag[:16])).decryptor()
     plain = decryptor.update(body) + decryptor.finalize()
@@ -149,5 +148,4 @@ def unwrap(server_pem: str, client_pem: str) -> tuple[bytes, bytes]:
 
 def client_key_id(client_pem: str) -> str:
     """The key id (`key_id`) of a client key file, from its Kc (no server key needed)."""
-    data = _unpem(CLIENT_PEM_NAME, client_pem, "tls-crypt-v2 client key")
-    return key_id(data[:CLIENT_KEY_BYTES])
+    return key_id(_client_parts(client_pem)[0])
