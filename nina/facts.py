@@ -275,6 +275,10 @@ JUPYTERHUB_IMAGES = (
 )
 JUPYTERHUB_IDLE_TIMEOUT = 3600  # seconds without activity before the idle culler stops a notebook
 JUPYTERHUB_NETWORK_PREFIX = "nina-"  # docker network per tenancy: nina-<tenancy>
+# ... whose Linux bridge is named nbr-<first 10 hex digits of sha256(tenancy)> (at most 15
+# characters, whatever the tenancy's name): the hub host's firewall matches notebook traffic by it.
+JUPYTERHUB_BRIDGE_PREFIX = "nbr-"
+JUPYTERHUB_BRIDGE_HASH_CHARS = 10
 # Docker's data root on the JupyterHub host's Cinder volume: images and the per-user named volumes
 # (JUPYTERHUB_USER_VOLUME) survive a new VM.
 JUPYTERHUB_VOLUME = "/media/jupyterhub"

@@ -21,6 +21,7 @@ Pure: never imports pulumi; deterministic output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ def tenancy_group(tenancy: str) -> str:
 def tenancy_network(tenancy: str) -> str:
     """The docker network of `tenancy`'s notebook containers."""
     return f"{facts.JUPYTERHUB_NETWORK_PREFIX}{tenancy}"
+
+
+def tenancy_bridge(tenancy: str) -> str:
+    """The Linux bridge of `tenancy`'s docker network (`com.docker.network.bridge.name`): a
+    fixed name of at most 15 characters (IFNAMSIZ - 1), which the hub host's firewall matches."""
+    digest = hashlib.sha256(tenancy.encode("utf-8")).hexdigest()[: facts.JUPYTERHUB_BRIDGE_HASH_CHARS]
+    return f"{facts.JUPYTERHUB_BRIDGE_PREFIX}{digest}"
 
 
 def realm_path(realm: str = facts.KEYCLOAK_REALM) -> str:

@@ -89,6 +89,10 @@ def test_names_and_urls(plan):
     spawner = s["traits"]["DockerSpawner"]
     assert spawner["allowed_images"] == {i.rsplit("/", 1)[1]: i for i in facts.JUPYTERHUB_IMAGES}
     assert [(t["name"], t["network"]) for t in s["tenancies"]] == [("main", "nina-main"), ("beta", "nina-beta")]
+    # Each tenancy's bridge has a fixed name the kernel accepts (at most 15 characters), its own.
+    bridges = [jupyterhub.tenancy_bridge(t) for t in ("main", "beta", "a-very-long-tenancy-name-indeed")]
+    assert all(len(b) <= 15 and b.startswith("nbr-") for b in bridges) and len(set(bridges)) == 3
+    assert jupyterhub.tenancy_bridge("main") == jupyterhub.tenancy_bridge("main")
     assert s["traits"]["JupyterHub"]["bind_url"] == f"https://{plan.host_by_name['hub'].fixed_ip}:{facts.JUPYTERHUB_PORT}"
     # Deterministic: the same inputs give the same bytes.
     ca = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
