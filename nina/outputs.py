@@ -18,7 +18,7 @@ One typed schema (the pydantic models below) for the document that
 Top-level keys:
 
     environment, ca_cert_pem, platform_signing_key, tenancies, hosts,
-    bastion_ip, database                                                      (public)
+    bastion_ip, database, researcher_access                                   (public)
     supernode_private_keys, vpn_client_private_keys, vpn_tls_crypt_v2_keys,
     database_passwords, ops_ssh_private_key, platform_signing_private_key_pem (secret)
 
@@ -314,6 +314,26 @@ class Database(_Model):
     allowed_cidrs: list[Network]
 
 
+def _https_url(value: str) -> str:
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?", value):
+        raise ValueError(f"{show(value)} is not an https:// URL of a host name")
+    return value
+
+
+class ResearcherTenancy(_Model):
+    keycloak_group: Slug  # researchers in this realm group use the tenancy's federation
+    flwr_connection_toml: Annotated[Str, AfterValidator(_non_blank)]  # the flwr config.toml its notebooks get
+
+
+class ResearcherAccess(_Model):
+    """What researchers are told (nina:researcher_access): the public URLs, the realm, and per
+    tenancy the realm group and the flwr connection a notebook of that tenancy has."""
+
+    urls: dict[Text, Annotated[Text, AfterValidator(_https_url)]]
+    realm: Text
+    tenancies: dict[Slug, ResearcherTenancy]
+
+
 class Document(_Model):
     environment: Text
     ca_cert_pem: Annotated[Str, AfterValidator(_strict(pem.certificate)), AfterValidator(_ca_certificate)]
@@ -322,6 +342,7 @@ class Document(_Model):
     hosts: dict[Text, Host]
     bastion_ip: Ipv4 | None
     database: Database | None
+    researcher_access: ResearcherAccess | None
     supernode_private_keys: Annotated[dict[Str, OpensshPrivateKey], BeforeValidator(_not_hidden)]
     vpn_client_private_keys: Annotated[dict[Str, PemPrivateKey], BeforeValidator(_not_hidden)]
     vpn_tls_crypt_v2_keys: Annotated[dict[Str, TlsCryptV2Key], BeforeValidator(_not_hidden)]
@@ -643,6 +664,30 @@ def database(plan: Plan, address: Any) -> dict[str, Any]:
     return _place(Database, address=address, port=facts.POSTGRES_PORT, allowed_cidrs=list(plan.database_allowed_cidrs))
 
 
+def researcher_access(plan: Plan) -> dict[str, Any] | None:
+    """The researchers' part of the outputs, from the plan alone (None without nina:researcher_access):
+    the public URL of each service nginx serves, the realm, and per tenancy its realm group and the
+    flwr connection (config.toml) its notebooks get, so `flwr run . <tenancy>` works from a notebook."""
+    from nina import jupyterhub, proxy  # they build on the plan; the document only places their values
+
+    access = plan.cfg.researcher_access
+    if access is None:
+        return None
+    return _place(
+        ResearcherAccess,
+        urls={site.service: access.public_url(site.service) for site in proxy.sites(plan)},
+        realm=plan.cfg.keycloak.realm,
+        tenancies={
+            t.name: _place(
+                ResearcherTenancy,
+                keycloak_group=jupyterhub.tenancy_group(t.name),
+                flwr_connection_toml=jupyterhub.tenancy_flwr_config(jupyterhub.TenancyAccess(t.name, t.control_address)),
+            )
+            for t in plan.tenancies
+        },
+    )
+
+
 def document(
     plan: Plan,
     *,
@@ -666,5 +711,6 @@ def document(
         hosts=dict(hosts),
         bastion_ip=bastion_ip,
         database=database,
+        researcher_access=researcher_access(plan),
         **{key: secrets[key] for key in SECRET_KEYS},
     )

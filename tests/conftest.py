@@ -31,6 +31,28 @@ def cfg_valid():
     return lambda: copy.deepcopy(CFG_VALID)
 
 
+@pytest.fixture(scope="session")
+def researcher_raw():
+    """A factory for a valid `nina:` namespace with researcher access: two tenancies (main with
+    the base config's organisations, beta with one), nginx on the gateway, Keycloak and
+    JupyterHub on hosts of their own."""
+
+    def make() -> dict:
+        raw = copy.deepcopy(CFG_VALID)
+        orgs = raw.pop("organisations")
+        beta = {"slug": "org-c", "name": "C", "placement": "cloud", "partition_id": 0, "cidr": "10.102.0.0/24"}
+        raw["tenancies"] = [{"name": "main", "organisations": orgs}, {"name": "beta", "organisations": [beta]}]
+        raw["hosts"] = [
+            {"name": "gateway", "roles": ["bastion", "proxy"]},
+            {"name": "idp", "roles": ["keycloak"]},
+            {"name": "hub", "roles": ["jupyterhub"]},
+        ]
+        raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+        return raw
+
+    return make
+
+
 # --- rendering layer (test_render.py, test_cloudinit.py, test_scripts.py): `render_` prefix ---
 
 RENDER_FAKE_VOLUME_ID = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"

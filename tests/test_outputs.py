@@ -289,3 +289,59 @@ def test_the_signing_key_halves_and_fingerprint_must_agree(kit_built, kit_fixtur
     with pytest.raises(outputs.OutputsError) as info:
         outputs.read(doc)
     assert "run `pulumi up` once" in info.value.message()
+
+
+def test_researcher_access_outputs_what_a_researcher_is_told(researcher_raw, tmp_path, monkeypatch):
+    """The public URLs nginx serves, and per tenancy its realm group and the flwr connection its
+    notebooks get, read by the real flwr as `flwr run . <tenancy>` would read it."""
+    from flwr.cli.flower_config import read_superlink_connection
+
+    from nina import facts
+    from nina.config import load_config
+    from nina.plan import build_plan
+
+    plan = build_plan(load_config(researcher_raw()))
+    part = outputs.researcher_access(plan)
+    assert part is not None
+    assert part["urls"] == {"keycloak": "https://auth.fl.example.edu.au", "jupyterhub": "https://hub.fl.example.edu.au"}
+    assert part["realm"] == facts.KEYCLOAK_REALM
+    assert [(name, t["keycloak_group"]) for name, t in part["tenancies"].items()] == [("main", "tenancy-main"), ("beta", "tenancy-beta")]
+    for t in plan.tenancies:
+        home = tmp_path / t.name
+        home.mkdir()
+        (home / facts.FLWR_CONFIG_FILE).write_text(part["tenancies"][t.name]["flwr_connection_toml"])
+        monkeypatch.setenv("FLWR_HOME", str(home))
+        conn = read_superlink_connection(t.name)
+        assert (conn.address, conn.root_certificates, conn.insecure) == (t.control_address, facts.NOTEBOOK_CA_CERT, False)
+    # Deterministic, and the schema reads it back; a stack without researcher access has none.
+    assert outputs.researcher_access(plan) == part
+    assert outputs.ResearcherAccess.model_validate(part).model_dump() == part
+    assert outputs.researcher_access(build_plan(load_config(_without_researcher_access(researcher_raw())))) is None
+
+
+def _without_researcher_access(raw: dict[str, Any]) -> dict[str, Any]:
+    del raw["researcher_access"]
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "problem"),
+    [
+        (("urls", "jupyterhub"), "http://hub.fl.example.edu.au", "is not an https:// URL"),
+        (("urls", "jupyterhub"), "https://hub.example/evil path", "is not an https:// URL"),
+        (("tenancies", "main", "keycloak_group"), "../admins", "slug"),
+        (("tenancies", "main", "flwr_connection_toml"), "  ", "is empty"),
+    ],
+)
+def test_researcher_access_refuses_bad_values(kit_built, researcher_raw, where, value, problem):
+    from nina.config import load_config
+    from nina.plan import build_plan
+
+    doc = copy.deepcopy(kit_built.outputs)
+    doc["researcher_access"] = outputs.researcher_access(build_plan(load_config(researcher_raw())))
+    outputs.read(doc)  # valid as written
+    _get(doc["researcher_access"], where[:-1])[where[-1]] = value
+    with pytest.raises(outputs.OutputsError) as info:
+        outputs.read(doc)
+    assert info.value.problems[0][0] == "researcher_access." + ".".join(where), info.value.message()
+    assert problem in info.value.problems[0][1], info.value.message()
