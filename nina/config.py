@@ -691,6 +691,16 @@ def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             "nina:researcher_access",
             "is set, but no host in nina:hosts has the 'proxy' role; add 'proxy' to a host's roles (nginx serves the public names there)",
         )
+    if cfg.researcher_access is not None and "jupyterhub" in where and "keycloak" not in where:
+        yield (
+            "nina:hosts",
+            "a host has the 'jupyterhub' role but none has 'keycloak'; JupyterHub logs researchers in through Keycloak, so add 'keycloak' to a host's roles",
+        )
+    if cfg.researcher_access is not None and "keycloak" in where and not cfg.database.enabled:
+        yield (
+            "nina:database.enabled",
+            "is false, but Keycloak keeps its realm and users in the managed Postgres (keycloakdb_server); set it to true",
+        )
     if "superlink" in where and len(cfg.all_tenancies) > 1:
         yield (
             f"nina:hosts[{where['superlink']}].roles",

@@ -1010,3 +1010,16 @@ def test_retired_partition_ids_belong_to_their_tenancy():
     raw = two_tenancies()
     raw["tenancies"][0]["retired_partition_ids"] = [-1]
     assert problem(raw, "nina:tenancies[0].retired_partition_ids[0]", "greater than or equal to 0")
+
+
+def test_researcher_access_needs_keycloak_for_the_hub_and_postgres_for_keycloak(researcher_raw):
+    ok(researcher_raw())
+    hubless_idp = researcher_raw()
+    hubless_idp["hosts"] = [h for h in hubless_idp["hosts"] if h["name"] != "idp"]
+    problem(hubless_idp, "nina:hosts", "'jupyterhub' role but none has 'keycloak'", "add 'keycloak'")
+    no_db = researcher_raw()
+    no_db["database"] = {"enabled": False}
+    problem(no_db, "nina:database.enabled", "Keycloak keeps its realm", "set it to true")
+    # Without researcher access the same hosts are only VMs: nothing is delivered to them.
+    del no_db["researcher_access"]
+    ok(no_db)
