@@ -57,6 +57,7 @@ NODE_EXPORTER_PORT = 9900
 DCGM_EXPORTER_PORT = 9400
 GRAFANA_PORT = 3000
 PROMETHEUS_PORT = 9090
+DNS_PORT = 53
 LOOPBACK = "127.0.0.1"
 
 # An organisation's slug (DNS label, also a certificate CN and a file name).

@@ -13,7 +13,10 @@ whole in one commit, so applying it again changes nothing):
 
 - forward chain (jumped to first from docker's facts.DOCKER_USER_CHAIN): replies accepted; a new
   TCP connection from a tenancy's bridge to its own SuperLink's fixed address and Control API
-  port accepted; from any notebook bridge dropped: the cloud metadata address, the server
+  port accepted; DNS to the hub's DNS servers accepted (docker's embedded resolver forwards a
+  container's queries from the container's namespace, so they pass here: to
+  nina:cloud.dns_nameservers, or else to the server segment's DHCP allocation pool, where
+  Neutron's DHCP port answers DNS and no planned host is); from any notebook bridge dropped: the cloud metadata address, the server
   segment (every SuperLink, Keycloak, the database, ...), every organisation segment, every VPN
   pool, any notebook bridge (another tenancy's containers, and the same network's when docker
   passes bridged frames through iptables); nothing may open a connection into a notebook
@@ -81,6 +84,9 @@ class Inputs:
     hub: Host
     tenancies: tuple[TenancyPath, ...]
     blocked: tuple[tuple[str, str], ...]  # (network, why), dropped from every notebook bridge
+    # Where docker's resolver asks on a notebook's behalf (from the container's namespace, so
+    # through these rules): iptables destination arguments.
+    resolvers: tuple[str, ...]
 
 
 def inputs(plan: Plan) -> Inputs:
@@ -106,7 +112,19 @@ def inputs(plan: Plan) -> Inputs:
     for t in plan.tenancies:
         if t.vpn is not None:
             blocked.append((str(t.vpn.pool), f"VPN pool of {t.name}"))
-    return Inputs(hub, tuple(paths), tuple(dict.fromkeys(blocked)))
+    return Inputs(hub, tuple(paths), tuple(dict.fromkeys(blocked)), _resolvers(plan))
+
+
+def _resolvers(plan: Plan) -> tuple[str, ...]:
+    """The DNS servers of the hub's segment: nina:cloud.dns_nameservers when set, else Neutron's
+    DHCP port of the server segment (dnsmasq answers DNS there), which holds an address of the
+    segment's allocation pool (`Segment.pool`, where no planned host ever is)."""
+    servers = [str(a) for a in plan.cfg.cloud.dns_nameservers]
+    if servers:
+        return tuple(f"-d {_ipv4(a, 'DNS server')}/32" for a in dict.fromkeys(servers))
+    server = next(s for s in plan.segments if s.kind == "server")
+    start, end = server.pool
+    return (f"-m iprange --dst-range {start}-{end}",)
 
 
 def _ipv4(value: str, what: str) -> str:
@@ -150,6 +168,10 @@ def rules(plan: Plan) -> str:
     for p in data.tenancies:
         if p not in on_hub:
             lines.append(f"{f} -i {p.bridge} -d {p.superlink_ip}/32 {control} {_comment(f'{p.tenancy} Control API')} -j ACCEPT")
+    lines.append("# DNS: docker's resolver asks the host's DNS servers from the container's namespace")
+    for dest in data.resolvers:
+        for proto in ("udp", "tcp"):
+            lines.append(f"{f} -i {BRIDGES} {dest} -p {proto} -m {proto} --dport {facts.DNS_PORT} {new} {_comment('DNS')} -j ACCEPT")
     lines.append("# ... and nothing else of the platform, of the cloud, or of another notebook network")
     for net, why in data.blocked:
         lines.append(f"{f} -i {BRIDGES} -d {net} {_comment(why)} -j DROP")

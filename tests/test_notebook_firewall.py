@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -97,8 +98,19 @@ def test_rules_from_the_plan(plan):
     a_br, b_br = jupyterhub.tenancy_bridge("alpha"), jupyterhub.tenancy_bridge("beta")
     rules = _rules(doc)
     accepts = [r for r in rules if r.startswith(f"-A {FWD}") and "-j ACCEPT" in r and "ctstate NEW" in r]
-    # Exactly one new connection per tenancy is forwarded: its bridge to its SuperLink's Control API.
-    assert accepts == [
+    dns = [r for r in accepts if f"--dport {facts.DNS_PORT}" in r]
+    # DNS (docker's resolver asks from the container's namespace) to Neutron's DHCP port, somewhere
+    # in the server segment's allocation pool, where no planned host is ...
+    start, end = next(s for s in plan.segments if s.kind == "server").pool
+    pool = range(int(ipaddress.IPv4Address(start)), int(ipaddress.IPv4Address(end)) + 1)
+    assert all(int(ipaddress.IPv4Address(h.fixed_ip)) not in pool for h in plan.hosts if h.segment == "server")
+    assert dns == [
+        f"-A {FWD} -i nbr-+ -m iprange --dst-range {start}-{end} -p {p} -m {p} --dport 53 -m conntrack --ctstate NEW "
+        '-m comment --comment "nina: DNS" -j ACCEPT'
+        for p in ("udp", "tcp")
+    ]
+    # ... and exactly one new connection per tenancy: its bridge to its SuperLink's Control API.
+    assert [r for r in accepts if r not in dns] == [
         f"-A {FWD} -i {a_br} -d {alpha.superlink_ip}/32 -p tcp -m tcp --dport {CONTROL} -m conntrack --ctstate NEW "
         '-m comment --comment "nina: alpha Control API" -j ACCEPT',
         f"-A {FWD} -i {b_br} -d {beta.superlink_ip}/32 -p tcp -m tcp --dport {CONTROL} -m conntrack --ctstate NEW "
@@ -130,6 +142,15 @@ def test_rules_from_the_plan(plan):
     assert _rules(six) == [f"-A {FWD} -i nbr-+ -j DROP", f"-A {FWD} -o nbr-+ -j DROP", f"-A {INP} -i nbr-+ -j DROP"]
     assert doc == notebook_firewall.rules(build_plan(plan.cfg))
     assert ":DOCKER-USER" not in doc and ":INPUT" not in doc and "COMMIT" in doc
+
+
+def test_dns_to_the_configured_nameservers(cfg_valid):
+    raw = _two_tenancies(cfg_valid)
+    raw["cloud"] = {"dns_nameservers": ["10.120.0.3", "8.8.8.8"]}
+    rules = _rules(notebook_firewall.rules(build_plan(load_config(raw))))
+    dns = [r.split(" -p ")[0].split(" -d ")[1] for r in rules if "--dport 53" in r]
+    assert dns == ["10.120.0.3/32", "10.120.0.3/32", "8.8.8.8/32", "8.8.8.8/32"]  # UDP and TCP each
+    assert not any("iprange" in r for r in rules)
 
 
 def test_superlink_on_the_hub_host_is_reached_through_input(cfg_valid):
@@ -360,6 +381,11 @@ def ok(result: str) -> bool:
     return result.startswith("OK")
 
 
+def dropped(result: str) -> bool:
+    """No answer at all (a DROP), not a refusal: the packet never reached its destination."""
+    return result == "FAIL TimeoutError"
+
+
 def _saved(lab: Lab, ns: str) -> str:
     """Both families' filter tables, without comments and counters."""
     out = []
@@ -386,7 +412,8 @@ def test_real_packets_tenancy_isolation(plan, lab):
 
     # The server segment: a bridge holding its gateway, the metadata address and "the internet".
     hub, seg = lab.netns("hub"), lab.netns("seg")
-    lab.bridge(seg, "seg0", f"{gateway}/{prefix}", f"{meta}/32", f"{INTERNET}/32")
+    dhcp = next(s for s in plan.segments if s.kind == "server").pool[0]  # Neutron's DHCP port, answering DNS
+    lab.bridge(seg, "seg0", f"{gateway}/{prefix}", f"{dhcp}/32", f"{meta}/32", f"{INTERNET}/32")
     lab.veth(hub, "up0", seg, "p-hub")
     lab.run(IP, "link", "set", "p-hub", "master", "seg0", ns=seg)
     lab.run(IP, "addr", "add", f"{hub_ip}/{prefix}", "dev", "up0", ns=hub)
@@ -398,7 +425,7 @@ def test_real_packets_tenancy_isolation(plan, lab):
         lab.run(IP, "link", "set", f"p-{role}", "master", "seg0", ns=seg)
         lab.run(IP, "addr", "add", f"{t.superlink_ip}/{prefix}", "dev", "eth0", ns=ns)
         lab.listen(ns, f"{t.superlink_ip}:{CONTROL}", f"{t.superlink_ip}:{FLEET}")
-    lab.listen(seg, f"{meta}:80", f"{INTERNET}:443")
+    lab.listen(seg, f"{meta}:80", f"{INTERNET}:443", f"{dhcp}:{facts.DNS_PORT}")
 
     # The hub host: a bridge per tenancy (docker's network), docker0, one "container" on each.
     containers = {}
@@ -443,7 +470,7 @@ def test_real_packets_tenancy_isolation(plan, lab):
     a_nb, b_nb = f"{subnets['alpha']}.2:{NOTEBOOK_PORT}", f"{subnets['beta']}.2:{NOTEBOOK_PORT}"
     hub_api, hub_ssh, hub_proxy = (f"{hub_ip}:{p}" for p in (facts.JUPYTERHUB_HUB_PORT, facts.SSH_PORT, facts.JUPYTERHUB_PORT))
     hub_ssh6 = f"{v6['alpha']}1:{facts.SSH_PORT}"
-    internet = f"{INTERNET}:443"
+    internet, dns = f"{INTERNET}:443", f"{dhcp}:{facts.DNS_PORT}"
     targets = {
         containers["alpha"]: [
             a_sl,
@@ -456,6 +483,8 @@ def test_real_packets_tenancy_isolation(plan, lab):
             hub_proxy,
             hub_ssh6,
             internet,
+            dns,
+            f"{beta.superlink_ip}:{facts.DNS_PORT}",  # nothing listens: refused if it got there
             f"{subnets['alpha']}.1:{facts.SSH_PORT}",
         ],
         containers["beta"]: [b_sl, a_sl, a_nb, hub_api, hub_ssh],
@@ -466,6 +495,7 @@ def test_real_packets_tenancy_isolation(plan, lab):
     before = lab.probe(targets)
     ca, cb, cd = containers["alpha"], containers["beta"], containers["docker0"]
     assert before[ca][b_sl] == f"OK {hub_ip}", before  # alpha reaches beta's Control API (masqueraded)
+    assert before[ca][f"{beta.superlink_ip}:{facts.DNS_PORT}"] == "FAIL ConnectionRefusedError", before  # a closed port answers
     assert ok(before[ca][b_nb]) and ok(before[ca][hub_ssh]) and ok(before[ca][f"{meta}:80"]) and ok(before[ca][hub_ssh6]), before
 
     # The program the unit runs, with the real iptables-restore, in the hub's namespace.
@@ -481,18 +511,20 @@ def test_real_packets_tenancy_isolation(plan, lab):
     a, b, d = after[ca], after[cb], after[cd]
     assert a[a_sl] == f"OK {hub_ip}", a  # alpha -> its own Control API
     assert b[b_sl] == f"OK {hub_ip}", b  # beta -> its own
-    assert not ok(b[a_sl]) and not ok(a[b_sl]), after  # never the other's
-    assert not ok(a[f"{alpha.superlink_ip}:{FLEET}"]), a  # nor another port of its own SuperLink
-    assert not ok(a[b_nb]) and not ok(b[a_nb]), after  # nor the other tenancy's containers
-    assert not ok(a[f"{meta}:80"]), a  # nor the metadata service
+    assert dropped(b[a_sl]) and dropped(a[b_sl]), after  # never the other's
+    assert dropped(a[f"{alpha.superlink_ip}:{FLEET}"]), a  # nor another port of its own SuperLink
+    assert dropped(a[b_nb]) and dropped(b[a_nb]), after  # nor the other tenancy's containers
+    assert dropped(a[f"{meta}:80"]), a  # nor the metadata service
     assert a[hub_api] == f"OK {subnets['alpha']}.2" and b[hub_api] == f"OK {subnets['beta']}.2", after  # the hub's API
     for target in (hub_ssh, hub_proxy, hub_ssh6, f"{subnets['alpha']}.1:{facts.SSH_PORT}"):
-        assert not ok(a[target]), (target, a)  # nor the host's other services, over IPv4 or IPv6
-    assert not ok(b[hub_ssh]), b
+        assert dropped(a[target]), (target, a)  # nor the host's other services, over IPv4 or IPv6
+    assert dropped(b[hub_ssh]), b
     assert ok(a[internet]), a  # the rest (the internet) is docker's to decide: allowed
+    assert ok(a[dns]), a  # DNS, as docker's resolver asks it from the container's namespace
+    assert dropped(a[f"{beta.superlink_ip}:{facts.DNS_PORT}"]), a  # ... only of the DNS server
     # docker0's container is none of nina's business: untouched.
     assert ok(d[a_sl]) and ok(d[b_sl]) and ok(d[hub_ssh]), d
-    assert not ok(d[a_nb]), d  # ... but it cannot open a connection into a notebook network
+    assert dropped(d[a_nb]), d  # ... but it cannot open a connection into a notebook network
 
     # Idempotent: a second run leaves the same rule set; a jump added twice, or a rule put ahead
     # of nina's in DOCKER-USER, is put right.
@@ -515,7 +547,7 @@ def test_real_packets_tenancy_isolation(plan, lab):
     )
     assert len(live) == len(_rules(notebook_firewall.rules(plan)))
     again = lab.probe({ca: [a_sl, b_sl]})[ca]
-    assert ok(again[a_sl]) and not ok(again[b_sl]), again
+    assert ok(again[a_sl]) and dropped(again[b_sl]), again
 
     total = time.monotonic() - started
     print(f"\nnotebook firewall lab: setup {setup:.2f} s, one apply {apply_seconds:.2f} s, whole test {total:.2f} s")
