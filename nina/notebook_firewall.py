@@ -16,8 +16,9 @@ whole in one commit, so applying it again changes nothing):
   port accepted; DNS to the hub's DNS servers accepted (docker's embedded resolver forwards a
   container's queries from the container's namespace, so they pass here: to
   nina:cloud.dns_nameservers, or else to the server segment's DHCP allocation pool, where
-  Neutron's DHCP port answers DNS and no planned host is); from any notebook bridge dropped: the cloud metadata address, the server
-  segment (every SuperLink, Keycloak, the database, ...), every organisation segment, every VPN
+  Neutron's DHCP port answers DNS and no planned host is); from any notebook bridge dropped:
+  the cloud metadata address, the server segment (every SuperLink, Keycloak, the database,
+  ...), every organisation segment, every VPN
   pool, any notebook bridge (another tenancy's containers, and the same network's when docker
   passes bridged frames through iptables); nothing may open a connection into a notebook
   bridge; the rest (the internet: pip, git) returns to docker's own chains, which still apply
