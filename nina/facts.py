@@ -57,6 +57,7 @@ NODE_EXPORTER_PORT = 9900
 DCGM_EXPORTER_PORT = 9400
 GRAFANA_PORT = 3000
 PROMETHEUS_PORT = 9090
+DNS_PORT = 53
 LOOPBACK = "127.0.0.1"
 
 # An organisation's slug (DNS label, also a certificate CN and a file name).
@@ -279,6 +280,15 @@ JUPYTERHUB_NETWORK_PREFIX = "nina-"  # docker network per tenancy: nina-<tenancy
 # characters, whatever the tenancy's name): the hub host's firewall matches notebook traffic by it.
 JUPYTERHUB_BRIDGE_PREFIX = "nbr-"
 JUPYTERHUB_BRIDGE_HASH_CHARS = 10
+# The JupyterHub host's notebook firewall (nina.notebook_firewall): a notebook container reaches its
+# own tenancy's SuperLink Control API and the hub's API, never another tenancy, the platform's
+# segments, the VPN pools, the cloud's metadata service or the host's other services.
+CLOUD_METADATA_ADDRESS = "169.254.169.254"  # Nova's metadata service (user-data, instance details)
+DOCKER_UNIT = "docker.service"
+DOCKER_USER_CHAIN = "DOCKER-USER"  # docker's filter chain for user rules, jumped to from FORWARD before its own
+NOTEBOOK_FIREWALL_BIN = "/usr/local/sbin/nina-notebook-firewall"
+NOTEBOOK_FIREWALL_UNIT = "nina-notebook-firewall.service"
+NOTEBOOK_IPTABLES_CHAINS = {"forward": "NINA-NOTEBOOK-FORWARD", "input": "NINA-NOTEBOOK-INPUT"}  # iptables and ip6tables
 # Docker's data root on the JupyterHub host's Cinder volume: images and the per-user named volumes
 # (JUPYTERHUB_USER_VOLUME) survive a new VM.
 JUPYTERHUB_VOLUME = "/media/jupyterhub"
