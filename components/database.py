@@ -42,7 +42,7 @@ class Database(pulumi.ComponentResource):
         self.passwords = {}
         users = []
         for database, owner in facts.DATABASES.items():
-            password = random.RandomPassword(f"{owner}-db-password", length=32, special=False, opts=child)
+            password = random.RandomPassword(f"{owner}-db-password", length=facts.SERVICE_PASSWORD_LENGTH, special=False, opts=child)
             self.passwords[owner] = password.result
             users.append(openstack.database.InstanceUserArgs(name=owner, password=password.result, databases=[database]))
         flavor = openstack.compute.get_flavor_output(name=args.flavor, opts=pulumi.InvokeOutputOptions(parent=self))

@@ -128,6 +128,10 @@ KEYCLOAK_DB_UNIT = "nina-keycloak-database.service"  # oneshot, re-run by every 
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
 KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
 # The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
+# pulumi-random secrets (letters and digits): the managed Postgres roles', Keycloak's bootstrap
+# admin's, and the OIDC clients' (Keycloak and the hub hold the same value).
+SERVICE_PASSWORD_LENGTH = 32
+OIDC_CLIENT_SECRET_LENGTH = 48
 KEYCLOAK_ROLES = ("jupyter_admin", "jupyter_user", "superlink_user")
 KEYCLOAK_ADMIN_GROUP = "jupyter-admins"
 KEYCLOAK_TENANCY_GROUP_PREFIX = "tenancy-"  # one group per tenancy: tenancy-<name>

@@ -486,14 +486,21 @@ def read(raw: Any) -> Document:
         raise OutputsError(
             [("(top level)", f"is {kind(raw)}; expected the JSON object printed by `pulumi stack output --json --show-secrets`")]
         )
+    # Pulumi leaves out a stack output whose value is None (`pulumi stack output --json` has no
+    # such key), so an absent top-level key that may be null is null: `database` without the
+    # managed Postgres, `researcher_access` without researcher access.
+    present = {**{name: None for name in NULLABLE_TOP_LEVEL}, **raw}
     try:
-        doc = Document.model_validate(dict(raw))
+        doc = Document.model_validate(present)
     except ValidationError as exc:
         raise OutputsError(_problems(exc)) from None
     problems = list(_semantic_problems(doc))
     if problems:
         raise OutputsError(problems)
     return doc
+
+
+NULLABLE_TOP_LEVEL = tuple(name for name, f in Document.model_fields.items() if _strip(f.annotation)[1])
 
 
 def _semantic_problems(doc: Document) -> Iterator[tuple[str, str]]:
