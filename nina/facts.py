@@ -121,7 +121,7 @@ KEYCLOAK_ENV = "/etc/keycloak/keycloak.env"  # root's 0600, read by systemd: dat
 KEYCLOAK_CERTS = "/etc/keycloak/certs"  # the local-CA server certificate and key of the internal HTTPS port
 KEYCLOAK_REALM_FILE = "/etc/keycloak/realm.json"  # root's 0600: carries the OIDC clients' secrets
 KEYCLOAK_DB_SQL = "/etc/keycloak/database.sql"  # the idempotent database step (nina.keycloak.database_sql)
-KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: the database admin's and the role's passwords
+KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: libpq's PG* for the keycloak role (its Trove password)
 KEYCLOAK_UNIT = "keycloak.service"
 KEYCLOAK_DB_UNIT = "nina-keycloak-database.service"  # oneshot, re-run by every delivery; keycloak.service requires it
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
@@ -198,12 +198,9 @@ MAX_SEGMENT_PREFIX = 24  # every segment must hold the static range and a pool
 # Databases on the managed Postgres (manual 4.3.1): name -> owner role.
 DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
 # ... and the schema each role owns in its database (PostgreSQL 15+ lets no role but the database
-# owner create objects in `public`; nina.keycloak.database_sql makes these).
+# owner create objects in `public`). Trove makes the databases and roles (ALL on its database to
+# each role); nina.keycloak.database_sql, run as the role itself, makes these schemas.
 DATABASE_SCHEMAS = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
-# Every database nina makes: UTF-8 from template0 with a locale every glibc has (the manual's
-# en_AU.UTF-8 exists only where it was generated, and CREATE DATABASE ... LOCALE needs template0).
-DATABASE_ENCODING = "UTF8"
-DATABASE_LOCALE = "C.UTF-8"
 TROVE_DATASTORE = "postgresql"
 
 # --- PKI ---------------------------------------------------------------------------------

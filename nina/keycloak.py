@@ -1,7 +1,8 @@
 """Keycloak as code (manual 4.1.2.8-4.1.2.10): the database step, the realm and the server's files.
 
-- `database_sql(spec)`: the psql script that makes a service's database, schema and role on
-  the managed Postgres, idempotently (keycloak's, and grafana's with the same function);
+- `database_sql(spec)`: the psql script that makes a service's schema (and its search_path) in
+  the database Trove made for it, run as the service's own role, idempotently (keycloak's, and
+  grafana's with the same function);
 - `realm(...)`, `realm_json(...)`: the realm as data in Keycloak's RealmRepresentation (what
   `kc.sh import` and the admin REST API's realm and partial imports read): realm roles, one
   group per tenancy, OIDC clients with redirect URIs from the public domain and the secrets
@@ -33,8 +34,6 @@ from nina import config, facts, templating
 _PG_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Roles PostgreSQL reserves or that would hand out more than a service's own rights.
 _RESERVED_NAMES = frozenset({"public", "postgres", "template0", "template1", "pg_catalog", "information_schema", "none", "current_user"})
-# What the database step reads the role's password from (a psql variable, never this text).
-PASSWORD_ENV = "NINA_DB_ROLE_PASSWORD"
 # Secrets that go into a systemd EnvironmentFile: what pulumi-random makes with special=False
 # (and base64/URL-safe alphabets); anything else could need quoting there.
 _ENV_SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
@@ -78,11 +77,13 @@ def database_spec(role: str) -> DatabaseSpec:
 
 
 def database_sql(spec: DatabaseSpec) -> str:
-    """The idempotent psql script for `spec` (run by a role that may create roles and databases,
-    with the role's password in the environment variable PASSWORD_ENV)."""
+    """The idempotent psql script for `spec`, run as the service's own login role in its own
+    database ("role mode": Trove made both and granted the role ALL on the database; no admin
+    credential exists). Makes the role's schema and its search_path there; refuses, in one line,
+    a wrong user or database and a schema of that name that another role owns."""
     if not isinstance(spec, DatabaseSpec):
         raise TypeError("pass a DatabaseSpec (its names are checked when it is made)")
-    return _render("database.sql.j2", spec=spec, password_env=PASSWORD_ENV, encoding=facts.DATABASE_ENCODING, locale=facts.DATABASE_LOCALE)
+    return _render("database.sql.j2", spec=spec)
 
 
 def _env_value(value: str, what: str) -> str:
@@ -100,17 +101,17 @@ def _env_name(value: str, what: str) -> str:
     return value
 
 
-def database_env(db_host: str, admin_user: str, admin_password: str, role_password: str, port: int = facts.POSTGRES_PORT) -> str:
+def database_env(db_host: str, spec: DatabaseSpec, role_password: str, port: int = facts.POSTGRES_PORT) -> str:
     """The database step's EnvironmentFile (facts.KEYCLOAK_DB_ENV, root's 0600): libpq's PG* for
-    the admin connection and the role's password for database_sql."""
+    the service's own role in its own database (its Trove password); no admin anywhere."""
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port {port!r} is not a TCP port")
     lines = [
         f"PGHOST={_env_name(db_host, 'database host')}",
         f"PGPORT={port}",
-        f"PGUSER={_env_name(admin_user, 'database admin')}",
-        f"PGPASSWORD={_env_value(admin_password, 'the database admin password')}",
-        f"{PASSWORD_ENV}={_env_value(role_password, 'the role password')}",
+        f"PGUSER={spec.role}",
+        f"PGDATABASE={spec.database}",
+        f"PGPASSWORD={_env_value(role_password, 'the role password')}",
     ]
     return "".join(line + "\n" for line in lines)
 
@@ -283,9 +284,7 @@ def keycloak_unit(cfg: config.StackConfig) -> str:
 class KeycloakSecrets:
     """What the `<host>-keycloak` delivery carries that must never be in user-data."""
 
-    db_admin_user: str
-    db_admin_password: str
-    db_password: str  # the keycloak role's
+    db_password: str  # the keycloak role's (Trove's user), for Keycloak and the database step
     bootstrap_admin_password: str
     client_secrets: Mapping[str, str]  # OIDC client id -> secret (facts.KEYCLOAK_CLIENTS)
     cert_pem: str  # the local-CA server certificate of facts.KEYCLOAK_PORT
@@ -307,9 +306,7 @@ def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host
         render.DeliveredFile(facts.KEYCLOAK_ENV, keycloak_env(secrets.db_password, secrets.bootstrap_admin_password), 0o600),
         render.DeliveredFile(facts.KEYCLOAK_REALM_FILE, realm_json(cfg, tenancies, secrets.client_secrets), 0o600),
         render.DeliveredFile(facts.KEYCLOAK_DB_SQL, database_sql(spec), 0o644),
-        render.DeliveredFile(
-            facts.KEYCLOAK_DB_ENV, database_env(db_host, secrets.db_admin_user, secrets.db_admin_password, secrets.db_password), 0o600
-        ),
+        render.DeliveredFile(facts.KEYCLOAK_DB_ENV, database_env(db_host, spec, secrets.db_password), 0o600),
         render.DeliveredFile(
             f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
             render._text(secrets.cert_pem, "server certificate", "BEGIN CERTIFICATE"),
