@@ -13,6 +13,8 @@ UBUNTU_RELEASE = "24.04"
 # Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
 KEYCLOAK_VERSION = "26.3.0"
 KEYCLOAK_JDK_PACKAGE = "openjdk-21-jre-headless"
+# Where the keycloak host downloads the pinned release (checked against nina:keycloak.sha256).
+KEYCLOAK_RELEASE_URL = "https://github.com/keycloak/keycloak/releases/download/{version}/keycloak-{version}.zip"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
 DEFAULT_AVAILABILITY_ZONE = "QRIScloud"

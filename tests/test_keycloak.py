@@ -349,6 +349,7 @@ def test_env_files_refuse_what_would_need_quoting():
 
 ACCESS = {"public_domain": "fl.example.edu.au", "acme_email": "fl-ops@example.edu.au"}
 SECRETS = {"jupyterhub": "j" * 40, "grafana": "g" * 40}
+SHA256 = "ab" * 32
 
 
 @pytest.fixture
@@ -357,6 +358,7 @@ def multi_cfg():
 
     raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
     raw["researcher_access"] = ACCESS
+    raw["keycloak"] = {"sha256": SHA256}
     raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "access", "roles": ["keycloak", "jupyterhub"]}]
     return config.load_config(raw)
 
@@ -504,7 +506,7 @@ def _all_in_one() -> config.StackConfig:
 
     raw = copy.deepcopy(render_raw_configs()["all-in-one"])
     raw["researcher_access"] = ACCESS
-    raw["keycloak"] = {"version": "26.3.1"}
+    raw["keycloak"] = {"version": "26.3.1", "sha256": SHA256}
     return config.load_config(raw)
 
 
@@ -596,6 +598,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         ({"jdk_package": "default-jre"}, "nina:keycloak.jdk_package", ("openjdk-NN-jre-headless",)),
         ({"realm": "Researchers"}, "nina:keycloak.realm", ("DNS-safe",)),
         ({"realms": "x"}, "nina:keycloak.realms", ("unknown key",)),
+        ({"sha256": "abc"}, "nina:keycloak.sha256", ("64 hex", "| sha256sum")),
+        ({"sha256": "g" * 64}, "nina:keycloak.sha256", ("64 hex",)),
     ],
 )
 def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words):
@@ -606,6 +610,23 @@ def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words
     (problem,) = err.value.problems
     assert problem[0] == key
     assert all(w in problem[1] for w in words), problem
+
+
+def test_keycloak_sha256_is_required_with_a_keycloak_host_and_researcher_access(cfg_valid):
+    raw = cfg_valid()
+    raw["researcher_access"] = ACCESS
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}]
+    raw["keycloak"] = {"version": "26.3.1"}
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(raw)
+    (problem,) = err.value.problems
+    url = "https://github.com/keycloak/keycloak/releases/download/26.3.1/keycloak-26.3.1.zip"
+    assert problem[0] == "nina:keycloak.sha256" and f"curl -fsSL {url} | sha256sum" in problem[1], problem
+    raw["keycloak"]["sha256"] = "AB" * 32
+    assert config.load_config(raw).keycloak.sha256 == "ab" * 32  # as sha256sum prints it
+    del raw["researcher_access"], raw["keycloak"]["sha256"]
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "keycloak"]}]
+    assert config.load_config(raw).keycloak.sha256 is None  # no public services: nothing installs Keycloak
 
 
 def test_keycloak_config_defaults(cfg_valid):
