@@ -126,6 +126,18 @@ KEYCLOAK_DB_SQL = "/etc/keycloak/database.sql"  # the idempotent database step (
 KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: libpq's PG* for the keycloak role (its Trove password)
 KEYCLOAK_UNIT = "keycloak.service"
 KEYCLOAK_DB_UNIT = "nina-keycloak-database.service"  # oneshot, re-run by every delivery; keycloak.service requires it
+# nina-keycloak-install (nina.host.keycloak_install): JDK, the verified release under KEYCLOAK_OPT,
+# `kc.sh build`; its oneshot unit runs before keycloak.service, which requires it.
+KEYCLOAK_INSTALL_BIN = "/usr/local/sbin/nina-keycloak-install"
+KEYCLOAK_INSTALL_UNIT = "nina-keycloak-install.service"
+KEYCLOAK_DATA_DIR = "data"  # in the release's directory: the only one the keycloak user writes
+# nina-keycloak-realm (nina.host.keycloak_realm): applies KEYCLOAK_REALM_FILE through the admin REST
+# API after keycloak.service is up, re-run by every delivery.
+KEYCLOAK_REALM_BIN = "/usr/local/sbin/nina-keycloak-realm"
+KEYCLOAK_REALM_UNIT = "nina-keycloak-realm.service"
+KEYCLOAK_MANAGEMENT_PORT = 9000  # Keycloak 26's management interface (/health/ready), same TLS as KEYCLOAK_PORT
+KEYCLOAK_ADMIN_CLIENT = "admin-cli"  # the master realm's client the bootstrap admin gets a token from
+KEYCLOAK_READY_WAIT_SECONDS = 300  # how long nina-keycloak-realm waits for /health/ready
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
 KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
 # The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
