@@ -15,7 +15,7 @@ import pwd
 import stat
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ echo built > "$home/lib/quarkus/build-system.properties"
 """
 
 
-def make_zip(extra: list[tuple[zipfile.ZipInfo | str, bytes]] = ()) -> bytes:
+def make_zip(extra: Sequence[tuple[zipfile.ZipInfo, bytes]] = ()) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name in (f"{TOP}/", f"{TOP}/bin/", f"{TOP}/lib/", f"{TOP}/conf/"):
@@ -47,8 +47,8 @@ def make_zip(extra: list[tuple[zipfile.ZipInfo | str, bytes]] = ()) -> bytes:
         zf.writestr(f"{TOP}/lib/keycloak.jar", b"jar" * 100)
         zf.writestr(f"{TOP}/conf/keycloak.conf", b"# upstream's\n")
         zf.writestr(f"{TOP}/version.txt", VERSION.encode())
-        for info, data in extra:
-            zf.writestr(info, data)
+        for entry, data in extra:
+            zf.writestr(entry, data)
     return buf.getvalue()
 
 
