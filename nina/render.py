@@ -307,6 +307,7 @@ HOST_PROGRAM_FILES = (
     "host/vpn_verify.py",
     "host/state_backup.py",
     "host/keycloak_install.py",
+    "host/keycloak_realm.py",
 )
 
 
