@@ -29,6 +29,7 @@ from typing import Any
 import jinja2
 
 from nina import config, facts, templating
+from nina.plan import Certificate, Plan
 
 # A PostgreSQL identifier nina writes unquoted-safe: lowercase, at most 63 bytes (NAMEDATALEN - 1).
 _PG_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -273,8 +274,45 @@ def keycloak_env(db_password: str, bootstrap_admin_password: str) -> str:
 
 
 def keycloak_unit(cfg: config.StackConfig) -> str:
-    """facts.KEYCLOAK_UNIT: `kc.sh --config-file=facts.KEYCLOAK_CONF start` as the keycloak user."""
+    """facts.KEYCLOAK_UNIT: `kc.sh --config-file=facts.KEYCLOAK_CONF start --optimized` as the
+    keycloak user, after (and requiring) the install and database units; writes only data/."""
     return _render("keycloak.service.j2", version=cfg.keycloak.version, home=keycloak_home(cfg))
+
+
+def install_unit(cfg: config.StackConfig) -> str:
+    """facts.KEYCLOAK_INSTALL_UNIT: nina-keycloak-install with nina:keycloak.version, sha256 and
+    jdk_package (so changing any of them re-runs the delivery, not the VM)."""
+    kc = cfg.keycloak
+    if kc.sha256 is None:
+        raise ValueError(f"nina:keycloak.sha256 is not set; {config.keycloak_sha256_fix(kc.version)}")
+    return _render("install.service.j2", version=kc.version, sha256=kc.sha256, jdk=kc.jdk_package, home=keycloak_home(cfg))
+
+
+def realm_unit(cfg: config.StackConfig) -> str:
+    """facts.KEYCLOAK_REALM_UNIT: nina-keycloak-realm after keycloak.service, with the bootstrap admin."""
+    return _render("realm.service.j2", realm=cfg.keycloak.realm)
+
+
+def certificate(plan: Plan) -> Certificate:
+    """The local-CA server certificate of the keycloak host's internal HTTPS (facts.KEYCLOAK_PORT
+    and the management port): CN and DNS names its host name (what nginx's proxy_ssl_name checks),
+    `<host>.<nina:cloud.dns_domain>` when set, and localhost; IP addresses its fixed IP and
+    127.0.0.1 (where nina-keycloak-realm reaches it on the host)."""
+    hosts = [h for h in plan.hosts if "keycloak" in h.roles]
+    if len(hosts) != 1:
+        raise ValueError(f"the plan has {len(hosts)} hosts with the keycloak role; a Keycloak certificate needs exactly one")
+    host = hosts[0]
+    names = [host.name]
+    if plan.cfg.cloud.dns_domain:
+        names.append(f"{host.name}.{plan.cfg.cloud.dns_domain}")
+    names.append("localhost")
+    return Certificate(
+        name="keycloak",
+        common_name=host.name,
+        dns_names=tuple(dict.fromkeys(names)),
+        ip_addresses=(host.fixed_ip, facts.LOOPBACK),
+        server=True,
+    )
 
 
 # --- the delivery (`<host>-keycloak`; not declared by the components yet) ------------------------
@@ -292,11 +330,14 @@ class KeycloakSecrets:
 
 
 def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host: str, secrets: KeycloakSecrets) -> str:
-    """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the units, the database
-    step (SQL, its environment), keycloak.env, the realm JSON and the certificate. Secrets are root's
-    0600 (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
-    the database step (so it runs again) and Keycloak."""
+    """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the database step (SQL,
+    its environment), keycloak.env, the realm JSON, the certificate, the launchers of
+    nina-keycloak-install and nina-keycloak-realm, and the four units. Secrets are root's 0600
+    (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
+    services.keycloak.UNITS: the install (a no-op when installed), the database step, Keycloak,
+    and the realm's apply."""
     from nina import render  # the payload schema is the installer's, defined once there
+    from nina.services import keycloak as service
 
     spec = database_spec(facts.SERVICE_USERS["keycloak"])
     user, group = facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP
@@ -321,7 +362,11 @@ def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host
             user,
             group,
         ),
+        render.DeliveredFile(facts.KEYCLOAK_INSTALL_BIN, render.launcher("keycloak_install"), 0o755),
+        render.DeliveredFile(facts.KEYCLOAK_REALM_BIN, render.launcher("keycloak_realm"), 0o755),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_INSTALL_UNIT}", install_unit(cfg), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_DB_UNIT}", database_unit(spec), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_UNIT}", keycloak_unit(cfg), 0o644),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_REALM_UNIT}", realm_unit(cfg), 0o644),
     ]
-    return render.delivery_payload(files, [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT])
+    return render.delivery_payload(files, list(service.UNITS))

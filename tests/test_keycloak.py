@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from nina import config, facts, keycloak
+from nina import config, facts, keycloak, render, services
 from nina.plan import build_plan
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
@@ -548,6 +548,18 @@ def test_no_secret_outside_the_secret_files():
     assert not any("d" * 32 in text or "a" * 32 in text for text in public)
 
 
+def _verify(units: Path, names: list[str]) -> str:
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", *(str(units / n) for n in names)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        cwd=units,
+    )
+    return proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
 def test_units_pass_systemd_analyze_verify(tmp_path):
     cfg = _all_in_one()
@@ -555,38 +567,97 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     assert home == f"{facts.KEYCLOAK_OPT}/keycloak-26.3.1"
     units = tmp_path / "units"
     units.mkdir()
-    # Stand-ins for the programs the units run (kc.sh is not installed here; psql may not be).
-    for name in ("kc.sh", "psql"):
+    # Stand-ins for the programs the units run (kc.sh is not installed here; the launchers are
+    # delivered; psql may not be), at paths systemd-analyze can check exist and are executable.
+    stand_ins = {
+        f"{home}/bin/kc.sh": "kc.sh",
+        facts.PSQL: "psql",
+        facts.KEYCLOAK_INSTALL_BIN: "install",
+        facts.KEYCLOAK_REALM_BIN: "realm",
+    }
+    for name in stand_ins.values():
         (tmp_path / name).write_text("#!/bin/sh\nexit 0\n")
         (tmp_path / name).chmod(0o755)
-    unit = keycloak.keycloak_unit(cfg)
-    assert f"ExecStart={home}/bin/kc.sh --config-file={facts.KEYCLOAK_CONF} start\n" in unit
-    assert f"Requires={facts.KEYCLOAK_DB_UNIT}\n" in unit and f"User={facts.SERVICE_USERS['keycloak']}\n" in unit
-    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace(f"{home}/bin/kc.sh", str(tmp_path / "kc.sh")))
-    db_unit = keycloak.database_unit(KEYCLOAK)
-    assert f"-f {facts.KEYCLOAK_DB_SQL}" in db_unit and f"EnvironmentFile={facts.KEYCLOAK_DB_ENV}" in db_unit
-    (units / facts.KEYCLOAK_DB_UNIT).write_text(db_unit.replace(facts.PSQL, str(tmp_path / "psql")))
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT), str(units / facts.KEYCLOAK_DB_UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
-        cwd=units,
+    (tmp_path / "data").mkdir()
+    rendered = {
+        facts.KEYCLOAK_UNIT: keycloak.keycloak_unit(cfg),
+        facts.KEYCLOAK_DB_UNIT: keycloak.database_unit(KEYCLOAK),
+        facts.KEYCLOAK_INSTALL_UNIT: keycloak.install_unit(cfg),
+        facts.KEYCLOAK_REALM_UNIT: keycloak.realm_unit(cfg),
+    }
+    unit = rendered[facts.KEYCLOAK_UNIT]
+    assert f"ExecStart={home}/bin/kc.sh --config-file={facts.KEYCLOAK_CONF} start --optimized\n" in unit
+    assert (
+        f"Requires={facts.KEYCLOAK_INSTALL_UNIT} {facts.KEYCLOAK_DB_UNIT}\n" in unit and f"User={facts.SERVICE_USERS['keycloak']}\n" in unit
     )
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "keycloak" in line]
+    assert f"ReadWritePaths={home}/data\n" in unit and "ProtectSystem=strict\n" in unit
+    install = rendered[facts.KEYCLOAK_INSTALL_UNIT]
+    assert (
+        f"ExecStart={facts.KEYCLOAK_INSTALL_BIN} --version 26.3.1 --sha256 {SHA256} --jdk {facts.KEYCLOAK_JDK_PACKAGE} --config {facts.KEYCLOAK_CONF}\n"
+        in install
+    )
+    assert f"Before={facts.KEYCLOAK_UNIT}\n" in install and "Type=oneshot\n" in install
+    realm = rendered[facts.KEYCLOAK_REALM_UNIT]
+    assert f"After={facts.KEYCLOAK_UNIT}\nRequires={facts.KEYCLOAK_UNIT}\n" in realm and f"EnvironmentFile={facts.KEYCLOAK_ENV}\n" in realm
+    db_unit = rendered[facts.KEYCLOAK_DB_UNIT]
+    assert f"-d keycloakdb_server -f {facts.KEYCLOAK_DB_SQL}" in db_unit and f"EnvironmentFile={facts.KEYCLOAK_DB_ENV}" in db_unit
+    for name, text in rendered.items():
+        for path, stand_in in stand_ins.items():
+            text = text.replace(path, str(tmp_path / stand_in))
+        (units / name).write_text(text.replace(f"{home}/data", str(tmp_path / "data")))
+    out = _verify(units, list(rendered))
+    problems = [line for line in out.splitlines() if "keycloak" in line]
     assert problems == [], problems
     # ... and it does report a broken unit.
-    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace("Type=exec", "Type=sometimes"))
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
-        cwd=units,
+    (units / facts.KEYCLOAK_REALM_UNIT).write_text(
+        (units / facts.KEYCLOAK_REALM_UNIT).read_text().replace("Type=oneshot", "Type=sometimes")
     )
-    assert "sometimes" in proc.stdout + proc.stderr
+    assert "sometimes" in _verify(units, [facts.KEYCLOAK_REALM_UNIT])
+
+
+def test_install_unit_needs_the_digest():
+    cfg = _all_in_one()
+    unset = cfg.model_copy(update={"keycloak": cfg.keycloak.model_copy(update={"sha256": None})})
+    with pytest.raises(ValueError, match=r"nina:keycloak.sha256 is not set; compute it with `curl -fsSL https://github.com/keycloak"):
+        keycloak.install_unit(unset)
+
+
+def test_certificate_names_the_host_its_domain_its_ip_and_loopback():
+    plan = build_plan(_all_in_one())
+    cert = keycloak.certificate(plan)
+    host = next(h for h in plan.hosts if "keycloak" in h.roles)
+    assert cert.common_name == host.name == "gateway" and cert.server is True
+    assert cert.dns_names == ("gateway", "gateway.myproject.cloud.edu.au", "localhost")
+    assert cert.ip_addresses == (host.fixed_ip, facts.LOOPBACK)
+    no_domain = build_plan(_all_in_one().model_copy(update={"cloud": config.CloudConfig()}))
+    assert keycloak.certificate(no_domain).dns_names == ("gateway", "localhost")
+    from conftest import render_raw_configs
+
+    with pytest.raises(ValueError, match="exactly one"):
+        keycloak.certificate(build_plan(config.load_config(render_raw_configs()["test"])))
+
+
+CLOUD_INIT = shutil.which("cloud-init") or ""
+
+
+@pytest.mark.skipif(not CLOUD_INIT, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
+def test_a_keycloak_hosts_user_data_passes_cloud_init_schema_within_budget(multi_cfg, tmp_path):
+    import base64
+
+    from cloudinit.userdata import user_data
+
+    plan = build_plan(multi_cfg)
+    host = next(h for h in plan.hosts if "keycloak" in h.roles)
+    text = user_data(plan, host, {v.name: "0" * 36 for v in host.volumes})
+    encoded = len(base64.b64encode(text.encode()))
+    assert encoded <= facts.USER_DATA_TARGET, encoded
+    assert facts.POSTGRES_CLIENT_PACKAGE in text and facts.KEYCLOAK_CERTS in text
+    path = tmp_path / "access.yaml"
+    path.write_text(text)
+    # Without PYTHONPATH: this project's `cloudinit` package would shadow cloud-init's own.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -647,7 +718,10 @@ def test_delivery_payload_carries_the_files_with_their_modes():
     assert text == keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
     payload = json.loads(text)
     files = {f["path"]: f for f in payload["files"]}
-    assert payload["restart"] == [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT]
+    assert payload["restart"] == [facts.KEYCLOAK_INSTALL_UNIT, facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT, facts.KEYCLOAK_REALM_UNIT]
+    assert payload["restart"] == list(services.keycloak.UNITS)
+    for unit in payload["restart"]:
+        assert f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}" in files
     assert "PGUSER=keycloak" in files[facts.KEYCLOAK_DB_ENV]["content"]
     for secret in ("D" * 32, "B" * 32, "J" * 40, "MIGk"):
         holders = sorted(p for p, f in files.items() if secret in f["content"])
@@ -657,3 +731,16 @@ def test_delivery_payload_carries_the_files_with_their_modes():
     key = files[f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}"]
     assert (key["owner"], key["group"], key["mode"]) == (facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP, 0o600)
     assert json.loads(files[facts.KEYCLOAK_REALM_FILE]["content"])["clients"][0]["secret"] == "J" * 40
+    for program, module in ((facts.KEYCLOAK_INSTALL_BIN, "keycloak_install"), (facts.KEYCLOAK_REALM_BIN, "keycloak_realm")):
+        assert (files[program]["mode"], files[program]["owner"]) == (0o755, "root")
+        assert f'runpy.run_module("nina.host.{module}"' in files[program]["content"]
+        assert f"nina/host/{module}.py" in render.host_programs()
+    # No admin credential of the database anywhere: the step logs in as the keycloak role.
+    env = dict(line.split("=", 1) for line in files[facts.KEYCLOAK_DB_ENV]["content"].splitlines())
+    assert env == {
+        "PGHOST": "10.100.0.5",
+        "PGPORT": "5432",
+        "PGUSER": "keycloak",
+        "PGDATABASE": "keycloakdb_server",
+        "PGPASSWORD": "D" * 32,
+    }

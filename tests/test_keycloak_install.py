@@ -35,21 +35,24 @@ echo built > "$home/lib/quarkus/build-system.properties"
 
 
 def make_zip(extra: Sequence[tuple[zipfile.ZipInfo, bytes]] = ()) -> bytes:
+    """The release's zip (deterministic: fixed times), with `extra` entries appended."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name in (f"{TOP}/", f"{TOP}/bin/", f"{TOP}/lib/", f"{TOP}/conf/"):
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFDIR | 0o775) << 16
-            zf.writestr(info, b"")
-        kc = zipfile.ZipInfo(f"{TOP}/bin/kc.sh")
-        kc.external_attr = (stat.S_IFREG | 0o775) << 16
-        zf.writestr(kc, KC_SH)
-        zf.writestr(f"{TOP}/lib/keycloak.jar", b"jar" * 100)
-        zf.writestr(f"{TOP}/conf/keycloak.conf", b"# upstream's\n")
-        zf.writestr(f"{TOP}/version.txt", VERSION.encode())
+            zf.writestr(_info(name, stat.S_IFDIR | 0o775), b"")
+        zf.writestr(_info(f"{TOP}/bin/kc.sh", stat.S_IFREG | 0o775), KC_SH)
+        zf.writestr(_info(f"{TOP}/lib/keycloak.jar", stat.S_IFREG | 0o664), b"jar" * 100)
+        zf.writestr(_info(f"{TOP}/conf/keycloak.conf", stat.S_IFREG | 0o664), b"# upstream's\n")
+        zf.writestr(_info(f"{TOP}/version.txt", stat.S_IFREG | 0o664), VERSION.encode())
         for entry, data in extra:
             zf.writestr(entry, data)
     return buf.getvalue()
+
+
+def _info(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+    info.external_attr = mode << 16
+    return info
 
 
 class Server:
@@ -180,12 +183,6 @@ def test_a_wrong_digest_is_refused_in_one_line_and_nothing_is_unpacked(server, h
     assert len(err) == 1 and err[0].startswith(f"{ki.PROG}: error: refusing ") and "nina:keycloak.sha256" in err[0], err
     assert os.listdir(host["opt"]) == []
     assert not host["log"].exists()
-
-
-def _info(name: str, mode: int) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = mode << 16
-    return info
 
 
 @pytest.mark.parametrize(
