@@ -34,13 +34,13 @@ echo built > "$home/lib/quarkus/build-system.properties"
 """
 
 
-def make_zip(extra: Sequence[tuple[zipfile.ZipInfo, bytes]] = ()) -> bytes:
+def make_zip(extra: Sequence[tuple[zipfile.ZipInfo, bytes]] = (), kc_sh: str = KC_SH) -> bytes:
     """The release's zip (deterministic: fixed times), with `extra` entries appended."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name in (f"{TOP}/", f"{TOP}/bin/", f"{TOP}/lib/", f"{TOP}/conf/"):
             zf.writestr(_info(name, stat.S_IFDIR | 0o775), b"")
-        zf.writestr(_info(f"{TOP}/bin/kc.sh", stat.S_IFREG | 0o775), KC_SH)
+        zf.writestr(_info(f"{TOP}/bin/kc.sh", stat.S_IFREG | 0o775), kc_sh)
         zf.writestr(_info(f"{TOP}/lib/keycloak.jar", stat.S_IFREG | 0o664), b"jar" * 100)
         zf.writestr(_info(f"{TOP}/conf/keycloak.conf", stat.S_IFREG | 0o664), b"# upstream's\n")
         zf.writestr(_info(f"{TOP}/version.txt", stat.S_IFREG | 0o664), VERSION.encode())
@@ -175,6 +175,23 @@ def test_a_changed_config_rebuilds_in_place_and_keeps_keycloaks_data(server, hos
     assert len(server.requests) == requests, "no new download for a rebuild"
     assert len(host["log"].read_text().splitlines()) == 2
     assert (data / "kept").read_text() == "the keycloak user's\n" and not (data / "tmp").exists()
+
+
+def test_a_failed_build_is_one_line_and_the_next_run_builds_again(server, host, capsys):
+    failing = make_zip(kc_sh=KC_SH + 'echo "ERROR: no java" >&2\nexit 3\n')
+    assert run(server, host, failing, jdk=False) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "build` failed (exit 3): ERROR: no java" in err[0], err
+    assert not (host["opt"] / TOP / ki.RECORD).exists()
+    assert run(server, host, make_zip(), jdk=False) == 0  # a new digest: downloaded, unpacked and built again
+    assert (host["opt"] / TOP / ki.RECORD).exists() and len(host["log"].read_text().splitlines()) == 2
+
+
+def test_a_damaged_zip_with_the_right_digest_is_one_line(server, host, capsys):
+    assert run(server, host, b"PK\x03\x04 not a zip at all", jdk=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read" in err[0] and "nina:keycloak.sha256" in err[0], err
+    assert os.listdir(host["opt"]) == []
 
 
 def test_a_wrong_digest_is_refused_in_one_line_and_nothing_is_unpacked(server, host, capsys):

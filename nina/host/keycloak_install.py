@@ -219,13 +219,13 @@ def install(version: str, sha256: str, url: str, config: str) -> str:
     top = f"keycloak-{version}"
     home = os.path.join(OPT, top)
     wanted = {"version": version, "sha256": sha256, "config_sha256": conf_sha}
-    record = _record(home)
-    if record == wanted and not trust.problem(home):
-        return f"{home} already holds Keycloak {version} ({sha256[:12]}...) built with {config}; nothing to do"
-    uid, gid = _owner_ids()
     dir_fd = os.open(OPT, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one run at a time (the unit, or an operator by hand)
+        record = _record(home)
+        if record == wanted and not trust.problem(home):
+            return f"{home} already holds Keycloak {version} ({sha256[:12]}...) built with {config}; nothing to do"
+        uid, gid = _owner_ids()
         same_release = record is not None and record.get("version") == version and record.get("sha256") == sha256
         if not (same_release and not trust.problem(home)):
             zip_name = download(url, dir_fd, sha256)
@@ -233,10 +233,8 @@ def install(version: str, sha256: str, url: str, config: str) -> str:
             staging = tempfile.mkdtemp(prefix=f".{top}.", dir=OPT)
             try:
                 unpack(zip_path, os.path.join(staging, top), top)
-                aside = None
-                if os.path.lexists(home):
-                    aside = os.path.join(staging, "previous")
-                    os.rename(home, aside)
+                if os.path.lexists(home):  # an unfinished or other build of this version: removed with staging
+                    os.rename(home, os.path.join(staging, "previous"))
                 os.rename(os.path.join(staging, top), home)
             finally:
                 os.unlink(zip_path)
@@ -284,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         say(f"error: {exc}")
         return exc.code
-    except (OSError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
+    except zipfile.BadZipFile as exc:
+        say(f"error: the release zip cannot be read ({exc}); is nina:keycloak.sha256 the digest of the real release?")
+        return 2
+    except (OSError, subprocess.SubprocessError) as exc:
         say(f"error: {exc}")
         return 1
     return 0
