@@ -526,6 +526,7 @@ def test_keycloak_conf():
         "https-certificate-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
         "https-certificate-key-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}",
         "health-enabled": "true",
+        "http-management-port": str(facts.KEYCLOAK_MANAGEMENT_PORT),
     }
     assert not any("password" in key for key in options)  # it is KC_DB_PASSWORD in keycloak.env
     with pytest.raises(ValueError, match="host"):
