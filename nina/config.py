@@ -199,12 +199,28 @@ MIN_KEYCLOAK_MAJOR = 26
 MIN_JDK_MAJOR = 21
 
 
+def keycloak_sha256_fix(version: str = "<nina:keycloak.version>") -> str:
+    """How an operator computes nina:keycloak.sha256 for `version`."""
+    url = facts.KEYCLOAK_RELEASE_URL.format(version=version)
+    return f"compute it with `curl -fsSL {url} | sha256sum` and set the 64 hex digits"
+
+
 class KeycloakConfig(_Strict):
     """Keycloak on the `keycloak` host (manual 4.1.2.9-4.1.2.10): pinned versions and the realm's name."""
 
     version: str = facts.KEYCLOAK_VERSION
     jdk_package: str = facts.KEYCLOAK_JDK_PACKAGE
     realm: str = facts.KEYCLOAK_REALM
+    # The SHA-256 of the release's zip (facts.KEYCLOAK_RELEASE_URL): the host installs nothing
+    # else. Required with a keycloak host and nina:researcher_access (`_check_keycloak`).
+    sha256: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(f"{_show(value)} is not a SHA-256 (64 hex digits); {keycloak_sha256_fix()}")
+        return value.lower() if value is not None else None
 
     @field_validator("version")
     @classmethod
@@ -462,6 +478,7 @@ def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_ssh(cfg)
     yield from _check_cloud(cfg)
     yield from _check_hosts(cfg)
+    yield from _check_keycloak(cfg)
     yield from _check_vpn(cfg)
     yield from _check_own_keys(cfg)
     yield from _check_operators(cfg)
@@ -705,6 +722,16 @@ def _check_hosts(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         yield (
             f"nina:hosts[{where['superlink']}].roles",
             "a shared host can carry the SuperLink only with a single tenancy; every tenancy gets its own SuperLink VM, so remove 'superlink' here",
+        )
+
+
+def _check_keycloak(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    has_keycloak = any("keycloak" in h.roles for h in cfg.hosts)
+    if has_keycloak and cfg.researcher_access is not None and cfg.keycloak.sha256 is None:
+        yield (
+            "nina:keycloak.sha256",
+            f"is required with a keycloak host and nina:researcher_access: the host installs Keycloak {cfg.keycloak.version} "
+            f"only if the zip's SHA-256 matches; {keycloak_sha256_fix(cfg.keycloak.version)}",
         )
 
 

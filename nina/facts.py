@@ -13,6 +13,8 @@ UBUNTU_RELEASE = "24.04"
 # Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
 KEYCLOAK_VERSION = "26.3.0"
 KEYCLOAK_JDK_PACKAGE = "openjdk-21-jre-headless"
+# Where the keycloak host downloads the pinned release (checked against nina:keycloak.sha256).
+KEYCLOAK_RELEASE_URL = "https://github.com/keycloak/keycloak/releases/download/{version}/keycloak-{version}.zip"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
 DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
@@ -122,9 +124,21 @@ KEYCLOAK_ENV = "/etc/keycloak/keycloak.env"  # root's 0600, read by systemd: dat
 KEYCLOAK_CERTS = "/etc/keycloak/certs"  # the local-CA server certificate and key of the internal HTTPS port
 KEYCLOAK_REALM_FILE = "/etc/keycloak/realm.json"  # root's 0600: carries the OIDC clients' secrets
 KEYCLOAK_DB_SQL = "/etc/keycloak/database.sql"  # the idempotent database step (nina.keycloak.database_sql)
-KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: the database admin's and the role's passwords
+KEYCLOAK_DB_ENV = "/etc/keycloak/database.env"  # root's 0600: libpq's PG* for the keycloak role (its Trove password)
 KEYCLOAK_UNIT = "keycloak.service"
 KEYCLOAK_DB_UNIT = "nina-keycloak-database.service"  # oneshot, re-run by every delivery; keycloak.service requires it
+# nina-keycloak-install (nina.host.keycloak_install): JDK, the verified release under KEYCLOAK_OPT,
+# `kc.sh build`; its oneshot unit runs before keycloak.service, which requires it.
+KEYCLOAK_INSTALL_BIN = "/usr/local/sbin/nina-keycloak-install"
+KEYCLOAK_INSTALL_UNIT = "nina-keycloak-install.service"
+KEYCLOAK_DATA_DIR = "data"  # in the release's directory: the only one the keycloak user writes
+# nina-keycloak-realm (nina.host.keycloak_realm): applies KEYCLOAK_REALM_FILE through the admin REST
+# API after keycloak.service is up, re-run by every delivery.
+KEYCLOAK_REALM_BIN = "/usr/local/sbin/nina-keycloak-realm"
+KEYCLOAK_REALM_UNIT = "nina-keycloak-realm.service"
+KEYCLOAK_MANAGEMENT_PORT = 9000  # Keycloak 26's management interface (/health/ready), same TLS as KEYCLOAK_PORT
+KEYCLOAK_ADMIN_CLIENT = "admin-cli"  # the master realm's client the bootstrap admin gets a token from
+KEYCLOAK_READY_WAIT_SECONDS = 300  # how long nina-keycloak-realm waits for /health/ready
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
 KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
 # The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
@@ -203,12 +217,9 @@ MAX_SEGMENT_PREFIX = 24  # every segment must hold the static range and a pool
 # Databases on the managed Postgres (manual 4.3.1): name -> owner role.
 DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
 # ... and the schema each role owns in its database (PostgreSQL 15+ lets no role but the database
-# owner create objects in `public`; nina.keycloak.database_sql makes these).
+# owner create objects in `public`). Trove makes the databases and roles (ALL on its database to
+# each role); nina.keycloak.database_sql, run as the role itself, makes these schemas.
 DATABASE_SCHEMAS = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
-# Every database nina makes: UTF-8 from template0 with a locale every glibc has (the manual's
-# en_AU.UTF-8 exists only where it was generated, and CREATE DATABASE ... LOCALE needs template0).
-DATABASE_ENCODING = "UTF8"
-DATABASE_LOCALE = "C.UTF-8"
 TROVE_DATASTORE = "postgresql"
 
 # --- PKI ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Keycloak as code (manual 4.1.2.8-4.1.2.10): the database step, the realm and the server's files.
 
-- `database_sql(spec)`: the psql script that makes a service's database, schema and role on
-  the managed Postgres, idempotently (keycloak's, and grafana's with the same function);
+- `database_sql(spec)`: the psql script that makes a service's schema (and its search_path) in
+  the database Trove made for it, run as the service's own role, idempotently (keycloak's, and
+  grafana's with the same function);
 - `realm(...)`, `realm_json(...)`: the realm as data in Keycloak's RealmRepresentation (what
   `kc.sh import` and the admin REST API's realm and partial imports read): realm roles, one
   group per tenancy, OIDC clients with redirect URIs from the public domain and the secrets
@@ -28,13 +29,12 @@ from typing import Any
 import jinja2
 
 from nina import config, facts, templating
+from nina.plan import Certificate, Plan
 
 # A PostgreSQL identifier nina writes unquoted-safe: lowercase, at most 63 bytes (NAMEDATALEN - 1).
 _PG_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Roles PostgreSQL reserves or that would hand out more than a service's own rights.
 _RESERVED_NAMES = frozenset({"public", "postgres", "template0", "template1", "pg_catalog", "information_schema", "none", "current_user"})
-# What the database step reads the role's password from (a psql variable, never this text).
-PASSWORD_ENV = "NINA_DB_ROLE_PASSWORD"
 # Secrets that go into a systemd EnvironmentFile: what pulumi-random makes with special=False
 # (and base64/URL-safe alphabets); anything else could need quoting there.
 _ENV_SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
@@ -78,11 +78,13 @@ def database_spec(role: str) -> DatabaseSpec:
 
 
 def database_sql(spec: DatabaseSpec) -> str:
-    """The idempotent psql script for `spec` (run by a role that may create roles and databases,
-    with the role's password in the environment variable PASSWORD_ENV)."""
+    """The idempotent psql script for `spec`, run as the service's own login role in its own
+    database ("role mode": Trove made both and granted the role ALL on the database; no admin
+    credential exists). Makes the role's schema and its search_path there; refuses, in one line,
+    a wrong user or database and a schema of that name that another role owns."""
     if not isinstance(spec, DatabaseSpec):
         raise TypeError("pass a DatabaseSpec (its names are checked when it is made)")
-    return _render("database.sql.j2", spec=spec, password_env=PASSWORD_ENV, encoding=facts.DATABASE_ENCODING, locale=facts.DATABASE_LOCALE)
+    return _render("database.sql.j2", spec=spec)
 
 
 def _env_value(value: str, what: str) -> str:
@@ -100,17 +102,17 @@ def _env_name(value: str, what: str) -> str:
     return value
 
 
-def database_env(db_host: str, admin_user: str, admin_password: str, role_password: str, port: int = facts.POSTGRES_PORT) -> str:
+def database_env(db_host: str, spec: DatabaseSpec, role_password: str, port: int = facts.POSTGRES_PORT) -> str:
     """The database step's EnvironmentFile (facts.KEYCLOAK_DB_ENV, root's 0600): libpq's PG* for
-    the admin connection and the role's password for database_sql."""
+    the service's own role in its own database (its Trove password); no admin anywhere."""
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port {port!r} is not a TCP port")
     lines = [
         f"PGHOST={_env_name(db_host, 'database host')}",
         f"PGPORT={port}",
-        f"PGUSER={_env_name(admin_user, 'database admin')}",
-        f"PGPASSWORD={_env_value(admin_password, 'the database admin password')}",
-        f"{PASSWORD_ENV}={_env_value(role_password, 'the role password')}",
+        f"PGUSER={spec.role}",
+        f"PGDATABASE={spec.database}",
+        f"PGPASSWORD={_env_value(role_password, 'the role password')}",
     ]
     return "".join(line + "\n" for line in lines)
 
@@ -272,8 +274,45 @@ def keycloak_env(db_password: str, bootstrap_admin_password: str) -> str:
 
 
 def keycloak_unit(cfg: config.StackConfig) -> str:
-    """facts.KEYCLOAK_UNIT: `kc.sh --config-file=facts.KEYCLOAK_CONF start` as the keycloak user."""
+    """facts.KEYCLOAK_UNIT: `kc.sh --config-file=facts.KEYCLOAK_CONF start --optimized` as the
+    keycloak user, after (and requiring) the install and database units; writes only data/."""
     return _render("keycloak.service.j2", version=cfg.keycloak.version, home=keycloak_home(cfg))
+
+
+def install_unit(cfg: config.StackConfig) -> str:
+    """facts.KEYCLOAK_INSTALL_UNIT: nina-keycloak-install with nina:keycloak.version, sha256 and
+    jdk_package (so changing any of them re-runs the delivery, not the VM)."""
+    kc = cfg.keycloak
+    if kc.sha256 is None:
+        raise ValueError(f"nina:keycloak.sha256 is not set; {config.keycloak_sha256_fix(kc.version)}")
+    return _render("install.service.j2", version=kc.version, sha256=kc.sha256, jdk=kc.jdk_package, home=keycloak_home(cfg))
+
+
+def realm_unit(cfg: config.StackConfig) -> str:
+    """facts.KEYCLOAK_REALM_UNIT: nina-keycloak-realm after keycloak.service, with the bootstrap admin."""
+    return _render("realm.service.j2", realm=cfg.keycloak.realm)
+
+
+def certificate(plan: Plan) -> Certificate:
+    """The local-CA server certificate of the keycloak host's internal HTTPS (facts.KEYCLOAK_PORT
+    and the management port): CN and DNS names its host name (what nginx's proxy_ssl_name checks),
+    `<host>.<nina:cloud.dns_domain>` when set, and localhost; IP addresses its fixed IP and
+    127.0.0.1 (where nina-keycloak-realm reaches it on the host)."""
+    hosts = [h for h in plan.hosts if "keycloak" in h.roles]
+    if len(hosts) != 1:
+        raise ValueError(f"the plan has {len(hosts)} hosts with the keycloak role; a Keycloak certificate needs exactly one")
+    host = hosts[0]
+    names = [host.name]
+    if plan.cfg.cloud.dns_domain:
+        names.append(f"{host.name}.{plan.cfg.cloud.dns_domain}")
+    names.append("localhost")
+    return Certificate(
+        name="keycloak",
+        common_name=host.name,
+        dns_names=tuple(dict.fromkeys(names)),
+        ip_addresses=(host.fixed_ip, facts.LOOPBACK),
+        server=True,
+    )
 
 
 # --- the delivery (`<host>-keycloak`; not declared by the components yet) ------------------------
@@ -283,9 +322,7 @@ def keycloak_unit(cfg: config.StackConfig) -> str:
 class KeycloakSecrets:
     """What the `<host>-keycloak` delivery carries that must never be in user-data."""
 
-    db_admin_user: str
-    db_admin_password: str
-    db_password: str  # the keycloak role's
+    db_password: str  # the keycloak role's (Trove's user), for Keycloak and the database step
     bootstrap_admin_password: str
     client_secrets: Mapping[str, str]  # OIDC client id -> secret (facts.KEYCLOAK_CLIENTS)
     cert_pem: str  # the local-CA server certificate of facts.KEYCLOAK_PORT
@@ -293,11 +330,14 @@ class KeycloakSecrets:
 
 
 def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host: str, secrets: KeycloakSecrets) -> str:
-    """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the units, the database
-    step (SQL, its environment), keycloak.env, the realm JSON and the certificate. Secrets are root's
-    0600 (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
-    the database step (so it runs again) and Keycloak."""
+    """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the database step (SQL,
+    its environment), keycloak.env, the realm JSON, the certificate, the launchers of
+    nina-keycloak-install and nina-keycloak-realm, and the four units. Secrets are root's 0600
+    (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
+    services.keycloak.UNITS: the install (a no-op when installed), the database step, Keycloak,
+    and the realm's apply."""
     from nina import render  # the payload schema is the installer's, defined once there
+    from nina.services import keycloak as service
 
     spec = database_spec(facts.SERVICE_USERS["keycloak"])
     user, group = facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP
@@ -307,9 +347,7 @@ def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host
         render.DeliveredFile(facts.KEYCLOAK_ENV, keycloak_env(secrets.db_password, secrets.bootstrap_admin_password), 0o600),
         render.DeliveredFile(facts.KEYCLOAK_REALM_FILE, realm_json(cfg, tenancies, secrets.client_secrets), 0o600),
         render.DeliveredFile(facts.KEYCLOAK_DB_SQL, database_sql(spec), 0o644),
-        render.DeliveredFile(
-            facts.KEYCLOAK_DB_ENV, database_env(db_host, secrets.db_admin_user, secrets.db_admin_password, secrets.db_password), 0o600
-        ),
+        render.DeliveredFile(facts.KEYCLOAK_DB_ENV, database_env(db_host, spec, secrets.db_password), 0o600),
         render.DeliveredFile(
             f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
             render._text(secrets.cert_pem, "server certificate", "BEGIN CERTIFICATE"),
@@ -324,7 +362,11 @@ def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host
             user,
             group,
         ),
+        render.DeliveredFile(facts.KEYCLOAK_INSTALL_BIN, render.launcher("keycloak_install"), 0o755),
+        render.DeliveredFile(facts.KEYCLOAK_REALM_BIN, render.launcher("keycloak_realm"), 0o755),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_INSTALL_UNIT}", install_unit(cfg), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_DB_UNIT}", database_unit(spec), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_UNIT}", keycloak_unit(cfg), 0o644),
+        render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_REALM_UNIT}", realm_unit(cfg), 0o644),
     ]
-    return render.delivery_payload(files, [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT])
+    return render.delivery_payload(files, list(service.UNITS))

@@ -300,7 +300,15 @@ SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
 # five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
 INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
-HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/failure.py", "host/membership.py", "host/vpn_verify.py", "host/state_backup.py")
+HOST_PROGRAM_FILES = (
+    *INSTALLER_PROGRAM_FILES,
+    "host/failure.py",
+    "host/membership.py",
+    "host/vpn_verify.py",
+    "host/state_backup.py",
+    "host/keycloak_install.py",
+    "host/keycloak_realm.py",
+)
 
 
 @lru_cache(maxsize=1)

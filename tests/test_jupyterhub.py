@@ -45,6 +45,7 @@ def plan(cfg_valid) -> Plan:
         {"name": "hub", "roles": ["jupyterhub"]},
     ]
     raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+    raw["keycloak"] = {"sha256": "ab" * 32}  # required with a keycloak host and researcher_access
     return build_plan(load_config(raw))
 
 
@@ -301,7 +302,7 @@ def test_the_keycloak_realm_holds_what_the_hub_relies_on():
 
     raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
     raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "fl-ops@example.edu.au"}
-    raw["keycloak"] = {"realm": "fl-research"}
+    raw["keycloak"] = {"realm": "fl-research", "sha256": "ab" * 32}
     raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "access", "roles": ["keycloak", "jupyterhub"]}]
     plan = build_plan(load_config(raw))
     hub = jupyterhub.inputs(plan)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from nina import config, facts, keycloak
+from nina import config, facts, keycloak, render, services
 from nina.plan import build_plan
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
@@ -64,11 +64,29 @@ class Postgres:
         argv = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port), "-U", user, "-d", db, *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environ)
 
-    def run_step(self, spec: keycloak.DatabaseSpec, sql_dir: Path, role_password: str) -> subprocess.CompletedProcess[str]:
-        """The database step as the unit runs it: psql -f the rendered file, the password in the environment."""
-        sql = sql_dir / f"{spec.database}.sql"
-        sql.write_text(keycloak.database_sql(spec))
-        return self.psql("-f", str(sql), env={keycloak.PASSWORD_ENV: role_password})
+    def run_step(
+        self, spec: keycloak.DatabaseSpec, sql_dir: Path, role_password: str, sql: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The database step as its unit runs it: psql -f the rendered file as the role itself,
+        in its database, over TCP with its password (database_env's PG*)."""
+        path = sql_dir / f"{spec.database}.sql"
+        path.write_text(keycloak.database_sql(spec) if sql is None else sql)
+        return self.psql("-f", str(path), user=spec.role, db=spec.database, password=role_password, tcp=True)
+
+    def trove_prepare(self, spec: keycloak.DatabaseSpec, role_password: str) -> None:
+        """What Trove's PostgreSQL guest agent runs as its superuser for pulumi-openstack's
+        database.Instance `databases` and `users`: the database from template0, the user with its
+        password, ALL on the database to it (the password passed as a psql variable, quoted by %L)."""
+        sql = (
+            f"CREATE DATABASE \"{spec.database}\" WITH ENCODING = 'UTF8' LC_COLLATE = 'C.UTF-8' LC_CTYPE = 'C.UTF-8' TEMPLATE template0;\n"
+            "SELECT format('CREATE USER %I WITH PASSWORD %L', :'role', :'password') \\gexec\n"
+            f'GRANT ALL PRIVILEGES ON DATABASE "{spec.database}" TO "{spec.role}";\n'
+        )
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir, "-p", str(self.port), "-U", ADMIN, "-d", "postgres",
+                "-v", f"role={spec.role}", "-v", f"password={role_password}"]  # fmt: skip
+        proc = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=60, env=environ)
+        assert proc.returncode == 0, proc.stderr
 
     def catalog(self) -> str:
         """Everything the step could change: roles (with their password verifiers and settings),
@@ -143,9 +161,15 @@ def pg() -> Iterator[Postgres]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+GRAFANA_PASSWORD = "grafana-password-0123456789"
+
+
 @pytest.fixture(scope="module")
 def keycloak_db(pg: Postgres, tmp_path_factory) -> tuple[Postgres, str, str]:
-    """keycloak's database made once by the step, with the hostile password; (pg, catalog before, catalog after)."""
+    """Both services' databases and roles made as Trove makes them (keycloak's with the hostile
+    password), then keycloak's step run once as its role; (pg, catalog before, catalog after)."""
+    pg.trove_prepare(KEYCLOAK, HOSTILE_PASSWORD)
+    pg.trove_prepare(GRAFANA, GRAFANA_PASSWORD)
     sql_dir = tmp_path_factory.mktemp("sql")
     before = pg.catalog()
     first = pg.run_step(KEYCLOAK, sql_dir, HOSTILE_PASSWORD)
@@ -153,44 +177,48 @@ def keycloak_db(pg: Postgres, tmp_path_factory) -> tuple[Postgres, str, str]:
     return pg, before, pg.catalog()
 
 
-# --- the database step ---------------------------------------------------------------------
+def _role_mode_problems(pg: Postgres, spec: keycloak.DatabaseSpec, password: str) -> list[str]:
+    """What the step must have left: the schema the role's, PUBLIC without rights on it, the
+    role's search_path in its database the schema, and an unqualified table landing there."""
+    problems = []
+    owner = pg.psql("-c", f"SELECT pg_get_userbyid(nspowner), nspacl FROM pg_namespace WHERE nspname = '{spec.schema}'", db=spec.database)
+    if owner.stdout.strip() not in (f"{spec.role}|", f"{spec.role}|{{{spec.role}=UC/{spec.role}}}"):
+        problems.append(f"schema owner/acl: {owner.stdout.strip()!r}")
+    path = pg.psql("-c", "SHOW search_path", user=spec.role, db=spec.database, password=password, tcp=True)
+    if path.stdout.strip() != spec.schema:
+        problems.append(f"search_path: {path.stdout.strip()!r} {path.stderr.strip()}")
+    return problems
+
+
+# --- the database step (role mode) -----------------------------------------------------------
 
 
 @needs_postgres
-def test_database_step_makes_what_the_manual_asks(keycloak_db):
+def test_database_step_makes_the_roles_schema(keycloak_db):
     pg, before, after = keycloak_db
     assert before != after
-    row = pg.psql(
-        "-c",
-        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'keycloakdb_server'",
-    )
-    owner, encoding, collate, ctype = row.stdout.strip().split("|")
-    assert (encoding, collate, ctype) == ("UTF8", facts.DATABASE_LOCALE, facts.DATABASE_LOCALE)
-    assert owner == ADMIN, "a database owner could create in public: the role must not own its database"
+    assert _role_mode_problems(pg, KEYCLOAK, HOSTILE_PASSWORD) == []
+    # The role stays what Trove made: a login and nothing more.
     role = pg.psql("-c", "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'keycloak'")
     assert role.stdout.strip() == "t|f|f|f"
-    schema = pg.psql("-c", "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'keycloak'", db=KEYCLOAK.database)
-    assert schema.stdout.strip() == "keycloak"
-    path = pg.psql("-c", "SHOW search_path", user="keycloak", db=KEYCLOAK.database, password=HOSTILE_PASSWORD, tcp=True)
-    assert path.returncode == 0, path.stderr
-    assert path.stdout.strip() == "keycloak"
+    owner = pg.psql("-c", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'keycloakdb_server'")
+    assert owner.stdout.strip() == ADMIN
 
 
 @needs_postgres
 def test_database_step_run_again_changes_nothing(keycloak_db, tmp_path):
     pg, _, after = keycloak_db
-    # Twice more, the second with a different password: the role keeps the one it was made with.
-    for password in (HOSTILE_PASSWORD, "another-password-entirely"):
-        again = pg.run_step(KEYCLOAK, tmp_path, password)
+    for _ in range(2):
+        again = pg.run_step(KEYCLOAK, tmp_path, HOSTILE_PASSWORD)
         assert again.returncode == 0, again.stderr
         assert pg.catalog() == after
-    login = pg.psql("-c", "SELECT 1", user="keycloak", db=KEYCLOAK.database, password=HOSTILE_PASSWORD, tcp=True)
-    assert login.returncode == 0, login.stderr
 
 
 @needs_postgres
-def test_role_creates_tables_in_its_schema_and_nowhere_else(keycloak_db):
+def test_role_creates_tables_in_its_schema_and_nowhere_else(keycloak_db, tmp_path):
     pg, _, _ = keycloak_db
+    grafana = pg.run_step(GRAFANA, tmp_path, GRAFANA_PASSWORD)  # the other service's schema exists too
+    assert grafana.returncode == 0, grafana.stderr
 
     def as_keycloak(sql: str, db: str = KEYCLOAK.database) -> subprocess.CompletedProcess[str]:
         return pg.psql("-c", sql, user="keycloak", db=db, password=HOSTILE_PASSWORD, tcp=True)
@@ -201,59 +229,76 @@ def test_role_creates_tables_in_its_schema_and_nowhere_else(keycloak_db):
     assert as_keycloak("CREATE TABLE keycloak.qualified_probe (id int); DROP TABLE keycloak.qualified_probe, realm_probe").returncode == 0
     for sql, db in (
         ("CREATE TABLE public.probe (id int)", KEYCLOAK.database),
-        ("CREATE SCHEMA other", KEYCLOAK.database),
-        ("CREATE TEMP TABLE probe (id int)", KEYCLOAK.database),
+        ("CREATE TABLE public.probe (id int)", GRAFANA.database),
+        ("CREATE TABLE grafana.probe (id int)", GRAFANA.database),
+        ("CREATE SCHEMA probe", GRAFANA.database),
         ("CREATE TABLE public.probe (id int)", "postgres"),
         ("CREATE DATABASE probe", "postgres"),
     ):
         refused = as_keycloak(sql, db)
         assert refused.returncode != 0, f"{sql} in {db} was allowed"
         assert "permission denied" in refused.stderr, refused.stderr
-    other = pg.psql("-c", "CREATE DATABASE other_service_db")
-    assert other.returncode == 0, other.stderr
-    try:
-        refused = as_keycloak("CREATE TABLE public.probe (id int)", "other_service_db")
-        assert refused.returncode != 0 and "permission denied" in refused.stderr, refused.stderr
-    finally:
-        pg.psql("-c", "DROP DATABASE other_service_db")
+    # ... and the other way round.
+    refused = pg.psql(
+        "-c", "CREATE TABLE keycloak.probe (id int)", user="grafana", db=KEYCLOAK.database, password=GRAFANA_PASSWORD, tcp=True
+    )
+    assert refused.returncode != 0 and "permission denied" in refused.stderr, refused.stderr
 
 
 @needs_postgres
-def test_the_same_step_makes_grafanas_database_and_keeps_them_apart(keycloak_db, tmp_path):
+def test_the_same_step_serves_grafana(keycloak_db, tmp_path):
     pg, _, _ = keycloak_db
-    made = pg.run_step(GRAFANA, tmp_path, "grafana-password-0123456789")
-    assert made.returncode == 0, made.stderr
+    assert pg.run_step(GRAFANA, tmp_path, GRAFANA_PASSWORD).returncode == 0
     state = pg.catalog()
-    assert pg.run_step(GRAFANA, tmp_path, "grafana-password-0123456789").returncode == 0
+    assert pg.run_step(GRAFANA, tmp_path, GRAFANA_PASSWORD).returncode == 0
     assert pg.catalog() == state
-    ok = pg.psql("-c", "CREATE TABLE dash (id int); SELECT schemaname FROM pg_tables WHERE tablename = 'dash'",
-                 user="grafana", db=GRAFANA.database, password="grafana-password-0123456789", tcp=True)  # fmt: skip
-    assert ok.returncode == 0 and ok.stdout.strip() == "grafana", ok.stderr
-    # Neither reaches the other's database: CONNECT is the role's alone.
-    cross = pg.psql("-c", "SELECT 1", user="grafana", db=KEYCLOAK.database, password="grafana-password-0123456789", tcp=True)
-    assert cross.returncode != 0 and "permission denied" in cross.stderr, cross.stderr
-    cross = pg.psql("-c", "SELECT 1", user="keycloak", db=GRAFANA.database, password=HOSTILE_PASSWORD, tcp=True)
-    assert cross.returncode != 0 and "permission denied" in cross.stderr, cross.stderr
+    assert _role_mode_problems(pg, GRAFANA, GRAFANA_PASSWORD) == []
 
 
 @needs_postgres
-def test_step_without_a_password_fails_and_makes_nothing(pg, tmp_path):
-    spec = keycloak.DatabaseSpec(database="nopw_db", role="nopw", schema="nopw")
-    before = pg.catalog()
-    sql = tmp_path / "step.sql"
-    sql.write_text(keycloak.database_sql(spec))
-    failed = pg.psql("-f", str(sql))
-    assert failed.returncode != 0
-    assert keycloak.PASSWORD_ENV in failed.stderr
-    assert pg.catalog() == before
+def test_step_refuses_the_wrong_role_database_or_schema_in_one_line(keycloak_db, tmp_path):
+    pg, _, _ = keycloak_db
+    state = pg.catalog()
+    sql = keycloak.database_sql(KEYCLOAK)
+    # keycloak's script run as grafana (in grafana's database), and in the wrong database.
+    wrong_user = pg.run_step(GRAFANA, tmp_path, GRAFANA_PASSWORD, sql=sql)
+    assert wrong_user.returncode != 0 and "run this as role keycloak" in wrong_user.stderr, wrong_user.stderr
+    path = tmp_path / "step.sql"
+    path.write_text(sql)
+    wrong_db = pg.psql("-f", str(path), user="keycloak", db="postgres", password=HOSTILE_PASSWORD, tcp=True)
+    assert wrong_db.returncode != 0 and "run this in database keycloakdb_server" in wrong_db.stderr, wrong_db.stderr
+    assert pg.catalog() == state
+    # A schema of that name that another role owns is refused, not taken over.
+    spec = keycloak.DatabaseSpec(database="squat_db", role="squat", schema="squat")
+    pg.trove_prepare(spec, "squat-password-0123456789")
+    assert pg.psql("-c", "CREATE SCHEMA squat", db="squat_db").returncode == 0
+    refused = pg.run_step(spec, tmp_path, "squat-password-0123456789")
+    assert refused.returncode != 0 and "exists and is not owned by squat" in refused.stderr, refused.stderr
+
+
+@needs_postgres
+def test_these_checks_catch_a_broken_step(pg, tmp_path):
+    """The checks above can fail: a step without its search_path leaves a problem, and one that
+    creates the schema unguarded fails its second run."""
+    spec = keycloak.DatabaseSpec(database="broken_db", role="broken", schema="broken")
+    pg.trove_prepare(spec, "broken-password-0123456789")
+    sql = keycloak.database_sql(spec)
+    no_path = sql[: sql.index("-- Its own search_path")]
+    assert pg.run_step(spec, tmp_path, "broken-password-0123456789", sql=no_path).returncode == 0
+    assert any("search_path" in p for p in _role_mode_problems(pg, spec, "broken-password-0123456789"))
+    unguarded = "\\set ON_ERROR_STOP on\nCREATE SCHEMA broken AUTHORIZATION broken;\n"
+    pg.psql("-c", "DROP SCHEMA broken", db="broken_db")
+    assert pg.run_step(spec, tmp_path, "broken-password-0123456789", sql=unguarded).returncode == 0
+    assert pg.run_step(spec, tmp_path, "broken-password-0123456789", sql=unguarded).returncode != 0
 
 
 def test_the_sql_is_constant_text_with_checked_names():
     sql = keycloak.database_sql(KEYCLOAK)
     assert sql == keycloak.database_sql(keycloak.database_spec("keycloak"))
-    assert ":'password'" in sql and keycloak.PASSWORD_ENV in sql
     assert "\\set database keycloakdb_server\n\\set role keycloak\n\\set schema keycloak\n" in sql
-    assert "TEMPLATE template0" in sql and "DROP" not in sql
+    # Role mode: nothing that needs more than the role's own rights, no password in it.
+    for word in ("CREATE ROLE", "CREATE DATABASE", "CREATE USER", "GRANT", "DROP", "password", "PASSWORD"):
+        assert word not in sql.split("-- Where we are")[1], word
 
 
 @pytest.mark.parametrize(
@@ -288,22 +333,23 @@ def test_every_database_has_a_schema_and_role():
 
 
 def test_env_files_refuse_what_would_need_quoting():
-    assert keycloak.database_env("10.100.0.5", "root", "A" * 32, "b" * 32) == (
-        f"PGHOST=10.100.0.5\nPGPORT=5432\nPGUSER=root\nPGPASSWORD={'A' * 32}\n{keycloak.PASSWORD_ENV}={'b' * 32}\n"
+    assert keycloak.database_env("10.100.0.5", KEYCLOAK, "b" * 32) == (
+        f"PGHOST=10.100.0.5\nPGPORT=5432\nPGUSER=keycloak\nPGDATABASE=keycloakdb_server\nPGPASSWORD={'b' * 32}\n"
     )
     for bad in ("short", "a b" * 10, 'quote"d' * 4, "line\nbreak" * 3, "dollar$" * 4):
         with pytest.raises(ValueError, match="EnvironmentFile"):
             keycloak.keycloak_env(bad, "x" * 32)
         with pytest.raises(ValueError, match="EnvironmentFile"):
-            keycloak.database_env("10.100.0.5", "root", bad, "x" * 32)
+            keycloak.database_env("10.100.0.5", KEYCLOAK, bad)
     with pytest.raises(ValueError, match="host"):
-        keycloak.database_env("10.100.0.5\nPGUSER=evil", "root", "x" * 32, "x" * 32)
+        keycloak.database_env("10.100.0.5\nPGUSER=evil", KEYCLOAK, "x" * 32)
 
 
 # --- the realm -----------------------------------------------------------------------------
 
 ACCESS = {"public_domain": "fl.example.edu.au", "acme_email": "fl-ops@example.edu.au"}
 SECRETS = {"jupyterhub": "j" * 40, "grafana": "g" * 40}
+SHA256 = "ab" * 32
 
 
 @pytest.fixture
@@ -312,6 +358,7 @@ def multi_cfg():
 
     raw = copy.deepcopy(render_raw_configs()["multi-tenancy"])
     raw["researcher_access"] = ACCESS
+    raw["keycloak"] = {"sha256": SHA256}
     raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "access", "roles": ["keycloak", "jupyterhub"]}]
     return config.load_config(raw)
 
@@ -459,7 +506,7 @@ def _all_in_one() -> config.StackConfig:
 
     raw = copy.deepcopy(render_raw_configs()["all-in-one"])
     raw["researcher_access"] = ACCESS
-    raw["keycloak"] = {"version": "26.3.1"}
+    raw["keycloak"] = {"version": "26.3.1", "sha256": SHA256}
     return config.load_config(raw)
 
 
@@ -479,6 +526,7 @@ def test_keycloak_conf():
         "https-certificate-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_CERT_FILE}",
         "https-certificate-key-file": f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}",
         "health-enabled": "true",
+        "http-management-port": str(facts.KEYCLOAK_MANAGEMENT_PORT),
     }
     assert not any("password" in key for key in options)  # it is KC_DB_PASSWORD in keycloak.env
     with pytest.raises(ValueError, match="host"):
@@ -501,6 +549,18 @@ def test_no_secret_outside_the_secret_files():
     assert not any("d" * 32 in text or "a" * 32 in text for text in public)
 
 
+def _verify(units: Path, names: list[str]) -> str:
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", *(str(units / n) for n in names)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        cwd=units,
+    )
+    return proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
 def test_units_pass_systemd_analyze_verify(tmp_path):
     cfg = _all_in_one()
@@ -508,38 +568,97 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     assert home == f"{facts.KEYCLOAK_OPT}/keycloak-26.3.1"
     units = tmp_path / "units"
     units.mkdir()
-    # Stand-ins for the programs the units run (kc.sh is not installed here; psql may not be).
-    for name in ("kc.sh", "psql"):
+    # Stand-ins for the programs the units run (kc.sh is not installed here; the launchers are
+    # delivered; psql may not be), at paths systemd-analyze can check exist and are executable.
+    stand_ins = {
+        f"{home}/bin/kc.sh": "kc.sh",
+        facts.PSQL: "psql",
+        facts.KEYCLOAK_INSTALL_BIN: "install",
+        facts.KEYCLOAK_REALM_BIN: "realm",
+    }
+    for name in stand_ins.values():
         (tmp_path / name).write_text("#!/bin/sh\nexit 0\n")
         (tmp_path / name).chmod(0o755)
-    unit = keycloak.keycloak_unit(cfg)
-    assert f"ExecStart={home}/bin/kc.sh --config-file={facts.KEYCLOAK_CONF} start\n" in unit
-    assert f"Requires={facts.KEYCLOAK_DB_UNIT}\n" in unit and f"User={facts.SERVICE_USERS['keycloak']}\n" in unit
-    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace(f"{home}/bin/kc.sh", str(tmp_path / "kc.sh")))
-    db_unit = keycloak.database_unit(KEYCLOAK)
-    assert f"-f {facts.KEYCLOAK_DB_SQL}" in db_unit and f"EnvironmentFile={facts.KEYCLOAK_DB_ENV}" in db_unit
-    (units / facts.KEYCLOAK_DB_UNIT).write_text(db_unit.replace(facts.PSQL, str(tmp_path / "psql")))
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT), str(units / facts.KEYCLOAK_DB_UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
-        cwd=units,
+    (tmp_path / "data").mkdir()
+    rendered = {
+        facts.KEYCLOAK_UNIT: keycloak.keycloak_unit(cfg),
+        facts.KEYCLOAK_DB_UNIT: keycloak.database_unit(KEYCLOAK),
+        facts.KEYCLOAK_INSTALL_UNIT: keycloak.install_unit(cfg),
+        facts.KEYCLOAK_REALM_UNIT: keycloak.realm_unit(cfg),
+    }
+    unit = rendered[facts.KEYCLOAK_UNIT]
+    assert f"ExecStart={home}/bin/kc.sh --config-file={facts.KEYCLOAK_CONF} start --optimized\n" in unit
+    assert (
+        f"Requires={facts.KEYCLOAK_INSTALL_UNIT} {facts.KEYCLOAK_DB_UNIT}\n" in unit and f"User={facts.SERVICE_USERS['keycloak']}\n" in unit
     )
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "keycloak" in line]
+    assert f"ReadWritePaths={home}/data\n" in unit and "ProtectSystem=strict\n" in unit
+    install = rendered[facts.KEYCLOAK_INSTALL_UNIT]
+    assert (
+        f"ExecStart={facts.KEYCLOAK_INSTALL_BIN} --version 26.3.1 --sha256 {SHA256} --jdk {facts.KEYCLOAK_JDK_PACKAGE} --config {facts.KEYCLOAK_CONF}\n"
+        in install
+    )
+    assert f"Before={facts.KEYCLOAK_UNIT}\n" in install and "Type=oneshot\n" in install
+    realm = rendered[facts.KEYCLOAK_REALM_UNIT]
+    assert f"After={facts.KEYCLOAK_UNIT}\nRequires={facts.KEYCLOAK_UNIT}\n" in realm and f"EnvironmentFile={facts.KEYCLOAK_ENV}\n" in realm
+    db_unit = rendered[facts.KEYCLOAK_DB_UNIT]
+    assert f"-d keycloakdb_server -f {facts.KEYCLOAK_DB_SQL}" in db_unit and f"EnvironmentFile={facts.KEYCLOAK_DB_ENV}" in db_unit
+    for name, text in rendered.items():
+        for path, stand_in in stand_ins.items():
+            text = text.replace(path, str(tmp_path / stand_in))
+        (units / name).write_text(text.replace(f"{home}/data", str(tmp_path / "data")))
+    out = _verify(units, list(rendered))
+    problems = [line for line in out.splitlines() if "keycloak" in line]
     assert problems == [], problems
     # ... and it does report a broken unit.
-    (units / facts.KEYCLOAK_UNIT).write_text(unit.replace("Type=exec", "Type=sometimes"))
-    proc = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(units / facts.KEYCLOAK_UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
-        cwd=units,
+    (units / facts.KEYCLOAK_REALM_UNIT).write_text(
+        (units / facts.KEYCLOAK_REALM_UNIT).read_text().replace("Type=oneshot", "Type=sometimes")
     )
-    assert "sometimes" in proc.stdout + proc.stderr
+    assert "sometimes" in _verify(units, [facts.KEYCLOAK_REALM_UNIT])
+
+
+def test_install_unit_needs_the_digest():
+    cfg = _all_in_one()
+    unset = cfg.model_copy(update={"keycloak": cfg.keycloak.model_copy(update={"sha256": None})})
+    with pytest.raises(ValueError, match=r"nina:keycloak.sha256 is not set; compute it with `curl -fsSL https://github.com/keycloak"):
+        keycloak.install_unit(unset)
+
+
+def test_certificate_names_the_host_its_domain_its_ip_and_loopback():
+    plan = build_plan(_all_in_one())
+    cert = keycloak.certificate(plan)
+    host = next(h for h in plan.hosts if "keycloak" in h.roles)
+    assert cert.common_name == host.name == "gateway" and cert.server is True
+    assert cert.dns_names == ("gateway", "gateway.myproject.cloud.edu.au", "localhost")
+    assert cert.ip_addresses == (host.fixed_ip, facts.LOOPBACK)
+    no_domain = build_plan(_all_in_one().model_copy(update={"cloud": config.CloudConfig()}))
+    assert keycloak.certificate(no_domain).dns_names == ("gateway", "localhost")
+    from conftest import render_raw_configs
+
+    with pytest.raises(ValueError, match="exactly one"):
+        keycloak.certificate(build_plan(config.load_config(render_raw_configs()["test"])))
+
+
+CLOUD_INIT = shutil.which("cloud-init") or ""
+
+
+@pytest.mark.skipif(not CLOUD_INIT, reason="cloud-init missing (scripts/bootstrap --test-tools installs it)")
+def test_a_keycloak_hosts_user_data_passes_cloud_init_schema_within_budget(multi_cfg, tmp_path):
+    import base64
+
+    from cloudinit.userdata import user_data
+
+    plan = build_plan(multi_cfg)
+    host = next(h for h in plan.hosts if "keycloak" in h.roles)
+    text = user_data(plan, host, {v.name: "0" * 36 for v in host.volumes})
+    encoded = len(base64.b64encode(text.encode()))
+    assert encoded <= facts.USER_DATA_TARGET, encoded
+    assert facts.POSTGRES_CLIENT_PACKAGE in text and facts.KEYCLOAK_CERTS in text
+    path = tmp_path / "access.yaml"
+    path.write_text(text)
+    # Without PYTHONPATH: this project's `cloudinit` package would shadow cloud-init's own.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -551,6 +670,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         ({"jdk_package": "default-jre"}, "nina:keycloak.jdk_package", ("openjdk-NN-jre-headless",)),
         ({"realm": "Researchers"}, "nina:keycloak.realm", ("DNS-safe",)),
         ({"realms": "x"}, "nina:keycloak.realms", ("unknown key",)),
+        ({"sha256": "abc"}, "nina:keycloak.sha256", ("64 hex", "| sha256sum")),
+        ({"sha256": "g" * 64}, "nina:keycloak.sha256", ("64 hex",)),
     ],
 )
 def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words):
@@ -563,6 +684,23 @@ def test_keycloak_config_errors_name_the_key(cfg_valid, keycloak_cfg, key, words
     assert all(w in problem[1] for w in words), problem
 
 
+def test_keycloak_sha256_is_required_with_a_keycloak_host_and_researcher_access(cfg_valid):
+    raw = cfg_valid()
+    raw["researcher_access"] = ACCESS
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}]
+    raw["keycloak"] = {"version": "26.3.1"}
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(raw)
+    (problem,) = err.value.problems
+    url = "https://github.com/keycloak/keycloak/releases/download/26.3.1/keycloak-26.3.1.zip"
+    assert problem[0] == "nina:keycloak.sha256" and f"curl -fsSL {url} | sha256sum" in problem[1], problem
+    raw["keycloak"]["sha256"] = "AB" * 32
+    assert config.load_config(raw).keycloak.sha256 == "ab" * 32  # as sha256sum prints it
+    del raw["researcher_access"], raw["keycloak"]["sha256"]
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "keycloak"]}]
+    assert config.load_config(raw).keycloak.sha256 is None  # no public services: nothing installs Keycloak
+
+
 def test_keycloak_config_defaults(cfg_valid):
     kc = config.load_config(cfg_valid()).keycloak
     assert (kc.version, kc.jdk_package, kc.realm) == (facts.KEYCLOAK_VERSION, facts.KEYCLOAK_JDK_PACKAGE, facts.KEYCLOAK_REALM)
@@ -571,8 +709,6 @@ def test_keycloak_config_defaults(cfg_valid):
 def test_delivery_payload_carries_the_files_with_their_modes():
     cfg = _all_in_one()
     secrets = keycloak.KeycloakSecrets(
-        db_admin_user="root",
-        db_admin_password="A" * 32,
         db_password="D" * 32,
         bootstrap_admin_password="B" * 32,
         client_secrets={"jupyterhub": "J" * 40},
@@ -583,8 +719,12 @@ def test_delivery_payload_carries_the_files_with_their_modes():
     assert text == keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
     payload = json.loads(text)
     files = {f["path"]: f for f in payload["files"]}
-    assert payload["restart"] == [facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT]
-    for secret in ("A" * 32, "D" * 32, "B" * 32, "J" * 40, "MIGk"):
+    assert payload["restart"] == [facts.KEYCLOAK_INSTALL_UNIT, facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT, facts.KEYCLOAK_REALM_UNIT]
+    assert payload["restart"] == list(services.keycloak.UNITS)
+    for unit in payload["restart"]:
+        assert f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}" in files
+    assert "PGUSER=keycloak" in files[facts.KEYCLOAK_DB_ENV]["content"]
+    for secret in ("D" * 32, "B" * 32, "J" * 40, "MIGk"):
         holders = sorted(p for p, f in files.items() if secret in f["content"])
         assert holders, secret
         assert all(files[p]["mode"] == 0o600 for p in holders), (secret, holders)
@@ -592,3 +732,16 @@ def test_delivery_payload_carries_the_files_with_their_modes():
     key = files[f"{facts.KEYCLOAK_CERTS}/{facts.SERVER_KEY_FILE}"]
     assert (key["owner"], key["group"], key["mode"]) == (facts.SERVICE_USERS["keycloak"], facts.SYSTEM_GROUP, 0o600)
     assert json.loads(files[facts.KEYCLOAK_REALM_FILE]["content"])["clients"][0]["secret"] == "J" * 40
+    for program, module in ((facts.KEYCLOAK_INSTALL_BIN, "keycloak_install"), (facts.KEYCLOAK_REALM_BIN, "keycloak_realm")):
+        assert (files[program]["mode"], files[program]["owner"]) == (0o755, "root")
+        assert f'runpy.run_module("nina.host.{module}"' in files[program]["content"]
+        assert f"nina/host/{module}.py" in render.host_programs()
+    # No admin credential of the database anywhere: the step logs in as the keycloak role.
+    env = dict(line.split("=", 1) for line in files[facts.KEYCLOAK_DB_ENV]["content"].splitlines())
+    assert env == {
+        "PGHOST": "10.100.0.5",
+        "PGPORT": "5432",
+        "PGUSER": "keycloak",
+        "PGDATABASE": "keycloakdb_server",
+        "PGPASSWORD": "D" * 32,
+    }

@@ -52,6 +52,7 @@ def raw_config(hosts: list[dict] | None = None, **access: object) -> dict:
         ],
         "organisations": [{"slug": "org-a", "name": "A", "placement": "cloud", "partition_id": 0, "cidr": "10.101.0.0/24"}],
         "researcher_access": {"public_domain": DOMAIN, "acme_email": "fl-ops@example.edu.au", **access},
+        "keycloak": {"sha256": "ab" * 32},  # required with a keycloak host and researcher_access
     }
 
 
@@ -175,7 +176,7 @@ REMOTE_COMMAND = "command:remote:Command"
 
 
 def program(**access: object) -> Run:
-    cfg = {**stack_config("test"), "nina:hosts": HOSTS}
+    cfg = {**stack_config("test"), "nina:hosts": HOSTS, "nina:keycloak": {"sha256": "ab" * 32}}
     if access:
         cfg["nina:researcher_access"] = access
     run = run_program(cfg)

@@ -6,7 +6,7 @@ the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every hos
 bootstrap from the services of its roles, and the role list of the config model comes from
 here; a site kit's install.sh sets up the services of `site_kit()` (nina.kit). What evolves (programs, units, configs, keys) is not here: each service's delivery
 (`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
-`nina.vpn.vpn_delivery`, `nina.proxy.proxy_delivery`) carries it in place and restarts the `UNITS` of its module. The port
+`nina.vpn.vpn_delivery`, `nina.proxy.proxy_delivery`, `nina.keycloak.keycloak_delivery`) carries it in place and restarts the `UNITS` of its module. The port
 table (`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
 
 Pure: standard library and nina.facts only (no pulumi).
