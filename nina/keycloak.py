@@ -28,8 +28,8 @@ from typing import Any
 
 import jinja2
 
-from nina import config, facts, templating
-from nina.plan import Certificate, Plan
+from nina import config, facts, proxy, templating
+from nina.plan import Certificate, Host, Plan
 
 # A PostgreSQL identifier nina writes unquoted-safe: lowercase, at most 63 bytes (NAMEDATALEN - 1).
 _PG_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -293,15 +293,27 @@ def realm_unit(cfg: config.StackConfig) -> str:
     return _render("realm.service.j2", realm=cfg.keycloak.realm)
 
 
+def keycloak_host(plan: Plan) -> Host:
+    """The host with the keycloak role (exactly one: nina.config allows each shared role once)."""
+    hosts = [h for h in plan.hosts if "keycloak" in h.roles]
+    if len(hosts) != 1:
+        raise ValueError(f"the plan has {len(hosts)} hosts with the keycloak role; Keycloak needs exactly one")
+    return hosts[0]
+
+
+def client_ids(plan: Plan) -> list[str]:
+    """The realm's OIDC clients: those of facts.KEYCLOAK_CLIENTS whose service nginx serves
+    (JupyterHub; Grafana once it is built), in facts order."""
+    served = {site.service for site in proxy.sites(plan)}
+    return [client for client, (service, _path) in facts.KEYCLOAK_CLIENTS.items() if service in served]
+
+
 def certificate(plan: Plan) -> Certificate:
     """The local-CA server certificate of the keycloak host's internal HTTPS (facts.KEYCLOAK_PORT
     and the management port): CN and DNS names its host name (what nginx's proxy_ssl_name checks),
     `<host>.<nina:cloud.dns_domain>` when set, and localhost; IP addresses its fixed IP and
     127.0.0.1 (where nina-keycloak-realm reaches it on the host)."""
-    hosts = [h for h in plan.hosts if "keycloak" in h.roles]
-    if len(hosts) != 1:
-        raise ValueError(f"the plan has {len(hosts)} hosts with the keycloak role; a Keycloak certificate needs exactly one")
-    host = hosts[0]
+    host = keycloak_host(plan)
     names = [host.name]
     if plan.cfg.cloud.dns_domain:
         names.append(f"{host.name}.{plan.cfg.cloud.dns_domain}")
