@@ -343,7 +343,12 @@ def test_housekeeping_files():
         text=True,
         check=True,
     ).stdout.split()
-    assert args == [f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}", "--collector.systemd"]
+    assert args == [
+        f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}",
+        "--collector.systemd",
+        "--collector.textfile",
+        f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}",
+    ]
     logrotate = render.logrotate_conf()
     body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]
     assert body[0] == f"{facts.NODE_EXPORTER_LOG} {{" and body[-1] == "}"
