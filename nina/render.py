@@ -75,6 +75,19 @@ def superlink_backup_timer() -> str:
     return _render("superlink-backup.timer.j2")
 
 
+def federation_metrics_service(tenancy_name: str) -> str:
+    """facts.FEDERATION_METRICS_SERVICE: one run of nina-federation-metrics (nina.host.federation_metrics)
+    for the tenancy, sandboxed: root's uid reading, writing only node exporter's textfile directory."""
+    if not config.SLUG_RE.match(tenancy_name):
+        raise ValueError(f"tenancy name {tenancy_name!r} is not a slug")
+    return _render("federation-metrics.service.j2", tenancy=tenancy_name)
+
+
+def federation_metrics_timer() -> str:
+    """facts.FEDERATION_METRICS_TIMER: every minute."""
+    return _render("federation-metrics.timer.j2")
+
+
 def superlink_service() -> str:
     """The systemd unit `superlink.service` (installed in facts.SYSTEMD_SYSTEM_DIR)."""
     return _render("superlink.service.j2")
@@ -192,7 +205,9 @@ def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
 
 
 def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
-    """Certificates, key and the admin CLI config for a tenancy's SuperLink; restarts superlink.service."""
+    """Certificates, key and the admin CLI config for a tenancy's SuperLink, nina-membership, the
+    state's daily backup and the federation metrics every minute (their timers); restarts
+    superlink.service and enables and (re)starts the timers."""
     ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
     user, group = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
     certs = facts.SUPERLINK_CERTS
@@ -207,6 +222,9 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(facts.SUPERLINK_BACKUP_BIN, launcher("state_backup"), 0o755),
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_SERVICE}", superlink_backup_service(), 0o644),
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_TIMER}", superlink_backup_timer(), 0o644),
+        DeliveredFile(facts.FEDERATION_METRICS_BIN, launcher("federation_metrics"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_SERVICE}", federation_metrics_service(tenancy.name), 0o644),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_TIMER}", federation_metrics_timer(), 0o644),
     ]
     return delivery_payload(files, list(services.superlink.UNITS))
 
@@ -300,7 +318,15 @@ SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
 # five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
 INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
-HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/failure.py", "host/membership.py", "host/vpn_verify.py", "host/state_backup.py")
+HOST_PROGRAM_FILES = (
+    *INSTALLER_PROGRAM_FILES,
+    "host/failure.py",
+    "host/membership.py",
+    "host/vpn_verify.py",
+    "host/state_backup.py",
+    "host/metrics.py",
+    "host/federation_metrics.py",
+)
 
 
 @lru_cache(maxsize=1)
