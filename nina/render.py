@@ -88,6 +88,16 @@ def federation_metrics_timer() -> str:
     return _render("federation-metrics.timer.j2")
 
 
+def cert_expiry_service() -> str:
+    """facts.CERT_EXPIRY_SERVICE: one run of nina-cert-expiry (nina.host.cert_expiry), sandboxed as above."""
+    return _render("cert-expiry.service.j2")
+
+
+def cert_expiry_timer() -> str:
+    """facts.CERT_EXPIRY_TIMER: hourly, catching up a missed run after downtime."""
+    return _render("cert-expiry.timer.j2")
+
+
 def superlink_service() -> str:
     """The systemd unit `superlink.service` (installed in facts.SYSTEMD_SYSTEM_DIR)."""
     return _render("superlink.service.j2")
@@ -262,7 +272,8 @@ def sshd_dropin() -> str:
 
 def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str]] = ()) -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
-    settings (manual 5.2.2, 5.4), the nina-install-files launcher and the login user's
+    settings (manual 5.2.2, 5.4), the nina-install-files launcher, nina-cert-expiry with its hourly
+    timer (certificate expiry metrics) and the login user's
     authorized keys (the automation key and the operators', in facts.AUTHORIZED_KEYS_DIR, which
     is pruned and hot: a change to the keys alone restarts nothing); restarts what they configure."""
     files = [
@@ -270,6 +281,9 @@ def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str
         DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
         DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
+        DeliveredFile(facts.CERT_EXPIRY_BIN, launcher("cert_expiry"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.CERT_EXPIRY_SERVICE}", cert_expiry_service(), 0o644),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.CERT_EXPIRY_TIMER}", cert_expiry_timer(), 0o644),
         DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o644),
     ]
     # The keys are hot without a socket: sshd reads them at each login, so adding or removing an
@@ -326,6 +340,7 @@ HOST_PROGRAM_FILES = (
     "host/state_backup.py",
     "host/metrics.py",
     "host/federation_metrics.py",
+    "host/cert_expiry.py",
 )
 
 
