@@ -2,7 +2,8 @@
 
 The program runs as the host runs it (its launcher, with the test's paths as arguments) against the
 real SuperLink of a rehearsal (flwr facts.FLWR_VERSION): two organisations registered, one
-SuperNode started, the other left offline. Its output is read back with prometheus_client's parser
+SuperNode started, the other left offline, then one run of the validation app (finished:completed),
+then the SuperLink stopped. Its output is read back with prometheus_client's parser
 and checked with `promtool check metrics` (scripts/bootstrap --test-tools installs promtool). A
 missing, corrupt, foreign or locked database gives scrape_success 0, one line on stderr, exit 3.
 """
@@ -103,6 +104,16 @@ def test_online_and_offline_organisations_of_a_real_superlink(reh_rehearsal, tmp
     assert [p.name for p in (tmp_path / "textfile").iterdir()] == [facts.FEDERATION_METRICS_FILE]  # no temporary file left
     print(f"\nfederation metrics of a live SuperLink (flwr {facts.FLWR_VERSION}): {took:.2f} s per run, {len(text)} bytes")
 
+    # A real run of the validation app on the online SuperNode: flwr records it finished:completed.
+    partition = next(m.partition_id for m in r.members if m.slug == up)
+    result = r.run_app(1, expected_partitions=[partition], tag="metrics")
+    assert result.ok, (result.error, result.output[-2000:])
+    proc, text = collect(tmp_path, r.state_db, members, tenancy)
+    assert proc.returncode == 0, proc.stderr
+    runs = {dict(k)["status"]: v for k, v in samples(text)["nina_federation_runs_total"].items()}
+    assert runs == {**dict.fromkeys(federation_metrics.RUN_STATUSES, 0), "finished:completed": 1}
+    promtool_ok(text)
+
     # The SuperLink stopped: its database (everything checkpointed into it) is read without
     # making its -wal/-shm again (they would be the caller's, in the superlink user's directory).
     r.stop_superlink()
@@ -145,7 +156,7 @@ def test_online_and_offline_organisations_of_a_real_superlink(reh_rehearsal, tmp
         "pending": 1,
         "starting": 1,
         "running": 1,
-        "finished:completed": 1,
+        "finished:completed": 2,  # the validation app's and one of these
         "finished:failed": 2,
         "finished:stopped": 1,
     }
