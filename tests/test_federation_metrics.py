@@ -11,10 +11,12 @@ missing, corrupt, foreign or locked database gives scrape_success 0, one line on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -302,6 +304,74 @@ def test_bad_tenancy_and_unwritable_directory(tmp_path, members):
     )
     assert proc.returncode == 1 and "cannot write" in proc.stderr and "symbolic link" in proc.stderr, proc.stderr
     assert list(target.iterdir()) == []
+
+
+SETPRIV, UNSHARE = shutil.which("setpriv") or "", shutil.which("unshare") or ""
+WRITER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1])
+con.execute("INSERT INTO node VALUES (9, 'online', ?)", (time.time() + 3600,))
+con.commit()  # in the WAL only, while this connection stays open
+print("ready", flush=True)
+sys.stdin.read()
+con.close()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not SETPRIV or not UNSHARE or not os.path.exists(facts.HOST_PYTHON),
+    reason="needs root, util-linux's unshare and setpriv, and the host's python3",
+)
+def test_as_its_unit_runs_it(members):
+    """The unit's sandbox, approximated: root's uid with only CAP_DAC_READ_SEARCH and no_new_privs,
+    the state and the records mounted read only; the database, -wal and -shm are another user's,
+    0600, held open by its writer (as the SuperLink holds them). It reads what the writer committed
+    to the WAL and makes nothing."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        base = Path(top)
+        base.chmod(0o755)
+        state, out = base / "state", base / "textfile"
+        state.mkdir(mode=0o750)
+        out.mkdir(mode=0o755)
+        db = state / "superlink_state.db"
+        flwr_like(db)
+        db.chmod(0o600)
+        os.chown(state, 65534, 65534)
+        os.chown(db, 65534, 65534)
+        writer = subprocess.Popen(
+            [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", facts.HOST_PYTHON, "-I", "-c", WRITER, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+            before = sorted((p.name, p.stat().st_uid, p.stat().st_mode & 0o777) for p in state.iterdir())
+            assert [name for name, _, _ in before] == [db.name, f"{db.name}-shm", f"{db.name}-wal"]
+            program = base / "nina-federation-metrics"
+            program.write_text(render.launcher("federation_metrics", render.SOURCE_ROOT))
+            program.chmod(0o755)
+            args = ["--tenancy", "main", "--state-db", str(db), "--members-dir", str(members), "--textfile-dir", str(out)]
+            script = 'for d in "$1" "$2"; do mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 99; done; shift 2; exec "$@"'
+            sandbox = [SETPRIV, "--bounding-set=-all,+dac_read_search", "--inh-caps=-all", "--no-new-privs", str(program), *args]
+            proc = subprocess.run(
+                [UNSHARE, "-m", "sh", "-c", script, "sh", str(state), str(members), *sandbox], capture_output=True, text=True, timeout=60
+            )
+            assert proc.returncode == 0, proc.stderr
+            found = samples((out / facts.FEDERATION_METRICS_FILE).read_text())
+            assert one(found, "nina_federation_scrape_success", tenancy="main") == 1
+            assert one(found, "nina_federation_supernodes_registered", tenancy="main") == 3  # two of flwr_like's and the WAL's
+            assert sorted((p.name, p.stat().st_uid, p.stat().st_mode & 0o777) for p in state.iterdir()) == before
+            # Without CAP_DAC_READ_SEARCH the superlink user's database stays closed to it.
+            proc = subprocess.run(
+                [UNSHARE, "-m", "sh", "-c", script, "sh", str(state), str(members), SETPRIV, "--bounding-set=-all", *sandbox[2:]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 3 and "Permission denied; reported as nina_federation_scrape_success 0" in proc.stderr, proc.stderr
+        finally:
+            writer.communicate("", timeout=30)
 
 
 def test_text_format_escaping():
