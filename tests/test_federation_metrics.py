@@ -117,7 +117,7 @@ def test_online_and_offline_organisations_of_a_real_superlink(reh_rehearsal, tmp
     promtool_ok(text)
 
     # The SuperLink stopped: its database (everything checkpointed into it) is read without
-    # making its -wal/-shm again (they would be the caller's, in the superlink user's directory).
+    # making its -wal/-shm again (its unit's read-only file system would not let it).
     r.stop_superlink()
     left = sorted(p.name for p in r.state_db.parent.iterdir())
     print(f"state directory after the SuperLink stopped: {left}")
@@ -372,6 +372,16 @@ def test_as_its_unit_runs_it(members):
             assert proc.returncode == 3 and "Permission denied; reported as nina_federation_scrape_success 0" in proc.stderr, proc.stderr
         finally:
             writer.communicate("", timeout=30)
+        # The writer gone (the SuperLink stopped: -wal and -shm checkpointed and removed): read as well.
+        assert [p.name for p in state.iterdir()] == [db.name]
+        (out / facts.FEDERATION_METRICS_FILE).unlink()
+        proc = subprocess.run(
+            [UNSHARE, "-m", "sh", "-c", script, "sh", str(state), str(members), *sandbox], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        found = samples((out / facts.FEDERATION_METRICS_FILE).read_text())
+        assert one(found, "nina_federation_supernodes_registered", tenancy="main") == 3
+        assert [p.name for p in state.iterdir()] == [db.name]
 
 
 def test_text_format_escaping():

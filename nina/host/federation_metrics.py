@@ -27,11 +27,12 @@ finished if finished_at is set (with its sub_status), else running, starting or 
 running_at, starting_at (flwr's determine_task_status). flwr fails runs whose task token expired
 only when it next looks, so a run whose ServerApp died may show as running until then.
 
-The database is never written, nor anything created beside it: flwr keeps it in WAL mode, and a
-reader of a WAL database makes its -wal and -shm files if they are missing (they would be root's,
-in the superlink user's directory, and stop the SuperLink from opening its own database). So while
-the SuperLink runs (both files exist) the database is opened `mode=ro`; when they are missing (the
-SuperLink is stopped, everything is in the database file) it is opened `immutable=1`, which
+The database is never written, nor anything created beside it: flwr keeps it in WAL mode, and
+even a `mode=ro` reader of a WAL database makes its -wal and -shm files when they are missing (and
+leaves them); under its unit's read-only file system it cannot, and fails to open the database at
+all. So while the SuperLink runs (both files exist) the database is opened `mode=ro` (SQLite then
+reads the -shm without writing it when it may not); when they are missing (the SuperLink is
+stopped, everything is checkpointed into the database file) it is opened `immutable=1`, which
 creates nothing and takes no lock. A locked database is waited for facts.FEDERATION_METRICS_DB_TIMEOUT
 seconds. A missing, corrupt, locked or foreign database, or unreadable records, give
 scrape_success 0 (and no other series of the tenancy) and one line on stderr.
