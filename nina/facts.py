@@ -7,6 +7,8 @@ systemd) and ../shared/notes/facts.md for flwr behaviour (README, "Which flwr re
 
 from __future__ import annotations
 
+import posixpath
+
 # --- versions -------------------------------------------------------------------------
 FLWR_VERSION = "1.31.0"
 UBUNTU_RELEASE = "24.04"
@@ -175,8 +177,10 @@ PROXY_UPSTREAM_CA = (
 )
 ACME_WEBROOT = "/var/www/nina-acme"  # certbot --webroot writes challenges here; nginx serves them on port 80
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
-LETSENCRYPT_LIVE = "/etc/letsencrypt/live"  # certbot's <name>/fullchain.pem and privkey.pem
-LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"  # certbot's <name>.conf: a lineage certbot renews (certbot.timer)
+LETSENCRYPT_DIR = "/etc/letsencrypt"
+LETSENCRYPT_LIVE = f"{LETSENCRYPT_DIR}/live"  # certbot's <name>/fullchain.pem and privkey.pem
+LETSENCRYPT_ARCHIVE = f"{LETSENCRYPT_DIR}/archive"  # where live/<name>/*.pem link to (certbot's versions)
+LETSENCRYPT_RENEWAL = f"{LETSENCRYPT_DIR}/renewal"  # certbot's <name>.conf: a lineage certbot renews (certbot.timer)
 ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
 ACME_STAGING_SERVER = "https://acme-staging-v02.api.letsencrypt.org/directory"  # nina:researcher_access.acme_staging
 PROXY_CERTS_BIN = "/usr/local/sbin/nina-proxy-certs"  # placeholders, nginx -t and reload, certbot for missing certificates
@@ -282,6 +286,7 @@ JUPYTERHUB_PROXY_BIN = "/opt/configurable-http-proxy/node_modules/.bin/configura
 # One directory per tenancy with what its researchers' containers get read-only: the CA
 # certificate and a flwr config.toml whose connection (named for the tenancy) is its SuperLink.
 JUPYTERHUB_TENANCIES = "/etc/jupyterhub/tenancies"
+JUPYTERHUB_SSL_CERT = f"{SSL_CERTS}/jupyterhub.pem"  # the hub's internal HTTPS certificate (local CA)
 # The notebook images researchers choose from (nina:researcher_access.notebook_images), pulled
 # before first use (manual 4.1.2.14).
 JUPYTERHUB_IMAGES = (
@@ -326,6 +331,27 @@ NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
 NODE_EXPORTER_LOGROTATE = "/etc/logrotate.d/prometheus-node-exporter"
 NODE_EXPORTER_LOG = "/var/log/prometheus/prometheus-node-exporter.log"
 NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+# Where node exporter's textfile collector reads `*.prom` files: the default of Debian's and Ubuntu's
+# prometheus-node-exporter (its --collector.textfile.directory; the package makes it root:root 0755),
+# set explicitly in NODE_EXPORTER_DEFAULTS all the same. nina's metrics files there (README,
+# "Operations: federation and certificate metrics") are written atomically by root-run programs.
+NODE_EXPORTER_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# nina-federation-metrics (nina.host.federation_metrics), on each SuperLink host, every minute: the
+# SuperLink's state (read only) and nina-membership's records as metrics of the federation's health.
+FEDERATION_METRICS_BIN = "/usr/local/sbin/nina-federation-metrics"
+FEDERATION_METRICS_FILE = "nina_federation.prom"  # in NODE_EXPORTER_TEXTFILE_DIR
+FEDERATION_METRICS_SERVICE = "nina-federation-metrics.service"
+FEDERATION_METRICS_TIMER = "nina-federation-metrics.timer"
+FEDERATION_METRICS_SCHEDULE = "minutely"
+FEDERATION_METRICS_DB_TIMEOUT = 2.0  # seconds to wait for a locked state database before reporting it
+# nina-cert-expiry (nina.host.cert_expiry), on every host, hourly: notAfter of the certificates nina
+# puts there (CERTIFICATE_PATHS) as metrics.
+CERT_EXPIRY_BIN = "/usr/local/sbin/nina-cert-expiry"
+CERT_EXPIRY_FILE = "nina_certificates.prom"  # in NODE_EXPORTER_TEXTFILE_DIR
+CERT_EXPIRY_SERVICE = "nina-cert-expiry.service"
+CERT_EXPIRY_TIMER = "nina-cert-expiry.timer"
+CERT_EXPIRY_SCHEDULE = "hourly"
+OPENSSL = "/usr/bin/openssl"  # Ubuntu's openssl package (priority important: on every host)
 
 # --- OpenVPN (manual 4.1.2.3-4.1.2.4, 4.1.3.2) ----------------------------------------------
 OPENVPN_DEVICE = "tap"  # the manual's tap device (one per server: tap0)
@@ -410,3 +436,27 @@ VALIDATE_ROUND_TIMEOUT = 120  # seconds the validation app waits for the nodes, 
 VALIDATE_TUNNEL_TIMEOUT = 60  # seconds for the SSH tunnel's local port to accept
 SSH_CONNECT_TIMEOUT = 20  # seconds for each SSH hop's TCP connection
 SSH_HOST_KEY_ALIAS = "nina-{environment}-{host}"  # how `nina validate` names hosts in known_hosts
+
+# --- certificate expiry metrics (nina.host.cert_expiry) --------------------------------------
+# Every certificate nina puts on a host (globs; a host has those of its roles, the rest match
+# nothing): the local CA's copies, the SuperLink's, the VPN server's and sites', Keycloak's,
+# JupyterHub's, and Let's Encrypt's on the proxy. nina-cert-expiry reads each only if it lies,
+# links resolved, under one of CERTIFICATE_DIRS (certbot's live/ links point into its archive/).
+CERTIFICATE_PATHS = (
+    LOCAL_CA_TRUST,
+    f"{SUPERLINK_CERTS}/{CA_CERT_FILE}",
+    f"{SUPERLINK_CERTS}/{SERVER_CERT_FILE}",
+    f"{SUPERNODE_CERTS}/{CA_CERT_FILE}",
+    f"{OPENVPN_SERVER_PKI}/{OPENVPN_CA_FILE}",
+    f"{OPENVPN_SERVER_PKI}/{OPENVPN_ISSUED_DIR}/*.crt",
+    f"{OPENVPN_CLIENT_CERTS}/{OPENVPN_CA_FILE}",
+    f"{OPENVPN_CLIENT_CERTS}/{OPENVPN_ISSUED_DIR}/*.crt",
+    f"{KEYCLOAK_CERTS}/{SERVER_CERT_FILE}",
+    JUPYTERHUB_SSL_CERT,
+    f"{JUPYTERHUB_CONFIG}/{CA_CERT_FILE}",
+    f"{JUPYTERHUB_TENANCIES}/*/{CA_CERT_FILE}",
+    PROXY_UPSTREAM_CA,
+    f"{LETSENCRYPT_LIVE}/*/fullchain.pem",
+)
+# ... the directory part of each of those (up to its first wildcard), and certbot's archive.
+CERTIFICATE_DIRS = tuple(sorted({posixpath.dirname(p.split("*", 1)[0]) for p in CERTIFICATE_PATHS} | {LETSENCRYPT_ARCHIVE}))

@@ -135,7 +135,7 @@ def inputs(plan: Plan) -> HubInputs:
         tenancies=tuple(TenancyAccess(t.name, t.control_address) for t in plan.tenancies),
         images=tuple(access.notebook_images),
         realm=plan.cfg.keycloak.realm,
-        ssl_cert=posixpath.join(facts.SSL_CERTS, "jupyterhub.pem"),
+        ssl_cert=facts.JUPYTERHUB_SSL_CERT,
         ssl_key=posixpath.join(facts.SSL_PRIVATE, "jupyterhub.key"),
     )
 

@@ -75,6 +75,29 @@ def superlink_backup_timer() -> str:
     return _render("superlink-backup.timer.j2")
 
 
+def federation_metrics_service(tenancy_name: str) -> str:
+    """facts.FEDERATION_METRICS_SERVICE: one run of nina-federation-metrics (nina.host.federation_metrics)
+    for the tenancy, sandboxed: root's uid reading, writing only node exporter's textfile directory."""
+    if not config.SLUG_RE.match(tenancy_name):
+        raise ValueError(f"tenancy name {tenancy_name!r} is not a slug")
+    return _render("federation-metrics.service.j2", tenancy=tenancy_name)
+
+
+def federation_metrics_timer() -> str:
+    """facts.FEDERATION_METRICS_TIMER: every minute."""
+    return _render("federation-metrics.timer.j2")
+
+
+def cert_expiry_service() -> str:
+    """facts.CERT_EXPIRY_SERVICE: one run of nina-cert-expiry (nina.host.cert_expiry), sandboxed as above."""
+    return _render("cert-expiry.service.j2")
+
+
+def cert_expiry_timer() -> str:
+    """facts.CERT_EXPIRY_TIMER: hourly, catching up a missed run after downtime."""
+    return _render("cert-expiry.timer.j2")
+
+
 def superlink_service() -> str:
     """The systemd unit `superlink.service` (installed in facts.SYSTEMD_SYSTEM_DIR)."""
     return _render("superlink.service.j2")
@@ -192,7 +215,9 @@ def _ca_trust(ca_cert_pem: str) -> DeliveredFile:
 
 
 def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
-    """Certificates, key and the admin CLI config for a tenancy's SuperLink; restarts superlink.service."""
+    """Certificates, key and the admin CLI config for a tenancy's SuperLink, nina-membership, the
+    state's daily backup and the federation metrics every minute (their timers); restarts
+    superlink.service and enables and (re)starts the timers."""
     ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
     user, group = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
     certs = facts.SUPERLINK_CERTS
@@ -207,6 +232,9 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(facts.SUPERLINK_BACKUP_BIN, launcher("state_backup"), 0o755),
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_SERVICE}", superlink_backup_service(), 0o644),
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERLINK_BACKUP_TIMER}", superlink_backup_timer(), 0o644),
+        DeliveredFile(facts.FEDERATION_METRICS_BIN, launcher("federation_metrics"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_SERVICE}", federation_metrics_service(tenancy.name), 0o644),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_TIMER}", federation_metrics_timer(), 0o644),
     ]
     return delivery_payload(files, list(services.superlink.UNITS))
 
@@ -244,7 +272,8 @@ def sshd_dropin() -> str:
 
 def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str]] = ()) -> str:
     """Every host's `<host>-base` delivery: the journald and logrotate limits, the node exporter's
-    settings (manual 5.2.2, 5.4), the nina-install-files launcher and the login user's
+    settings (manual 5.2.2, 5.4), the nina-install-files launcher, nina-cert-expiry with its hourly
+    timer (certificate expiry metrics) and the login user's
     authorized keys (the automation key and the operators', in facts.AUTHORIZED_KEYS_DIR, which
     is pruned and hot: a change to the keys alone restarts nothing); restarts what they configure."""
     files = [
@@ -252,6 +281,9 @@ def base_delivery(automation_public_key: str, operators: Sequence[tuple[str, str
         DeliveredFile(facts.NODE_EXPORTER_DEFAULTS, node_exporter_defaults(), 0o644),
         DeliveredFile(facts.NODE_EXPORTER_LOGROTATE, logrotate_conf(), 0o644),
         DeliveredFile(facts.INSTALL_FILES_BIN, install_files_script(), 0o755),
+        DeliveredFile(facts.CERT_EXPIRY_BIN, launcher("cert_expiry"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.CERT_EXPIRY_SERVICE}", cert_expiry_service(), 0o644),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.CERT_EXPIRY_TIMER}", cert_expiry_timer(), 0o644),
         DeliveredFile(facts.LOGIN_AUTHORIZED_KEYS, authorized_keys(automation_public_key, operators), 0o644),
     ]
     # The keys are hot without a socket: sshd reads them at each login, so adding or removing an
@@ -308,6 +340,9 @@ HOST_PROGRAM_FILES = (
     "host/state_backup.py",
     "host/keycloak_install.py",
     "host/keycloak_realm.py",
+    "host/metrics.py",
+    "host/federation_metrics.py",
+    "host/cert_expiry.py",
 )
 
 

@@ -127,7 +127,11 @@ def test_base_delivery_carries_what_evolves():
     assert files[facts.NODE_EXPORTER_DEFAULTS]["content"] == render.node_exporter_defaults()
     assert files[facts.NODE_EXPORTER_LOGROTATE]["content"] == render.logrotate_conf()
     assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == f"{AUTOMATION_KEY} nina-automation\n"
-    assert json.loads(render.base_delivery(AUTOMATION_KEY))["restart"] == [facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT]
+    assert json.loads(render.base_delivery(AUTOMATION_KEY))["restart"] == [
+        facts.JOURNALD_UNIT,
+        facts.NODE_EXPORTER_UNIT,
+        facts.CERT_EXPIRY_TIMER,
+    ]
 
 
 def test_service_users_follow_roles(rendered):

@@ -255,7 +255,7 @@ def test_superlink_delivery(render_plans):
     payload = render.superlink_delivery(tenancy, CA, CERT, KEY)
     assert payload == render.superlink_delivery(tenancy, CA, CERT, KEY)
     assert payload == json.dumps(json.loads(payload), sort_keys=True) + "\n"
-    assert json.loads(payload)["restart"] == ["superlink.service", "nina-superlink-backup.timer"]
+    assert json.loads(payload)["restart"] == ["superlink.service", "nina-superlink-backup.timer", "nina-federation-metrics.timer"]
     files = _files(payload)
     c = facts.SUPERLINK_CERTS
     sl, g = facts.SERVICE_USERS["superlink"], facts.SYSTEM_GROUP
@@ -271,6 +271,15 @@ def test_superlink_delivery(render_plans):
         facts.MEMBERSHIP_BIN: (render.membership_script(), 0o755, "root", "root"),
         # The daily backup of the SuperLink's state (nina.host.state_backup).
         facts.SUPERLINK_BACKUP_BIN: (render.launcher("state_backup"), 0o755, "root", "root"),
+        # The federation's health metrics every minute (nina.host.federation_metrics; tests/test_federation_metrics.py).
+        facts.FEDERATION_METRICS_BIN: (render.launcher("federation_metrics"), 0o755, "root", "root"),
+        f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_SERVICE}": (
+            render.federation_metrics_service(tenancy.name),
+            0o644,
+            "root",
+            "root",
+        ),
+        f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_TIMER}": (render.federation_metrics_timer(), 0o644, "root", "root"),
     }
     units = {f"{facts.SYSTEMD_SYSTEM_DIR}/{u}" for u in (facts.SUPERLINK_BACKUP_SERVICE, facts.SUPERLINK_BACKUP_TIMER)}
     assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items() if p not in units} == expect
@@ -343,7 +352,12 @@ def test_housekeeping_files():
         text=True,
         check=True,
     ).stdout.split()
-    assert args == [f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}", "--collector.systemd"]
+    assert args == [
+        f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}",
+        "--collector.systemd",
+        "--collector.textfile",
+        f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}",
+    ]
     logrotate = render.logrotate_conf()
     body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]
     assert body[0] == f"{facts.NODE_EXPORTER_LOG} {{" and body[-1] == "}"

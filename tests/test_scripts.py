@@ -236,7 +236,7 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     root = tmp_path / "root"
     first = installer(payload, "--root", str(root))
     assert first.returncode == 0, first.stderr
-    assert "11 changed, 0 unchanged" in first.stdout
+    assert "14 changed, 0 unchanged" in first.stdout
     for f in json.loads(payload)["files"]:
         target = root / f["path"].lstrip("/")
         st = target.stat()
@@ -246,15 +246,18 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     key = root / facts.SUPERLINK_CERTS.lstrip("/") / facts.SERVER_KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert not [p for p in key.parent.iterdir() if p.name.startswith(".nina-install-")]  # no temp files left
-    assert "skipped under --root: systemctl restart superlink.service nina-superlink-backup.timer" in first.stdout
+    assert (
+        "skipped under --root: systemctl restart superlink.service nina-superlink-backup.timer nina-federation-metrics.timer"
+        in first.stdout
+    )
 
     second = installer(payload, "--root", str(root))
-    assert second.returncode == 0 and "0 changed, 11 unchanged" in second.stdout
+    assert second.returncode == 0 and "0 changed, 14 unchanged" in second.stdout
     assert "wrote" not in second.stdout and "systemctl" not in second.stdout
 
     key.chmod(0o644)  # a mode drift is repaired
     third = installer(payload, "--root", str(root))
-    assert "1 changed, 10 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "1 changed, 13 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_install_files_runs_units_only_on_change(tmp_path, installer, render_plans):
@@ -265,8 +268,8 @@ def test_install_files_runs_units_only_on_change(tmp_path, installer, render_pla
     assert installer.calls.read_text().splitlines() == [
         "systemctl daemon-reload",
         "update-ca-certificates",
-        "systemctl enable superlink.service nina-superlink-backup.timer",
-        "systemctl restart superlink.service nina-superlink-backup.timer",
+        "systemctl enable superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
+        "systemctl restart superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
     ]
     installer.calls.unlink()
     installer(render.superlink_delivery(tenancy, CA, CERT, KEY), "--root", str(root), fake_commands=True)
@@ -276,8 +279,8 @@ def test_install_files_runs_units_only_on_change(tmp_path, installer, render_pla
     assert installer(renewed, "--root", str(root), fake_commands=True).returncode == 0
     assert installer.calls.read_text().splitlines() == [
         "systemctl daemon-reload",
-        "systemctl enable superlink.service nina-superlink-backup.timer",
-        "systemctl restart superlink.service nina-superlink-backup.timer",
+        "systemctl enable superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
+        "systemctl restart superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
     ]
 
 
@@ -288,7 +291,7 @@ def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans
     proc = installer(payload, "--root", str(root), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert list(root.iterdir()) == []
-    assert proc.stdout.count("would write") == 11
+    assert proc.stdout.count("would write") == 14
     assert "would run update-ca-certificates" in proc.stdout
     assert "would run systemctl restart superlink.service" in proc.stdout
     # Even with real commands configured, a dry run runs none of them.

@@ -1,5 +1,5 @@
 """What every host runs: the node exporter (manual 5.2.2), journald and logrotate limits (5.4),
-and the launchers of the nina host programs. Its delivery (`nina.render.base_delivery`,
+the launchers of the nina host programs, and nina-cert-expiry's hourly certificate expiry metrics. Its delivery (`nina.render.base_delivery`,
 `<host>-base`) carries their configs, so changing a limit re-runs a delivery, not the VM."""
 
 from __future__ import annotations
@@ -13,4 +13,4 @@ SERVICE = Service(
     packages=("prometheus-node-exporter", *VENV_PACKAGES),
 )
 # Restarted when the base delivery changes their files.
-UNITS = (facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT)
+UNITS = (facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT, facts.CERT_EXPIRY_TIMER)

@@ -21,4 +21,4 @@ SERVICE = Service(
     ),
     venv_programs=("flower-superlink", "flwr"),
 )
-UNITS = (facts.SUPERLINK_UNIT, facts.SUPERLINK_BACKUP_TIMER)
+UNITS = (facts.SUPERLINK_UNIT, facts.SUPERLINK_BACKUP_TIMER, facts.FEDERATION_METRICS_TIMER)
