@@ -12,3 +12,5 @@ SERVICE = Service(
     directories=(Directory(facts.KEYCLOAK_OPT, 0o750, _USER),),
     built=False,
 )
+# What nina.keycloak.keycloak_delivery restarts (the database step, then Keycloak).
+UNITS = (facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT)

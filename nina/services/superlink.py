@@ -22,3 +22,5 @@ SERVICE = Service(
     venv_programs=("flower-superlink", "flwr"),
 )
 UNITS = (facts.SUPERLINK_UNIT, facts.SUPERLINK_BACKUP_TIMER)
+# What it runs besides (the timer starts the daily backup): the unit alerts watch it too (nina.monitoring).
+WATCHED = (facts.SUPERLINK_BACKUP_SERVICE,)
