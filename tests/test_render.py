@@ -343,7 +343,11 @@ def test_housekeeping_files():
         text=True,
         check=True,
     ).stdout.split()
-    assert args == [f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}", "--collector.systemd"]
+    assert args == [
+        f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}",
+        "--collector.systemd",
+        "--collector.systemd.enable-restarts-metrics",
+    ]
     logrotate = render.logrotate_conf()
     body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]
     assert body[0] == f"{facts.NODE_EXPORTER_LOG} {{" and body[-1] == "}"
