@@ -304,6 +304,44 @@ def test_delivery_needs_a_monitoring_host():
         monitoring.monitoring_delivery(build_plan(load_config(raw)))
 
 
+def install(root: Path, payload: str, log: Path) -> str:
+    """Runs the real nina-install-files (this checkout's, as a host's python3 -I runs it) on the payload under `root`."""
+    recorder = root.parent / "systemctl"
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    recorder.chmod(0o755)
+    code = f"import runpy, sys; sys.path.insert(0, {str(Path(render.SOURCE_ROOT))!r}); runpy.run_module('nina.host.install_files', run_name='__main__')"
+    out = run(["python3", "-I", "-c", code, "--root", str(root)], input=payload, env={**os.environ, "NINA_SYSTEMCTL": str(recorder)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_delivery_installs_and_target_changes_restart_nothing(tmp_path):
+    root, log = tmp_path / "root", tmp_path / "systemctl.log"
+    root.mkdir()
+    install(root, monitoring.monitoring_delivery(make_plan()), log)
+    assert log.read_text().splitlines()[-1] == f"restart {facts.PROMETHEUS_UNIT} {facts.ALERTMANAGER_UNIT}"
+    etc = root / facts.PROMETHEUS_ETC.lstrip("/")
+    if PROMTOOL:  # the tree as installed, with its relative rule and target paths
+        out = run([PROMTOOL, "check", "config", str(etc / "prometheus.yml")])
+        assert out.returncode == 0, out.stdout + out.stderr
+    # A new organisation changes only its tenancy's target file, which Prometheus rereads itself.
+    raw = raw_config()
+    raw["tenancies"][1]["organisations"].append(
+        {"slug": "b-two", "name": "B Two", "placement": "cloud", "partition_id": 1, "cidr": "10.123.0.0/24"}
+    )
+    lines = len(log.read_text().splitlines())
+    out = install(root, monitoring.monitoring_delivery(build_plan(load_config(raw))), log)
+    assert len(log.read_text().splitlines()) == lines, out
+    assert "b-two" in (root / facts.PROMETHEUS_FILE_SD_DIR.lstrip("/") / "tenancy-beta.json").read_text()
+    # A tenancy that goes takes its file along (pruned), and a threshold change restarts both.
+    raw = raw_config(alerts={"cpu_load_medium": 0.7})
+    raw["tenancies"] = raw["tenancies"][:1]
+    install(root, monitoring.monitoring_delivery(build_plan(load_config(raw))), log)
+    assert sorted(p.name for p in (root / facts.PROMETHEUS_FILE_SD_DIR.lstrip("/")).iterdir()) == ["platform.json", "tenancy-alpha.json"]
+    assert log.read_text().splitlines()[-1] == f"restart {facts.PROMETHEUS_UNIT} {facts.ALERTMANAGER_UNIT}"
+    assert "> 0.7" in (root / facts.PROMETHEUS_RULES_DIR.lstrip("/") / "host.yml").read_text()
+
+
 SMTP = {"smarthost": "smtp.example.edu.au:587", "from": "fl-alerts@example.edu.au", "to": ["ops@example.edu.au", "oncall@example.edu.au"]}
 
 
