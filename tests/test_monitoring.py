@@ -330,8 +330,8 @@ def test_delivery_installs_and_target_changes_restart_nothing(tmp_path):
         {"slug": "b-two", "name": "B Two", "placement": "cloud", "partition_id": 1, "cidr": "10.123.0.0/24"}
     )
     lines = len(log.read_text().splitlines())
-    out = install(root, monitoring.monitoring_delivery(build_plan(load_config(raw))), log)
-    assert len(log.read_text().splitlines()) == lines, out
+    said = install(root, monitoring.monitoring_delivery(build_plan(load_config(raw))), log)
+    assert len(log.read_text().splitlines()) == lines, said
     assert "b-two" in (root / facts.PROMETHEUS_FILE_SD_DIR.lstrip("/") / "tenancy-beta.json").read_text()
     # A tenancy that goes takes its file along (pruned), and a threshold change restarts both.
     raw = raw_config(alerts={"cpu_load_medium": 0.7})
