@@ -282,6 +282,8 @@ class AlertThresholds(_Strict):
     target_down_for: Duration = "5m"  # an exporter does not answer
     supernode_offline_for: Duration = "30m"  # nina_federation_supernode_online is 0
     runs_failed_window: Duration = "1h"  # a failed run alerts for this long
+    # The federation metrics (written every minute) are older than this, or cannot be read for this long.
+    federation_metrics_stale: Duration = "10m"
     certificate_expiry_days: StrictInt = Field(default=30, ge=1, le=365)  # fewer days left: alert
 
 

@@ -51,7 +51,12 @@ METRICS = {
     "supernodes_online": "nina_federation_supernodes_online",  # {tenancy}
     "runs_failed": "nina_federation_runs_failed_total",  # {tenancy} counter
     "certificate_expiry": "nina_certificate_expiry_timestamp_seconds",  # {path, subject}
+    # The collectors' own health: they stop exporting the series above when they cannot read.
+    "federation_scrape_success": "nina_federation_scrape_success",  # {tenancy} 1/0
+    "federation_scrape_timestamp": "nina_federation_scrape_timestamp_seconds",  # when it last ran
+    "certificate_read_errors": "nina_certificate_read_errors",  # {path} 1/0
 }
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # DCGM exporter's metric names (manual 5.3.5-5.3.6).
 DCGM_TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"
@@ -239,6 +244,13 @@ def _any_of(values: Sequence[str]) -> str:
     return "`" + "|".join(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", v) for v in values) + "`"
 
 
+def _seconds(duration: str) -> int:
+    """A config duration ("10m", config.DURATION_RE) in seconds."""
+    if not config.DURATION_RE.match(duration):
+        raise ValueError(f"{duration!r} is not a duration like '10m'")
+    return int(duration[:-1]) * _UNIT_SECONDS[duration[-1]]
+
+
 def _rule(name: str, expr: str, severity: str, summary: str, description: str, for_: str | None = None) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": name, "expr": expr}
     if for_:
@@ -368,6 +380,24 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
             "Flower runs failed in {{ $labels.tenancy }}",
             f"Flower runs of tenancy {{{{ $labels.tenancy }}}} failed in the last {a.runs_failed_window}; see `flwr ls` on its SuperLink.",
         ),
+        # Without these, a collector that stopped or cannot read would silence the alerts above.
+        _rule(
+            "FederationMetricsFailing",
+            f"{m['federation_scrape_success']} == 0",
+            "medium",
+            f"Federation metrics of {{{{ $labels.tenancy }}}} cannot be read on {on}",
+            f"nina-federation-metrics has not read the SuperLink's state for {a.federation_metrics_stale}, so the SuperNode alerts are blind; "
+            "see `journalctl -u nina-federation-metrics.service`.",
+            a.federation_metrics_stale,
+        ),
+        _rule(
+            "FederationMetricsStale",
+            f"time() - {m['federation_scrape_timestamp']} > {_seconds(a.federation_metrics_stale)}",
+            "medium",
+            f"Federation metrics stale on {on}",
+            f"nina-federation-metrics last wrote its metrics more than {a.federation_metrics_stale} ago (it runs every minute), "
+            "so the SuperNode alerts are blind; see `systemctl status nina-federation-metrics.timer`.",
+        ),
     ]
     certificates = [
         _rule(
@@ -376,6 +406,13 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
             "medium",
             f"Certificate {{{{ $labels.subject }}}} on {on} expires soon",
             f"{{{{ $labels.path }}}} ({{{{ $labels.subject }}}}) expires in {{{{ $value | humanizeDuration }}}} (alert below {a.certificate_expiry_days} days).",
+        ),
+        _rule(
+            "CertificateUnreadable",
+            f"{m['certificate_read_errors']} == 1",
+            "medium",
+            f"Certificate {{{{ $labels.path }}}} on {on} cannot be read",
+            "nina-cert-expiry could not read {{ $labels.path }} as a certificate, so its expiry is not watched; see `journalctl -u nina-cert-expiry.service`.",
         ),
     ]
     return {

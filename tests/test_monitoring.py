@@ -103,7 +103,7 @@ def test_monitoring_config_defaults_follow_the_manual(plan):
     assert (a.cpu_load_medium, a.cpu_load_high, a.memory_available_medium, a.memory_available_high) == (0.8, 0.95, 0.1, 0.05)
     assert (a.disk_free_low, a.disk_free_medium, a.disk_free_high) == (0.3, 0.2, 0.1)
     assert (a.gpu_temperature_celsius, a.gpu_memory_used, a.gpu_for) == (85, 0.9, "1h")
-    assert (a.supernode_offline_for, a.certificate_expiry_days, a.host_for) == ("30m", 30, "30m")
+    assert (a.supernode_offline_for, a.certificate_expiry_days, a.host_for, a.federation_metrics_stale) == ("30m", 30, "30m", "10m")
 
 
 @pytest.mark.parametrize(
@@ -511,6 +511,16 @@ def rule_cases() -> list[dict[str, Any]]:
         )
     )
     cases.append(("FederationRunsFailed", [("nina_federation_runs_failed_total", SUPERLINK, _flat(0, 40))], 20, []))
+    ok = "nina_federation_scrape_success"
+    cases.append(("FederationMetricsFailing", [(ok, SUPERLINK, "1+0x5 0+0x20")], 20, [(SUPERLINK, "medium", None)]))
+    cases.append(("FederationMetricsFailing", [(ok, SUPERLINK, "1+0x5 0+0x20")], 10, []))  # not for 10m yet
+    cases.append(("FederationMetricsFailing", [(ok, SUPERLINK, _flat(1, 25))], 20, []))
+    ran = "nina_federation_scrape_timestamp_seconds"
+    cases.append(("FederationMetricsStale", [(ran, SUPERLINK, "0+60x5 300+0x20")], 20, [(SUPERLINK, "medium", None)]))  # stopped at 5m
+    cases.append(("FederationMetricsStale", [(ran, SUPERLINK, "0+60x25")], 20, []))  # written every minute
+    unreadable = {**SUPERLINK, "path": "/etc/flwr/superlink/certs/server.pem"}
+    cases.append(("CertificateUnreadable", [("nina_certificate_read_errors", unreadable, _flat(1, 10))], 5, [(unreadable, "medium", None)]))
+    cases.append(("CertificateUnreadable", [("nina_certificate_read_errors", unreadable, _flat(0, 10))], 5, []))
     cert = {**SUPERLINK, "path": "/etc/flwr/superlink/certs/server.pem", "subject": "CN=superlink-alpha"}
     cases.append(
         (
