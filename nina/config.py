@@ -261,6 +261,104 @@ class FlowerConfig(_Strict):
         return value
 
 
+# A Prometheus duration of one unit ("30m", "1h"): what `for:` and range windows take.
+DURATION_RE = re.compile(r"[1-9][0-9]{0,5}(s|m|h|d)\Z")
+
+
+def _duration(value: str) -> str:
+    if not isinstance(value, str) or not DURATION_RE.match(value):
+        raise ValueError(f"{_show(value)} is not a duration; write a whole number and one unit s, m, h or d, like '30m' or '1h'")
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_duration)]
+Ratio = Annotated[float, Field(gt=0, lt=1)]
+
+
+class AlertThresholds(_Strict):
+    """Alert thresholds (manual 5.3; nina.monitoring renders the rules). Ratios lie between 0 and 1;
+    `*_for` and windows are Prometheus durations."""
+
+    # 15-minute load per CPU (5.3.1): medium above 0.8, high above 0.95, for host_for.
+    cpu_load_medium: Ratio = 0.8
+    cpu_load_high: Ratio = 0.95
+    # Available / total memory (5.3.2): medium below 0.1, high below 0.05, for host_for.
+    memory_available_medium: Ratio = 0.10
+    memory_available_high: Ratio = 0.05
+    # Free / size of each priority mount (5.3.3): low, medium, high severity below these, for disk_for.
+    disk_free_low: Ratio = 0.30
+    disk_free_medium: Ratio = 0.20
+    disk_free_high: Ratio = 0.10
+    host_for: Duration = "30m"  # CPU, memory, failed units (5.3.4), and the window restarts are counted in
+    disk_for: Duration = "5m"
+    unit_restarts: StrictInt = Field(default=3, ge=1, le=1000)  # restarts within host_for: a unit flaps
+    gpu_temperature_celsius: StrictInt = Field(default=85, ge=40, le=120)  # 5.3.5: at or above, for gpu_for
+    gpu_memory_used: Ratio = 0.90  # 5.3.6: used / total frame buffer above this, for gpu_for
+    gpu_for: Duration = "1h"
+    target_down_for: Duration = "5m"  # an exporter does not answer
+    supernode_offline_for: Duration = "30m"  # nina_federation_supernode_online is 0
+    runs_failed_window: Duration = "1h"  # a failed run alerts for this long
+    # The federation metrics (written every minute) are older than this, or cannot be read for this long.
+    federation_metrics_stale: Duration = "10m"
+    certificate_expiry_days: StrictInt = Field(default=30, ge=1, le=365)  # fewer days left: alert
+
+
+class SmtpReceiver(_Strict):
+    """Alertmanager's e-mail receiver. The password is no config: it is the secret input of
+    nina.monitoring.monitoring_delivery (`smtp_password`), needed when auth_username is set."""
+
+    smarthost: str  # host:port of the relay, e.g. smtp.example.edu.au:587
+    sender: str = Field(alias="from")
+    to: list[str] = Field(min_length=1)
+    auth_username: NonEmptyStr | None = None
+    require_tls: bool = True
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"{_show(value)} is not host:port; write the relay like 'smtp.example.edu.au:587'")
+        return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _mail_address(value)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: list[str]) -> list[str]:
+        return [_mail_address(v) for v in value]
+
+
+def _mail_address(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
+        raise ValueError(f"{_show(value)} is not an e-mail address; write one like 'fl-ops@example.edu.au'")
+    return value
+
+
+class MonitoringConfig(_Strict):
+    """The monitoring host (role monitoring, manual 5): Prometheus's retention and volume, the
+    alert thresholds and Alertmanager's receivers (none: alerts only in Alertmanager itself)."""
+
+    retention_days: StrictInt = Field(default=30, ge=1, le=3650)
+    volume_gb: StrictInt = Field(default=50, ge=5, le=10000)
+    alerts: AlertThresholds = AlertThresholds()
+    smtp: SmtpReceiver | None = None
+    # A Slack incoming webhook (webhook_kind slack), a Microsoft Teams workflow/connector URL
+    # (msteams: Alertmanager 0.26+, Ubuntu 24.04's), or any receiver of Alertmanager's JSON (generic).
+    webhook_url: str | None = None
+    webhook_kind: Literal["slack", "msteams", "generic"] = "slack"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/\S*", value):
+            raise ValueError(f"{_show(value, 40)} is not an https:// URL; paste the webhook URL your Slack or Teams channel gave you")
+        return value
+
+
 class Organisation(_Strict):
     slug: str
     name: str = Field(min_length=1, max_length=120)
@@ -330,6 +428,8 @@ class StackConfig(_Strict):
     operators: list[Operator] = Field(default_factory=list)
     # Researchers' access (nginx, Keycloak, JupyterHub); None: the stack has no public services.
     researcher_access: ResearcherAccess | None = None
+    # The monitoring host's Prometheus and Alertmanager (used when a host has the monitoring role).
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     _env = field_validator("environment")(classmethod(lambda cls, v: _slug(v)))
 
@@ -470,6 +570,7 @@ def load_config(raw: Mapping[str, Any]) -> StackConfig:
 def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_text(cfg, ())
     yield from _check_tenancy_form(cfg)
+    yield from _check_monitoring(cfg)
     if cfg.tenancies is None and cfg.organisations is None:
         return
     yield from _check_names(cfg)
@@ -823,3 +924,26 @@ def operator_keys(cfg: StackConfig) -> list[tuple[str, str]]:
     from nina.keys import operator_authorized_key
 
     return [(op.name, operator_authorized_key(op.ssh_public_key)) for op in cfg.operators]
+
+
+def _check_monitoring(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    """Severity levels in order: a higher severity is the stricter threshold."""
+    a = cfg.monitoring.alerts
+    key = "nina:monitoring.alerts"
+    if a.cpu_load_high <= a.cpu_load_medium:
+        yield (
+            f"{key}.cpu_load_high",
+            f"{a.cpu_load_high} is not above cpu_load_medium ({a.cpu_load_medium}); high severity needs the higher load, e.g. 0.95 and 0.8",
+        )
+    if a.memory_available_high >= a.memory_available_medium:
+        yield (
+            f"{key}.memory_available_high",
+            f"{a.memory_available_high} is not below memory_available_medium ({a.memory_available_medium}); "
+            "high severity needs less memory left, e.g. 0.05 and 0.1",
+        )
+    if not a.disk_free_high < a.disk_free_medium < a.disk_free_low:
+        yield (
+            f"{key}.disk_free_high",
+            f"disk_free_high ({a.disk_free_high}) < disk_free_medium ({a.disk_free_medium}) < disk_free_low ({a.disk_free_low}) "
+            "must hold (less free space, higher severity); e.g. 0.1, 0.2 and 0.3",
+        )

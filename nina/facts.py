@@ -353,6 +353,35 @@ CERT_EXPIRY_TIMER = "nina-cert-expiry.timer"
 CERT_EXPIRY_SCHEDULE = "hourly"
 OPENSSL = "/usr/bin/openssl"  # Ubuntu's openssl package (priority important: on every host)
 
+# --- monitoring host (nina.monitoring, manual 5.1-5.3) -------------------------------------------
+# Prometheus and Alertmanager from Ubuntu's archive (Grafana is not in it: README, "Operations:
+# monitoring and alerts"). Both listen on loopback only: nothing outside the host reaches them
+# (firewall.NEVER_OPEN), and the monitoring host never carries the SuperLink (whose Control API
+# is also 9093: nina.config refuses it).
+ALERTMANAGER_PORT = 9093
+PROMETHEUS_USER = "prometheus"  # made by the Debian/Ubuntu package; runs Prometheus and Alertmanager
+PROMETHEUS_ETC = "/etc/prometheus"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_RULES_DIR = "/etc/prometheus/nina-rules"  # one rule file per alert family, pruned
+PROMETHEUS_FILE_SD_DIR = "/etc/prometheus/nina-targets"  # file_sd: platform.json, tenancy-<name>.json; hot
+PROMETHEUS_DEFAULTS = "/etc/default/prometheus"  # ARGS of Debian's prometheus.service
+PROMETHEUS_UNIT = "prometheus.service"
+PROMETHEUS_DROPIN = "/etc/systemd/system/prometheus.service.d/nina.conf"  # waits for the data volume
+ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"  # root:prometheus 0640 (may hold the SMTP password)
+ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
+ALERTMANAGER_UNIT = "prometheus-alertmanager.service"
+ALERTMANAGER_STORAGE = "/var/lib/prometheus/alertmanager"  # silences and notification log (the package's)
+# Prometheus's time series on the monitoring host's Cinder volume (nina:monitoring.volume_gb).
+MONITORING_VOLUME = "/media/monitoring"
+MONITORING_VOLUME_NAME = "metrics"  # the Volume's name in the plan (resource-name suffix)
+PROMETHEUS_TSDB = "/media/monitoring/prometheus"  # made by Prometheus on the mounted volume
+# Size-based retention keeps this share of the volume (time-based: nina:monitoring.retention_days).
+PROMETHEUS_RETENTION_SHARE = 0.8
+SCRAPE_INTERVAL_SECONDS = 30  # manual 5.2.3
+SCRAPE_TIMEOUT_SECONDS = 10
+EVALUATION_INTERVAL_SECONDS = 30
+FILE_SD_REFRESH_SECONDS = 60  # besides inotify: a missed change is picked up within this
+
 # --- OpenVPN (manual 4.1.2.3-4.1.2.4, 4.1.3.2) ----------------------------------------------
 OPENVPN_DEVICE = "tap"  # the manual's tap device (one per server: tap0)
 OPENVPN_SERVER_DIR = "/etc/openvpn/server"

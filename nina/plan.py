@@ -8,7 +8,7 @@ components only turn this plan into resources; the renderers only turn it into f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from ipaddress import IPv4Network
 
@@ -207,6 +207,10 @@ def build_plan(cfg: StackConfig) -> Plan:
                 volumes=(superlink_volume(),) if on_it else (),
             )
         )
+
+    # Prometheus's time series on the monitoring host's own volume (the role is on a shared host).
+    metrics = Volume(facts.MONITORING_VOLUME_NAME, cfg.monitoring.volume_gb, facts.MONITORING_VOLUME, facts.PROMETHEUS_USER)
+    hosts = [replace(h, volumes=(*h.volumes, metrics)) if "monitoring" in h.roles else h for h in hosts]
 
     def tenancy_host(role: str, index: int, tenancy: str, offset: int, flavor: str, public: bool, **extra) -> Host:
         """Tenancy `index`'s own VM for `role` in the server segment, at `.offset + index`."""

@@ -50,7 +50,7 @@ class PublicService:
 
 
 # In the order nginx's files are written. Grafana (role monitoring, WebSocket for Grafana Live)
-# joins when the operations issue builds it.
+# would join, but the monitoring host has none: not in Ubuntu's archive (README, "Operations").
 PUBLIC_SERVICES: tuple[PublicService, ...] = (
     PublicService("keycloak", "keycloak", websocket=False),
     # Notebook kernels and terminals are WebSockets; notebooks are saved whole (PUT of the JSON).

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from harness import INSTANCE, Run, engine_match, run_program, stack_config
 
+from nina import facts
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "urns-7975d59.json"
 
 
@@ -63,6 +65,10 @@ ADDED_SINCE_FIXTURE = (
     # (`proxy->jupyterhub-tcp-443`, taken out of the fixture by hand in the same commit: no
     # JupyterHub was ever deployed behind it).
     "$openstack:networking/secGroupRule:SecGroupRule::proxy->jupyterhub-tcp-8000",
+    # The monitoring host's volume for Prometheus's time series and its attachment (its VM is
+    # replaced once for it: nothing was deployed on it before the monitoring issue).
+    f"$openstack:blockstorage/volume:Volume::monitor-{facts.MONITORING_VOLUME_NAME}",
+    f"$openstack:compute/volumeAttach:VolumeAttach::monitor-{facts.MONITORING_VOLUME_NAME}-attach",
 )
 
 

@@ -355,6 +355,7 @@ def test_housekeeping_files():
     assert args == [
         f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}",
         "--collector.systemd",
+        "--collector.systemd.enable-restarts-metrics",
         "--collector.textfile",
         f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}",
     ]

@@ -14,3 +14,5 @@ SERVICE = Service(
 )
 # Restarted when the base delivery changes their files.
 UNITS = (facts.JOURNALD_UNIT, facts.NODE_EXPORTER_UNIT, facts.CERT_EXPIRY_TIMER)
+# What it runs besides: the unit alerts watch these too (nina.monitoring).
+WATCHED = (facts.SSH_UNIT,)

@@ -19,3 +19,5 @@ SERVICE = Service(
 )
 # The delivery restarts only nina-proxy-certs, which checks the configuration and reloads nginx.
 UNITS = (facts.PROXY_CERTS_UNIT,)
+# What it runs besides (nina-proxy-certs reloads it): the unit alerts watch these too (nina.monitoring).
+WATCHED = (facts.NGINX_UNIT,)

@@ -22,3 +22,6 @@ SERVICE = Service(
     venv_programs=("flower-superlink", "flwr"),
 )
 UNITS = (facts.SUPERLINK_UNIT, facts.SUPERLINK_BACKUP_TIMER, facts.FEDERATION_METRICS_TIMER)
+# What it runs besides (the timers start the daily backup and the federation metrics): the unit
+# alerts watch them too (nina.monitoring).
+WATCHED = (facts.SUPERLINK_BACKUP_SERVICE, facts.FEDERATION_METRICS_SERVICE)
