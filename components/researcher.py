@@ -98,4 +98,3 @@ class JupyterHub(pulumi.ComponentResource):
         )
         self.delivery = deliver(services.jupyterhub.SERVICE, args.target, rendered, child)
         self.register_outputs({"cert_pem": leaf.cert_pem})
-
