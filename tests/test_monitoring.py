@@ -723,7 +723,9 @@ def test_real_prometheus_scrapes_and_fires(tmp_path, procs):
     # The arguments every host's base delivery gives it, but on loopback (no systemd here: that collector fails, the rest works).
     base_args = run(["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'], input=render.node_exporter_defaults()).stdout.split()
     assert f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}" in base_args
-    args = [a for a in base_args if not a.startswith("--web.listen-address=")]
+    assert f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}" in base_args
+    # The same collectors; the listen address and the textfile directory are the test's.
+    args = [a for a in base_args if not a.startswith(("--web.listen-address=", "--collector.textfile.directory="))]
     procs.append(
         subprocess.Popen(
             [NODE_EXPORTER, *args, f"--web.listen-address={exporter}", f"--collector.textfile.directory={textfile}"],
