@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 from traitlets.config import Config, PyFileConfigLoader
 
-from nina import facts, jupyterhub, jupyterhub_runtime, localpki
+from nina import facts, jupyterhub, jupyterhub_runtime, localpki, services
 from nina.config import load_config
 from nina.plan import Plan, build_plan
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / ".cache" / "node"
-PROXY_BIN = NODE_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
+# The proxy the hub host runs: the distribution's package (Debian's node-configurable-http-proxy
+# 4.5.3 here, Ubuntu 24.04's on the host: the same upstream release and Debian packaging).
+PROXY_BIN = Path(facts.JUPYTERHUB_PROXY_BIN)
+# Debian's node finds the packaged node modules itself; another node (NodeSource's) needs the path.
+PROXY_COMMAND = ("/usr/bin/env", "NODE_PATH=/usr/share/nodejs:/usr/lib/nodejs", str(PROXY_BIN))
 SECRET = "test-client-secret-0123456789"
 
 
@@ -66,7 +70,7 @@ def _local(hub: jupyterhub.HubInputs, root: Path, **changes: Any) -> jupyterhub.
         state_dir=str(root / "state"),
         tenancies_dir=str(root / "tenancies"),
         python=sys.executable,
-        proxy_command=(str(PROXY_BIN),),
+        proxy_command=PROXY_COMMAND,
         **changes,
     )
 
@@ -110,12 +114,14 @@ def test_refuses_what_cannot_work(plan, cfg_valid):
 
 
 def test_pinned_releases_are_the_test_extras():
-    """The host's venv pins (facts) and the test venv's (pyproject) are the same releases."""
+    """The host's venv pins (facts) and the test venv's (pyproject) are the same releases; the
+    proxy is the distribution's on both (never a second copy from npm)."""
     text = (REPO / "pyproject.toml").read_text()
     for pin in facts.JUPYTERHUB_PACKAGES:
         assert f'"{pin}"' in text, pin
     package = json.loads((REPO / "tests" / "node" / "package.json").read_text())
-    assert package["dependencies"]["configurable-http-proxy"] == facts.CONFIGURABLE_HTTP_PROXY_VERSION
+    assert "configurable-http-proxy" not in package["dependencies"]
+    assert facts.JUPYTERHUB_PROXY_PACKAGE in services.jupyterhub.SERVICE.packages
 
 
 def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
@@ -185,7 +191,8 @@ def _netns_available() -> bool:
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not _netns_available(), reason="needs root and `unshare -n` (a private network namespace for the servers' ports)")
 @pytest.mark.skipif(
-    not PROXY_BIN.exists() or not shutil.which("node"), reason="needs node and scripts/bootstrap --test-tools (.cache/node)"
+    not PROXY_BIN.exists() or not (NODE_DIR / "node_modules").is_dir() or not shutil.which("node"),
+    reason="needs node, node-configurable-http-proxy and scripts/bootstrap --test-tools (.cache/node)",
 )
 def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
     """JupyterHub with the rendered config (only the spawner class replaced: no docker here) and a
