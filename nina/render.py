@@ -149,7 +149,11 @@ def checked_payload(payload: Mapping[str, Any]) -> str:
 
 
 def delivery_payload(
-    files: Sequence[DeliveredFile], restart: Sequence[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
+    files: Sequence[DeliveredFile],
+    restart: Sequence[str],
+    prune: Sequence[str] = (),
+    hot: Mapping[str, Sequence[str]] | None = None,
+    run: Sequence[str] = (),
 ) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
@@ -162,6 +166,10 @@ def delivery_payload(
     client named by the file is disconnected (`client-kill`) through each socket. Any other
     change still restarts `restart`. Each hot directory must also be pruned.
 
+    `run`: oneshot units started on every delivery, changed or not, after the restarts (steps
+    that must happen again when a delivery is re-run, like the hub host's docker steps).
+    Without it the payload has no "run" key.
+
     Checked by `checked_payload` (ValueError with the installer's reason).
     """
     payload: dict[str, Any] = {"files": [asdict(f) for f in files], "restart": restart}
@@ -169,13 +177,19 @@ def delivery_payload(
         payload["prune"] = prune
     if hot:
         payload["hot"] = dict(hot)
+    if run:
+        payload["run"] = list(run)
     return checked_payload(payload)
 
 
-def _text(value: str, what: str, marker: str) -> str:
+def checked_text(value: str, what: str, marker: str) -> str:
+    """`value` with a final newline, or ValueError if it lacks `marker` (a PEM block's kind)."""
     if marker not in value:
         raise ValueError(f"{what} does not look right: expected {marker!r} in it")
     return value if value.endswith("\n") else value + "\n"
+
+
+_text = checked_text
 
 
 def service_files(program: str, program_text: str, unit: str, unit_text: str) -> list[DeliveredFile]:
@@ -300,7 +314,14 @@ SOURCE_ROOT = str(_PACKAGE_DIR.parent)
 # What the delivery installs on every host: nina.host and the one module it imports. The first
 # five are nina-install-files with what it imports (trust: the check of every root-run program), which site kits carry too (nina.kit).
 INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/install_files.py", "host/trust.py")
-HOST_PROGRAM_FILES = (*INSTALLER_PROGRAM_FILES, "host/failure.py", "host/membership.py", "host/vpn_verify.py", "host/state_backup.py")
+HOST_PROGRAM_FILES = (
+    *INSTALLER_PROGRAM_FILES,
+    "host/failure.py",
+    "host/membership.py",
+    "host/vpn_verify.py",
+    "host/state_backup.py",
+    "host/hub_docker.py",
+)
 
 
 @lru_cache(maxsize=1)
