@@ -281,7 +281,6 @@ JUPYTERHUB_IMAGES_UNIT = "nina-jupyterhub-images.service"
 # The label that marks a network as a nina tenancy network (value: the tenancy): only those are
 # ever removed, and only when no container uses them.
 JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
-DOCKER_UNIT = "docker.service"
 DOCKER_GROUP = "docker"
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 # Docker waits for its data root's volume at boot (a drop-in with RequiresMountsFor=).

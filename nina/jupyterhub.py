@@ -18,9 +18,11 @@ from them.
 
 `jupyterhub_delivery(plan, client_secret, ca, cert, key)` is the hub host's `<host>-jupyterhub`
 payload: those files with their owners, the hub's TLS key pair (`certificate(plan)` is what the
-local CA signs for it), `jupyterhub.service`, and two oneshot steps every delivery runs
+local CA signs for it), `jupyterhub.service`, the host's notebook firewall
+(`nina.notebook_firewall.firewall_files`), and two oneshot steps every delivery runs
 (`nina-install-files` "run"): the tenancies' docker networks and the notebook images' pre-pull
-(`nina.host.hub_docker`, from `docker_plan_json`). Only a change of its files restarts the hub.
+(`nina.host.hub_docker`, from `docker_plan_json`). Only a change of the hub's own files restarts
+the hub (`restart_when`); only a change of the firewall's restarts the firewall.
 
 Pure: never imports pulumi; deterministic output.
 """
@@ -214,6 +216,8 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
         "db_url": f"sqlite:///{posixpath.join(state, facts.JUPYTERHUB_STATE_FILES['db'])}",
         "cookie_secret_file": posixpath.join(state, facts.JUPYTERHUB_STATE_FILES["cookie_secret"]),
         "pid_file": posixpath.join(state, "jupyterhub.pid"),
+        # A restart of the hub (a delivery that changed its files) leaves running notebooks alone.
+        "cleanup_servers": False,
         "services": [
             {
                 "name": IDLE_CULLER,
@@ -370,22 +374,35 @@ def _owned(path: str) -> tuple[int, str, str]:
 
 
 def jupyterhub_delivery(plan: Plan, client_secret: str, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
-    """The `<host>-jupyterhub` payload: the config (`files`), the TLS key pair, the units and the
-    docker steps' program and plan. Restarts jupyterhub.service when any of them changed; starts
-    the docker steps (networks, then images) on every delivery."""
+    """The `<host>-jupyterhub` payload: the config (`files`), the TLS key pair, the units, the
+    docker steps' program and plan, and the host's notebook firewall (`nina.notebook_firewall`).
+    jupyterhub.service is restarted only when one of its own files changed (config, key pair,
+    unit), the firewall only when its files did; the docker steps (networks, then images) are
+    started on every delivery."""
+    from nina import notebook_firewall  # it imports this module
+
     hub = inputs(plan)
     ca = render.checked_text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
-    delivered = [render.DeliveredFile(path, text, *_owned(path)) for path, text in files(hub, client_secret, ca).items()]
+    config = [render.DeliveredFile(path, text, *_owned(path)) for path, text in files(hub, client_secret, ca).items()]
     units = facts.SYSTEMD_SYSTEM_DIR
-    out = [
-        *delivered,
+    own = [
+        *(f for f in config if posixpath.dirname(f.path) == hub.config_dir),
         render.DeliveredFile(
             facts.JUPYTERHUB_SSL_CERT, render.checked_text(cert_pem, "JupyterHub certificate", "BEGIN CERTIFICATE"), 0o644
         ),
         render.DeliveredFile(facts.JUPYTERHUB_SSL_KEY, render.checked_text(key_pem, "JupyterHub key", "PRIVATE KEY"), 0o600),
         render.DeliveredFile(f"{units}/{facts.JUPYTERHUB_UNIT}", service_unit(), 0o644),
+    ]
+    firewall = notebook_firewall.firewall_files(plan)
+    out = [
+        *own,
+        *(f for f in config if f not in own),
         render.DeliveredFile(facts.JUPYTERHUB_DOCKER_PLAN, docker_plan_json([t.name for t in hub.tenancies], list(hub.images)), 0o644),
         render.DeliveredFile(facts.JUPYTERHUB_DOCKER_BIN, render.launcher("hub_docker"), 0o755),
         *(render.DeliveredFile(f"{units}/{unit}", step_unit(unit), 0o644) for unit in services.jupyterhub.STEPS),
+        *firewall,
     ]
-    return render.delivery_payload(out, list(services.jupyterhub.UNITS), run=list(services.jupyterhub.STEPS))
+    restart = [*services.jupyterhub.UNITS, *notebook_firewall.UNITS]
+    when = {facts.JUPYTERHUB_UNIT: [f.path for f in own]}
+    when |= {unit: [f.path for f in firewall] for unit in notebook_firewall.UNITS}
+    return render.delivery_payload(out, restart, run=list(services.jupyterhub.STEPS), restart_when=when)

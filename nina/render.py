@@ -154,6 +154,7 @@ def delivery_payload(
     prune: Sequence[str] = (),
     hot: Mapping[str, Sequence[str]] | None = None,
     run: Sequence[str] = (),
+    restart_when: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
@@ -170,6 +171,9 @@ def delivery_payload(
     that must happen again when a delivery is re-run, like the hub host's docker steps).
     Without it the payload has no "run" key.
 
+    `restart_when`: unit of `restart` -> delivered paths: that unit is restarted only when one of
+    them changed (the others on any change). Without it the payload has no "restart_when" key.
+
     Checked by `checked_payload` (ValueError with the installer's reason).
     """
     payload: dict[str, Any] = {"files": [asdict(f) for f in files], "restart": restart}
@@ -179,6 +183,8 @@ def delivery_payload(
         payload["hot"] = dict(hot)
     if run:
         payload["run"] = list(run)
+    if restart_when:
+        payload["restart_when"] = {unit: list(paths) for unit, paths in restart_when.items()}
     return checked_payload(payload)
 
 

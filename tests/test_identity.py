@@ -63,6 +63,10 @@ ADDED_SINCE_FIXTURE = (
     # (`proxy->jupyterhub-tcp-443`, taken out of the fixture by hand in the same commit: no
     # JupyterHub was ever deployed behind it).
     "$openstack:networking/secGroupRule:SecGroupRule::proxy->jupyterhub-tcp-8000",
+    # The JupyterHub host's volume, docker's data root (nina.plan: every host with role jupyterhub),
+    # and its attachment: on the "one large VM" of the all-in-one case.
+    "$openstack:blockstorage/volume:Volume::gateway-docker",
+    "$openstack:compute/volumeAttach:VolumeAttach::gateway-docker-attach",
 )
 
 

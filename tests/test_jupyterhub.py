@@ -401,9 +401,21 @@ def test_delivery_carries_the_hub_with_owners_that_keep_it_from_its_own_config(p
     from nina import render
 
     assert "nina/host/hub_docker.py" in render.host_programs()
+    # The host's notebook firewall travels with it (its own unit, restarted by its own files).
+    from nina import notebook_firewall
+
+    assert {f.path for f in notebook_firewall.firewall_files(plan)} <= set(files)
     # Only its own files' changes restart the hub; the steps run on every delivery.
-    assert payload["restart"] == [facts.JUPYTERHUB_UNIT]
+    assert payload["restart"] == [facts.JUPYTERHUB_UNIT, facts.NOTEBOOK_FIREWALL_UNIT]
+    own = set(payload["restart_when"][facts.JUPYTERHUB_UNIT])
+    assert {settings["path"], key["path"], facts.JUPYTERHUB_SSL_CERT, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.JUPYTERHUB_UNIT}"} <= own
+    assert not own & {facts.JUPYTERHUB_DOCKER_PLAN, facts.NOTEBOOK_FIREWALL_BIN} and not any(
+        p.startswith(facts.JUPYTERHUB_TENANCIES) for p in own
+    )
+    assert payload["restart_when"][facts.NOTEBOOK_FIREWALL_UNIT] == [f.path for f in notebook_firewall.firewall_files(plan)]
     assert payload["run"] == [facts.JUPYTERHUB_NETWORKS_UNIT, facts.JUPYTERHUB_IMAGES_UNIT]
+    # A restart of the hub (a delivery) leaves the researchers' running notebooks alone.
+    assert traits["cleanup_servers"] is False
     # Deterministic: the same inputs give the same bytes; the secret moves only the settings.
     again = jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
     assert again == jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
@@ -452,8 +464,9 @@ def test_systemd_analyze_verifies_every_unit(tmp_path):
 
 def test_installer_runs_the_steps_on_every_delivery_and_restarts_the_hub_only_on_change(plan, pki, tmp_path):
     """The real nina-install-files (under --root, systemctl a logging stand-in): the first delivery
-    writes, restarts the hub and runs both steps; the same delivery again restarts nothing but
-    runs the steps again; a failing step fails the delivery, naming it."""
+    writes, restarts the hub and the firewall and runs both steps; the same delivery again
+    restarts nothing but runs the steps again; a new client secret restarts the hub alone, a
+    changed firewall the firewall alone; a failing step fails the delivery, naming it."""
     from nina import render
 
     payload = jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
@@ -465,7 +478,7 @@ def test_installer_runs_the_steps_on_every_delivery_and_restarts_the_hub_only_on
     root.mkdir()
     env = {**os.environ, "NINA_SYSTEMCTL": str(stand_in), "PYTHONPATH": render.SOURCE_ROOT, "NINA_FAIL": ""}
 
-    def install(**extra: str) -> subprocess.CompletedProcess[str]:
+    def install(payload: str = payload, **extra: str) -> subprocess.CompletedProcess[str]:
         log.write_text("")
         cmd = [
             sys.executable,
@@ -480,9 +493,32 @@ def test_installer_runs_the_steps_on_every_delivery_and_restarts_the_hub_only_on
     first = install()
     assert first.returncode == 0, first.stderr
     steps = [f"start {facts.JUPYTERHUB_NETWORKS_UNIT}", f"start {facts.JUPYTERHUB_IMAGES_UNIT}"]
-    assert log.read_text().splitlines() == ["daemon-reload", f"enable {facts.JUPYTERHUB_UNIT}", f"restart {facts.JUPYTERHUB_UNIT}", *steps]
+    both = f"{facts.JUPYTERHUB_UNIT} {facts.NOTEBOOK_FIREWALL_UNIT}"
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {both}", f"restart {both}", *steps]
     second = install()
     assert second.returncode == 0 and log.read_text().splitlines() == steps, second.stdout
-    failed = install(NINA_FAIL=facts.JUPYTERHUB_NETWORKS_UNIT)
+    new_secret = jupyterhub.jupyterhub_delivery(plan, "a-new-client-secret-0123", pki["ca"], pki["cert"], pki["key"])
+    assert install(new_secret).returncode == 0
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {facts.JUPYTERHUB_UNIT}", f"restart {facts.JUPYTERHUB_UNIT}", *steps]
+    edited = json.loads(new_secret)
+    for f in edited["files"]:
+        if f["path"] == facts.NOTEBOOK_FIREWALL_BIN:
+            f["content"] += "# edited\n"
+    assert install(json.dumps(edited)).returncode == 0
+    fw = facts.NOTEBOOK_FIREWALL_UNIT
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {fw}", f"restart {fw}", *steps]
+    failed = install(json.dumps(edited), NINA_FAIL=facts.JUPYTERHUB_NETWORKS_UNIT)
     assert failed.returncode == 1 and f"step {facts.JUPYTERHUB_NETWORKS_UNIT} failed" in failed.stderr
     assert log.read_text().splitlines() == steps[:1]  # the images step does not run after it
+
+
+def test_restart_when_is_checked_where_it_is_made():
+    from nina import render
+
+    f = render.DeliveredFile("/etc/jupyterhub/x.conf", "x\n", 0o644)
+    with pytest.raises(ValueError, match="not one of the units to restart"):
+        render.delivery_payload([f], ["a.service"], restart_when={"b.service": [f.path]})
+    with pytest.raises(ValueError, match="non-empty list of delivered paths"):
+        render.delivery_payload([f], ["a.service"], restart_when={"a.service": ["/etc/other"]})
+    with pytest.raises(ValueError, match="not a systemd unit name"):
+        render.delivery_payload([f], ["a.service"], run=["a; reboot"])

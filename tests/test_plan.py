@@ -101,7 +101,7 @@ def test_the_jupyterhub_host_gets_docker_s_volume_with_or_without_researcher_acc
     """docker's data root lives on a Cinder volume of the host with role jupyterhub; it does not
     depend on nina:researcher_access, so turning that on or off adds or removes no volume (which
     would change the host's user-data and so replace the VM)."""
-    hosts = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "hub", "roles": ["jupyterhub"]}]
+    hosts = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}, {"name": "hub", "roles": ["jupyterhub"]}]
     access = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
     plain = build_plan(load_config(base(hosts=hosts)))
     with_access = build_plan(load_config(base(hosts=hosts, researcher_access=access)))
