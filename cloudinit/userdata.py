@@ -3,8 +3,8 @@
 `user_data(plan, host, volume_ids)` returns `#cloud-config` YAML (made with PyYAML, never
 string-built): the small fixed bootstrap of a fresh Ubuntu 24.04 VM, built from the services of
 its roles (`nina.services`): hostname, packages, the `fl_system` group and service users
-(manual 4.1.2.1), the directory layout (4.1.1), state volumes, the Flower venv with the pinned
-flwr (4.1.2.11) and the first-boot check. Everything that evolves (host programs and their
+(manual 4.1.2.1), the directory layout (4.1.1), state volumes, each service's venv with its
+pins (4.1.2.11: the Flower venv with flwr, JupyterHub's) and the first-boot check. Everything that evolves (host programs and their
 receiver, units, run scripts, configs) comes with the per-service deliveries.
 
 User-data is readable by anyone on the VM through the metadata service, so it holds no
@@ -96,28 +96,27 @@ def _user(u: services.User) -> dict[str, Any]:
 
 def _checks(
     host: Host,
-    users: list[dict[str, Any]],
+    users: list[services.User],
     packages: list[str],
     files: list[dict[str, Any]],
     dirs: list[services.Directory],
-    venv_programs: list[str],
-    flwr_version: str,
+    venvs: list[services.Venv],
     active: list[str],
 ) -> list[list[str]]:
     """The postconditions of this user-data, as nina-bootstrap-check lines (function + arguments)."""
     mounts = {v.mount_point for v in host.volumes}
     checks: list[list[str]] = [["package", p] for p in packages]
     checks.append(["member", facts.DEFAULT_LOGIN_USER, facts.SYSTEM_GROUP])
-    checks += [["member", u["name"], facts.SYSTEM_GROUP] for u in users]
+    checks += [["member", u.name, g] for u in users for g in (facts.SYSTEM_GROUP, *u.groups)]
     for d in dirs:
         if d.path not in mounts:
             checks.append(["path", f"{d.mode:04o}", d.owner, d.group, d.path])
     for f in files:
         owner, group = f["owner"].split(":")
         checks.append(["path", f["permissions"], owner, group, f["path"]])
-    if venv_programs:
-        checks.append(["python_dist", facts.FLOWER_VENV, "flwr", flwr_version])
-        checks += [["executable", f"{facts.FLOWER_VENV}/bin/{p}"] for p in venv_programs]
+    for venv in venvs:
+        checks += [["python_dist", venv.path, name, version] for name, version in venv.pins()]
+        checks += [["executable", f"{venv.path}/bin/{p}"] for p in venv.programs]
     checks += [["mounted", m] for m in sorted(mounts)]
     checks += [["active", u] for u in active]
     return checks
@@ -147,7 +146,8 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         raise ValueError(f"host {host.name}: no OpenStack volume id for volume(s) {missing}")
 
     packages = services.packages(svcs)
-    users = [_user(u) for u in services.users(svcs)]
+    service_users = services.users(svcs)
+    users = [_user(u) for u in service_users]
     # Only first-boot programs: the receiver travels in each delivery's command; configs,
     # units and the other host programs arrive with the deliveries.
     # Login keys only from root's files (render.sshd_dropin); until the base delivery rewrites
@@ -157,6 +157,7 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
     files: list[dict[str, Any]] = [
         _file(facts.SSHD_DROPIN, render.sshd_dropin(), 0o644),
         _file(facts.LOGIN_AUTHORIZED_KEYS, keys, 0o644),
+        *(_file(f.path, f.content, f.mode) for f in services.files(svcs)),
     ]
     runcmd: list[list[str]] = [
         ["systemctl", "try-reload-or-restart", facts.SSH_UNIT],
@@ -172,21 +173,26 @@ def user_data(plan: Plan, host: Host, volume_ids: Mapping[str, str] = _NO_VOLUME
         if not _VOLUME_ID_RE.match(vid):
             raise ValueError(f"host {host.name}: volume id {vid!r} for {vol.name!r} is not an OpenStack id")
         runcmd.append([facts.PREPARE_VOLUME_BIN, vid, vol.mount_point, vol.owner])
+    # Services whose data lives on a volume started (with their package) before it was mounted.
+    restart = list(dict.fromkeys(u for s in svcs for u in s.restart_after_mount))
+    if restart:
+        runcmd.append(["systemctl", "restart", *restart])
+    # Groups that packages create (docker): only now do they exist.
+    runcmd += [["usermod", "-a", "-G", ",".join(u.groups), u.name] for u in service_users if u.groups]
 
-    venv_programs = services.venv_programs(svcs)
-    if venv_programs:
-        # The venv (manual 4.1.2.11) with the pinned flwr; the units start once certs arrive.
-        runcmd.append(["python3", "-m", "venv", facts.FLOWER_VENV])
-        runcmd.append(
-            [f"{facts.FLOWER_VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check", f"flwr=={plan.cfg.flower.version}"]
-        )
+    venvs = services.venvs(svcs)
+    for venv in venvs:
+        # One venv per service definition (manual 4.1.2.11), with its pins; the units start once
+        # their deliveries arrive.
+        runcmd.append(["python3", "-m", "venv", venv.path])
+        runcmd.append([f"{venv.path}/bin/pip", "install", "--quiet", "--disable-pip-version-check", *venv.requirements])
     if "vpn" in host.roles:
         _vpn_plan(plan, host)  # a vpn role must carry a tenancy's hub (its files come with the VPN delivery)
 
     # Fail loudly (cloud-init runs runcmd as one /bin/sh script whose status is its last
     # command's): stop at the first failing step, then check every promise before the marker.
-    active = [facts.NODE_EXPORTER_UNIT]
-    checks = _checks(host, users, packages, files, dirs, venv_programs, plan.cfg.flower.version, active)
+    active = [facts.NODE_EXPORTER_UNIT, *restart]
+    checks = _checks(host, service_users, packages, files, dirs, venvs, active)
     files.append(_file(facts.BOOTSTRAP_CHECK_BIN, render.bootstrap_check_script(host.name, checks), 0o755))
     steps: list[str | list[str]] = [BOOTSTRAP_STRICT, *(_Cmd(c) for c in runcmd), _Cmd([facts.BOOTSTRAP_CHECK_BIN])]
 

@@ -180,6 +180,14 @@ class SuperNodeSizing(_Strict):
     data_volume_gb: int = Field(default=0, ge=0, le=10000)
 
 
+class JupyterHubSizing(_Strict):
+    """The Cinder volume of the host with role jupyterhub: docker's data root (the notebook images,
+    each researcher's named volume). It exists whenever that host does, researcher access or not,
+    so that turning nina:researcher_access on or off never replaces the VM."""
+
+    volume_gb: int = Field(default=facts.JUPYTERHUB_VOLUME_GB, ge=20, le=10000)
+
+
 class VpnSizing(_Strict):
     flavor: NonEmptyStr = "m3.small"
 
@@ -414,6 +422,7 @@ class StackConfig(_Strict):
     hosts: list[HostGroup] = Field(default_factory=lambda: [HostGroup(name="gateway", roles=["bastion"])])
     superlink: SuperLinkSizing = SuperLinkSizing()
     supernode: SuperNodeSizing = SuperNodeSizing()
+    jupyterhub: JupyterHubSizing = JupyterHubSizing()
     vpn: VpnSizing = VpnSizing()
     database: DatabaseConfig = DatabaseConfig()
     keycloak: KeycloakConfig = KeycloakConfig()

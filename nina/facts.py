@@ -264,7 +264,6 @@ JUPYTERHUB_CONFIG = "/etc/jupyterhub/config"
 # --- JupyterHub (manual 4.1.2.10-4.1.2.15; nina.jupyterhub) --------------------------------------
 # The JupyterHub host's venv (JUPYTER_VENV) and the test extra of pyproject.toml pin the same releases.
 JUPYTERHUB_PACKAGES = ("jupyterhub==6.1.1", "oauthenticator==17.4.0", "dockerspawner==14.0.0", "jupyterhub-idle-culler==2.0.0")
-CONFIGURABLE_HTTP_PROXY_VERSION = "5.3.0"  # npm; also tests/node/package.json
 # JupyterHub's client in the realm (nina:keycloak.realm; KEYCLOAK_CLIENTS), confidential, standard
 # flow. Realm groups (the Keycloak facts above): `tenancy-<name>` lets a researcher into
 # JupyterHub with that tenancy's federation; KEYCLOAK_ADMIN_GROUP administers the hub. The groups
@@ -280,9 +279,33 @@ JUPYTERHUB_HUB_PORT = 8081  # the hub's own API, where the notebook containers r
 # holds when the proxy shares the VM (the manual's "one large VM"); no privileged port either.
 JUPYTERHUB_PORT = 8000
 JUPYTERHUB_STATE_FILES = {"db": "jupyterhub.sqlite", "cookie_secret": "jupyterhub_cookie_secret"}  # in JUPYTERHUB_OPT
-# configurable-http-proxy, installed with npm under this root-owned prefix.
-JUPYTERHUB_PROXY_PREFIX = "/opt/configurable-http-proxy"
-JUPYTERHUB_PROXY_BIN = "/opt/configurable-http-proxy/node_modules/.bin/configurable-http-proxy"
+# configurable-http-proxy: Ubuntu 24.04's package (4.5.3, on the distribution's nodejs 18), not
+# npm's current release, which needs node 20 (README, "Researcher access: JupyterHub").
+JUPYTERHUB_PROXY_PACKAGE = "node-configurable-http-proxy"
+JUPYTERHUB_PROXY_BIN = "/usr/bin/configurable-http-proxy"
+# The hub's unit: `jupyterhub -f` from JUPYTER_VENV as the jupyterhub user; its TLS key pair (the
+# local CA's, for nginx) in the system's directories. The key stays root's (0600): systemd hands
+# it to the service as a credential (LoadCredential=), which is the path the settings name.
+JUPYTERHUB_UNIT = "jupyterhub.service"
+JUPYTERHUB_SSL_CERT = "/etc/ssl/certs/jupyterhub.pem"
+JUPYTERHUB_SSL_KEY = "/etc/ssl/private/jupyterhub.key"
+JUPYTERHUB_KEY_CREDENTIAL = "jupyterhub.key"
+JUPYTERHUB_KEY_CREDENTIAL_PATH = "/run/credentials/jupyterhub.service/jupyterhub.key"
+# The hub host's docker steps (nina.host.hub_docker), oneshot units started by every delivery:
+# the tenancies' networks and the notebook images' pre-pull (manual 4.1.2.14), from a plan file.
+JUPYTERHUB_DOCKER_BIN = "/usr/local/sbin/nina-jupyterhub-docker"
+JUPYTERHUB_DOCKER_PLAN = "/etc/jupyterhub/docker-plan.json"
+JUPYTERHUB_NETWORKS_UNIT = "nina-jupyterhub-networks.service"
+JUPYTERHUB_IMAGES_UNIT = "nina-jupyterhub-images.service"
+# The label that marks a network as a nina tenancy network (value: the tenancy): only those are
+# ever removed, and only when no container uses them.
+JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
+DOCKER_GROUP = "docker"
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+# Docker waits for its data root's volume at boot (a drop-in with RequiresMountsFor=).
+DOCKER_DROPIN = "/etc/systemd/system/docker.service.d/nina-data-root.conf"
+DOCKER_LOG_MAX_SIZE = "10m"  # per container log file (json-file driver), DOCKER_LOG_MAX_FILES of them
+DOCKER_LOG_MAX_FILES = 3
 # One directory per tenancy with what its researchers' containers get read-only: the CA
 # certificate and a flwr config.toml whose connection (named for the tenancy) is its SuperLink.
 JUPYTERHUB_TENANCIES = "/etc/jupyterhub/tenancies"
@@ -313,6 +336,8 @@ NOTEBOOK_IPTABLES_CHAINS = {"forward": "NINA-NOTEBOOK-FORWARD", "input": "NINA-N
 # (JUPYTERHUB_USER_VOLUME) survive a new VM.
 JUPYTERHUB_VOLUME = "/media/jupyterhub"
 JUPYTERHUB_DOCKER_ROOT = "/media/jupyterhub/docker"
+JUPYTERHUB_VOLUME_NAME = "docker"  # the Volume's name in the plan (resource-name suffix)
+JUPYTERHUB_VOLUME_GB = 100  # default of nina:jupyterhub.volume_gb: three notebook images are ~15 GB
 JUPYTERHUB_USER_VOLUME = "jupyterhub-user-{username}"  # DockerSpawner expands {username}
 # Inside a notebook container (the docker-stacks images' user jovyan).
 NOTEBOOK_DIR = "/home/jovyan/work"

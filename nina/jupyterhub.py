@@ -16,6 +16,14 @@ from a notebook terminal.
 hub (its client, redirect URI, group claim, groups); the tests configure their OIDC provider
 from them.
 
+`jupyterhub_delivery(plan, client_secret, ca, cert, key)` is the hub host's `<host>-jupyterhub`
+payload: those files with their owners, the hub's TLS key pair (`certificate(plan)` is what the
+local CA signs for it), `jupyterhub.service`, the host's notebook firewall
+(`nina.notebook_firewall.firewall_files`), and two oneshot steps every delivery runs
+(`nina-install-files` "run"): the tenancies' docker networks and the notebook images' pre-pull
+(`nina.host.hub_docker`, from `docker_plan_json`). Only a change of the hub's own files restarts
+the hub (`restart_when`); only a change of the firewall's restarts the firewall.
+
 Pure: never imports pulumi; deterministic output.
 """
 
@@ -31,8 +39,8 @@ from typing import Any
 
 import jinja2
 
-from nina import facts, flwrcli, keycloak, templating
-from nina.plan import Host, Plan
+from nina import facts, flwrcli, keycloak, render, services, templating
+from nina.plan import Certificate, Host, Plan
 
 RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
 AUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
@@ -136,7 +144,8 @@ def inputs(plan: Plan) -> HubInputs:
         images=tuple(access.notebook_images),
         realm=plan.cfg.keycloak.realm,
         ssl_cert=facts.JUPYTERHUB_SSL_CERT,
-        ssl_key=posixpath.join(facts.SSL_PRIVATE, "jupyterhub.key"),
+        # The key file (facts.JUPYTERHUB_SSL_KEY) is root's; systemd hands it to the hub here.
+        ssl_key=facts.JUPYTERHUB_KEY_CREDENTIAL_PATH,
     )
 
 
@@ -207,6 +216,8 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
         "db_url": f"sqlite:///{posixpath.join(state, facts.JUPYTERHUB_STATE_FILES['db'])}",
         "cookie_secret_file": posixpath.join(state, facts.JUPYTERHUB_STATE_FILES["cookie_secret"]),
         "pid_file": posixpath.join(state, "jupyterhub.pid"),
+        # A restart of the hub (a delivery that changed its files) leaves running notebooks alone.
+        "cleanup_servers": False,
         "services": [
             {
                 "name": IDLE_CULLER,
@@ -300,3 +311,98 @@ def files(hub: HubInputs, client_secret: str, ca_cert_pem: str) -> dict[str, str
         out[posixpath.join(hub.tenancy_dir(t.name), facts.FLWR_CONFIG_FILE)] = tenancy_flwr_config(t)
         out[posixpath.join(hub.tenancy_dir(t.name), facts.CA_CERT_FILE)] = ca_cert_pem
     return out
+
+
+# --- the hub host's delivery (`<host>-jupyterhub`) ------------------------------------------------
+
+
+def certificate(plan: Plan) -> Certificate:
+    """The hub's internal HTTPS certificate (its proxy, reached by nginx, which verifies the host
+    name): CN and DNS SAN the host name (and `<host>.<dns_domain>` with nina:cloud.dns_domain),
+    IP SAN its fixed address."""
+    hub = jupyterhub_host(plan)
+    names = [hub.name]
+    if plan.cfg.cloud.dns_domain:
+        names.append(f"{hub.name}.{plan.cfg.cloud.dns_domain}")
+    return Certificate(name="jupyterhub", common_name=hub.name, dns_names=tuple(names), ip_addresses=(hub.fixed_ip,), server=True)
+
+
+def docker_plan(tenancies: list[str], images: list[str]) -> dict[str, Any]:
+    """What nina.host.hub_docker makes: each tenancy's network (name and Linux bridge) and the images."""
+    return {
+        "networks": [{"tenancy": t, "network": tenancy_network(t), "bridge": tenancy_bridge(t)} for t in tenancies],
+        "images": list(images),
+    }
+
+
+def docker_plan_json(tenancies: list[str], images: list[str]) -> str:
+    """facts.JUPYTERHUB_DOCKER_PLAN's content."""
+    return json.dumps(docker_plan(tenancies, images), indent=2, sort_keys=True) + "\n"
+
+
+def service_unit() -> str:
+    """facts.JUPYTERHUB_UNIT: `jupyterhub -f <config>` from the venv as the jupyterhub user, hardened."""
+    return (
+        _env()
+        .get_template("jupyterhub.service.j2")
+        .render(
+            facts=facts,
+            user=facts.SERVICE_USERS["jupyterhub"],
+            config_file=posixpath.join(facts.JUPYTERHUB_CONFIG, facts.JUPYTERHUB_CONFIG_FILE),
+        )
+    )
+
+
+_STEPS = {
+    facts.JUPYTERHUB_NETWORKS_UNIT: ("networks", "each tenancy's docker network (bridge named for the firewall)", "5min"),
+    facts.JUPYTERHUB_IMAGES_UNIT: ("images", "pull the notebook images (manual 4.1.2.14)", "2h"),
+}
+
+
+def step_unit(unit: str) -> str:
+    """One of the oneshot units of services.jupyterhub.STEPS."""
+    step, summary, timeout = _STEPS[unit]
+    return _env().get_template("docker-step.service.j2").render(facts=facts, step=step, summary=summary, timeout=timeout)
+
+
+def _owned(path: str) -> tuple[int, str, str]:
+    """Mode and owners of a file of `files()`: the settings (the client secret) readable by the hub's
+    own group only; the rest world-readable; all root's, so the hub cannot change its config or code."""
+    if posixpath.basename(path) == facts.JUPYTERHUB_SETTINGS_FILE:
+        return 0o640, facts.ROOT_USER, facts.SERVICE_USERS["jupyterhub"]
+    return 0o644, facts.ROOT_USER, facts.ROOT_USER
+
+
+def jupyterhub_delivery(plan: Plan, client_secret: str, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
+    """The `<host>-jupyterhub` payload: the config (`files`), the TLS key pair, the units, the
+    docker steps' program and plan, and the host's notebook firewall (`nina.notebook_firewall`).
+    jupyterhub.service is restarted only when one of its own files changed (config, key pair,
+    unit), the firewall only when its files did; the docker steps (networks, then images) are
+    started on every delivery."""
+    from nina import notebook_firewall  # it imports this module
+
+    hub = inputs(plan)
+    ca = render.checked_text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
+    config = [render.DeliveredFile(path, text, *_owned(path)) for path, text in files(hub, client_secret, ca).items()]
+    units = facts.SYSTEMD_SYSTEM_DIR
+    own = [
+        *(f for f in config if posixpath.dirname(f.path) == hub.config_dir),
+        render.DeliveredFile(
+            facts.JUPYTERHUB_SSL_CERT, render.checked_text(cert_pem, "JupyterHub certificate", "BEGIN CERTIFICATE"), 0o644
+        ),
+        render.DeliveredFile(facts.JUPYTERHUB_SSL_KEY, render.checked_text(key_pem, "JupyterHub key", "PRIVATE KEY"), 0o600),
+        render.DeliveredFile(f"{units}/{facts.JUPYTERHUB_UNIT}", service_unit(), 0o644),
+    ]
+    firewall = notebook_firewall.firewall_files(plan)
+    out = [
+        *own,
+        *(f for f in config if f not in own),
+        render.DeliveredFile(facts.JUPYTERHUB_DOCKER_PLAN, docker_plan_json([t.name for t in hub.tenancies], list(hub.images)), 0o644),
+        render.DeliveredFile(facts.JUPYTERHUB_DOCKER_BIN, render.launcher("hub_docker"), 0o755),
+        *(render.DeliveredFile(f"{units}/{unit}", step_unit(unit), 0o644) for unit in services.jupyterhub.STEPS),
+        *firewall,
+    ]
+    restart = [*services.jupyterhub.UNITS, *notebook_firewall.UNITS]
+    when = {facts.JUPYTERHUB_UNIT: [f.path for f in own]}
+    when |= {unit: [f.path for f in firewall] for unit in notebook_firewall.UNITS}
+    return render.delivery_payload(out, restart, run=list(services.jupyterhub.STEPS), restart_when=when)

@@ -192,6 +192,9 @@ def build_plan(cfg: StackConfig) -> Plan:
     def superlink_volume() -> Volume:
         return Volume("state", cfg.superlink.state_volume_gb, facts.SUPERLINK_STATE_DIR, facts.SERVICE_USERS["superlink"])
 
+    # docker's data root on the JupyterHub host (images, researchers' volumes); root's, as dockerd is.
+    hub_volume = Volume(facts.JUPYTERHUB_VOLUME_NAME, cfg.jupyterhub.volume_gb, facts.JUPYTERHUB_VOLUME, facts.ROOT_USER)
+
     for i, group in enumerate(cfg.hosts):
         roles = tuple(sorted(group.roles))
         on_it = "superlink" in roles
@@ -204,7 +207,7 @@ def build_plan(cfg: StackConfig) -> Plan:
                 flavor=group.flavor,
                 public=bool({"bastion", "proxy"} & set(roles)),
                 tenancy=tenancies[0].name if on_it else None,
-                volumes=(superlink_volume(),) if on_it else (),
+                volumes=((superlink_volume(),) if on_it else ()) + ((hub_volume,) if "jupyterhub" in roles else ()),
             )
         )
 

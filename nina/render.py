@@ -172,7 +172,12 @@ def checked_payload(payload: Mapping[str, Any]) -> str:
 
 
 def delivery_payload(
-    files: Sequence[DeliveredFile], restart: Sequence[str], prune: Sequence[str] = (), hot: Mapping[str, Sequence[str]] | None = None
+    files: Sequence[DeliveredFile],
+    restart: Sequence[str],
+    prune: Sequence[str] = (),
+    hot: Mapping[str, Sequence[str]] | None = None,
+    run: Sequence[str] = (),
+    restart_when: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The JSON that `nina-install-files` reads on stdin (sorted keys, files in the given order).
 
@@ -185,6 +190,13 @@ def delivery_payload(
     client named by the file is disconnected (`client-kill`) through each socket. Any other
     change still restarts `restart`. Each hot directory must also be pruned.
 
+    `run`: oneshot units started on every delivery, changed or not, after the restarts (steps
+    that must happen again when a delivery is re-run, like the hub host's docker steps).
+    Without it the payload has no "run" key.
+
+    `restart_when`: unit of `restart` -> delivered paths: that unit is restarted only when one of
+    them changed (the others on any change). Without it the payload has no "restart_when" key.
+
     Checked by `checked_payload` (ValueError with the installer's reason).
     """
     payload: dict[str, Any] = {"files": [asdict(f) for f in files], "restart": restart}
@@ -192,13 +204,21 @@ def delivery_payload(
         payload["prune"] = prune
     if hot:
         payload["hot"] = dict(hot)
+    if run:
+        payload["run"] = list(run)
+    if restart_when:
+        payload["restart_when"] = {unit: list(paths) for unit, paths in restart_when.items()}
     return checked_payload(payload)
 
 
-def _text(value: str, what: str, marker: str) -> str:
+def checked_text(value: str, what: str, marker: str) -> str:
+    """`value` with a final newline, or ValueError if it lacks `marker` (a PEM block's kind)."""
     if marker not in value:
         raise ValueError(f"{what} does not look right: expected {marker!r} in it")
     return value if value.endswith("\n") else value + "\n"
+
+
+_text = checked_text
 
 
 def service_files(program: str, program_text: str, unit: str, unit_text: str) -> list[DeliveredFile]:
@@ -343,6 +363,7 @@ HOST_PROGRAM_FILES = (
     "host/metrics.py",
     "host/federation_metrics.py",
     "host/cert_expiry.py",
+    "host/hub_docker.py",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 
@@ -15,6 +16,9 @@ from cloudinit.userdata import AUTOMATION_KEY_PLACEHOLDER, user_data
 from nina import facts, render
 
 CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip)
+# The system's cloud-init is a Python program: without PYTHONPATH, so this repository's `cloudinit`
+# package (a checkout on PYTHONPATH, as in a worktree) cannot shadow its own.
+CLOUD_INIT_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 SECRET_MARKERS = ("PRIVATE KEY", "OPENSSH", "-----BEGIN")
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
 KEY_PEM = "-----BEGIN EC PRIVATE KEY-----\nMIGkdummy\n-----END EC PRIVATE KEY-----\n"
@@ -47,7 +51,7 @@ def test_every_user_data_passes_cloud_init_schema(rendered, tmp_path):
     for (plan, host), (_, text, _) in rendered.items():
         path = tmp_path / f"{plan}-{host}.yaml"
         path.write_text(text)
-        proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120, env=CLOUD_INIT_ENV)
         assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, (plan, host, proc.stdout, proc.stderr)
 
 
@@ -57,7 +61,7 @@ def test_cloud_init_schema_catches_errors(rendered, tmp_path):
     _, text, _ = rendered[("test", "superlink-main")]
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace("package_update: true", "package_update: 'sometimes'"))
-    proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120, env=CLOUD_INIT_ENV)
     assert proc.returncode != 0, proc.stdout
 
 
@@ -94,8 +98,10 @@ def test_base_for_every_host(rendered):
         # checks the bootstrap's promises before writing the marker deliveries require.
         assert doc["runcmd"][0] == "set -eux"
         assert doc["runcmd"][-1] == [facts.BOOTSTRAP_CHECK_BIN]
-        # Their configs come with <host>-base; only sshd is reloaded, for the login-keys drop-in.
-        assert [c for c in doc["runcmd"][1:] if c[0] == "systemctl"] == [["systemctl", "try-reload-or-restart", facts.SSH_UNIT]]
+        # Their configs come with <host>-base; only sshd is reloaded, for the login-keys drop-in
+        # (and docker restarted on its data root's volume, on the JupyterHub host).
+        docker = [["systemctl", "restart", facts.DOCKER_UNIT]] if "jupyterhub" in _host.roles else []
+        assert [c for c in doc["runcmd"][1:] if c[0] == "systemctl"] == [["systemctl", "try-reload-or-restart", facts.SSH_UNIT], *docker]
         check = files_of(doc)[facts.BOOTSTRAP_CHECK_BIN]
         assert check["permissions"] == "0755" and check["owner"] == "root:root"
         assert f"member {facts.DEFAULT_LOGIN_USER} {facts.SYSTEM_GROUP}\n" in check["content"]
@@ -104,7 +110,10 @@ def test_base_for_every_host(rendered):
         # A small fixed bootstrap: the first-boot programs and sshd's login keys (the drop-in, and
         # the automation key until <host>-base adds the operators'), nothing that evolves (not
         # even the receiver).
-        assert set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN, facts.SSHD_DROPIN, facts.LOGIN_AUTHORIZED_KEYS}, key
+        fixed = {facts.DOCKER_DAEMON_JSON, facts.DOCKER_DROPIN} if "jupyterhub" in _host.roles else set()
+        assert (
+            set(files) <= {facts.PREPARE_VOLUME_BIN, facts.BOOTSTRAP_CHECK_BIN, facts.SSHD_DROPIN, facts.LOGIN_AUTHORIZED_KEYS} | fixed
+        ), key
         assert files[facts.LOGIN_AUTHORIZED_KEYS]["content"] == AUTOMATION_KEY_PLACEHOLDER, key  # rendered without the stack's key
         for f in doc["write_files"]:
             assert set(f) >= {"path", "owner", "permissions", "content"}, f["path"]
@@ -241,3 +250,70 @@ def test_vpn_host(render_plans, rendered, vpn_pki):
     for key, (other, _, other_doc) in rendered.items():
         if "vpn" not in other.roles:
             assert facts.VPN_FORWARDING_BIN not in files_of(other_doc) and "openvpn" not in other_doc["packages"], key
+
+
+def _hub_plan(cfg_valid, hosts):
+    from nina.config import load_config
+    from nina.plan import build_plan
+
+    raw = cfg_valid()
+    raw["hosts"] = hosts
+    return build_plan(load_config(raw))
+
+
+def test_jupyterhub_hosts(cfg_valid, rendered, render_volume_ids, tmp_path):
+    """The JupyterHub host, alone and on the manual's "one large VM": its volume mounted before
+    docker is restarted onto it, the hub's venv with its pins beside the Flower venv, the jupyterhub
+    user added to docker once the package made the group, daemon.json as data; within 16 KiB."""
+    alone = _hub_plan(cfg_valid, [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "hub", "roles": ["jupyterhub"]}])
+    hub = alone.host_by_name["hub"]
+    hub_text = user_data(alone, hub, render_volume_ids(hub))
+    large_host, large_text, _ = rendered[("all-in-one", "gateway")]
+    for host, text in ((hub, hub_text), (large_host, large_text)):
+        doc = yaml.safe_load(text)
+        assert len(base64.b64encode(text.encode())) <= facts.USER_DATA_TARGET, host.name
+        assert {"docker.io", facts.JUPYTERHUB_PROXY_PACKAGE} <= set(doc["packages"])
+        cmds = doc["runcmd"]
+        prep = next(i for i, c in enumerate(cmds) if c[:1] == [facts.PREPARE_VOLUME_BIN] and c[2] == facts.JUPYTERHUB_VOLUME)
+        assert cmds[prep][3] == "root"
+        restart = cmds.index(["systemctl", "restart", facts.DOCKER_UNIT])
+        usermod = cmds.index(["usermod", "-a", "-G", facts.DOCKER_GROUP, "jupyterhub"])
+        venv = cmds.index(["python3", "-m", "venv", facts.JUPYTER_VENV])
+        assert prep < restart < usermod < venv
+        assert cmds[venv + 1] == [
+            f"{facts.JUPYTER_VENV}/bin/pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *facts.JUPYTERHUB_PACKAGES,
+        ]
+        files = files_of(doc)
+        assert json.loads(files[facts.DOCKER_DAEMON_JSON]["content"])["data-root"] == facts.JUPYTERHUB_DOCKER_ROOT
+        assert files[facts.DOCKER_DAEMON_JSON]["owner"] == "root:root" and files[facts.DOCKER_DAEMON_JSON]["permissions"] == "0644"
+        check = files[facts.BOOTSTRAP_CHECK_BIN]["content"]
+        for line in (
+            "member jupyterhub docker",
+            f"mounted {facts.JUPYTERHUB_VOLUME}",
+            f"active {facts.DOCKER_UNIT}",
+            f"python_dist {facts.JUPYTER_VENV} jupyterhub 6.1.1",
+            f"python_dist {facts.JUPYTER_VENV} jupyterhub-idle-culler 2.0.0",
+            f"executable {facts.JUPYTER_VENV}/bin/jupyterhub",
+            f"path 0750 jupyterhub {facts.SYSTEM_GROUP} {facts.JUPYTERHUB_OPT}",
+        ):
+            assert f"\n{line}\n" in check, (host.name, line)
+    # ... and the Flower venv on the one large VM, with the SuperLink's state volume.
+    assert f"python_dist {facts.FLOWER_VENV} flwr {facts.FLWR_VERSION}\n" in large_text
+    assert [v.mount_point for v in large_host.volumes] == [facts.SUPERLINK_STATE_DIR, facts.JUPYTERHUB_VOLUME]
+    if CLOUD_INIT:
+        path = tmp_path / "hub.yaml"
+        path.write_text(hub_text)
+        proc = subprocess.run([CLOUD_INIT, "schema", "-c", str(path)], capture_output=True, text=True, timeout=120, env=CLOUD_INIT_ENV)
+        assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_user_data_sizes(rendered, capsys):
+    """Prints each host's user-data size (base64, as Nova counts it); all within facts.USER_DATA_TARGET."""
+    sizes = {f"{plan}/{host}": len(base64.b64encode(text.encode())) for (plan, host), (_, text, _) in rendered.items()}
+    with capsys.disabled():
+        print("\nuser-data bytes (base64):", json.dumps(sizes, sort_keys=True))
+    assert max(sizes.values()) <= facts.USER_DATA_TARGET, sizes

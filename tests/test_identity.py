@@ -69,6 +69,10 @@ ADDED_SINCE_FIXTURE = (
     # replaced once for it: nothing was deployed on it before the monitoring issue).
     f"$openstack:blockstorage/volume:Volume::monitor-{facts.MONITORING_VOLUME_NAME}",
     f"$openstack:compute/volumeAttach:VolumeAttach::monitor-{facts.MONITORING_VOLUME_NAME}-attach",
+    # The JupyterHub host's volume, docker's data root (nina.plan: every host with role jupyterhub),
+    # and its attachment: on the "one large VM" of the all-in-one case.
+    "$openstack:blockstorage/volume:Volume::gateway-docker",
+    "$openstack:compute/volumeAttach:VolumeAttach::gateway-docker-attach",
 )
 
 

@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 from traitlets.config import Config, PyFileConfigLoader
 
-from nina import facts, jupyterhub, jupyterhub_runtime, localpki
+from nina import facts, jupyterhub, jupyterhub_runtime, localpki, services
 from nina.config import load_config
 from nina.plan import Plan, build_plan
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / ".cache" / "node"
-PROXY_BIN = NODE_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
+# The proxy the hub host runs: the distribution's package (Debian's node-configurable-http-proxy
+# 4.5.3 here, Ubuntu 24.04's on the host: the same upstream release and Debian packaging).
+PROXY_BIN = Path(facts.JUPYTERHUB_PROXY_BIN)
+# Debian's node finds the packaged node modules itself; another node (NodeSource's) needs the path.
+PROXY_COMMAND = ("/usr/bin/env", "NODE_PATH=/usr/share/nodejs:/usr/lib/nodejs", str(PROXY_BIN))
 SECRET = "test-client-secret-0123456789"
 
 
@@ -67,7 +71,7 @@ def _local(hub: jupyterhub.HubInputs, root: Path, **changes: Any) -> jupyterhub.
         state_dir=str(root / "state"),
         tenancies_dir=str(root / "tenancies"),
         python=sys.executable,
-        proxy_command=(str(PROXY_BIN),),
+        proxy_command=PROXY_COMMAND,
         **changes,
     )
 
@@ -111,12 +115,14 @@ def test_refuses_what_cannot_work(plan, cfg_valid):
 
 
 def test_pinned_releases_are_the_test_extras():
-    """The host's venv pins (facts) and the test venv's (pyproject) are the same releases."""
+    """The host's venv pins (facts) and the test venv's (pyproject) are the same releases; the
+    proxy is the distribution's on both (never a second copy from npm)."""
     text = (REPO / "pyproject.toml").read_text()
     for pin in facts.JUPYTERHUB_PACKAGES:
         assert f'"{pin}"' in text, pin
     package = json.loads((REPO / "tests" / "node" / "package.json").read_text())
-    assert package["dependencies"]["configurable-http-proxy"] == facts.CONFIGURABLE_HTTP_PROXY_VERSION
+    assert "configurable-http-proxy" not in package["dependencies"]
+    assert facts.JUPYTERHUB_PROXY_PACKAGE in services.jupyterhub.SERVICE.packages
 
 
 def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
@@ -186,7 +192,8 @@ def _netns_available() -> bool:
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not _netns_available(), reason="needs root and `unshare -n` (a private network namespace for the servers' ports)")
 @pytest.mark.skipif(
-    not PROXY_BIN.exists() or not shutil.which("node"), reason="needs node and scripts/bootstrap --test-tools (.cache/node)"
+    not PROXY_BIN.exists() or not (NODE_DIR / "node_modules").is_dir() or not shutil.which("node"),
+    reason="needs node, node-configurable-http-proxy and scripts/bootstrap --test-tools (.cache/node)",
 )
 def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
     """JupyterHub with the rendered config (only the spawner class replaced: no docker here) and a
@@ -318,3 +325,201 @@ def test_the_keycloak_realm_holds_what_the_hub_relies_on():
         if m["protocolMapper"] == "oidc-group-membership-mapper"
     ]
     assert [(m["config"]["claim.name"], m["config"]["full.path"]) for m in mappers] == [(want["groupsClaim"], "false")]
+
+
+# --- the hub host's delivery ------------------------------------------------------------------------
+
+
+def _pki(plan: Plan) -> dict[str, str]:
+    """A local CA and the hub's certificate as `certificate(plan)` asks for it."""
+    ca_key = localpki.generate_key()
+    ca = localpki.self_signed_ca(ca_key.private_key_pem, facts.CA_SUBJECT, 24)
+    spec = jupyterhub.certificate(plan)
+    key = localpki.generate_key()
+    csr = localpki.cert_request(key.private_key_pem, {"common_name": spec.common_name}, list(spec.dns_names), list(spec.ip_addresses))
+    cert = localpki.sign_certificate(csr, ca_key.private_key_pem, ca, 24, facts.SERVER_CERT_USES)
+    return {"ca": ca, "cert": cert, "key": key.private_key_pem}
+
+
+@pytest.fixture(scope="module")
+def pki(plan) -> dict[str, str]:
+    return _pki(plan)
+
+
+def _delivery(plan: Plan, pki: dict[str, str], secret: str = SECRET) -> dict[str, Any]:
+    return json.loads(jupyterhub.jupyterhub_delivery(plan, secret, pki["ca"], pki["cert"], pki["key"]))
+
+
+def test_certificate_names_the_hub_host(plan, cfg_valid):
+    hub = plan.host_by_name["hub"]
+    spec = jupyterhub.certificate(plan)
+    assert (spec.common_name, spec.dns_names, spec.ip_addresses, spec.server) == ("hub", ("hub",), (hub.fixed_ip,), True)
+    raw = cfg_valid()
+    raw["cloud"] = {"dns_domain": "myproject.cloud.edu.au"}
+    raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak", "jupyterhub", "superlink"]}]
+    large = build_plan(load_config(raw))
+    assert jupyterhub.certificate(large).dns_names == ("gateway", "gateway.myproject.cloud.edu.au")
+    # nginx verifies the upstream by the plan's host name (proxy_ssl_name): the certificate carries it.
+    from nina import proxy
+
+    site = next(s for s in proxy.sites(plan) if s.service == "jupyterhub")
+    assert site.upstream_host in jupyterhub.certificate(plan).dns_names
+
+
+def test_delivery_carries_the_hub_with_owners_that_keep_it_from_its_own_config(plan, pki):
+    payload = _delivery(plan, pki)
+    files = {f["path"]: f for f in payload["files"]}
+    hub = jupyterhub.inputs(plan)
+    # Everything files() renders, byte for byte.
+    for path, text in jupyterhub.files(hub, SECRET, pki["ca"]).items():
+        assert files[path]["content"] == text, path
+    # Root owns every file (the hub cannot change its config, code or units); only the settings,
+    # which hold the client secret, are readable by the hub's group alone; the key is root's.
+    assert {f["owner"] for f in payload["files"]} == {"root"}
+    settings = files[f"{facts.JUPYTERHUB_CONFIG}/{facts.JUPYTERHUB_SETTINGS_FILE}"]
+    assert (settings["mode"], settings["group"]) == (0o640, "jupyterhub") and SECRET in settings["content"]
+    key = files[facts.JUPYTERHUB_SSL_KEY]
+    assert (key["mode"], key["owner"], key["group"]) == (0o600, "root", "root")
+    assert files[facts.JUPYTERHUB_SSL_CERT]["mode"] == 0o644
+    secret_holders = {p for p, f in files.items() if SECRET in f["content"] or "PRIVATE KEY" in f["content"]}
+    assert secret_holders == {settings["path"], key["path"]}
+    assert all(f["mode"] & 0o022 == 0 for f in payload["files"])
+    # The hub reads its key as a systemd credential, at the path the settings name.
+    unit = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.JUPYTERHUB_UNIT}"]["content"]
+    assert f"LoadCredential={facts.JUPYTERHUB_KEY_CREDENTIAL}:{facts.JUPYTERHUB_SSL_KEY}\n" in unit
+    traits = json.loads(settings["content"])["traits"]["JupyterHub"]
+    assert traits["ssl_key"] == facts.JUPYTERHUB_KEY_CREDENTIAL_PATH and traits["ssl_cert"] == facts.JUPYTERHUB_SSL_CERT
+    assert facts.JUPYTERHUB_KEY_CREDENTIAL_PATH.endswith(f"/{facts.JUPYTERHUB_UNIT}/{facts.JUPYTERHUB_KEY_CREDENTIAL}")
+    assert f"ExecStart={facts.JUPYTER_VENV}/bin/jupyterhub -f {facts.JUPYTERHUB_CONFIG}/{facts.JUPYTERHUB_CONFIG_FILE}\n" in unit
+    assert "User=jupyterhub\n" in unit and f"ReadWritePaths={facts.JUPYTERHUB_OPT}\n" in unit
+    # The docker steps: their program, the plan they read (each tenancy's network and bridge).
+    plan_file = json.loads(files[facts.JUPYTERHUB_DOCKER_PLAN]["content"])
+    assert plan_file["networks"] == [
+        {"tenancy": t, "network": jupyterhub.tenancy_network(t), "bridge": jupyterhub.tenancy_bridge(t)} for t in ("main", "beta")
+    ]
+    assert plan_file["images"] == list(facts.JUPYTERHUB_IMAGES)
+    assert files[facts.JUPYTERHUB_DOCKER_BIN]["mode"] == 0o755 and "nina.host.hub_docker" in files[facts.JUPYTERHUB_DOCKER_BIN]["content"]
+    from nina import render
+
+    assert "nina/host/hub_docker.py" in render.host_programs()
+    # The host's notebook firewall travels with it (its own unit, restarted by its own files).
+    from nina import notebook_firewall
+
+    assert {f.path for f in notebook_firewall.firewall_files(plan)} <= set(files)
+    # Only its own files' changes restart the hub; the steps run on every delivery.
+    assert payload["restart"] == [facts.JUPYTERHUB_UNIT, facts.NOTEBOOK_FIREWALL_UNIT]
+    own = set(payload["restart_when"][facts.JUPYTERHUB_UNIT])
+    assert {settings["path"], key["path"], facts.JUPYTERHUB_SSL_CERT, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.JUPYTERHUB_UNIT}"} <= own
+    assert not own & {facts.JUPYTERHUB_DOCKER_PLAN, facts.NOTEBOOK_FIREWALL_BIN} and not any(
+        p.startswith(facts.JUPYTERHUB_TENANCIES) for p in own
+    )
+    assert payload["restart_when"][facts.NOTEBOOK_FIREWALL_UNIT] == [f.path for f in notebook_firewall.firewall_files(plan)]
+    assert payload["run"] == [facts.JUPYTERHUB_NETWORKS_UNIT, facts.JUPYTERHUB_IMAGES_UNIT]
+    # A restart of the hub (a delivery) leaves the researchers' running notebooks alone.
+    assert traits["cleanup_servers"] is False
+    # Deterministic: the same inputs give the same bytes; the secret moves only the settings.
+    again = jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
+    assert again == jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
+    other = {f["path"]: f for f in _delivery(plan, pki, "another-secret-0123456789")["files"]}
+    assert {p for p in files if files[p] != other[p]} == {settings["path"]}
+
+
+def test_delivery_refuses_bad_material(plan, pki):
+    with pytest.raises(ValueError, match="JupyterHub key"):
+        jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["cert"])
+    with pytest.raises(ValueError, match="client secret"):
+        jupyterhub.jupyterhub_delivery(plan, "", pki["ca"], pki["cert"], pki["key"])
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
+
+
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+def test_systemd_analyze_verifies_every_unit(tmp_path):
+    units = {facts.JUPYTERHUB_UNIT: jupyterhub.service_unit(), **{u: jupyterhub.step_unit(u) for u in services.jupyterhub.STEPS}}
+
+    # The programs the units run, as they exist here (verify checks that they are executables).
+    program = tmp_path / "nina-jupyterhub-docker"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    here = {
+        f"{facts.JUPYTER_VENV}/bin/jupyterhub": str(Path(sys.executable).parent / "jupyterhub"),
+        facts.JUPYTERHUB_DOCKER_BIN: str(program),
+    }
+
+    def verify(name: str, text: str) -> list[str]:
+        for path, local in here.items():
+            text = text.replace(f"={path} ", f"={local} ")
+        (tmp_path / name).write_text(text)
+        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0 or name in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        return [line for line in (proc.stdout + proc.stderr).splitlines() if name in line]
+
+    for name, text in units.items():
+        assert verify(name, text) == [], name
+    # The check can fail: a typo'd key and a bad value are reported.
+    assert verify(facts.JUPYTERHUB_UNIT, jupyterhub.service_unit().replace("ProtectHome=yes", "ProtectHome=maybe"))
+    assert verify(facts.JUPYTERHUB_IMAGES_UNIT, jupyterhub.step_unit(facts.JUPYTERHUB_IMAGES_UNIT).replace("Type=oneshot", "Typ=oneshot"))
+
+
+def test_installer_runs_the_steps_on_every_delivery_and_restarts_the_hub_only_on_change(plan, pki, tmp_path):
+    """The real nina-install-files (under --root, systemctl a logging stand-in): the first delivery
+    writes, restarts the hub and the firewall and runs both steps; the same delivery again
+    restarts nothing but runs the steps again; a new client secret restarts the hub alone, a
+    changed firewall the firewall alone; a failing step fails the delivery, naming it."""
+    from nina import render
+
+    payload = jupyterhub.jupyterhub_delivery(plan, SECRET, pki["ca"], pki["cert"], pki["key"])
+    log = tmp_path / "systemctl.log"
+    stand_in = tmp_path / "systemctl"
+    stand_in.write_text(f'#!/bin/sh\necho "$*" >>{log}\ncase "$*" in *"$NINA_FAIL"*) [ -n "$NINA_FAIL" ] && exit 3;; esac\nexit 0\n')
+    stand_in.chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {**os.environ, "NINA_SYSTEMCTL": str(stand_in), "PYTHONPATH": render.SOURCE_ROOT, "NINA_FAIL": ""}
+
+    def install(payload: str = payload, **extra: str) -> subprocess.CompletedProcess[str]:
+        log.write_text("")
+        cmd = [
+            sys.executable,
+            "-I",
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; runpy.run_module('nina.host.install_files', run_name='__main__')",
+        ]
+        return subprocess.run(
+            [*cmd, render.SOURCE_ROOT, "--root", str(root)], input=payload, capture_output=True, text=True, env={**env, **extra}
+        )
+
+    first = install()
+    assert first.returncode == 0, first.stderr
+    steps = [f"start {facts.JUPYTERHUB_NETWORKS_UNIT}", f"start {facts.JUPYTERHUB_IMAGES_UNIT}"]
+    both = f"{facts.JUPYTERHUB_UNIT} {facts.NOTEBOOK_FIREWALL_UNIT}"
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {both}", f"restart {both}", *steps]
+    second = install()
+    assert second.returncode == 0 and log.read_text().splitlines() == steps, second.stdout
+    new_secret = jupyterhub.jupyterhub_delivery(plan, "a-new-client-secret-0123", pki["ca"], pki["cert"], pki["key"])
+    assert install(new_secret).returncode == 0
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {facts.JUPYTERHUB_UNIT}", f"restart {facts.JUPYTERHUB_UNIT}", *steps]
+    edited = json.loads(new_secret)
+    for f in edited["files"]:
+        if f["path"] == facts.NOTEBOOK_FIREWALL_BIN:
+            f["content"] += "# edited\n"
+    assert install(json.dumps(edited)).returncode == 0
+    fw = facts.NOTEBOOK_FIREWALL_UNIT
+    assert log.read_text().splitlines() == ["daemon-reload", f"enable {fw}", f"restart {fw}", *steps]
+    failed = install(json.dumps(edited), NINA_FAIL=facts.JUPYTERHUB_NETWORKS_UNIT)
+    assert failed.returncode == 1 and f"step {facts.JUPYTERHUB_NETWORKS_UNIT} failed" in failed.stderr
+    assert log.read_text().splitlines() == steps[:1]  # the images step does not run after it
+
+
+def test_restart_when_is_checked_where_it_is_made():
+    from nina import render
+
+    f = render.DeliveredFile("/etc/jupyterhub/x.conf", "x\n", 0o644)
+    with pytest.raises(ValueError, match="not one of the units to restart"):
+        render.delivery_payload([f], ["a.service"], restart_when={"b.service": [f.path]})
+    with pytest.raises(ValueError, match="non-empty list of delivered paths"):
+        render.delivery_payload([f], ["a.service"], restart_when={"a.service": ["/etc/other"]})
+    with pytest.raises(ValueError, match="not a systemd unit name"):
+        render.delivery_payload([f], ["a.service"], run=["a; reboot"])

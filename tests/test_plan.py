@@ -95,3 +95,23 @@ def test_vpn_plan_pins_each_onprem_organisation_to_a_fixed_address():
     vpn_host = plan.host_by_name["vpn-main"]
     assert vpn_host.public and vpn_host.routed_cidrs == ("192.168.99.0/24",)
     assert {r.name for r in plan.rules if r.security_group == "vpn-main"} == {"public->vpn-main-udp-1194", "public->vpn-main-tcp-443"}
+
+
+def test_the_jupyterhub_host_gets_docker_s_volume_with_or_without_researcher_access():
+    """docker's data root lives on a Cinder volume of the host with role jupyterhub; it does not
+    depend on nina:researcher_access, so turning that on or off adds or removes no volume (which
+    would change the host's user-data and so replace the VM)."""
+    hosts = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}, {"name": "hub", "roles": ["jupyterhub"]}]
+    access = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+    plain = build_plan(load_config(base(hosts=hosts)))
+    with_access = build_plan(load_config(base(hosts=hosts, researcher_access=access)))
+    sized = build_plan(load_config(base(hosts=hosts, jupyterhub={"volume_gb": 250})))
+    want = (facts.JUPYTERHUB_VOLUME_NAME, facts.JUPYTERHUB_VOLUME_GB, facts.JUPYTERHUB_VOLUME, "root")
+    for plan in (plain, with_access):
+        (vol,) = plan.host_by_name["hub"].volumes
+        assert (vol.name, vol.size_gb, vol.mount_point, vol.owner) == want
+    assert sized.host_by_name["hub"].volumes[0].size_gb == 250
+    assert plain.host_by_name["gateway"].volumes == ()
+    assert all(not h.volumes or "jupyterhub" in h.roles or "superlink" in h.roles or "supernode" in h.roles for h in plain.hosts)
+    # Stacks without a JupyterHub host get no such volume.
+    assert not any(v.name == facts.JUPYTERHUB_VOLUME_NAME for h in build_plan(load_config(base())).hosts for v in h.volumes)

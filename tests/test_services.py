@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 
 import pytest
@@ -40,7 +41,8 @@ def test_directories_are_deduplicated_sorted_and_conflicts_refused():
 def test_service_users_live_in_the_system_group_with_their_home():
     for s in services.SERVICES.values():
         if s.user is not None:
-            assert s.user == User(facts.SERVICE_USERS[s.name], s.user.home)
+            assert s.user == User(facts.SERVICE_USERS[s.name], s.user.home, s.user.groups)
+            assert s.user.groups in ((), (facts.DOCKER_GROUP,)), s.name  # docker: JupyterHub's alone
             assert any(d.path == s.user.home for d in s.directories), s.name
             assert all(d.group == facts.SYSTEM_GROUP or d.owner == "root" for d in s.directories), s.name
 
@@ -55,8 +57,7 @@ def test_service_users_own_only_where_they_write():
         facts.SUPERLINK_STATE_DIR: "superlink",
         facts.SUPERNODE_FLWR_HOME: "supernode",
         facts.SUPERNODE_DATA: "supernode",
-        # Keycloak's data/ is inside its release's directory, made by nina-keycloak-install.
-        facts.JUPYTERHUB_OPT: "jupyterhub",  # not built yet
+        facts.JUPYTERHUB_OPT: "jupyterhub",
     }
     for d in every:
         assert d.mode & 0o022 == 0, d
@@ -64,14 +65,37 @@ def test_service_users_own_only_where_they_write():
     assert (services.model.PYTHON_ROOT.owner, services.model.PYTHON_ROOT.group, services.model.PYTHON_ROOT.mode) == ("root", "root", 0o755)
 
 
-def test_flower_services_need_the_venv_and_others_do_not():
-    assert services.venv_programs(services.for_roles(["superlink", "supernode"])) == ["flower-superlink", "flwr", "flower-supernode"]
-    assert services.venv_programs(services.for_roles(["bastion", "vpn", "monitoring"])) == []
+def test_each_service_states_its_venv_and_shared_venvs_merge():
+    flower = services.venvs(services.for_roles(["superlink", "supernode"]))
+    assert [(v.path, v.requirements, v.programs) for v in flower] == [
+        (facts.FLOWER_VENV, (f"flwr=={facts.FLWR_VERSION}",), ("flower-superlink", "flwr", "flower-supernode"))
+    ]
+    assert services.venvs(services.for_roles(["bastion", "vpn", "monitoring"])) == []
+    # The manual's "one large VM": the Flower venv and JupyterHub's, each with its own pins.
+    both = services.venvs(services.for_roles(["superlink", "jupyterhub"]))
+    assert [v.path for v in both] == [facts.JUPYTER_VENV, facts.FLOWER_VENV]
+    assert both[0].requirements == facts.JUPYTERHUB_PACKAGES and both[0].pins()[0] == ("jupyterhub", "6.1.1")
+    other = Service("x", "y", venv=services.Venv(facts.FLOWER_VENV, ("flwr==0.1",)))
+    with pytest.raises(ValueError, match="disagree about the venv"):
+        services.venvs([*services.for_roles(["superlink"]), other])
+    with pytest.raises(ValueError, match="not an exact pin"):
+        services.Venv("/opt/python/x", ("flwr>=1",))
+
+
+def test_jupyterhub_service_is_built():
+    svc = services.jupyterhub.SERVICE
+    assert svc.built and {"docker.io", facts.JUPYTERHUB_PROXY_PACKAGE} <= set(svc.packages)
+    assert svc.user == User("jupyterhub", facts.JUPYTERHUB_OPT, (facts.DOCKER_GROUP,))
+    daemon = json.loads(services.jupyterhub.docker_daemon_json())
+    assert daemon["data-root"] == facts.JUPYTERHUB_DOCKER_ROOT and daemon["data-root"].startswith(facts.JUPYTERHUB_VOLUME + "/")
+    assert {f.path for f in svc.files} == {facts.DOCKER_DAEMON_JSON, facts.DOCKER_DROPIN}
+    assert f"RequiresMountsFor={facts.JUPYTERHUB_DOCKER_ROOT}\n" in services.jupyterhub.docker_dropin()
+    assert svc.restart_after_mount == (facts.DOCKER_UNIT,)
 
 
 def test_unbuilt_services_say_so():
-    """JupyterHub has its first-boot layout only (its delivery is the researcher-access issue's)."""
-    assert {n for n, s in services.SERVICES.items() if not s.built} == {"jupyterhub"}
+    """Every service is built: each has its delivery."""
+    assert {n for n, s in services.SERVICES.items() if not s.built} == set()
 
 
 def test_site_kits_set_up_a_supernode_host_plus_the_vpn_client():

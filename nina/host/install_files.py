@@ -1,7 +1,8 @@
 """nina-install-files: install files delivered by nina (pulumi-command pipes a payload on stdin).
 
 Payload (JSON): {"files": [{"path", "content", "mode", "owner", "group"}, ...], "restart": [unit, ...],
-"prune": [dir, ...] (optional), "hot": {dir: [management socket, ...]} (optional)}.
+"prune": [dir, ...] (optional), "hot": {dir: [management socket, ...]} (optional),
+"run": [unit, ...] (optional), "restart_when": {unit: [path, ...]} (optional)}.
 `check_payload` is the one definition of this schema: nina.render checks every payload it
 renders with it (and each DeliveredFile with `check_file`), so a payload nina makes is one the
 installer takes.
@@ -17,6 +18,14 @@ directory must be at least three levels deep (/a/b/c) and lie at or under the di
 a delivered file. If anything was written or deleted: `systemctl daemon-reload`,
 `update-ca-certificates` when the local CA changed, then `systemctl enable` and `restart`
 of the listed units.
+
+"restart_when" narrows a restart: a unit it names is restarted only when one of its paths
+changed or was removed (a payload that carries two services' files: JupyterHub's and the hub
+host's firewall); the other "restart" units are restarted on any change, as before.
+
+"run" units (oneshot steps) are started (`systemctl start`, in order) on every run, whether or
+not anything changed, after the restarts: a delivery re-run after a failed step runs it again.
+A step that fails fails the run (exit 1, naming the unit); the steps after it do not run.
 
 A "hot" directory (also pruned) holds files the service reads per connection (OpenVPN's
 client-config-dir and allow-list; sshd's authorized keys, with no socket: sshd reads them at
@@ -142,9 +151,42 @@ def check_file(f: object, where: str) -> FileEntry:
     return cast(FileEntry, f)
 
 
+def check_run(payload: Any) -> list[str]:
+    """The payload's "run" units (none without the key)."""
+    run = payload.get("run", [])
+    if not isinstance(run, list):
+        raise BadInput('"run" must be a list')
+    for unit in run:
+        if not isinstance(unit, str) or not UNIT_RE.match(unit):
+            raise BadInput(f"run: {unit!r} is not a systemd unit name")
+    return run
+
+
+def check_restart_when(payload: Any) -> dict[str, list[str]]:
+    """The payload's "restart_when" ({} without the key): each unit one of "restart", each path a delivered file's."""
+    when = payload.get("restart_when", {})
+    if not isinstance(when, dict):
+        raise BadInput('"restart_when" must be an object: unit -> list of delivered paths')
+    paths = {f.get("path") for f in payload.get("files", []) if isinstance(f, dict)}
+    for unit, watched in when.items():
+        if unit not in payload.get("restart", []):
+            raise BadInput(f"restart_when: {unit!r} is not one of the units to restart")
+        if not isinstance(watched, list) or not watched or not all(isinstance(p, str) and p in paths for p in watched):
+            raise BadInput(f"restart_when: {unit} needs a non-empty list of delivered paths")
+    return when
+
+
+def restarts(restart: list[str], when: Mapping[str, list[str]], changed: Iterable[str]) -> list[str]:
+    """The units of `restart` to restart, given the changed paths."""
+    moved = set(changed)
+    return [u for u in restart if u not in when or moved & set(when[u])]
+
+
 def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str], dict[str, list[str]]]:
-    if not isinstance(payload, dict) or set(payload) - {"files", "restart", "prune", "hot"}:
-        raise BadInput('payload must be an object with keys "files", "restart" and optionally "prune" and "hot"')
+    keys = {"files", "restart", "prune", "hot", "run", "restart_when"}
+    if not isinstance(payload, dict) or set(payload) - keys:
+        raise BadInput('payload must be an object with keys "files", "restart" and optionally "prune", "hot", "run" and "restart_when"')
+    check_run(payload)
     files = payload.get("files")
     restart = payload.get("restart", [])
     prune = payload.get("prune", [])
@@ -160,6 +202,7 @@ def check_payload(payload: object) -> tuple[list[FileEntry], list[str], list[str
         if not isinstance(unit, str) or not UNIT_RE.match(unit):
             raise BadInput(f"restart: {unit!r} is not a systemd unit name")
     check_prune(prune, seen)
+    check_restart_when(payload)
     hot = payload.get("hot", {})
     check_hot(hot, prune)
     return cast(list[FileEntry], files), restart, prune, cast(dict[str, list[str]], hot)
@@ -365,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise BadInput(f"stdin is not a JSON payload: {exc}") from None
         files, restart, prune, hot = check_payload(payload)
+        run = check_run(payload)
+        when = check_restart_when(payload)
         ids = resolve_ids(files, root, args.dry_run)
     except BadInput as exc:
         print(f"{PROG}: error: {exc}; nothing was written", file=sys.stderr)
@@ -447,9 +492,10 @@ def main(argv: list[str] | None = None) -> int:
             os.close(dir_fd)
 
     if changed and hot_only(changed, hot):
-        return disconnect(sorted(p for p in changed if p in existed), hot, root, args.dry_run, len(changed), len(files) - written)
+        rc = disconnect(sorted(p for p in changed if p in existed), hot, root, args.dry_run, len(changed), len(files) - written)
+        return rc or run_steps(run, root, args.dry_run)
 
-    cmds = commands(restart, LOCAL_CA_TRUST in changed) if changed else []
+    cmds = commands(restarts(restart, when, changed), LOCAL_CA_TRUST in changed) if changed else []
     overridden = "NINA_SYSTEMCTL" in os.environ or "NINA_UPDATE_CA_CERTIFICATES" in os.environ
     for cmd in cmds:
         line = " ".join(shlex.quote(c) for c in cmd)
@@ -465,6 +511,25 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     verb = "would change" if args.dry_run else "changed"
     print(f"{PROG}: {len(changed)} {verb}, {len(files) - written} unchanged")
+    return run_steps(run, root, args.dry_run)
+
+
+def run_steps(run: list[str], root: str, dry_run: bool) -> int:
+    """Start each "run" unit (a oneshot step), in order, stopping at the first that fails."""
+    systemctl = shlex.split(os.environ.get("NINA_SYSTEMCTL", "systemctl"))
+    for unit in run:
+        line = shlex.join([*systemctl, "start", unit])
+        if dry_run:
+            print(f"would run {line}")
+            continue
+        if root and "NINA_SYSTEMCTL" not in os.environ:
+            print(f"skipped under --root: {line}")
+            continue
+        print(f"running {line}", flush=True)
+        rc = subprocess.call([*systemctl, "start", unit])
+        if rc != 0:
+            print(f"{PROG}: error: step {unit} failed ({line} exited {rc}); see `journalctl -u {unit}`", file=sys.stderr)
+            return 1
     return 0
 
 

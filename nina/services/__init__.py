@@ -1,8 +1,8 @@
 """One definition per service: what a host needs at first boot to run it, stated once.
 
 Each module here defines one `Service` (its name is the role that puts it on a host): its
-Debian packages, its service user, its directories (manual 4.1.1) and the programs it needs in
-the Flower venv. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
+Debian packages, its service user, its directories (manual 4.1.1), its Python venv (pinned
+requirements, programs) and fixed first-boot files. The cloud-init renderer (`cloudinit.userdata`) builds every host's fixed
 bootstrap from the services of its roles, and the role list of the config model comes from
 here; a site kit's install.sh sets up the services of `site_kit()` (nina.kit). What evolves (programs, units, configs, keys) is not here: each service's delivery
 (`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
@@ -27,7 +27,7 @@ from nina.services import (
     supernode,
     vpn,
 )
-from nina.services.model import VENV_DIRECTORIES, VENV_PACKAGES, Directory, Service, User
+from nina.services.model import VENV_DIRECTORIES, VENV_PACKAGES, Directory, FixedFile, Service, User, Venv
 
 __all__ = [
     "BASE",
@@ -37,14 +37,17 @@ __all__ = [
     "VENV_DIRECTORIES",
     "VENV_PACKAGES",
     "Directory",
+    "FixedFile",
     "Service",
     "User",
+    "Venv",
     "directories",
+    "files",
     "for_roles",
     "packages",
     "site_kit",
     "users",
-    "venv_programs",
+    "venvs",
 ]
 
 BASE = base.SERVICE
@@ -101,5 +104,26 @@ def directories(services: Iterable[Service]) -> list[Directory]:
     return [found[p] for p in sorted(found)]
 
 
-def venv_programs(services: Iterable[Service]) -> list[str]:
-    return list(dict.fromkeys(p for s in services for p in s.venv_programs))
+def venvs(services: Iterable[Service]) -> list[Venv]:
+    """One venv per path, in the order services name them, with the programs of every service
+    that uses it; services that share a venv must pin the same requirements."""
+    found: dict[str, Venv] = {}
+    for s in services:
+        if s.venv is None:
+            continue
+        other = found.setdefault(s.venv.path, s.venv)
+        if other.requirements != s.venv.requirements:
+            raise ValueError(f"services disagree about the venv {s.venv.path}: {other.requirements} vs {s.venv.requirements} ({s.name})")
+        programs = tuple(dict.fromkeys((*other.programs, *s.venv.programs)))
+        found[s.venv.path] = Venv(other.path, other.requirements, programs)
+    return list(found.values())
+
+
+def files(services: Iterable[Service]) -> list[FixedFile]:
+    """The fixed files of `services` (user-data); two services may name a file only with the same content."""
+    found: dict[str, FixedFile] = {}
+    for s in services:
+        for f in s.files:
+            if found.setdefault(f.path, f) != f:
+                raise ValueError(f"services disagree about {f.path} ({s.name})")
+    return list(found.values())

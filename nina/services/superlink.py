@@ -2,7 +2,7 @@
 (`<host>-superlink`): certificates, the admin flwr CLI config, run script and unit, nina-membership."""
 
 from nina import facts
-from nina.services.model import FLOWER_DIRS, Directory, Service, User
+from nina.services.model import FLOWER_DIRS, Directory, Service, User, flower_venv
 
 _USER = facts.SERVICE_USERS["superlink"]
 SERVICE = Service(
@@ -19,7 +19,7 @@ SERVICE = Service(
         Directory(facts.SUPERLINK_STATE_DIR, 0o750, _USER),
         Directory(facts.SUPERLINK_ADMIN_FLWR_HOME, 0o700, facts.ROOT_USER, facts.ROOT_USER),
     ),
-    venv_programs=("flower-superlink", "flwr"),
+    venv=flower_venv("flower-superlink", "flwr"),
 )
 UNITS = (facts.SUPERLINK_UNIT, facts.SUPERLINK_BACKUP_TIMER, facts.FEDERATION_METRICS_TIMER)
 # What it runs besides (the timers start the daily backup and the federation metrics): the unit

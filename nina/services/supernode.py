@@ -3,7 +3,7 @@
 their kit (`nina.kit`)."""
 
 from nina import facts
-from nina.services.model import FLOWER_DIRS, Directory, Service, User
+from nina.services.model import FLOWER_DIRS, Directory, Service, User, flower_venv
 
 _USER = facts.SERVICE_USERS["supernode"]
 SERVICE = Service(
@@ -19,6 +19,6 @@ SERVICE = Service(
         Directory(facts.SUPERNODE_FLWR_HOME, 0o750, _USER),
         Directory(facts.SUPERNODE_DATA, 0o750, _USER),
     ),
-    venv_programs=("flower-supernode",),
+    venv=flower_venv("flower-supernode"),
 )
 UNITS = (facts.SUPERNODE_UNIT,)
