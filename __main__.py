@@ -12,7 +12,7 @@ import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from components.platform import Platform, PlatformArgs
-from nina.config import NAMESPACE, ConfigError, load_config
+from nina.config import NAMESPACE, SECRET_INPUTS, ConfigError, load_config, secret_input_problems
 from nina.plan import build_plan
 
 # (gen-0 allocations, gen-1 and gen-2 collection ratios)
@@ -25,7 +25,7 @@ def nina_config() -> dict:
     out = {}
     for full_key, value in sorted(raw.items()):
         namespace, _, key = full_key.partition(":")
-        if namespace != NAMESPACE:
+        if namespace != NAMESPACE or key in SECRET_INPUTS:  # secrets: read as Pulumi secrets below
             continue
         # Structured values arrive as JSON text, booleans as "true"/"false"; anything else is
         # the plain string it was in the YAML (so "2024" stays a string, as `nina config check` reads it).
@@ -44,10 +44,15 @@ gc.set_threshold(*GC_THRESHOLDS)
 
 try:
     config = load_config(nina_config())
+    # The few secrets nina cannot make (config.SECRET_INPUTS), as Pulumi secrets end to end.
+    secret_inputs = {key: pulumi.Config(NAMESPACE).get_secret(key) for key in SECRET_INPUTS}
+    problems = secret_input_problems(config, [key for key, value in secret_inputs.items() if value is not None])
+    if problems:
+        raise ConfigError(problems)
 except ConfigError as err:
     # RunError stops the program with the message alone, no traceback.
     raise pulumi.RunError(err.message()) from None
 
-platform = Platform("nina", PlatformArgs(build_plan(config)))
+platform = Platform("nina", PlatformArgs(build_plan(config), smtp_password=secret_inputs["monitoring_smtp_password"]))
 for output_name, value in platform.outputs.items():
     pulumi.export(output_name, value)

@@ -19,9 +19,10 @@ from components.flower import DeliveryTarget, deliver
 from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, SigningKey, SigningKeyArgs
+from components.researcher import JupyterHub, JupyterHubArgs, Keycloak, KeycloakArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import config, outputs, proxy, render, services
+from nina import config, facts, jupyterhub, keycloak, monitoring, outputs, proxy, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -29,6 +30,8 @@ from nina.plan import Plan
 @dataclass
 class PlatformArgs:
     plan: Plan
+    # nina:monitoring_smtp_password (a Pulumi secret), when nina:monitoring.smtp.auth_username is set
+    smtp_password: pulumi.Output[str] | None = None
 
 
 class Platform(pulumi.ComponentResource):
@@ -111,6 +114,7 @@ class Platform(pulumi.ComponentResource):
         }
 
         database_outputs: dict[str, Any] | None = None
+        db: Database | None = None
         database_passwords: dict[str, pulumi.Output[str]] = {}
         if cfg.database.enabled:
             assert plan.database_ip is not None
@@ -130,6 +134,50 @@ class Platform(pulumi.ComponentResource):
             )
             database_passwords = db.passwords
             database_outputs = outputs.database(plan, db.address)
+
+        # Monitoring (`<monitoring host>-monitoring`): Prometheus's targets come from the plan, so
+        # adding an organisation changes its tenancy's target file in place (no restart, no VM).
+        monitor = monitoring.monitoring_host(plan)
+        if monitor is not None:
+            if args.smtp_password is None:
+                monitoring_payload: pulumi.Input[str] = monitoring.monitoring_delivery(plan)
+            else:
+                monitoring_payload = args.smtp_password.apply(lambda pw: monitoring.monitoring_delivery(plan, pw))  # stays secret
+            deliver(services.monitoring.SERVICE, targets[monitor.name], monitoring_payload, child)
+
+        # Researcher access (nina:researcher_access): Keycloak with its realm, JupyterHub logging in
+        # through it. Both are deliveries: the realm, the clients' secrets and the hub's settings
+        # change files on running hosts, never a VM.
+        served = {site.service for site in proxy.sites(plan)}
+        if cfg.researcher_access is not None and "keycloak" in served:
+            assert db is not None, "nina.config refuses Keycloak without the managed Postgres"
+            assert plan.database_ip is not None
+            db_host, tenancy_names = plan.database_ip, [t.name for t in plan.tenancies]
+            idp = Keycloak(
+                "keycloak",
+                KeycloakArgs(
+                    target=targets[keycloak.keycloak_host(plan).name],
+                    ca=ca,
+                    certificate=keycloak.certificate(plan),
+                    clients=keycloak.client_ids(plan),
+                    db_password=db.passwords[facts.SERVICE_USERS["keycloak"]],
+                    database=db.instance,
+                    render=lambda secrets: keycloak.keycloak_delivery(cfg, tenancy_names, db_host, secrets),
+                ),
+                child,
+            )
+            if "jupyterhub" in served:
+                JupyterHub(
+                    "jupyterhub",
+                    JupyterHubArgs(
+                        target=targets[jupyterhub.jupyterhub_host(plan).name],
+                        ca=ca,
+                        certificate=jupyterhub.certificate(plan),
+                        client_secret=idp.client_secrets[facts.JUPYTERHUB_CLIENT_ID],
+                        render=lambda secret, ca_pem, cert, key: jupyterhub.jupyterhub_delivery(plan, secret, ca_pem, cert, key),
+                    ),
+                    child,
+                )
 
         # Secret outputs, one mapping each so the public outputs stay readable.
         supernode_private_keys = {slug: key for t in tenancies.values() for slug, key in t.supernode_private_keys.items()}

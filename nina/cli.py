@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from nina import facts
-from nina.config import NAMESPACE, ConfigError, StackConfig, load_config, operator_keys
+from nina.config import NAMESPACE, SECRET_INPUTS, ConfigError, StackConfig, load_config, operator_keys, secret_input_problems
 from nina.keys import openssh_fingerprint
 from nina.plan import Plan, build_plan
 
@@ -201,14 +201,23 @@ def _plain(value: Any, path: str, problems: list[tuple[str, str]], budget: list[
     return value
 
 
-def nina_namespace(config: dict[Any, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """The `nina:` keys without prefix, and problems that validation cannot see (secrets, stray keys)."""
+def nina_namespace(config: dict[Any, Any], secrets_present: set[str] | None = None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The `nina:` keys without prefix, and problems that validation cannot see (secrets, stray keys).
+    The secret inputs (config.SECRET_INPUTS) are left out; their keys go into `secrets_present`."""
+    secrets_present = set() if secrets_present is None else secrets_present
     raw: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
     budget = [MAX_NODES]
     for key, value in config.items():
         if not isinstance(key, str):
             problems.append((f"config key {key!r}", "is not a string; config keys look like 'nina:environment'"))
+        elif key.startswith(PREFIX) and key[len(PREFIX) :] in SECRET_INPUTS:
+            # One of the few secrets nina cannot make: only as Pulumi secret, never in plain text.
+            if not (isinstance(value, dict) and set(value) == {"secure"}):
+                problems.append(
+                    (key, f"must be a secret, not plain text in the stack file; set it with `pulumi config set --secret {key}`")
+                )
+            secrets_present.add(key[len(PREFIX) :])
         elif key.startswith(PREFIX):
             raw[key[len(PREFIX) :]] = _plain(value, key, problems, budget, set())
         elif key.startswith(PROJECT_NAMESPACE + ":"):
@@ -229,7 +238,8 @@ def check_stack(path: Path) -> StackConfig:
     """Validate a stack file and return its config; raises StackFileError or ConfigError."""
     document = read_stack_file(path)
     try:
-        raw, problems = nina_namespace(document)
+        secrets_present: set[str] = set()
+        raw, problems = nina_namespace(document, secrets_present)
     except StackFileError as exc:
         raise StackFileError(f"{path}: {exc}") from None
     except RecursionError:
@@ -240,6 +250,9 @@ def check_stack(path: Path) -> StackConfig:
         # A secure value also fails its type check; report it once, as a secret.
         flagged = [key for key, _ in problems]
         problems += [(k, m) for k, m in exc.problems if not any(k == f or k.startswith((f + ".", f + "[")) for f in flagged)]
+    else:
+        flagged = [key for key, _ in problems]
+        problems += [(k, m) for k, m in secret_input_problems(config, secrets_present) if k not in flagged]
     if problems:
         raise ConfigError(problems)
     return config

@@ -561,6 +561,37 @@ def _describe(err: Mapping[str, Any]) -> str:
     return err["msg"]
 
 
+# The only secrets nina cannot make itself, each set with `pulumi config set --secret nina:<key>`:
+# never part of StackConfig (no plain copy in the model), read by __main__ as Pulumi secrets.
+SECRET_INPUTS = {"monitoring_smtp_password": "the password of nina:monitoring.smtp.auth_username at the SMTP relay"}
+
+
+def secret_input_problems(cfg: StackConfig, present: Iterable[str]) -> list[tuple[str, str]]:
+    """What is wrong with the secret inputs set (`present`: their keys) for `cfg`: each is needed
+    exactly when the setting it serves is made."""
+    smtp = cfg.monitoring.smtp
+    needed = {"monitoring_smtp_password"} if smtp is not None and smtp.auth_username is not None else set()
+    have = set(present)
+    problems = []
+    for key in sorted(needed - have):
+        problems.append(
+            (
+                f"{NAMESPACE}:{key}",
+                f"is not set, but nina:monitoring.smtp.auth_username is; set {SECRET_INPUTS[key]} with "
+                f"`pulumi config set --secret {NAMESPACE}:{key}`",
+            )
+        )
+    for key in sorted(have - needed):
+        problems.append(
+            (
+                f"{NAMESPACE}:{key}",
+                "is set, but nothing uses it (nina:monitoring.smtp.auth_username is not set); "
+                f"remove it (`pulumi config rm {NAMESPACE}:{key}`) or set the user name",
+            )
+        )
+    return problems
+
+
 def load_config(raw: Mapping[str, Any]) -> StackConfig:
     """Validate the `nina:` namespace (keys without prefix). Raises ConfigError, never anything else."""
     if not isinstance(raw, Mapping):

@@ -311,3 +311,24 @@ def test_console_script(cfg_repo_root, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert "nina:organisations[0].placement: 'on-prem' is not allowed" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+SMTP_AUTH = """\
+  nina:monitoring:
+    smtp: {smarthost: "smtp.example.edu.au:587", from: fl-ops@example.edu.au, to: [oncall@example.edu.au], auth_username: fl-ops}
+"""
+
+
+def test_the_smtp_password_is_the_one_secret_input(capsys, tmp_path):
+    """nina:monitoring_smtp_password, and only it, is taken as a Pulumi secret, exactly when an
+    SMTP user name needs it; in plain text it is refused."""
+    secret = "  nina:monitoring_smtp_password:\n    secure: v1:abcd\n"
+    write(tmp_path, VALID + SMTP_AUTH + secret)
+    code, out, err = run(capsys, check(tmp_path, "x"))
+    assert code == 0 and out.strip() == "ok", err
+    missing = fail(capsys, tmp_path, VALID + SMTP_AUTH)
+    assert "nina:monitoring_smtp_password: is not set" in missing and "pulumi config set --secret" in missing
+    plain = fail(capsys, tmp_path, VALID + SMTP_AUTH + "  nina:monitoring_smtp_password: hunter2hunter2\n")
+    assert "must be a secret, not plain text" in plain and "hunter2" not in plain
+    stray = fail(capsys, tmp_path, VALID + secret)
+    assert "nothing uses it" in stray

@@ -73,6 +73,8 @@ ADDED_SINCE_FIXTURE = (
     # and its attachment: on the "one large VM" of the all-in-one case.
     "$openstack:blockstorage/volume:Volume::gateway-docker",
     "$openstack:compute/volumeAttach:VolumeAttach::gateway-docker-attach",
+    # The monitoring host's delivery (Prometheus, Alertmanager), new with the operations issue.
+    "$nina:flower:FileDelivery$command:remote:Command::monitor-monitoring-install",
 )
 
 
