@@ -30,7 +30,6 @@ certificate metrics that node exporter's textfile collector exposes (METRICS).
 
 from __future__ import annotations
 
-import importlib
 import json
 import posixpath
 import re
@@ -221,15 +220,9 @@ def prometheus_yml(plan: Plan, **params: str) -> str:
 
 
 def watched_units() -> tuple[str, ...]:
-    """The systemd units the unit alerts watch: for the base service and every service of
-    nina.services, its module's UNITS (what its delivery restarts), WATCHED (what it runs
-    otherwise, e.g. nginx) and CLIENT_UNITS (the VPN client of on-premise hosts). Sorted, once each."""
-    found: set[str] = set()
-    for name in ("base", *services.SERVICES):
-        module = importlib.import_module(f"nina.services.{name}")
-        for attr in ("UNITS", "WATCHED", "CLIENT_UNITS"):
-            found.update(getattr(module, attr, ()))
-    return tuple(sorted(found))
+    """The systemd units the unit alerts watch (nina.services.watched_units: every service's
+    UNITS, WATCHED and CLIENT_UNITS), the same the node exporter's systemd collector reports."""
+    return services.watched_units()
 
 
 def priority_mounts(plan: Plan) -> tuple[str, ...]:

@@ -465,5 +465,10 @@ def logrotate_conf() -> str:
 
 
 def node_exporter_defaults() -> str:
-    """/etc/default/prometheus-node-exporter: listen on facts.NODE_EXPORTER_PORT (manual 5.2.2)."""
-    return _render("node-exporter.default.j2")
+    """/etc/default/prometheus-node-exporter: listen on facts.NODE_EXPORTER_PORT (manual 5.2.2); the
+    systemd collector limited to the units worth watching (services.watched_units), as a regex
+    without backslashes (`[.]`), which systemd's EnvironmentFile and the shell keep as written."""
+    units = services.watched_units()
+    if any(not re.fullmatch(r"[A-Za-z0-9@._-]+", u) for u in units):
+        raise ValueError(f"a unit name outside [A-Za-z0-9@._-] cannot go into the node exporter's unit regex: {units}")
+    return _render("node-exporter.default.j2", unit_include="(" + "|".join(u.replace(".", "[.]") for u in units) + ")")

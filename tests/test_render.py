@@ -352,9 +352,18 @@ def test_housekeeping_files():
         text=True,
         check=True,
     ).stdout.split()
+    # The systemd collector reports the services' units and nothing else (node exporter anchors the regex).
+    [unit_include] = [a for a in args if a.startswith("--collector.systemd.unit-include=")]
+    regex = re.compile(unit_include.split("=", 1)[1])
+    for unit in ("superlink.service", "supernode.service", "keycloak.service", "jupyterhub.service", "openvpn-server@server.service"):
+        assert regex.fullmatch(unit), unit
+    for unit in ("cron.service", "superlinkXservice", "superlink.service.d", "getty@tty1.service"):
+        assert not regex.fullmatch(unit), unit
+    assert "\\" not in unit_include  # no backslash for systemd's EnvironmentFile to reinterpret
     assert args == [
         f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}",
         "--collector.systemd",
+        unit_include,
         "--collector.systemd.enable-restarts-metrics",
         "--collector.textfile",
         f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}",

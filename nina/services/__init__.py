@@ -48,6 +48,7 @@ __all__ = [
     "site_kit",
     "users",
     "venvs",
+    "watched_units",
 ]
 
 BASE = base.SERVICE
@@ -67,6 +68,22 @@ SERVICES: dict[str, Service] = {
 }
 ROLES = tuple(SERVICES)
 SHARED_ROLES = tuple(name for name, s in SERVICES.items() if s.shared)
+
+
+_MODULES = (base, bastion, proxy, keycloak, jupyterhub, monitoring, superlink, supernode, vpn)
+assert {m.SERVICE.name for m in _MODULES} == {BASE.name, *SERVICES}
+
+
+def watched_units() -> tuple[str, ...]:
+    """The systemd units worth watching on nina's hosts: for the base service and every service,
+    its module's UNITS (what its delivery restarts), WATCHED (what it runs otherwise, e.g. nginx)
+    and CLIENT_UNITS (the VPN client of on-premise hosts). Sorted, once each. The node exporter's
+    systemd collector reports only these (nina.render), and the unit alerts watch them (nina.monitoring)."""
+    found: set[str] = set()
+    for module in _MODULES:
+        for attr in ("UNITS", "WATCHED", "CLIENT_UNITS"):
+            found.update(getattr(module, attr, ()))
+    return tuple(sorted(found))
 
 
 def for_roles(roles: Iterable[str]) -> list[Service]:
