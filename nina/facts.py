@@ -356,6 +356,10 @@ NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
 NODE_EXPORTER_LOGROTATE = "/etc/logrotate.d/prometheus-node-exporter"
 NODE_EXPORTER_LOG = "/var/log/prometheus/prometheus-node-exporter.log"
 NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+# On an on-premise kit host the exporter listens on the organisation's VPN address only, which
+# exists once the tunnel is up: this drop-in orders it after the VPN client and retries until then.
+NODE_EXPORTER_VPN_DROPIN = "/etc/systemd/system/prometheus-node-exporter.service.d/nina-vpn.conf"
+NODE_EXPORTER_RETRY_SECONDS = 10
 # Where node exporter's textfile collector reads `*.prom` files: the default of Debian's and Ubuntu's
 # prometheus-node-exporter (its --collector.textfile.directory; the package makes it root:root 0755),
 # set explicitly in NODE_EXPORTER_DEFAULTS all the same. nina's metrics files there (README,

@@ -420,13 +420,25 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
         ),
         KitFile(
             _rel(facts.NODE_EXPORTER_DEFAULTS),
-            _text(render.node_exporter_defaults()),
+            _text(render.node_exporter_defaults(org.vpn_address if org.onprem else None)),
             0o644,
             facts.NODE_EXPORTER_DEFAULTS,
             tag="exporter",
-            about=f"node exporter arguments: listen on port {facts.NODE_EXPORTER_PORT} (manual 5.2.2)",
+            about=f"node exporter arguments: listen on port {facts.NODE_EXPORTER_PORT} (manual 5.2.2)"
+            + (f" of the tunnel address {org.vpn_address} only" if org.onprem else ""),
         ),
     ]
+    if org.onprem:
+        files.append(
+            KitFile(
+                _rel(facts.NODE_EXPORTER_VPN_DROPIN),
+                _text(render.node_exporter_vpn_dropin()),
+                0o644,
+                facts.NODE_EXPORTER_VPN_DROPIN,
+                tag="exporter",
+                about="node exporter after the VPN client, retried until the tunnel address exists",
+            )
+        )
     if not org.holds_supernode_key:
         files.append(
             KitFile(

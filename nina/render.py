@@ -464,11 +464,29 @@ def logrotate_conf() -> str:
     return _render("logrotate-node-exporter.j2")
 
 
-def node_exporter_defaults() -> str:
-    """/etc/default/prometheus-node-exporter: listen on facts.NODE_EXPORTER_PORT (manual 5.2.2); the
+def node_exporter_vpn_dropin() -> str:
+    """The exporter's drop-in on an on-premise kit host (facts.NODE_EXPORTER_VPN_DROPIN): after the
+    VPN client, and retried every facts.NODE_EXPORTER_RETRY_SECONDS until the tunnel address exists."""
+    return (
+        "# nina-fl: the node exporter listens on this organisation's VPN address only (nina.render).\n"
+        f"[Unit]\nAfter={facts.OPENVPN_CLIENT_UNIT}\nStartLimitIntervalSec=0\n\n"
+        f"[Service]\nRestart=always\nRestartSec={facts.NODE_EXPORTER_RETRY_SECONDS}\n"
+    )
+
+
+def node_exporter_defaults(listen_ip: str | None = None) -> str:
+    """/etc/default/prometheus-node-exporter: listen on facts.NODE_EXPORTER_PORT (manual 5.2.2), on
+    every address of a cloud host, on `listen_ip` alone where given (an on-premise kit host's VPN
+    address: the hospital's own network never sees the exporter); the
     systemd collector limited to the units worth watching (services.watched_units), as a regex
     without backslashes (`[.]`), which systemd's EnvironmentFile and the shell keep as written."""
     units = services.watched_units()
     if any(not re.fullmatch(r"[A-Za-z0-9@._-]+", u) for u in units):
         raise ValueError(f"a unit name outside [A-Za-z0-9@._-] cannot go into the node exporter's unit regex: {units}")
-    return _render("node-exporter.default.j2", unit_include="(" + "|".join(u.replace(".", "[.]") for u in units) + ")")
+    if listen_ip is not None and not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", listen_ip):
+        raise ValueError(f"{listen_ip!r} is not an IPv4 address for the node exporter to listen on")
+    return _render(
+        "node-exporter.default.j2",
+        unit_include="(" + "|".join(u.replace(".", "[.]") for u in units) + ")",
+        listen_ip=listen_ip or "",
+    )

@@ -88,6 +88,8 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
                 "etc/openvpn/clientcerts/ca.crt": 0o644,
                 f"etc/openvpn/clientcerts/issued/{slug}.crt": 0o644,
                 "etc/openvpn/clientcerts/private/tls-crypt-v2.key": 0o600,
+                # The node exporter on the tunnel address only, after the VPN client.
+                "etc/systemd/system/prometheus-node-exporter.service.d/nina-vpn.conf": 0o644,
             }
         )
         if not own_keys:
@@ -319,7 +321,13 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     assert files["etc/flwr/supernode/supernode.conf"] == render.supernode_conf(member, fleet).encode()
     assert files["opt/flwr/supernode/run_supernode.sh"] == render.run_supernode_sh().encode()
     assert files["opt/flwr/supernode/supernode.service"] == render.supernode_service().encode()
-    assert files["etc/default/prometheus-node-exporter"] == render.node_exporter_defaults().encode()
+    # The node exporter: on premise on the tunnel address only (the hospital's network never reaches it).
+    exporter = files["etc/default/prometheus-node-exporter"].decode()
+    if o["placement"] == "onprem":
+        assert f"--web.listen-address={o['vpn_address']}:{facts.NODE_EXPORTER_PORT} " in exporter
+        assert exporter == render.node_exporter_defaults(o["vpn_address"])
+    else:
+        assert exporter == render.node_exporter_defaults()
     # The very payload a cloud SuperNode gets over SSH carries the same files.
     payload = json.loads(
         render.supernode_delivery(

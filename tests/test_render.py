@@ -372,3 +372,17 @@ def test_housekeeping_files():
     body = [line.strip() for line in logrotate.splitlines() if line.strip() and not line.startswith("#")]
     assert body[0] == f"{facts.NODE_EXPORTER_LOG} {{" and body[-1] == "}"
     assert set(body[1:-1]) == {"weekly", "rotate 10", "copytruncate", "compress", "delaycompress", "notifempty", "missingok"}
+
+
+def test_node_exporter_on_a_tunnel_address_only():
+    """An on-premise kit host's exporter listens on its VPN address alone, after the VPN client,
+    retried until the address exists; anything but an IPv4 address is refused."""
+    text = render.node_exporter_defaults("192.168.99.10")
+    assert f'ARGS="--web.listen-address=192.168.99.10:{facts.NODE_EXPORTER_PORT} ' in text
+    assert f'ARGS="--web.listen-address=:{facts.NODE_EXPORTER_PORT} ' in render.node_exporter_defaults()
+    for bad in ("0.0.0.0; rm -rf /", "host.example", "192.168.99.10 --web.config.file=/tmp/x"):
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            render.node_exporter_defaults(bad)
+    dropin = render.node_exporter_vpn_dropin().splitlines()
+    assert f"After={facts.OPENVPN_CLIENT_UNIT}" in dropin and "StartLimitIntervalSec=0" in dropin
+    assert "Restart=always" in dropin and f"RestartSec={facts.NODE_EXPORTER_RETRY_SECONDS}" in dropin
