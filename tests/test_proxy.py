@@ -81,8 +81,9 @@ def test_no_researcher_access_or_no_host_no_site():
     raw = raw_config()
     del raw["researcher_access"]
     assert proxy.sites(build_plan(load_config(raw))) == ()
-    only_hub = make_plan([{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "notebooks", "roles": ["jupyterhub"]}])
-    assert [s.service for s in proxy.sites(only_hub)] == ["jupyterhub"]
+    # Only the services that have a host get a site (a hub without Keycloak is refused by nina.config).
+    only_idp = make_plan([{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "idp", "roles": ["keycloak"]}])
+    assert [s.service for s in proxy.sites(only_idp)] == ["keycloak"]
     with pytest.raises(ValueError, match="no public service"):
         proxy.proxy_conf(())
 
@@ -210,13 +211,29 @@ def test_the_proxy_host_gets_its_delivery_only_with_researcher_access(runs):
     assert [d.rsplit("::", 1)[1] for d in parent.dependencies] == ["gateway-base-install"]
 
 
-def test_researcher_access_and_its_names_replace_no_vm_and_change_only_the_proxy_delivery(runs):
+def test_researcher_access_and_its_names_replace_no_vm_and_change_only_deliveries(runs):
+    """Turning researcher access on adds the proxy's delivery and the Keycloak and JupyterHub
+    components (certificates, secrets, deliveries), never a VM; a new public domain changes the
+    three deliveries that name it, nothing else (not even a certificate: the internal ones name hosts)."""
     none, access, other = ({r.urn: r for r in runs[k].registrations} for k in ("none", "access", "other-domain"))
     for run in runs.values():
         assert {r.urn: r.inputs for r in run.of_type(INSTANCE)} == {r.urn: r.inputs for r in runs["none"].of_type(INSTANCE)}
-    assert {access[u].name for u in set(access) - set(none)} == {"gateway-proxy", "gateway-proxy-install"}
+    added = {access[u].name for u in set(access) - set(none)}
+    leaf = {f"{svc}{part}" for svc in ("keycloak", "jupyterhub") for part in ("", "-key", "-csr", "-cert")}
+    assert added == {
+        "gateway-proxy",
+        "gateway-proxy-install",
+        "idp-keycloak",
+        "idp-keycloak-install",
+        "notebooks-jupyterhub",
+        "notebooks-jupyterhub-install",
+        "jupyterhub-oidc-client-secret",
+        "keycloak-bootstrap-admin-password",
+        *leaf,
+    }, added
     assert set(other) == set(access)
-    assert {access[u].name for u in access if access[u].inputs != other[u].inputs} == {"gateway-proxy-install"}
+    changed = {access[u].name for u in access if access[u].inputs != other[u].inputs}
+    assert changed == {"gateway-proxy-install", "idp-keycloak-install", "notebooks-jupyterhub-install"}, changed
 
 
 # --- nginx -t and nina-proxy-certs on this machine ------------------------------------------------
