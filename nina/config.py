@@ -199,6 +199,22 @@ class DatabaseConfig(_Strict):
     flavor: NonEmptyStr = "db3.small"
     size_gb: int = Field(default=10, ge=1, le=1000)
     datastore_version: NonEmptyStr = "16"
+    # nina-db-backup on the host with the keycloak role: its daily backups kept (the newest), and the
+    # Cinder volume they live on (made whenever that host exists, so these settings replace no VM).
+    backup_keep: StrictInt = Field(default=facts.DB_BACKUP_KEEP, ge=1, le=366)
+    backup_volume_gb: StrictInt = Field(default=facts.DB_BACKUP_VOLUME_GB, ge=1, le=10000)
+
+    @field_validator("datastore_version")
+    @classmethod
+    def _datastore_version(cls, value: str) -> str:
+        m = re.match(r"(\d+)", value)
+        if m and int(m.group(1)) > facts.POSTGRES_CLIENT_MAJOR:
+            raise ValueError(
+                f"{_show(value)} is newer than the hosts' PostgreSQL client ({facts.POSTGRES_CLIENT_MAJOR}, Ubuntu "
+                f"{facts.UBUNTU_RELEASE}'s postgresql-client), whose pg_dump refuses a newer server; use "
+                f"{facts.POSTGRES_CLIENT_MAJOR} or older"
+            )
+        return value
 
 
 # Keycloak 26 is the first with the options nina writes (hostname v2 as a URL, proxy-headers,

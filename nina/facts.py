@@ -225,6 +225,28 @@ DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
 # each role); nina.keycloak.database_sql, run as the role itself, makes these schemas.
 DATABASE_SCHEMAS = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
 TROVE_DATASTORE = "postgresql"
+# nina-db-backup (nina.host.db_backup): daily `pg_dump -Fc` of a service's schema as its own role
+# (libpq's PG* from the service's root-only env file), restored with `pg_restore` in one
+# transaction. Each database -> (its env file, the unit that uses it: restore refuses while it is
+# active). Grafana's row comes with its service.
+DATABASE_CLIENTS = {"keycloakdb_server": (KEYCLOAK_DB_ENV, KEYCLOAK_UNIT)}
+DB_BACKUP_BIN = "/usr/local/sbin/nina-db-backup"
+# The backups' Cinder volume on the host with the keycloak role (nina.plan), root's; one directory
+# per database below it: <volume>/<database>/<UTC time>/<database>.dump and SHA256SUMS.
+DB_BACKUP_VOLUME = "/media/db-backups"
+DB_BACKUP_VOLUME_NAME = "db-backups"  # the Volume's name in the plan (resource-name suffix)
+DB_BACKUP_VOLUME_GB = 20  # default of nina:database.backup_volume_gb
+DB_BACKUP_KEEP = 14  # default of nina:database.backup_keep (daily: two weeks)
+DB_BACKUP_SERVICE = "nina-db-backup-{database}.service"  # one pair per database, from one template
+DB_BACKUP_TIMER = "nina-db-backup-{database}.timer"
+DB_BACKUP_SCHEDULE = "*-*-* 03:15:00"  # after the SuperLink's (SUPERLINK_BACKUP_SCHEDULE)
+PG_DUMP = "/usr/bin/pg_dump"  # postgresql-client's (POSTGRES_CLIENT_PACKAGE, 16 on Ubuntu 24.04)
+PG_RESTORE = "/usr/bin/pg_restore"
+# pg_dump refuses a server newer than itself: nina:database.datastore_version may not exceed this.
+POSTGRES_CLIENT_MAJOR = 16
+# pg_dump, pg_restore and psql run as this user (root keeps the files and passes descriptors):
+# they parse what the network sends, and need none of root's powers for it.
+DB_BACKUP_CLIENT_USER = "nobody"
 
 # --- PKI ---------------------------------------------------------------------------------
 CA_VALIDITY_HOURS = 10 * 365 * 24

@@ -344,10 +344,11 @@ class KeycloakSecrets:
 def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host: str, secrets: KeycloakSecrets) -> str:
     """The `<host>-keycloak` payload for nina-install-files: keycloak.conf, the database step (SQL,
     its environment), keycloak.env, the realm JSON, the certificate, the launchers of
-    nina-keycloak-install and nina-keycloak-realm, and the four units. Secrets are root's 0600
+    nina-keycloak-install and nina-keycloak-realm, the four units, and the database's daily
+    backup (nina-db-backup, its service and timer: `render.db_backup_files`). Secrets are root's 0600
     (systemd reads the environment files as root), the key the keycloak user's 0600. Restarts
     services.keycloak.UNITS: the install (a no-op when installed), the database step, Keycloak,
-    and the realm's apply."""
+    the realm's apply, and the backup timer."""
     from nina import render  # the payload schema is the installer's, defined once there
     from nina.services import keycloak as service
 
@@ -380,5 +381,6 @@ def keycloak_delivery(cfg: config.StackConfig, tenancies: Sequence[str], db_host
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_DB_UNIT}", database_unit(spec), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_UNIT}", keycloak_unit(cfg), 0o644),
         render.DeliveredFile(f"{unit_dir}/{facts.KEYCLOAK_REALM_UNIT}", realm_unit(cfg), 0o644),
+        *render.db_backup_files(spec.database, cfg.database.backup_keep),
     ]
     return render.delivery_payload(files, list(service.UNITS))

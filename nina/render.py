@@ -75,6 +75,33 @@ def superlink_backup_timer() -> str:
     return _render("superlink-backup.timer.j2")
 
 
+def db_backup_units(database: str) -> tuple[str, str]:
+    """The service and timer names of `database`'s backups (facts.DB_BACKUP_SERVICE, DB_BACKUP_TIMER)."""
+    if database not in facts.DATABASE_CLIENTS:
+        raise ValueError(f"no service of database {database!r} in facts.DATABASE_CLIENTS")
+    return facts.DB_BACKUP_SERVICE.format(database=database), facts.DB_BACKUP_TIMER.format(database=database)
+
+
+def db_backup_files(database: str, keep: int) -> list[DeliveredFile]:
+    """nina-db-backup (nina.host.db_backup) and `database`'s daily backup: its oneshot service
+    (hardened; `--keep` from nina:database.backup_keep) and timer, for the delivery of the service
+    that uses the database (facts.DATABASE_CLIENTS: its env file and unit)."""
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep {keep!r} must be a positive number of backups")
+    service, timer = db_backup_units(database)
+    env_file, _unit = facts.DATABASE_CLIENTS[database]
+    names = {"database": database, "role": facts.DATABASES[database], "schema": facts.DATABASE_SCHEMAS[database]}
+    return [
+        DeliveredFile(facts.DB_BACKUP_BIN, launcher("db_backup"), 0o755),
+        DeliveredFile(
+            f"{facts.SYSTEMD_SYSTEM_DIR}/{service}",
+            _render("db-backup.service.j2", **names, env_file=env_file, keep=keep, timer=timer),
+            0o644,
+        ),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{timer}", _render("db-backup.timer.j2", database=database, service=service), 0o644),
+    ]
+
+
 def federation_metrics_service(tenancy_name: str) -> str:
     """facts.FEDERATION_METRICS_SERVICE: one run of nina-federation-metrics (nina.host.federation_metrics)
     for the tenancy, sandboxed: root's uid reading, writing only node exporter's textfile directory."""
@@ -358,6 +385,7 @@ HOST_PROGRAM_FILES = (
     "host/membership.py",
     "host/vpn_verify.py",
     "host/state_backup.py",
+    "host/db_backup.py",
     "host/keycloak_install.py",
     "host/keycloak_realm.py",
     "host/metrics.py",

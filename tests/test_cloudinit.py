@@ -301,9 +301,11 @@ def test_jupyterhub_hosts(cfg_valid, rendered, render_volume_ids, tmp_path):
             f"path 0750 jupyterhub {facts.SYSTEM_GROUP} {facts.JUPYTERHUB_OPT}",
         ):
             assert f"\n{line}\n" in check, (host.name, line)
-    # ... and the Flower venv on the one large VM, with the SuperLink's state volume.
+    # ... and the Flower venv on the one large VM, with the SuperLink's state volume (and, with its
+    # keycloak role, the databases' backups).
     assert f"python_dist {facts.FLOWER_VENV} flwr {facts.FLWR_VERSION}\n" in large_text
-    assert [v.mount_point for v in large_host.volumes] == [facts.SUPERLINK_STATE_DIR, facts.JUPYTERHUB_VOLUME]
+    assert [v.mount_point for v in large_host.volumes] == [facts.SUPERLINK_STATE_DIR, facts.JUPYTERHUB_VOLUME, facts.DB_BACKUP_VOLUME]
+    assert f"mounted {facts.DB_BACKUP_VOLUME}" in large_text
     if CLOUD_INIT:
         path = tmp_path / "hub.yaml"
         path.write_text(hub_text)

@@ -73,6 +73,10 @@ ADDED_SINCE_FIXTURE = (
     # and its attachment: on the "one large VM" of the all-in-one case.
     "$openstack:blockstorage/volume:Volume::gateway-docker",
     "$openstack:compute/volumeAttach:VolumeAttach::gateway-docker-attach",
+    # The keycloak host's volume for the Trove databases' backups (nina-db-backup; nina.plan: every
+    # host with role keycloak) and its attachment: on the "one large VM" of the all-in-one case.
+    f"$openstack:blockstorage/volume:Volume::gateway-{facts.DB_BACKUP_VOLUME_NAME}",
+    f"$openstack:compute/volumeAttach:VolumeAttach::gateway-{facts.DB_BACKUP_VOLUME_NAME}-attach",
     # The monitoring host's delivery (Prometheus, Alertmanager), new with the operations issue.
     "$nina:flower:FileDelivery$command:remote:Command::monitor-monitoring-install",
 )

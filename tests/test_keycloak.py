@@ -719,7 +719,14 @@ def test_delivery_payload_carries_the_files_with_their_modes():
     assert text == keycloak.keycloak_delivery(cfg, ["main"], "10.100.0.5", secrets)
     payload = json.loads(text)
     files = {f["path"]: f for f in payload["files"]}
-    assert payload["restart"] == [facts.KEYCLOAK_INSTALL_UNIT, facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT, facts.KEYCLOAK_REALM_UNIT]
+    backup_timer = render.db_backup_units("keycloakdb_server")[1]
+    assert payload["restart"] == [
+        facts.KEYCLOAK_INSTALL_UNIT,
+        facts.KEYCLOAK_DB_UNIT,
+        facts.KEYCLOAK_UNIT,
+        facts.KEYCLOAK_REALM_UNIT,
+        backup_timer,
+    ]
     assert payload["restart"] == list(services.keycloak.UNITS)
     for unit in payload["restart"]:
         assert f"{facts.SYSTEMD_SYSTEM_DIR}/{unit}" in files

@@ -60,7 +60,8 @@ def test_one_large_vm_carries_the_single_superlink_and_its_state_volume():
     plan = build_plan(load_config(base(hosts=[{"name": "allinone", "roles": ["bastion", "superlink", "keycloak"], "flavor": "m3.xlarge"}])))
     (host,) = [h for h in plan.hosts if "superlink" in h.roles]
     assert host.name == "allinone" and host.tenancy == "main" and host.public
-    assert [v.mount_point for v in host.volumes] == [facts.SUPERLINK_STATE_DIR]
+    # ... and, with the keycloak role, the Trove databases' backups.
+    assert [v.mount_point for v in host.volumes] == [facts.SUPERLINK_STATE_DIR, facts.DB_BACKUP_VOLUME]
     assert plan.tenancies[0].superlink_host == "allinone"
     assert set(host.security_groups) == {"bastion", "keycloak", "managed", "superlink-main"}
     # Keycloak uses the database: its /32 is the allow-list.

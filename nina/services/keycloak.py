@@ -30,4 +30,9 @@ SERVICE = Service(
     ),
 )
 # In the order a delivery restarts them (systemd orders them by their After= anyway).
-UNITS = (facts.KEYCLOAK_INSTALL_UNIT, facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT, facts.KEYCLOAK_REALM_UNIT)
+# Its database on the managed Postgres (facts.DATABASES), backed up daily by nina-db-backup.
+DATABASE = next(db for db, role in facts.DATABASES.items() if role == _USER)
+_BACKUP_SERVICE, _BACKUP_TIMER = (u.format(database=DATABASE) for u in (facts.DB_BACKUP_SERVICE, facts.DB_BACKUP_TIMER))
+UNITS = (facts.KEYCLOAK_INSTALL_UNIT, facts.KEYCLOAK_DB_UNIT, facts.KEYCLOAK_UNIT, facts.KEYCLOAK_REALM_UNIT, _BACKUP_TIMER)
+# What the timer runs: the unit alerts watch it too (nina.monitoring).
+WATCHED = (_BACKUP_SERVICE,)
