@@ -48,6 +48,7 @@ def researcher_raw():
             {"name": "hub", "roles": ["jupyterhub"]},
         ]
         raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+        raw["keycloak"] = {"sha256": "0" * 64}  # the release's digest (required with a Keycloak host)
         return raw
 
     return make

@@ -105,14 +105,15 @@ def test_the_jupyterhub_host_gets_docker_s_volume_with_or_without_researcher_acc
     hosts = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak"]}, {"name": "hub", "roles": ["jupyterhub"]}]
     access = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
     plain = build_plan(load_config(base(hosts=hosts)))
-    with_access = build_plan(load_config(base(hosts=hosts, researcher_access=access)))
+    with_access = build_plan(load_config(base(hosts=hosts, researcher_access=access, keycloak={"sha256": "0" * 64})))
     sized = build_plan(load_config(base(hosts=hosts, jupyterhub={"volume_gb": 250})))
     want = (facts.JUPYTERHUB_VOLUME_NAME, facts.JUPYTERHUB_VOLUME_GB, facts.JUPYTERHUB_VOLUME, "root")
     for plan in (plain, with_access):
         (vol,) = plan.host_by_name["hub"].volumes
         assert (vol.name, vol.size_gb, vol.mount_point, vol.owner) == want
     assert sized.host_by_name["hub"].volumes[0].size_gb == 250
-    assert plain.host_by_name["gateway"].volumes == ()
-    assert all(not h.volumes or "jupyterhub" in h.roles or "superlink" in h.roles or "supernode" in h.roles for h in plain.hosts)
+    # The gateway carries Keycloak: its volume is the database backups', not docker's.
+    assert [v.name for v in plain.host_by_name["gateway"].volumes] == [facts.DB_BACKUP_VOLUME_NAME]
+    assert all(not h.volumes or {"jupyterhub", "keycloak", "superlink", "supernode"} & set(h.roles) for h in plain.hosts)
     # Stacks without a JupyterHub host get no such volume.
     assert not any(v.name == facts.JUPYTERHUB_VOLUME_NAME for h in build_plan(load_config(base())).hosts for v in h.volumes)

@@ -25,9 +25,7 @@ def _pulumi_config(raw: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def raw(researcher_raw) -> dict[str, Any]:
-    out = researcher_raw()
-    out["keycloak"] = {"sha256": "0" * 64}
-    return out
+    return researcher_raw()
 
 
 @pytest.fixture(scope="module")
