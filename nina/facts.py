@@ -142,6 +142,7 @@ KEYCLOAK_MANAGEMENT_PORT = 9000  # Keycloak 26's management interface (/health/r
 KEYCLOAK_ADMIN_CLIENT = "admin-cli"  # the master realm's client the bootstrap admin gets a token from
 KEYCLOAK_READY_WAIT_SECONDS = 300  # how long nina-keycloak-realm waits for /health/ready
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
+KEYCLOAK_MASTER_REALM = "master"  # Keycloak's administration realm: never the researchers'
 KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
 # The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
 # pulumi-random secrets (letters and digits): the managed Postgres roles', Keycloak's bootstrap

@@ -39,7 +39,7 @@ from typing import Any
 
 import jinja2
 
-from nina import facts, flwrcli, keycloak, render, services, templating
+from nina import config, facts, flwrcli, keycloak, render, services, templating
 from nina.plan import Certificate, Host, Plan
 
 RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
@@ -170,8 +170,9 @@ def realm_client(hub: HubInputs) -> dict[str, Any]:
 
 
 def _image_name(image: str) -> str:
-    """The label researchers pick an image by: its last path part, without the tag."""
-    return image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    """The label researchers pick an image by: its last path part, without tag or digest
+    (nina.config, which refuses images that share one)."""
+    return config.image_name(image)
 
 
 def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
