@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config, PyFileConfigLoader
 
-from nina import facts, jupyterhub, jupyterhub_runtime, localpki, services
+from nina import facts, jupyterhub, jupyterhub_runtime, localpki, notebook_firewall, services
 from nina.config import load_config
 from nina.plan import Plan, build_plan
 
@@ -437,6 +437,8 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
 def test_systemd_analyze_verifies_every_unit(tmp_path):
     units = {facts.JUPYTERHUB_UNIT: jupyterhub.service_unit(), **{u: jupyterhub.step_unit(u) for u in services.jupyterhub.STEPS}}
+    # The hub requires the notebook firewall's unit: verify finds it beside it.
+    (tmp_path / facts.NOTEBOOK_FIREWALL_UNIT).write_text(notebook_firewall.unit().replace(facts.NOTEBOOK_FIREWALL_BIN, "/bin/true"))
 
     # The programs the units run, as they exist here (verify checks that they are executables).
     program = tmp_path / "nina-jupyterhub-docker"
@@ -523,3 +525,18 @@ def test_restart_when_is_checked_where_it_is_made():
         render.delivery_payload([f], ["a.service"], restart_when={"a.service": ["/etc/other"]})
     with pytest.raises(ValueError, match="not a systemd unit name"):
         render.delivery_payload([f], ["a.service"], run=["a; reboot"])
+
+
+def test_the_hub_runs_only_behind_the_notebook_firewall():
+    """Fail closed: if the notebook firewall cannot be applied (iptables refused it, ip6tables
+    missing, ...), no hub spawns notebooks onto bridges that reach every tenancy's Control API.
+    The hub requires the firewall's unit and starts after it; the firewall restarts with docker
+    (PartOf), and the hub, which requires docker, with it."""
+    unit = jupyterhub.service_unit()
+    values = {}
+    for line in unit.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values.setdefault(key, []).extend(value.split())
+    assert facts.NOTEBOOK_FIREWALL_UNIT in values["Requires"], values["Requires"]
+    assert facts.NOTEBOOK_FIREWALL_UNIT in values["After"], values["After"]
