@@ -533,7 +533,7 @@ def test_the_hub_runs_only_behind_the_notebook_firewall():
     The hub requires the firewall's unit and starts after it; the firewall restarts with docker
     (PartOf), and the hub, which requires docker, with it."""
     unit = jupyterhub.service_unit()
-    values = {}
+    values: dict[str, list[str]] = {}
     for line in unit.splitlines():
         key, sep, value = line.partition("=")
         if sep and not line.startswith("#"):
