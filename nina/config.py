@@ -614,6 +614,12 @@ def _describe(err: Mapping[str, Any]) -> str:
 SECRET_INPUTS = {"monitoring_smtp_password": "the password of nina:monitoring.smtp.auth_username at the SMTP relay"}
 
 
+def plain_secret_problem(key: str) -> tuple[str, str]:
+    """A secret input (`key`: its name without the namespace) set in plain text in the stack file."""
+    full = f"{NAMESPACE}:{key}"
+    return (full, f"must be a secret, not plain text in the stack file; set it with `pulumi config set --secret {full}`")
+
+
 def secret_input_problems(cfg: StackConfig, present: Iterable[str]) -> list[tuple[str, str]]:
     """What is wrong with the secret inputs set (`present`: their keys) for `cfg`: each is needed
     exactly when the setting it serves is made."""
