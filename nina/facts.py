@@ -319,6 +319,10 @@ JUPYTERHUB_IMAGES = (
     "quay.io/jupyter/tensorflow-notebook",
 )
 JUPYTERHUB_IDLE_TIMEOUT = 3600  # seconds without activity before the idle culler stops a notebook
+# How long a hub login lasts (JupyterHub's cookie_max_age_days, 14 days by default): group
+# membership (the tenancy) and the allowed groups are checked only when a researcher logs in
+# through Keycloak, so this bounds how long one removed there can still start notebooks.
+JUPYTERHUB_LOGIN_HOURS = 8
 JUPYTERHUB_NETWORK_PREFIX = "nina-"  # docker network per tenancy: nina-<tenancy>
 # ... whose Linux bridge is named nbr-<first 10 hex digits of sha256(tenancy)> (at most 15
 # characters, whatever the tenancy's name): the hub host's firewall matches notebook traffic by it.

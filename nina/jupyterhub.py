@@ -217,6 +217,8 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
         "db_url": f"sqlite:///{posixpath.join(state, facts.JUPYTERHUB_STATE_FILES['db'])}",
         "cookie_secret_file": posixpath.join(state, facts.JUPYTERHUB_STATE_FILES["cookie_secret"]),
         "pid_file": posixpath.join(state, "jupyterhub.pid"),
+        # Groups are read at login only (no auth state to refresh them): log in again this often.
+        "cookie_max_age_days": facts.JUPYTERHUB_LOGIN_HOURS / 24,
         # A restart of the hub (a delivery that changed its files) leaves running notebooks alone.
         "cleanup_servers": False,
         "services": [

@@ -540,3 +540,14 @@ def test_the_hub_runs_only_behind_the_notebook_firewall():
             values.setdefault(key, []).extend(value.split())
     assert facts.NOTEBOOK_FIREWALL_UNIT in values["Requires"], values["Requires"]
     assert facts.NOTEBOOK_FIREWALL_UNIT in values["After"], values["After"]
+
+
+def test_a_researcher_removed_in_keycloak_loses_the_hub_within_hours(plan):
+    """Groups (the tenancy a notebook gets) and the allowed groups are checked at login only:
+    without auth state, oauthenticator's refresh_user is a no-op. JupyterHub's login cookie (and
+    the OAuth tokens derived from it) last cookie_max_age_days, 14 by default: a researcher removed
+    from a tenancy group, or disabled, in Keycloak spawned that tenancy's notebooks for two weeks.
+    Bounded to facts.JUPYTERHUB_LOGIN_HOURS: then the hub sends them through Keycloak again."""
+    traits = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)["traits"]["JupyterHub"]
+    assert traits["cookie_max_age_days"] * 24 <= 12, traits.get("cookie_max_age_days")
+    assert traits["cookie_max_age_days"] == facts.JUPYTERHUB_LOGIN_HOURS / 24
