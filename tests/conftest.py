@@ -48,6 +48,8 @@ def researcher_raw():
             {"name": "hub", "roles": ["jupyterhub"]},
         ]
         raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+        # Required with a keycloak host and researcher access (the release's digest; any for tests).
+        raw["keycloak"] = {"sha256": "0" * 64}
         return raw
 
     return make
