@@ -155,7 +155,22 @@ class ResearcherAccess(_Strict):
     # The notebook images researchers choose from in JupyterHub (pulled on the host before first use).
     notebook_images: list[ImageRef] = Field(default_factory=lambda: list(facts.JUPYTERHUB_IMAGES), min_length=1)
 
-    _domain = field_validator("public_domain")(classmethod(lambda cls, v: _dns_domain(v)))
+    @field_validator("public_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = _dns_domain(value)
+        if value.rsplit(".", 1)[-1].isdigit():
+            raise ValueError(
+                f"{_show(value)} ends in an all-digit top-level label (an address is no domain); "
+                "use the DNS domain whose records you control, like 'fl.example.edu.au'"
+            )
+        longest = max(facts.PUBLIC_NAMES.values(), key=len)
+        if len(f"{longest}.{value}") > MAX_DNS_NAME:
+            raise ValueError(
+                f"makes the public name {longest}.<domain> {len(longest) + 1 + len(value)} characters long; "
+                f"a DNS name has at most {MAX_DNS_NAME}: use a domain of at most {MAX_DNS_NAME - len(longest) - 1} characters"
+            )
+        return value
 
     @field_validator("notebook_images")
     @classmethod

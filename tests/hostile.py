@@ -127,12 +127,14 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def _researcher(images: list[str] | None = None, realm: str | None = None) -> Callable[[dict[str, Any]], None]:
-    """Researcher access on uat (a proxy host), with these notebook images or Keycloak realm."""
+def _researcher(
+    images: list[str] | None = None, realm: str | None = None, domain: str = "fl.example.edu.au"
+) -> Callable[[dict[str, Any]], None]:
+    """Researcher access on uat (a proxy host), with these notebook images, Keycloak realm or public domain."""
 
     def edit(cfg: dict[str, Any]) -> None:
         cfg["nina:hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}]
-        access: dict[str, Any] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+        access: dict[str, Any] = {"public_domain": domain, "acme_email": "ops@example.edu.au"}
         if images is not None:
             access["notebook_images"] = images
         cfg["nina:researcher_access"] = access
@@ -285,6 +287,13 @@ def stack_cases() -> list[Case]:
         Case("docker images", "an image of 300 characters", _stack_edit(_researcher(["a" * 300])), "notebook_images[0]"),
         Case("docker images", "two images of one name", _stack_edit(_researcher(["a/lab:1", "b/lab:2"])), "notebook_images"),
         Case("keycloak", "the master realm", _stack_edit(_researcher(realm="master")), "nina:keycloak.realm"),
+        Case("dns names", "an address as the public domain", _stack_edit(_researcher(domain="10.0.0.1")), "public_domain"),
+        Case(
+            "dns names",
+            "public names over 253 characters",
+            _stack_edit(_researcher(domain=".".join(["b" * 40] * 6) + ".abcdefg")),
+            "public_domain",
+        ),
         # Files that are not stack files.
         Case("unbounded reads", "stack file is /dev/zero", _stack_is("/dev/zero"), "Pulumi.bad.yaml"),
         Case("unbounded reads", "stack file of 20 MiB", _huge_stack, "Pulumi.bad.yaml"),

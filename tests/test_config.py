@@ -1074,3 +1074,17 @@ def test_good_notebook_images_pass():
 
 def test_the_keycloak_master_realm_is_refused():
     problem(base(keycloak={"realm": "master"}), "nina:keycloak.realm", "master")
+
+
+@pytest.mark.parametrize(
+    "domain, words",
+    [
+        ("10.0.0.1", ("top-level",)),  # an address, not a domain: certbot fails at the first `pulumi up`
+        ("fl.example.123", ("top-level",)),
+        # 253 characters: grafana.<it> is a DNS name of 261, which no resolver or CA takes.
+        (".".join(["b" * 40] * 6) + ".abcdefg", ("grafana.", "253")),
+    ],
+)
+def test_a_public_domain_whose_public_names_cannot_exist_is_refused(domain, words):
+    raw = base(hosts=[{"name": "gateway", "roles": ["bastion", "proxy"]}], researcher_access={**_ACCESS, "public_domain": domain})
+    problem(raw, "nina:researcher_access.public_domain", *words)
