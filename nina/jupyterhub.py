@@ -181,6 +181,7 @@ def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
         "name": tenancy.name,
         "group": tenancy_group(tenancy.name),
         "network": tenancy_network(tenancy.name),
+        "bridge": tenancy_bridge(tenancy.name),  # what the pre-spawn hook checks docker has (nina.notebook_firewall)
         "environment": {
             "FLWR_HOME": facts.NOTEBOOK_FLWR_HOME,
             "FLWR_TELEMETRY_ENABLED": "0",

@@ -4,6 +4,7 @@ browser-less OAuth login against a real OIDC provider configured from the same r
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -148,8 +149,11 @@ def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
     assert spawner.volumes == {facts.JUPYTERHUB_USER_VOLUME: facts.NOTEBOOK_DIR} and spawner.pull_policy == "never"
     hook = spawner.pre_spawn_hook
     assert callable(hook)
-    # The hook gives a tenancy-beta researcher beta's network, environment and read-only files.
-    hook(spawner)
+    # The hook gives a tenancy-beta researcher beta's network, environment and read-only files,
+    # and returns the check of docker's network (no docker here: see the next-but-one test).
+    check = hook(spawner)
+    assert inspect.iscoroutine(check)
+    check.close()
     assert spawner.network_name == "nina-beta"
     assert spawner.environment["NINA_TENANCY"] == "beta" and spawner.environment["FLWR_HOME"] == facts.NOTEBOOK_FLWR_HOME
     mounted = {v["bind"]: Path(k) for k, v in spawner.volumes.items() if isinstance(v, dict)}
@@ -551,3 +555,46 @@ def test_a_researcher_removed_in_keycloak_loses_the_hub_within_hours(plan):
     traits = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)["traits"]["JupyterHub"]
     assert traits["cookie_max_age_days"] * 24 <= 12, traits.get("cookie_max_age_days")
     assert traits["cookie_max_age_days"] == facts.JUPYTERHUB_LOGIN_HOURS / 24
+
+
+def test_a_notebook_never_starts_on_a_network_the_firewall_does_not_filter(plan):
+    """The firewall matches the tenancy bridges by name (nbr-<hash>). A network `nina-<tenancy>`
+    made another way (by hand, before the delivery; or left while the networks step failed
+    because a container held it) has another bridge, which no rule matches: from it a notebook
+    reaches every tenancy's Control API. The pre-spawn hook asks docker and refuses it."""
+    import asyncio
+
+    tenancies = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)["tenancies"]
+    beta = next(t for t in tenancies if t["name"] == "beta")
+    hook = jupyterhub_runtime.make_pre_spawn_hook(tenancies)
+
+    class Spawner:
+        def __init__(self, bridge: str | None) -> None:
+            self.user = SimpleNamespace(name="rita", groups=[SimpleNamespace(name="tenancy-beta")])
+            self.environment: dict[str, str] = {}
+            self.volumes: dict[str, object] = {}
+            self.network_name = ""
+            self.log = SimpleNamespace(info=lambda *a: None)
+            self.asked: list[tuple[str, tuple[object, ...]]] = []
+            self.bridge = bridge
+
+        def has_trait(self, name: str) -> bool:
+            return name == "network_name"
+
+        async def docker(self, method: str, *args: object) -> dict[str, object]:
+            self.asked.append((method, args))
+            options = {} if self.bridge is None else {"com.docker.network.bridge.name": self.bridge}
+            return {"Name": "nina-beta", "Driver": "bridge", "Options": options}
+
+    async def spawn(spawner: Spawner) -> None:
+        result = hook(spawner)
+        if result is not None:
+            await result
+
+    good = Spawner(jupyterhub.tenancy_bridge("beta"))
+    asyncio.run(spawn(good))
+    assert good.network_name == "nina-beta" and good.asked == [("inspect_network", ("nina-beta",))]
+    assert beta["bridge"] == jupyterhub.tenancy_bridge("beta")
+    for wrong in (None, "br-0123456789ab", jupyterhub.tenancy_bridge("main")):
+        with pytest.raises(PermissionError, match="bridge"):
+            asyncio.run(spawn(Spawner(wrong)))
