@@ -9,10 +9,10 @@ import gc
 import json
 
 import pulumi
-from pulumi.runtime.config import CONFIG, get_config_env
+from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env, is_config_secret
 
 from components.platform import Platform, PlatformArgs
-from nina.config import NAMESPACE, SECRET_INPUTS, ConfigError, load_config, secret_input_problems
+from nina.config import NAMESPACE, SECRET_INPUTS, ConfigError, load_config, plain_secret_problem, secret_input_problems
 from nina.plan import build_plan
 
 # (gen-0 allocations, gen-1 and gen-2 collection ratios)
@@ -46,7 +46,12 @@ try:
     config = load_config(nina_config())
     # The few secrets nina cannot make (config.SECRET_INPUTS), as Pulumi secrets end to end.
     secret_inputs = {key: pulumi.Config(NAMESPACE).get_secret(key) for key in SECRET_INPUTS}
-    problems = secret_input_problems(config, [key for key, value in secret_inputs.items() if value is not None])
+    present = [key for key, value in secret_inputs.items() if value is not None]
+    # `pulumi config set` without --secret leaves it in the stack file in plain text: refused.
+    # (The secret keys as the config itself: set by the language host, or in its environment.)
+    secret_keys = set(get_config_secret_keys_env())
+    problems = [plain_secret_problem(k) for k in present if not (is_config_secret(f"{NAMESPACE}:{k}") or f"{NAMESPACE}:{k}" in secret_keys)]
+    problems += secret_input_problems(config, present)
     if problems:
         raise ConfigError(problems)
 except ConfigError as err:

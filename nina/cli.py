@@ -32,7 +32,16 @@ from typing import Any
 import yaml
 
 from nina import facts
-from nina.config import NAMESPACE, SECRET_INPUTS, ConfigError, StackConfig, load_config, operator_keys, secret_input_problems
+from nina.config import (
+    NAMESPACE,
+    SECRET_INPUTS,
+    ConfigError,
+    StackConfig,
+    load_config,
+    operator_keys,
+    plain_secret_problem,
+    secret_input_problems,
+)
 from nina.keys import openssh_fingerprint
 from nina.plan import Plan, build_plan
 
@@ -214,9 +223,7 @@ def nina_namespace(config: dict[Any, Any], secrets_present: set[str] | None = No
         elif key.startswith(PREFIX) and key[len(PREFIX) :] in SECRET_INPUTS:
             # One of the few secrets nina cannot make: only as Pulumi secret, never in plain text.
             if not (isinstance(value, dict) and set(value) == {"secure"}):
-                problems.append(
-                    (key, f"must be a secret, not plain text in the stack file; set it with `pulumi config set --secret {key}`")
-                )
+                problems.append(plain_secret_problem(key[len(PREFIX) :]))
             secrets_present.add(key[len(PREFIX) :])
         elif key.startswith(PREFIX):
             raw[key[len(PREFIX) :]] = _plain(value, key, problems, budget, set())

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from nina import facts, services, text
 
@@ -116,6 +116,33 @@ def _dns_domain(value: str) -> str:
     return value
 
 
+# A docker image reference (distribution's grammar, lower-case registry): [registry[:port]/]path[:tag][@sha256:...].
+# It reaches `docker pull` (nina-jupyterhub-docker, which refuses anything else) and DockerSpawner.
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])(?:\.(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9]))*(?::[0-9]{1,5})?"
+IMAGE_RE = re.compile(
+    rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?\Z"
+)
+MAX_IMAGE_REFERENCE = 255  # what nina-jupyterhub-docker accepts
+
+
+def image_name(image: str) -> str:
+    """The label researchers pick an image by: its last path part, without tag or digest."""
+    return image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _image(value: str) -> str:
+    if len(value) > MAX_IMAGE_REFERENCE or not IMAGE_RE.match(value):
+        raise ValueError(
+            f"{_show(value)} is not a docker image reference; write [registry[:port]/]path[:tag][@sha256:<64 hex>] "
+            f"in lower case, at most {MAX_IMAGE_REFERENCE} characters, like 'quay.io/jupyter/scipy-notebook:2025-03-14'"
+        )
+    return value
+
+
+ImageRef = Annotated[str, Field(min_length=1), AfterValidator(_image)]
+
+
 class ResearcherAccess(_Strict):
     """The researchers' way in (manual 2, 3.2.2, 4.1.2.5-4.1.2.15): nginx on the proxy host serves
     each public service at `<facts.PUBLIC_NAMES[service]>.<public_domain>` over HTTPS, with Let's
@@ -126,9 +153,36 @@ class ResearcherAccess(_Strict):
     # Let's Encrypt's staging CA (untrusted certificates, generous rate limits): for test stacks.
     acme_staging: bool = False
     # The notebook images researchers choose from in JupyterHub (pulled on the host before first use).
-    notebook_images: list[NonEmptyStr] = Field(default_factory=lambda: list(facts.JUPYTERHUB_IMAGES), min_length=1)
+    notebook_images: list[ImageRef] = Field(default_factory=lambda: list(facts.JUPYTERHUB_IMAGES), min_length=1)
 
-    _domain = field_validator("public_domain")(classmethod(lambda cls, v: _dns_domain(v)))
+    @field_validator("public_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = _dns_domain(value)
+        if value.rsplit(".", 1)[-1].isdigit():
+            raise ValueError(
+                f"{_show(value)} ends in an all-digit top-level label (an address is no domain); "
+                "use the DNS domain whose records you control, like 'fl.example.edu.au'"
+            )
+        longest = max(facts.PUBLIC_NAMES.values(), key=len)
+        if len(f"{longest}.{value}") > MAX_DNS_NAME:
+            raise ValueError(
+                f"makes the public name {longest}.<domain> {len(longest) + 1 + len(value)} characters long; "
+                f"a DNS name has at most {MAX_DNS_NAME}: use a domain of at most {MAX_DNS_NAME - len(longest) - 1} characters"
+            )
+        return value
+
+    @field_validator("notebook_images")
+    @classmethod
+    def _distinct_names(cls, value: list[str]) -> list[str]:
+        names = [image_name(i) for i in value]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared:
+            raise ValueError(
+                f"images {', '.join(repr(i) for i in value if image_name(i) in shared)} share the name {shared[0]!r} "
+                "(the last path part, which researchers pick an image by); list each image once, with names of their own"
+            )
+        return value
 
     @field_validator("acme_email")
     @classmethod
@@ -268,7 +322,16 @@ class KeycloakConfig(_Strict):
             )
         return value
 
-    _realm = field_validator("realm")(classmethod(lambda cls, v: _slug(v)))
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, value: str) -> str:
+        _slug(value)
+        if value == facts.KEYCLOAK_MASTER_REALM:
+            raise ValueError(
+                f"{value!r} is Keycloak's own administration realm (its admins are Keycloak's); "
+                f"name the researchers' realm something else, like {facts.KEYCLOAK_REALM!r}"
+            )
+        return value
 
 
 class FlowerConfig(_Strict):
@@ -580,6 +643,12 @@ def _describe(err: Mapping[str, Any]) -> str:
 # The only secrets nina cannot make itself, each set with `pulumi config set --secret nina:<key>`:
 # never part of StackConfig (no plain copy in the model), read by __main__ as Pulumi secrets.
 SECRET_INPUTS = {"monitoring_smtp_password": "the password of nina:monitoring.smtp.auth_username at the SMTP relay"}
+
+
+def plain_secret_problem(key: str) -> tuple[str, str]:
+    """A secret input (`key`: its name without the namespace) set in plain text in the stack file."""
+    full = f"{NAMESPACE}:{key}"
+    return (full, f"must be a secret, not plain text in the stack file; set it with `pulumi config set --secret {full}`")
 
 
 def secret_input_problems(cfg: StackConfig, present: Iterable[str]) -> list[tuple[str, str]]:

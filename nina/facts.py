@@ -142,6 +142,7 @@ KEYCLOAK_MANAGEMENT_PORT = 9000  # Keycloak 26's management interface (/health/r
 KEYCLOAK_ADMIN_CLIENT = "admin-cli"  # the master realm's client the bootstrap admin gets a token from
 KEYCLOAK_READY_WAIT_SECONDS = 300  # how long nina-keycloak-realm waits for /health/ready
 KEYCLOAK_REALM = "nina-fl"  # the default of nina:keycloak.realm
+KEYCLOAK_MASTER_REALM = "master"  # Keycloak's administration realm: never the researchers'
 KEYCLOAK_BOOTSTRAP_ADMIN = "nina-bootstrap-admin"  # Keycloak's temporary admin of the master realm
 # The realm roles (manual 4.1.2.10) and the group of platform administrators that holds them all.
 # pulumi-random secrets (letters and digits): the managed Postgres roles', Keycloak's bootstrap
@@ -340,6 +341,10 @@ JUPYTERHUB_IMAGES = (
     "quay.io/jupyter/tensorflow-notebook",
 )
 JUPYTERHUB_IDLE_TIMEOUT = 3600  # seconds without activity before the idle culler stops a notebook
+# How long a hub login lasts (JupyterHub's cookie_max_age_days, 14 days by default): group
+# membership (the tenancy) and the allowed groups are checked only when a researcher logs in
+# through Keycloak, so this bounds how long one removed there can still start notebooks.
+JUPYTERHUB_LOGIN_HOURS = 8
 JUPYTERHUB_NETWORK_PREFIX = "nina-"  # docker network per tenancy: nina-<tenancy>
 # ... whose Linux bridge is named nbr-<first 10 hex digits of sha256(tenancy)> (at most 15
 # characters, whatever the tenancy's name): the hub host's firewall matches notebook traffic by it.

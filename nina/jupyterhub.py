@@ -39,7 +39,7 @@ from typing import Any
 
 import jinja2
 
-from nina import facts, flwrcli, keycloak, render, services, templating
+from nina import config, facts, flwrcli, keycloak, render, services, templating
 from nina.plan import Certificate, Host, Plan
 
 RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
@@ -170,8 +170,9 @@ def realm_client(hub: HubInputs) -> dict[str, Any]:
 
 
 def _image_name(image: str) -> str:
-    """The label researchers pick an image by: its last path part, without the tag."""
-    return image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    """The label researchers pick an image by: its last path part, without tag or digest
+    (nina.config, which refuses images that share one)."""
+    return config.image_name(image)
 
 
 def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
@@ -180,6 +181,7 @@ def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
         "name": tenancy.name,
         "group": tenancy_group(tenancy.name),
         "network": tenancy_network(tenancy.name),
+        "bridge": tenancy_bridge(tenancy.name),  # what the pre-spawn hook checks docker has (nina.notebook_firewall)
         "environment": {
             "FLWR_HOME": facts.NOTEBOOK_FLWR_HOME,
             "FLWR_TELEMETRY_ENABLED": "0",
@@ -216,6 +218,8 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
         "db_url": f"sqlite:///{posixpath.join(state, facts.JUPYTERHUB_STATE_FILES['db'])}",
         "cookie_secret_file": posixpath.join(state, facts.JUPYTERHUB_STATE_FILES["cookie_secret"]),
         "pid_file": posixpath.join(state, "jupyterhub.pid"),
+        # Groups are read at login only (no auth state to refresh them): log in again this often.
+        "cookie_max_age_days": facts.JUPYTERHUB_LOGIN_HOURS / 24,
         # A restart of the hub (a delivery that changed its files) leaves running notebooks alone.
         "cleanup_servers": False,
         "services": [

@@ -17,10 +17,28 @@ from pathlib import Path
 from typing import Any
 
 PRE_SPAWN_HOOK = "pre_spawn_hook"
+BRIDGE_OPTION = "com.docker.network.bridge.name"
 
 
 class NoTenancy(PermissionError):
     """The user is in no tenancy group: there is no federation to give their notebook."""
+
+
+class UnfilteredNetwork(PermissionError):
+    """The tenancy's docker network is not on the bridge the host's notebook firewall filters."""
+
+
+def check_network(found: Any, tenancy: Mapping[str, Any]) -> None:
+    """Refuse a tenancy network (docker's inspection of it) whose Linux bridge is not the tenancy's:
+    the notebook firewall matches bridges by name, so on any other a notebook reaches every
+    tenancy's SuperLink."""
+    options = (found.get("Options") if isinstance(found, Mapping) else None) or {}
+    bridge = options.get(BRIDGE_OPTION) if isinstance(options, Mapping) else None
+    if bridge != tenancy["bridge"]:
+        raise UnfilteredNetwork(
+            f"docker network {tenancy['network']} is on bridge {bridge!r}, not {tenancy['bridge']!r}, which the notebook "
+            "firewall filters: no notebook starts on it; remove it (`docker network rm`) and deliver the hub again"
+        )
 
 
 def load(settings_file: str | Path) -> dict[str, Any]:
@@ -41,15 +59,26 @@ def tenancy_for(groups: Iterable[str], tenancies: Sequence[Mapping[str, Any]]) -
 
 def make_pre_spawn_hook(tenancies: Sequence[Mapping[str, Any]]) -> Any:
     """The spawner's pre_spawn_hook: the notebook of a user gets their tenancy's environment and,
-    with DockerSpawner, its network and read-only mounts (other spawners have neither)."""
+    with DockerSpawner, its network and read-only mounts (other spawners have neither); then, with
+    DockerSpawner, it returns the check (awaited by JupyterHub) that docker has that network on the
+    tenancy's bridge (`check_network`)."""
 
-    def pre_spawn_hook(spawner: Any) -> None:
+    def pre_spawn_hook(spawner: Any) -> Any:
         tenancy = tenancy_for((g.name for g in spawner.user.groups), tenancies)
         spawner.environment = {**spawner.environment, **tenancy["environment"]}
-        if spawner.has_trait("network_name"):
-            spawner.network_name = tenancy["network"]
-            spawner.volumes = {**spawner.volumes, **tenancy["volumes"]}
         spawner.log.info("nina: %s spawns with tenancy %s", spawner.user.name, tenancy["name"])
+        if not spawner.has_trait("network_name"):
+            return None
+        spawner.network_name = tenancy["network"]
+        spawner.volumes = {**spawner.volumes, **tenancy["volumes"]}
+        docker = getattr(spawner, "docker", None)
+        if docker is None:
+            return None
+
+        async def verify() -> None:  # JupyterHub awaits what the hook returns
+            check_network(await docker("inspect_network", tenancy["network"]), tenancy)
+
+        return verify()
 
     return pre_spawn_hook
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import runpy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,14 +359,15 @@ def _engine_aliases(r: Registration, found_via_alias: dict[str, str], stack: str
     return list(dict.fromkeys(result))
 
 
-def run_program(config: dict[str, Any], stack: str = "test") -> Run:
-    """Run __main__.py under mocks with `config` (full keys -> plain values)."""
+def run_program(config: dict[str, Any], stack: str = "test", secret_keys: Iterable[str] = ()) -> Run:
+    """Run __main__.py under mocks with `config` (full keys -> plain values); `secret_keys` are
+    those the stack file holds as secrets (`pulumi config set --secret`)."""
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
     mocks = NinaMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="nina-fl", stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
+    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, list(secret_keys))
     for key in [k for k in os.environ if k.startswith("PULUMI_CONFIG")]:
         os.environ.pop(key)
 

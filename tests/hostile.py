@@ -127,6 +127,23 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _researcher(
+    images: list[str] | None = None, realm: str | None = None, domain: str = "fl.example.edu.au"
+) -> Callable[[dict[str, Any]], None]:
+    """Researcher access on uat (a proxy host), with these notebook images, Keycloak realm or public domain."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["nina:hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}]
+        access: dict[str, Any] = {"public_domain": domain, "acme_email": "ops@example.edu.au"}
+        if images is not None:
+            access["notebook_images"] = images
+        cfg["nina:researcher_access"] = access
+        if realm is not None:
+            cfg["nina:keycloak"] = {"realm": realm}
+
+    return edit
+
+
 def _plan_out(target: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
     def prepare(d: Path) -> list[str]:
         (d / "Pulumi.uat.yaml").write_text(uat_text())
@@ -262,6 +279,20 @@ def stack_cases() -> list[Case]:
             "host names too long in the domain",
             _stack_edit(_set("nina:cloud", {"dns_domain": ".".join(["b" * 40] * 6) + ".ab"})),
             "dns_domain",
+        ),
+        # Notebook images reach `docker pull` on the hub host and DockerSpawner's image list.
+        Case("docker images", "an option as an image", _stack_edit(_researcher(["--config=/tmp/x"])), "notebook_images[0]"),
+        Case("docker images", "a space in an image", _stack_edit(_researcher(["quay.io/a b"])), "notebook_images[0]"),
+        Case("docker images", "an upper-case image", _stack_edit(_researcher(["quay.io/Jupyter/x"])), "notebook_images[0]"),
+        Case("docker images", "an image of 300 characters", _stack_edit(_researcher(["a" * 300])), "notebook_images[0]"),
+        Case("docker images", "two images of one name", _stack_edit(_researcher(["a/lab:1", "b/lab:2"])), "notebook_images"),
+        Case("keycloak", "the master realm", _stack_edit(_researcher(realm="master")), "nina:keycloak.realm"),
+        Case("dns names", "an address as the public domain", _stack_edit(_researcher(domain="10.0.0.1")), "public_domain"),
+        Case(
+            "dns names",
+            "public names over 253 characters",
+            _stack_edit(_researcher(domain=".".join(["b" * 40] * 6) + ".abcdefg")),
+            "public_domain",
         ),
         # Files that are not stack files.
         Case("unbounded reads", "stack file is /dev/zero", _stack_is("/dev/zero"), "Pulumi.bad.yaml"),

@@ -1026,3 +1026,65 @@ def test_researcher_access_needs_keycloak_for_the_hub_and_postgres_for_keycloak(
     # Without researcher access the same hosts are only VMs: nothing is delivered to them.
     del no_db["researcher_access"]
     ok(no_db)
+
+
+# ---------------------------------------------------------------------------------------
+# notebook images and the realm's name: refused here, not by the hub host or Keycloak
+# ---------------------------------------------------------------------------------------
+
+_ACCESS = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+
+
+def _with_images(images: list[str]) -> dict[str, Any]:
+    return base(hosts=[{"name": "gateway", "roles": ["bastion", "proxy"]}], researcher_access={**_ACCESS, "notebook_images": images})
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        ["-q"],  # an option of `docker pull`
+        ["--config=/tmp/x"],
+        ["foo bar"],
+        ["Quay.io/jupyter/scipy-notebook"],  # docker refuses upper case in repositories
+        ["quay.io/jupyter/scipy-notebook:"],
+        ["quay.io/jupyter/scipy-notebook@sha256:abc"],
+        ["a" * 300],
+        ['quay.io/x"y'],
+    ],
+)
+def test_notebook_images_that_are_no_image_references_are_refused(images):
+    problem(_with_images(images), "nina:researcher_access.notebook_images[0]", "image")
+
+
+@pytest.mark.parametrize("images", [["a/scipy-notebook:1", "b/scipy-notebook:2"], ["x/foo", "x/foo"]])
+def test_notebook_images_sharing_a_name_are_refused(images):
+    problem(_with_images(images), "nina:researcher_access.notebook_images", "name")
+
+
+def test_good_notebook_images_pass():
+    images = [
+        "quay.io/jupyter/scipy-notebook:2025-03-14",
+        "localhost:5000/team/pytorch-notebook",
+        "registry.example.edu.au:443/a_b/c__d/e-f.g@sha256:" + "a" * 64,
+        "tensorflow-notebook",
+    ]
+    cfg = ok(_with_images(images))
+    assert cfg.researcher_access is not None and cfg.researcher_access.notebook_images == images
+
+
+def test_the_keycloak_master_realm_is_refused():
+    problem(base(keycloak={"realm": "master"}), "nina:keycloak.realm", "master")
+
+
+@pytest.mark.parametrize(
+    "domain, words",
+    [
+        ("10.0.0.1", ("top-level",)),  # an address, not a domain: certbot fails at the first `pulumi up`
+        ("fl.example.123", ("top-level",)),
+        # 253 characters: grafana.<it> is a DNS name of 261, which no resolver or CA takes.
+        (".".join(["b" * 40] * 6) + ".abcdefg", ("grafana.", "253")),
+    ],
+)
+def test_a_public_domain_whose_public_names_cannot_exist_is_refused(domain, words):
+    raw = base(hosts=[{"name": "gateway", "roles": ["bastion", "proxy"]}], researcher_access={**_ACCESS, "public_domain": domain})
+    problem(raw, "nina:researcher_access.public_domain", *words)

@@ -433,3 +433,27 @@ def test_systemd_analyze_verify(tmp_path, name, text):
 CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
 CERT = "-----BEGIN CERTIFICATE-----\nSL\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n"
+
+
+def test_a_crafted_state_cannot_flood_the_metrics(tmp_path, members):
+    """The state database is the superlink user's, and researchers' ServerApps run as that user:
+    run statuses it makes up (10,000 distinct, each 1,000 characters) must not become 10,000
+    series of node exporter's and Prometheus's (about 10 MB a minute on the SuperLink's root
+    disk). They are counted as one status, finished:other."""
+    db = tmp_path / "state.db"
+    flwr_like(db)
+    con = sqlite3.connect(db)
+    n = 10_000
+    con.executemany("INSERT INTO run VALUES (?, ?)", [(i, i) for i in range(n)])
+    con.executemany("INSERT INTO task VALUES (?, '1', '2', '3', ?)", [(i, f"{i:05d}" + "x" * 995) for i in range(n)])
+    con.execute("INSERT INTO run VALUES (?, ?)", (n, n))
+    con.execute("INSERT INTO task VALUES (?, '1', '2', '3', 'failed')", (n,))
+    con.commit()
+    con.close()
+    proc, text = collect(tmp_path, db, members, "main")
+    assert proc.returncode == 0, proc.stderr
+    assert len(text) < 10_000, len(text)
+    found = samples(text)
+    statuses = {dict(k)["status"]: v for k, v in found["nina_federation_runs_total"].items()}
+    assert statuses == {**dict.fromkeys(federation_metrics.RUN_STATUSES, 0), "finished:failed": 1, "finished:other": n}
+    promtool_ok(text)

@@ -209,3 +209,19 @@ def test_a_bad_plan_file_is_refused_before_docker_runs(tmp_path, monkeypatch, ca
     assert "networks[0].bridge" in capsys.readouterr().err
     assert hub_docker.main(["networks", str(tmp_path / "missing.json")]) == 2
     assert hub_docker.main(["bogus"]) == 2
+
+
+def test_a_docker_that_answers_garbage_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """`docker network inspect` printing something that is not its JSON (a wrapper, a broken
+    install, another program of that name): one line naming the command, exit 1, no traceback."""
+    fake = tmp_path / "docker"
+    fake.write_text(
+        '#!/bin/sh\ncase "$1 $2" in\n  "network ls") [ "$3" = --format ] && echo nina-main;;\n  *) echo "<html>not json</html>";;\nesac\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("NINA_DOCKER", str(fake))
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"networks": [{"tenancy": "main", "network": "nina-main", "bridge": "nbr-0123456789"}], "images": []}))
+    assert hub_docker.main(["networks", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "docker network inspect" in err[0] and "JSON" in err[0], err

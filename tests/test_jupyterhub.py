@@ -4,6 +4,7 @@ browser-less OAuth login against a real OIDC provider configured from the same r
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config, PyFileConfigLoader
 
-from nina import facts, jupyterhub, jupyterhub_runtime, localpki, services
+from nina import facts, jupyterhub, jupyterhub_runtime, localpki, notebook_firewall, services
 from nina.config import load_config
 from nina.plan import Plan, build_plan
 
@@ -148,8 +149,11 @@ def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
     assert spawner.volumes == {facts.JUPYTERHUB_USER_VOLUME: facts.NOTEBOOK_DIR} and spawner.pull_policy == "never"
     hook = spawner.pre_spawn_hook
     assert callable(hook)
-    # The hook gives a tenancy-beta researcher beta's network, environment and read-only files.
-    hook(spawner)
+    # The hook gives a tenancy-beta researcher beta's network, environment and read-only files,
+    # and returns the check of docker's network (no docker here: see the next-but-one test).
+    check = hook(spawner)
+    assert inspect.iscoroutine(check)
+    check.close()
     assert spawner.network_name == "nina-beta"
     assert spawner.environment["NINA_TENANCY"] == "beta" and spawner.environment["FLWR_HOME"] == facts.NOTEBOOK_FLWR_HOME
     mounted = {v["bind"]: Path(k) for k, v in spawner.volumes.items() if isinstance(v, dict)}
@@ -437,6 +441,8 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
 def test_systemd_analyze_verifies_every_unit(tmp_path):
     units = {facts.JUPYTERHUB_UNIT: jupyterhub.service_unit(), **{u: jupyterhub.step_unit(u) for u in services.jupyterhub.STEPS}}
+    # The hub requires the notebook firewall's unit: verify finds it beside it.
+    (tmp_path / facts.NOTEBOOK_FIREWALL_UNIT).write_text(notebook_firewall.unit().replace(facts.NOTEBOOK_FIREWALL_BIN, "/bin/true"))
 
     # The programs the units run, as they exist here (verify checks that they are executables).
     program = tmp_path / "nina-jupyterhub-docker"
@@ -523,3 +529,72 @@ def test_restart_when_is_checked_where_it_is_made():
         render.delivery_payload([f], ["a.service"], restart_when={"a.service": ["/etc/other"]})
     with pytest.raises(ValueError, match="not a systemd unit name"):
         render.delivery_payload([f], ["a.service"], run=["a; reboot"])
+
+
+def test_the_hub_runs_only_behind_the_notebook_firewall():
+    """Fail closed: if the notebook firewall cannot be applied (iptables refused it, ip6tables
+    missing, ...), no hub spawns notebooks onto bridges that reach every tenancy's Control API.
+    The hub requires the firewall's unit and starts after it; the firewall restarts with docker
+    (PartOf), and the hub, which requires docker, with it."""
+    unit = jupyterhub.service_unit()
+    values: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values.setdefault(key, []).extend(value.split())
+    assert facts.NOTEBOOK_FIREWALL_UNIT in values["Requires"], values["Requires"]
+    assert facts.NOTEBOOK_FIREWALL_UNIT in values["After"], values["After"]
+
+
+def test_a_researcher_removed_in_keycloak_loses_the_hub_within_hours(plan):
+    """Groups (the tenancy a notebook gets) and the allowed groups are checked at login only:
+    without auth state, oauthenticator's refresh_user is a no-op. JupyterHub's login cookie (and
+    the OAuth tokens derived from it) last cookie_max_age_days, 14 by default: a researcher removed
+    from a tenancy group, or disabled, in Keycloak spawned that tenancy's notebooks for two weeks.
+    Bounded to facts.JUPYTERHUB_LOGIN_HOURS: then the hub sends them through Keycloak again."""
+    traits = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)["traits"]["JupyterHub"]
+    assert traits["cookie_max_age_days"] * 24 <= 12, traits.get("cookie_max_age_days")
+    assert traits["cookie_max_age_days"] == facts.JUPYTERHUB_LOGIN_HOURS / 24
+
+
+def test_a_notebook_never_starts_on_a_network_the_firewall_does_not_filter(plan):
+    """The firewall matches the tenancy bridges by name (nbr-<hash>). A network `nina-<tenancy>`
+    made another way (by hand, before the delivery; or left while the networks step failed
+    because a container held it) has another bridge, which no rule matches: from it a notebook
+    reaches every tenancy's Control API. The pre-spawn hook asks docker and refuses it."""
+    import asyncio
+
+    tenancies = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)["tenancies"]
+    beta = next(t for t in tenancies if t["name"] == "beta")
+    hook = jupyterhub_runtime.make_pre_spawn_hook(tenancies)
+
+    class Spawner:
+        def __init__(self, bridge: str | None) -> None:
+            self.user = SimpleNamespace(name="rita", groups=[SimpleNamespace(name="tenancy-beta")])
+            self.environment: dict[str, str] = {}
+            self.volumes: dict[str, object] = {}
+            self.network_name = ""
+            self.log = SimpleNamespace(info=lambda *a: None)
+            self.asked: list[tuple[str, tuple[object, ...]]] = []
+            self.bridge = bridge
+
+        def has_trait(self, name: str) -> bool:
+            return name == "network_name"
+
+        async def docker(self, method: str, *args: object) -> dict[str, object]:
+            self.asked.append((method, args))
+            options = {} if self.bridge is None else {"com.docker.network.bridge.name": self.bridge}
+            return {"Name": "nina-beta", "Driver": "bridge", "Options": options}
+
+    async def spawn(spawner: Spawner) -> None:
+        result = hook(spawner)
+        if result is not None:
+            await result
+
+    good = Spawner(jupyterhub.tenancy_bridge("beta"))
+    asyncio.run(spawn(good))
+    assert good.network_name == "nina-beta" and good.asked == [("inspect_network", ("nina-beta",))]
+    assert beta["bridge"] == jupyterhub.tenancy_bridge("beta")
+    for wrong in (None, "br-0123456789ab", jupyterhub.tenancy_bridge("main")):
+        with pytest.raises(PermissionError, match="bridge"):
+            asyncio.run(spawn(Spawner(wrong)))

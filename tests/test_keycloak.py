@@ -752,3 +752,11 @@ def test_delivery_payload_carries_the_files_with_their_modes():
         "PGDATABASE": "keycloakdb_server",
         "PGPASSWORD": "D" * 32,
     }
+
+
+def test_the_install_runs_root_s_build_in_a_private_tmp():
+    """`kc.sh build` runs a JVM as root, which writes under java.io.tmpdir (/tmp): on a shared
+    host other service users (the superlink user runs researchers' ServerApps) could have put
+    their own directories or links at the names it uses there. The install unit gets its own /tmp."""
+    lines = keycloak.install_unit(_all_in_one()).splitlines()
+    assert "PrivateTmp=yes" in lines

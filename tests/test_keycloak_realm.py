@@ -13,6 +13,7 @@ representation classes)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.server
 import json
@@ -54,6 +55,12 @@ class StandIn:
                 fault = outer.faults.get((method, url.path))
                 if fault == "garbage":
                     return self._send(200, b"<html>proxy error</html>")
+                if fault == "huge":  # 64 MiB of a JSON list, as a Keycloak in someone else's hands could send
+                    return self._send(200, b"[" + b"0," * (32 << 20) + b"0]")
+                if fault == "deep":
+                    return self._send(200, b"[" * 100_000 + b"]" * 100_000)
+                if isinstance(fault, str) and fault.startswith("redirect:"):
+                    return self._send(302, b"", fault.removeprefix("redirect:"))
                 if isinstance(fault, int):
                     return self._send(fault, b'{"error":"injected"}')
                 status, body, location = outer.handle(method, url.path, urllib.parse.parse_qs(url.query), raw, self.headers)
@@ -66,7 +73,8 @@ class StandIn:
                 if location:
                     self.send_header("Location", location)
                 self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(OSError):  # a client that stopped reading (a refused answer)
+                    self.wfile.write(body)
 
             def do_GET(self) -> None:
                 self._go("GET")
@@ -478,3 +486,38 @@ def test_failures_end_in_one_line(standin, run, tmp_path, monkeypatch, pki):
     monkeypatch.delenv("KC_BOOTSTRAP_ADMIN_USERNAME")
     code, _, err = run(path)
     assert code == 2 and len(err) == 1 and facts.KEYCLOAK_ENV in err[0], err
+
+
+def test_a_hostile_answer_ends_in_one_line_and_the_token_stays_home(standin, run, tmp_path):
+    """Keycloak runs as the keycloak user; this program as root, with the master realm's admin
+    token. An answer that redirects elsewhere (here: plain HTTP on loopback) is not followed, so
+    the token is never sent there; a huge or absurdly nested answer is refused in one line."""
+    path = realm_file(tmp_path)
+    assert run(path)[0] == 0
+    seen: list[str | None] = []
+
+    class Thief(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    thief = http.server.ThreadingHTTPServer((facts.LOOPBACK, 0), Thief)
+    threading.Thread(target=thief.serve_forever, daemon=True).start()
+    try:
+        standin.faults = {("GET", "/admin/realms/nina-fl/roles"): f"redirect:http://{facts.LOOPBACK}:{thief.server_port}/steal"}
+        code, _, err = run(path)
+        assert seen == []
+        assert code == 1 and len(err) == 1 and "HTTP 302" in err[0], err
+    finally:
+        thief.shutdown()
+        thief.server_close()
+    for fault, words in (("huge", "larger than"), ("deep", "nested")):
+        standin.faults = {("GET", "/admin/realms/nina-fl/roles"): fault}
+        code, _, err = run(path)
+        assert code == 1 and len(err) == 1 and words in err[0], (fault, err)

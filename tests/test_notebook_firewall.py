@@ -74,6 +74,7 @@ def _two_tenancies(cfg_valid) -> dict:
         {"name": "hub", "roles": ["jupyterhub"]},
     ]
     raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+    raw["keycloak"] = {"sha256": "0" * 64}  # required with a keycloak host and researcher access
     return raw
 
 
@@ -159,6 +160,7 @@ def test_superlink_on_the_hub_host_is_reached_through_input(cfg_valid):
     raw = cfg_valid()
     raw["hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy", "keycloak", "jupyterhub", "superlink"], "flavor": "m3.large"}]
     raw["researcher_access"] = {"public_domain": "fl.example.edu.au", "acme_email": "ops@example.edu.au"}
+    raw["keycloak"] = {"sha256": "0" * 64}
     plan = build_plan(load_config(raw))
     (tenancy,) = plan.tenancies
     hub = jupyterhub.jupyterhub_host(plan)

@@ -80,7 +80,12 @@ def test_the_smtp_password_is_a_secret_input_that_reaches_only_alertmanager():
     assert "pulumi config set --secret" in missing.error
     stray = run_program({**_config(monitoring={"smtp": SMTP}), "nina:monitoring_smtp_password": PASSWORD})
     assert stray.error is not None and "nothing uses it" in stray.error
-    good = run_program({**_config(monitoring={"smtp": smtp}), "nina:monitoring_smtp_password": PASSWORD})
+    # Set without --secret, it is in the stack file in plain text: refused, as `nina config check` does.
+    plain = run_program({**_config(monitoring={"smtp": smtp}), "nina:monitoring_smtp_password": PASSWORD})
+    assert plain.error is not None and "must be a secret" in plain.error and "pulumi config set --secret" in plain.error
+    good = run_program(
+        {**_config(monitoring={"smtp": smtp}), "nina:monitoring_smtp_password": PASSWORD}, secret_keys=["nina:monitoring_smtp_password"]
+    )
     assert good.error is None, good.error
     delivery = _delivery(good)
     assert "stdin" in delivery.secret_inputs and PASSWORD not in delivery.inputs["create"]

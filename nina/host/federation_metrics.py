@@ -63,6 +63,9 @@ SLUG_RE = re.compile(facts.SLUG_PATTERN)
 RECORD_SUFFIX = ".node_id"
 # flwr 1.31's run statuses (flwr.common.constant.Status, SubStatus), always written, 0 or not.
 RUN_STATUSES = ("pending", "starting", "running", "finished:completed", "finished:failed", "finished:stopped")
+# A finished run whose sub_status is none of flwr's: one series, however many such values the
+# state holds (it is the superlink user's, whom researchers' ServerApps run as).
+OTHER = "finished:other"
 FAILED = "finished:failed"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -127,6 +130,8 @@ def read_state(db: str, timeout: float, now: float) -> State:
         for starting_at, running_at, finished_at, sub_status in rows:
             if finished_at:
                 status = f"finished:{sub_status}"
+                if status not in RUN_STATUSES:
+                    status = OTHER
             elif running_at:
                 status = "running"
             elif starting_at:
@@ -203,7 +208,7 @@ def families(tenancy: str, now: float, state: State | None, members: dict[str, i
         online.add(sum(state.nodes.values()), **t)
         for slug, node_id in sorted(members.items()):
             per_org.add(1 if node_id is not None and state.nodes.get(node_id, False) else 0, tenancy=tenancy, organisation=slug)
-        extra = sorted(set(state.runs) - set(RUN_STATUSES))
+        extra = [OTHER] if state.runs.get(OTHER) else []
         for status in (*RUN_STATUSES, *extra):
             runs.add(state.runs.get(status, 0), tenancy=tenancy, status=status)
         failed.add(state.runs.get(FAILED, 0), **t)

@@ -104,8 +104,13 @@ def inspect_networks(names: list[str]) -> list[dict[str, Any]]:
     if not names:
         return []
     out = checked(docker("network", "inspect", *names), "docker network inspect")
-    found = json.loads(out)
-    return found if isinstance(found, list) else []
+    try:
+        found = json.loads(out)
+    except ValueError:
+        raise Failure(f"docker network inspect answered something that is not JSON: {out.strip()[:80]!r}") from None
+    if not isinstance(found, list) or not all(isinstance(n, dict) for n in found):
+        raise Failure("docker network inspect answered JSON that is not a list of networks")
+    return found
 
 
 def nina_networks() -> list[dict[str, Any]]:

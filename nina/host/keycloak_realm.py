@@ -51,12 +51,29 @@ TENANCY_ATTRIBUTE = "nina_tenancy"
 NESTED = ("roles", "groups", "clients")
 MAX_GROUPS = 10000
 TIMEOUT = 30  # seconds for one request
+# Keycloak is the keycloak user's; this runs as root with the admin token: an answer larger than
+# this is refused (a realm of MAX_GROUPS groups is a few MB), and no redirect is followed.
+MAX_ANSWER_BYTES = 32 << 20
 
 say = sayer(PROG)
 
 
 def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are answers, not directions: the admin token goes to Keycloak's URL only."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None  # urllib then raises HTTPError with the 3xx
+
+
+def _read_bounded(response: Any, what: str) -> bytes:
+    raw = response.read(MAX_ANSWER_BYTES + 1)
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise Failure(f"{what}: the answer is larger than {MAX_ANSWER_BYTES} bytes; refusing it")
+    return bytes(raw)
 
 
 class Api:
@@ -67,6 +84,7 @@ class Api:
         self.context = context
         self.token: str | None = None
         self.writes: list[str] = []
+        self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect())
 
     def call(self, method: str, path: str, body: Any = None, *, form: Mapping[str, str] | None = None, missing_ok: bool = False) -> Any:
         """One request; the decoded JSON answer (None for an empty one, or a 404 with missing_ok).
@@ -85,13 +103,13 @@ class Api:
         what = f"{method} {path.split('?')[0]}"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self.context) as response:
-                raw = response.read()
+            with self.opener.open(request, timeout=TIMEOUT) as response:
+                raw = _read_bounded(response, what)
                 location = response.headers.get("Location")
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and missing_ok:
                 return None
-            detail = exc.read()[:200].decode("utf-8", "replace").replace("\n", " ").strip()
+            detail = exc.read(200).decode("utf-8", "replace").replace("\n", " ").strip()
             hint = "; check KC_BOOTSTRAP_ADMIN_USERNAME/PASSWORD in " + facts.KEYCLOAK_ENV if exc.code == 401 else ""
             raise Failure(f"{what}: HTTP {exc.code} {exc.reason}{': ' + detail if detail else ''}{hint}") from None
         except urllib.error.URLError as exc:
@@ -106,6 +124,8 @@ class Api:
             return json.loads(raw)
         except ValueError:
             raise Failure(f"{what}: the answer is not JSON: {raw[:80]!r}") from None
+        except RecursionError:
+            raise Failure(f"{what}: the answer is JSON nested too deeply to be Keycloak's") from None
 
     def login(self, username: str, password: str) -> None:
         answer = self.call(
