@@ -47,12 +47,16 @@ class PublicService:
     role: str  # the host role that runs it (its upstream), and the port-table zone the proxy reaches
     websocket: bool  # pass WebSocket upgrades on
     max_body: str = "1m"  # nginx client_max_body_size
+    # Paths nginx answers 404 for (prefixes): what must not be public although the service serves it.
+    blocked: tuple[str, ...] = ()
 
 
 # In the order nginx's files are written. Grafana (role monitoring, WebSocket for Grafana Live)
 # would join, but the monitoring host has none: not in Ubuntu's archive (README, "Operations").
 PUBLIC_SERVICES: tuple[PublicService, ...] = (
-    PublicService("keycloak", "keycloak", websocket=False),
+    # Keycloak's admin console and API, and its master realm (where the bootstrap admin logs in),
+    # are for operators only, through an SSH tunnel to the Keycloak host (README): never public.
+    PublicService("keycloak", "keycloak", websocket=False, blocked=("/admin/", f"/realms/{facts.KEYCLOAK_MASTER_REALM}/")),
     # Notebook kernels and terminals are WebSockets; notebooks are saved whole (PUT of the JSON).
     PublicService("jupyterhub", "jupyterhub", websocket=True, max_body="64m"),
 )
@@ -79,6 +83,7 @@ class Site:
     upstream_port: int
     websocket: bool
     max_body: str
+    blocked: tuple[str, ...] = ()  # path prefixes answered 404
 
     @property
     def conf_file(self) -> str:
@@ -119,7 +124,7 @@ def sites(plan: Plan, public: Sequence[PublicService] = PUBLIC_SERVICES) -> tupl
                 f"{svc.name} on the proxy host {host.name!r} would listen on port {port}, which nginx holds there; "
                 f"put {svc.role!r} on another host in nina:hosts"
             )
-        found.append(Site(svc.name, access.public_name(svc.name), host.name, host.fixed_ip, port, svc.websocket, svc.max_body))
+        found.append(Site(svc.name, access.public_name(svc.name), host.name, host.fixed_ip, port, svc.websocket, svc.max_body, svc.blocked))
     return tuple(found)
 
 

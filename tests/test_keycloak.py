@@ -520,6 +520,7 @@ def test_keycloak_conf():
         "db-username": "keycloak",
         "db-schema": "keycloak",
         "hostname": "https://auth.fl.example.edu.au",
+        "hostname-admin": f"https://localhost:{facts.KEYCLOAK_PORT}",  # through an operator's SSH tunnel
         "proxy-headers": "xforwarded",
         "http-enabled": "false",
         "https-port": str(facts.KEYCLOAK_PORT),

@@ -418,6 +418,10 @@ def test_real_nginx_proxies_each_name_to_its_upstream(plan, lab_root):
         "requests": [
             {"id": "auth", "port": 443, "sni": AUTH, "host": AUTH, "headers": {"X-Forwarded-For": "198.51.100.66"}},
             {"id": "hub", "port": 443, "sni": HUB, "host": HUB, "path": "/hub/login"},
+            {"id": "auth-realm", "port": 443, "sni": AUTH, "host": AUTH, "path": f"/realms/{facts.KEYCLOAK_REALM}/account"},
+            {"id": "auth-admin", "port": 443, "sni": AUTH, "host": AUTH, "path": "/admin/master/console/"},
+            {"id": "auth-master", "port": 443, "sni": AUTH, "host": AUTH, "path": "/realms/master/protocol/openid-connect/token"},
+            {"id": "hub-admin-path", "port": 443, "sni": HUB, "host": HUB, "path": "/admin/"},
             {"id": "hub-ws", "port": 443, "sni": HUB, "host": HUB, "path": "/user/a/api/kernels/1/channels", "websocket": True},
             {"id": "auth-ws", "port": 443, "sni": AUTH, "host": AUTH, "websocket": True},
             {"id": "unknown-sni", "port": 443, "sni": f"evil.{DOMAIN}", "host": f"evil.{DOMAIN}"},
@@ -454,6 +458,10 @@ def test_real_nginx_proxies_each_name_to_its_upstream(plan, lab_root):
         sent = [(k.lower(), v) for k, v in r[rid]["headers"]]
         for header, value in proxy.SECURITY_HEADERS:
             assert [v for k, v in sent if k == header.lower()] == [value], (header, sent)
+    # Keycloak's admin console and API and its master realm are not public; the researchers' realm is.
+    assert r["auth-realm"]["status"] == 200 and json.loads(r["auth-realm"]["body"])["upstream"] == "idp"
+    assert r["auth-admin"]["status"] == 404 and r["auth-master"]["status"] == 404, (r["auth-admin"], r["auth-master"])
+    assert r["hub-admin-path"]["status"] == 200  # only Keycloak's site blocks these paths
     assert r["hub-ws"]["status"] == 101 and r["hub-ws"]["accept_ok"] and r["hub-ws"]["echo_ok"], r["hub-ws"]
     assert r["auth-ws"]["status"] == 200  # Keycloak's site passes no upgrade on
     assert "upgrade" not in {k.lower() for k, _ in json.loads(r["auth-ws"]["body"])["headers"]}
