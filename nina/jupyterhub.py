@@ -47,6 +47,8 @@ AUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
 SPAWNER = "dockerspawner.DockerSpawner"
 PROXY = "jupyterhub.proxy.ConfigurableHTTPProxy"
 IDLE_CULLER = "idle-culler"
+OPERATOR_ROLE = "nina-operator"
+OPERATOR_SCOPES = ("admin-ui", "list:users", "read:users", "read:users:activity", "read:servers", "delete:servers", "read:groups")
 SCOPES = ("openid", "profile", "email", facts.KEYCLOAK_GROUPS_CLAIM)
 
 
@@ -229,12 +231,21 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
             }
         ],
         "load_roles": [
+            # The realm's administrators operate the hub without becoming JupyterHub admins: an admin
+            # may open any researcher's notebook (access:servers) or act as them (tokens), and so reach
+            # every tenancy's Control API. Operators see users and servers and stop servers; no more.
+            {
+                "name": OPERATOR_ROLE,
+                "description": "operators: see users and their servers, stop servers; never open or act as them",
+                "scopes": list(OPERATOR_SCOPES),
+                "groups": [hub.admin_group],
+            },
             {
                 "name": IDLE_CULLER,
                 "description": "stop notebooks idle for longer than the timeout",
                 "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
                 "services": [IDLE_CULLER],
-            }
+            },
         ],
     }
     if hub.ssl_cert and hub.ssl_key:
@@ -256,8 +267,9 @@ def settings(hub: HubInputs, client_secret: str) -> dict[str, Any]:
                 "manage_groups": True,
                 # oauthenticator 16+ (claim_groups_key is deprecated): a key of auth_state.
                 "auth_state_groups_key": f"oauth_user.{facts.KEYCLOAK_GROUPS_CLAIM}",
-                "allowed_groups": [tenancy_group(t.name) for t in hub.tenancies],
-                "admin_groups": [hub.admin_group],
+                # Operators (the admins' group) may log in to operate the hub; only a tenancy group
+                # lets anyone spawn (the pre-spawn hook refuses a user in none).
+                "allowed_groups": [*(tenancy_group(t.name) for t in hub.tenancies), hub.admin_group],
                 "validate_server_cert": True,
                 # token and userinfo go to the Keycloak host itself: its certificate is the local CA's.
                 "http_request_kwargs": {"ca_certs": hub.ca_file},

@@ -72,6 +72,7 @@ def login(s: dict[str, Any], username: str, password: str) -> dict[str, Any]:
         api = session.get(f"{hub}/hub/api/user", headers={"X-XSRFToken": xsrf}, timeout=10)
         result["api_status"] = api.status_code
         result["api_user"] = api.json() if api.ok else api.text[:500]
+        result["admin_page_status"] = session.get(f"{hub}/hub/admin", allow_redirects=False, timeout=10).status_code
     return result
 
 

@@ -88,7 +88,12 @@ def test_names_and_urls(plan):
     assert oauth["userdata_url"] == f"https://{idp}:{facts.KEYCLOAK_PORT}{realm}/userinfo"
     assert oauth["oauth_callback_url"] == "https://hub.fl.example.edu.au/hub/oauth_callback"
     assert oauth["client_id"] == "jupyterhub" and oauth["client_secret"] == SECRET
-    assert oauth["allowed_groups"] == ["tenancy-main", "tenancy-beta"] and oauth["admin_groups"] == [facts.KEYCLOAK_ADMIN_GROUP]
+    assert oauth["allowed_groups"] == ["tenancy-main", "tenancy-beta", facts.KEYCLOAK_ADMIN_GROUP]
+    # No JupyterHub admins: the admins' group gets the operator role, which cannot open notebooks.
+    assert "admin_groups" not in oauth
+    [operator] = [r for r in s["traits"]["JupyterHub"]["load_roles"] if r["name"] == jupyterhub.OPERATOR_ROLE]
+    assert operator["groups"] == [facts.KEYCLOAK_ADMIN_GROUP]
+    assert not {"admin:users", "access:servers", "tokens", "admin:servers"} & set(operator["scopes"])
     assert "claim_groups_key" not in oauth and oauth["auth_state_groups_key"] == "oauth_user.groups"
     assert jupyterhub.realm_groups(plan) == ["tenancy-main", "tenancy-beta", facts.KEYCLOAK_ADMIN_GROUP]
     assert jupyterhub.realm_client(hub)["redirectUris"] == [oauth["oauth_callback_url"]]
@@ -140,7 +145,8 @@ def test_rendered_config_loads_in_jupyterhub(plan, tmp_path):
     assert app.bind_url == hub.bind_url and app.hub_bind_url == hub.hub_bind_url
     assert [svc["name"] for svc in app.services] == [jupyterhub.IDLE_CULLER]
     auth = GenericOAuthenticator(config=config)
-    assert auth.allowed_groups == {"tenancy-main", "tenancy-beta"} and auth.manage_groups
+    assert auth.allowed_groups == {"tenancy-main", "tenancy-beta", facts.KEYCLOAK_ADMIN_GROUP} and auth.manage_groups
+    assert not auth.admin_groups  # operators get a role, not JupyterHub admin (which opens any notebook)
     assert auth.token_url.startswith(hub.keycloak_internal_url) and auth.authorize_url.startswith(hub.keycloak_public_url)
     assert auth.http_request_kwargs == {"ca_certs": str(tmp_path / "config" / facts.CA_CERT_FILE)}
     user = SimpleNamespace(name="rita", groups=[SimpleNamespace(name="tenancy-beta")])
@@ -285,7 +291,14 @@ def test_oauth_login_against_real_oidc_provider(plan, tmp_path):
     assert alice["callback_status"] == 302 and alice["home_status"] == 200, context
     assert alice["api_user"]["name"] == "alice" and alice["api_user"]["admin"] is False, alice
     assert jupyterhub.tenancy_group("main") in alice["api_user"]["groups"]
-    assert carol["callback_status"] == 302 and carol["api_user"]["admin"] is True, carol
+    # An operator (the admins' group): the admin page and the server list, never a researcher's notebook.
+    assert carol["callback_status"] == 302 and carol["api_user"]["admin"] is False, carol
+    assert carol["admin_page_status"] == 200 and alice["admin_page_status"] == 403, (carol, alice)
+    assert {"admin-ui", "list:users", "delete:servers"} <= set(carol["api_user"]["scopes"]), carol["api_user"]
+    # Only her own (`...!user=carol`, every user's); none over other users' servers or tokens.
+    broad = [s for s in carol["api_user"]["scopes"] if "!" not in s]
+    assert not any(s.startswith(("access:servers", "tokens", "admin:users", "admin:servers")) for s in broad), broad
+    assert "access:servers" in " ".join(alice["api_user"]["scopes"])  # the check sees scopes at all
     assert bob["callback_status"] == 403 and "home_status" not in bob, bob
     # Which host each endpoint was called on: authorize by the browser on the public name,
     # token and userinfo by the hub on the internal address.
