@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import exporter
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -228,13 +229,7 @@ def test_systemd_analyze_verify(tmp_path, name, fn):
 
 def _node_exporter_args(textfile_dir: Path, port: int) -> list[str]:
     """The rendered ARGS of facts.NODE_EXPORTER_DEFAULTS, on a loopback port, reading the test's directory."""
-    args = subprocess.run(
-        ["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'],
-        input=render.node_exporter_defaults(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    args = exporter.rendered_args()
     textfile = f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}"
     assert textfile in args and "--collector.textfile" in args
     out = []

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from exporter import rendered_args as rendered_node_exporter_args
 
 from nina import facts, firewall, monitoring, render, services
 from nina.config import ConfigError, load_config
@@ -721,7 +722,7 @@ def test_real_prometheus_scrapes_and_fires(tmp_path, procs):
     exporter = f"127.0.0.2:{free_port('127.0.0.2')}"
     logs = [tmp_path / "node-exporter.log", tmp_path / "prometheus.log", tmp_path / "alertmanager.log"]
     # The arguments every host's base delivery gives it, but on loopback (no systemd here: that collector fails, the rest works).
-    base_args = run(["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'], input=render.node_exporter_defaults()).stdout.split()
+    base_args = rendered_node_exporter_args()
     assert f"--web.listen-address=:{facts.NODE_EXPORTER_PORT}" in base_args
     assert f"--collector.textfile.directory={facts.NODE_EXPORTER_TEXTFILE_DIR}" in base_args
     # The same collectors; the listen address and the textfile directory are the test's.

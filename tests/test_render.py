@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import exporter
 import pytest
 
 from nina import facts, render
@@ -345,13 +346,7 @@ def test_housekeeping_files():
         "systemmaxuse": facts.JOURNALD_SYSTEM_MAX_USE,
         "systemkeepfree": facts.JOURNALD_SYSTEM_KEEP_FREE,
     }
-    args = subprocess.run(
-        ["bash", "-c", 'source /dev/stdin; printf "%s\\n" $ARGS'],
-        input=render.node_exporter_defaults(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    args = exporter.rendered_args()
     # The systemd collector reports the services' units and nothing else (node exporter anchors the regex).
     [unit_include] = [a for a in args if a.startswith("--collector.systemd.unit-include=")]
     regex = re.compile(unit_include.split("=", 1)[1])
