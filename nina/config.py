@@ -844,6 +844,15 @@ def _check_segments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
         for key_b, b in segments[i + 1 :]:
             if a.overlaps(b):
                 yield (key_b, f"{b} overlaps {a} ({key_a}); give every segment its own range")
+    docker = IPv4Network(facts.DOCKER_ADDRESS_POOL)
+    if any("jupyterhub" in h.roles for h in cfg.hosts):
+        for key, net in segments:
+            if net.overlaps(docker):
+                yield (
+                    key,
+                    f"{net} overlaps {docker}, where docker on the JupyterHub host makes its networks "
+                    "(facts.DOCKER_ADDRESS_POOL); choose a range outside it",
+                )
 
 
 def _check_ssh(cfg: StackConfig) -> Iterable[tuple[str, str]]:

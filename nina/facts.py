@@ -325,6 +325,10 @@ JUPYTERHUB_IMAGES_UNIT = "nina-jupyterhub-images.service"
 JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
 DOCKER_GROUP = "docker"
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+# Where docker takes its networks' subnets on the JupyterHub host (docker0 and one per tenancy):
+# never a range of the plan (nina.config refuses a segment or VPN pool that overlaps it).
+DOCKER_ADDRESS_POOL = "172.30.0.0/16"
+DOCKER_ADDRESS_POOL_SIZE = 24
 # Docker waits for its data root's volume at boot (a drop-in with RequiresMountsFor=).
 DOCKER_DROPIN = "/etc/systemd/system/docker.service.d/nina-data-root.conf"
 DOCKER_LOG_MAX_SIZE = "10m"  # per container log file (json-file driver), DOCKER_LOG_MAX_FILES of them

@@ -1088,3 +1088,16 @@ def test_the_keycloak_master_realm_is_refused():
 def test_a_public_domain_whose_public_names_cannot_exist_is_refused(domain, words):
     raw = base(hosts=[{"name": "gateway", "roles": ["bastion", "proxy"]}], researcher_access={**_ACCESS, "public_domain": domain})
     problem(raw, "nina:researcher_access.public_domain", *words)
+
+
+def test_a_segment_in_docker_s_address_pool_is_refused_with_a_jupyterhub_host(researcher_raw):
+    """Docker on the hub host takes its networks from facts.DOCKER_ADDRESS_POOL: a plan range there
+    would be shadowed on that host (its notebooks could not reach that segment's SuperLink)."""
+    from nina import facts
+
+    raw = researcher_raw()
+    raw["tenancies"][1]["organisations"][0]["cidr"] = "172.30.5.0/24"
+    problem(raw, "nina:tenancies[1].organisations[0].cidr", facts.DOCKER_ADDRESS_POOL, "choose a range outside it")
+    # Without a JupyterHub host there is no docker: the range is fine.
+    raw["hosts"] = [h for h in raw["hosts"] if "jupyterhub" not in h["roles"]]
+    ok(raw)

@@ -19,9 +19,11 @@ _USER = facts.SERVICE_USERS["jupyterhub"]
 
 def docker_daemon_json() -> str:
     """/etc/docker/daemon.json: docker's data root (images, the per-user volumes) on the hub's
-    volume, bounded container logs, and containers that outlive a restart of dockerd (upgrades)."""
+    volume, its networks' subnets from facts.DOCKER_ADDRESS_POOL, bounded container logs, and containers that outlive a restart of dockerd (upgrades)."""
     daemon = {
         "data-root": facts.JUPYTERHUB_DOCKER_ROOT,
+        # Docker's own pools (172.17-31/16, 192.168/20s) may cover a plan segment or VPN pool.
+        "default-address-pools": [{"base": facts.DOCKER_ADDRESS_POOL, "size": facts.DOCKER_ADDRESS_POOL_SIZE}],
         "live-restore": True,
         "log-driver": "json-file",
         "log-opts": {"max-size": facts.DOCKER_LOG_MAX_SIZE, "max-file": str(facts.DOCKER_LOG_MAX_FILES)},
