@@ -25,7 +25,9 @@ offline, never hide another.
 Alerts (`rule_files`): CPU load, memory, disk space of the priority mounts ("/" and every
 volume of the plan), failed and flapping systemd units (every unit of the service definitions:
 `watched_units`), GPU temperature and memory, exporters down, and the federation and
-certificate metrics that node exporter's textfile collector exposes (METRICS).
+certificate metrics that node exporter's textfile collector exposes (METRICS). The expressions
+the thresholds apply to are functions (`cpu_load_expr`, `memory_available_expr`, ...), which
+nina.dashboards plots with the same thresholds, narrowed to one host.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ METRICS = {
     "supernode_online": "nina_federation_supernode_online",  # {tenancy, organisation} 1/0
     "supernodes_registered": "nina_federation_supernodes_registered",  # {tenancy}
     "supernodes_online": "nina_federation_supernodes_online",  # {tenancy}
+    "runs": "nina_federation_runs_total",  # {tenancy, status}
     "runs_failed": "nina_federation_runs_failed_total",  # {tenancy} counter
     "certificate_expiry": "nina_certificate_expiry_timestamp_seconds",  # {path, subject}
     # The collectors' own health: they stop exporting the series above when they cannot read.
@@ -60,6 +63,9 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DCGM_TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"
 DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
+# ... and those nina.dashboards plots besides (dcgm-exporter's default counters).
+DCGM_UTILISATION = "DCGM_FI_DEV_GPU_UTIL"  # percent
+DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"  # watts
 
 NODE_JOB = "node"
 DCGM_JOB = "dcgm"
@@ -237,7 +243,44 @@ def _any_of(values: Sequence[str]) -> str:
     return "`" + "|".join(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", v) for v in values) + "`"
 
 
-def _seconds(duration: str) -> int:
+def _selector(metric: str, *matchers: str) -> str:
+    """`metric{m1, m2}` of the non-empty matchers (the bare name without any)."""
+    used = [m for m in matchers if m]
+    return f"{metric}{{{', '.join(used)}}}" if used else metric
+
+
+# The ratios the host and GPU alerts compare with nina:monitoring.alerts (manual 5.3.1-5.3.6),
+# and nina.dashboards plots with the same thresholds. `match` narrows every selector (a
+# dashboard's `host="$host"`); the alerts pass none.
+def cpu_load_expr(match: str = "") -> str:
+    """15-minute load per CPU (5.3.1)."""
+    idle = _selector("node_cpu_seconds_total", match, 'mode="idle"')
+    return f"{_selector('node_load15', match)} / count without (cpu, mode) ({idle})"
+
+
+def memory_available_expr(match: str = "") -> str:
+    """Available memory as a share of the total (5.3.2)."""
+    return f"{_selector('node_memory_MemAvailable_bytes', match)} / {_selector('node_memory_MemTotal_bytes', match)}"
+
+
+def disk_free_expr(plan: Plan, match: str = "") -> str:
+    """Free space of the priority mounts as a share of their size (5.3.3)."""
+    mounts = f"mountpoint=~{_any_of(priority_mounts(plan))}"
+    return f"{_selector('node_filesystem_avail_bytes', match, mounts)} / {_selector('node_filesystem_size_bytes', match, mounts)}"
+
+
+def unit_state_expr(state: str, match: str = "") -> str:
+    """1 for each watched unit in systemd state `state` (failed, active, ...), 0 for the others (5.3.4)."""
+    return _selector("node_systemd_unit_state", match, f"name=~{_any_of(watched_units())}", f'state="{state}"')
+
+
+def gpu_memory_used_expr(match: str = "") -> str:
+    """Frame buffer used as a share of the total (5.3.6)."""
+    used = _selector(DCGM_FB_USED, match)
+    return f"{used} / ({used} + {_selector(DCGM_FB_FREE, match)})"
+
+
+def duration_seconds(duration: str) -> int:
     """A config duration ("10m", config.DURATION_RE) in seconds."""
     if not config.DURATION_RE.match(duration):
         raise ValueError(f"{duration!r} is not a duration like '10m'")
@@ -262,10 +305,9 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
     nina:monitoring.alerts."""
     a = plan.cfg.monitoring.alerts
     on = "{{ $labels.host }} ({{ $labels.instance }})"
-    cpu = 'node_load15 / count without (cpu, mode) (node_cpu_seconds_total{mode="idle"})'
-    mem = "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes"
-    mounts = _any_of(priority_mounts(plan))
-    disk = f"node_filesystem_avail_bytes{{mountpoint=~{mounts}}} / node_filesystem_size_bytes{{mountpoint=~{mounts}}}"
+    cpu = cpu_load_expr()
+    mem = memory_available_expr()
+    disk = disk_free_expr(plan)
     units = _any_of(watched_units())
     host = [
         *(
@@ -305,7 +347,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
     unit_rules = [
         _rule(
             "SystemdUnitFailed",
-            f'node_systemd_unit_state{{name=~{units}, state="failed"}} == 1',
+            f"{unit_state_expr('failed')} == 1",
             "high",
             f"{{{{ $labels.name }}}} failed on {on}",
             f"systemd reports {{{{ $labels.name }}}} failed for {a.host_for}; see `systemctl status {{{{ $labels.name }}}}` and its journal.",
@@ -330,7 +372,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
         ),
         _rule(
             "GpuMemoryHigh",
-            f"{DCGM_FB_USED} / ({DCGM_FB_USED} + {DCGM_FB_FREE}) > {a.gpu_memory_used}",
+            f"{gpu_memory_used_expr()} > {a.gpu_memory_used}",
             "low",
             f"GPU {{{{ $labels.gpu }}}} memory nearly full on {on}",
             f"GPU {{{{ $labels.gpu }}}} uses {{{{ $value | humanizePercentage }}}} of its memory (above {a.gpu_memory_used:g}) for {a.gpu_for}; "
@@ -385,7 +427,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
         ),
         _rule(
             "FederationMetricsStale",
-            f"time() - {m['federation_scrape_timestamp']} > {_seconds(a.federation_metrics_stale)}",
+            f"time() - {m['federation_scrape_timestamp']} > {duration_seconds(a.federation_metrics_stale)}",
             "medium",
             f"Federation metrics stale on {on}",
             f"nina-federation-metrics last wrote its metrics more than {a.federation_metrics_stale} ago (it runs every minute), "
