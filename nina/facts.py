@@ -60,6 +60,7 @@ OPENVPN_TCP_PORT = 443
 NODE_EXPORTER_PORT = 9900
 DCGM_EXPORTER_PORT = 9400
 GRAFANA_PORT = 3000
+GRAFANA_DATASOURCE_UID = "nina-prometheus"  # the provisioned Prometheus datasource every dashboard panel uses
 PROMETHEUS_PORT = 9090
 DNS_PORT = 53
 LOOPBACK = "127.0.0.1"

@@ -1,0 +1,408 @@
+"""nina.dashboards: the Grafana dashboards, generated with grafana-foundation-sdk.
+
+Checked as data (deterministic, fixed uids, one datasource, the plan's tenancies, thresholds from
+nina:monitoring.alerts, expressions from nina.monitoring), decoded back with the SDK's own models
+(nothing the SDK does not know is kept), every PromQL expression parsed by the real `promtool`, and
+the platform, per-host and federation queries evaluated by a real Prometheus scraping a real node
+exporter whose textfile directory holds the real nina-federation-metrics and nina-cert-expiry
+output (scripts/bootstrap --test-tools installs prometheus and the node exporter).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from exporter import rendered_args as rendered_node_exporter_args
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
+from test_cert_expiry import Host as CertHost
+from test_cert_expiry import make_cert
+from test_federation_metrics import flwr_like
+from test_monitoring import NODE_EXPORTER, PROMETHEUS, PROMTOOL, TOOLS, free_port, get_json, make_plan, raw_config, wait_for, write_tree
+
+from nina import dashboards, facts, monitoring
+from nina.config import load_config
+from nina.host import federation_metrics
+from nina.plan import Plan, build_plan
+
+needs_promtool = pytest.mark.skipif(not PROMTOOL, reason=f"promtool missing; {TOOLS}")
+needs_servers = pytest.mark.skipif(not (PROMETHEUS and NODE_EXPORTER), reason=f"prometheus or node exporter missing; {TOOLS}")
+
+# What the variables stand for in the tests: the loopback host below and the test plan's tenancy.
+LOOPBACK_HOST = "superlink-alpha"
+TENANCY = "alpha"
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return make_plan()
+
+
+@pytest.fixture(scope="module")
+def boards(plan) -> dict[str, dict[str, Any]]:
+    return {name: json.loads(text) for name, text in dashboards.dashboard_files(plan).items()}
+
+
+def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) of every target."""
+    return [(p["title"], t["expr"]) for p in panels(board) for t in p["targets"]]
+
+
+def concrete(expr: str, tenancy: str = TENANCY, host: str = LOOPBACK_HOST) -> str:
+    """The expression as Grafana sends it, the template variables substituted."""
+    out = expr.replace("$__rate_interval", "1m").replace("$tenancy", tenancy).replace("$host", host)
+    assert "$" not in out, out
+    return out
+
+
+# --- as data ------------------------------------------------------------------------------------
+
+
+def test_files_are_deterministic_and_named_by_fixed_uids(plan, boards):
+    files = dashboards.dashboard_files(plan)
+    assert files == dashboards.dashboard_files(make_plan())  # byte-identical from an equal plan
+    assert list(files) == sorted(files) == sorted(f"{uid}.json" for uid in dashboards.UIDS.values())
+    assert {b["uid"] for b in boards.values()} == {"nina-platform", "nina-host", "nina-gpu", "nina-federation"}
+    for name, text in files.items():
+        assert text.endswith("}\n") and not text.endswith("\n\n")
+        assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n", name  # sorted keys
+        board = boards[name]
+        assert name == f"{board['uid']}.json"
+        ids = [p["id"] for p in board["panels"]]
+        assert ids == list(range(1, len(ids) + 1)), name  # unique, stable
+        for p in panels(board):
+            assert p["title"] and len(p["description"]) > 20, (name, p["title"])  # written for an operator
+            refs = [t["refId"] for t in p["targets"]]
+            assert p["targets"] and len(set(refs)) == len(refs), (name, p["title"])
+
+
+def test_every_panel_query_and_variable_uses_the_provisioned_datasource(boards):
+    assert facts.GRAFANA_DATASOURCE_UID == "nina-prometheus"
+    expected = {"type": "prometheus", "uid": facts.GRAFANA_DATASOURCE_UID}
+    seen = 0
+    for board in boards.values():
+        for p in panels(board):
+            assert p["datasource"] == expected, p["title"]
+            for t in p["targets"]:
+                assert t["datasource"] == expected, p["title"]
+                seen += 1
+        for v in board.get("templating", {}).get("list", []):
+            if v["type"] == "query":
+                assert v["datasource"] == expected
+    assert seen > 30
+    # ... and no other datasource uid anywhere in the text.
+    for text in dashboards.dashboard_files(make_plan()).values():
+        assert set(re.findall(r'"uid": "([^"]+)"', text)) - set(dashboards.UIDS.values()) == {facts.GRAFANA_DATASOURCE_UID}
+
+
+def test_the_sdk_decodes_every_dashboard_and_loses_nothing(boards):
+    """Schema check with the SDK's own models: decoding then encoding keeps every field (an
+    unknown or mistyped one would be dropped or fail); the SDK only adds its defaults."""
+    register_default_plugins()
+
+    def within(small: Any, big: Any, where: str) -> None:
+        if isinstance(small, dict):
+            assert isinstance(big, dict), where
+            for k, v in small.items():
+                assert k in big, f"{where}.{k} dropped by the SDK's model"
+                within(v, big[k], f"{where}.{k}")
+        elif isinstance(small, list):
+            assert isinstance(big, list) and len(big) == len(small), where
+            for i, (s, b) in enumerate(zip(small, big, strict=True)):
+                within(s, b, f"{where}[{i}]")
+        else:
+            assert small == big, where
+
+    for name, board in boards.items():
+        decoded = DashboardModel.from_json(board)
+        again = json.loads(JSONEncoder(sort_keys=True).encode(decoded))
+        within(board, again, name)
+        assert DashboardModel.from_json(again).uid == board["uid"]
+    # A misspelt field is not in the model: the SDK drops it, and the check says so.
+    broken = json.loads(json.dumps(boards["nina-gpu.json"]))
+    broken["panels"][0]["descripton"] = broken["panels"][0].pop("description")
+    with pytest.raises(AssertionError, match=r"panels\[0\]\.descripton dropped"):
+        within(broken, json.loads(JSONEncoder(sort_keys=True).encode(DashboardModel.from_json(broken))), "nina-gpu.json")
+
+
+def test_variables_host_and_the_plans_tenancies(boards):
+    (host,) = boards["nina-host.json"]["templating"]["list"]
+    assert host["name"] == "host" and host["query"] == f'label_values(up{{job="{monitoring.NODE_JOB}"}}, host)'
+    (gpu,) = boards["nina-gpu.json"]["templating"]["list"]
+    assert gpu["name"] == "host" and gpu["query"] == f'label_values(up{{job="{monitoring.DCGM_JOB}"}}, host)'
+    assert gpu["multi"] and gpu["includeAll"]
+    (tenancy,) = boards["nina-federation.json"]["templating"]["list"]
+    assert tenancy["type"] == "custom" and tenancy["query"] == "alpha,beta"
+    assert [o["value"] for o in tenancy["options"]] == ["alpha", "beta"] and tenancy["current"]["value"] == "alpha"
+    # Another tenancy in the plan: it is offered, and only the federation dashboard changes.
+    raw = raw_config()
+    raw["tenancies"].append(
+        {
+            "name": "gamma",
+            "organisations": [{"slug": "g-one", "name": "G One", "placement": "cloud", "partition_id": 0, "cidr": "10.123.0.0/24"}],
+        }
+    )
+    more = dashboards.dashboard_files(build_plan(load_config(raw)))
+    (tenancy,) = json.loads(more["nina-federation.json"])["templating"]["list"]
+    assert tenancy["query"] == "alpha,beta,gamma"
+    before = dashboards.dashboard_files(make_plan())
+    assert {n for n in more if more[n] != before[n]} == {"nina-federation.json"}
+    # Every federation query is narrowed to the chosen tenancy.
+    for title, expr in queries(boards["nina-federation.json"]):
+        assert 'tenancy="$tenancy"' in expr, title
+
+
+def _thresholds(board: dict[str, Any], title: str) -> list[float]:
+    (p,) = [p for p in panels(board) if p["title"] == title]
+    return [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+
+
+def test_thresholds_come_from_the_alert_config(boards):
+    a = make_plan().cfg.monitoring.alerts
+    platform, gpu = boards["nina-platform.json"], boards["nina-gpu.json"]
+    assert _thresholds(platform, "CPU load per CPU") == [a.cpu_load_medium, a.cpu_load_high]
+    assert _thresholds(platform, "Memory available") == [a.memory_available_high, a.memory_available_medium]
+    assert _thresholds(platform, "Disk free on the priority mounts") == [a.disk_free_high, a.disk_free_medium, a.disk_free_low]
+    assert _thresholds(platform, "Certificate days left") == [a.certificate_expiry_days]
+    assert _thresholds(gpu, "Temperature") == [a.gpu_temperature_celsius]
+    assert _thresholds(gpu, "Frame buffer used (share)") == [a.gpu_memory_used]
+    # Colours by severity: below the high limit red, then orange (medium), yellow (low), green.
+    (disk,) = [p for p in panels(platform) if p["title"] == "Disk free on the priority mounts"]
+    assert [s["color"] for s in disk["fieldConfig"]["defaults"]["thresholds"]["steps"]] == ["red", "orange", "yellow", "green"]
+    # The network panel draws what is sent below zero: no minimum cuts it off.
+    (net,) = [p for p in panels(boards["nina-host.json"]) if p["title"] == "Network"]
+    assert "min" not in net["fieldConfig"]["defaults"] and any(t["expr"].startswith("-rate(") for t in net["targets"])
+    # Other limits in nina:monitoring: the panels follow.
+    other = make_plan(alerts={"gpu_temperature_celsius": 78, "cpu_load_medium": 0.7, "cpu_load_high": 0.9, "certificate_expiry_days": 14})
+    changed = {n: json.loads(t) for n, t in dashboards.dashboard_files(other).items()}
+    assert _thresholds(changed["nina-gpu.json"], "Temperature") == [78]
+    assert _thresholds(changed["nina-platform.json"], "CPU load per CPU") == [0.7, 0.9]
+    assert _thresholds(changed["nina-platform.json"], "Certificate days left") == [14]
+
+
+def test_expressions_are_nina_monitorings(plan, boards):
+    """The alert expressions themselves, and only metric names nina.monitoring defines for nina's
+    own and DCGM's metrics (nothing retyped)."""
+    exprs = {e for b in boards.values() for _, e in queries(b)}
+    assert monitoring.cpu_load_expr() in exprs and monitoring.memory_available_expr() in exprs
+    assert monitoring.disk_free_expr(plan) in exprs
+    assert f"{monitoring.unit_state_expr('failed')} == 1" in exprs
+    assert monitoring.gpu_memory_used_expr('host=~"$host"') in exprs
+    assert monitoring.cpu_load_expr('host="$host"') in exprs
+    # The alert rules use the same text.
+    rules = {r["expr"] for doc in monitoring.rule_documents(plan).values() for r in doc["groups"][0]["rules"]}
+    assert f"{monitoring.cpu_load_expr()} > {plan.cfg.monitoring.alerts.cpu_load_medium}" in rules
+    names = {n for e in exprs for n in re.findall(r"\b(nina_[a-z_]+|DCGM_[A-Z_]+)\b", e)}
+    defined = {*monitoring.METRICS.values(), *(v for k, v in vars(monitoring).items() if k.startswith("DCGM_") and k != "DCGM_JOB")}
+    assert names <= defined and len(names) >= 12, names - defined
+    # Every federation metric the collector writes has a panel.
+    assert {v for k, v in monitoring.METRICS.items() if v.startswith("nina_federation_")} <= names
+
+
+# --- promtool ------------------------------------------------------------------------------------
+
+
+def promtool_check(exprs: list[tuple[str, str]], directory: Path) -> subprocess.CompletedProcess[str]:
+    """Each expression as a recording rule; `promtool check rules` parses them all."""
+    rules = [{"record": f"dashboard:query:{i}", "expr": e} for i, (_, e) in enumerate(exprs)]
+    path = directory / "dashboards.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}, sort_keys=False))
+    return subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+def test_promtool_parses_every_expression(boards, tmp_path):
+    exprs = [(t, concrete(e)) for b in boards.values() for t, e in queries(b)]
+    proc = promtool_check(exprs, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout, proc.stdout
+    # The GPU dashboard's "All": Grafana sends the values as a regex alternation.
+    gpu = [(t, e.replace("$host", "supernode-a-one|supernode-x")) for t, e in queries(boards["nina-gpu.json"])]
+    assert promtool_check(gpu, tmp_path).returncode == 0
+    # One broken expression fails the check, and promtool names it.
+    broken = [*exprs, ("broken", concrete(monitoring.cpu_load_expr('host="$host"')).replace(")", "", 1))]
+    proc = promtool_check(broken, tmp_path)
+    assert proc.returncode != 0 and "parse error" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+# --- a real Prometheus ------------------------------------------------------------------------------
+
+
+class Live:
+    def __init__(self, api: str, plan: Plan) -> None:
+        self.api = api
+        self.plan = plan
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.api}/query?query={urllib.parse.quote(expr)}"
+        body = get_json(url)
+        assert body["status"] == "success", body
+        result = body["data"]["result"]
+        return result if isinstance(result, list) else [result]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[Live]:
+    """One Prometheus (the rendered config and rules, 1 s intervals) scraping one node exporter on
+    loopback as superlink-alpha, its textfile directory written by the real collectors: the
+    federation's (a flwr-like state: a-one online, a-two past its deadline) and the certificates'."""
+    if not (PROMETHEUS and NODE_EXPORTER):
+        pytest.skip(f"prometheus or node exporter missing; {TOOLS}")
+    tmp = tmp_path_factory.mktemp("live")
+    plan = make_plan(alerts={"target_down_for": "5s"})
+    certs = CertHost(tmp / "host")
+    (certs.certs / "server.pem").write_text(make_cert(LOOPBACK_HOST, dt.datetime.now(dt.UTC) + dt.timedelta(days=90)))
+    proc, _ = certs.run()
+    assert proc.returncode == 0, proc.stderr
+    members = tmp / "members"
+    members.mkdir(mode=0o750)
+    (members / "a-one.node_id").write_text(f"{2**64 - 5}\n")  # online in flwr_like's state
+    (members / "a-two.node_id").write_text("7\n")  # its heartbeat deadline passed
+    flwr_like(tmp / "state.db")
+    assert (
+        federation_metrics.main(
+            ["--tenancy", TENANCY, "--state-db", str(tmp / "state.db"), "--members-dir", str(members), "--textfile-dir", str(certs.out)]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in certs.out.iterdir()) == sorted([facts.CERT_EXPIRY_FILE, facts.FEDERATION_METRICS_FILE])
+
+    logs = [tmp / "node-exporter.log", tmp / "prometheus.log"]
+    exporter = f"127.0.0.2:{free_port('127.0.0.2')}"
+    args = [a for a in rendered_node_exporter_args() if not a.startswith(("--web.listen-address=", "--collector.textfile.directory="))]
+    started = [
+        subprocess.Popen(
+            [NODE_EXPORTER, *args, f"--web.listen-address={exporter}", f"--collector.textfile.directory={certs.out}"],
+            stdout=subprocess.DEVNULL,
+            stderr=logs[0].open("w"),
+        )
+    ]
+    try:
+        prom_addr = f"127.0.0.1:{free_port('127.0.0.1')}"
+        am_addr = f"127.0.0.1:{free_port('127.0.0.1')}"  # nothing there: alerts are evaluated, not sent
+        conf_dir = tmp / "prometheus"
+        conf_dir.mkdir()
+        conf = write_tree(
+            conf_dir, plan, scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s", file_sd_refresh="1s",
+            prometheus_address=prom_addr, alertmanager_address=am_addr,
+        )  # fmt: skip
+        # superlink-alpha's node exporter is the one above; every other target an unused loopback port.
+        sl = plan.host_by_name[LOOPBACK_HOST]
+        targets_dir = conf_dir / os.path.relpath(facts.PROMETHEUS_FILE_SD_DIR, facts.PROMETHEUS_ETC)
+        for n, path in enumerate(sorted(targets_dir.glob("*.json"))):
+            doc = json.loads(path.read_text())
+            for i, group in enumerate(doc):
+                (addr,) = group["targets"]
+                loop = f"127.0.{10 + n}.{10 + i}"
+                group["targets"] = [exporter if addr == f"{sl.fixed_ip}:{facts.NODE_EXPORTER_PORT}" else f"{loop}:{free_port(loop)}"]
+            path.write_text(json.dumps(doc))
+        started.append(
+            subprocess.Popen(
+                [PROMETHEUS, *monitoring.prometheus_args(plan.cfg, config_file=str(conf), tsdb=str(tmp / "tsdb"), listen=prom_addr)],
+                stdout=subprocess.DEVNULL,
+                stderr=logs[1].open("w"),
+            )
+        )
+        live = Live(f"http://{prom_addr}/api/v1", plan)
+        deadline = time.monotonic() + 60
+        # Several scrapes (rates need two samples in their window) and TargetDown firing.
+        wait_for(
+            "superlink-alpha scraped and TargetDown firing",
+            lambda: (
+                live.query(f'count_over_time(up{{host="{LOOPBACK_HOST}", job="node"}}[1m]) >= 5')
+                and live.query('ALERTS{alertname="TargetDown", alertstate="firing"}')
+            ),
+            deadline,
+            logs,
+        )
+        yield live
+    finally:
+        for p in started:
+            p.terminate()
+        for p in started:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+# What cannot return series on this machine, and why: the node exporter's systemd collector needs
+# systemd's D-Bus (not running here), no unit has failed, and there is no GPU (no DCGM exporter).
+NOT_HERE = {
+    "nina-platform.json": {"Failed units"},
+    "nina-host.json": {"Watched units active"},
+}
+
+
+@needs_servers
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", ["nina-platform.json", "nina-host.json", "nina-federation.json"])
+def test_a_real_prometheus_answers_every_query(live, boards, name):
+    answered: dict[str, int] = {}
+    for title, expr in queries(boards[name]):
+        result = live.query(concrete(expr))
+        if title in NOT_HERE.get(name, set()):
+            continue
+        assert result, f"{name}: {title!r}: {concrete(expr)} returned nothing"
+        answered[title] = len(result)
+    assert set(answered) | NOT_HERE.get(name, set()) == {t for t, _ in queries(boards[name])}
+    print(f"\n{name}: {len(answered)} panels answered by the real Prometheus: {answered}")
+
+
+@needs_servers
+@pytest.mark.timeout(180)
+def test_real_values_on_the_panels(live, boards):
+    """Not only series: the values the panels show are the loopback host's and the fake tenancy's."""
+
+    def by(expr: str, label: str) -> dict[str, float]:
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in live.query(concrete(expr))}
+
+    fed = dict(queries(boards["nina-federation.json"]))
+    assert by(fed["SuperNode online per organisation"], "organisation") == {"a-one": 1.0, "a-two": 0.0}
+    registered, online = (e for t, e in queries(boards["nina-federation.json"]) if t == "SuperNodes registered and online")
+    assert by(registered, "") == {"": 2.0} and by(online, "") == {"": 1.0}
+    assert by(fed["Metrics collector"], "") == {"": 1.0}
+    assert set(by(fed["Runs by status"], "status")) == set(federation_metrics.RUN_STATUSES)
+    # Another tenancy's dashboard shows nothing of alpha's.
+    assert not live.query(concrete(fed["SuperNode online per organisation"], tenancy="beta"))
+    platform = dict(queries(boards["nina-platform.json"]))
+    days = by(platform["Certificate days left"], "host")
+    assert list(days) == [LOOPBACK_HOST] and 89 < days[LOOPBACK_HOST] <= 90
+    load = by(platform["CPU load per CPU"], "host")
+    assert list(load) == [LOOPBACK_HOST] and load[LOOPBACK_HOST] >= 0
+    assert by(platform["Disk free on the priority mounts"], "mountpoint").keys() == {"/"}
+    down = by(platform["Targets down"], "")[""]
+    up = {
+        r["metric"]["host"] + "/" + r["metric"]["job"]: float(r["value"][1])
+        for r in live.query(platform["Targets up/down per job and host"])
+    }
+    assert up[f"{LOOPBACK_HOST}/node"] == 1.0 and down == sum(1 for v in up.values() if v == 0) > 0
+    firing = {r["metric"]["alertname"] for r in live.query(platform["Firing alerts"])}
+    assert "TargetDown" in firing
+    # The per-host variable lists the node job's hosts, the loopback one among them.
+    # The variables' label_values: the node job's hosts (every host of the plan and the on-premise
+    # SuperNodes), the DCGM job's (the GPU SuperNode), as Grafana asks Prometheus for them.
+    for board, job in (("nina-host.json", monitoring.NODE_JOB), ("nina-gpu.json", monitoring.DCGM_JOB)):
+        (variable,) = boards[board]["templating"]["list"]
+        match = re.fullmatch(r"label_values\((.+), host\)", variable["query"])
+        assert match, variable["query"]
+        hosts = get_json(f"{live.api}/label/host/values?match[]=" + urllib.parse.quote(match[1]))["data"]
+        assert hosts == sorted({t.labels["host"] for t in monitoring.targets(live.plan) if t.job == job}), board
+    assert LOOPBACK_HOST in hosts or job == monitoring.DCGM_JOB
