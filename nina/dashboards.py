@@ -45,8 +45,9 @@ REFRESH = "1m"
 # Grafana's colours by the alert severities of nina.monitoring.SEVERITIES.
 SEVERITY_COLOURS = {"low": "yellow", "medium": "orange", "high": "red"}
 OK = "green"
-_HOST = "host"  # the label nina.monitoring puts on every target, and the variables' name
-_TENANCY = "tenancy"
+_HOST = monitoring.HOST_LABEL  # also the variables' names
+_TENANCY = monitoring.TENANCY_LABEL
+_ORG = monitoring.ORGANISATION_LABEL
 
 
 def datasource() -> common.DataSourceRef:
@@ -465,7 +466,7 @@ def federation(plan: Plan) -> str:
         "SuperNode online per organisation",
         f"Each organisation's SuperNode: online or not (not registered counts as offline); SuperNodeOffline fires after "
         f"{a.supernode_offline_for} offline.",
-        [Query(f"min by (organisation) ({m['supernode_online']}{{{on}}})", legend="{{organisation}}")],
+        [Query(f"min by ({_ORG}) ({m['supernode_online']}{{{on}}})", legend=f"{{{{{_ORG}}}}}")],
     )
     b.add(
         _graph("none"),

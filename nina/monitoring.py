@@ -67,6 +67,13 @@ DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
 DCGM_UTILISATION = "DCGM_FI_DEV_GPU_UTIL"  # percent
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"  # watts
 
+# The labels every target carries (a shared host's roles joined with ','); nina.dashboards
+# selects and groups by them.
+HOST_LABEL = "host"
+ROLE_LABEL = "role"
+TENANCY_LABEL = "tenancy"
+ORGANISATION_LABEL = "organisation"
+
 NODE_JOB = "node"
 DCGM_JOB = "dcgm"
 # A target's exporter, carried in its file_sd labels and dropped by relabelling (`__` labels
@@ -92,11 +99,11 @@ def _tenancy_file(tenancy: str) -> str:
 
 
 def _host_labels(host: Host) -> dict[str, str]:
-    labels = {"host": host.name, "role": ",".join(host.roles)}
+    labels = {HOST_LABEL: host.name, ROLE_LABEL: ",".join(host.roles)}
     if host.tenancy:
-        labels["tenancy"] = host.tenancy
+        labels[TENANCY_LABEL] = host.tenancy
     if host.org:
-        labels["organisation"] = host.org
+        labels[ORGANISATION_LABEL] = host.org
         labels["placement"] = "cloud"
     return labels
 
@@ -116,10 +123,10 @@ def targets(plan: Plan) -> list[Target]:
             if m.vpn_address is None:
                 continue
             labels = {
-                "host": f"supernode-{m.slug}",
-                "role": "supernode",
-                "tenancy": m.tenancy,
-                "organisation": m.slug,
+                HOST_LABEL: f"supernode-{m.slug}",
+                ROLE_LABEL: "supernode",
+                TENANCY_LABEL: m.tenancy,
+                ORGANISATION_LABEL: m.slug,
                 "placement": "onprem",
             }
             found.append(Target(_tenancy_file(tenancy.name), NODE_JOB, f"{m.vpn_address}:{facts.NODE_EXPORTER_PORT}", labels))
@@ -183,7 +190,7 @@ def prometheus_config(
     (Prometheus resolves them there), so the same text works under facts.PROMETHEUS_ETC and in a
     test's directory. The parameters exist for tests (short intervals, other addresses)."""
     mon = monitoring_host(plan)
-    own = {"host": mon.name, "role": ",".join(mon.roles)} if mon else {}
+    own = {HOST_LABEL: mon.name, ROLE_LABEL: ",".join(mon.roles)} if mon else {}
     file_sd = [
         {
             "files": [posixpath.join(_rel(facts.PROMETHEUS_FILE_SD_DIR, facts.PROMETHEUS_CONFIG), "*.json")],
