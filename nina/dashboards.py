@@ -259,7 +259,7 @@ def platform(plan: Plan) -> str:
         f"Watched systemd units in state failed (SystemdUnitFailed fires after {a.host_for}); see `systemctl status` and the "
         "unit's journal on the host.",
         [Query(f"{monitoring.unit_state_expr('failed')} == 1", table=True)],
-        width=12,
+        width=10,
     )
     b.add(
         table.Panel().unit("d").thresholds(_steps("red", [(a.certificate_expiry_days, OK)])),
@@ -267,7 +267,15 @@ def platform(plan: Plan) -> str:
         f"Days until each watched certificate expires, per host and file (nina-cert-expiry); CertificateExpiringSoon fires below "
         f"{a.certificate_expiry_days} days. Files it could not read show in {m['certificate_read_errors']}.",
         [Query(f"({m['certificate_expiry']} - time()) / 86400", table=True)],
-        width=12,
+        width=10,
+    )
+    b.add(
+        _stat("none", _steps(OK, [(1, SEVERITY_COLOURS["medium"])])),
+        "Certificates unreadable",
+        "Watched certificate files nina-cert-expiry could not read (CertificateUnreadable): their expiry is not watched; "
+        "see `journalctl -u nina-cert-expiry.service` on the host.",
+        [Query(f"sum({m['certificate_read_errors']}) or vector(0)", instant=True)],
+        width=4,
     )
     return b.json()
 

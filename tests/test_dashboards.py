@@ -210,7 +210,8 @@ def test_expressions_are_nina_monitorings(plan, boards):
     assert f"{monitoring.cpu_load_expr()} > {plan.cfg.monitoring.alerts.cpu_load_medium}" in rules
     names = {n for e in exprs for n in re.findall(r"\b(nina_[a-z_]+|DCGM_[A-Z_]+)\b", e)}
     defined = {*monitoring.METRICS.values(), *(v for k, v in vars(monitoring).items() if k.startswith("DCGM_") and k != "DCGM_JOB")}
-    assert names <= defined and len(names) >= 12, names - defined
+    assert names <= defined and len(names) >= 14, names - defined
+    assert set(monitoring.METRICS.values()) <= names  # every metric of nina's collectors is on a panel
     # Every federation metric the collector writes has a panel.
     assert {v for k, v in monitoring.METRICS.items() if v.startswith("nina_federation_")} <= names
 
@@ -385,6 +386,7 @@ def test_real_values_on_the_panels(live, boards):
     platform = dict(queries(boards["nina-platform.json"]))
     days = by(platform["Certificate days left"], "host")
     assert list(days) == [LOOPBACK_HOST] and 89 < days[LOOPBACK_HOST] <= 90
+    assert by(platform["Certificates unreadable"], "") == {"": 0.0}
     load = by(platform["CPU load per CPU"], "host")
     assert list(load) == [LOOPBACK_HOST] and load[LOOPBACK_HOST] >= 0
     assert by(platform["Disk free on the priority mounts"], "mountpoint").keys() == {"/"}
