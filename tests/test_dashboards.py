@@ -11,10 +11,13 @@ output (scripts/bootstrap --test-tools installs prometheus and the node exporter
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 import re
 import subprocess
+import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -67,6 +70,8 @@ def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def concrete(expr: str, tenancy: str = TENANCY, host: str = LOOPBACK_HOST) -> str:
+    if "DCGM_" in expr and host == LOOPBACK_HOST:
+        host = GPU_HOST
     """The expression as Grafana sends it, the template variables substituted."""
     out = expr.replace("$__rate_interval", "1m").replace("$tenancy", tenancy).replace("$host", host)
     assert "$" not in out, out
@@ -92,6 +97,18 @@ def test_files_are_deterministic_and_named_by_fixed_uids(plan, boards):
             assert p["title"] and len(p["description"]) > 20, (name, p["title"])  # written for an operator
             refs = [t["refId"] for t in p["targets"]]
             assert p["targets"] and len(set(refs)) == len(refs), (name, p["title"])
+
+
+def test_same_bytes_in_another_interpreter(plan):
+    """No set or hash order leaks into the files: another process with another hash seed writes the same."""
+    code = (
+        "import sys, json; sys.path.insert(0, 'tests'); from test_monitoring import make_plan; "
+        "from nina import dashboards; print(json.dumps(dashboards.dashboard_files(make_plan())))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONHASHSEED": "0" if os.environ.get("PYTHONHASHSEED") != "0" else "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert json.loads(out) == dashboards.dashboard_files(plan)
 
 
 def test_every_panel_query_and_variable_uses_the_provisioned_datasource(boards):
@@ -247,6 +264,38 @@ def test_promtool_parses_every_expression(boards, tmp_path):
 # --- a real Prometheus ------------------------------------------------------------------------------
 
 
+GPU_HOST = "supernode-a-one"  # the test plan's GPU SuperNode
+# Per GPU: temperature (C), frame buffer used and free (MiB), utilisation (%), power (W).
+GPUS = {"0": (62, 30000, 10960, 97, 301.5), "1": (88, 4000, 36960, 3, 65.25)}
+
+
+class _Dcgm(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        names = (
+            monitoring.DCGM_TEMPERATURE,
+            monitoring.DCGM_FB_USED,
+            monitoring.DCGM_FB_FREE,
+            monitoring.DCGM_UTILISATION,
+            monitoring.DCGM_POWER,
+        )
+        body = "".join(
+            f"# TYPE {name} gauge\n"
+            + "".join(
+                f'{name}{{gpu="{g}",UUID="GPU-{g}",device="nvidia{g}",modelName="NVIDIA A100",Hostname="{GPU_HOST}"}} {values[i]}\n'
+                for g, values in GPUS.items()
+            )
+            for i, name in enumerate(names)
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class Live:
     def __init__(self, api: str, plan: Plan) -> None:
         self.api = api
@@ -307,6 +356,10 @@ def live(tmp_path_factory) -> Iterator[Live]:
             stderr=logs[0].open("w"),
         )
     ]
+    # The second stand-in: DCGM exporter's text (its metric names and labels, two GPUs) served on
+    # loopback as GPU_HOST's dcgm target, since there is no GPU here.
+    dcgm = http.server.ThreadingHTTPServer(("127.0.0.3", 0), _Dcgm)
+    threading.Thread(target=dcgm.serve_forever, daemon=True).start()
     try:
         prom_addr = f"127.0.0.1:{free_port('127.0.0.1')}"
         am_addr = f"127.0.0.1:{free_port('127.0.0.1')}"  # nothing there: alerts are evaluated, not sent
@@ -317,14 +370,18 @@ def live(tmp_path_factory) -> Iterator[Live]:
             prometheus_address=prom_addr, alertmanager_address=am_addr,
         )  # fmt: skip
         # superlink-alpha's node exporter is the one above; every other target an unused loopback port.
-        sl = plan.host_by_name[LOOPBACK_HOST]
+        sl, gpu = plan.host_by_name[LOOPBACK_HOST], plan.host_by_name[GPU_HOST]
+        mapped = {
+            f"{sl.fixed_ip}:{facts.NODE_EXPORTER_PORT}": exporter,
+            f"{gpu.fixed_ip}:{facts.DCGM_EXPORTER_PORT}": f"127.0.0.3:{dcgm.server_port}",
+        }
         targets_dir = conf_dir / os.path.relpath(facts.PROMETHEUS_FILE_SD_DIR, facts.PROMETHEUS_ETC)
         for n, path in enumerate(sorted(targets_dir.glob("*.json"))):
             doc = json.loads(path.read_text())
             for i, group in enumerate(doc):
                 (addr,) = group["targets"]
                 loop = f"127.0.{10 + n}.{10 + i}"
-                group["targets"] = [exporter if addr == f"{sl.fixed_ip}:{facts.NODE_EXPORTER_PORT}" else f"{loop}:{free_port(loop)}"]
+                group["targets"] = [mapped.get(addr) or f"{loop}:{free_port(loop)}"]
             path.write_text(json.dumps(doc))
         started.append(
             subprocess.Popen(
@@ -340,6 +397,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
             "superlink-alpha scraped and TargetDown firing",
             lambda: (
                 live.query(f'count_over_time(up{{host="{LOOPBACK_HOST}", job="node"}}[1m]) >= 5')
+                and live.query(f'up{{host="{GPU_HOST}", job="dcgm"}} == 1')
                 and live.query('ALERTS{alertname="TargetDown", alertstate="firing"}')
             ),
             deadline,
@@ -347,6 +405,8 @@ def live(tmp_path_factory) -> Iterator[Live]:
         )
         yield live
     finally:
+        dcgm.shutdown()
+        dcgm.server_close()
         for p in started:
             p.terminate()
         for p in started:
@@ -359,9 +419,9 @@ def live(tmp_path_factory) -> Iterator[Live]:
 
 @needs_servers
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", ["nina-platform.json", "nina-host.json", "nina-federation.json"])
+@pytest.mark.parametrize("name", ["nina-platform.json", "nina-host.json", "nina-federation.json", "nina-gpu.json"])
 def test_a_real_prometheus_answers_every_query(live, boards, name):
-    """Every query of the dashboard returns series (the GPU dashboard's cannot here: no GPU, no DCGM exporter)."""
+    """Every query of the dashboard returns series (the GPU dashboard's from the DCGM stand-in)."""
     answered: dict[str, int] = {}
     for title, expr in queries(boards[name]):
         result = live.query(concrete(expr))
@@ -391,6 +451,14 @@ def test_real_values_on_the_panels(live, boards):
     days = by(platform["Certificate days left"], "host")
     assert list(days) == [LOOPBACK_HOST] and 89 < days[LOOPBACK_HOST] <= 90
     assert by(platform["Certificates unreadable"], "") == {"": 0.0}
+    gpus = {t: e for t, e in queries(boards["nina-gpu.json"])}
+    assert by(gpus["Temperature"], "gpu") == {g: v[0] for g, v in GPUS.items()}
+    assert by(gpus["Frame buffer used (share)"], "gpu") == pytest.approx({g: v[1] / (v[1] + v[2]) for g, v in GPUS.items()})
+    assert by(gpus["Utilisation"], "gpu") == {g: v[3] for g, v in GPUS.items()}
+    assert by(gpus["Power"], "gpu") == {g: v[4] for g, v in GPUS.items()}
+    # GPU 1 at 88 C is past the dashboard's (and the alert's) line, GPU 0 is not.
+    (line,) = _thresholds(boards["nina-gpu.json"], "Temperature")
+    assert GPUS["1"][0] >= line > GPUS["0"][0]
     # Only watched units: cron is not one of nina's.
     assert "cron.service" not in monitoring.watched_units() and {"ssh.service", "superlink.service"} <= set(monitoring.watched_units())
     assert by(platform["Failed units"], "name") == {"superlink.service": 1.0}
