@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_keycloak import ADMIN, CLOUD_INIT, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
+from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
 from test_proxy import NGINX, _ca, _leaf, _write_cert, nginx_t, place
 
 from nina import config, facts, grafana, keycloak, localpki, proxy, render, services
@@ -408,28 +409,43 @@ def test_units_pass_systemd_analyze_verify(public_plan, tmp_path):
     assert "sometimes" in _verify(units, [facts.GRAFANA_UNIT])
 
 
+KC_PASSWORD, GR_PASSWORD = "Kc0rolePassw0rdFromPulumiRandom7", "Gr0rolePassw0rdFromPulumiRandom7"
+
+
+@pytest.fixture(scope="module")
+def trove(pg: Postgres, tmp_path_factory) -> Postgres:  # noqa: F811 (the fixture imported above)
+    """Both databases and roles as Trove makes them, Keycloak's step run once."""
+    pg.trove_prepare(keycloak.database_spec("keycloak"), KC_PASSWORD)
+    pg.trove_prepare(keycloak.database_spec("grafana"), GR_PASSWORD)
+    assert pg.run_step(keycloak.database_spec("keycloak"), tmp_path_factory.mktemp("sql"), KC_PASSWORD).returncode == 0
+    return pg
+
+
+def _delivered(plan: Plan) -> dict[str, str]:
+    sec = _replace(secrets(plan), db_password=GR_PASSWORD)
+    return {f["path"]: f["content"] for f in payload(plan, sec=sec)["files"]}
+
+
 @needs_postgres
-def test_the_delivered_database_step_run_twice_leaves_the_same_catalog_and_cannot_touch_keycloaks(pg, public_plan, tmp_path):  # noqa: F811
+def test_the_delivered_database_step_run_twice_leaves_the_same_catalog_and_cannot_touch_keycloaks(trove, public_plan, tmp_path):
+    server = trove
     kc, gr = keycloak.database_spec("keycloak"), keycloak.database_spec("grafana")
-    kc_password, gr_password = "Kc0rolePassw0rdFromPulumiRandom7", "Gr0rolePassw0rdFromPulumiRandom7"
-    pg.trove_prepare(kc, kc_password)
-    pg.trove_prepare(gr, gr_password)
-    assert pg.run_step(kc, tmp_path, kc_password).returncode == 0
-    sec = _replace(secrets(public_plan), db_password=gr_password)
-    files = {f["path"]: f["content"] for f in payload(public_plan, sec=sec)["files"]}
+    files = _delivered(public_plan)
     env = dict(line.split("=", 1) for line in files[facts.GRAFANA_DB_ENV].splitlines())
-    assert (env["PGUSER"], env["PGDATABASE"], env["PGHOST"], env["PGPASSWORD"]) == ("grafana", "grafanadb_server", DB_HOST, gr_password)
+    assert (env["PGUSER"], env["PGDATABASE"], env["PGHOST"], env["PGPASSWORD"]) == ("grafana", "grafanadb_server", DB_HOST, GR_PASSWORD)
     catalogs = []
     for _ in range(2):
-        step = pg.run_step(gr, tmp_path, gr_password, sql=files[facts.GRAFANA_DB_SQL])
+        step = server.run_step(gr, tmp_path, GR_PASSWORD, sql=files[facts.GRAFANA_DB_SQL])
         assert step.returncode == 0, step.stderr
-        catalogs.append(pg.catalog())
+        catalogs.append(server.catalog())
     assert catalogs[0] == catalogs[1]
-    path = pg.psql("-c", "SHOW search_path", user="grafana", db=gr.database, password=gr_password, tcp=True)
+    path = server.psql("-c", "SHOW search_path", user="grafana", db=gr.database, password=GR_PASSWORD, tcp=True)
     assert path.stdout.strip() == gr.schema
     # Grafana's role cannot reach into Keycloak's schema or make anything in its database (it may
     # connect: PostgreSQL grants CONNECT to PUBLIC, and Trove leaves that as it is).
-    made = pg.psql("-c", "CREATE TABLE realm_probe (id int)", user="keycloak", db=kc.database, password=kc_password, tcp=True)
+    made = server.psql(
+        "-c", "CREATE TABLE IF NOT EXISTS realm_probe (id int)", user="keycloak", db=kc.database, password=KC_PASSWORD, tcp=True
+    )
     assert made.returncode == 0, made.stderr
     for sql, db in (
         ("CREATE TABLE keycloak.probe (id int)", kc.database),
@@ -437,8 +453,76 @@ def test_the_delivered_database_step_run_twice_leaves_the_same_catalog_and_canno
         ("CREATE SCHEMA probe", kc.database),
         ("CREATE TABLE public.probe (id int)", gr.database),
     ):
-        denied = pg.psql("-c", sql, user="grafana", db=db, password=gr_password, tcp=True)
+        denied = server.psql("-c", sql, user="grafana", db=db, password=GR_PASSWORD, tcp=True)
         assert denied.returncode != 0, (sql, denied.stdout)
+
+
+def _grafana_schema(server: Postgres) -> str:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    out = subprocess.run(
+        [f"{PG_BIN}/pg_dump", "-h", server.socket_dir, "-p", str(server.port), "-U", ADMIN, "--schema", "grafana", "grafanadb_server"],
+        capture_output=True, text=True, check=True, env=environ,
+    ).stdout  # fmt: skip
+    return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))
+
+
+@needs_postgres
+def test_grafanas_database_backup_and_restore_round_trip(trove, public_plan, tmp_path):
+    """nina-db-backup --database grafanadb_server as the delivered backup unit runs it: a backup of
+    schema grafana as the grafana role, damage, restore (twice): the schema and rows come back."""
+    server = trove
+    files = _delivered(public_plan)
+    assert server.run_step(keycloak.database_spec("grafana"), tmp_path, GR_PASSWORD, sql=files[facts.GRAFANA_DB_SQL]).returncode == 0
+    as_grafana = lambda sql: server.psql("-c", sql, user="grafana", db="grafanadb_server", password=GR_PASSWORD, tcp=True)  # noqa: E731
+    made = as_grafana(
+        "CREATE TABLE IF NOT EXISTS dashboard (id bigserial PRIMARY KEY, uid text UNIQUE NOT NULL, data jsonb);"
+        "TRUNCATE dashboard; INSERT INTO dashboard (uid, data) SELECT 'd-' || i, jsonb_build_object('n', i) FROM generate_series(1, 500) i;"
+    )
+    assert made.returncode == 0, made.stderr
+    before = _grafana_schema(server)
+    service, _timer = render.db_backup_units("grafanadb_server")
+    unit = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{service}"]
+    assert f"--database grafanadb_server backup --keep {facts.DB_BACKUP_KEEP}" in unit
+    env_file = tmp_path / "database.env"
+    env_file.write_text(keycloak.database_env(facts.LOOPBACK, keycloak.database_spec("grafana"), GR_PASSWORD, port=server.port))
+    env_file.chmod(0o600)
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/systemctl.log\nexit 3\n')  # grafana-server is stopped
+    systemctl.chmod(0o755)
+    launcher = tmp_path / "nina-db-backup"
+    launcher.write_text(render.launcher("db_backup", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
+    launcher.chmod(0o755)
+    (tmp_path / "backups").mkdir(mode=0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "NINA_DB_BACKUP_ROOT": str(tmp_path / "backups"),
+        "NINA_DB_ENV_FILE": str(env_file),
+        "NINA_SYSTEMCTL": str(systemctl),
+        "NINA_PG_BINDIR": str(PG_BIN),
+        "NINA_NOW": "20261207T031500Z",
+    }
+
+    def db_backup(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(launcher), "--database", "grafanadb_server", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert GR_PASSWORD not in proc.stdout + proc.stderr
+        return proc
+
+    made = db_backup("backup", "--keep", "2")
+    assert made.returncode == 0 and "schema grafana" in made.stdout, made.stderr
+    assert sorted(p.name for p in (tmp_path / "backups/grafanadb_server/20261207T031500Z").iterdir()) == [
+        "SHA256SUMS",
+        "grafanadb_server.dump",
+    ]
+    assert as_grafana("DELETE FROM dashboard WHERE id % 2 = 0; ALTER TABLE dashboard ADD COLUMN extra text").returncode == 0
+    assert _grafana_schema(server) != before
+    for _ in range(2):
+        restored = db_backup("restore", "20261207T031500Z")
+        assert restored.returncode == 0, restored.stderr
+        assert f"start {facts.GRAFANA_UNIT} now" in restored.stdout
+        assert _grafana_schema(server) == before
+    assert f"is-active --quiet {facts.GRAFANA_UNIT}" in (tmp_path / "systemctl.log").read_text()
 
 
 @pytest.mark.skipif(not NGINX, reason="nginx missing (scripts/bootstrap --test-tools installs nginx-light)")
