@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,9 @@ def test_grafana_ini_behind_the_proxy_field_by_field(public_plan):
     realm_doc = keycloak.realm(public_plan.cfg, ["main"], {"grafana": "C" * 48})
     (client,) = realm_doc["clients"]
     assert client["redirectUris"] == [server["root_url"].rstrip("/") + facts.KEYCLOAK_CLIENTS["grafana"][1]]
+    # ... and the logout returns to the address the client allows.
+    logout = urllib.parse.urlparse(ini["auth"]["signout_redirect_url"])
+    assert urllib.parse.parse_qs(logout.query)["post_logout_redirect_uri"] == [client["attributes"]["post.logout.redirect.uris"]]
 
 
 def test_grafana_ini_without_the_proxy_listens_on_loopback_with_basic_login(private_plan):
