@@ -570,3 +570,28 @@ def test_host_programs_include_the_installer_and_the_shared_download():
     programs = render.host_programs()
     assert "nina/host/grafana_install.py" in programs and "nina/host/download.py" in programs
     assert Path(render.SOURCE_ROOT, "nina/host/grafana_install.py").is_file()
+
+
+def test_the_real_installer_restarts_nothing_for_a_dashboard_change_and_prunes_a_removed_one(public_plan, tmp_path):
+    """nina-install-files (this checkout's, under --root, with a recording systemctl) on the
+    delivery: the first install enables and restarts the units; a changed or added dashboard
+    restarts nothing; a dashboard left out is deleted; a grafana.ini change restarts them again."""
+    from test_monitoring import install
+
+    root, log = tmp_path / "root", tmp_path / "systemctl.log"
+    root.mkdir()
+    sec = secrets(public_plan)
+    install(root, grafana.grafana_delivery(public_plan, DB_HOST, sec, DASHBOARDS), log)
+    restart = f"restart {' '.join(services.grafana.UNITS)}"
+    assert log.read_text().splitlines()[-1] == restart
+    dash = root / facts.GRAFANA_DASHBOARDS_DIR.lstrip("/")
+    lines = len(log.read_text().splitlines())
+    changed = {"federation.json": json.dumps({"uid": "nina-federation", "title": "v2"}), "hosts.json": "{}"}
+    said = install(root, grafana.grafana_delivery(public_plan, DB_HOST, sec, changed), log)
+    assert len(log.read_text().splitlines()) == lines, said
+    assert sorted(p.name for p in dash.iterdir()) == ["federation.json", "hosts.json"] and "v2" in (dash / "federation.json").read_text()
+    install(root, grafana.grafana_delivery(public_plan, DB_HOST, sec, {"hosts.json": "{}"}), log)
+    assert sorted(p.name for p in dash.iterdir()) == ["hosts.json"] and len(log.read_text().splitlines()) == lines
+    # Anything else (here the database host in grafana.ini) restarts Grafana's units.
+    install(root, grafana.grafana_delivery(public_plan, "10.100.0.6", sec, {"hosts.json": "{}"}), log)
+    assert log.read_text().splitlines()[-1] == restart

@@ -122,3 +122,26 @@ def test_a_new_release_changes_only_the_grafana_delivery_and_no_vm():
     assert (gone, added, changed) == (set(), set(), {"monitor-grafana-install"})
     unit = _files(after)[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.GRAFANA_INSTALL_UNIT}"]["content"]
     assert f"--version 12.1.0 --sha256 {'ef' * 32}" in unit
+
+
+def test_a_dashboard_change_changes_only_the_grafana_delivery_no_vm_and_restarts_nothing(monkeypatch):
+    """The Platform hands nina.grafana.grafana_delivery the dashboards (nina.dashboards once it is
+    wired in; here two versions of one dashboard put in its place): only `<host>-grafana` changes,
+    only in the hot dashboards' directory, so nina-install-files restarts nothing."""
+    from nina import grafana
+
+    real = grafana.grafana_delivery
+
+    def runs(title: str) -> Run:
+        def with_dashboards(plan, db_host, secrets, dashboards):
+            return real(plan, db_host, secrets, {"federation.json": json.dumps({"uid": "nina-federation", "title": title})})
+
+        monkeypatch.setattr(grafana, "grafana_delivery", with_dashboards)
+        return _run(_config())
+
+    before, after = runs("Federation"), runs("Federation, v2")
+    instances_unchanged(before, after)
+    assert changed_names(before, after) == (set(), set(), {"monitor-grafana-install"})
+    old, new = _files(before), _files(after)
+    assert {p for p in set(old) | set(new) if old.get(p) != new.get(p)} == {f"{facts.GRAFANA_DASHBOARDS_DIR}/federation.json"}
+    assert json.loads(payload_of(_install(after).inputs["stdin"]))["hot"] == {facts.GRAFANA_DASHBOARDS_DIR: []}
