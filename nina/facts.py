@@ -449,8 +449,8 @@ CERT_EXPIRY_SCHEDULE = "hourly"
 OPENSSL = "/usr/bin/openssl"  # Ubuntu's openssl package (priority important: on every host)
 
 # --- monitoring host (nina.monitoring, manual 5.1-5.3) -------------------------------------------
-# Prometheus and Alertmanager from Ubuntu's archive (Grafana is not in it: README, "Operations:
-# monitoring and alerts"). Both listen on loopback only: nothing outside the host reaches them
+# Prometheus and Alertmanager from Ubuntu's archive (Grafana, which is not in it, is role grafana
+# on the same host: the Grafana facts above, README "Operations: Grafana"). Both listen on loopback only: nothing outside the host reaches them
 # (firewall.NEVER_OPEN), and the monitoring host never carries the SuperLink (whose Control API
 # is also 9093: nina.config refuses it).
 ALERTMANAGER_PORT = 9093
