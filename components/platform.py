@@ -16,13 +16,14 @@ from cloudinit.userdata import user_data
 from components.access import OperatorAccess, OperatorAccessArgs
 from components.database import Database, DatabaseArgs
 from components.flower import DeliveryTarget, deliver
+from components.grafana import Grafana, GrafanaArgs
 from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
 from components.pki import CertificateAuthority, CertificateAuthorityArgs, SigningKey, SigningKeyArgs
 from components.researcher import JupyterHub, JupyterHubArgs, Keycloak, KeycloakArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import config, facts, jupyterhub, keycloak, monitoring, outputs, proxy, render, services
+from nina import config, dashboards, facts, grafana, jupyterhub, keycloak, monitoring, outputs, proxy, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -149,6 +150,7 @@ class Platform(pulumi.ComponentResource):
         # through it. Both are deliveries: the realm, the clients' secrets and the hub's settings
         # change files on running hosts, never a VM.
         served = {site.service for site in proxy.sites(plan)}
+        idp: Keycloak | None = None
         if cfg.researcher_access is not None and "keycloak" in served:
             assert db is not None, "nina.config refuses Keycloak without the managed Postgres"
             assert plan.database_ip is not None
@@ -178,6 +180,29 @@ class Platform(pulumi.ComponentResource):
                     ),
                     child,
                 )
+
+        # Grafana (`<monitoring host>-grafana`, a host with role grafana): after the Trove instance;
+        # it logs in through Keycloak when nginx serves it. Dashboards are a parameter of the
+        # delivery (nina.dashboards renders them): a dashboard change re-runs this delivery only.
+        graf = grafana.grafana_host(plan)
+        if graf is not None:
+            assert db is not None and plan.database_ip is not None, "nina.config refuses Grafana without the managed Postgres"
+            grafana_db_host = plan.database_ip
+            client_secret = idp.client_secrets["grafana"] if idp is not None and grafana.public(plan) else None
+            boards = dashboards.dashboard_files(plan)
+            Grafana(
+                "grafana",
+                GrafanaArgs(
+                    target=targets[graf.name],
+                    ca=ca,
+                    certificate=grafana.certificate(plan),
+                    db_password=db.passwords[facts.SERVICE_USERS["grafana"]],
+                    database=db.instance,
+                    client_secret=client_secret,
+                    render=lambda secrets: grafana.grafana_delivery(plan, grafana_db_host, secrets, dashboards=boards),
+                ),
+                child,
+            )
 
         # Secret outputs, one mapping each so the public outputs stay readable.
         supernode_private_keys = {slug: key for t in tenancies.values() for slug, key in t.supernode_private_keys.items()}

@@ -28,7 +28,7 @@ SLUG_FIX = "use 1-40 lowercase letters, digits and '-', not starting or ending w
 # single tenancy's SuperLink is co-located on a shared host (the manual's "one large VM").
 # The services (nina.services) say which roles are shared; Role spells them for the type checker.
 SHARED_ROLES = services.SHARED_ROLES
-Role = Literal["bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "superlink"]
+Role = Literal["bastion", "proxy", "keycloak", "jupyterhub", "monitoring", "grafana", "superlink"]
 if set(get_args(Role)) != set(SHARED_ROLES):
     raise RuntimeError(f"nina.config.Role {get_args(Role)} must list exactly the shared services {SHARED_ROLES}")
 SUPPORTED_FLWR_VERSIONS = (facts.FLWR_VERSION,)
@@ -253,7 +253,7 @@ class DatabaseConfig(_Strict):
     flavor: NonEmptyStr = "db3.small"
     size_gb: int = Field(default=10, ge=1, le=1000)
     datastore_version: NonEmptyStr = "16"
-    # nina-db-backup on the host with the keycloak role: its daily backups kept (the newest), and the
+    # nina-db-backup on the hosts with the keycloak or grafana role: the daily backups kept (the newest), and the
     # Cinder volume they live on (made whenever that host exists, so these settings replace no VM).
     backup_keep: StrictInt = Field(default=facts.DB_BACKUP_KEEP, ge=1, le=366)
     backup_volume_gb: StrictInt = Field(default=facts.DB_BACKUP_VOLUME_GB, ge=1, le=10000)
@@ -330,6 +330,44 @@ class KeycloakConfig(_Strict):
             raise ValueError(
                 f"{value!r} is Keycloak's own administration realm (its admins are Keycloak's); "
                 f"name the researchers' realm something else, like {facts.KEYCLOAK_REALM!r}"
+            )
+        return value
+
+
+def grafana_sha256_fix(version: str = "<nina:grafana.version>") -> str:
+    """How an operator computes nina:grafana.sha256 for `version`."""
+    url = facts.GRAFANA_RELEASE_URL.format(version=version)
+    return f"compute it with `curl -fsSL {url} | sha256sum` and set the 64 hex digits"
+
+
+# Grafana 11 is the first whose generic OAuth has role_attribute_strict and allow_assign_grafana_admin
+# as nina writes them, and whose provisioning reads `$__file{}` in every option.
+MIN_GRAFANA_MAJOR = 11
+
+
+class GrafanaConfig(_Strict):
+    """Grafana on the monitoring host (role grafana): the pinned OSS release and its digest."""
+
+    version: str = facts.GRAFANA_VERSION
+    # The SHA-256 of the .deb (facts.GRAFANA_RELEASE_URL): the host installs nothing else.
+    # Required with a grafana host (`_check_grafana`).
+    sha256: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(f"{_show(value)} is not a SHA-256 (64 hex digits); {grafana_sha256_fix()}")
+        return value.lower() if value is not None else None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        m = re.fullmatch(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})", value) if isinstance(value, str) else None
+        if not m or int(m.group(1)) < MIN_GRAFANA_MAJOR:
+            raise ValueError(
+                f"{_show(value)} is not a Grafana OSS release nina supports; pin an exact release "
+                f"{MIN_GRAFANA_MAJOR}.x.y or later such as {facts.GRAFANA_VERSION!r}"
             )
         return value
 
@@ -505,6 +543,8 @@ class StackConfig(_Strict):
     vpn: VpnSizing = VpnSizing()
     database: DatabaseConfig = DatabaseConfig()
     keycloak: KeycloakConfig = KeycloakConfig()
+    # Grafana on the monitoring host (used when a host has the grafana role).
+    grafana: GrafanaConfig = GrafanaConfig()
     flower: FlowerConfig = FlowerConfig()
     # `organisations` (with `retired_partition_ids`) is the one-tenancy shorthand; `tenancies` the general form.
     organisations: list[Organisation] | None = None
@@ -705,6 +745,7 @@ def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_cloud(cfg)
     yield from _check_hosts(cfg)
     yield from _check_keycloak(cfg)
+    yield from _check_grafana(cfg)
     yield from _check_vpn(cfg)
     yield from _check_own_keys(cfg)
     yield from _check_operators(cfg)
@@ -968,6 +1009,29 @@ def _check_keycloak(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             f"is required with a keycloak host and nina:researcher_access: the host installs Keycloak {cfg.keycloak.version} "
             f"only if the zip's SHA-256 matches; {keycloak_sha256_fix(cfg.keycloak.version)}",
         )
+
+
+def _check_grafana(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    for h, host in enumerate(cfg.hosts):
+        if "grafana" not in host.roles:
+            continue
+        if "monitoring" not in host.roles:
+            yield (
+                f"nina:hosts[{h}].roles",
+                "'grafana' must be on the host with the 'monitoring' role (Grafana reads Prometheus on that host's loopback); "
+                "add 'monitoring' here or move 'grafana' to that host",
+            )
+        if not cfg.database.enabled:
+            yield (
+                "nina:database.enabled",
+                "is false, but Grafana keeps its users and settings in the managed Postgres (grafanadb_server); set it to true",
+            )
+        if cfg.grafana.sha256 is None:
+            yield (
+                "nina:grafana.sha256",
+                f"is required with a grafana host: the host installs Grafana {cfg.grafana.version} only if the .deb's "
+                f"SHA-256 matches; {grafana_sha256_fix(cfg.grafana.version)}",
+            )
 
 
 def _check_vpn(cfg: StackConfig) -> Iterable[tuple[str, str]]:

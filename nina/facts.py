@@ -17,6 +17,10 @@ KEYCLOAK_VERSION = "26.3.0"
 KEYCLOAK_JDK_PACKAGE = "openjdk-21-jre-headless"
 # Where the keycloak host downloads the pinned release (checked against nina:keycloak.sha256).
 KEYCLOAK_RELEASE_URL = "https://github.com/keycloak/keycloak/releases/download/{version}/keycloak-{version}.zip"
+# Grafana OSS (not in Ubuntu's archive): the default of nina:grafana.version, and the pinned .deb the
+# monitoring host downloads (checked against nina:grafana.sha256) and apt-get installs.
+GRAFANA_VERSION = "12.0.2"
+GRAFANA_RELEASE_URL = "https://dl.grafana.com/oss/release/grafana_{version}_amd64.deb"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
 DEFAULT_AVAILABILITY_ZONE = "QRIScloud"
@@ -83,6 +87,8 @@ SERVICE_USERS = {
     "supernode": "supernode",
     "keycloak": "keycloak",
     "jupyterhub": "jupyterhub",
+    # Made at first boot (its own group too, as the .deb expects: its postinst then adds neither).
+    "grafana": "grafana",
 }
 
 # --- directory layout (manual 4.1.1) -----------------------------------------------
@@ -220,6 +226,34 @@ DHCP_POOL_OFFSET = 100  # dynamic addresses start here
 VPN_CLIENT_OFFSET = 10  # an organisation's fixed VPN address: pool + 10 + partition id
 MAX_SEGMENT_PREFIX = 24  # every segment must hold the static range and a pool
 
+# --- Grafana on the monitoring host (nina.grafana; role grafana, only beside monitoring) ----------
+# The .deb's layout: /etc/grafana (its postinst makes every file there root:grafana 0640),
+# grafana-server.service reading /etc/default/grafana-server, /var/lib/grafana (grafana's).
+GRAFANA_ETC = "/etc/grafana"
+GRAFANA_INI = "/etc/grafana/grafana.ini"
+GRAFANA_CERTS = "/etc/grafana/certs"  # the local-CA server certificate and key of GRAFANA_PORT
+GRAFANA_SECRETS = "/etc/grafana/secrets"  # root:grafana 0640 files grafana.ini reads with $__file{}
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+GRAFANA_DATASOURCES_DIR = "/etc/grafana/provisioning/datasources"
+GRAFANA_PROVIDERS_DIR = "/etc/grafana/provisioning/dashboards"
+GRAFANA_DASHBOARDS_DIR = "/etc/grafana/nina-dashboards"  # root-written dashboard JSON, pruned
+GRAFANA_DATA = "/var/lib/grafana"  # the package's; sessions and plugins (the database is on Trove)
+GRAFANA_LOGS = "/var/log/grafana"
+GRAFANA_UNIT = "grafana-server.service"
+GRAFANA_DROPIN = "/etc/systemd/system/grafana-server.service.d/nina.conf"
+GRAFANA_DASHBOARD_FOLDER = "NINA FL"
+GRAFANA_DASHBOARD_PROVIDER = "nina-fl"
+# nina-grafana-install (nina.host.grafana_install): the verified .deb, apt-get installed.
+GRAFANA_INSTALL_BIN = "/usr/local/sbin/nina-grafana-install"
+GRAFANA_INSTALL_UNIT = "nina-grafana-install.service"
+GRAFANA_DOWNLOADS = "/var/cache/nina-grafana"  # root's 0700: the verified .deb and the install record
+# The database step (root's, outside /etc/grafana so the package never hands grafana its env).
+GRAFANA_NINA_ETC = "/etc/nina-grafana"
+GRAFANA_DB_SQL = "/etc/nina-grafana/database.sql"
+GRAFANA_DB_ENV = "/etc/nina-grafana/database.env"  # root's 0600: libpq's PG* for the grafana role
+GRAFANA_DB_UNIT = "nina-grafana-database.service"
+GRAFANA_ADMIN_USER = "admin"  # Grafana's built-in server admin (its password: a pulumi-random secret)
+
 # Databases on the managed Postgres (manual 4.3.1): name -> owner role.
 DATABASES = {"keycloakdb_server": "keycloak", "grafanadb_server": "grafana"}
 # ... and the schema each role owns in its database (PostgreSQL 15+ lets no role but the database
@@ -230,8 +264,8 @@ TROVE_DATASTORE = "postgresql"
 # nina-db-backup (nina.host.db_backup): daily `pg_dump -Fc` of a service's schema as its own role
 # (libpq's PG* from the service's root-only env file), restored with `pg_restore` in one
 # transaction. Each database -> (its env file, the unit that uses it: restore refuses while it is
-# active). Grafana's row comes with its service.
-DATABASE_CLIENTS = {"keycloakdb_server": (KEYCLOAK_DB_ENV, KEYCLOAK_UNIT)}
+# active).
+DATABASE_CLIENTS = {"keycloakdb_server": (KEYCLOAK_DB_ENV, KEYCLOAK_UNIT), "grafanadb_server": (GRAFANA_DB_ENV, GRAFANA_UNIT)}
 DB_BACKUP_BIN = "/usr/local/sbin/nina-db-backup"
 # The backups' Cinder volume on the host with the keycloak role (nina.plan), root's; one directory
 # per database below it: <volume>/<database>/<UTC time>/<database>.dump and SHA256SUMS.
@@ -415,8 +449,8 @@ CERT_EXPIRY_SCHEDULE = "hourly"
 OPENSSL = "/usr/bin/openssl"  # Ubuntu's openssl package (priority important: on every host)
 
 # --- monitoring host (nina.monitoring, manual 5.1-5.3) -------------------------------------------
-# Prometheus and Alertmanager from Ubuntu's archive (Grafana is not in it: README, "Operations:
-# monitoring and alerts"). Both listen on loopback only: nothing outside the host reaches them
+# Prometheus and Alertmanager from Ubuntu's archive (Grafana, which is not in it, is role grafana
+# on the same host: the Grafana facts above, README "Operations: Grafana"). Both listen on loopback only: nothing outside the host reaches them
 # (firewall.NEVER_OPEN), and the monitoring host never carries the SuperLink (whose Control API
 # is also 9093: nina.config refuses it).
 ALERTMANAGER_PORT = 9093
@@ -542,6 +576,7 @@ CERTIFICATE_PATHS = (
     f"{OPENVPN_CLIENT_CERTS}/{OPENVPN_CA_FILE}",
     f"{OPENVPN_CLIENT_CERTS}/{OPENVPN_ISSUED_DIR}/*.crt",
     f"{KEYCLOAK_CERTS}/{SERVER_CERT_FILE}",
+    f"{GRAFANA_CERTS}/{SERVER_CERT_FILE}",
     JUPYTERHUB_SSL_CERT,
     f"{JUPYTERHUB_CONFIG}/{CA_CERT_FILE}",
     f"{JUPYTERHUB_TENANCIES}/*/{CA_CERT_FILE}",

@@ -303,7 +303,7 @@ def keycloak_host(plan: Plan) -> Host:
 
 def client_ids(plan: Plan) -> list[str]:
     """The realm's OIDC clients: those of facts.KEYCLOAK_CLIENTS whose service nginx serves
-    (JupyterHub; Grafana once it is built), in facts order."""
+    (JupyterHub, Grafana), in facts order."""
     served = {site.service for site in proxy.sites(plan)}
     return [client for client, (service, _path) in facts.KEYCLOAK_CLIENTS.items() if service in served]
 

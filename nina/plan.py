@@ -214,11 +214,12 @@ def build_plan(cfg: StackConfig) -> Plan:
     # Prometheus's time series on the monitoring host's own volume (the role is on a shared host).
     metrics = Volume(facts.MONITORING_VOLUME_NAME, cfg.monitoring.volume_gb, facts.MONITORING_VOLUME, facts.PROMETHEUS_USER)
     hosts = [replace(h, volumes=(*h.volumes, metrics)) if "monitoring" in h.roles else h for h in hosts]
-    # The Trove databases' backups (nina-db-backup) on the keycloak host's own volume, root's: they
+    # The Trove databases' backups (nina-db-backup) on the own volume of each host whose service
+    # uses a database (keycloak's, grafana's; one volume when both share a host), root's: they
     # outlive a lost VM. Always with the role (like the hub's volume), whatever nina:database or
     # nina:researcher_access say, so turning those on or off attaches nothing and replaces no VM.
     db_backups = Volume(facts.DB_BACKUP_VOLUME_NAME, cfg.database.backup_volume_gb, facts.DB_BACKUP_VOLUME, facts.ROOT_USER)
-    hosts = [replace(h, volumes=(*h.volumes, db_backups)) if "keycloak" in h.roles else h for h in hosts]
+    hosts = [replace(h, volumes=(*h.volumes, db_backups)) if {"keycloak", "grafana"} & set(h.roles) else h for h in hosts]
 
     def tenancy_host(role: str, index: int, tenancy: str, offset: int, flavor: str, public: bool, **extra) -> Host:
         """Tenancy `index`'s own VM for `role` in the server segment, at `.offset + index`."""

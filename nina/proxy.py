@@ -13,7 +13,8 @@ verified against the local CA (a copy at facts.PROXY_UPSTREAM_CA) with the host'
 the expected name (each upstream's local-CA certificate names its host). A TLS handshake
 without a known name is rejected, a request whose Host is unknown or differs from its SNI name
 gets no answer (444) or 421. Port 80 serves only the ACME challenge directory and redirects
-everything else to HTTPS. WebSocket upgrades pass for the services that need them (JupyterHub).
+everything else to HTTPS. WebSocket upgrades pass for the services that need them (JupyterHub,
+Grafana Live).
 
 Certificates: certbot, HTTP-01 through the webroot on port 80 (README, "Researcher access: the
 proxy", says why not DNS-01), one certificate per name, renewed by the Debian/Ubuntu
@@ -49,16 +50,22 @@ class PublicService:
     max_body: str = "1m"  # nginx client_max_body_size
     # Paths nginx answers 404 for (prefixes): what must not be public although the service serves it.
     blocked: tuple[str, ...] = ()
+    # The port-table zone the proxy reaches it in, when not `role`'s own.
+    zone: str | None = None
+    # Roles the plan must also have for it to be served (Grafana: the Keycloak it logs in through).
+    needs: tuple[str, ...] = ()
 
 
-# In the order nginx's files are written. Grafana (role monitoring, WebSocket for Grafana Live)
-# would join, but the monitoring host has none: not in Ubuntu's archive (README, "Operations").
+# In the order nginx's files are written.
 PUBLIC_SERVICES: tuple[PublicService, ...] = (
     # Keycloak's admin console and API, and its master realm (where the bootstrap admin logs in),
     # are for operators only, through an SSH tunnel to the Keycloak host (README): never public.
     PublicService("keycloak", "keycloak", websocket=False, blocked=("/admin/", f"/realms/{facts.KEYCLOAK_MASTER_REALM}/")),
     # Notebook kernels and terminals are WebSockets; notebooks are saved whole (PUT of the JSON).
     PublicService("jupyterhub", "jupyterhub", websocket=True, max_body="64m"),
+    # Grafana (role grafana, on the monitoring host: the port table's monitoring zone), WebSocket
+    # for Grafana Live; only with Keycloak, as only operators logged in through it may see it.
+    PublicService("grafana", "grafana", websocket=True, zone="monitoring", needs=("keycloak",)),
 )
 
 # Sent with every answer (`always`: errors too), replacing what an upstream sends.
@@ -116,9 +123,9 @@ def sites(plan: Plan, public: Sequence[PublicService] = PUBLIC_SERVICES) -> tupl
     found = []
     for svc in public:
         host = next((h for h in plan.hosts if svc.role in h.roles), None)
-        if host is None:
+        if host is None or not all(any(r in h.roles for h in plan.hosts) for r in svc.needs):
             continue
-        port = upstream_port(svc.role)
+        port = upstream_port(svc.zone or svc.role)
         if "proxy" in host.roles and port in (facts.HTTP_PORT, facts.HTTPS_PORT):
             raise ValueError(
                 f"{svc.name} on the proxy host {host.name!r} would listen on port {port}, which nginx holds there; "

@@ -103,8 +103,11 @@ class Lab:
         }
 
     def __call__(self, *args: str, now: str = NAME, **env: str) -> subprocess.CompletedProcess[str]:
+        # Every database's env file is the test's (NINA_DB_ENV_FILE): name the one under test, as
+        # the units do (two databases have clients now: keycloak's and grafana's).
+        db = [] if "--database" in args else ["--database", KEYCLOAK.database]
         proc = subprocess.run(
-            [str(self.launcher), *args], env={**self.env, "NINA_NOW": now, **env}, capture_output=True, text=True, timeout=300
+            [str(self.launcher), *db, *args], env={**self.env, "NINA_NOW": now, **env}, capture_output=True, text=True, timeout=300
         )
         if proc.returncode:  # every failure: one line, no traceback
             assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("nina-db-backup: error: "), proc.stderr

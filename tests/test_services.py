@@ -58,6 +58,8 @@ def test_service_users_own_only_where_they_write():
         facts.SUPERNODE_FLWR_HOME: "supernode",
         facts.SUPERNODE_DATA: "supernode",
         facts.JUPYTERHUB_OPT: "jupyterhub",
+        facts.GRAFANA_DATA: "grafana",
+        facts.GRAFANA_LOGS: "grafana",
     }
     for d in every:
         assert d.mode & 0o022 == 0, d

@@ -44,12 +44,11 @@ import stat
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 
 from nina import facts
+from nina.host import download as fetch
 from nina.host import trust
 from nina.host.failure import Failure, sayer
 
@@ -65,7 +64,6 @@ VERSION_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PACKAGE_RE = re.compile(r"openjdk-\d{2}-jre-headless")
 MAX_ZIP_BYTES = 1 << 30  # Keycloak 26's zip is ~300 MB
-TIMEOUT = 60  # seconds for each network read
 
 say = sayer(PROG)
 
@@ -96,36 +94,8 @@ def ensure_jdk(package: str) -> bool:
 
 def download(url: str, dir_fd: int, expected: str) -> str:
     """The zip at `url` into a new root-only temporary file in `dir_fd` (its name returned),
-    refused unless its SHA-256 is `expected`."""
-    name = f".download-{os.getpid()}.zip"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with open(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                size += len(chunk)
-                if size > MAX_ZIP_BYTES:
-                    raise Failure(f"{url} is larger than {MAX_ZIP_BYTES} bytes; refusing it")
-                digest.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        os.unlink(name, dir_fd=dir_fd)
-        reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
-        raise Failure(f"cannot download {url}: {reason}") from None
-    except BaseException:
-        os.unlink(name, dir_fd=dir_fd)
-        raise
-    got = digest.hexdigest()
-    if got != expected:
-        os.unlink(name, dir_fd=dir_fd)
-        raise Failure(
-            f"refusing {url}: its SHA-256 is {got}, not nina:keycloak.sha256 {expected} "
-            "(a wrong digest in the config, or not the release it should be)",
-            2,
-        )
-    return name
+    refused unless its SHA-256 is `expected` (nina.host.download)."""
+    return fetch.download(url, dir_fd, expected, "nina:keycloak.sha256", suffix=".zip", max_bytes=MAX_ZIP_BYTES)
 
 
 def _entries(zf: zipfile.ZipFile, top: str) -> Iterator[tuple[zipfile.ZipInfo, list[str], bool, bool]]:

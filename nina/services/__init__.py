@@ -6,7 +6,7 @@ requirements, programs) and fixed first-boot files. The cloud-init renderer (`cl
 bootstrap from the services of its roles, and the role list of the config model comes from
 here; a site kit's install.sh sets up the services of `site_kit()` (nina.kit). What evolves (programs, units, configs, keys) is not here: each service's delivery
 (`nina.render.base_delivery`, `superlink_delivery`, `supernode_delivery`,
-`nina.vpn.vpn_delivery`, `nina.proxy.proxy_delivery`, `nina.keycloak.keycloak_delivery`) carries it in place and restarts the `UNITS` of its module. The port
+`nina.vpn.vpn_delivery`, `nina.proxy.proxy_delivery`, `nina.keycloak.keycloak_delivery`, `nina.grafana.grafana_delivery`) carries it in place and restarts the `UNITS` of its module. The port
 table (`nina.firewall.PORT_TABLE`) stays central, one place to review for security.
 
 Pure: standard library and nina.facts only (no pulumi).
@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from nina.services import (
     base,
     bastion,
+    grafana,
     jupyterhub,
     keycloak,
     monitoring,
@@ -61,6 +62,7 @@ SERVICES: dict[str, Service] = {
         keycloak.SERVICE,
         jupyterhub.SERVICE,
         monitoring.SERVICE,
+        grafana.SERVICE,
         superlink.SERVICE,
         supernode.SERVICE,
         vpn.SERVICE,
@@ -70,7 +72,7 @@ ROLES = tuple(SERVICES)
 SHARED_ROLES = tuple(name for name, s in SERVICES.items() if s.shared)
 
 
-_MODULES = (base, bastion, proxy, keycloak, jupyterhub, monitoring, superlink, supernode, vpn)
+_MODULES = (base, bastion, proxy, keycloak, jupyterhub, monitoring, grafana, superlink, supernode, vpn)
 assert {m.SERVICE.name for m in _MODULES} == {BASE.name, *SERVICES}
 
 

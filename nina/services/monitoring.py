@@ -2,8 +2,8 @@
 delivery is `nina.monitoring.monitoring_delivery` (`<host>-monitoring`): prometheus.yml, the
 file_sd targets, the alert rules, alertmanager.yml and both units' arguments. Prometheus's time
 series are on the host's Cinder volume (facts.MONITORING_VOLUME, nina:monitoring.volume_gb).
-Grafana is not in Ubuntu's archive (Grafana Labs' own apt repository only), so it is left out:
-README, "Operations: monitoring and alerts"."""
+Grafana is not in Ubuntu's archive (Grafana Labs' own apt repository only): it is the role
+`grafana` on this host (nina.services.grafana), installed from its pinned .deb by a delivery."""
 
 from nina import facts
 from nina.services.model import Directory, Service

@@ -1,0 +1,54 @@
+"""A pinned release downloaded and checked against its configured SHA-256, for the install
+programs of nina.host (nina-keycloak-install's zip, nina-grafana-install's .deb).
+
+`download(url, dir_fd, expected, setting, ...)` writes the body into a new root-only temporary
+file in the directory `dir_fd`, hashing it while it is written, and refuses it (the file removed)
+when it is larger than `max_bytes` or its digest is not `expected`: the refusal names the config
+key (`setting`) the digest came from. A module of nina (nina.host): standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import urllib.error
+import urllib.request
+
+from nina.host.failure import Failure
+
+TIMEOUT = 60  # seconds for each network read
+
+
+def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str, max_bytes: int) -> str:
+    """The body at `url` in a new 0600 file `.download-<pid><suffix>` in `dir_fd` (its name is
+    returned), refused (exit code 2) unless its SHA-256 is `expected`; `setting` names the config
+    key that holds `expected` (in the refusal)."""
+    name = f".download-{os.getpid()}{suffix}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Failure(f"{url} is larger than {max_bytes} bytes; refusing it")
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        os.unlink(name, dir_fd=dir_fd)
+        reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
+        raise Failure(f"cannot download {url}: {reason}") from None
+    except BaseException:
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    got = digest.hexdigest()
+    if got != expected:
+        os.unlink(name, dir_fd=dir_fd)
+        raise Failure(
+            f"refusing {url}: its SHA-256 is {got}, not {setting} {expected} (a wrong digest in the config, or not the release it should be)",
+            2,
+        )
+    return name

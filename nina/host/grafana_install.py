@@ -1,0 +1,140 @@
+"""nina-grafana-install: the pinned Grafana OSS release on the monitoring host (issue 12 item 5).
+
+  nina-grafana-install --version V --sha256 HEX [--url URL]
+
+Grafana is not in Ubuntu's archive, and nina adds no third-party apt repository: this program,
+run as root by facts.GRAFANA_INSTALL_UNIT (a oneshot grafana-server.service requires) with the
+values of nina:grafana.* that the `<host>-grafana` delivery writes into the unit (so a new
+release or digest re-runs a delivery, never a VM), in order:
+
+1. if dpkg says package grafana V is installed and this program's record says it installed V
+   from a .deb of the same SHA-256, nothing more (no download);
+2. otherwise the .deb from facts.GRAFANA_RELEASE_URL (or --url) into a temporary file in
+   facts.GRAFANA_DOWNLOADS (root's 0700), hashed while it is written (nina.host.download): a
+   digest other than --sha256 is refused in one line and nothing is installed;
+3. `apt-get update` and `apt-get install ./grafana_V_amd64.deb`, which checks the package and
+   installs what it depends on from Ubuntu's archive; the record is written last and the .deb
+   removed.
+
+Grafana's own unit is not used: nina delivers grafana-server.service (nina.grafana), which
+requires this unit. Environment overrides (tests): NINA_GRAFANA_DOWNLOADS, NINA_APT_GET,
+NINA_DPKG_QUERY. Exit codes: 0 ok, 1 failed, 2 bad input or refused. A module of nina
+(nina.host): standard library and nina.facts only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+
+from nina import facts
+from nina.host import download as fetch
+from nina.host import trust
+from nina.host.failure import Failure, sayer
+
+PROG = "nina-grafana-install"
+DOWNLOADS = os.environ.get("NINA_GRAFANA_DOWNLOADS", facts.GRAFANA_DOWNLOADS)
+APT_GET = os.environ.get("NINA_APT_GET", "apt-get")
+DPKG_QUERY = os.environ.get("NINA_DPKG_QUERY", "dpkg-query")
+PACKAGE = "grafana"
+RECORD = "installed.json"  # in DOWNLOADS, written last
+VERSION_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_DEB_BYTES = 1 << 30  # Grafana 12's .deb is ~180 MB
+
+say = sayer(PROG)
+
+
+def installed_version() -> str | None:
+    """The version of package grafana dpkg has installed, or None."""
+    proc = subprocess.run([DPKG_QUERY, "-W", "-f=${Status}\t${Version}", PACKAGE], capture_output=True, text=True, timeout=60)
+    status, _, version = proc.stdout.strip().partition("\t")
+    return version if proc.returncode == 0 and status == "install ok installed" else None
+
+
+def _record() -> dict[str, str] | None:
+    try:
+        with open(os.path.join(DOWNLOADS, RECORD), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _apt(argv: list[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env, cwd=DOWNLOADS)
+    if proc.returncode:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise Failure(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {tail[0]}")
+
+
+def install(version: str, sha256: str, url: str) -> str:
+    """Grafana `version` from the verified .deb at `url`; returns what was done."""
+    why = trust.problem(DOWNLOADS)
+    if why:
+        raise Failure(f"will not download into {DOWNLOADS}: {why}", 2)
+    wanted = {"version": version, "sha256": sha256}
+    dir_fd = os.open(DOWNLOADS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one run at a time (the unit, or an operator by hand)
+        if _record() == wanted and installed_version() == version:
+            return f"Grafana {version} ({sha256[:12]}...) is installed; nothing to do"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(RECORD, dir_fd=dir_fd)  # no record until this install is done
+        name = fetch.download(url, dir_fd, sha256, "nina:grafana.sha256", suffix=".deb", max_bytes=MAX_DEB_BYTES)
+        deb = f"grafana_{version}_amd64.deb"
+        try:
+            os.rename(name, deb, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            _apt([APT_GET, "update", "-q"])
+            # `./`: apt-get takes a path to a .deb (not a package name) and resolves its dependencies.
+            _apt([APT_GET, "install", "-y", "-q", "--no-install-recommends", f"./{deb}"])
+        finally:
+            for leftover in (name, deb):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover, dir_fd=dir_fd)
+        got = installed_version()
+        if got != version:
+            raise Failure(f"apt-get installed the .deb, but dpkg reports grafana {got or 'not installed'}, not {version}")
+        tmp = f".{RECORD}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        with open(fd, "w", encoding="utf-8") as fh:
+            json.dump(wanted, fh, sort_keys=True)
+            fh.write("\n")
+        os.rename(tmp, RECORD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return f"installed Grafana {version} from {url}"
+    finally:
+        os.close(dir_fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Install the pinned, verified Grafana OSS release.")
+    parser.add_argument("--version", required=True, help="the release, e.g. 12.0.2 (nina:grafana.version)")
+    parser.add_argument("--sha256", required=True, help="the .deb's SHA-256 (nina:grafana.sha256)")
+    parser.add_argument("--url", help="where the .deb is (default: the release on dl.grafana.com)")
+    args = parser.parse_args(argv)
+    try:
+        if not VERSION_RE.fullmatch(args.version):
+            raise Failure(f"--version {args.version!r} is not a release like {facts.GRAFANA_VERSION}", 2)
+        sha256 = args.sha256.lower()
+        if not SHA256_RE.fullmatch(sha256):
+            raise Failure(f"--sha256 {args.sha256!r} is not 64 hex digits", 2)
+        url = args.url or facts.GRAFANA_RELEASE_URL.format(version=args.version)
+        print(install(args.version, sha256, url), flush=True)
+    except Failure as exc:
+        say(f"error: {exc}")
+        return exc.code
+    except (OSError, subprocess.SubprocessError) as exc:
+        say(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
