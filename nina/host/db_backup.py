@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import os
 import pwd
 import re
@@ -52,6 +51,7 @@ from typing import Any
 
 from nina import facts
 from nina.host import trust
+from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-db-backup"
@@ -110,18 +110,6 @@ def _bin(name: str) -> str:
     default = {"pg_dump": facts.PG_DUMP, "pg_restore": facts.PG_RESTORE, "psql": facts.PSQL}[name]
     bindir = os.environ.get("NINA_PG_BINDIR")
     return os.path.join(bindir, name) if bindir else default
-
-
-def _now() -> str:
-    return os.environ.get("NINA_NOW") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the role's libpq settings ---------------------------------------------------------------
@@ -294,9 +282,9 @@ def backup(t: Target, keep: int) -> tuple[str, int, int]:
         for stale in os.listdir(path):
             if stale.startswith(".partial-"):  # a run that died: never a backup
                 shutil.rmtree(os.path.join(path, stale), ignore_errors=True)
-        name, n = _now(), 1
+        name, n = utc_stamp(), 1
         while os.path.exists(os.path.join(path, name)):
-            name, n = f"{_now()}-{n}", n + 1
+            name, n = f"{utc_stamp()}-{n}", n + 1
         work = tempfile.mkdtemp(prefix=".partial-", dir=path)
         try:
             dump = os.path.join(work, t.dump)
@@ -309,7 +297,7 @@ def backup(t: Target, keep: int) -> tuple[str, int, int]:
                 raise Failure(f"pg_dump of {t.database} as {t.role} failed: {_said(proc.stderr)}")
             entries = check_archive(t, dump)
             with open(os.path.join(work, SUMS), "w", encoding="utf-8") as fh:
-                fh.write(f"{_sha256(dump)}  {t.dump}\n")
+                fh.write(f"{sha256_file(dump)}  {t.dump}\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(work, 0o700)
@@ -347,7 +335,7 @@ def _checked(t: Target, path: str, name: str) -> str:
     if present != sorted([SUMS, t.dump]):
         raise Failure(f"backup {name}: expected only {t.dump} and {SUMS}, found {present}", 2)
     dump = os.path.join(where, t.dump)
-    if _sha256(dump) != digest:
+    if sha256_file(dump) != digest:
         raise Failure(f"backup {name}: {t.dump} does not match {SUMS} (changed since the backup); not restoring it", 2)
     check_archive(t, dump)
     return dump

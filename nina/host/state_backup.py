@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import grp
-import hashlib
 import os
 import pwd
 import re
@@ -40,11 +39,11 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 from nina import facts
 from nina.host import trust
+from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-superlink-backup"
@@ -58,18 +57,6 @@ DB_FILE, MEMBERS, SUMS = "state.db", "members", "SHA256SUMS"
 
 
 say = sayer(PROG)
-
-
-def _now() -> str:
-    return os.environ.get("NINA_NOW") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _integrity(path: str) -> None:
@@ -123,10 +110,10 @@ def backup(keep: int) -> str:
         raise Failure(f"no state database at {STATE_DB} (has the SuperLink ever started?)", 2)
     root = _backup_root()
     os.close(root)
-    name = _now()
+    name = utc_stamp()
     n = 1
     while os.path.exists(os.path.join(BACKUP_DIR, name)):
-        name = f"{_now()}-{n}"
+        name = f"{utc_stamp()}-{n}"
         n += 1
     work = tempfile.mkdtemp(prefix=".partial-", dir=BACKUP_DIR)
     try:
@@ -147,7 +134,7 @@ def backup(keep: int) -> str:
                 fh.write(data)
         files = [DB_FILE, *(f"{MEMBERS}/{r}" for r in sorted(os.listdir(os.path.join(work, MEMBERS))))]
         with open(os.path.join(work, SUMS), "w", encoding="utf-8") as fh:
-            fh.writelines(f"{_sha256(os.path.join(work, f))}  {f}\n" for f in files)
+            fh.writelines(f"{sha256_file(os.path.join(work, f))}  {f}\n" for f in files)
         os.chmod(work, 0o700)
         os.rename(work, os.path.join(BACKUP_DIR, name))
     except BaseException:
@@ -181,7 +168,7 @@ def _checked(name: str) -> str:
     if set(listed) != present:
         raise Failure(f"backup {name}: its files differ from {SUMS} (missing or added: {sorted(set(listed) ^ present)})", 2)
     for rel, digest in listed.items():
-        if _sha256(os.path.join(path, rel)) != digest:
+        if sha256_file(os.path.join(path, rel)) != digest:
             raise Failure(f"backup {name}: {rel} does not match {SUMS} (changed since the backup)", 2)
     _integrity(os.path.join(path, DB_FILE))
     return path
