@@ -383,6 +383,7 @@ HOST_PROGRAM_FILES = (
     *INSTALLER_PROGRAM_FILES,
     "host/failure.py",
     "host/common.py",
+    "host/backups.py",
     "host/membership.py",
     "host/vpn_verify.py",
     "host/state_backup.py",

@@ -33,7 +33,6 @@ library and nina.facts only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nina import facts
+from nina.host import backups as backups_cli
 from nina.host import trust
 from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
@@ -374,40 +374,36 @@ def restore(t: Target, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Backups of a service's database on the managed Postgres, and their restore.")
+    parser = backups_cli.command_line(
+        PROG,
+        "Backups of a service's database on the managed Postgres, and their restore.",
+        keep=facts.DB_BACKUP_KEEP,
+        backup_help="pg_dump the service's schema now",
+        restore_help="put a backup back (the service must be stopped)",
+        name_help="a backup's name (`list`), or its directory",
+    )
     parser.add_argument("--database", help=f"one of {', '.join(sorted(facts.DATABASE_CLIENTS))} (default: the one this host uses)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backup", help="pg_dump the service's schema now")
-    b.add_argument("--keep", type=int, default=facts.DB_BACKUP_KEEP, help="backups to keep (the newest)")
-    sub.add_parser("list", help="the backups, newest last")
-    r = sub.add_parser("restore", help="put a backup back (the service must be stopped)")
-    r.add_argument("name", help="a backup's name (`list`), or its directory")
     args = parser.parse_args(argv)
-    try:
+
+    def do_backup(keep: int) -> str:
         t = target(args.database)
-        if args.command == "backup":
-            if args.keep < 1:
-                raise Failure("--keep must be at least 1", 2)
-            started = time.monotonic()
-            name, size, entries = backup(t, args.keep)
-            where = os.path.join(_root(), t.database, name)
-            print(
-                f"backed up {t.database} (schema {t.schema}, {entries} entries, {size} bytes) to {where} in {time.monotonic() - started:.1f}s"
-            )
-        elif args.command == "list":
-            for name in backups(t):
-                print(name)
-        else:
-            started = time.monotonic()
-            restore(t, args.name)
-            print(f"restored {args.name} into {t.database} (schema {t.schema}) in {time.monotonic() - started:.1f}s; start {t.unit} now")
-    except Failure as exc:
-        say(f"error: {exc}")
-        return exc.code
-    except OSError as exc:
-        say(f"error: {exc}")
-        return 1
-    return 0
+        started = time.monotonic()
+        name, size, entries = backup(t, keep)
+        where = os.path.join(_root(), t.database, name)
+        return (
+            f"backed up {t.database} (schema {t.schema}, {entries} entries, {size} bytes) to {where} in {time.monotonic() - started:.1f}s"
+        )
+
+    def do_list() -> list[str]:
+        return backups(target(args.database))
+
+    def do_restore(name: str) -> str:
+        t = target(args.database)
+        started = time.monotonic()
+        restore(t, name)
+        return f"restored {name} into {t.database} (schema {t.schema}) in {time.monotonic() - started:.1f}s; start {t.unit} now"
+
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, do_list, do_restore))
 
 
 if __name__ == "__main__":

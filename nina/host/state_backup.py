@@ -28,7 +28,6 @@ library and nina.facts only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import grp
 import os
@@ -42,6 +41,7 @@ import tempfile
 from collections.abc import Iterator
 
 from nina import facts
+from nina.host import backups as backups_cli
 from nina.host import trust
 from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
@@ -233,33 +233,23 @@ def restore(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Backups of the SuperLink's state, and their restore.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backup", help="back up the state database and the membership records now")
-    b.add_argument("--keep", type=int, default=facts.SUPERLINK_BACKUP_KEEP, help="backups to keep (the newest)")
-    sub.add_parser("list", help="the backups, newest last")
-    r = sub.add_parser("restore", help="put a backup back (the SuperLink must be stopped)")
-    r.add_argument("name")
+    parser = backups_cli.command_line(
+        PROG,
+        "Backups of the SuperLink's state, and their restore.",
+        keep=facts.SUPERLINK_BACKUP_KEEP,
+        backup_help="back up the state database and the membership records now",
+        restore_help="put a backup back (the SuperLink must be stopped)",
+    )
     args = parser.parse_args(argv)
-    try:
-        if args.command == "backup":
-            if args.keep < 1:
-                raise Failure("--keep must be at least 1", 2)
-            name = backup(args.keep)
-            print(f"backed up {STATE_DB} and {MEMBERS_DIR} to {os.path.join(BACKUP_DIR, name)}")
-        elif args.command == "list":
-            for name in backups():
-                print(name)
-        else:
-            restore(args.name)
-            print(f"restored {args.name} to {STATE_DB} and {MEMBERS_DIR}; start {facts.SUPERLINK_UNIT} now")
-    except Failure as exc:
-        say(f"error: {exc}")
-        return exc.code
-    except OSError as exc:
-        say(f"error: {exc}")
-        return 1
-    return 0
+
+    def do_backup(keep: int) -> str:
+        return f"backed up {STATE_DB} and {MEMBERS_DIR} to {os.path.join(BACKUP_DIR, backup(keep))}"
+
+    def do_restore(name: str) -> str:
+        restore(name)
+        return f"restored {name} to {STATE_DB} and {MEMBERS_DIR}; start {facts.SUPERLINK_UNIT} now"
+
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, backups, do_restore))
 
 
 if __name__ == "__main__":
