@@ -24,7 +24,7 @@ offline, never hide another.
 
 Alerts (`rule_files`): CPU load, memory, disk space of the priority mounts ("/" and every
 volume of the plan), failed and flapping systemd units (every unit of the service definitions:
-`watched_units`), GPU temperature and memory, exporters down, and the federation and
+`nina.services.watched_units`), GPU temperature and memory, exporters down, and the federation and
 certificate metrics that node exporter's textfile collector exposes (METRICS).
 """
 
@@ -219,12 +219,6 @@ def prometheus_yml(plan: Plan, **params: str) -> str:
 # --- alert rules -------------------------------------------------------------------------
 
 
-def watched_units() -> tuple[str, ...]:
-    """The systemd units the unit alerts watch (nina.services.watched_units: every service's
-    UNITS, WATCHED and CLIENT_UNITS), the same the node exporter's systemd collector reports."""
-    return services.watched_units()
-
-
 def priority_mounts(plan: Plan) -> tuple[str, ...]:
     """The mount points whose free space alerts watch (manual 5.3.3): / and every volume of the plan."""
     return tuple(sorted({"/", *(v.mount_point for h in plan.hosts for v in h.volumes)}))
@@ -266,7 +260,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
     mem = "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes"
     mounts = _any_of(priority_mounts(plan))
     disk = f"node_filesystem_avail_bytes{{mountpoint=~{mounts}}} / node_filesystem_size_bytes{{mountpoint=~{mounts}}}"
-    units = _any_of(watched_units())
+    units = _any_of(services.watched_units())
     host = [
         *(
             _rule(

@@ -208,7 +208,7 @@ def test_documents_are_data_dumped_deterministically(plan):
 
 
 def test_units_come_from_the_service_definitions():
-    units = set(monitoring.watched_units())
+    units = set(services.watched_units())
     expected = {
         *services.base.UNITS,
         *services.proxy.UNITS,
@@ -460,7 +460,7 @@ def rule_cases() -> list[dict[str, Any]]:
         labels = {**disk, "mountpoint": mount}
         series = [("node_filesystem_avail_bytes", labels, _flat(avail, 20)), ("node_filesystem_size_bytes", labels, _flat(100, 20))]
         cases.append(("HostDiskSpaceLow", series, 10, [(labels, s, avail / 100) for s in levels]))
-    units = monitoring.watched_units()
+    units = services.watched_units()
     unit_labels = [{**NODE, "name": u, "state": "failed", "type": "simple"} for u in units]
     other = {**NODE, "name": "apt-daily.service", "state": "failed", "type": "oneshot"}
     cases.append(
