@@ -17,11 +17,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from backuplab import BackupProgram
 from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
 
 from nina import config, facts, keycloak, render, services
@@ -76,7 +76,7 @@ def snapshot(server: Postgres) -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))
 
 
-class Lab:
+class Lab(BackupProgram):
     """nina-db-backup as the host runs it, with the test's env file, backup root and systemctl."""
 
     def __init__(self, tmp: Path, server: Postgres) -> None:
@@ -86,26 +86,17 @@ class Lab:
         self.env_file = tmp / "database.env"
         self.env_file.write_text(keycloak.database_env(facts.LOOPBACK, KEYCLOAK, PASSWORD, port=server.port))
         self.env_file.chmod(0o600)
-        self.active = tmp / "active"
-        self.calls = tmp / "systemctl.log"
-        fake = tmp / "systemctl"
-        fake.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n[ -e {self.active} ] && exit 0\nexit 3\n')
-        fake.chmod(0o755)
-        self.launcher = tmp / "nina-db-backup"
-        self.launcher.write_text(render.launcher("db_backup", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
-        self.launcher.chmod(0o755)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "NINA_DB_BACKUP_ROOT": str(self.root),
-            "NINA_DB_ENV_FILE": str(self.env_file),
-            "NINA_SYSTEMCTL": str(fake),
-            "NINA_PG_BINDIR": str(PG_BIN),
-        }
+        super().__init__(
+            tmp,
+            "db_backup",
+            "nina-db-backup",
+            NINA_DB_BACKUP_ROOT=str(self.root),
+            NINA_DB_ENV_FILE=str(self.env_file),
+            NINA_PG_BINDIR=str(PG_BIN),
+        )
 
     def __call__(self, *args: str, now: str = NAME, **env: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.launcher), *args], env={**self.env, "NINA_NOW": now, **env}, capture_output=True, text=True, timeout=300
-        )
+        proc = self.run(*args, now=now, timeout=300, **env)
         if proc.returncode:  # every failure: one line, no traceback
             assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("nina-db-backup: error: "), proc.stderr
         assert PASSWORD not in proc.stdout + proc.stderr

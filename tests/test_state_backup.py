@@ -7,21 +7,20 @@ against the real SuperLink of a rehearsal: its registrations survive a lost stat
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from backuplab import BackupProgram
 
-from nina import facts, render
+from nina import facts
 
 NAME = "20261203T020000Z"
 
 
-class Backup:
+class Backup(BackupProgram):
     def __init__(self, tmp: Path) -> None:
         self.state = tmp / "state"
         self.state.mkdir(mode=0o750)
@@ -29,24 +28,17 @@ class Backup:
         self.members = self.state / "members"
         self.members.mkdir(mode=0o750)
         self.backups = tmp / "backups"
-        self.calls = tmp / "systemctl.log"
-        self.active = tmp / "active"
-        fake = tmp / "systemctl"
-        fake.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n[ -e {self.active} ] && exit 0\nexit 3\n')
-        fake.chmod(0o755)
-        self.launcher = tmp / "nina-superlink-backup"
-        self.launcher.write_text(render.launcher("state_backup", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
-        self.launcher.chmod(0o755)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "NINA_STATE_DB": str(self.db),
-            "NINA_MEMBERS_DIR": str(self.members),
-            "NINA_BACKUP_DIR": str(self.backups),
-            "NINA_SYSTEMCTL": str(fake),
-        }
+        super().__init__(
+            tmp,
+            "state_backup",
+            "nina-superlink-backup",
+            NINA_STATE_DB=str(self.db),
+            NINA_MEMBERS_DIR=str(self.members),
+            NINA_BACKUP_DIR=str(self.backups),
+        )
 
     def __call__(self, *args: str, now: str = NAME) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.launcher), *args], env={**self.env, "NINA_NOW": now}, capture_output=True, text=True, timeout=60)
+        return self.run(*args, now=now, timeout=60)
 
 
 def rows(db: Path) -> list[tuple]:

@@ -1,0 +1,31 @@
+"""A backup program of nina.host run as the host runs it, for tests/test_state_backup.py and
+tests/test_db_backup.py: its launcher (this Python, the source tree), a stand-in for `systemctl`
+(it logs its arguments to `calls`; `is-active` answers yes while the file `active` exists), and
+the program's own paths in `env`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nina import facts, render
+
+
+class BackupProgram:
+    def __init__(self, tmp: Path, module: str, program: str, **paths: str) -> None:
+        self.calls = tmp / "systemctl.log"
+        self.active = tmp / "active"
+        fake = tmp / "systemctl"
+        fake.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n[ -e {self.active} ] && exit 0\nexit 3\n')
+        fake.chmod(0o755)
+        self.launcher = tmp / program
+        self.launcher.write_text(render.launcher(module, render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
+        self.launcher.chmod(0o755)
+        self.env = {"PATH": os.environ["PATH"], "NINA_SYSTEMCTL": str(fake), **paths}
+
+    def run(self, *args: str, now: str, timeout: int, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.launcher), *args], env={**self.env, "NINA_NOW": now, **env}, capture_output=True, text=True, timeout=timeout
+        )
