@@ -13,6 +13,7 @@ keycloak host's user-data with the backups' volume passes `cloud-init schema` wi
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from backuplab import BackupProgram
+from promtext import one, promtool_ok
 from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
 
 from nina import config, facts, keycloak, render, services
@@ -232,6 +234,15 @@ def test_retention_keeps_the_newest(lab):
     assert lab.names() == [*names[-2:], f"{names[-1]}-1"]
     assert lab("backup", "--keep", "0").returncode == 2
     assert lab.names() == [*names[-2:], f"{names[-1]}-1"]
+    # Each run's freshness metrics (nina.host.backups), named by the database: the newest backup's time.
+    what = KEYCLOAK.database
+    found = lab.metrics(what)
+    assert one(found, "nina_backup_last_run_success", what=what) == 1
+    assert one(found, "nina_backup_last_success_timestamp_seconds", what=what) == calendar.timegm(
+        time.strptime(names[-1], "%Y%m%dT%H%M%SZ")
+    )
+    assert [p.name for p in lab.textfile.iterdir()] == [f"nina_backup_{what}.prom"]
+    promtool_ok((lab.textfile / f"nina_backup_{what}.prom").read_text())
 
 
 @needs_postgres
@@ -242,6 +253,9 @@ def test_failures_are_one_line_and_leave_no_partial_backup(kc, lab, tmp_path):
     assert proc.returncode == 1 and "pg_dump of keycloakdb_server as keycloak failed: " in proc.stderr, proc.stderr
     assert "password authentication failed" in proc.stderr
     assert list(lab.dir.iterdir()) == []
+    found = lab.metrics(KEYCLOAK.database)  # a failed run says so; no backup, so no time of one
+    assert one(found, "nina_backup_last_run_success", what=KEYCLOAK.database) == 0
+    assert "nina_backup_last_success_timestamp_seconds" not in found
     lab.env_file.write_text(keycloak.database_env(facts.LOOPBACK, KEYCLOAK, PASSWORD, port=kc.port))
     # The env file: only root may read it; it must be the role's.
     lab.env_file.chmod(0o644)
@@ -349,7 +363,10 @@ def test_keycloak_delivery_carries_the_backup_and_enables_its_timer():
     assert service in services.keycloak.WATCHED and service not in payload["restart"]
     unit = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{service}"]["content"]
     assert f"ExecStart={facts.HOST_PYTHON} -I {facts.DB_BACKUP_BIN} --database keycloakdb_server backup --keep 30\n" in unit
-    assert f"RequiresMountsFor={facts.DB_BACKUP_VOLUME}\n" in unit and f"ReadWritePaths={facts.DB_BACKUP_VOLUME}\n" in unit
+    assert (
+        f"RequiresMountsFor={facts.DB_BACKUP_VOLUME}\n" in unit
+        and f"ReadWritePaths={facts.DB_BACKUP_VOLUME} -{facts.NODE_EXPORTER_TEXTFILE_DIR}\n" in unit
+    )
     assert f"ConditionPathExists={facts.KEYCLOAK_DB_ENV}\n" in unit and "D" * 32 not in unit
     timer_text = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{timer}"]["content"]
     assert (

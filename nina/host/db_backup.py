@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         restore(t, name)
         return f"restored {name} into {t.database} (schema {t.schema}) in {time.monotonic() - started:.1f}s; start {t.unit} now"
 
-    return backups_cli.run(args, backups_cli.Commands(say, do_backup, do_list, do_restore))
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, do_list, do_restore, lambda: target(args.database).database))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         restore(name)
         return f"restored {name} to {STATE_DB} and {MEMBERS_DIR}; start {facts.SUPERLINK_UNIT} now"
 
-    return backups_cli.run(args, backups_cli.Commands(say, do_backup, backups, do_restore))
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, backups, do_restore, lambda: facts.SUPERLINK_BACKUP_WHAT))
 
 
 if __name__ == "__main__":
