@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from backuplab import BackupProgram
 from promtext import one, promtool_ok
-from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
+from systemd import needs_systemd_analyze, verify
+from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, Postgres, needs_postgres, pg  # noqa: F401
 
 from nina import config, facts, keycloak, render, services
 from nina.host import db_backup
@@ -382,7 +383,7 @@ def test_keycloak_delivery_carries_the_backup_and_enables_its_timer():
     )
 
 
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 def test_backup_units_pass_systemd_analyze_verify(tmp_path):
     units = tmp_path / "units"
     units.mkdir()
@@ -394,12 +395,10 @@ def test_backup_units_pass_systemd_analyze_verify(tmp_path):
         name = f.path.rsplit("/", 1)[1]
         (units / name).write_text(f.content.replace(facts.DB_BACKUP_BIN, str(program)))
         names.append(name)
-    out = _verify(units, names)
-    problems = [line for line in out.splitlines() if "nina-db-backup" in line]
-    assert problems == [], problems
+    assert verify(units, names, "nina-db-backup") == []
     # ... and it does report a broken unit.
     (units / names[0]).write_text((units / names[0]).read_text().replace("Type=oneshot", "Type=sometimes"))
-    assert "sometimes" in _verify(units, [names[0]])
+    assert any("sometimes" in line for line in verify(units, [names[0]]))
 
 
 def test_the_keycloak_host_always_has_the_backups_volume():
