@@ -28,6 +28,7 @@ from promtext import promtool_ok, samples
 from systemd import needs_systemd_analyze, verify_text
 
 from nina import facts, render
+from nina.host import backups
 from nina.rehearse import pick_ports
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or ""
@@ -229,9 +230,10 @@ def _node_exporter_args(textfile_dir: Path, port: int) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not NODE_EXPORTER, reason="prometheus-node-exporter missing (scripts/bootstrap --test-tools installs it)")
-def test_node_exporter_serves_both_files(host, tmp_path):
+def test_node_exporter_serves_nina_files(host, tmp_path):
     """The real consumer: node exporter's textfile collector, with the rendered arguments, reads
-    nina's files without a parse error and serves their series."""
+    nina's files without a parse error and serves their series; the backup metrics' families stand
+    in one file per thing backed up (nina.host.backups), merged by the collector."""
     assert host.run()[0].returncode == 0
     from test_federation_metrics import collect, flwr_like
 
@@ -245,6 +247,8 @@ def test_node_exporter_serves_both_files(host, tmp_path):
     proc, _ = collect(fed, db, members, "main")
     assert proc.returncode == 0, proc.stderr
     shutil.copy(fed / "textfile" / facts.FEDERATION_METRICS_FILE, host.out / facts.FEDERATION_METRICS_FILE)
+    for what, ok, newest in ((facts.SUPERLINK_BACKUP_WHAT, True, 1796613300), ("keycloakdb_server", False, None)):
+        (host.out / facts.BACKUP_METRICS_FILE.format(what=what)).write_text(backups.exposition(what, ok, 1796613400, newest))
     (port,) = pick_ports((facts.NODE_EXPORTER_PORT + 1,))
     exporter = subprocess.Popen(
         [NODE_EXPORTER, "--collector.disable-defaults", *_node_exporter_args(host.out, port)],
@@ -274,3 +278,8 @@ def test_node_exporter_serves_both_files(host, tmp_path):
     assert len(found["nina_certificate_expiry_timestamp_seconds"]) == 3
     assert found["nina_federation_supernode_online"] == {frozenset({("organisation", "org-a"), ("tenancy", "main")}): 1}
     assert found["nina_federation_scrape_success"] == {frozenset({("tenancy", "main")}): 1}
+    assert found["nina_backup_last_run_success"] == {
+        frozenset({("what", "superlink-state")}): 1,
+        frozenset({("what", "keycloakdb_server")}): 0,
+    }
+    assert found["nina_backup_last_success_timestamp_seconds"] == {frozenset({("what", "superlink-state")}): 1796613300}
