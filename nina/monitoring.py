@@ -240,7 +240,8 @@ def _any_of(values: Sequence[str]) -> str:
 
 
 def backup_timers() -> str:
-    """PromQL: every backup timer a host has (node exporter's systemd collector, whatever its state),
+    """PromQL: every backup timer a host has loaded (node exporter's systemd collector: any state; a timer's
+    series has no `type` label),
     labelled `what` as its program labels its metrics (nina.host.backups): facts.SUPERLINK_BACKUP_WHAT
     for the SuperLink's, the database's name for each of facts.DB_BACKUP_TIMER."""
     prefix, _, suffix = facts.DB_BACKUP_TIMER.partition("{database}")

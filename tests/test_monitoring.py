@@ -552,15 +552,13 @@ def rule_cases() -> list[dict[str, Any]]:
         facts.DB_BACKUP_TIMER.format(database=other_db): (KEYCLOAK_HOST, other_db),
     }
     loaded = [
-        ("node_systemd_unit_state", {**host, "name": timer, "state": st, "type": "timer"}, _flat(1 if st == "active" else 0, 1700))
+        ("node_systemd_unit_state", {**host, "name": timer, "state": st}, _flat(1 if st == "active" else 0, 1700))
         for timer, (host, _what) in timers.items()
         for st in ("active", "inactive", "failed")
     ]
-    loaded.append(
-        ("node_systemd_unit_state", {**KEYCLOAK_HOST, "name": "apt-daily.timer", "state": "active", "type": "timer"}, _flat(1, 1700))
-    )
+    loaded.append(("node_systemd_unit_state", {**KEYCLOAK_HOST, "name": "apt-daily.timer", "state": "active"}, _flat(1, 1700)))
     missing: list[tuple[dict[str, str], str, float | None]] = [
-        ({**host, "name": timer, "type": "timer", "what": what}, "medium", None) for timer, (host, what) in timers.items()
+        ({**host, "name": timer, "what": what}, "medium", None) for timer, (host, what) in timers.items()
     ]
     cases.append(("BackupMissing", loaded, 27 * 60, missing))
     cases.append(("BackupMissing", loaded, 25 * 60, []))  # not for backup_stale yet
