@@ -240,10 +240,10 @@ def _any_of(values: Sequence[str]) -> str:
 
 
 def backup_timers() -> str:
-    """PromQL: every backup timer a host has loaded (node exporter's systemd collector: any state; a timer's
-    series has no `type` label),
-    labelled `what` as its program labels its metrics (nina.host.backups): facts.SUPERLINK_BACKUP_WHAT
-    for the SuperLink's, the database's name for each of facts.DB_BACKUP_TIMER."""
+    """PromQL: every backup timer a host has loaded (node exporter's systemd collector, any state; a
+    timer's series has no `type` label), labelled `what` as its program labels its metrics
+    (nina.host.backups): facts.SUPERLINK_BACKUP_WHAT for the SuperLink's, the database's name for
+    each of facts.DB_BACKUP_TIMER."""
     prefix, _, suffix = facts.DB_BACKUP_TIMER.partition("{database}")
     databases = f"{_escape(prefix)}(.+){_escape(suffix)}"
     loaded = "max without (state) (node_systemd_unit_state{{name{0}}})"
