@@ -397,6 +397,19 @@ def _duration(value: str) -> str:
 
 
 Duration = Annotated[str, BeforeValidator(_duration)]
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(duration: str) -> int:
+    """A Duration ("10m", DURATION_RE) in seconds."""
+    if not DURATION_RE.match(duration):
+        raise ValueError(f"{duration!r} is not a duration like '10m'")
+    return int(duration[:-1]) * _UNIT_SECONDS[duration[-1]]
+
+
+# Backups run daily, each up to RandomizedDelaySec (30 min) late and taking up to its TimeoutStartSec
+# (2 h): a newest backup younger than this is never late.
+BACKUP_STALE_MIN = "26h"
 Ratio = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -426,6 +439,18 @@ class AlertThresholds(_Strict):
     # The federation metrics (written every minute) are older than this, or cannot be read for this long.
     federation_metrics_stale: Duration = "10m"
     certificate_expiry_days: StrictInt = Field(default=30, ge=1, le=365)  # fewer days left: alert
+    # The newest backup (daily timers: nina-superlink-backup, nina-db-backup) is older than this, or a
+    # host with a backup timer has had no backup metrics for this long.
+    backup_stale: Duration = BACKUP_STALE_MIN
+
+    @field_validator("backup_stale")
+    @classmethod
+    def _backup_stale(cls, value: str) -> str:
+        if duration_seconds(value) < duration_seconds(BACKUP_STALE_MIN):
+            raise ValueError(
+                f"{_show(value)} is shorter than the time between two daily backups can be; write {BACKUP_STALE_MIN!r} or more"
+            )
+        return value
 
 
 class SmtpReceiver(_Strict):

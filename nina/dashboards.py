@@ -36,7 +36,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
-from nina import facts, monitoring
+from nina import config, facts, monitoring
 from nina.plan import Plan
 
 UIDS = {"platform": "nina-platform", "host": "nina-host", "gpu": "nina-gpu", "federation": "nina-federation"}
@@ -277,6 +277,30 @@ def platform(plan: Plan) -> str:
         [Query(f"sum({m['certificate_read_errors']}) or vector(0)", instant=True)],
         width=4,
     )
+    stale_hours = config.duration_seconds(a.backup_stale) / 3600
+    b.add(
+        table.Panel().unit("h").thresholds(_steps(OK, [(stale_hours, "red")])),
+        "Hours since the newest backup",
+        f"Age of the newest backup of each thing backed up (the SuperLinks' state, the Trove databases), per host; "
+        f"BackupStale fires above {a.backup_stale}. See `systemctl list-timers 'nina-*backup*'` on the host.",
+        [Query(f"(time() - {m['backup_last_success']}) / 3600", table=True)],
+        width=10,
+    )
+    b.add(
+        table.Panel().unit("h"),
+        "Hours since the last backup run",
+        "When each backup program last ran, successful or not (its timer runs daily): a run much older than a day means the "
+        "timer is stopped; BackupMissing fires when a loaded timer has never left its metrics.",
+        [Query(f"(time() - {m['backup_last_run_timestamp']}) / 3600", table=True)],
+        width=10,
+    )
+    b.add(
+        _stat("none", _steps(OK, [(1, SEVERITY_COLOURS["medium"])])),
+        "Backup runs failed",
+        "Things whose last backup run failed (BackupFailed); the backups made before are kept. See the backup unit's journal.",
+        [Query(f"count({m['backup_last_run_success']} == 0) or vector(0)", instant=True)],
+        width=4,
+    )
     return b.json()
 
 
@@ -489,7 +513,7 @@ def federation(plan: Plan) -> str:
         [Query(f"sum({m['runs_failed']}{{{on}}})", legend="failed")],
     )
     b.add(
-        _graph("s", _above([("medium", monitoring.duration_seconds(a.federation_metrics_stale))])),
+        _graph("s", _above([("medium", config.duration_seconds(a.federation_metrics_stale))])),
         "Age of the federation metrics",
         f"Seconds since nina-federation-metrics last wrote them (it runs every minute); FederationMetricsStale fires above "
         f"{a.federation_metrics_stale}.",

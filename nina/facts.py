@@ -446,6 +446,11 @@ CERT_EXPIRY_FILE = "nina_certificates.prom"  # in NODE_EXPORTER_TEXTFILE_DIR
 CERT_EXPIRY_SERVICE = "nina-cert-expiry.service"
 CERT_EXPIRY_TIMER = "nina-cert-expiry.timer"
 CERT_EXPIRY_SCHEDULE = "hourly"
+# The backup programs (nina.host.backups) after each backup run, success or failure: when the
+# newest backup was taken and whether the last run succeeded, one file per thing backed up (`what`:
+# SUPERLINK_BACKUP_WHAT, or a database of DATABASE_CLIENTS), so nothing misses a timer gone quiet.
+BACKUP_METRICS_FILE = "nina_backup_{what}.prom"  # in NODE_EXPORTER_TEXTFILE_DIR
+SUPERLINK_BACKUP_WHAT = "superlink-state"
 OPENSSL = "/usr/bin/openssl"  # Ubuntu's openssl package (priority important: on every host)
 
 # --- monitoring host (nina.monitoring, manual 5.1-5.3) -------------------------------------------

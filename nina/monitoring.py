@@ -24,10 +24,10 @@ offline, never hide another.
 
 Alerts (`rule_files`): CPU load, memory, disk space of the priority mounts ("/" and every
 volume of the plan), failed and flapping systemd units (every unit of the service definitions:
-`watched_units`), GPU temperature and memory, exporters down, and the federation and
-certificate metrics that node exporter's textfile collector exposes (METRICS). The expressions
-the thresholds apply to are functions (`cpu_load_expr`, `memory_available_expr`, ...), which
-nina.dashboards plots with the same thresholds, narrowed to one host.
+`nina.services.watched_units`), GPU temperature and memory, exporters down, and the federation,
+certificate and backup metrics that node exporter's textfile collector exposes (METRICS). The
+expressions the thresholds apply to are functions (`cpu_load_expr`, `memory_available_expr`, ...),
+which nina.dashboards plots with the same thresholds, narrowed to one host.
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ METRICS = {
     "federation_scrape_success": "nina_federation_scrape_success",  # {tenancy} 1/0
     "federation_scrape_timestamp": "nina_federation_scrape_timestamp_seconds",  # when it last ran
     "certificate_read_errors": "nina_certificate_read_errors",  # {path} 1/0
+    # Each backup run's (nina.host.backups), per thing backed up (`what`).
+    "backup_last_run_success": "nina_backup_last_run_success",  # {what} 1/0
+    "backup_last_run_timestamp": "nina_backup_last_run_timestamp_seconds",  # {what}
+    "backup_last_success": "nina_backup_last_success_timestamp_seconds",  # {what} the newest backup's time
 }
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # DCGM exporter's metric names (manual 5.3.5-5.3.6).
 DCGM_TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
 DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"
@@ -232,22 +235,21 @@ def prometheus_yml(plan: Plan, **params: str) -> str:
 # --- alert rules -------------------------------------------------------------------------
 
 
-def watched_units() -> tuple[str, ...]:
-    """The systemd units the unit alerts watch (nina.services.watched_units: every service's
-    UNITS, WATCHED and CLIENT_UNITS), the same the node exporter's systemd collector reports."""
-    return services.watched_units()
-
-
 def priority_mounts(plan: Plan) -> tuple[str, ...]:
     """The mount points whose free space alerts watch (manual 5.3.3): / and every volume of the plan."""
     return tuple(sorted({"/", *(v.mount_point for h in plan.hosts for v in h.volumes)}))
+
+
+def _escape(value: str) -> str:
+    """`value` as a literal in a regular expression (RE2's metacharacters escaped)."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", value)
 
 
 def _any_of(values: Sequence[str]) -> str:
     """A PromQL raw-string regex matching exactly `values`."""
     if any("`" in v for v in values):
         raise ValueError(f"a backquote cannot go into a PromQL raw string: {values}")
-    return "`" + "|".join(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", v) for v in values) + "`"
+    return "`" + "|".join(_escape(v) for v in values) + "`"
 
 
 def _selector(metric: str, *matchers: str) -> str:
@@ -278,7 +280,7 @@ def disk_free_expr(plan: Plan, match: str = "") -> str:
 
 def unit_state_expr(state: str, match: str = "") -> str:
     """1 for each watched unit in systemd state `state` (failed, active, ...), 0 for the others (5.3.4)."""
-    return _selector("node_systemd_unit_state", match, f"name=~{_any_of(watched_units())}", f'state="{state}"')
+    return _selector("node_systemd_unit_state", match, f"name=~{_any_of(services.watched_units())}", f'state="{state}"')
 
 
 def gpu_memory_used_expr(match: str = "") -> str:
@@ -287,11 +289,20 @@ def gpu_memory_used_expr(match: str = "") -> str:
     return f"{used} / ({used} + {_selector(DCGM_FB_FREE, match)})"
 
 
-def duration_seconds(duration: str) -> int:
-    """A config duration ("10m", config.DURATION_RE) in seconds."""
-    if not config.DURATION_RE.match(duration):
-        raise ValueError(f"{duration!r} is not a duration like '10m'")
-    return int(duration[:-1]) * _UNIT_SECONDS[duration[-1]]
+def backup_timers() -> str:
+    """PromQL: every backup timer a host has loaded (node exporter's systemd collector, any state; a
+    timer's series has no `type` label), labelled `what` as its program labels its metrics
+    (nina.host.backups): facts.SUPERLINK_BACKUP_WHAT for the SuperLink's, the database's name for
+    each of facts.DB_BACKUP_TIMER."""
+    prefix, _, suffix = facts.DB_BACKUP_TIMER.partition("{database}")
+    databases = f"{_escape(prefix)}(.+){_escape(suffix)}"
+    loaded = "max without (state) (node_systemd_unit_state{{name{0}}})"
+    superlink = loaded.format(f"=`{facts.SUPERLINK_BACKUP_TIMER}`")
+    db = loaded.format(f"=~`{databases}`")
+    return (
+        f'label_replace({superlink}, "what", "{facts.SUPERLINK_BACKUP_WHAT}", "name", ".*")'
+        f' or label_replace({db}, "what", "$1", "name", `{databases}`)'
+    )
 
 
 def _rule(name: str, expr: str, severity: str, summary: str, description: str, for_: str | None = None) -> dict[str, Any]:
@@ -315,7 +326,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
     cpu = cpu_load_expr()
     mem = memory_available_expr()
     disk = disk_free_expr(plan)
-    units = _any_of(watched_units())
+    units = _any_of(services.watched_units())
     host = [
         *(
             _rule(
@@ -434,7 +445,7 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
         ),
         _rule(
             "FederationMetricsStale",
-            f"time() - {m['federation_scrape_timestamp']} > {duration_seconds(a.federation_metrics_stale)}",
+            f"time() - {m['federation_scrape_timestamp']} > {config.duration_seconds(a.federation_metrics_stale)}",
             "medium",
             f"Federation metrics stale on {on}",
             f"nina-federation-metrics last wrote its metrics more than {a.federation_metrics_stale} ago (it runs every minute), "
@@ -457,7 +468,35 @@ def rule_documents(plan: Plan) -> dict[str, dict[str, Any]]:
             "nina-cert-expiry could not read {{ $labels.path }} as a certificate, so its expiry is not watched; see `journalctl -u nina-cert-expiry.service`.",
         ),
     ]
+    journal = "see `systemctl list-units 'nina-*backup*'` and the backup unit's journal"
+    backups = [
+        _rule(
+            "BackupFailed",
+            f"{m['backup_last_run_success']} == 0",
+            "medium",
+            f"Backup of {{{{ $labels.what }}}} failed on {on}",
+            f"The last backup run of {{{{ $labels.what }}}} failed; {journal}. The backups made before are kept.",
+        ),
+        _rule(
+            "BackupStale",
+            f"time() - {m['backup_last_success']} > {config.duration_seconds(a.backup_stale)}",
+            "high",
+            f"No recent backup of {{{{ $labels.what }}}} on {on}",
+            f"The newest backup of {{{{ $labels.what }}}} is {{{{ $value | humanizeDuration }}}} old (alert above {a.backup_stale}): "
+            f"its timer stopped or its runs fail; {journal}.",
+        ),
+        _rule(
+            "BackupMissing",
+            f"(({backup_timers()}) == 1) unless on (instance, what) {m['backup_last_run_success']}",
+            "medium",
+            f"No backup metrics of {{{{ $labels.what }}}} on {on}",
+            f"{{{{ $labels.name }}}} exists but no run of it has left its metrics for {a.backup_stale}: it never ran (or, for the "
+            f"SuperLink's, there is no state yet), or {facts.NODE_EXPORTER_TEXTFILE_DIR} lost them; {journal}.",
+            a.backup_stale,
+        ),
+    ]
     return {
+        "backups.yml": _group("nina-backups", backups),
         "certificates.yml": _group("nina-certificates", certificates),
         "federation.yml": _group("nina-federation", federation),
         "gpu.yml": _group("nina-gpu", gpu),

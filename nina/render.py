@@ -382,6 +382,8 @@ INSTALLER_PROGRAM_FILES = ("__init__.py", "facts.py", "host/__init__.py", "host/
 HOST_PROGRAM_FILES = (
     *INSTALLER_PROGRAM_FILES,
     "host/failure.py",
+    "host/common.py",
+    "host/backups.py",
     "host/membership.py",
     "host/vpn_verify.py",
     "host/state_backup.py",

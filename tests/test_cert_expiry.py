@@ -24,14 +24,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from prometheus_client.parser import text_string_to_metric_families
+from promtext import promtool_ok, samples
+from systemd import needs_systemd_analyze, verify_text
 
 from nina import facts, render
+from nina.host import backups
 from nina.rehearse import pick_ports
 
-PROMTOOL = shutil.which("promtool") or ""
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or ""
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
 CA_NOT_AFTER = dt.datetime(2035, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 LEAF_NOT_AFTER = dt.datetime(2027, 6, 30, 23, 59, 59, tzinfo=dt.UTC)
 
@@ -106,30 +106,17 @@ def host(tmp_path) -> Host:
     return h
 
 
-def parsed(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return found
-
-
-def promtool_ok(text: str) -> None:
-    if not PROMTOOL:
-        return
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), (proc.stdout, proc.stderr)
-
-
 def test_known_not_after_and_subjects(host):
     proc, text = host.run()
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    found = parsed(text)
+    found = samples(text)
     fullchain = str(host.live / "hub.example.org" / "fullchain.pem")
     assert found["nina_certificate_expiry_timestamp_seconds"] == {
-        (("path", str(host.certs / "ca.crt")), ("subject", "CN=NINA Federated Learning local CA,O=QCIF")): CA_NOT_AFTER.timestamp(),
-        (("path", str(host.certs / "server.pem")), ("subject", 'CN=superlink \\"main\\",O=QCIF')): LEAF_NOT_AFTER.timestamp(),
-        (("path", fullchain), ("subject", "CN=hub.example.org,O=QCIF")): (LEAF_NOT_AFTER - dt.timedelta(days=300)).timestamp(),
+        frozenset(
+            {("path", str(host.certs / "ca.crt")), ("subject", "CN=NINA Federated Learning local CA,O=QCIF")}
+        ): CA_NOT_AFTER.timestamp(),
+        frozenset({("path", str(host.certs / "server.pem")), ("subject", 'CN=superlink \\"main\\",O=QCIF')}): LEAF_NOT_AFTER.timestamp(),
+        frozenset({("path", fullchain), ("subject", "CN=hub.example.org,O=QCIF")}): (LEAF_NOT_AFTER - dt.timedelta(days=300)).timestamp(),
     }
     assert set(found["nina_certificate_read_errors"].values()) == {0} and len(found["nina_certificate_read_errors"]) == 3
     # Sorted by path, integers, the file 0644 and nothing else left in the directory.
@@ -158,7 +145,7 @@ def test_bad_files_are_read_errors_not_crashes(host, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 5 and all(line.startswith("nina-cert-expiry: error: ") for line in lines), lines
-    found = parsed(text)
+    found = samples(text)
     errors = {dict(k)["path"]: v for k, v in found["nina_certificate_read_errors"].items()}
     bad = {"garbage.crt", "big.crt", "fifo.crt", "escape.crt"}
     assert {p: v for p, v in errors.items() if Path(p).name in bad} == {str(host.certs / n): 1 for n in bad}
@@ -179,7 +166,7 @@ def test_a_directory_others_can_change_is_not_read(host):
     finally:
         host.certs.chmod(0o755)
     assert f"{host.certs} is writable by everyone" in proc.stderr
-    errors = {Path(dict(k)["path"]).name: v for k, v in parsed(text)["nina_certificate_read_errors"].items()}
+    errors = {Path(dict(k)["path"]).name: v for k, v in samples(text)["nina_certificate_read_errors"].items()}
     assert errors == {"ca.crt": 1, "server.pem": 1, "fullchain.pem": 0}
 
 
@@ -215,16 +202,12 @@ def test_base_delivery_and_units():
     assert "nina/host/cert_expiry.py" in render.host_programs()
 
 
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 @pytest.mark.parametrize(
     "name, fn", [(facts.CERT_EXPIRY_SERVICE, render.cert_expiry_service), (facts.CERT_EXPIRY_TIMER, render.cert_expiry_timer)]
 )
 def test_systemd_analyze_verify(tmp_path, name, fn):
-    unit = tmp_path / name
-    unit.write_text(fn())
-    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert proc.returncode == 0 and not [line for line in lines if name in line], lines
+    assert verify_text(tmp_path, name, fn()) == []
 
 
 def _node_exporter_args(textfile_dir: Path, port: int) -> list[str]:
@@ -247,9 +230,10 @@ def _node_exporter_args(textfile_dir: Path, port: int) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not NODE_EXPORTER, reason="prometheus-node-exporter missing (scripts/bootstrap --test-tools installs it)")
-def test_node_exporter_serves_both_files(host, tmp_path):
+def test_node_exporter_serves_nina_files(host, tmp_path):
     """The real consumer: node exporter's textfile collector, with the rendered arguments, reads
-    nina's files without a parse error and serves their series."""
+    nina's files without a parse error and serves their series; the backup metrics' families stand
+    in one file per thing backed up (nina.host.backups), merged by the collector."""
     assert host.run()[0].returncode == 0
     from test_federation_metrics import collect, flwr_like
 
@@ -263,6 +247,8 @@ def test_node_exporter_serves_both_files(host, tmp_path):
     proc, _ = collect(fed, db, members, "main")
     assert proc.returncode == 0, proc.stderr
     shutil.copy(fed / "textfile" / facts.FEDERATION_METRICS_FILE, host.out / facts.FEDERATION_METRICS_FILE)
+    for what, ok, newest in ((facts.SUPERLINK_BACKUP_WHAT, True, 1796613300), ("keycloakdb_server", False, None)):
+        (host.out / facts.BACKUP_METRICS_FILE.format(what=what)).write_text(backups.exposition(what, ok, 1796613400, newest))
     (port,) = pick_ports((facts.NODE_EXPORTER_PORT + 1,))
     exporter = subprocess.Popen(
         [NODE_EXPORTER, "--collector.disable-defaults", *_node_exporter_args(host.out, port)],
@@ -287,8 +273,13 @@ def test_node_exporter_serves_both_files(host, tmp_path):
         except subprocess.TimeoutExpired:
             exporter.kill()
             exporter.wait()
-    found = parsed(body)
-    assert found["node_textfile_scrape_error"] == {(): 0}
+    found = samples(body)
+    assert found["node_textfile_scrape_error"] == {frozenset(): 0}
     assert len(found["nina_certificate_expiry_timestamp_seconds"]) == 3
-    assert found["nina_federation_supernode_online"] == {(("organisation", "org-a"), ("tenancy", "main")): 1}
-    assert found["nina_federation_scrape_success"] == {(("tenancy", "main"),): 1}
+    assert found["nina_federation_supernode_online"] == {frozenset({("organisation", "org-a"), ("tenancy", "main")}): 1}
+    assert found["nina_federation_scrape_success"] == {frozenset({("tenancy", "main")}): 1}
+    assert found["nina_backup_last_run_success"] == {
+        frozenset({("what", "superlink-state")}): 1,
+        frozenset({("what", "keycloakdb_server")}): 0,
+    }
+    assert found["nina_backup_last_success_timestamp_seconds"] == {frozenset({("what", "superlink-state")}): 1796613300}

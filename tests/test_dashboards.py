@@ -35,9 +35,9 @@ from test_cert_expiry import make_cert
 from test_federation_metrics import flwr_like
 from test_monitoring import NODE_EXPORTER, PROMETHEUS, PROMTOOL, TOOLS, free_port, get_json, make_plan, raw_config, wait_for, write_tree
 
-from nina import dashboards, facts, monitoring
+from nina import dashboards, facts, monitoring, services
 from nina.config import load_config
-from nina.host import federation_metrics
+from nina.host import backups, federation_metrics
 from nina.plan import Plan, build_plan
 
 needs_promtool = pytest.mark.skipif(not PROMTOOL, reason=f"promtool missing; {TOOLS}")
@@ -333,7 +333,14 @@ def live(tmp_path_factory) -> Iterator[Live]:
         )
         == 0
     )
-    assert sorted(p.name for p in certs.out.iterdir()) == sorted([facts.CERT_EXPIRY_FILE, facts.FEDERATION_METRICS_FILE])
+    # A backup program's metrics as nina.host.backups writes them (newest backup 3 h old, run ok).
+    now = int(time.time())
+    (certs.out / facts.BACKUP_METRICS_FILE.format(what=facts.SUPERLINK_BACKUP_WHAT)).write_text(
+        backups.exposition(facts.SUPERLINK_BACKUP_WHAT, True, now, now - 3 * 3600)
+    )
+    assert sorted(p.name for p in certs.out.iterdir()) == sorted(
+        [facts.CERT_EXPIRY_FILE, facts.FEDERATION_METRICS_FILE, facts.BACKUP_METRICS_FILE.format(what=facts.SUPERLINK_BACKUP_WHAT)]
+    )
     # The one stand-in: the systemd collector needs systemd's D-Bus, absent here, so the unit series
     # it would export (its metric, labels and one series per state) come through the textfile
     # collector: a watched unit active, a watched one failed, an unwatched one failed.
@@ -451,6 +458,10 @@ def test_real_values_on_the_panels(live, boards):
     days = by(platform["Certificate days left"], "host")
     assert list(days) == [LOOPBACK_HOST] and 89 < days[LOOPBACK_HOST] <= 90
     assert by(platform["Certificates unreadable"], "") == {"": 0.0}
+    hours = by(platform["Hours since the newest backup"], "what")
+    assert list(hours) == [facts.SUPERLINK_BACKUP_WHAT] and 3 <= hours[facts.SUPERLINK_BACKUP_WHAT] < 3.5
+    assert by(platform["Backup runs failed"], "") == {"": 0.0}
+    assert 0 <= by(platform["Hours since the last backup run"], "what")[facts.SUPERLINK_BACKUP_WHAT] < 0.5
     gpus = {t: e for t, e in queries(boards["nina-gpu.json"])}
     assert by(gpus["Temperature"], "gpu") == {g: v[0] for g, v in GPUS.items()}
     assert by(gpus["Frame buffer used (share)"], "gpu") == pytest.approx({g: v[1] / (v[1] + v[2]) for g, v in GPUS.items()})
@@ -460,7 +471,7 @@ def test_real_values_on_the_panels(live, boards):
     (line,) = _thresholds(boards["nina-gpu.json"], "Temperature")
     assert GPUS["1"][0] >= line > GPUS["0"][0]
     # Only watched units: cron is not one of nina's.
-    assert "cron.service" not in monitoring.watched_units() and {"ssh.service", "superlink.service"} <= set(monitoring.watched_units())
+    assert "cron.service" not in services.watched_units() and {"ssh.service", "superlink.service"} <= set(services.watched_units())
     assert by(platform["Failed units"], "name") == {"superlink.service": 1.0}
     host = dict(queries(boards["nina-host.json"]))
     assert by(host["Watched units active"], "name") == {"ssh.service": 1.0, "superlink.service": 0.0}

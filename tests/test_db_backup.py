@@ -13,16 +13,19 @@ keycloak host's user-data with the backups' volume passes `cloud-init schema` wi
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, SYSTEMD_ANALYZE, Postgres, _verify, needs_postgres, pg  # noqa: F401
+from backuplab import BackupProgram
+from promtext import one, promtool_ok
+from systemd import needs_systemd_analyze, verify
+from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, SHA256, Postgres, needs_postgres, pg  # noqa: F401
 
 from nina import config, facts, keycloak, render, services
 from nina.host import db_backup
@@ -76,7 +79,7 @@ def snapshot(server: Postgres) -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))
 
 
-class Lab:
+class Lab(BackupProgram):
     """nina-db-backup as the host runs it, with the test's env file, backup root and systemctl."""
 
     def __init__(self, tmp: Path, server: Postgres) -> None:
@@ -86,29 +89,20 @@ class Lab:
         self.env_file = tmp / "database.env"
         self.env_file.write_text(keycloak.database_env(facts.LOOPBACK, KEYCLOAK, PASSWORD, port=server.port))
         self.env_file.chmod(0o600)
-        self.active = tmp / "active"
-        self.calls = tmp / "systemctl.log"
-        fake = tmp / "systemctl"
-        fake.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n[ -e {self.active} ] && exit 0\nexit 3\n')
-        fake.chmod(0o755)
-        self.launcher = tmp / "nina-db-backup"
-        self.launcher.write_text(render.launcher("db_backup", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
-        self.launcher.chmod(0o755)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "NINA_DB_BACKUP_ROOT": str(self.root),
-            "NINA_DB_ENV_FILE": str(self.env_file),
-            "NINA_SYSTEMCTL": str(fake),
-            "NINA_PG_BINDIR": str(PG_BIN),
-        }
+        super().__init__(
+            tmp,
+            "db_backup",
+            "nina-db-backup",
+            NINA_DB_BACKUP_ROOT=str(self.root),
+            NINA_DB_ENV_FILE=str(self.env_file),
+            NINA_PG_BINDIR=str(PG_BIN),
+        )
 
     def __call__(self, *args: str, now: str = NAME, **env: str) -> subprocess.CompletedProcess[str]:
         # Every database's env file is the test's (NINA_DB_ENV_FILE): name the one under test, as
         # the units do (two databases have clients now: keycloak's and grafana's).
         db = [] if "--database" in args else ["--database", KEYCLOAK.database]
-        proc = subprocess.run(
-            [str(self.launcher), *db, *args], env={**self.env, "NINA_NOW": now, **env}, capture_output=True, text=True, timeout=300
-        )
+        proc = self.run(*db, *args, now=now, timeout=300, **env)
         if proc.returncode:  # every failure: one line, no traceback
             assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("nina-db-backup: error: "), proc.stderr
         assert PASSWORD not in proc.stdout + proc.stderr
@@ -244,6 +238,15 @@ def test_retention_keeps_the_newest(lab):
     assert lab.names() == [*names[-2:], f"{names[-1]}-1"]
     assert lab("backup", "--keep", "0").returncode == 2
     assert lab.names() == [*names[-2:], f"{names[-1]}-1"]
+    # Each run's freshness metrics (nina.host.backups), named by the database: the newest backup's time.
+    what = KEYCLOAK.database
+    found = lab.metrics(what)
+    assert one(found, "nina_backup_last_run_success", what=what) == 1
+    assert one(found, "nina_backup_last_success_timestamp_seconds", what=what) == calendar.timegm(
+        time.strptime(names[-1], "%Y%m%dT%H%M%SZ")
+    )
+    assert [p.name for p in lab.textfile.iterdir()] == [f"nina_backup_{what}.prom"]
+    promtool_ok((lab.textfile / f"nina_backup_{what}.prom").read_text())
 
 
 @needs_postgres
@@ -254,6 +257,9 @@ def test_failures_are_one_line_and_leave_no_partial_backup(kc, lab, tmp_path):
     assert proc.returncode == 1 and "pg_dump of keycloakdb_server as keycloak failed: " in proc.stderr, proc.stderr
     assert "password authentication failed" in proc.stderr
     assert list(lab.dir.iterdir()) == []
+    found = lab.metrics(KEYCLOAK.database)  # a failed run says so; no backup, so no time of one
+    assert one(found, "nina_backup_last_run_success", what=KEYCLOAK.database) == 0
+    assert "nina_backup_last_success_timestamp_seconds" not in found
     lab.env_file.write_text(keycloak.database_env(facts.LOOPBACK, KEYCLOAK, PASSWORD, port=kc.port))
     # The env file: only root may read it; it must be the role's.
     lab.env_file.chmod(0o644)
@@ -361,7 +367,10 @@ def test_keycloak_delivery_carries_the_backup_and_enables_its_timer():
     assert service in services.keycloak.WATCHED and service not in payload["restart"]
     unit = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{service}"]["content"]
     assert f"ExecStart={facts.HOST_PYTHON} -I {facts.DB_BACKUP_BIN} --database keycloakdb_server backup --keep 30\n" in unit
-    assert f"RequiresMountsFor={facts.DB_BACKUP_VOLUME}\n" in unit and f"ReadWritePaths={facts.DB_BACKUP_VOLUME}\n" in unit
+    assert (
+        f"RequiresMountsFor={facts.DB_BACKUP_VOLUME}\n" in unit
+        and f"ReadWritePaths={facts.DB_BACKUP_VOLUME} -{facts.NODE_EXPORTER_TEXTFILE_DIR}\n" in unit
+    )
     assert f"ConditionPathExists={facts.KEYCLOAK_DB_ENV}\n" in unit and "D" * 32 not in unit
     timer_text = files[f"{facts.SYSTEMD_SYSTEM_DIR}/{timer}"]["content"]
     assert (
@@ -377,7 +386,7 @@ def test_keycloak_delivery_carries_the_backup_and_enables_its_timer():
     )
 
 
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 def test_backup_units_pass_systemd_analyze_verify(tmp_path):
     units = tmp_path / "units"
     units.mkdir()
@@ -389,12 +398,10 @@ def test_backup_units_pass_systemd_analyze_verify(tmp_path):
         name = f.path.rsplit("/", 1)[1]
         (units / name).write_text(f.content.replace(facts.DB_BACKUP_BIN, str(program)))
         names.append(name)
-    out = _verify(units, names)
-    problems = [line for line in out.splitlines() if "nina-db-backup" in line]
-    assert problems == [], problems
+    assert verify(units, names, "nina-db-backup") == []
     # ... and it does report a broken unit.
     (units / names[0]).write_text((units / names[0]).read_text().replace("Type=oneshot", "Type=sometimes"))
-    assert "sometimes" in _verify(units, [names[0]])
+    assert any("sometimes" in line for line in verify(units, [names[0]]))
 
 
 def test_the_keycloak_host_always_has_the_backups_volume():

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from promtext import one, promtool_ok, samples
+from systemd import needs_systemd_analyze, verify_text
 
 from nina import facts, render
 from nina.host import federation_metrics, metrics
-
-PROMTOOL = shutil.which("promtool") or ""
-Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
 def launcher(tmp: Path) -> Path:
@@ -48,25 +47,6 @@ def collect(tmp: Path, db: Path, members: Path, tenancy: str = "uat") -> tuple[s
     )
     prom = out / facts.FEDERATION_METRICS_FILE
     return proc, prom.read_text() if prom.exists() else ""
-
-
-def samples(text: str) -> Samples:
-    found: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
-    return found
-
-
-def promtool_ok(text: str) -> None:
-    if not PROMTOOL:
-        return
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (proc.stdout, proc.stderr)
-
-
-def one(found: Samples, name: str, **labels: str) -> float:
-    return found[name][frozenset(labels.items())]
 
 
 @pytest.mark.slow
@@ -411,10 +391,7 @@ def test_units_and_delivery(render_plans, tmp_path):
     assert "nina/host/federation_metrics.py" in render.host_programs() and "nina/host/metrics.py" in render.host_programs()
 
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
-
-
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 @pytest.mark.parametrize(
     "name, text",
     [
@@ -423,11 +400,7 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
     ],
 )
 def test_systemd_analyze_verify(tmp_path, name, text):
-    unit = tmp_path / name
-    unit.write_text(text())
-    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert proc.returncode == 0 and not [line for line in lines if name in line], lines
+    assert verify_text(tmp_path, name, text()) == []
 
 
 CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"

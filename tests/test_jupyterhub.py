@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from systemd import needs_systemd_analyze, verify_text
 from traitlets.config import Config, PyFileConfigLoader
 
 from nina import facts, jupyterhub, jupyterhub_runtime, localpki, notebook_firewall, services
@@ -448,10 +449,7 @@ def test_delivery_refuses_bad_material(plan, pki):
         jupyterhub.jupyterhub_delivery(plan, "", pki["ca"], pki["cert"], pki["key"])
 
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
-
-
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 def test_systemd_analyze_verifies_every_unit(tmp_path):
     units = {facts.JUPYTERHUB_UNIT: jupyterhub.service_unit(), **{u: jupyterhub.step_unit(u) for u in services.jupyterhub.STEPS}}
     # The hub requires the notebook firewall's unit: verify finds it beside it.
@@ -467,13 +465,7 @@ def test_systemd_analyze_verifies_every_unit(tmp_path):
     }
 
     def verify(name: str, text: str) -> list[str]:
-        for path, local in here.items():
-            text = text.replace(f"={path} ", f"={local} ")
-        (tmp_path / name).write_text(text)
-        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
-        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60, env=env)
-        assert proc.returncode == 0 or name in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-        return [line for line in (proc.stdout + proc.stderr).splitlines() if name in line]
+        return verify_text(tmp_path, name, text, {f"={path} ": f"={local} " for path, local in here.items()})
 
     for name, text in units.items():
         assert verify(name, text) == [], name

@@ -91,7 +91,7 @@ def write_tree(directory: Path, plan: Plan, **params: str) -> Path:
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run(argv, capture_output=True, text=True, **{"timeout": 60, **kw})
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -105,6 +105,7 @@ def test_monitoring_config_defaults_follow_the_manual(plan):
     assert (a.disk_free_low, a.disk_free_medium, a.disk_free_high) == (0.3, 0.2, 0.1)
     assert (a.gpu_temperature_celsius, a.gpu_memory_used, a.gpu_for) == (85, 0.9, "1h")
     assert (a.supernode_offline_for, a.certificate_expiry_days, a.host_for, a.federation_metrics_stale) == ("30m", 30, "30m", "10m")
+    assert a.backup_stale == "26h"
 
 
 @pytest.mark.parametrize(
@@ -116,6 +117,8 @@ def test_monitoring_config_defaults_follow_the_manual(plan):
         ({"alerts": {"supernode_offline_for": "30 minutes"}}, "nina:monitoring.alerts.supernode_offline_for", ["'30m'"]),
         ({"alerts": {"cpu_load_medium": 80}}, "nina:monitoring.alerts.cpu_load_medium", ["less than 1"]),
         ({"alerts": {"certificate_expiry_days": 0}}, "nina:monitoring.alerts.certificate_expiry_days", ["greater than or equal to 1"]),
+        ({"alerts": {"backup_stale": "1h"}}, "nina:monitoring.alerts.backup_stale", ["daily backups", "'26h' or more"]),
+        ({"alerts": {"backup_stale": "2 days"}}, "nina:monitoring.alerts.backup_stale", ["'30m' or '1h'"]),
         ({"retention_days": "a month"}, "nina:monitoring.retention_days", ["whole number"]),
         ({"volume_gb": 1}, "nina:monitoring.volume_gb", ["greater than or equal to 5"]),
         (
@@ -208,7 +211,7 @@ def test_documents_are_data_dumped_deterministically(plan):
 
 
 def test_units_come_from_the_service_definitions():
-    units = set(monitoring.watched_units())
+    units = set(services.watched_units())
     expected = {
         *services.base.UNITS,
         *services.proxy.UNITS,
@@ -390,6 +393,7 @@ GPU = {
     "gpu": "0",
 }
 SUPERLINK = {"instance": "10.120.0.40:9900", "job": "node", "host": "superlink-alpha", "role": "superlink", "tenancy": "alpha"}
+KEYCLOAK_HOST = {"instance": "10.120.0.12:9900", "job": "node", "host": "keycloak", "role": "keycloak,proxy"}
 ONPREM = {
     "instance": "192.168.99.11:9900",
     "job": "node",
@@ -460,7 +464,7 @@ def rule_cases() -> list[dict[str, Any]]:
         labels = {**disk, "mountpoint": mount}
         series = [("node_filesystem_avail_bytes", labels, _flat(avail, 20)), ("node_filesystem_size_bytes", labels, _flat(100, 20))]
         cases.append(("HostDiskSpaceLow", series, 10, [(labels, s, avail / 100) for s in levels]))
-    units = monitoring.watched_units()
+    units = services.watched_units()
     unit_labels = [{**NODE, "name": u, "state": "failed", "type": "simple"} for u in units]
     other = {**NODE, "name": "apt-daily.service", "state": "failed", "type": "oneshot"}
     cases.append(
@@ -532,6 +536,38 @@ def rule_cases() -> list[dict[str, Any]]:
         )
     )
     cases.append(("CertificateExpiringSoon", [("nina_certificate_expiry_timestamp_seconds", cert, _flat(60 * 86400, 20))], 10, []))
+    # Backups (nina.host.backups): a failed run at once; the newest backup older than
+    # backup_stale (26h); a backup timer whose runs have left no metrics for as long.
+    ran = "nina_backup_last_run_success"
+    state = {**SUPERLINK, "what": facts.SUPERLINK_BACKUP_WHAT}
+    cases.append(("BackupFailed", [(ran, state, "1+0x5 0+0x10")], 10, [(state, "medium", None)]))
+    cases.append(("BackupFailed", [(ran, state, _flat(1, 15))], 10, []))
+    newest = "nina_backup_last_success_timestamp_seconds"
+    cases.append(("BackupStale", [(newest, state, _flat(-27 * 3600, 20))], 10, [(state, "high", 27 * 3600 + 600)]))  # 27h before 0
+    cases.append(("BackupStale", [(newest, state, _flat(-25 * 3600, 20))], 10, []))
+    kc_db, other_db = "keycloakdb_server", "grafanadb_server"
+    timers: dict[str, tuple[dict[str, str], str]] = {
+        facts.SUPERLINK_BACKUP_TIMER: (SUPERLINK, facts.SUPERLINK_BACKUP_WHAT),
+        facts.DB_BACKUP_TIMER.format(database=kc_db): (KEYCLOAK_HOST, kc_db),
+        facts.DB_BACKUP_TIMER.format(database=other_db): (KEYCLOAK_HOST, other_db),
+    }
+    loaded = [
+        ("node_systemd_unit_state", {**host, "name": timer, "state": st}, _flat(1 if st == "active" else 0, 1700))
+        for timer, (host, _what) in timers.items()
+        for st in ("active", "inactive", "failed")
+    ]
+    loaded.append(("node_systemd_unit_state", {**KEYCLOAK_HOST, "name": "apt-daily.timer", "state": "active"}, _flat(1, 1700)))
+    missing: list[tuple[dict[str, str], str, float | None]] = [
+        ({**host, "name": timer, "what": what}, "medium", None) for timer, (host, what) in timers.items()
+    ]
+    cases.append(("BackupMissing", loaded, 27 * 60, missing))
+    cases.append(("BackupMissing", loaded, 25 * 60, []))  # not for backup_stale yet
+    reported = [
+        (ran, {**SUPERLINK, "what": facts.SUPERLINK_BACKUP_WHAT}, _flat(0, 1700)),
+        (ran, {**KEYCLOAK_HOST, "what": kc_db}, _flat(1, 1700)),
+    ]
+    cases.append(("BackupMissing", loaded + reported, 27 * 60, missing[2:]))  # a failed run counts as reported
+    cases.append(("BackupMissing", loaded + reported + [(ran, {**KEYCLOAK_HOST, "what": other_db}, _flat(1, 1700))], 27 * 60, []))
     return [{"alert": a, "series": s, "at": t, "expect": e} for a, s, t, e in cases]
 
 
@@ -543,15 +579,20 @@ def _rule(plan: Plan, alert: str, severity: str) -> dict[str, Any]:
     raise AssertionError(f"no rule {alert} with severity {severity}")
 
 
-def promtool_tests(plan: Plan) -> dict[str, Any]:
-    tests = []
+def promtool_tests(plan: Plan) -> dict[str, dict[str, Any]]:
+    """rule file -> the `promtool test rules` document of its alerts' cases, which loads that file
+    alone: each case evaluates only its own rules (the backup cases run 27 hours at 1m steps)."""
+    file_of = {r["alert"]: name for name, doc in monitoring.rule_documents(plan).items() for r in doc["groups"][0]["rules"]}
+    docs: dict[str, dict[str, Any]] = {}
     for case in rule_cases():
         exp = []
         for labels, severity, value in case["expect"]:
             rule = _rule(plan, case["alert"], severity)
             full = {**labels, "severity": severity}
             exp.append({"exp_labels": full, "exp_annotations": {k: expand(v, full, value) for k, v in rule["annotations"].items()}})
-        tests.append(
+        rule_file = file_of[case["alert"]]
+        doc = docs.setdefault(rule_file, {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": []})
+        doc["tests"].append(
             {
                 "interval": "1m",
                 "name": f"{case['alert']} at {case['at']}m: {len(exp)} alert(s)",
@@ -559,7 +600,7 @@ def promtool_tests(plan: Plan) -> dict[str, Any]:
                 "alert_rule_test": [{"eval_time": f"{case['at']}m", "alertname": case["alert"], "exp_alerts": exp}],
             }
         )
-    return {"rule_files": sorted(monitoring.rule_files(plan)), "evaluation_interval": "1m", "tests": tests}
+    return dict(sorted(docs.items()))
 
 
 def test_every_alert_rule_has_a_firing_and_a_quiet_case(plan):
@@ -580,10 +621,13 @@ def test_every_alert_rule_has_a_firing_and_a_quiet_case(plan):
 def test_promtool_test_rules(plan, tmp_path):
     for name, text in monitoring.rule_files(plan).items():
         (tmp_path / name).write_text(text)
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(promtool_tests(plan), sort_keys=False))
-    out = run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path)
+    docs = promtool_tests(plan)
+    assert sorted(docs) == sorted(monitoring.rule_files(plan))  # every rule file is tested
+    for name, doc in docs.items():
+        (tmp_path / f"test-{name}").write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = run([PROMTOOL, "test", "rules", *(f"test-{name}" for name in docs)], cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert "SUCCESS" in out.stdout
+    assert out.stdout.count("SUCCESS") == len(docs), out.stdout
 
 
 @needs_promtool

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
+from systemd import needs_systemd_analyze, verify_text
 
 from nina import facts, jupyterhub, notebook_firewall, render
 from nina.config import load_config
@@ -41,7 +42,6 @@ from nina.plan import Plan, build_plan
 IP = shutil.which("ip") or ""
 IPTABLES = shutil.which("iptables") or ""
 SHELLCHECK = shutil.which("shellcheck") or ""
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
 TOOLS_HINT = "scripts/bootstrap --test-tools installs it"
 CONTROL, FLEET = facts.SUPERLINK_CONTROL_PORT, facts.SUPERLINK_FLEET_PORT
 NOTEBOOK_PORT = 8888  # a listener in each container (another tenancy's notebook must not reach it)
@@ -217,18 +217,14 @@ def test_shellcheck(plan, tmp_path):
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason=f"systemd-analyze missing ({TOOLS_HINT})")
+@needs_systemd_analyze
 def test_systemd_analyze_verifies_the_unit(plan, tmp_path):
     script = tmp_path / "nina-notebook-firewall"
     script.write_text(notebook_firewall.script(plan))
     script.chmod(0o755)
 
     def verify(unit_text: str) -> list[str]:
-        unit = tmp_path / facts.NOTEBOOK_FIREWALL_UNIT
-        unit.write_text(unit_text.replace(facts.NOTEBOOK_FIREWALL_BIN, str(script)))
-        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
-        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60, env=env)
-        return [line for line in (proc.stdout + proc.stderr).splitlines() if "nina" in line]
+        return verify_text(tmp_path, facts.NOTEBOOK_FIREWALL_UNIT, unit_text, {facts.NOTEBOOK_FIREWALL_BIN: str(script)}, "nina")
 
     assert verify(notebook_firewall.unit()) == []
     assert verify(notebook_firewall.unit().replace("PartOf=", "PartsOf="))  # the check can fail

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from harness import INSTANCE, Registration, Run, payload_of, run_program, stack_config
+from systemd import needs_systemd_analyze, verify_text
 
 from nina import facts, firewall, localpki, proxy, services
 from nina.config import load_config
@@ -531,20 +532,13 @@ def _script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
-
-
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 def test_systemd_analyze_verifies_the_certs_unit(plan, tmp_path):
     script = tmp_path / "nina-proxy-certs"
     _script(script, proxy.certs_script(plan, proxy.sites(plan)))
 
     def verify(unit_text: str) -> list[str]:
-        unit = tmp_path / facts.PROXY_CERTS_UNIT
-        unit.write_text(unit_text.replace(facts.PROXY_CERTS_BIN, str(script)))
-        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
-        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60, env=env)
-        return [line for line in (proc.stdout + proc.stderr).splitlines() if "nina" in line]
+        return verify_text(tmp_path, facts.PROXY_CERTS_UNIT, unit_text, {facts.PROXY_CERTS_BIN: str(script)}, "nina")
 
     assert verify(proxy.certs_unit()) == []
     assert verify(proxy.certs_unit().replace("Type=oneshot", "Type=oneshoot"))  # the check can fail

@@ -7,21 +7,22 @@ against the real SuperLink of a rehearsal: its registrations survive a lost stat
 
 from __future__ import annotations
 
-import os
+import calendar
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from backuplab import BackupProgram
+from promtext import one, promtool_ok
 
-from nina import facts, render
+from nina import facts
 
 NAME = "20261203T020000Z"
 
 
-class Backup:
+class Backup(BackupProgram):
     def __init__(self, tmp: Path) -> None:
         self.state = tmp / "state"
         self.state.mkdir(mode=0o750)
@@ -29,24 +30,17 @@ class Backup:
         self.members = self.state / "members"
         self.members.mkdir(mode=0o750)
         self.backups = tmp / "backups"
-        self.calls = tmp / "systemctl.log"
-        self.active = tmp / "active"
-        fake = tmp / "systemctl"
-        fake.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n[ -e {self.active} ] && exit 0\nexit 3\n')
-        fake.chmod(0o755)
-        self.launcher = tmp / "nina-superlink-backup"
-        self.launcher.write_text(render.launcher("state_backup", render.SOURCE_ROOT).replace(facts.HOST_PYTHON, sys.executable, 1))
-        self.launcher.chmod(0o755)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "NINA_STATE_DB": str(self.db),
-            "NINA_MEMBERS_DIR": str(self.members),
-            "NINA_BACKUP_DIR": str(self.backups),
-            "NINA_SYSTEMCTL": str(fake),
-        }
+        super().__init__(
+            tmp,
+            "state_backup",
+            "nina-superlink-backup",
+            NINA_STATE_DB=str(self.db),
+            NINA_MEMBERS_DIR=str(self.members),
+            NINA_BACKUP_DIR=str(self.backups),
+        )
 
     def __call__(self, *args: str, now: str = NAME) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.launcher), *args], env={**self.env, "NINA_NOW": now}, capture_output=True, text=True, timeout=60)
+        return self.run(*args, now=now, timeout=60)
 
 
 def rows(db: Path) -> list[tuple]:
@@ -161,6 +155,50 @@ def test_backup_without_a_database_is_one_clear_error(lab):
     lab.db.unlink()
     proc = lab("backup")
     assert proc.returncode == 2 and "no state database at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _stamp(name: str) -> float:
+    return calendar.timegm(time.strptime(name, "%Y%m%dT%H%M%SZ"))
+
+
+def test_every_backup_run_leaves_its_freshness_metrics(lab):
+    """nina.host.backups: the outcome of each run, when it ended, when the newest backup was taken;
+    a failed run keeps the newest backup's time (the alerts tell a failure from a silent timer)."""
+    what = facts.SUPERLINK_BACKUP_WHAT
+    prom = lab.textfile / facts.BACKUP_METRICS_FILE.format(what=what)
+    assert lab("backup").returncode == 0
+    found = lab.metrics(what)
+    assert one(found, "nina_backup_last_run_success", what=what) == 1
+    assert one(found, "nina_backup_last_run_timestamp_seconds", what=what) == _stamp(NAME)
+    assert one(found, "nina_backup_last_success_timestamp_seconds", what=what) == _stamp(NAME)
+    assert prom.stat().st_mode & 0o777 == 0o644 and [p.name for p in lab.textfile.iterdir()] == [prom.name]
+    promtool_ok(prom.read_text())
+    later = "20261204T020000Z"
+    lab.db.write_bytes(b"not a database" * 100)
+    proc = lab("backup", now=later)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    found = lab.metrics(what)
+    assert one(found, "nina_backup_last_run_success", what=what) == 0
+    assert one(found, "nina_backup_last_run_timestamp_seconds", what=what) == _stamp(later)
+    assert one(found, "nina_backup_last_success_timestamp_seconds", what=what) == _stamp(NAME)
+    promtool_ok(prom.read_text())
+    # list, restore and a mistyped --keep are no backup runs: the metrics stay as they are.
+    text = prom.read_text()
+    assert lab("list").returncode == 0 and lab("backup", "--keep", "0").returncode == 2 and lab("restore", "latest").returncode == 2
+    assert prom.read_text() == text
+
+
+def test_metrics_that_cannot_be_written_fail_the_run_but_keep_the_backup(lab, tmp_path):
+    lab.textfile.chmod(0o777)  # anyone could plant files here: root writes nothing into it
+    proc = lab("backup")
+    assert proc.returncode == 1 and f"the backup is made, but cannot write {lab.textfile}/" in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and lab("list").stdout == f"{NAME}\n"
+    lab.textfile.chmod(0o755)
+    lab.textfile.rmdir()
+    lab.textfile.symlink_to(tmp_path / "state")  # a link is not followed either
+    proc = lab("backup", now="20261204T020000Z")
+    assert proc.returncode == 1 and "the backup is made, but cannot write" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "state").glob("*.prom"))
 
 
 @pytest.mark.slow

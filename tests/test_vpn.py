@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import vpn_hub_payload
+from systemd import needs_systemd_analyze, verify
 from vpnlab import rewrite
 
 from cloudinit.userdata import user_data
@@ -32,7 +33,6 @@ from nina.plan import Member
 OPENVPN = shutil.which("openvpn") or ""  # "" when missing (the tests skip)
 SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
 CLOUD_INIT = shutil.which("cloud-init") or ""  # "" when missing (the tests skip)
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""  # "" when missing (the tests skip)
 TEMPLATES = Path(vpn.__file__).parent / "templates" / "vpn"
 PUBLIC_IP = "203.0.113.10"
 READY = "Initialization Sequence Completed"
@@ -697,7 +697,7 @@ def test_units(hub):
     assert f"Requires={facts.VPN_FORWARDING_UNIT}" in dropin and f"After={facts.VPN_FORWARDING_UNIT}" in dropin
 
 
-@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
+@needs_systemd_analyze
 def test_systemd_analyze_verifies_unit_and_dropin(tmp_path, hub):
     units = tmp_path / "units"
     (units / f"{facts.OPENVPN_SERVER_UNIT_TEMPLATE}.d").mkdir(parents=True)
@@ -711,21 +711,12 @@ def test_systemd_analyze_verifies_unit_and_dropin(tmp_path, hub):
         pytest.skip("openvpn's openvpn-server@.service not installed")
     shutil.copy(shipped, units / facts.OPENVPN_SERVER_UNIT_TEMPLATE)
 
-    def verify(dropin: str) -> list[str]:
+    def problems(dropin: str) -> list[str]:
         (units / f"{facts.OPENVPN_SERVER_UNIT_TEMPLATE}.d" / "nina.conf").write_text(dropin)
-        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
-        proc = subprocess.run(
-            [SYSTEMD_ANALYZE, "verify", str(units / facts.VPN_FORWARDING_UNIT), str(units / facts.OPENVPN_SERVER_UNIT)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd=units,
-        )
-        return [line for line in (proc.stdout + proc.stderr).splitlines() if "nina" in line]
+        return verify(units, [facts.VPN_FORWARDING_UNIT, facts.OPENVPN_SERVER_UNIT], "nina")
 
-    assert verify(vpn.openvpn_server_dropin()) == []
-    assert verify(vpn.openvpn_server_dropin().replace("ConditionPathExists", "ConditionPathExist"))  # the check can fail
+    assert problems(vpn.openvpn_server_dropin()) == []
+    assert problems(vpn.openvpn_server_dropin().replace("ConditionPathExists", "ConditionPathExist"))  # the check can fail
 
 
 # --- user-data of the vpn host ----------------------------------------------------------------------

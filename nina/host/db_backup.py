@@ -33,10 +33,8 @@ library and nina.facts only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
-import hashlib
 import os
 import pwd
 import re
@@ -51,7 +49,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nina import facts
+from nina.host import backups as backups_cli
 from nina.host import trust
+from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-db-backup"
@@ -110,18 +110,6 @@ def _bin(name: str) -> str:
     default = {"pg_dump": facts.PG_DUMP, "pg_restore": facts.PG_RESTORE, "psql": facts.PSQL}[name]
     bindir = os.environ.get("NINA_PG_BINDIR")
     return os.path.join(bindir, name) if bindir else default
-
-
-def _now() -> str:
-    return os.environ.get("NINA_NOW") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the role's libpq settings ---------------------------------------------------------------
@@ -294,9 +282,9 @@ def backup(t: Target, keep: int) -> tuple[str, int, int]:
         for stale in os.listdir(path):
             if stale.startswith(".partial-"):  # a run that died: never a backup
                 shutil.rmtree(os.path.join(path, stale), ignore_errors=True)
-        name, n = _now(), 1
+        name, n = utc_stamp(), 1
         while os.path.exists(os.path.join(path, name)):
-            name, n = f"{_now()}-{n}", n + 1
+            name, n = f"{utc_stamp()}-{n}", n + 1
         work = tempfile.mkdtemp(prefix=".partial-", dir=path)
         try:
             dump = os.path.join(work, t.dump)
@@ -309,7 +297,7 @@ def backup(t: Target, keep: int) -> tuple[str, int, int]:
                 raise Failure(f"pg_dump of {t.database} as {t.role} failed: {_said(proc.stderr)}")
             entries = check_archive(t, dump)
             with open(os.path.join(work, SUMS), "w", encoding="utf-8") as fh:
-                fh.write(f"{_sha256(dump)}  {t.dump}\n")
+                fh.write(f"{sha256_file(dump)}  {t.dump}\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(work, 0o700)
@@ -347,7 +335,7 @@ def _checked(t: Target, path: str, name: str) -> str:
     if present != sorted([SUMS, t.dump]):
         raise Failure(f"backup {name}: expected only {t.dump} and {SUMS}, found {present}", 2)
     dump = os.path.join(where, t.dump)
-    if _sha256(dump) != digest:
+    if sha256_file(dump) != digest:
         raise Failure(f"backup {name}: {t.dump} does not match {SUMS} (changed since the backup); not restoring it", 2)
     check_archive(t, dump)
     return dump
@@ -386,40 +374,36 @@ def restore(t: Target, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Backups of a service's database on the managed Postgres, and their restore.")
+    parser = backups_cli.command_line(
+        PROG,
+        "Backups of a service's database on the managed Postgres, and their restore.",
+        keep=facts.DB_BACKUP_KEEP,
+        backup_help="pg_dump the service's schema now",
+        restore_help="put a backup back (the service must be stopped)",
+        name_help="a backup's name (`list`), or its directory",
+    )
     parser.add_argument("--database", help=f"one of {', '.join(sorted(facts.DATABASE_CLIENTS))} (default: the one this host uses)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backup", help="pg_dump the service's schema now")
-    b.add_argument("--keep", type=int, default=facts.DB_BACKUP_KEEP, help="backups to keep (the newest)")
-    sub.add_parser("list", help="the backups, newest last")
-    r = sub.add_parser("restore", help="put a backup back (the service must be stopped)")
-    r.add_argument("name", help="a backup's name (`list`), or its directory")
     args = parser.parse_args(argv)
-    try:
+
+    def do_backup(keep: int) -> str:
         t = target(args.database)
-        if args.command == "backup":
-            if args.keep < 1:
-                raise Failure("--keep must be at least 1", 2)
-            started = time.monotonic()
-            name, size, entries = backup(t, args.keep)
-            where = os.path.join(_root(), t.database, name)
-            print(
-                f"backed up {t.database} (schema {t.schema}, {entries} entries, {size} bytes) to {where} in {time.monotonic() - started:.1f}s"
-            )
-        elif args.command == "list":
-            for name in backups(t):
-                print(name)
-        else:
-            started = time.monotonic()
-            restore(t, args.name)
-            print(f"restored {args.name} into {t.database} (schema {t.schema}) in {time.monotonic() - started:.1f}s; start {t.unit} now")
-    except Failure as exc:
-        say(f"error: {exc}")
-        return exc.code
-    except OSError as exc:
-        say(f"error: {exc}")
-        return 1
-    return 0
+        started = time.monotonic()
+        name, size, entries = backup(t, keep)
+        where = os.path.join(_root(), t.database, name)
+        return (
+            f"backed up {t.database} (schema {t.schema}, {entries} entries, {size} bytes) to {where} in {time.monotonic() - started:.1f}s"
+        )
+
+    def do_list() -> list[str]:
+        return backups(target(args.database))
+
+    def do_restore(name: str) -> str:
+        t = target(args.database)
+        started = time.monotonic()
+        restore(t, name)
+        return f"restored {name} into {t.database} (schema {t.schema}) in {time.monotonic() - started:.1f}s; start {t.unit} now"
+
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, do_list, do_restore, lambda: target(args.database).database))
 
 
 if __name__ == "__main__":

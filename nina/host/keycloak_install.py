@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import fcntl
 import grp
-import hashlib
 import json
 import os
 import pwd
@@ -50,6 +49,7 @@ from collections.abc import Iterator
 from nina import facts
 from nina.host import download as fetch
 from nina.host import trust
+from nina.host.common import sha256_file
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-keycloak-install"
@@ -66,14 +66,6 @@ PACKAGE_RE = re.compile(r"openjdk-\d{2}-jre-headless")
 MAX_ZIP_BYTES = 1 << 30  # Keycloak 26's zip is ~300 MB
 
 say = sayer(PROG)
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ensure_jdk(package: str) -> bool:
@@ -185,7 +177,7 @@ def install(version: str, sha256: str, url: str, config: str) -> str:
         raise Failure(f"will not install into {OPT}: {why}", 2)
     if not os.path.isfile(config):
         raise Failure(f"{config} is missing (the <host>-keycloak delivery writes it)", 2)
-    conf_sha = _sha256_file(config)
+    conf_sha = sha256_file(config)
     top = f"keycloak-{version}"
     home = os.path.join(OPT, top)
     wanted = {"version": version, "sha256": sha256, "config_sha256": conf_sha}

@@ -28,10 +28,8 @@ library and nina.facts only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import grp
-import hashlib
 import os
 import pwd
 import re
@@ -40,11 +38,12 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 from nina import facts
+from nina.host import backups as backups_cli
 from nina.host import trust
+from nina.host.common import sha256_file, utc_stamp
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-superlink-backup"
@@ -58,18 +57,6 @@ DB_FILE, MEMBERS, SUMS = "state.db", "members", "SHA256SUMS"
 
 
 say = sayer(PROG)
-
-
-def _now() -> str:
-    return os.environ.get("NINA_NOW") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _integrity(path: str) -> None:
@@ -123,10 +110,10 @@ def backup(keep: int) -> str:
         raise Failure(f"no state database at {STATE_DB} (has the SuperLink ever started?)", 2)
     root = _backup_root()
     os.close(root)
-    name = _now()
+    name = utc_stamp()
     n = 1
     while os.path.exists(os.path.join(BACKUP_DIR, name)):
-        name = f"{_now()}-{n}"
+        name = f"{utc_stamp()}-{n}"
         n += 1
     work = tempfile.mkdtemp(prefix=".partial-", dir=BACKUP_DIR)
     try:
@@ -147,7 +134,7 @@ def backup(keep: int) -> str:
                 fh.write(data)
         files = [DB_FILE, *(f"{MEMBERS}/{r}" for r in sorted(os.listdir(os.path.join(work, MEMBERS))))]
         with open(os.path.join(work, SUMS), "w", encoding="utf-8") as fh:
-            fh.writelines(f"{_sha256(os.path.join(work, f))}  {f}\n" for f in files)
+            fh.writelines(f"{sha256_file(os.path.join(work, f))}  {f}\n" for f in files)
         os.chmod(work, 0o700)
         os.rename(work, os.path.join(BACKUP_DIR, name))
     except BaseException:
@@ -181,7 +168,7 @@ def _checked(name: str) -> str:
     if set(listed) != present:
         raise Failure(f"backup {name}: its files differ from {SUMS} (missing or added: {sorted(set(listed) ^ present)})", 2)
     for rel, digest in listed.items():
-        if _sha256(os.path.join(path, rel)) != digest:
+        if sha256_file(os.path.join(path, rel)) != digest:
             raise Failure(f"backup {name}: {rel} does not match {SUMS} (changed since the backup)", 2)
     _integrity(os.path.join(path, DB_FILE))
     return path
@@ -246,33 +233,23 @@ def restore(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Backups of the SuperLink's state, and their restore.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backup", help="back up the state database and the membership records now")
-    b.add_argument("--keep", type=int, default=facts.SUPERLINK_BACKUP_KEEP, help="backups to keep (the newest)")
-    sub.add_parser("list", help="the backups, newest last")
-    r = sub.add_parser("restore", help="put a backup back (the SuperLink must be stopped)")
-    r.add_argument("name")
+    parser = backups_cli.command_line(
+        PROG,
+        "Backups of the SuperLink's state, and their restore.",
+        keep=facts.SUPERLINK_BACKUP_KEEP,
+        backup_help="back up the state database and the membership records now",
+        restore_help="put a backup back (the SuperLink must be stopped)",
+    )
     args = parser.parse_args(argv)
-    try:
-        if args.command == "backup":
-            if args.keep < 1:
-                raise Failure("--keep must be at least 1", 2)
-            name = backup(args.keep)
-            print(f"backed up {STATE_DB} and {MEMBERS_DIR} to {os.path.join(BACKUP_DIR, name)}")
-        elif args.command == "list":
-            for name in backups():
-                print(name)
-        else:
-            restore(args.name)
-            print(f"restored {args.name} to {STATE_DB} and {MEMBERS_DIR}; start {facts.SUPERLINK_UNIT} now")
-    except Failure as exc:
-        say(f"error: {exc}")
-        return exc.code
-    except OSError as exc:
-        say(f"error: {exc}")
-        return 1
-    return 0
+
+    def do_backup(keep: int) -> str:
+        return f"backed up {STATE_DB} and {MEMBERS_DIR} to {os.path.join(BACKUP_DIR, backup(keep))}"
+
+    def do_restore(name: str) -> str:
+        restore(name)
+        return f"restored {name} to {STATE_DB} and {MEMBERS_DIR}; start {facts.SUPERLINK_UNIT} now"
+
+    return backups_cli.run(args, backups_cli.Commands(say, do_backup, backups, do_restore, lambda: facts.SUPERLINK_BACKUP_WHAT))
 
 
 if __name__ == "__main__":
