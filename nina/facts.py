@@ -549,3 +549,25 @@ CERTIFICATE_PATHS = (
 )
 # ... the directory part of each of those (up to its first wildcard), and certbot's archive.
 CERTIFICATE_DIRS = tuple(sorted({posixpath.dirname(p.split("*", 1)[0]) for p in CERTIFICATE_PATHS} | {LETSENCRYPT_ARCHIVE}))
+
+# --- NVIDIA GPUs (issue 13: cloud GPU SuperNodes, hospital GPU sites) ----------------
+# Ubuntu's packaged NVIDIA server driver (restricted, noble-updates): nvidia-driver-<N>-server and
+# nvidia-utils-<N>-server (nvidia-smi). The branches nina:gpu.driver_branch accepts, and its default.
+GPU_DRIVER_BRANCHES = (535, 570, 580)
+GPU_DRIVER_BRANCH = 580
+GPU_DRIVER_PACKAGES = ("nvidia-driver-{branch}-server", "nvidia-utils-{branch}-server")
+# The NVIDIA Container Toolkit: `nvidia-ctk` configures docker's runtime and writes podman's CDI spec;
+# docker's `--gpus` needs its hook on the PATH; podman reads the spec from one of these.
+NVIDIA_CTK = "nvidia-ctk"
+NVIDIA_CONTAINER_HOOK = "nvidia-container-runtime-hook"
+NVIDIA_CDI_SPECS = ("/etc/cdi/nvidia.yaml", "/var/run/cdi/nvidia.yaml")
+# The cloud GPU SuperNode's driver step (nina.host.gpu_driver): a oneshot unit run by every
+# SuperNode delivery of a GPU host and at each boot; its marker (one line: the branch it rebooted
+# for) allows one reboot per driver branch, never a loop.
+GPU_DRIVER_UNIT = "nina-gpu-driver.service"
+GPU_DRIVER_BIN = "/usr/local/sbin/nina-gpu-driver"
+GPU_DRIVER_CONF = "/etc/nina/gpu-driver.json"
+GPU_DRIVER_MARKER = "/var/lib/nina/gpu-driver-reboot"
+REBOOT_REQUIRED = "/var/run/reboot-required"
+# A site's readiness check (install.sh --check): how long to wait for the VPN server's TCP port.
+VPN_PROBE_SECONDS = 5

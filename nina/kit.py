@@ -523,6 +523,8 @@ def _env() -> jinja2.Environment:
         base_images=BASE_IMAGES,
         container_name=CONTAINER_NAME,
         supernode_user=SUPERNODE_USER,
+        # What a site installs for its GPU (the checks' advice): the branch the cloud GPU hosts run.
+        gpu_driver_packages=[p.format(branch=facts.GPU_DRIVER_BRANCH) for p in facts.GPU_DRIVER_PACKAGES],
     )
     return env
 
