@@ -392,6 +392,7 @@ HOST_PROGRAM_FILES = (
     "host/federation_metrics.py",
     "host/cert_expiry.py",
     "host/hub_docker.py",
+    "host/gpu_driver.py",
 )
 
 
