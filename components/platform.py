@@ -114,11 +114,18 @@ class Platform(pulumi.ComponentResource):
         }
 
         # GPU SuperNodes (`<host>-gpu`, organisations with gpu: true): the NVIDIA driver of
-        # nina:gpu.driver_branch, in place (a new branch replaces no VM). After the tenancy's
+        # nina:gpu.driver_branch, DCGM and its exporter on the host's fixed address, in place (a
+        # new branch replaces no VM). After the tenancy's
         # deliveries: its step may schedule the host's one reboot for the branch.
         for h in plan.hosts:
             if h.gpu and h.tenancy is not None:
-                deliver(services.gpu.SERVICE, targets[h.name], gpu.gpu_delivery(cfg.gpu.driver_branch), child, after=[tenancies[h.tenancy]])
+                deliver(
+                    services.gpu.SERVICE,
+                    targets[h.name],
+                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip),
+                    child,
+                    after=[tenancies[h.tenancy]],
+                )
 
         database_outputs: dict[str, Any] | None = None
         db: Database | None = None

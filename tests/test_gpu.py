@@ -21,35 +21,77 @@ REMOTE_COMMAND = "command:remote:Command"
 RULE = "openstack:networking/secGroupRule:SecGroupRule"
 
 
-def test_delivery_carries_the_step_its_conf_and_unit():
-    payload = json.loads(gpu.gpu_delivery(570))
+IP = "10.101.0.10"
+EXPORTER = f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.DCGM_EXPORTER_UNIT}"
+
+
+def test_delivery_carries_the_step_its_conf_and_units():
+    payload = json.loads(gpu.gpu_delivery(570, IP))
     files = {f["path"]: f for f in payload["files"]}
-    assert set(files) == {facts.GPU_DRIVER_CONF, facts.GPU_DRIVER_BIN, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.GPU_DRIVER_UNIT}"}
+    assert set(files) == {
+        facts.NVIDIA_REPO_LIST,
+        EXPORTER,
+        facts.GPU_DRIVER_CONF,
+        facts.GPU_DRIVER_BIN,
+        f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.GPU_DRIVER_UNIT}",
+    }
     assert gpu_driver.parse_config(files[facts.GPU_DRIVER_CONF]["content"]) == gpu_driver.Config(
-        570, ("nvidia-driver-570-server", "nvidia-utils-570-server")
+        570,
+        (
+            "nvidia-driver-570-server",
+            "nvidia-utils-570-server",
+            "datacenter-gpu-manager-4-core",
+            "datacenter-gpu-manager-4-cuda12",
+            "datacenter-gpu-manager-exporter",
+        ),
     )
+    # 580 is CUDA 13: DCGM's build for it.
+    assert "datacenter-gpu-manager-4-cuda13" in gpu.driver_packages(580)
+    # NVIDIA's repository is trusted only with the pinned keyring, for this source alone.
+    assert files[facts.NVIDIA_REPO_LIST]["content"].endswith(f"deb [signed-by={facts.NVIDIA_REPO_KEYRING}] {facts.NVIDIA_REPO_URL} /\n")
+    # The exporter listens on the host's fixed address only, never on all addresses.
+    assert f"--address {IP}:{facts.DCGM_EXPORTER_PORT} " in files[EXPORTER]["content"]
+    assert ":9400 " not in files[EXPORTER]["content"].replace(f"{IP}:9400 ", "")
     assert files[facts.GPU_DRIVER_BIN]["mode"] == 0o755 and files[facts.GPU_DRIVER_BIN]["content"] == render.launcher("gpu_driver")
     assert payload["restart"] == [facts.GPU_DRIVER_UNIT] and payload["run"] == [facts.GPU_DRIVER_UNIT]
     assert all((f["owner"], f["group"]) == ("root", "root") for f in payload["files"])
     assert "nina/host/gpu_driver.py" in render.host_programs()
     # The unit alerts and the node exporter's systemd collector watch the step.
-    assert facts.GPU_DRIVER_UNIT in services.watched_units()
+    assert {facts.GPU_DRIVER_UNIT, facts.DCGM_UNIT, facts.DCGM_EXPORTER_UNIT} <= set(services.watched_units())
 
 
 def test_delivery_is_deterministic_and_refuses_unknown_branches():
-    assert gpu.gpu_delivery(580) == gpu.gpu_delivery(580) != gpu.gpu_delivery(570)
+    assert gpu.gpu_delivery(580, IP) == gpu.gpu_delivery(580, IP) != gpu.gpu_delivery(570, IP)
     for bad in (575, "580", 580.0, True):
         with pytest.raises(ValueError, match="not one of"):
-            gpu.gpu_delivery(bad)  # type: ignore[arg-type]
+            gpu.gpu_delivery(bad, IP)  # type: ignore[arg-type]
+    for ip in ("0.0.0.0 --web", "", "10.0.0.300", "::"):
+        with pytest.raises(ValueError):
+            gpu.gpu_delivery(580, ip)
 
 
 @pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="systemd-analyze missing (scripts/bootstrap --test-tools installs it)")
-def test_unit_passes_systemd_analyze_verify(tmp_path):
-    unit = tmp_path / facts.GPU_DRIVER_UNIT
-    unit.write_text(gpu.driver_service(580))
-    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert proc.returncode == 0 and not [line for line in lines if facts.GPU_DRIVER_UNIT in line], lines
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    # dcgm-exporter is not installed here (NVIDIA's repository): verify checks that ExecStart's
+    # program exists, so the exporter's unit is verified with a TEST DOUBLE at the same place in a
+    # copy whose ExecStart names the double; every other line is the rendered unit's.
+    double = tmp_path / "test-doubles" / "dcgm-exporter"
+    double.parent.mkdir()
+    double.write_text("#!/bin/sh\n# TEST DOUBLE of dcgm-exporter\nexit 0\n")
+    double.chmod(0o755)
+    units = {
+        facts.GPU_DRIVER_UNIT: gpu.driver_service(580),
+        facts.DCGM_EXPORTER_UNIT: gpu.exporter_service(IP).replace(f"ExecStart={facts.DCGM_EXPORTER_BIN} ", f"ExecStart={double} "),
+        # Required by the exporter's unit: the vendor's unit, as far as verify needs it.
+        facts.DCGM_UNIT: "[Unit]\nDescription=TEST DOUBLE of DCGM's host engine unit\n[Service]\nExecStart=/bin/true\n",
+    }
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    for name in (facts.GPU_DRIVER_UNIT, facts.DCGM_EXPORTER_UNIT):
+        proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert proc.returncode == 0 and not [line for line in lines if name in line], lines
+    assert str(double) in units[facts.DCGM_EXPORTER_UNIT] and f"ExecStart={facts.DCGM_EXPORTER_BIN} " in gpu.exporter_service(IP)
     text = gpu.driver_service(580)
     assert f"ExecStart={facts.HOST_PYTHON} -I {facts.GPU_DRIVER_BIN}\n" in text
     assert "RemainAfterExit=yes\n" in text and "WantedBy=multi-user.target\n" in text
@@ -85,7 +127,13 @@ def test_only_gpu_supernodes_get_the_driver_delivery(branch_change):
     gpu_hosts = {r.name for r in before.of_type(INSTANCE) if r.name.startswith("supernode-")}
     assert len(deliveries) == 1
     (name,) = deliveries
-    assert name.removesuffix("-gpu-install") in gpu_hosts
+    host = name.removesuffix("-gpu-install")
+    assert host in gpu_hosts
+    plan_ip = next(
+        r.inputs["fixedIps"][0]["ipAddress"] for r in before.of_type("openstack:networking/port:Port") if r.name == f"{host}-port"
+    )
+    exporter = next(f for f in deliveries[name]["files"] if f["path"] == EXPORTER)
+    assert f"--address {plan_ip}:{facts.DCGM_EXPORTER_PORT} " in exporter["content"]
     conf = next(f for f in deliveries[name]["files"] if f["path"] == facts.GPU_DRIVER_CONF)
     assert json.loads(conf["content"])["branch"] == facts.GPU_DRIVER_BRANCH
     # Without a GPU organisation: no such delivery.
@@ -101,7 +149,7 @@ def test_a_new_driver_branch_replaces_no_vm_and_changes_only_the_gpu_delivery(br
     assert changed == set(gpu_deliveries(before)), changed
     (payload,) = gpu_deliveries(after).values()
     conf = next(f for f in payload["files"] if f["path"] == facts.GPU_DRIVER_CONF)
-    assert json.loads(conf["content"]) == {"branch": 570, "packages": ["nvidia-driver-570-server", "nvidia-utils-570-server"]}
+    assert json.loads(conf["content"]) == {"branch": 570, "packages": gpu.driver_packages(570)}
 
 
 def test_user_data_of_a_gpu_supernode_holds_nothing_of_the_driver(branch_change):
