@@ -16,7 +16,7 @@ from nina.host import gpu_driver
 
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
-    return templating.environment("gpu")
+    return templating.environment("gpu", trim_blocks=True, lstrip_blocks=True)
 
 
 def driver_packages(branch: int) -> list[str]:
@@ -36,10 +36,12 @@ def apt_source() -> str:
     )
 
 
-def exporter_service(listen_ip: str) -> str:
-    """facts.DCGM_EXPORTER_UNIT: dcgm-exporter on `listen_ip` (the host's fixed address) alone."""
+def exporter_service(listen_ip: str, vpn: bool = False) -> str:
+    """facts.DCGM_EXPORTER_UNIT: dcgm-exporter on `listen_ip` alone: a cloud host's fixed address,
+    or (`vpn`, an on-premise site kit's) the organisation's VPN address, after the VPN client and
+    retried until the tunnel address exists."""
     ipaddress.IPv4Address(listen_ip)
-    return _env().get_template("dcgm-exporter.service.j2").render(listen_ip=listen_ip)
+    return _env().get_template("dcgm-exporter.service.j2").render(listen_ip=listen_ip, vpn=vpn)
 
 
 def driver_conf(branch: int) -> str:

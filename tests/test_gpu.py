@@ -83,11 +83,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         facts.GPU_DRIVER_UNIT: gpu.driver_service(580),
         facts.DCGM_EXPORTER_UNIT: gpu.exporter_service(IP).replace(f"ExecStart={facts.DCGM_EXPORTER_BIN} ", f"ExecStart={double} "),
         # Required by the exporter's unit: the vendor's unit, as far as verify needs it.
+        "vpn-" + facts.DCGM_EXPORTER_UNIT: gpu.exporter_service("192.168.99.11", vpn=True).replace(
+            f"ExecStart={facts.DCGM_EXPORTER_BIN} ", f"ExecStart={double} "
+        ),
         facts.DCGM_UNIT: "[Unit]\nDescription=TEST DOUBLE of DCGM's host engine unit\n[Service]\nExecStart=/bin/true\n",
     }
     for name, text in units.items():
         (tmp_path / name).write_text(text)
-    for name in (facts.GPU_DRIVER_UNIT, facts.DCGM_EXPORTER_UNIT):
+    for name in (facts.GPU_DRIVER_UNIT, facts.DCGM_EXPORTER_UNIT, "vpn-" + facts.DCGM_EXPORTER_UNIT):
         proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
         lines = (proc.stdout + proc.stderr).splitlines()
         assert proc.returncode == 0 and not [line for line in lines if name in line], lines

@@ -38,6 +38,7 @@ from nina.plan import Member
 REPO = Path(__file__).resolve().parent.parent
 SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
 ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
+GPU_ONPREM = ["hospital-b"]  # the fixture's on-premise organisation with gpu: true
 ALL = sorted([*ONPREM, "cloud-lab"])
 # The cloud hosts' installer (nina-install-files and what it imports), and the payloads it installs.
 INSTALLER_FILES = {
@@ -95,6 +96,9 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         )
         if not own_keys:
             files[f"etc/openvpn/clientcerts/private/{slug}.key"] = 0o600
+        if slug in GPU_ONPREM:
+            # The DCGM exporter on the tunnel address only, started where the site installed DCGM.
+            files["etc/systemd/system/nina-dcgm-exporter.service"] = 0o644
     return files
 
 
@@ -1435,3 +1439,20 @@ def test_gpu_site_install_stops_before_services_without_a_driver(kit_archives, t
     proc = install(top, "--dry-run", env=with_doubles(doubles))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[dry-run] systemctl enable supernode.service" in proc.stdout
+
+
+def test_onprem_gpu_kit_carries_the_dcgm_exporter_on_its_vpn_address_only(kit_archives, kit_built, tmp_path):
+    files = contents(kit_archives["hospital-b"])
+    unit = files["etc/systemd/system/nina-dcgm-exporter.service"].decode()
+    (o,) = [o for t in kit_built.outputs["tenancies"].values() for s, o in t["organisations"].items() if s == "hospital-b"]
+    assert f"--address {o['vpn_address']}:{facts.DCGM_EXPORTER_PORT} " in unit
+    assert f"After={facts.DCGM_UNIT} {facts.OPENVPN_CLIENT_UNIT} " in unit and "StartLimitIntervalSec=0\n" in unit
+    for slug in ("hospital-a", "cloud-lab", "beta-clinic"):
+        assert "etc/systemd/system/nina-dcgm-exporter.service" not in contents(kit_archives[slug])
+    # Where DCGM is not installed (this machine), install.sh leaves the exporter off and says so.
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    doubles, _log = make_doubles(tmp_path, **{"nvidia-smi": (0, GPU_LIST)})
+    proc = install(top, "--dry-run", env=with_doubles(doubles))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DCGM is not installed: nina-dcgm-exporter.service stays off" in proc.stdout
+    assert "systemctl enable nina-dcgm-exporter.service" not in proc.stdout
