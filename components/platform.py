@@ -23,7 +23,7 @@ from components.pki import CertificateAuthority, CertificateAuthorityArgs, Signi
 from components.researcher import JupyterHub, JupyterHubArgs, Keycloak, KeycloakArgs
 from components.security import SecurityGroups, SecurityGroupsArgs
 from components.tenancy import Tenancy, TenancyArgs
-from nina import config, dashboards, facts, grafana, jupyterhub, keycloak, monitoring, outputs, proxy, render, services
+from nina import config, dashboards, facts, gpu, grafana, jupyterhub, keycloak, monitoring, outputs, proxy, render, services
 from nina.plan import Host as HostPlan
 from nina.plan import Plan
 
@@ -113,6 +113,20 @@ class Platform(pulumi.ComponentResource):
             )
             for t in plan.tenancies
         }
+
+        # GPU SuperNodes (`<host>-gpu`, organisations with gpu: true): the NVIDIA driver of
+        # nina:gpu.driver_branch, DCGM and its exporter on the host's fixed address, in place (a
+        # new branch replaces no VM). After the tenancy's
+        # deliveries: its step may schedule the host's one reboot for the branch.
+        for h in plan.hosts:
+            if h.gpu and h.tenancy is not None:
+                deliver(
+                    services.gpu.SERVICE,
+                    targets[h.name],
+                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip),
+                    child,
+                    after=[tenancies[h.tenancy]],
+                )
 
         database_outputs: dict[str, Any] | None = None
         db: Database | None = None

@@ -234,6 +234,24 @@ class SuperNodeSizing(_Strict):
     data_volume_gb: int = Field(default=0, ge=0, le=10000)
 
 
+class GpuConfig(_Strict):
+    """Cloud SuperNodes of organisations with `gpu: true` (nina.gpu): Ubuntu's NVIDIA server driver
+    nvidia-driver-<branch>-server. A new branch is delivered in place (one reboot per branch), no new VM."""
+
+    driver_branch: StrictInt = facts.GPU_DRIVER_BRANCH
+
+    @field_validator("driver_branch")
+    @classmethod
+    def _branch(cls, value: int) -> int:
+        if value not in facts.GPU_DRIVER_BRANCHES:
+            known = ", ".join(map(str, facts.GPU_DRIVER_BRANCHES))
+            raise ValueError(
+                f"{value} is not a driver branch nina installs; use one of {known} (Ubuntu {facts.UBUNTU_RELEASE}'s "
+                f"nvidia-driver-<branch>-server), default {facts.GPU_DRIVER_BRANCH}"
+            )
+        return value
+
+
 class JupyterHubSizing(_Strict):
     """The Cinder volume of the host with role jupyterhub: docker's data root (the notebook images,
     each researcher's named volume). It exists whenever that host does, researcher access or not,
@@ -564,6 +582,7 @@ class StackConfig(_Strict):
     hosts: list[HostGroup] = Field(default_factory=lambda: [HostGroup(name="gateway", roles=["bastion"])])
     superlink: SuperLinkSizing = SuperLinkSizing()
     supernode: SuperNodeSizing = SuperNodeSizing()
+    gpu: GpuConfig = GpuConfig()
     jupyterhub: JupyterHubSizing = JupyterHubSizing()
     vpn: VpnSizing = VpnSizing()
     database: DatabaseConfig = DatabaseConfig()

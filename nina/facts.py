@@ -590,3 +590,42 @@ CERTIFICATE_PATHS = (
 )
 # ... the directory part of each of those (up to its first wildcard), and certbot's archive.
 CERTIFICATE_DIRS = tuple(sorted({posixpath.dirname(p.split("*", 1)[0]) for p in CERTIFICATE_PATHS} | {LETSENCRYPT_ARCHIVE}))
+
+# --- NVIDIA GPUs (issue 13: cloud GPU SuperNodes, hospital GPU sites) ----------------
+# Ubuntu's packaged NVIDIA server driver (restricted, noble-updates): nvidia-driver-<N>-server and
+# nvidia-utils-<N>-server (nvidia-smi). The branches nina:gpu.driver_branch accepts, and its default.
+GPU_DRIVER_BRANCHES = (535, 570, 580)
+GPU_DRIVER_BRANCH = 580
+GPU_DRIVER_PACKAGES = ("nvidia-driver-{branch}-server", "nvidia-utils-{branch}-server")
+# The NVIDIA Container Toolkit: `nvidia-ctk` configures docker's runtime and writes podman's CDI spec;
+# docker's `--gpus` needs its hook on the PATH; podman reads the spec from one of these.
+NVIDIA_CTK = "nvidia-ctk"
+NVIDIA_CONTAINER_HOOK = "nvidia-container-runtime-hook"
+NVIDIA_CDI_SPECS = ("/etc/cdi/nvidia.yaml", "/var/run/cdi/nvidia.yaml")
+# The cloud GPU SuperNode's driver step (nina.host.gpu_driver): a oneshot unit run by every
+# SuperNode delivery of a GPU host and at each boot; its marker (one line: the branch it rebooted
+# for) allows one reboot per driver branch, never a loop.
+GPU_DRIVER_UNIT = "nina-gpu-driver.service"
+GPU_DRIVER_BIN = "/usr/local/sbin/nina-gpu-driver"
+GPU_DRIVER_CONF = "/etc/nina/gpu-driver.json"
+GPU_DRIVER_MARKER = "/var/lib/nina/gpu-driver-reboot"
+REBOOT_REQUIRED = "/var/run/reboot-required"
+# NVIDIA's CUDA apt repository for Ubuntu 24.04 (DCGM and its exporter are there, not in Ubuntu's
+# archive). Its signing key (3bf863cc.pub) is fetched by the host and accepted only with this
+# fingerprint, then written as the keyring the source names (signed-by), trusted for nothing else.
+NVIDIA_REPO_URL = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/"
+NVIDIA_REPO_KEY_URL = NVIDIA_REPO_URL + "3bf863cc.pub"
+NVIDIA_REPO_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
+NVIDIA_REPO_KEYRING = "/usr/share/keyrings/nina-nvidia-cuda.gpg"
+NVIDIA_REPO_LIST = "/etc/apt/sources.list.d/nina-nvidia-cuda.list"
+# DCGM 4 (its host engine, nvidia-dcgm.service, the vendor's unit) for the CUDA major version of
+# the driver branch (580 brings CUDA 13), and the exporter, run by nina's unit on the host's fixed
+# address only (port DCGM_EXPORTER_PORT, which the port table opens to the monitoring host alone).
+GPU_CUDA_MAJOR = {535: 12, 570: 12, 580: 13}
+DCGM_PACKAGES = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda{cuda}", "datacenter-gpu-manager-exporter")
+DCGM_UNIT = "nvidia-dcgm.service"
+DCGM_HOSTENGINE = "localhost:5555"
+DCGM_EXPORTER_BIN = "/usr/bin/dcgm-exporter"
+DCGM_EXPORTER_UNIT = "nina-dcgm-exporter.service"
+# A site's readiness check (install.sh --check): how long to wait for the VPN server's TCP port.
+VPN_PROBE_SECONDS = 5

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nina import facts, render, services, templating
+from nina import facts, gpu, render, services, templating
 from nina import outputs as schema
 from nina import vpn as vpn_files
 from nina.plan import Member
@@ -439,6 +439,17 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
                 about="node exporter after the VPN client, retried until the tunnel address exists",
             )
         )
+    if org.onprem and org.gpu and org.vpn_address is not None:
+        files.append(
+            KitFile(
+                _rel(DCGM_EXPORTER_UNIT_PATH),
+                _text(gpu.exporter_service(org.vpn_address, vpn=True)),
+                0o644,
+                DCGM_EXPORTER_UNIT_PATH,
+                tag="exporter",
+                about=f"NVIDIA's DCGM exporter on the tunnel address {org.vpn_address} only (started where DCGM is installed)",
+            )
+        )
     if not org.holds_supernode_key:
         files.append(
             KitFile(
@@ -523,6 +534,8 @@ def _env() -> jinja2.Environment:
         base_images=BASE_IMAGES,
         container_name=CONTAINER_NAME,
         supernode_user=SUPERNODE_USER,
+        # What a site installs for its GPU (the checks' advice): the branch the cloud GPU hosts run.
+        gpu_driver_packages=[p.format(branch=facts.GPU_DRIVER_BRANCH) for p in facts.GPU_DRIVER_PACKAGES],
     )
     return env
 
@@ -556,16 +569,16 @@ def _container_files(org: Organisation) -> list[KitFile]:
         )
     )
     for engine in ("docker", "podman"):
-        for gpu in (False, True):
-            name = f"run-{engine}{'-gpu' if gpu else ''}.sh"
+        for with_gpu in (False, True):
+            name = f"run-{engine}{'-gpu' if with_gpu else ''}.sh"
             files.append(
                 KitFile(
                     f"containers/{name}",
-                    _text(_render("run.sh.j2", engine=engine, gpu=gpu, slug=org.slug, onprem=org.onprem)),
+                    _text(_render("run.sh.j2", engine=engine, gpu=with_gpu, slug=org.slug, onprem=org.onprem)),
                     0o755,
                     f"{facts.SUPERNODE_CONTAINERS}/{name}",
                     scope="containers",
-                    about=f"runs the SuperNode with {engine}{', GPU pass-through' if gpu else ', CPU only'}",
+                    about=f"runs the SuperNode with {engine}{', GPU pass-through' if with_gpu else ', CPU only'}",
                 )
             )
     return files
@@ -676,6 +689,8 @@ def _secrets(org: Organisation) -> list[str]:
 # `openssl dgst -sha384 -verify PLATFORM_KEY_FILE -signature SIGNATURE_FILE SHA256SUMS` checks.
 # RFC 6979 deterministic ECDSA, so the same outputs still give a byte-identical kit.
 SUMS_FILE, SIGNATURE_FILE, PLATFORM_KEY_FILE = "SHA256SUMS", "SHA256SUMS.sig", "platform-key.pem"
+# An on-premise GPU organisation's DCGM exporter unit (nina.gpu), on its VPN address.
+DCGM_EXPORTER_UNIT_PATH = f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.DCGM_EXPORTER_UNIT}"
 
 
 def sign_manifest(out: StackOutputs, manifest: bytes) -> bytes:
@@ -723,7 +738,9 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         payloads_dir=PAYLOADS_DIR,
         dirs=_directories(org),
         data_dir=_data_directory(org),
-        units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else []) + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT],
+        units=([facts.OPENVPN_CLIENT_UNIT] if org.onprem else [])
+        + [facts.SUPERNODE_UNIT, facts.NODE_EXPORTER_UNIT]
+        + ([facts.DCGM_EXPORTER_UNIT] if org.onprem and org.gpu else []),
         **context,
     )
     files.append(KitFile("install.sh", _text(install), 0o755, about="the installer: checks SHA256SUMS, then installs (see below)"))

@@ -133,6 +133,8 @@ def targets(plan: Plan) -> list[Target]:
                 "placement": "onprem",
             }
             found.append(Target(_tenancy_file(tenancy.name), NODE_JOB, f"{m.vpn_address}:{facts.NODE_EXPORTER_PORT}", labels))
+            if m.gpu:  # its kit's DCGM exporter, on the same VPN address (through the same tunnel)
+                found.append(Target(_tenancy_file(tenancy.name), DCGM_JOB, f"{m.vpn_address}:{facts.DCGM_EXPORTER_PORT}", labels))
     return sorted(found, key=lambda t: (t.file, t.job, t.address))
 
 

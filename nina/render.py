@@ -396,6 +396,7 @@ HOST_PROGRAM_FILES = (
     "host/federation_metrics.py",
     "host/cert_expiry.py",
     "host/hub_docker.py",
+    "host/gpu_driver.py",
 )
 
 

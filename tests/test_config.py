@@ -1101,3 +1101,24 @@ def test_a_segment_in_docker_s_address_pool_is_refused_with_a_jupyterhub_host(re
     # Without a JupyterHub host there is no docker: the range is fine.
     raw["hosts"] = [h for h in raw["hosts"] if "jupyterhub" not in h["roles"]]
     ok(raw)
+
+
+# --- nina:gpu (issue 13) --------------------------------------------------------------------
+
+
+def test_gpu_driver_branch_defaults_to_facts():
+    assert load_config(base()).gpu.driver_branch == facts.GPU_DRIVER_BRANCH
+    assert load_config(base(gpu={"driver_branch": 570})).gpu.driver_branch == 570
+
+
+@pytest.mark.parametrize("branch", [0, 570.0, "580", 575, -1, 5800, True, None, [580]])
+def test_gpu_driver_branch_outside_the_known_ones_is_refused(branch):
+    problem(base(gpu={"driver_branch": branch}), "nina:gpu.driver_branch")
+
+
+def test_gpu_driver_branch_refusal_names_the_branches():
+    problem(base(gpu={"driver_branch": 575}), "nina:gpu.driver_branch", *map(str, facts.GPU_DRIVER_BRANCHES), "nvidia-driver")
+
+
+def test_gpu_unknown_key_is_refused():
+    problems(base(gpu={"driver": 580}))

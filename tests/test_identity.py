@@ -79,6 +79,9 @@ ADDED_SINCE_FIXTURE = (
     f"$openstack:compute/volumeAttach:VolumeAttach::gateway-{facts.DB_BACKUP_VOLUME_NAME}-attach",
     # The monitoring host's delivery (Prometheus, Alertmanager), new with the operations issue.
     "$nina:flower:FileDelivery$command:remote:Command::monitor-monitoring-install",
+    # A cloud GPU SuperNode's driver delivery (nina.gpu), new with issue 13: the all-in-one case's
+    # GPU organisation.
+    "$nina:flower:FileDelivery$command:remote:Command::supernode-test-org-b-gpu-install",
 )
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -37,6 +38,7 @@ from nina.plan import Member
 REPO = Path(__file__).resolve().parent.parent
 SHELLCHECK = shutil.which("shellcheck") or ""  # "" when missing (the tests skip)
 ONPREM = ["hospital-a", "hospital-b", "hospital-own", "beta-clinic"]
+GPU_ONPREM = ["hospital-b"]  # the fixture's on-premise organisation with gpu: true
 ALL = sorted([*ONPREM, "cloud-lab"])
 # The cloud hosts' installer (nina-install-files and what it imports), and the payloads it installs.
 INSTALLER_FILES = {
@@ -94,6 +96,9 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         )
         if not own_keys:
             files[f"etc/openvpn/clientcerts/private/{slug}.key"] = 0o600
+        if slug in GPU_ONPREM:
+            # The DCGM exporter on the tunnel address only, started where the site installed DCGM.
+            files["etc/systemd/system/nina-dcgm-exporter.service"] = 0o644
     return files
 
 
@@ -1215,3 +1220,239 @@ def test_any_damage_is_a_kit_error_never_a_traceback(kit_built, data):
     except kit.KitError as exc:
         assert exc.problems and all(isinstance(p, str) and m for p, m in exc.problems)
         assert "Traceback" not in exc.message()
+
+
+# --- GPU sites and readiness (install.sh --check, run-*-gpu.sh) -------------------------------
+# The scripts call the real nvidia-smi, nvidia-ctk, docker, podman, timedatectl and ip. This
+# machine has no GPU, so the tests put TEST DOUBLES of those commands first on the PATH: each is a
+# script in a directory named `test-doubles` that logs its arguments and answers as the real tool does.
+
+GPU_LIST = "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-8f6b1c2e-0000-0000-0000-000000000000)\n"
+SMI_DOWN = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n"
+
+
+def make_doubles(tmp_path: Path, **tools: tuple[int, str]) -> tuple[Path, Path]:
+    """A `test-doubles` directory with one stand-in per tool (exit status, output) and the log
+    where each writes `tool args...`; returns (directory, log)."""
+    doubles = tmp_path / "test-doubles"
+    doubles.mkdir()
+    log = tmp_path / "test-doubles.log"
+    log.write_text("")
+    for tool, (status, output) in tools.items():
+        f = doubles / tool
+        f.write_text(
+            f'#!/bin/bash\n# TEST DOUBLE of {tool} (tests/test_kit.py)\necho "{tool} $*" >>{shlex.quote(str(log))}\nprintf %s {shlex.quote(output)}\nexit {status}\n'
+        )
+        f.chmod(0o755)
+    return doubles, log
+
+
+def tunnel_up(top: Path) -> tuple[int, str]:
+    """What `ip -4 -o addr show dev tap0` prints once the kit's VPN client is up."""
+    address = re.search(r"expect (\S+)\)", (top / "install.sh").read_text())
+    assert address, "install.sh names the organisation's VPN address"
+    return 0, f"7: tap0    inet {address.group(1)}/24 brd 192.168.99.255 scope global tap0\n"
+
+
+def with_doubles(doubles: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{doubles}:{os.environ['PATH']}"}
+
+
+def ubuntu_root(tmp_path: Path, release: str = facts.UBUNTU_RELEASE) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text(f'PRETTY_NAME="Ubuntu {release} LTS"\nNAME="Ubuntu"\nVERSION_ID="{release}"\nID=ubuntu\n')
+    return root
+
+
+def check_lines(out: str) -> dict[str, str]:
+    """install.sh --check's report: what -> status."""
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"^install\.sh: (OK|MISSING|FAILED) +([^:]+): ", line)
+        if m:
+            found[m.group(2)] = m.group(1)
+    return found
+
+
+def test_check_of_a_ready_gpu_site_changes_nothing(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    root = ubuntu_root(tmp_path)
+    doubles, log = make_doubles(tmp_path, **{"nvidia-smi": (0, GPU_LIST), "timedatectl": (0, "yes\n"), "ip": tunnel_up(top)})
+    before = tree_digest(tmp_path / "kit"), tree_digest(root), tree_digest(doubles)
+    proc = install(top, "--check", "--root", str(root), env=with_doubles(doubles), fingerprint=None)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert check_lines(proc.stdout) == {
+        "OS": "OK",
+        "python3": "OK",
+        "openssl": "OK",
+        "NVIDIA driver": "OK",
+        "GPU visible": "OK",
+        "VPN": "OK",
+        "time sync": "OK",
+    }, proc.stdout
+    assert "1 GPU(s): GPU 0: NVIDIA A100" in proc.stdout
+    assert "this site is ready for the kit of hospital-b (systemd mode)" in proc.stdout
+    # Read only: the tools were asked, never told to change anything; no file anywhere changed.
+    assert sorted(log.read_text().splitlines()) == [
+        "ip -4 -o addr show dev tap0",
+        "nvidia-smi -L",
+        "timedatectl show -p NTPSynchronized --value",
+    ]
+    assert (tree_digest(tmp_path / "kit"), tree_digest(root), tree_digest(doubles)) == before
+
+
+def test_check_of_an_unready_site_names_each_problem_and_its_fix(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    root = ubuntu_root(tmp_path, "22.04")
+    # nvidia-smi is not on this machine: the real PATH is searched after the doubles.
+    assert shutil.which("nvidia-smi") is None, "this test expects a machine without the NVIDIA driver"
+    doubles, _log = make_doubles(tmp_path, timedatectl=(0, "no\n"), ip=(1, ""))
+    before = tree_digest(tmp_path / "kit"), tree_digest(root)
+    # In a network namespace of its own (no route anywhere): this machine's egress proxy would
+    # otherwise accept any TCP connection, the VPN server's too.
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --net (root) to cut the network")
+    proc = subprocess.run(
+        [unshare, "--net", "bash", str(top / "install.sh"), "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=with_doubles(doubles),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = check_lines(proc.stdout)
+    assert lines["OS"] == "FAILED" and "Ubuntu 22.04 LTS: this kit is written and tested for Ubuntu 24.04" in proc.stdout
+    assert lines["NVIDIA driver"] == "MISSING"
+    assert "sudo apt-get install nvidia-driver-580-server nvidia-utils-580-server, then reboot" in proc.stdout
+    assert lines["GPU visible"] == "MISSING"
+    # No route to the VPN server's address: the TCP probe fails (or gives up after facts.VPN_PROBE_SECONDS).
+    assert lines["VPN server reachable"] == "FAILED"
+    assert "allow outbound UDP 1194 and TCP 443 to 203.0.113.7" in proc.stdout
+    assert lines["time sync"] == "FAILED" and "sudo timedatectl set-ntp true" in proc.stdout
+    assert "this site is not ready" in proc.stdout
+    assert (tree_digest(tmp_path / "kit"), tree_digest(root)) == before
+
+
+def test_check_says_when_the_driver_is_installed_but_not_loaded(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    doubles, _log = make_doubles(tmp_path, **{"nvidia-smi": (9, SMI_DOWN), "timedatectl": (0, "yes\n"), "ip": tunnel_up(top)})
+    proc = install(top, "--check", "--root", str(ubuntu_root(tmp_path)), env=with_doubles(doubles), fingerprint=None)
+    assert proc.returncode == 1
+    lines = check_lines(proc.stdout)
+    assert lines["NVIDIA driver"] == "FAILED" and lines["GPU visible"] == "FAILED"
+    assert "nvidia-smi fails (NVIDIA-SMI has failed because it couldn't communicate" in proc.stdout
+    assert "reboot after installing or upgrading the driver" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("tools", "expected"),
+    [
+        ({}, {"container engine": "MISSING"}),
+        ({"docker": (0, "")}, {"container engine": "OK", "NVIDIA Container Toolkit": "MISSING"}),
+        (
+            {"docker": (0, ""), "nvidia-ctk": (0, ""), "nvidia-container-runtime-hook": (0, "")},
+            {"container engine": "OK", "NVIDIA Container Toolkit": "OK"},
+        ),
+        ({"podman": (0, ""), "nvidia-ctk": (0, "")}, {"container engine": "OK", "NVIDIA CDI spec": "MISSING"}),
+    ],
+    ids=["no-engine", "docker-no-toolkit", "docker-ready", "podman-no-cdi-spec"],
+)
+def test_check_in_container_mode_asks_for_the_engine_and_toolkit(kit_archives, tmp_path, tools, expected):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    doubles, _log = make_doubles(tmp_path, **{"nvidia-smi": (0, GPU_LIST), "timedatectl": (0, "yes\n"), "ip": tunnel_up(top), **tools})
+    env = with_doubles(doubles)
+    # The machine's own docker or podman would answer too: only the doubles' directory and the basics.
+    env["PATH"] = f"{doubles}:{tmp_path / 'bin'}"
+    (tmp_path / "bin").mkdir()
+    for tool in ("bash", "grep", "cat", "realpath", "timeout", "tr", "basename", "dirname", "openssl", "printf", "sed", "head"):
+        found = shutil.which(tool)
+        if found:
+            (tmp_path / "bin" / tool).symlink_to(found)
+    if any(os.path.exists(spec) for spec in facts.NVIDIA_CDI_SPECS):
+        pytest.skip("this machine has an NVIDIA CDI spec")
+    proc = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(top / "install.sh"), "--check", "--containers", "--root", str(ubuntu_root(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    lines = check_lines(proc.stdout)
+    for what, status in expected.items():
+        assert lines.get(what) == status, proc.stdout + proc.stderr
+    assert proc.returncode == (0 if all(s == "OK" for s in lines.values()) else 1), proc.stdout
+
+
+def test_cpu_site_check_asks_nothing_of_a_gpu(kit_archives, tmp_path):
+    top = extract(kit_archives["cloud-lab"], tmp_path / "kit")
+    doubles, _log = make_doubles(tmp_path, timedatectl=(0, "yes\n"))
+    proc = install(top, "--check", "--root", str(ubuntu_root(tmp_path)), env=with_doubles(doubles), fingerprint=None)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(check_lines(proc.stdout)) == {"OS", "python3", "openssl", "time sync"}
+    assert "nvidia" not in (top / "install.sh").read_text().lower()
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_gpu_run_script_starts_nothing_without_driver_or_toolkit(kit_archives, tmp_path, engine):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    conf, data = tmp_path / "conf", tmp_path / "data"
+    conf.mkdir()
+    data.mkdir()
+    (conf / "supernode.conf").write_text("")
+    script = top / "containers" / f"run-{engine}-gpu.sh"
+    env_base = {"SUPERNODE_CONF_DIR": str(conf), "SUPERNODE_DATA_DIR": str(data)}
+
+    # No driver (this machine has none), no toolkit: the engine is never called.
+    doubles, log = make_doubles(tmp_path, **{engine: (0, "")})
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, env={**with_doubles(doubles), **env_base})
+    assert proc.returncode == 1
+    assert f"run-{engine}-gpu.sh: MISSING: NVIDIA driver: nvidia-smi not found" in proc.stderr
+    assert "MISSING: NVIDIA Container Toolkit: nvidia-ctk" in proc.stderr
+    assert "nothing was started" in proc.stderr
+    assert log.read_text() == ""
+
+    # The driver and the toolkit in place: it runs the container with the GPUs.
+    shutil.rmtree(doubles)
+    ready = {"nvidia-smi": (0, GPU_LIST), engine: (0, ""), "nvidia-ctk": (0, ""), "nvidia-container-runtime-hook": (0, "")}
+    doubles, log = make_doubles(tmp_path, **ready)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, env={**with_doubles(doubles), **env_base})
+    if engine == "podman":  # the CDI spec is a file of this machine, which has none
+        assert proc.returncode == 1 and "MISSING: NVIDIA CDI spec: none of /etc/cdi/nvidia.yaml" in proc.stderr
+        assert all(not line.startswith("podman") for line in log.read_text().splitlines())
+    else:
+        assert proc.returncode == 0, proc.stderr
+        calls = log.read_text().splitlines()
+        assert calls[0] == "nvidia-smi -L"
+        assert any(c.startswith("docker run --detach") and "--gpus all" in c for c in calls), calls
+
+
+def test_gpu_site_install_stops_before_services_without_a_driver(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    proc = install(top, "--dry-run")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "MISSING NVIDIA driver" in proc.stdout
+    assert "(dry run) install.sh would stop here, before starting any service" in proc.stderr
+    assert "systemctl enable" not in proc.stdout
+    doubles, _log = make_doubles(tmp_path, **{"nvidia-smi": (0, GPU_LIST)})
+    proc = install(top, "--dry-run", env=with_doubles(doubles))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[dry-run] systemctl enable supernode.service" in proc.stdout
+
+
+def test_onprem_gpu_kit_carries_the_dcgm_exporter_on_its_vpn_address_only(kit_archives, kit_built, tmp_path):
+    files = contents(kit_archives["hospital-b"])
+    unit = files["etc/systemd/system/nina-dcgm-exporter.service"].decode()
+    (o,) = [o for t in kit_built.outputs["tenancies"].values() for s, o in t["organisations"].items() if s == "hospital-b"]
+    assert f"--address {o['vpn_address']}:{facts.DCGM_EXPORTER_PORT} " in unit
+    assert f"After={facts.DCGM_UNIT} {facts.OPENVPN_CLIENT_UNIT} " in unit and "StartLimitIntervalSec=0\n" in unit
+    for slug in ("hospital-a", "cloud-lab", "beta-clinic"):
+        assert "etc/systemd/system/nina-dcgm-exporter.service" not in contents(kit_archives[slug])
+    # Where DCGM is not installed (this machine), install.sh leaves the exporter off and says so.
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    doubles, _log = make_doubles(tmp_path, **{"nvidia-smi": (0, GPU_LIST)})
+    proc = install(top, "--dry-run", env=with_doubles(doubles))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DCGM is not installed: nina-dcgm-exporter.service stays off" in proc.stdout
+    assert "systemctl enable nina-dcgm-exporter.service" not in proc.stdout

@@ -858,3 +858,16 @@ def test_real_prometheus_scrapes_and_fires(tmp_path, procs):
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+def test_an_onprem_gpu_member_is_scraped_for_dcgm_on_its_vpn_address():
+    raw = raw_config()
+    raw["tenancies"][0]["organisations"] = [{**o, "gpu": True} if o["slug"] == "a-two" else o for o in raw["tenancies"][0]["organisations"]]
+    plan = build_plan(load_config(raw))
+    member = next(m for t in plan.tenancies for m in t.members if m.slug == "a-two")
+    got = {(t.file, t.job, t.address): dict(t.labels) for t in monitoring.targets(plan)}
+    assert got[("tenancy-alpha.json", "dcgm", f"{member.vpn_address}:{facts.DCGM_EXPORTER_PORT}")]["placement"] == "onprem"
+    assert (
+        got[("tenancy-alpha.json", "dcgm", f"{member.vpn_address}:{facts.DCGM_EXPORTER_PORT}")]
+        == got[("tenancy-alpha.json", "node", f"{member.vpn_address}:{facts.NODE_EXPORTER_PORT}")]
+    )

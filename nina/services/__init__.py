@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from nina.services import (
     base,
     bastion,
+    gpu,
     grafana,
     jupyterhub,
     keycloak,
@@ -72,8 +73,9 @@ ROLES = tuple(SERVICES)
 SHARED_ROLES = tuple(name for name, s in SERVICES.items() if s.shared)
 
 
-_MODULES = (base, bastion, proxy, keycloak, jupyterhub, monitoring, grafana, superlink, supernode, vpn)
-assert {m.SERVICE.name for m in _MODULES} == {BASE.name, *SERVICES}
+_MODULES = (base, bastion, proxy, keycloak, jupyterhub, monitoring, grafana, superlink, supernode, vpn, gpu)
+# gpu is no role: the plan gives it to the hosts with Host.gpu (its delivery, nina.gpu).
+assert {m.SERVICE.name for m in _MODULES} == {BASE.name, gpu.SERVICE.name, *SERVICES}
 
 
 def watched_units() -> tuple[str, ...]:

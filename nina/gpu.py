@@ -1,0 +1,69 @@
+"""A cloud GPU SuperNode's delivery (`<host>-gpu`, services.gpu): nina-gpu-driver
+(nina.host.gpu_driver), its configuration (the branch of nina:gpu.driver_branch and its Ubuntu
+packages) and its oneshot unit, started on every delivery. Pure: no pulumi."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import lru_cache
+
+import jinja2
+
+from nina import facts, render, services, templating
+from nina.host import gpu_driver
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return templating.environment("gpu", trim_blocks=True, lstrip_blocks=True)
+
+
+def driver_packages(branch: int) -> list[str]:
+    """Ubuntu's packages of the NVIDIA server driver `branch` (nvidia-smi is in the utils package),
+    then DCGM's from NVIDIA's repository (nina.host.gpu_driver.packages_of)."""
+    if type(branch) is not int or branch not in facts.GPU_DRIVER_BRANCHES:
+        raise ValueError(f"driver branch {branch!r} is not one of {facts.GPU_DRIVER_BRANCHES}")
+    return gpu_driver.packages_of(branch)
+
+
+def apt_source() -> str:
+    """facts.NVIDIA_REPO_LIST: NVIDIA's repository, trusted only with the pinned key's keyring."""
+    return (
+        "# nina-fl: NVIDIA's CUDA repository (DCGM and its exporter), signed by the key nina-gpu-driver\n"
+        f"# pinned by fingerprint ({facts.NVIDIA_REPO_FINGERPRINT}).\n"
+        f"deb [signed-by={facts.NVIDIA_REPO_KEYRING}] {facts.NVIDIA_REPO_URL} /\n"
+    )
+
+
+def exporter_service(listen_ip: str, vpn: bool = False) -> str:
+    """facts.DCGM_EXPORTER_UNIT: dcgm-exporter on `listen_ip` alone: a cloud host's fixed address,
+    or (`vpn`, an on-premise site kit's) the organisation's VPN address, after the VPN client and
+    retried until the tunnel address exists."""
+    ipaddress.IPv4Address(listen_ip)
+    return _env().get_template("dcgm-exporter.service.j2").render(listen_ip=listen_ip, vpn=vpn)
+
+
+def driver_conf(branch: int) -> str:
+    """facts.GPU_DRIVER_CONF: what nina.host.gpu_driver.parse_config reads."""
+    return json.dumps({"branch": branch, "packages": driver_packages(branch)}, indent=2, sort_keys=True) + "\n"
+
+
+def driver_service(branch: int) -> str:
+    """facts.GPU_DRIVER_UNIT."""
+    driver_packages(branch)
+    return _env().get_template("gpu-driver.service.j2").render(branch=branch)
+
+
+def gpu_delivery(branch: int, listen_ip: str) -> str:
+    """The `<host>-gpu` payload: no secret; a changed branch changes the conf and the unit, and the
+    delivery's run step installs the new driver (and reboots once). The exporter's unit is not
+    restarted by the installer (DCGM is not installed before the step runs): the step restarts it."""
+    files = [
+        render.DeliveredFile(facts.NVIDIA_REPO_LIST, apt_source(), 0o644),
+        render.DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.DCGM_EXPORTER_UNIT}", exporter_service(listen_ip), 0o644),
+        render.DeliveredFile(facts.GPU_DRIVER_CONF, driver_conf(branch), 0o644),
+        render.DeliveredFile(facts.GPU_DRIVER_BIN, render.launcher("gpu_driver"), 0o755),
+        render.DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.GPU_DRIVER_UNIT}", driver_service(branch), 0o644),
+    ]
+    return render.delivery_payload(files, list(services.gpu.UNITS), run=list(services.gpu.STEPS))
