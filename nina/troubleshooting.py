@@ -42,6 +42,8 @@ FIXED: dict[str, str] = {
     "supernode_pub": f"{facts.SUPERNODE_CERTS}/{facts.SUPERNODE_PUB_FILE}",
     "supernode_conf": facts.SUPERNODE_CONF,
     "supernode_unit": facts.SUPERNODE_UNIT,
+    "vpn_client_unit": facts.OPENVPN_CLIENT_UNIT,
+    "vpn_issued_dir": f"{facts.OPENVPN_CLIENT_CERTS}/{facts.OPENVPN_ISSUED_DIR}",
     "superlink_unit": facts.SUPERLINK_UNIT,
     "membership": facts.MEMBERSHIP_BIN,
     "bootstrap_check": facts.BOOTSTRAP_CHECK_BIN,
@@ -63,6 +65,7 @@ class Row:
     shows: str  # what the check shows when this is the cause
     fix: str
     test: str  # tests/<file>.py::<test> that produces the failure and runs the check
+    vpn: bool = False  # only for organisations on premise (the kits of cloud SuperNodes have no VPN)
 
 
 _S_CLIENT = (
@@ -91,6 +94,18 @@ ROWS: tuple[Row, ...] = (
         shows="a `tls-crypt-v2` key id other than the one the refusal names",
         fix="send the site its current kit (`nina kit export`); the old kit stays refused",
         test="tests/test_vpn_tunnel.py::test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a_restart",
+    ),
+    Row(
+        id="vpn-no-answer",
+        audience=SITE,
+        symptom="TLS Error: TLS handshake failed",
+        where="`journalctl -u {vpn_client_unit}`, after `TLS key negotiation failed to occur within 60 seconds`, again and again; `Initialization Sequence Completed` never shows",
+        cause="the VPN server does not answer this kit: the platform no longer admits it (the organisation was removed, or this kit was replaced by a newer one), or your firewall blocks the VPN server (section 3)",
+        check="openssl x509 -noout -fingerprint -sha256 -in {vpn_issued_dir}/{slug}.crt",
+        shows="this kit's VPN certificate fingerprint: send it to the operators, who compare it with the one the VPN server admits",
+        fix="install the current kit the operators send you; if they admit this one, open your firewall as section 3 says",
+        test="tests/test_vpn_tunnel.py::test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a_restart",
+        vpn=True,
     ),
     Row(
         id="supernode-not-registered",
@@ -141,7 +156,7 @@ ROWS: tuple[Row, ...] = (
         audience=SITE,
         symptom="CERTIFICATE_VERIFY_FAILED: certificate is not yet valid",
         where="`journalctl -u {supernode_unit}`",
-        cause="this host's clock is behind: the SuperLink's certificate starts later than the host's `date -u` (or, with `has expired`, the clock is ahead)",
+        cause="this host's clock is behind: the SuperLink's certificate starts later than the host's `date -u`",
         check="date -u; " + _S_CLIENT,
         shows="`certificate is not yet valid` and a `notBefore=` later than the date printed first",
         fix="set the clock from NTP (`timedatectl set-ntp true`, or chrony) and restart `{supernode_unit}`",
@@ -162,11 +177,11 @@ ROWS: tuple[Row, ...] = (
         id="state-volume-full",
         audience=OPERATOR,
         symptom="No space left on device",
-        where="`{state_backup} restore`, or `journalctl -u {superlink_unit}` (SQLite: `database or disk is full`)",
+        where="`{state_backup} restore` (exit 1); whatever else writes to the state volume fails too",
         cause="the SuperLink's state volume ({state_dir}) is full",
         check="df -h {state_dir}",
         shows="`Use%` at 100%",
-        fix="grow the volume (`nina:` volume size, `pulumi up`, then `resize2fs`), or remove what is not the SuperLink's from it",
+        fix="remove what is not the SuperLink's from it; or raise `superlink.state_volume_gb`, check with `pulumi preview` that the volume is extended, not replaced (not tried here), `pulumi up`, then `resize2fs` its file system on the host",
         test="tests/test_state_backup.py::test_restore_onto_a_full_state_volume_says_so",
     ),
 )
@@ -208,11 +223,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def table(audience: str, values: Mapping[str, str] | None = None) -> str:
-    """The Markdown table of `audience`'s rows; per-site placeholders not in `values` become `<name>`."""
+def table(audience: str, values: Mapping[str, str] | None = None, *, vpn: bool = True) -> str:
+    """The Markdown table of `audience`'s rows (without the VPN's if not `vpn`); per-site
+    placeholders not in `values` become `<name>`."""
     filled = {**{name: f"<{name}>" for name in PER_SITE}, **(values or {})}
     lines = ["| symptom | seen in | cause | check | the check shows | fix |", "|---|---|---|---|---|---|"]
     for r in rows(audience):
+        if r.vpn and not vpn:
+            continue
         cells = [fill(getattr(r, f), filled) for f in _FIELDS]
         cells[0], cells[3] = f"`{cells[0]}`", f"`{cells[3]}`"
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
