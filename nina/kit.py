@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nina import facts, gpu, render, services, templating
+from nina import facts, gpu, render, services, templating, troubleshooting
 from nina import outputs as schema
 from nina import vpn as vpn_files
 from nina.plan import Member
@@ -705,6 +705,12 @@ def _sha256sums(files: Sequence[KitFile]) -> bytes:
     return "".join(lines).encode()
 
 
+def _troubleshooting(org: Organisation, tenancy: Tenancy) -> str:
+    """The kit README's troubleshooting table: nina.troubleshooting's site rows with this organisation's values."""
+    host, _, port = tenancy.fleet_address.rpartition(":")
+    return troubleshooting.table(troubleshooting.SITE, {"slug": org.slug, "superlink_host": host, "fleet_port": port}, vpn=org.onprem)
+
+
 def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitFile]:
     """Every file of `slug`'s kit (paths relative to the kit's top directory), sorted by path."""
     out = outputs if isinstance(outputs, StackOutputs) else parse_outputs(outputs)
@@ -755,6 +761,7 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         secrets=_secrets(org),
         platform_key_file=PLATFORM_KEY_FILE,
         signature_file=SIGNATURE_FILE,
+        troubleshooting=_troubleshooting(org, tenancy),
         **context,
     )
     files.append(KitFile("README.md", _text(readme), 0o644))

@@ -40,7 +40,7 @@ import bootlab
 import pytest
 from harness import run_program, stack_config
 
-from nina import facts
+from nina import facts, troubleshooting
 from nina.host.membership import parse_json
 from nina.rehearse import judge_run, validation_run_config
 
@@ -192,6 +192,7 @@ def validate_as_an_operator(lab: bootlab.Lab, declared: bootlab.Declared, sl: bo
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 @pytest.mark.timeout(2700)
+@pytest.mark.troubleshooting("bootstrap-failed")
 def test_boot_lab_hosts_boot_take_deliveries_and_federate_with_a_hospital():
     timer = Timer()
     run = run_program(lab_config(), "test")
@@ -245,15 +246,16 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
     assert statuses[broken.name]["status"] == "error", statuses[broken.name]["text"]
     assert "scripts-user" in statuses[broken.name]["text"], statuses[broken.name]["text"]
     assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1
-    check = bad.sh(facts.BOOTSTRAP_CHECK_BIN, check=False)
-    assert check.returncode == 1 and "does not have flwr==" in check.stderr, check.stderr
+    row = troubleshooting.row("bootstrap-failed")
+    check = bad.sh(troubleshooting.fill(row.check, {}), check=False)  # the row's check, on the host
+    assert check.returncode == 1 and "does not have flwr==" in check.stderr and "FAILED:" in check.stderr, check.stderr
     assert bad.sh(f"test -e {facts.BOOTSTRAP_MARKER}", check=False).returncode == 1, "a failed check wrote the marker"
     deliveries = deliveries_to(by_host, broken)
     assert len(deliveries) == 2, [c.name for c in deliveries]  # <host>-base and <host>-supernode
     for delivery in deliveries:
         refused = lab.run_declared(delivery)
         assert refused.returncode == 1, refused
-        assert f"refusing to deliver to {broken.hostname}" in refused.stderr, refused.stderr
+        assert troubleshooting.fill(row.symptom, {"hostname": broken.hostname}) in refused.stderr, refused.stderr
         assert "status: error" in refused.stderr, refused.stderr  # cloud-init's own account, for the operator
     for path in (facts.SUPERNODE_CONF, facts.JOURNALD_DROPIN, facts.HOST_LIB_DIR):
         assert bad.sh(f"test -e {path}", check=False).returncode == 1, f"a refused delivery installed {path}"

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, pem, render, services, vpn
+from nina import cli, facts, kit, pem, render, services, troubleshooting, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
@@ -939,6 +939,25 @@ def test_readme_for_cloud_and_own_key_organisations(kit_archives):
     assert "`/etc/flwr/supernode/certs/client_credentials`" in own
     assert "`/etc/openvpn/clientcerts/private/hospital-own.key`" in own
     assert "the SuperNode's private key" not in own.split("## 1.")[0]
+
+
+@pytest.mark.parametrize("slug", ["hospital-a", "cloud-lab"])
+def test_readme_troubleshooting_table_has_the_site_rows_with_this_kits_values(kit_archives, kit_built, slug):
+    readme = contents(kit_archives[slug])["README.md"].decode()
+    section = readme.split(". Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    tenancy = next(t for t in kit_built.outputs["tenancies"].values() if slug in t["organisations"])
+    fleet = tenancy["superlink"]["fleet_address"]
+    host, _, port = fleet.rpartition(":")
+    onprem = slug == "hospital-a"
+    expected = troubleshooting.table(troubleshooting.SITE, {"slug": slug, "superlink_host": host, "fleet_port": port}, vpn=onprem)
+    assert expected in section
+    for row in troubleshooting.rows(troubleshooting.SITE):
+        assert (f"`{row.symptom}`" in section) == (onprem or not row.vpn), row.id
+    if onprem:
+        assert f"openssl x509 -noout -fingerprint -sha256 -in /etc/openvpn/clientcerts/issued/{slug}.crt" in section
+    assert f"openssl s_client -connect {fleet} -CAfile /etc/flwr/supernode/certs/ca.crt -verify_ip {host}" in section
+    assert "<" + "slug>" not in section and "{" not in section
+    assert not any(r.symptom in section for r in troubleshooting.rows(troubleshooting.OPERATOR) if "nina-vpn-verify" in r.symptom)
 
 
 # --- CLI -----------------------------------------------------------------------------------------

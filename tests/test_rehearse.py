@@ -5,16 +5,20 @@ validation_app/. Two organisations (stack uat) and two rounds keep each test wel
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import pytest
 
-from nina import cli, facts, localpki
+from nina import cli, facts, localpki, troubleshooting
 from nina.config import load_config
 from nina.plan import build_plan
+from nina.rehearse import build_pki
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +54,24 @@ def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
     assert "ok: every organisation took part in every round" in out
 
 
+def _check(row_id: str, **values: str) -> str:
+    """Run troubleshooting row `row_id`'s check (with the rehearsal's values) as the table prints it; its output."""
+    command = troubleshooting.fill(troubleshooting.row(row_id).check, values)
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    return proc.stdout + proc.stderr
+
+
+def _symptom(row_id: str, **values: str) -> str:
+    return troubleshooting.fill(troubleshooting.row(row_id).symptom, values)
+
+
+def _s_client_values(r, slug: str, host: str = facts.LOOPBACK) -> dict[str, str]:
+    """The site rows' values on this rehearsal: the kit's CA, the SuperLink's address as dialled."""
+    ca = r.kits[slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.CA_CERT_FILE
+    return {"superlink_host": host, "fleet_port": str(r.fleet_port), "ca": str(ca)}
+
+
+@pytest.mark.troubleshooting("supernode-not-registered", "supernode-key-unknown-at-superlink")
 def test_removed_organisation_is_refused_and_the_rest_completes(reh_rehearsal):
     r = reh_rehearsal()
     keep, gone = r.members[0], r.members[1]
@@ -61,6 +83,30 @@ def test_removed_organisation_is_refused_and_the_rest_completes(reh_rehearsal):
     _wait_for(lambda: not refused.alive(), 60, f"{gone.slug}'s SuperNode to exit")
     assert refused.popen.returncode != 0
     assert "FAILED_PRECONDITION" in refused.output(), refused.output()[-2000:]
+    assert _symptom("supernode-not-registered") in refused.output(), refused.output()[-2000:]
+    # The site's check: the kit key's fingerprint, which no registration holds.
+    pub = r.kits[gone.slug] / facts.SUPERNODE_CERTS.lstrip("/") / facts.SUPERNODE_PUB_FILE
+    shown = _check("supernode-not-registered", supernode_pub=str(pub))
+    fingerprint = re.search(r"SHA256:\S+", shown)
+    assert fingerprint, shown
+    assert gone.slug not in r.registered()
+    # The operator's check: nina-membership list (the rehearsal's copy, with its environment) names no such member.
+    assert _symptom("supernode-key-unknown-at-superlink") == _symptom("supernode-not-registered")
+    listing = subprocess.run(
+        [
+            "sh",
+            "-c",
+            troubleshooting.fill(
+                troubleshooting.row("supernode-key-unknown-at-superlink").check, {"membership": f"{sys.executable} {r.membership}"}
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=r._membership_env(1),
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert f'"{keep.slug}"' in listing.stdout and f'"{gone.slug}"' not in listing.stdout, listing.stdout
     r.wait_online(1)
     result = r.run_app(ROUNDS, expected_partitions=[keep.partition_id])
     assert result.ok, result.error
@@ -79,6 +125,7 @@ def test_supernode_without_the_ca_fails_tls(reh_rehearsal):
     assert not [n for n in r.nodes() if n.get("status") == "online"]
 
 
+@pytest.mark.troubleshooting("tls-name-mismatch")
 def test_supernode_dialling_an_address_outside_the_sans_fails_verification(reh_rehearsal, reh_uat_plan):
     # 127.0.0.2 reaches this machine's loopback but is not in the certificate's SANs (which hold
     # the SuperLink's fixed IP, 127.0.0.1 and its names): the Fleet API listens on every address here.
@@ -105,6 +152,61 @@ def test_supernode_dialling_an_address_outside_the_sans_fails_verification(reh_r
     online = {str(n["node-id"]) for n in r.nodes() if n.get("status") == "online"}
     ids = r.registered()
     assert online == {ids[right]}, (online, ids)
+    assert _symptom("tls-name-mismatch") in bad.output()
+    shown = _check("tls-name-mismatch", **_s_client_values(r, wrong, target))
+    assert "IP address mismatch" in shown, shown
+    assert "IP address mismatch" not in _check("tls-name-mismatch", **_s_client_values(r, wrong)), "the right address must verify"
+
+
+@pytest.mark.troubleshooting("superlink-unreachable")
+def test_supernode_without_a_superlink_reports_it_unreachable(reh_rehearsal):
+    r = reh_rehearsal()
+    slug = r.members[0].slug
+    # No SuperLink: the SuperNode dials a port held bound but never listening (so no other
+    # program on this machine can take it meanwhile), which refuses connections.
+    hold = socket.socket()
+    hold.bind((facts.LOOPBACK, 0))
+    r.fleet_port = hold.getsockname()[1]
+    try:
+        node = r.start_supernode(slug)
+        symptom = _symptom("superlink-unreachable")
+        _wait_for(lambda: node.output().count(symptom) >= 2, 60, f"the SuperNode to log {symptom!r} twice")
+        shown = _check("superlink-unreachable", **_s_client_values(r, slug))
+    finally:
+        hold.close()
+    assert "Connection refused" in shown and "BEGIN CERTIFICATE" not in shown and "Certificate chain" not in shown, shown
+
+
+@pytest.mark.troubleshooting("clock-skew")
+def test_supernode_whose_clock_is_behind_the_certificate_fails_tls(reh_rehearsal, reh_uat_plan):
+    """The SuperLink's certificate starts two days after this host's clock: what a SuperNode host
+    whose clock is two days behind sees (the certificate is the platform's, from its CA, with its names)."""
+    pki = build_pki(reh_uat_plan)
+    tenancy = reh_uat_plan.tenancies[0]
+    spec = tenancy.certificate
+    key = localpki.generate_key(facts.KEY_ALGORITHM, facts.KEY_CURVE).private_key_pem
+    csr = localpki.cert_request(
+        key, {"common_name": spec.common_name, "organization": facts.LEAF_ORGANIZATION}, spec.dns_names, spec.ip_addresses
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    pki.superlinks[tenancy.name] = (
+        localpki.sign_certificate(csr, pki.ca_key, pki.ca_cert, facts.LEAF_VALIDITY_HOURS, facts.SERVER_CERT_USES, now=later),
+        key,
+    )
+    r = reh_rehearsal(pki=pki)
+    slug = r.members[0].slug
+    r.start_superlink()
+    node = r.start_supernode(slug)  # TLS fails before any registration matters
+    symptom = _symptom("clock-skew")
+    _wait_for(lambda: symptom in node.output(), 60, f"the SuperNode to log {symptom!r}")
+    shown = _check("clock-skew", **_s_client_values(r, slug))
+    assert "certificate is not yet valid" in shown, shown
+    today = dt.datetime.now(dt.UTC)
+    printed_date = shown.splitlines()[0]
+    assert str(today.year) in printed_date, printed_date  # `date -u` came first
+    not_before = re.search(r"notBefore=(.+ GMT)", shown)
+    assert not_before, shown
+    assert dt.datetime.strptime(not_before.group(1), "%b %d %H:%M:%S %Y GMT").replace(tzinfo=dt.UTC) > today, shown
 
 
 def test_superlink_killed_mid_federation_and_restarted_on_its_state(reh_rehearsal):

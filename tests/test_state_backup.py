@@ -8,6 +8,9 @@ against the real SuperLink of a rehearsal: its registrations survive a lost stat
 from __future__ import annotations
 
 import calendar
+import os
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -17,7 +20,7 @@ import pytest
 from backuplab import BackupProgram
 from promtext import one, promtool_ok
 
-from nina import facts
+from nina import facts, troubleshooting
 
 NAME = "20261203T020000Z"
 
@@ -149,6 +152,42 @@ def test_a_link_planted_as_the_database_is_replaced_not_followed(lab, tmp_path):
     proc = lab("restore", NAME)
     assert proc.returncode == 0, proc.stderr
     assert victim.read_text() == "root's file\n" and not lab.db.is_symlink() and len(rows(lab.db)) == 50
+
+
+@pytest.mark.troubleshooting("state-volume-full")
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare to mount a small tmpfs")
+def test_restore_onto_a_full_state_volume_says_so(lab):
+    """A real full file system: the state directory is a 1 MiB tmpfs (in a mount namespace of
+    its own, gone with it), filled up; the restore fails and says why, and the row's check (`df -h`
+    on the state directory, run in that namespace) shows the volume full."""
+    assert lab("backup").returncode == 0
+    row = troubleshooting.row("state-volume-full")
+    state = shlex.quote(str(lab.state))
+    saved = shlex.quote(str(lab.state.parent / "state-saved"))
+    check = troubleshooting.fill(row.check, {"state_dir": str(lab.state)})
+    script = "\n".join(
+        [
+            "set -u; exec 2>&1",
+            f"cp -a {state} {saved}",
+            f"mount -t tmpfs -o size=1m,mode=0750 nina-state {state}",
+            f"cp -a {saved}/. {state}/",
+            f"dd if=/dev/zero of={state}/filler bs=64k 2>/dev/null || true",  # until the volume is full
+            f'{shlex.quote(str(lab.launcher))} restore {NAME}; echo "restore exit $?"',
+            "echo '--- check'",
+            check,
+        ]
+    )
+    env = {**lab.env, "NINA_NOW": NAME}
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    out, check_out = (proc.stdout + proc.stderr).split("--- check", 1)
+    assert "restore exit 1" in out, out
+    assert troubleshooting.fill(row.symptom, {}) in out, out
+    assert f"{facts.SUPERLINK_BACKUP_BIN.rsplit('/', 1)[1]}: error:" in out, out
+    used = [line.split() for line in check_out.splitlines() if line.endswith(str(lab.state))]
+    assert used and used[0][4] == "100%", check_out
+    assert rows(lab.db) == [(i, f"key-{i}") for i in range(50)]  # the state outside the namespace never changed
 
 
 def test_backup_without_a_database_is_one_clear_error(lab):

@@ -24,7 +24,7 @@ import pytest
 from conftest import vpn_hub_payload
 from vpnlab import Client, VpnLab, wait_for
 
-from nina import facts, render, tlscrypt, vpn
+from nina import facts, localpki, render, tlscrypt, troubleshooting, vpn
 from nina.config import load_config
 from nina.plan import TenancyPlan, build_plan
 
@@ -214,6 +214,18 @@ def test_tcp_fallback_keeps_the_address_and_organisations_are_isolated(vpn_lab, 
     assert all((lab.workdir / f"seen-{m.slug}").read_text() == "" for m in (a, b))  # no connection ever arrived
 
 
+def _lab_paths(lab: VpnLab) -> dict[str, str]:
+    """The troubleshooting rows' VPN host paths, inside the lab's server root."""
+    return {name: str(lab.server_root / troubleshooting.FIXED[name].lstrip("/")) for name in ("allow_dir", "ccd_dir")}
+
+
+def _check(row_id: str, values: dict[str, str]) -> subprocess.CompletedProcess:
+    """Troubleshooting row `row_id`'s check, as the table prints it, with the lab's values."""
+    command = troubleshooting.fill(troubleshooting.row(row_id).check, values)
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.troubleshooting("vpn-not-admitted")
 @pytest.mark.timeout(180)
 def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_lab, vpn_tenancy, vpn_pki, vpn_raw_uat):
     """(d) removing an organisation from the config prunes its CCD and allow files on delivery,
@@ -245,7 +257,12 @@ def test_removed_organisation_is_disconnected_and_refused_without_a_restart(vpn_
         + re.escape(f"{facts.OPENVPN_ALLOW_DIR}/{gone.slug})")
     )
     assert wait_for(hub.servers["server"], refusal, 30), hub.servers["server"].output()[-2000:]
-    assert "TLS CRYPT V2 VERIFY SCRIPT ERROR" in hub.servers["server"].output()
+    assert wait_for(hub.servers["server"], "TLS CRYPT V2 VERIFY SCRIPT ERROR", 10)  # OpenVPN logs it after the script's line
+    values = {"slug": gone.slug, **_lab_paths(lab)}
+    assert troubleshooting.fill(troubleshooting.row("vpn-not-admitted").symptom, values) in hub.servers["server"].output()
+    shown = _check("vpn-not-admitted", values)
+    assert shown.returncode != 0 and shown.stderr.count("No such file or directory") == 2, shown.stderr
+    assert _check("vpn-not-admitted", {**values, "slug": keep.slug}).returncode == 0  # the admitted one has both
     lab.stop(pg)
     assert pg.output().count(READY) == 1 and hub.tunnel_address(cg) == [], pg.output()[-1000:]
     # The other organisation never noticed: same servers, one connection, still routed.
@@ -277,6 +294,7 @@ def test_certificate_from_another_ca_is_refused(vpn_lab, vpn_tenancy, vpn_pki):
     assert hub.tunnel_address(client) == [f"{org.vpn_address}/{v.pool.prefixlen}"]
 
 
+@pytest.mark.troubleshooting("vpn-replaced-kit", "vpn-no-answer")
 @pytest.mark.timeout(180)
 def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a_restart(vpn_lab, vpn_tenancy, vpn_pki):
     """(f) Revocation: the organisation's kit is replaced (new certificate and key, new
@@ -301,7 +319,31 @@ def test_replaced_kit_old_key_and_certificate_refused_new_kit_connects_without_a
     server = hub.servers["server"]
     # The old kit reconnects at once: refused at its control-channel key.
     assert wait_for(server, re.escape(f"nina-vpn-verify: refused: {org.slug}: tls-crypt-v2 key"), 30), server.output()[-2000:]
+    values = {"slug": org.slug, **_lab_paths(lab)}
+    assert troubleshooting.fill(troubleshooting.row("vpn-replaced-kit").symptom, values) in server.output()
+    old_id, new_id = tlscrypt.client_key_id(vpn_pki["tls_crypt_v2"][org.slug]), tlscrypt.client_key_id(new_tc)
+    assert f"tls-crypt-v2 key {old_id} is not its current key" in server.output()
+    shown = _check("vpn-replaced-kit", values)
+    assert shown.returncode == 0 and new_id in shown.stdout and old_id not in shown.stdout, shown
+    # The site's view: the old kit's client never completes its handshake. The same client config
+    # with a shorter hand-window (5 s, not OpenVPN's 60 s: a lab edit, to keep the test short)
+    # logs the same failure; the fingerprint of its VPN certificate (what the site's check prints)
+    # is not the one the allow file admits.
     lab.stop(old)
+    conf = vpn.client_conf(org.slug, v.certificate.common_name, co.public_ip, facts.OPENVPN_UDP_PORT, facts.OPENVPN_TCP_PORT)
+    site_view = lab.start_client(co, conf + "hand-window 5\n", hub.client_files(org.slug), name=f"{org.slug}-old-kit-again")
+    site_symptom = troubleshooting.fill(troubleshooting.row("vpn-no-answer").symptom, {})
+    assert wait_for(site_view, re.escape(site_symptom), 30), site_view.output()[-2000:]
+    assert "TLS key negotiation failed to occur within 5 seconds" in site_view.output()
+    lab.stop(site_view)
+    issued = co.root / troubleshooting.FIXED["vpn_issued_dir"].lstrip("/")
+    site = _check("vpn-no-answer", {"slug": org.slug, "vpn_issued_dir": str(issued)})
+    assert site.returncode == 0 and "Fingerprint=" in site.stdout, site
+    kit_fp = site.stdout.split("=", 1)[1].strip()
+    assert kit_fp == localpki.fingerprint_sha256(vpn_pki["clients"][org.slug][0])  # the old kit's certificate
+    admitted = shown.stdout.lower()
+    assert kit_fp.replace(":", "").lower() not in admitted, (kit_fp, admitted)
+    assert localpki.fingerprint_sha256(new_cert[0]).replace(":", "").lower() in admitted, admitted
     assert old.output().count(READY) == 1 and hub.tunnel_address(co) == []
     # The old certificate with the new key gets through the control channel, and is refused at TLS.
     mixed = hub.connect_client(co, tc=new_tc, name=f"{org.slug}-old-cert")
