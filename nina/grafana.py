@@ -166,6 +166,8 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         "auth.anonymous": {"enabled": "false"},
         "snapshots": {"external_enabled": "false"},
         "news": {"news_feed_enabled": "false"},
+        # Its own /metrics would be served without a login (no basic_auth_username); nothing scrapes it.
+        "metrics": {"enabled": "false"},
         "plugins": {"plugin_admin_enabled": "false"},
     }
     if is_public:

@@ -26,7 +26,7 @@ from systemd import needs_systemd_analyze, verify
 from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, Postgres, needs_postgres, pg  # noqa: F401
 from test_proxy import NGINX, _ca, _leaf, _write_cert, nginx_t, place
 
-from nina import config, facts, grafana, keycloak, localpki, proxy, render, services
+from nina import config, facts, grafana, keycloak, localpki, monitoring, proxy, render, services
 from nina.plan import Plan, build_plan
 
 DOMAIN = "fl.example.edu.au"
@@ -177,6 +177,19 @@ def test_grafana_ini_without_the_proxy_listens_on_loopback_with_basic_login(priv
     no_idp = make_plan(hosts)
     assert not grafana.public(no_idp) and [s.service for s in proxy.sites(no_idp)] == []
     assert parse_ini(grafana.grafana_ini(no_idp, DB_HOST))["server"]["http_addr"] == facts.LOOPBACK
+
+
+def test_grafanas_metrics_endpoint_is_off_and_never_public(public_plan, private_plan):
+    """Attack: GET https://grafana.<domain>/metrics. Grafana serves its internal metrics there
+    without a login by default ([metrics] enabled = true, no basic_auth_username): user and
+    dashboard counts, versions, request paths. Nothing scrapes them (no Grafana target in the
+    Prometheus config), so they are off, and nginx answers 404 for /metrics anyway."""
+    for plan in (public_plan, private_plan):
+        assert parse_ini(grafana.grafana_ini(plan, DB_HOST))["metrics"]["enabled"] == "false"
+    (site,) = [s for s in proxy.sites(public_plan) if s.service == "grafana"]
+    assert "/metrics" in site.blocked
+    prom = monitoring.prometheus_config(public_plan)
+    assert f":{facts.GRAFANA_PORT}" not in json.dumps(prom) and "grafana" not in [j["job_name"] for j in prom["scrape_configs"]]
 
 
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
