@@ -5,7 +5,8 @@
   host's fixed IP when nginx serves Grafana (`public(plan)`), else on 127.0.0.1 only (an
   operator's SSH tunnel); its database on the managed Postgres (grafanadb_server, role grafana,
   whose search_path is its own schema: the database step); every secret a `$__file{}` reference
-  to a root:grafana 0640 file; no sign-up, no analytics, no gravatar; and, when public, login only
+  to a root:grafana 0640 file; no sign-up, no analytics, no gravatar, nothing readable without
+  a login (no snapshots, public dashboards or /metrics); and, when public, login only
   through the Keycloak realm (generic OAuth), where only the operators' group gets a role (Admin)
   and everyone else is refused (`role_attribute_strict`): dashboards show every tenancy and
   hospital.
@@ -164,7 +165,10 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         },
         "users": {"allow_sign_up": "false", "allow_org_create": "false", "auto_assign_org": "true", "auto_assign_org_role": "Viewer"},
         "auth.anonymous": {"enabled": "false"},
-        "snapshots": {"external_enabled": "false"},
+        # The dashboards show every tenancy and hospital: none is shared with anyone not logged in,
+        # neither as a public ("shared externally") dashboard nor as a snapshot, whose key alone reads it.
+        "snapshots": {"enabled": "false", "external_enabled": "false"},
+        "public_dashboards": {"enabled": "false"},
         "news": {"news_feed_enabled": "false"},
         # Its own /metrics would be served without a login (no basic_auth_username); nothing scrapes it.
         "metrics": {"enabled": "false"},

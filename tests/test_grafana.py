@@ -192,6 +192,17 @@ def test_grafanas_metrics_endpoint_is_off_and_never_public(public_plan, private_
     assert f":{facts.GRAFANA_PORT}" not in json.dumps(prom) and "grafana" not in [j["job_name"] for j in prom["scrape_configs"]]
 
 
+def test_no_dashboard_can_be_shared_with_people_who_have_not_logged_in(public_plan, private_plan):
+    """Careless operator: "Share externally" (public dashboards, on by default since Grafana 11)
+    makes a dashboard's data (every tenancy and hospital) readable by anyone with the link, and a
+    local snapshot's key reads its data without a login (GET /api/snapshots/:key) too; the
+    dashboards are for operators only, so both are off, not just the external snapshot server."""
+    for plan in (public_plan, private_plan):
+        ini = parse_ini(grafana.grafana_ini(plan, DB_HOST))
+        assert ini["public_dashboards"]["enabled"] == "false"
+        assert (ini["snapshots"]["enabled"], ini["snapshots"]["external_enabled"]) == ("false", "false")
+
+
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
     assert grafana.grafana_ini(public_plan, DB_HOST) == grafana.grafana_ini(make_plan(), DB_HOST)
     for bad in ("db\n[security]\nadmin_password = x", "db host", "", "a;b"):
