@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -18,6 +19,14 @@ import urllib.request
 from nina.host.failure import Failure
 
 TIMEOUT = 60  # seconds for each network read
+REASON_CHARS = 200  # of what the server said, in the refusal
+
+
+def _printable(text: str) -> str:
+    """What a server sent (a status line, a reason), as one printable line: control characters
+    escaped (no new log line, no terminal escape), at most REASON_CHARS."""
+    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text.strip())
+    return shown if len(shown) <= REASON_CHARS else shown[:REASON_CHARS] + "..."
 
 
 def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str, max_bytes: int) -> str:
@@ -37,10 +46,12 @@ def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str,
                     raise Failure(f"{url} is larger than {max_bytes} bytes; refusing it")
                 digest.update(chunk)
                 out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    # http.client.HTTPException (a body cut off inside a chunk, a reply that is not HTTP) is no
+    # OSError: without it here a hostile or broken server is a traceback, not one line.
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         os.unlink(name, dir_fd=dir_fd)
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
-        raise Failure(f"cannot download {url}: {reason}") from None
+        raise Failure(f"cannot download {url}: {_printable(str(reason))}") from None
     except BaseException:
         os.unlink(name, dir_fd=dir_fd)
         raise
