@@ -110,3 +110,16 @@ def test_a_hostile_server_is_refused_in_one_failure_and_nothing_is_left(serve, d
         fetch(serve, reply, dir_fd)
     assert words in str(err.value) and str(err.value).isprintable(), err.value
     assert os.listdir(tmp_path) == []
+
+
+def test_files_a_killed_run_left_are_removed_by_the_next(serve, dir_fd, tmp_path):
+    """Careless operator (or a reboot, or systemd's TimeoutStartSec): a run killed mid-download
+    leaves `.download-<its pid>.deb` behind, up to the whole size each time; the next run, which
+    the callers serialise with a lock on the directory, removes what earlier runs left of the
+    same kind and nothing else."""
+    for leftover in (".download-1.deb", ".download-99999.deb"):
+        (tmp_path / leftover).write_bytes(b"x" * 1000)
+    (tmp_path / ".download-7.zip").write_bytes(b"keycloak's")
+    (tmp_path / "installed.json").write_text("{}")
+    name = fetch(serve, head(f"Content-Length: {len(BODY)}\r\n") + BODY, dir_fd)
+    assert sorted(os.listdir(tmp_path)) == sorted([name, ".download-7.zip", "installed.json"])

@@ -1,7 +1,8 @@
 """A pinned release downloaded and checked against its configured SHA-256, for the install
 programs of nina.host (nina-keycloak-install's zip, nina-grafana-install's .deb).
 
-`download(url, dir_fd, expected, setting, ...)` writes the body into a new root-only temporary
+`download(url, dir_fd, expected, setting, ...)` first removes the `.download-*<suffix>` files
+runs killed mid-download left (the caller holds an exclusive lock on the directory), then writes the body into a new root-only temporary
 file in the directory `dir_fd`, hashing it while it is written, and refuses it (the file removed)
 when it is larger than `max_bytes` or its digest is not `expected`: the refusal names the config
 key (`setting`) the digest came from. A module of nina (nina.host): standard library only.
@@ -34,8 +35,12 @@ def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str,
     returned), refused (exit code 2) unless its SHA-256 is `expected`; `setting` names the config
     key that holds `expected` (in the refusal)."""
     name = f".download-{os.getpid()}{suffix}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)
+    # What earlier runs killed mid-download left (the callers hold a lock on the directory, so
+    # none of these is being written now), this run's own name included.
+    for leftover in os.listdir(dir_fd):
+        if leftover.startswith(".download-") and leftover.endswith(suffix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover, dir_fd=dir_fd)
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     digest, size = hashlib.sha256(), 0
     try:
