@@ -123,3 +123,37 @@ def test_files_a_killed_run_left_are_removed_by_the_next(serve, dir_fd, tmp_path
     (tmp_path / "installed.json").write_text("{}")
     name = fetch(serve, head(f"Content-Length: {len(BODY)}\r\n") + BODY, dir_fd)
     assert sorted(os.listdir(tmp_path)) == sorted([name, ".download-7.zip", "installed.json"])
+
+
+def test_a_server_that_drips_the_body_is_cut_off_at_the_deadline(dir_fd, tmp_path, monkeypatch):
+    """Attack: a byte every so often, each within the per-read timeout, so the download never
+    ends (up to the unit's TimeoutStartSec, then a kill). The whole body has DEADLINE seconds."""
+    monkeypatch.setattr(download, "DEADLINE", 1)
+    sock = socket.create_server((facts.LOOPBACK, 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(head(f"Content-Length: {len(BODY)}\r\n"))
+            for byte in BODY:
+                if stop.wait(0.1):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        with pytest.raises(Failure, match="took longer than 1 seconds"):
+            download.download(
+                f"http://{facts.LOOPBACK}:{sock.getsockname()[1]}/x.deb",
+                dir_fd,
+                SHA,
+                "nina:grafana.sha256",
+                suffix=".deb",
+                max_bytes=1 << 20,
+            )
+    finally:
+        stop.set()
+        sock.close()
+    assert os.listdir(tmp_path) == []

@@ -2,10 +2,11 @@
 programs of nina.host (nina-keycloak-install's zip, nina-grafana-install's .deb).
 
 `download(url, dir_fd, expected, setting, ...)` first removes the `.download-*<suffix>` files
-runs killed mid-download left (the caller holds an exclusive lock on the directory), then writes the body into a new root-only temporary
-file in the directory `dir_fd`, hashing it while it is written, and refuses it (the file removed)
-when it is larger than `max_bytes` or its digest is not `expected`: the refusal names the config
-key (`setting`) the digest came from. A module of nina (nina.host): standard library only.
+runs killed mid-download left (the caller holds an exclusive lock on the directory), then writes
+the body into a new root-only temporary file in the directory `dir_fd`, hashing it while it is
+written, and refuses it (the file removed) when it is larger than `max_bytes`, takes longer than
+DEADLINE, or its digest is not `expected`: the refusal names the config key (`setting`) the
+digest came from. A module of nina (nina.host): standard library only.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import contextlib
 import hashlib
 import http.client
 import os
+import time
 import urllib.error
 import urllib.request
 
 from nina.host.failure import Failure
 
 TIMEOUT = 60  # seconds for each network read
+# Seconds for the whole body: a server that sends a byte a minute never trips TIMEOUT. Below the
+# install units' TimeoutStartSec (30 min), so the run ends in its own one line, not a kill.
+DEADLINE = 25 * 60
 REASON_CHARS = 200  # of what the server said, in the refusal
 
 
@@ -45,7 +50,11 @@ def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str,
     digest, size = hashlib.sha256(), 0
     try:
         with open(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
+            deadline = time.monotonic() + DEADLINE
+            # read1: what one read of the socket gives (read(n) waits for all n bytes).
+            for chunk in iter(lambda: response.read1(1 << 20), b""):
+                if time.monotonic() > deadline:
+                    raise Failure(f"{url} took longer than {DEADLINE} seconds; refusing it")
                 size += len(chunk)
                 if size > max_bytes:
                     raise Failure(f"{url} is larger than {max_bytes} bytes; refusing it")
