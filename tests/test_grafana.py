@@ -356,6 +356,10 @@ def _replace(s: grafana.GrafanaSecrets, **changes: Any) -> grafana.GrafanaSecret
         ({"grafana": {"sha256": SHA, "version": "10.4.3"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": SHA, "version": "12.0.2; rm -rf /"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": SHA, "version": 12}}, "nina:grafana.version", ()),
+        # Careless: a leading zero names no release (dl.grafana.com has no grafana_012.0.2, and dpkg
+        # would report 12.0.2, never equal to it).
+        ({"grafana": {"sha256": SHA, "version": "012.0.2"}}, "nina:grafana.version", ("pin an exact release",)),
+        ({"grafana": {"sha256": SHA, "version": "12.00.2"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": "xyz"}}, "nina:grafana.sha256", ("not a SHA-256", "sha256sum")),
         ({"grafana": {"sha256": SHA, "url": "http://evil"}}, "nina:grafana.url", ()),
         ({"database": {"enabled": False}}, "nina:database.enabled", ("grafanadb_server",)),
