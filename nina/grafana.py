@@ -46,6 +46,11 @@ PLUGINS = posixpath.join(facts.GRAFANA_DATA, "plugins")
 PROMETHEUS_URL = f"http://{facts.LOOPBACK}:{facts.PROMETHEUS_PORT}"
 CA_FILE = posixpath.join(facts.GRAFANA_CERTS, facts.CA_CERT_FILE)
 DASHBOARD_UPDATE_SECONDS = 30  # how often Grafana rereads the dashboards' directory
+# Grafana maps the realm's groups to a role at login only: a session ends within a day (and after
+# 8 idle hours), so someone taken out of the operators' group loses Grafana by the next login
+# through Keycloak, not after Grafana's default 30 days.
+SESSION_LIFETIME = "1d"
+SESSION_IDLE = "8h"
 # The secrets grafana.ini reads with $__file{} (root:grafana 0640 in facts.GRAFANA_SECRETS).
 SECRET_FILES = {
     "database_password": "database-password",
@@ -181,7 +186,13 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         logout = f"{access.public_url('keycloak')}{realm}/logout?" + urllib.parse.urlencode(
             {"client_id": "grafana", "post_logout_redirect_uri": root_url}
         )
-        ini["auth"] = {"disable_login_form": "true", "oauth_allow_insecure_email_lookup": "false", "signout_redirect_url": logout}
+        ini["auth"] = {
+            "disable_login_form": "true",
+            "oauth_allow_insecure_email_lookup": "false",
+            "signout_redirect_url": logout,
+            "login_maximum_lifetime_duration": SESSION_LIFETIME,
+            "login_maximum_inactive_lifetime_duration": SESSION_IDLE,
+        }
         # The admin's password would be a public login otherwise: it is for the host (grafana cli) only.
         ini["auth.basic"] = {"enabled": "false"}
         ini["auth.generic_oauth"] = {

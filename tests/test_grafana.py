@@ -203,6 +203,17 @@ def test_no_dashboard_can_be_shared_with_people_who_have_not_logged_in(public_pl
         assert (ini["snapshots"]["enabled"], ini["snapshots"]["external_enabled"]) == ("false", "false")
 
 
+def test_an_operator_taken_out_of_the_group_loses_grafana_within_a_day(public_plan):
+    """Careless offboarding: Grafana maps the realm's groups to a role at login only, and its
+    session cookie lasts login_maximum_lifetime_duration (30 days by default, renewed without
+    Keycloak), so someone taken out of the operators' group kept Admin, over every tenancy's
+    dashboards, for up to a month. A session now ends within a day; the next login goes through
+    Keycloak and role_attribute_strict again."""
+    auth = parse_ini(grafana.grafana_ini(public_plan, DB_HOST))["auth"]
+    assert auth["login_maximum_lifetime_duration"] == grafana.SESSION_LIFETIME == "1d"
+    assert auth["login_maximum_inactive_lifetime_duration"] == grafana.SESSION_IDLE == "8h"
+
+
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
     assert grafana.grafana_ini(public_plan, DB_HOST) == grafana.grafana_ini(make_plan(), DB_HOST)
     for bad in ("db\n[security]\nadmin_password = x", "db host", "", "a;b"):
