@@ -574,6 +574,7 @@ def test_nginx_t_accepts_the_grafana_site_with_websockets(public_plan, tmp_path)
     site = tmp_path / facts.NGINX_CONF_D.lstrip("/") / "nina-grafana.conf"
     text = site.read_text()
     assert f"server_name grafana.{DOMAIN};" in text and "Upgrade" in text
+    assert "location ^~ /metrics {\n        return 404;" in text  # Grafana's own metrics take no login
     mon = next(h for h in public_plan.hosts if h.name == "mon")
     assert f"{mon.fixed_ip}:{facts.GRAFANA_PORT}" in text and "proxy_ssl_name mon;" in text
     for name in (f"auth.{DOMAIN}", f"grafana.{DOMAIN}"):
