@@ -7,7 +7,7 @@
   whose search_path is its own schema: the database step); every secret a `$__file{}` reference
   to a root:grafana 0640 file; no sign-up, no analytics, no gravatar, nothing readable without
   a login (no snapshots, public dashboards or /metrics); and, when public, login only
-  through the Keycloak realm (generic OAuth), where only the operators' group gets a role (Admin)
+  through the Keycloak realm (generic OAuth), where only the operators' group gets a role (Editor)
   and everyone else is refused (`role_attribute_strict`): dashboards show every tenancy and
   hospital.
 - `datasources_yaml()`, `providers_yaml()`: the provisioned Prometheus datasource (uid
@@ -58,8 +58,11 @@ SECRET_FILES = {
     "secret_key": "secret-key",
     "client_secret": "oauth-client-secret",
 }
-# Only the operators' group (the realm's administrators) may log in; they administer Grafana.
-ROLE_ATTRIBUTE_PATH = f"contains({facts.KEYCLOAK_GROUPS_CLAIM}[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Admin'"
+# Only the operators' group (the realm's administrators) may log in, as Editors: dashboards and
+# Explore over the provisioned Prometheus. Not Admin: an Admin's service account tokens would pass
+# nginx without Keycloak and outlive offboarding, and an Admin's data sources would make this host
+# fetch any address it reaches; what an Admin would change is provisioned as code.
+ROLE_ATTRIBUTE_PATH = f"contains({facts.KEYCLOAK_GROUPS_CLAIM}[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Editor'"
 _DASHBOARD_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,95}\.json")
 _SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 

@@ -151,8 +151,8 @@ def test_grafana_ini_behind_the_proxy_field_by_field(public_plan):
     assert oauth["token_url"] == f"https://{idp.fixed_ip}:{facts.KEYCLOAK_PORT}{realm}/token"  # Grafana: the fixed IP
     assert oauth["api_url"] == f"https://{idp.fixed_ip}:{facts.KEYCLOAK_PORT}{realm}/userinfo"
     assert (oauth["tls_client_ca"], oauth["tls_skip_verify_insecure"]) == (f"{facts.GRAFANA_CERTS}/{facts.CA_CERT_FILE}", "false")
-    # Operators (the realm's admin group) are Admins; anyone else gets no role and is refused.
-    assert oauth["role_attribute_path"] == f"contains(groups[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Admin'"
+    # Operators (the realm's admin group) are Editors; anyone else gets no role and is refused.
+    assert oauth["role_attribute_path"] == f"contains(groups[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Editor'"
     assert (oauth["role_attribute_strict"], oauth["allow_assign_grafana_admin"], oauth["use_pkce"]) == ("true", "false", "true")
     assert ini["auth"]["signout_redirect_url"].startswith(
         f"https://auth.{DOMAIN}{realm}/logout?client_id=grafana&post_logout_redirect_uri="
@@ -206,12 +206,24 @@ def test_no_dashboard_can_be_shared_with_people_who_have_not_logged_in(public_pl
 def test_an_operator_taken_out_of_the_group_loses_grafana_within_a_day(public_plan):
     """Careless offboarding: Grafana maps the realm's groups to a role at login only, and its
     session cookie lasts login_maximum_lifetime_duration (30 days by default, renewed without
-    Keycloak), so someone taken out of the operators' group kept Admin, over every tenancy's
+    Keycloak), so someone taken out of the operators' group kept their role, over every tenancy's
     dashboards, for up to a month. A session now ends within a day; the next login goes through
     Keycloak and role_attribute_strict again."""
     auth = parse_ini(grafana.grafana_ini(public_plan, DB_HOST))["auth"]
     assert auth["login_maximum_lifetime_duration"] == grafana.SESSION_LIFETIME == "1d"
     assert auth["login_maximum_inactive_lifetime_duration"] == grafana.SESSION_IDLE == "8h"
+
+
+def test_a_keycloak_login_is_never_a_grafana_admin(public_plan):
+    """Attack (a stolen operator's Keycloak login, or an operator without SSH): an org Admin can
+    mint service account tokens, which pass nginx without Keycloak, survive offboarding and the
+    one-day session; and add data sources, which make the monitoring host fetch any address it
+    reaches (the Trove instance, other hosts' ports, the cloud's metadata service). Everything an
+    Admin would change is provisioned as code, so operators get Editor: dashboards and Explore
+    over the one provisioned Prometheus, no data sources, users or tokens."""
+    oauth = parse_ini(grafana.grafana_ini(public_plan, DB_HOST))["auth.generic_oauth"]
+    assert oauth["role_attribute_path"].endswith("&& 'Editor'") and "Admin" not in oauth["role_attribute_path"]
+    assert (oauth["role_attribute_strict"], oauth["allow_assign_grafana_admin"]) == ("true", "false")
 
 
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
