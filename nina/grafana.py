@@ -177,6 +177,9 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         # neither as a public ("shared externally") dashboard nor as a snapshot, whose key alone reads it.
         "snapshots": {"enabled": "false", "external_enabled": "false"},
         "public_dashboards": {"enabled": "false"},
+        # nina alerts through Prometheus and Alertmanager; Grafana's alerting would let Editors add
+        # contact points whose webhooks this host POSTs to any address it reaches.
+        "unified_alerting": {"enabled": "false"},
         "news": {"news_feed_enabled": "false"},
         # Its own /metrics would be served without a login (no basic_auth_username); nothing scrapes it.
         "metrics": {"enabled": "false"},

@@ -226,6 +226,16 @@ def test_a_keycloak_login_is_never_a_grafana_admin(public_plan):
     assert (oauth["role_attribute_strict"], oauth["allow_assign_grafana_admin"]) == ("true", "false")
 
 
+def test_grafana_alerting_is_off_so_an_editor_sends_nothing_anywhere(public_plan, private_plan):
+    """Attack (an operator's Keycloak login, Editor): Grafana's own alerting lets Editors add
+    contact points, whose webhooks the monitoring host then POSTs to any address it reaches. nina
+    alerts through Prometheus and Alertmanager (nina.monitoring), so Grafana's is off; [alerting]
+    (legacy, which Grafana 11 refuses to start with) is left unset."""
+    for plan in (public_plan, private_plan):
+        ini = parse_ini(grafana.grafana_ini(plan, DB_HOST))
+        assert ini["unified_alerting"]["enabled"] == "false" and not ini.has_section("alerting")
+
+
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
     assert grafana.grafana_ini(public_plan, DB_HOST) == grafana.grafana_ini(make_plan(), DB_HOST)
     for bad in ("db\n[security]\nadmin_password = x", "db host", "", "a;b"):
