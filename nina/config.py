@@ -381,7 +381,7 @@ class GrafanaConfig(_Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, value: str) -> str:
-        m = re.fullmatch(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})", value) if isinstance(value, str) else None
+        m = re.fullmatch(facts.GRAFANA_VERSION_PATTERN, value) if isinstance(value, str) else None
         if not m or int(m.group(1)) < MIN_GRAFANA_MAJOR:
             raise ValueError(
                 f"{_show(value)} is not a Grafana OSS release nina supports; pin an exact release "

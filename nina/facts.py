@@ -21,6 +21,9 @@ KEYCLOAK_RELEASE_URL = "https://github.com/keycloak/keycloak/releases/download/{
 # monitoring host downloads (checked against nina:grafana.sha256) and apt-get installs.
 GRAFANA_VERSION = "12.0.2"
 GRAFANA_RELEASE_URL = "https://dl.grafana.com/oss/release/grafana_{version}_amd64.deb"
+# A Grafana release as nina pins it (nina:grafana.version, nina-grafana-install --version): three
+# numbers without leading zeros, as dl.grafana.com's file names and dpkg's version spell them.
+GRAFANA_VERSION_PATTERN = r"(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})"
 
 # --- Nectar / QCIF defaults -------------------------------------------------------------
 DEFAULT_AVAILABILITY_ZONE = "QRIScloud"

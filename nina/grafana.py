@@ -5,8 +5,9 @@
   host's fixed IP when nginx serves Grafana (`public(plan)`), else on 127.0.0.1 only (an
   operator's SSH tunnel); its database on the managed Postgres (grafanadb_server, role grafana,
   whose search_path is its own schema: the database step); every secret a `$__file{}` reference
-  to a root:grafana 0640 file; no sign-up, no analytics, no gravatar; and, when public, login only
-  through the Keycloak realm (generic OAuth), where only the operators' group gets a role (Admin)
+  to a root:grafana 0640 file; no sign-up, no analytics, no gravatar, nothing readable without
+  a login (no snapshots, public dashboards or /metrics); and, when public, login only
+  through the Keycloak realm (generic OAuth), where only the operators' group gets a role (Editor)
   and everyone else is refused (`role_attribute_strict`): dashboards show every tenancy and
   hospital.
 - `datasources_yaml()`, `providers_yaml()`: the provisioned Prometheus datasource (uid
@@ -45,6 +46,11 @@ PLUGINS = posixpath.join(facts.GRAFANA_DATA, "plugins")
 PROMETHEUS_URL = f"http://{facts.LOOPBACK}:{facts.PROMETHEUS_PORT}"
 CA_FILE = posixpath.join(facts.GRAFANA_CERTS, facts.CA_CERT_FILE)
 DASHBOARD_UPDATE_SECONDS = 30  # how often Grafana rereads the dashboards' directory
+# Grafana maps the realm's groups to a role at login only: a session ends within a day (and after
+# 8 idle hours), so someone taken out of the operators' group loses Grafana by the next login
+# through Keycloak, not after Grafana's default 30 days.
+SESSION_LIFETIME = "1d"
+SESSION_IDLE = "8h"
 # The secrets grafana.ini reads with $__file{} (root:grafana 0640 in facts.GRAFANA_SECRETS).
 SECRET_FILES = {
     "database_password": "database-password",
@@ -52,8 +58,11 @@ SECRET_FILES = {
     "secret_key": "secret-key",
     "client_secret": "oauth-client-secret",
 }
-# Only the operators' group (the realm's administrators) may log in; they administer Grafana.
-ROLE_ATTRIBUTE_PATH = f"contains({facts.KEYCLOAK_GROUPS_CLAIM}[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Admin'"
+# Only the operators' group (the realm's administrators) may log in, as Editors: dashboards and
+# Explore over the provisioned Prometheus. Not Admin: an Admin's service account tokens would pass
+# nginx without Keycloak and outlive offboarding, and an Admin's data sources would make this host
+# fetch any address it reaches; what an Admin would change is provisioned as code.
+ROLE_ATTRIBUTE_PATH = f"contains({facts.KEYCLOAK_GROUPS_CLAIM}[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Editor'"
 _DASHBOARD_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,95}\.json")
 _SECRET_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
@@ -164,8 +173,16 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         },
         "users": {"allow_sign_up": "false", "allow_org_create": "false", "auto_assign_org": "true", "auto_assign_org_role": "Viewer"},
         "auth.anonymous": {"enabled": "false"},
-        "snapshots": {"external_enabled": "false"},
+        # The dashboards show every tenancy and hospital: none is shared with anyone not logged in,
+        # neither as a public ("shared externally") dashboard nor as a snapshot, whose key alone reads it.
+        "snapshots": {"enabled": "false", "external_enabled": "false"},
+        "public_dashboards": {"enabled": "false"},
+        # nina alerts through Prometheus and Alertmanager; Grafana's alerting would let Editors add
+        # contact points whose webhooks this host POSTs to any address it reaches.
+        "unified_alerting": {"enabled": "false"},
         "news": {"news_feed_enabled": "false"},
+        # Its own /metrics would be served without a login (no basic_auth_username); nothing scrapes it.
+        "metrics": {"enabled": "false"},
         "plugins": {"plugin_admin_enabled": "false"},
     }
     if is_public:
@@ -175,7 +192,13 @@ def settings(plan: Plan, db_host: str) -> dict[str, dict[str, str]]:
         logout = f"{access.public_url('keycloak')}{realm}/logout?" + urllib.parse.urlencode(
             {"client_id": "grafana", "post_logout_redirect_uri": root_url}
         )
-        ini["auth"] = {"disable_login_form": "true", "oauth_allow_insecure_email_lookup": "false", "signout_redirect_url": logout}
+        ini["auth"] = {
+            "disable_login_form": "true",
+            "oauth_allow_insecure_email_lookup": "false",
+            "signout_redirect_url": logout,
+            "login_maximum_lifetime_duration": SESSION_LIFETIME,
+            "login_maximum_inactive_lifetime_duration": SESSION_IDLE,
+        }
         # The admin's password would be a public login otherwise: it is for the host (grafana cli) only.
         ini["auth.basic"] = {"enabled": "false"}
         ini["auth.generic_oauth"] = {

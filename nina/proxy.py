@@ -65,7 +65,8 @@ PUBLIC_SERVICES: tuple[PublicService, ...] = (
     PublicService("jupyterhub", "jupyterhub", websocket=True, max_body="64m"),
     # Grafana (role grafana, on the monitoring host: the port table's monitoring zone), WebSocket
     # for Grafana Live; only with Keycloak, as only operators logged in through it may see it.
-    PublicService("grafana", "grafana", websocket=True, zone="monitoring", needs=("keycloak",)),
+    # Its /metrics (off in grafana.ini, and never public: it takes no login) answers 404 here too.
+    PublicService("grafana", "grafana", websocket=True, zone="monitoring", needs=("keycloak",), blocked=("/metrics",)),
 )
 
 # Sent with every answer (`always`: errors too), replacing what an upstream sends.

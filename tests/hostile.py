@@ -176,6 +176,24 @@ def _huge_stack(d: Path) -> list[str]:
     return ["config", "check", "--stack", "bad", "--dir", str(d)]
 
 
+SHA = "ab" * 32
+
+
+def _grafana(
+    grafana: dict[str, Any] | None = None, mon_roles: tuple[str, ...] = ("monitoring", "grafana"), **top: Any
+) -> Callable[[dict[str, Any]], None]:
+    """uat with a monitoring host carrying `mon_roles` and nina:grafana = `grafana` (a valid
+    digest unless given), plus any other top-level nina:<key> values (e.g. database)."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["nina:hosts"] = [{"name": "gateway", "roles": ["bastion", "proxy"]}, {"name": "mon", "roles": list(mon_roles)}]
+        cfg["nina:grafana"] = {"sha256": SHA} if grafana is None else grafana
+        for key, value in top.items():
+            cfg[f"nina:{key}"] = value
+
+    return edit
+
+
 def stack_cases() -> list[Case]:
     cases = [
         # PyYAML turns these into exceptions that are not YAMLError (ValueError, OverflowError).
@@ -293,6 +311,29 @@ def stack_cases() -> list[Case]:
             "public names over 253 characters",
             _stack_edit(_researcher(domain=".".join(["b" * 40] * 6) + ".abcdefg")),
             "public_domain",
+        ),
+        # Grafana (role grafana): a careless pin or placement, each one line naming the key.
+        Case("grafana", "no sha256", _stack_edit(_grafana({})), "nina:grafana.sha256"),
+        Case("grafana", "sha256 with a space", _stack_edit(_grafana({"sha256": " " + SHA})), "nina:grafana.sha256"),
+        Case("grafana", "sha256 of 63 digits", _stack_edit(_grafana({"sha256": SHA[:63]})), "nina:grafana.sha256"),
+        Case("grafana", "version 10.x", _stack_edit(_grafana({"sha256": SHA, "version": "10.4.3"})), "nina:grafana.version"),
+        Case("grafana", "version 'latest'", _stack_edit(_grafana({"sha256": SHA, "version": "latest"})), "nina:grafana.version"),
+        Case(
+            "grafana",
+            "shell in the version",
+            _stack_edit(_grafana({"sha256": SHA, "version": "12.0.2; rm -rf /"})),
+            "nina:grafana.version",
+        ),
+        Case("grafana", "a path as the version", _stack_edit(_grafana({"sha256": SHA, "version": "../../12.0.2"})), "nina:grafana.version"),
+        Case("grafana", "newline in the version", _stack_edit(_grafana({"sha256": SHA, "version": "12.0.2\n[x]"})), "nina:grafana.version"),
+        Case("grafana", "an unknown key", _stack_edit(_grafana({"sha256": SHA, "url": "http://evil.example"})), "nina:grafana.url"),
+        Case("grafana", "without monitoring", _stack_edit(_grafana(mon_roles=("grafana",))), "'monitoring' role"),
+        Case("grafana", "database disabled", _stack_edit(_grafana(database={"enabled": False})), "nina:database.enabled"),
+        Case(
+            "grafana",
+            "backups alert sooner than daily",
+            _stack_edit(_grafana(monitoring={"alerts": {"backup_stale": "1h"}})),
+            "backup_stale",
         ),
         # Files that are not stack files.
         Case("unbounded reads", "stack file is /dev/zero", _stack_is("/dev/zero"), "Pulumi.bad.yaml"),

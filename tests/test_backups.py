@@ -75,3 +75,18 @@ def test_an_unexpected_error_is_recorded_as_a_failed_run_and_still_raised(tmp_pa
         one(samples((tmp_path / "nina_backup_superlink-state.prom").read_text()), "nina_backup_last_run_success", what="superlink-state")
         == 1
     )
+
+
+def test_a_link_planted_as_the_metrics_file_is_replaced_not_followed(tmp_path, monkeypatch):
+    """Attack: whoever could write the textfile directory plants nina_backup_<what>.prom as a
+    link to a file root owns; the root-run backup's metrics must replace the link, never write
+    through it (the directory itself is trust-checked: tests/test_state_backup.py)."""
+    textfile, victim = tmp_path / "textfile", tmp_path / "victim"
+    textfile.mkdir(mode=0o755)
+    victim.write_text("root's\n")
+    planted = textfile / facts.BACKUP_METRICS_FILE.format(what="grafanadb_server")
+    planted.symlink_to(victim)
+    monkeypatch.setenv("NINA_TEXTFILE_DIR", str(textfile))
+    assert backups.record(_commands(lambda: "grafanadb_server"), True) is None
+    assert victim.read_text() == "root's\n" and not planted.is_symlink()
+    assert one(samples(planted.read_text()), "nina_backup_last_run_success", what="grafanadb_server") == 1

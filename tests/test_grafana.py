@@ -26,7 +26,7 @@ from systemd import needs_systemd_analyze, verify
 from test_keycloak import ADMIN, CLOUD_INIT, PG_BIN, Postgres, needs_postgres, pg  # noqa: F401
 from test_proxy import NGINX, _ca, _leaf, _write_cert, nginx_t, place
 
-from nina import config, facts, grafana, keycloak, localpki, proxy, render, services
+from nina import config, facts, grafana, keycloak, localpki, monitoring, proxy, render, services
 from nina.plan import Plan, build_plan
 
 DOMAIN = "fl.example.edu.au"
@@ -151,8 +151,8 @@ def test_grafana_ini_behind_the_proxy_field_by_field(public_plan):
     assert oauth["token_url"] == f"https://{idp.fixed_ip}:{facts.KEYCLOAK_PORT}{realm}/token"  # Grafana: the fixed IP
     assert oauth["api_url"] == f"https://{idp.fixed_ip}:{facts.KEYCLOAK_PORT}{realm}/userinfo"
     assert (oauth["tls_client_ca"], oauth["tls_skip_verify_insecure"]) == (f"{facts.GRAFANA_CERTS}/{facts.CA_CERT_FILE}", "false")
-    # Operators (the realm's admin group) are Admins; anyone else gets no role and is refused.
-    assert oauth["role_attribute_path"] == f"contains(groups[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Admin'"
+    # Operators (the realm's admin group) are Editors; anyone else gets no role and is refused.
+    assert oauth["role_attribute_path"] == f"contains(groups[*], '{facts.KEYCLOAK_ADMIN_GROUP}') && 'Editor'"
     assert (oauth["role_attribute_strict"], oauth["allow_assign_grafana_admin"], oauth["use_pkce"]) == ("true", "false", "true")
     assert ini["auth"]["signout_redirect_url"].startswith(
         f"https://auth.{DOMAIN}{realm}/logout?client_id=grafana&post_logout_redirect_uri="
@@ -177,6 +177,63 @@ def test_grafana_ini_without_the_proxy_listens_on_loopback_with_basic_login(priv
     no_idp = make_plan(hosts)
     assert not grafana.public(no_idp) and [s.service for s in proxy.sites(no_idp)] == []
     assert parse_ini(grafana.grafana_ini(no_idp, DB_HOST))["server"]["http_addr"] == facts.LOOPBACK
+
+
+def test_grafanas_metrics_endpoint_is_off_and_never_public(public_plan, private_plan):
+    """Attack: GET https://grafana.<domain>/metrics. Grafana serves its internal metrics there
+    without a login by default ([metrics] enabled = true, no basic_auth_username): user and
+    dashboard counts, versions, request paths. Nothing scrapes them (no Grafana target in the
+    Prometheus config), so they are off, and nginx answers 404 for /metrics anyway."""
+    for plan in (public_plan, private_plan):
+        assert parse_ini(grafana.grafana_ini(plan, DB_HOST))["metrics"]["enabled"] == "false"
+    (site,) = [s for s in proxy.sites(public_plan) if s.service == "grafana"]
+    assert "/metrics" in site.blocked
+    prom = monitoring.prometheus_config(public_plan)
+    assert f":{facts.GRAFANA_PORT}" not in json.dumps(prom) and "grafana" not in [j["job_name"] for j in prom["scrape_configs"]]
+
+
+def test_no_dashboard_can_be_shared_with_people_who_have_not_logged_in(public_plan, private_plan):
+    """Careless operator: "Share externally" (public dashboards, on by default since Grafana 11)
+    makes a dashboard's data (every tenancy and hospital) readable by anyone with the link, and a
+    local snapshot's key reads its data without a login (GET /api/snapshots/:key) too; the
+    dashboards are for operators only, so both are off, not just the external snapshot server."""
+    for plan in (public_plan, private_plan):
+        ini = parse_ini(grafana.grafana_ini(plan, DB_HOST))
+        assert ini["public_dashboards"]["enabled"] == "false"
+        assert (ini["snapshots"]["enabled"], ini["snapshots"]["external_enabled"]) == ("false", "false")
+
+
+def test_an_operator_taken_out_of_the_group_loses_grafana_within_a_day(public_plan):
+    """Careless offboarding: Grafana maps the realm's groups to a role at login only, and its
+    session cookie lasts login_maximum_lifetime_duration (30 days by default, renewed without
+    Keycloak), so someone taken out of the operators' group kept their role, over every tenancy's
+    dashboards, for up to a month. A session now ends within a day; the next login goes through
+    Keycloak and role_attribute_strict again."""
+    auth = parse_ini(grafana.grafana_ini(public_plan, DB_HOST))["auth"]
+    assert auth["login_maximum_lifetime_duration"] == grafana.SESSION_LIFETIME == "1d"
+    assert auth["login_maximum_inactive_lifetime_duration"] == grafana.SESSION_IDLE == "8h"
+
+
+def test_a_keycloak_login_is_never_a_grafana_admin(public_plan):
+    """Attack (a stolen operator's Keycloak login, or an operator without SSH): an org Admin can
+    mint service account tokens, which pass nginx without Keycloak, survive offboarding and the
+    one-day session; and add data sources, which make the monitoring host fetch any address it
+    reaches (the Trove instance, other hosts' ports, the cloud's metadata service). Everything an
+    Admin would change is provisioned as code, so operators get Editor: dashboards and Explore
+    over the one provisioned Prometheus, no data sources, users or tokens."""
+    oauth = parse_ini(grafana.grafana_ini(public_plan, DB_HOST))["auth.generic_oauth"]
+    assert oauth["role_attribute_path"].endswith("&& 'Editor'") and "Admin" not in oauth["role_attribute_path"]
+    assert (oauth["role_attribute_strict"], oauth["allow_assign_grafana_admin"]) == ("true", "false")
+
+
+def test_grafana_alerting_is_off_so_an_editor_sends_nothing_anywhere(public_plan, private_plan):
+    """Attack (an operator's Keycloak login, Editor): Grafana's own alerting lets Editors add
+    contact points, whose webhooks the monitoring host then POSTs to any address it reaches. nina
+    alerts through Prometheus and Alertmanager (nina.monitoring), so Grafana's is off; [alerting]
+    (legacy, which Grafana 11 refuses to start with) is left unset."""
+    for plan in (public_plan, private_plan):
+        ini = parse_ini(grafana.grafana_ini(plan, DB_HOST))
+        assert ini["unified_alerting"]["enabled"] == "false" and not ini.has_section("alerting")
 
 
 def test_grafana_ini_is_deterministic_and_refuses_a_hostile_database_host(public_plan):
@@ -332,6 +389,10 @@ def _replace(s: grafana.GrafanaSecrets, **changes: Any) -> grafana.GrafanaSecret
         ({"grafana": {"sha256": SHA, "version": "10.4.3"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": SHA, "version": "12.0.2; rm -rf /"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": SHA, "version": 12}}, "nina:grafana.version", ()),
+        # Careless: a leading zero names no release (dl.grafana.com has no grafana_012.0.2, and dpkg
+        # would report 12.0.2, never equal to it).
+        ({"grafana": {"sha256": SHA, "version": "012.0.2"}}, "nina:grafana.version", ("pin an exact release",)),
+        ({"grafana": {"sha256": SHA, "version": "12.00.2"}}, "nina:grafana.version", ("pin an exact release",)),
         ({"grafana": {"sha256": "xyz"}}, "nina:grafana.sha256", ("not a SHA-256", "sha256sum")),
         ({"grafana": {"sha256": SHA, "url": "http://evil"}}, "nina:grafana.url", ()),
         ({"database": {"enabled": False}}, "nina:database.enabled", ("grafanadb_server",)),
@@ -535,6 +596,7 @@ def test_nginx_t_accepts_the_grafana_site_with_websockets(public_plan, tmp_path)
     site = tmp_path / facts.NGINX_CONF_D.lstrip("/") / "nina-grafana.conf"
     text = site.read_text()
     assert f"server_name grafana.{DOMAIN};" in text and "Upgrade" in text
+    assert "location ^~ /metrics {\n        return 404;" in text  # Grafana's own metrics take no login
     mon = next(h for h in public_plan.hosts if h.name == "mon")
     assert f"{mon.fixed_ip}:{facts.GRAFANA_PORT}" in text and "proxy_ssl_name mon;" in text
     for name in (f"auth.{DOMAIN}", f"grafana.{DOMAIN}"):

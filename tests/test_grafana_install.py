@@ -110,10 +110,11 @@ def test_a_package_that_is_not_the_version_asked_for_is_an_error(server, host, c
 def test_bad_input_and_an_untrusted_directory_are_refused(server, host, capsys):  # noqa: F811
     assert gi.main(["--version", "latest", "--sha256", "0" * 64]) == 2
     assert gi.main(["--version", "12.0.2;id", "--sha256", "0" * 64]) == 2
+    assert gi.main(["--version", "12.0.02", "--sha256", "0" * 64]) == 2
     assert gi.main(["--version", VERSION, "--sha256", "xyz"]) == 2
     assert gi.main(["--version", VERSION, "--sha256", "0" * 64, "--url", server.url("/missing.deb")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert all(line.startswith(f"{gi.PROG}: error: ") for line in err) and len(err) == 4, err
+    assert all(line.startswith(f"{gi.PROG}: error: ") for line in err) and len(err) == 5, err
     assert "cannot download" in err[-1] and "404" in err[-1]
     os.chmod(host["downloads"], 0o777)
     assert run(server) == 2

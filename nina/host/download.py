@@ -1,23 +1,38 @@
 """A pinned release downloaded and checked against its configured SHA-256, for the install
 programs of nina.host (nina-keycloak-install's zip, nina-grafana-install's .deb).
 
-`download(url, dir_fd, expected, setting, ...)` writes the body into a new root-only temporary
-file in the directory `dir_fd`, hashing it while it is written, and refuses it (the file removed)
-when it is larger than `max_bytes` or its digest is not `expected`: the refusal names the config
-key (`setting`) the digest came from. A module of nina (nina.host): standard library only.
+`download(url, dir_fd, expected, setting, ...)` first removes the `.download-*<suffix>` files
+runs killed mid-download left (the caller holds an exclusive lock on the directory), then writes
+the body into a new root-only temporary file in the directory `dir_fd`, hashing it while it is
+written, and refuses it (the file removed) when it is larger than `max_bytes`, takes longer than
+DEADLINE, or its digest is not `expected`: the refusal names the config key (`setting`) the
+digest came from. A module of nina (nina.host): standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
+import time
 import urllib.error
 import urllib.request
 
 from nina.host.failure import Failure
 
 TIMEOUT = 60  # seconds for each network read
+# Seconds for the whole body: a server that sends a byte a minute never trips TIMEOUT. Below the
+# install units' TimeoutStartSec (30 min), so the run ends in its own one line, not a kill.
+DEADLINE = 25 * 60
+REASON_CHARS = 200  # of what the server said, in the refusal
+
+
+def _printable(text: str) -> str:
+    """What a server sent (a status line, a reason), as one printable line: control characters
+    escaped (no new log line, no terminal escape), at most REASON_CHARS."""
+    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text.strip())
+    return shown if len(shown) <= REASON_CHARS else shown[:REASON_CHARS] + "..."
 
 
 def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str, max_bytes: int) -> str:
@@ -25,22 +40,32 @@ def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str,
     returned), refused (exit code 2) unless its SHA-256 is `expected`; `setting` names the config
     key that holds `expected` (in the refusal)."""
     name = f".download-{os.getpid()}{suffix}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)
+    # What earlier runs killed mid-download left (the callers hold a lock on the directory, so
+    # none of these is being written now), this run's own name included.
+    for leftover in os.listdir(dir_fd):
+        if leftover.startswith(".download-") and leftover.endswith(suffix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover, dir_fd=dir_fd)
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     digest, size = hashlib.sha256(), 0
     try:
         with open(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
+            deadline = time.monotonic() + DEADLINE
+            # read1: what one read of the socket gives (read(n) waits for all n bytes).
+            for chunk in iter(lambda: response.read1(1 << 20), b""):
+                if time.monotonic() > deadline:
+                    raise Failure(f"{url} took longer than {DEADLINE} seconds; refusing it")
                 size += len(chunk)
                 if size > max_bytes:
                     raise Failure(f"{url} is larger than {max_bytes} bytes; refusing it")
                 digest.update(chunk)
                 out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    # http.client.HTTPException (a body cut off inside a chunk, a reply that is not HTTP) is no
+    # OSError: without it here a hostile or broken server is a traceback, not one line.
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         os.unlink(name, dir_fd=dir_fd)
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
-        raise Failure(f"cannot download {url}: {reason}") from None
+        raise Failure(f"cannot download {url}: {_printable(str(reason))}") from None
     except BaseException:
         os.unlink(name, dir_fd=dir_fd)
         raise

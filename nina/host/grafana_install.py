@@ -44,7 +44,7 @@ APT_GET = os.environ.get("NINA_APT_GET", "apt-get")
 DPKG_QUERY = os.environ.get("NINA_DPKG_QUERY", "dpkg-query")
 PACKAGE = "grafana"
 RECORD = "installed.json"  # in DOWNLOADS, written last
-VERSION_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}")
+VERSION_RE = re.compile(facts.GRAFANA_VERSION_PATTERN)
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_DEB_BYTES = 1 << 30  # Grafana 12's .deb is ~180 MB
 
