@@ -1,0 +1,156 @@
+"""Training environments: definitions, the committed locks, `nina env lock [--check]`, and
+installing a lock offline from a wheel cache the test builds (with pip's hash checking).
+
+Resolving and downloading need PyPI: those tests are skipped, saying so, when it is unreachable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nina import environments, facts
+from nina.cli import main
+from nina.environments import DEFAULT, Environment, LockError
+
+
+def pypi_reachable() -> bool:
+    try:
+        with socket.create_connection(("pypi.org", 443), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+needs_pypi = pytest.mark.skipif(not pypi_reachable(), reason="PyPI (pypi.org:443) is unreachable: resolving and downloading need it")
+
+
+def test_default_environment_is_flwr_and_the_validation_apps_packages() -> None:
+    assert DEFAULT.requirements() == tuple(sorted([f"flwr=={facts.FLWR_VERSION}", *facts.ENV_DEFAULT_PACKAGES]))
+    assert DEFAULT.pins()["flwr"] == facts.FLWR_VERSION
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        "numpy",
+        "numpy>=2",
+        "numpy==2.*",
+        "numpy == 2.4.6",
+        "numpy==2.4.6; python_version<'4'",
+        "torch[cuda]==2.5.1",
+        "x==1 --index-url=http://e",
+        "",
+    ],
+)
+def test_a_package_must_be_an_exact_pin(pin: str) -> None:
+    with pytest.raises(ValueError, match="exact pin"):
+        environments.parse_pin(pin)
+
+
+def test_definition_refusals() -> None:
+    with pytest.raises(ValueError, match="flwr"):
+        Environment("x", packages=("flwr==1.30.0",))
+    with pytest.raises(ValueError, match="twice"):
+        Environment("x", packages=("NumPy==2.4.6", "numpy==2.4.5"))
+    with pytest.raises(ValueError, match="variant"):
+        Environment("x", variant="rocm")
+    with pytest.raises(ValueError, match="exclude_newer"):
+        Environment("x", exclude_newer="yesterday")
+
+
+def test_the_committed_default_lock_matches_its_definition() -> None:
+    text = environments.read_lock(DEFAULT)
+    pins = environments.parse(text)
+    assert pins["flwr"] == facts.FLWR_VERSION and pins["numpy"] == "2.4.6"
+    assert text.startswith(environments.header(DEFAULT))
+    # Every requirement carries hashes: pip --require-hashes installs nothing unchecked.
+    assert text.count("--hash=sha256:") >= len(pins)
+
+
+def test_a_stale_or_edited_lock_is_refused_with_the_command_that_fixes_it(tmp_path: Path) -> None:
+    text = environments.read_lock(DEFAULT)
+    changed = Environment(facts.ENV_DEFAULT, packages=("numpy==2.4.5",))
+    (tmp_path / DEFAULT.lock_file).write_text(text)
+    with pytest.raises(LockError, match=r"does not match the environment's definition.*nina env lock default"):
+        environments.read_lock(changed, tmp_path)
+    # A hand-edited version below a correct header.
+    (tmp_path / DEFAULT.lock_file).write_text(text.replace("\nnumpy==2.4.6 \\", "\nnumpy==2.4.5 \\"))
+    with pytest.raises(LockError, match=r"has numpy 2\.4\.5, the definition pins 2\.4\.6"):
+        environments.read_lock(DEFAULT, tmp_path)
+    # A requirement whose hashes were removed.
+    stripped = "\n".join(line for line in text.splitlines() if "hash=sha256:" not in line) + "\n"
+    (tmp_path / DEFAULT.lock_file).write_text(stripped)
+    with pytest.raises(LockError, match="without sha256 hashes"):
+        environments.read_lock(DEFAULT, tmp_path)
+    with pytest.raises(LockError, match="has no lock"):
+        environments.read_lock(Environment("absent"), tmp_path)
+
+
+@needs_pypi
+def test_resolving_again_gives_the_committed_lock_byte_for_byte(capsys: pytest.CaptureFixture[str]) -> None:
+    assert environments.resolve(DEFAULT) == environments.lock_path(DEFAULT).read_text()
+    assert main(["env", "lock", "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+@needs_pypi
+def test_env_lock_check_refuses_a_stale_lock_and_lock_writes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = tmp_path / "Pulumi.s.yaml"
+    stack.write_text("config:\n  nina:training_environments:\n    tabular:\n      packages: ['numpy==2.4.6', 'threadpoolctl==3.6.0']\n")
+    locks = tmp_path / "locks"
+    args = ["env", "lock", "--stack", "s", "--dir", str(tmp_path), "--lock-dir", str(locks)]
+    assert main([*args, "--check"]) == 1
+    assert "tabular.lock: stale or missing" in capsys.readouterr().err
+    assert main([*args, "tabular"]) == 0
+    tab = Environment("tabular", packages=("numpy==2.4.6", "threadpoolctl==3.6.0"))
+    assert environments.parse(environments.read_lock(tab, locks))["threadpoolctl"] == "3.6.0"
+    assert main([*args, "--check", "tabular"]) == 0
+    # An unresolvable pin: uv's reason, no traceback, exit 1.
+    stack.write_text("config:\n  nina:training_environments:\n    bad:\n      packages: ['numpy==0.0.0']\n")
+    assert main([*args, "bad"]) == 1
+    assert "uv could not resolve" in capsys.readouterr().err
+
+
+def test_env_lock_refuses_a_bad_definition_before_resolving(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Pulumi.s.yaml").write_text("config:\n  nina:training_environments:\n    tabular:\n      packages: ['numpy>=2']\n")
+    assert main(["env", "lock", "--stack", "s", "--dir", str(tmp_path), "--lock-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nina:training_environments.tabular" in err and "exact pin" in err and "Traceback" not in err
+    assert main(["env", "lock", "nosuch", "--lock-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+@needs_pypi
+@pytest.mark.timeout(600)
+def test_the_committed_lock_installs_offline_from_a_wheel_cache(tmp_path: Path) -> None:
+    """The hosts' lock (CPython 3.12, manylinux x86_64): pip downloads its wheels into a cache,
+    then installs the lock from that cache alone (--no-index), checking every hash, into a
+    target directory for that Python and platform (this machine runs Python 3.11)."""
+    lock = environments.lock_path(DEFAULT)
+    cache, target = tmp_path / "wheels", tmp_path / "site"
+    # pip takes each platform tag literally: name the manylinux tags a 2_28 host accepts.
+    tags = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]
+    platform = ["--python-version", facts.ENV_PYTHON_VERSION, *(f"--platform={t}" for t in tags), "--only-binary=:all:"]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    # This machine's pip configuration (extra indexes, constraints) is not the hosts': none of it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+    download = [*pip, "download", "--require-hashes", "--no-deps", "-r", str(lock), "-d", str(cache), *platform]
+    subprocess.run(download, check=True, env=env)
+    wheels = sorted(p.name for p in cache.iterdir())
+    assert len(wheels) == len(environments.parse(lock.read_text())), wheels
+    install = [*pip, "install", "--no-index", "--find-links", str(cache), "--require-hashes", "--no-deps", "-r", str(lock)]
+    subprocess.run([*install, "--target", str(target), *platform], check=True, env=env)
+    installed = {p.name.split("-")[0].lower().replace("_", "-") for p in target.glob("*.dist-info")}
+    assert installed == set(environments.parse(lock.read_text()))
+    # A wheel that is not the locked one (same name, other bytes) is refused by its hash.
+    numpy = next(p for p in cache.iterdir() if p.name.startswith("numpy-"))
+    numpy.write_bytes(numpy.read_bytes() + b"\0")
+    shutil.rmtree(target)
+    done = subprocess.run([*install, "--target", str(target), *platform], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "HASHES" in done.stderr.upper()
