@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nina import facts
+from nina.host import env_sync
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO_ROOT / facts.ENV_LOCK_DIR
 # An exact pin: a PyPI project name, `==`, a version (no extras, markers, URLs or wildcards).
 PIN_RE = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?)==([0-9][A-Za-z0-9.+!-]{0,63})\Z")
-# A requirement line of a lock: `name==version \` (hashes follow on continuation lines).
-_LOCK_LINE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: \\)?\Z")
 EXCLUDE_NEWER_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 
 
@@ -37,9 +36,7 @@ class LockError(Exception):
     """A lock cannot be made, read or used; the message names the environment and the fix."""
 
 
-def canonical(name: str) -> str:
-    """PEP 503's normalised project name (what pip and importlib.metadata compare)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+canonical = env_sync.canonical  # PEP 503's normalised project name (what pip and importlib.metadata compare)
 
 
 def parse_pin(pin: str) -> tuple[str, str]:
@@ -154,16 +151,11 @@ def resolve(env: Environment, uv: str | None = None, timeout: float = 300) -> st
 
 
 def parse(text: str) -> dict[str, str]:
-    """canonical name -> version of every requirement of a lock (a requirements file)."""
-    pins: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line or line[0] in " #\t-":
-            continue
-        m = _LOCK_LINE.match(line)
-        if m is None:
-            raise LockError(f"lock line {line[:80]!r} is not `name==version`")
-        pins[canonical(m.group(1))] = m.group(2)
-    return pins
+    """canonical name -> version of every requirement of a lock (the hosts' parser, nina-env-sync's)."""
+    try:
+        return env_sync.parse_lock(text)
+    except ValueError as exc:
+        raise LockError(str(exc)) from None
 
 
 def body_problem(env: Environment, text: str) -> str | None:

@@ -104,6 +104,9 @@ SERVICE_USERS = {
 FLOWER_VENV = "/opt/python/flower_env"
 # The tenancy's lock as its hosts hold it (delivered), installed into FLOWER_VENV by nina-env-sync.
 FLOWER_ENV_LOCK = "/opt/python/flower_env.lock"
+ENV_SYNC_BIN = "/usr/local/sbin/nina-env-sync"
+ENV_SYNC_SERVICE = "nina-env-sync.service"  # a delivery's "run" step (nina.host.env_sync)
+ENV_SYNC_TIMEOUT = "1h"  # pip installing a CUDA environment (torch and its nvidia-* wheels) takes minutes
 JUPYTER_VENV = "/opt/python/jupyter_env"
 ETC_FLWR = "/etc/flwr"
 SUPERLINK_ETC = "/etc/flwr/superlink"

@@ -5,6 +5,7 @@ Resolving and downloading need PyPI: those tests are skipped, saying so, when it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -154,3 +155,43 @@ def test_the_committed_lock_installs_offline_from_a_wheel_cache(tmp_path: Path) 
     shutil.rmtree(target)
     done = subprocess.run([*install, "--target", str(target), *platform], capture_output=True, text=True, env=env)
     assert done.returncode != 0 and "HASHES" in done.stderr.upper()
+
+
+@pytest.fixture
+def tabular_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Environment:
+    """A second environment resolved for real into a lock directory of the test's, beside the
+    committed default lock."""
+    if not pypi_reachable():
+        pytest.skip("PyPI (pypi.org:443) is unreachable: the second environment is resolved for the test")
+    tab = Environment("tabular", packages=("numpy==2.4.6", "threadpoolctl==3.6.0"))
+    shutil.copy(environments.lock_path(DEFAULT), tmp_path / DEFAULT.lock_file)
+    (tmp_path / tab.lock_file).write_text(environments.resolve(tab))
+    monkeypatch.setattr(environments, "LOCK_DIR", tmp_path)
+    return tab
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_changing_a_tenancys_environment_replaces_no_vm_and_redelivers_only_its_flower_hosts(tabular_locks: Environment) -> None:
+    import copy
+
+    import harness
+    from conftest import render_raw_configs
+
+    raw = render_raw_configs()["multi-tenancy"]
+    after = copy.deepcopy(raw)
+    after["training_environments"] = {"tabular": {"packages": list(tabular_locks.packages)}}
+    after["tenancies"][0]["training_environment"] = "tabular"
+    before_run, after_run = harness.before_and_after(
+        {f"nina:{k}": v for k, v in raw.items()}, {f"nina:{k}": v for k, v in after.items()}, "multi"
+    )
+    harness.instances_unchanged(before_run, after_run)
+    gone, added, changed = harness.changed_names(before_run, after_run)
+    assert (gone, added) == (set(), set())
+    # Alpha's SuperLink and its cloud SuperNode get the new lock (their deliveries' commands);
+    # beta's hosts, every other delivery and every VM's user-data are untouched.
+    assert changed == {"superlink-alpha-superlink-install", "supernode-a-one-supernode-install"}, changed
+    assert before_run.user_data() == after_run.user_data()
+    lock = environments.read_lock(tabular_locks)
+    stdins = [harness.payload_of(r.inputs["stdin"]) for r in after_run.registrations if r.name in changed and "stdin" in r.inputs]
+    assert stdins and all(json.loads(s)["files"] and any(f["content"] == lock for f in json.loads(s)["files"]) for s in stdins)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, pem, render, services, vpn
+from nina import cli, environments, facts, kit, pem, render, services, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,6 +336,7 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
             outputs["ca_cert_pem"],
             outputs["supernode_private_keys"][slug],
             o["supernode_public_key_openssh"],
+            environments.read_lock(environments.DEFAULT),
         )
     )
     delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] != facts.LOCAL_CA_TRUST}
