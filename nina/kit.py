@@ -96,6 +96,7 @@ class Tenancy:
     superlink_ip: str
     fleet_address: str
     vpn: schema.Vpn | None
+    environment: schema.TrainingEnvironment  # its training environment: the lock the kit installs
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def parse_outputs(raw: Any) -> StackOutputs:
         ca_cert_pem=doc.ca_cert_pem,
         ca_fingerprint=doc.ca_fingerprint,
         tenancies={
-            name: Tenancy(name, t.superlink.host, t.superlink.internal_ip, t.superlink.fleet_address, t.vpn)
+            name: Tenancy(name, t.superlink.host, t.superlink.internal_ip, t.superlink.fleet_address, t.vpn, t.environment)
             for name, t in doc.tenancies.items()
         },
         organisations=dict(sorted(orgs.items())),
@@ -402,6 +403,15 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
             about="the SuperNode's public key, registered at the SuperLink",
         ),
         KitFile(
+            _rel(facts.FLOWER_ENV_LOCK),
+            _text(tenancy.environment.lock),
+            0o644,
+            facts.FLOWER_ENV_LOCK,
+            tag="supernode",
+            about=f"the tenancy's training environment {tenancy.environment.name!r} ({tenancy.environment.variant}): "
+            "the lock the Flower venv and both container images install (pip --require-hashes)",
+        ),
+        KitFile(
             _rel(facts.SUPERNODE_RUN_SCRIPT),
             _text(render.run_supernode_sh()),
             0o755,
@@ -523,6 +533,7 @@ def _env() -> jinja2.Environment:
         base_images=BASE_IMAGES,
         container_name=CONTAINER_NAME,
         supernode_user=SUPERNODE_USER,
+        lock_name=facts.FLOWER_ENV_LOCK.rsplit("/", 1)[1],
     )
     return env
 
@@ -605,6 +616,14 @@ def _installer_files(files: Sequence[KitFile]) -> tuple[list[KitFile], list[KitP
         )
         for rel, source in render.installer_programs().items()
     ]
+    programs.append(
+        KitFile(
+            f"{INSTALLER_DIR}/nina/host/env_sync.py",
+            render.host_programs()["nina/host/env_sync.py"].encode(),
+            0o644,
+            about="nina-env-sync (as on the cloud hosts): install.sh makes the Flower venv hold exactly the training environment lock",
+        )
+    )
     groups: dict[tuple[str, str], list[KitFile]] = {}
     for f in files:
         if f.dest is not None:

@@ -195,3 +195,74 @@ def test_changing_a_tenancys_environment_replaces_no_vm_and_redelivers_only_its_
     lock = environments.read_lock(tabular_locks)
     stdins = [harness.payload_of(r.inputs["stdin"]) for r in after_run.registrations if r.name in changed and "stdin" in r.inputs]
     assert stdins and all(json.loads(s)["files"] and any(f["content"] == lock for f in json.loads(s)["files"]) for s in stdins)
+
+
+def _kit(outputs: dict, slug: str) -> dict[str, bytes]:
+    from nina import kit
+
+    return {f.path: f.content for f in kit.kit_files(outputs, slug)}
+
+
+def test_superlink_supernode_kit_venv_and_both_images_install_one_lock(kit_built) -> None:
+    """The SuperLink's delivery, a cloud SuperNode's, and a hospital's kit (its systemd venv via
+    install.sh and nina-env-sync, and both Dockerfiles via build.sh) all install the tenancy's
+    committed lock, whole, with pip --require-hashes --no-deps."""
+    from nina import render
+    from nina.config import load_config
+    from nina.plan import build_plan
+    from nina.rehearse import REPO_ROOT
+
+    lock = environments.read_lock(DEFAULT)
+    import harness
+
+    plan = build_plan(load_config({k.removeprefix("nina:"): v for k, v in harness.stack_config("test").items()}))
+    tenancy = plan.tenancies[0]
+    assert tenancy.environment_lock == lock
+    superlink = json.loads(
+        render.superlink_delivery(tenancy, "-----BEGIN CERTIFICATE-----\n", "-----BEGIN CERTIFICATE-----\n", "PRIVATE KEY\n")
+    )
+    member = tenancy.members[0]
+    node = json.loads(
+        render.supernode_delivery(
+            member, tenancy.fleet_address, "BEGIN CERTIFICATE", "BEGIN OPENSSH PRIVATE KEY", "ecdsa-sha2-nistp384 AAAA", lock
+        )
+    )
+    for payload in (superlink, node):
+        files = {f["path"]: f["content"] for f in payload["files"]}
+        assert files[facts.FLOWER_ENV_LOCK] == lock
+        assert f"--lock {facts.FLOWER_ENV_LOCK} --venv {facts.FLOWER_VENV}" in files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}"]
+        assert payload["run"] == [facts.ENV_SYNC_SERVICE]
+    assert kit_built.outputs["tenancies"]["main"]["environment"]["lock"] == lock
+    files = _kit(kit_built.outputs, "hospital-a")
+    lock_name = facts.FLOWER_ENV_LOCK.rsplit("/", 1)[1]
+    assert files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode() == lock
+    assert files["installer/nina/host/env_sync.py"].decode() == (REPO_ROOT / "nina/host/env_sync.py").read_text()
+    install = files["install.sh"].decode()
+    assert f"ENV_LOCK={facts.FLOWER_ENV_LOCK}" in install and '--lock "$ENV_LOCK" --venv "$VENV"' in install
+    for variant in facts.ENV_VARIANTS:
+        docker = files[f"containers/Dockerfile.{variant}"].decode()
+        assert f"COPY {lock_name} {facts.FLOWER_ENV_LOCK}" in docker
+        assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker and "EXTRA_PIP_PACKAGES" not in docker
+    assert f'cp "$lock" "$context/{lock_name}"' in files["containers/build.sh"].decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_another_environment_changes_only_that_tenancys_kits_and_only_their_lock(kit_built, tabular_locks: Environment) -> None:
+    import copy
+
+    from nina import kit
+
+    lock = environments.read_lock(tabular_locks)
+    after = copy.deepcopy(kit_built.outputs)
+    after["tenancies"]["main"]["environment"] = {"name": "tabular", "variant": "cpu", "lock": lock}
+    # beta's kit: byte for byte the same archive.
+    assert kit.build_kit(after, "beta-clinic") == kit.build_kit(kit_built.outputs, "beta-clinic")
+    before_files, after_files = _kit(kit_built.outputs, "hospital-a"), _kit(after, "hospital-a")
+    changed = {p for p in before_files if before_files[p] != after_files.get(p)}
+    # The lock, the payload that installs it, the checksums and their signature; nothing else.
+    assert facts.FLOWER_ENV_LOCK.lstrip("/") in changed and after_files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode() == lock
+    assert changed - {facts.FLOWER_ENV_LOCK.lstrip("/")} <= {"payloads/supernode.json", "SHA256SUMS", "SHA256SUMS.sig", "README.md"}, (
+        changed
+    )
+    assert set(before_files) == set(after_files)

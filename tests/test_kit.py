@@ -45,6 +45,7 @@ INSTALLER_FILES = {
     "installer/nina/host/__init__.py": 0o644,
     "installer/nina/host/install_files.py": 0o644,
     "installer/nina/host/trust.py": 0o644,
+    "installer/nina/host/env_sync.py": 0o644,  # nina-env-sync: install.sh makes the venv hold the lock
 }
 CONTAINER_FILES = {
     "containers/Dockerfile.cpu": 0o644,
@@ -77,6 +78,8 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         "etc/flwr/supernode/certs/client_credentials.pub": 0o644,
         "opt/flwr/supernode/run_supernode.sh": 0o755,
         "opt/flwr/supernode/supernode.service": 0o644,
+        # The tenancy's training environment lock (the venv and both images install it).
+        "opt/python/flower_env.lock": 0o644,
     }
     if not own_keys:
         files["etc/flwr/supernode/certs/client_credentials"] = 0o600
@@ -855,8 +858,9 @@ def test_container_files_follow_the_manual(kit_archives):
     files = contents(kit_archives["hospital-b"])
     for variant in ("cpu", "cuda"):
         docker = files[f"containers/Dockerfile.{variant}"].decode()
-        assert f'"flwr=={facts.FLWR_VERSION}"' in docker
-        assert not re.search(r"tensorflow|torch", docker.split("ARG BASE_IMAGE")[1]), "no training libraries by default"
+        # The tenancy's training environment, whole and hash-checked (tests/test_environments.py compares it).
+        assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker and "EXTRA_PIP_PACKAGES" not in docker
+        assert not re.search(r"tensorflow|torch", docker.split("ARG BASE_IMAGE")[1]), "no training libraries but the lock's"
         assert 'VOLUME ["/etc/flwr/supernode"]' in docker and 'VOLUME ["/media/data"]' in docker
         assert "\nUSER supernode\n" in docker and docker.rstrip().endswith('ENTRYPOINT ["bash", "run_supernode.sh"]')
     for name in ("run-docker.sh", "run-podman.sh", "run-docker-gpu.sh", "run-podman-gpu.sh"):
@@ -889,7 +893,8 @@ def test_readme_for_on_premise_organisation(kit_archives, kit_built):
     assert "systemctl status supernode" in readme and "journalctl -u supernode -f" in readme
     assert "/media/data" in readme and "re-issued kit" in readme
     assert "contact the NINA platform operators (QCIF)".lower() in readme.lower()
-    assert 'install.sh --platform-key-sha256 "$fp" --containers' in readme and "EXTRA_PIP_PACKAGES" in readme
+    assert 'install.sh --platform-key-sha256 "$fp" --containers' in readme and "training environment" in readme
+    assert "EXTRA_PIP_PACKAGES" not in readme
     for path in expected_files("hospital-a", True, False):
         assert f"`{path}`" in readme, path
 
