@@ -29,6 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO_ROOT / facts.ENV_LOCK_DIR
 # An exact pin: a PyPI project name, `==`, a version (no extras, markers, URLs or wildcards).
 PIN_RE = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?)==([0-9][A-Za-z0-9.+!-]{0,63})\Z")
+# The lock's first words, and its header's line of the definition's pins (nina.outputs reads it back).
+HEADER_START = "# nina-fl training environment"
+REQUIREMENTS_PREFIX = "# requirements: "
 EXCLUDE_NEWER_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 
 
@@ -87,9 +90,9 @@ DEFAULT = Environment(facts.ENV_DEFAULT, "cpu", facts.ENV_DEFAULT_PACKAGES)
 def header(env: Environment) -> str:
     """The lock's first lines: the whole definition, so that a changed definition is a stale lock."""
     return (
-        f"# nina-fl training environment {env.name!r}: variant {env.variant}, "
+        f"{HEADER_START} {env.name!r}: variant {env.variant}, "
         f"CPython {facts.ENV_PYTHON_VERSION} on {facts.ENV_PYTHON_PLATFORM}\n"
-        f"# requirements: {' '.join(env.requirements())}\n"
+        f"{REQUIREMENTS_PREFIX}{' '.join(env.requirements())}\n"
         f"# resolved by `nina env lock {env.name}` with uv from PyPI files uploaded before {env.exclude_newer}; do not edit\n"
     )
 

@@ -39,7 +39,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from nina import facts, pem, text, tlscrypt
+from nina import environments, facts, pem, text, tlscrypt
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Host as HostPlan
@@ -280,7 +280,7 @@ class Organisation(_Model):
 def _environment_lock(value: str) -> str:
     from nina.host import env_sync
 
-    if not value.startswith("# nina-fl training environment"):
+    if not value.startswith(environments.HEADER_START) or f"\n{environments.REQUIREMENTS_PREFIX}" not in value:
         raise ValueError("is not a training environment lock that `nina env lock` wrote")
     pins = env_sync.parse_lock(value)
     if "flwr" not in pins:
@@ -298,9 +298,18 @@ class TrainingEnvironment(_Model):
 
     @property
     def pins(self) -> dict[str, str]:
+        """Every pin of the lock (canonical name -> version)."""
         from nina.host import env_sync
 
         return env_sync.parse_lock(self.lock)
+
+    @property
+    def requirements(self) -> dict[str, str]:
+        """The environment's own pins (flwr and its packages), as the lock's header states them."""
+        from nina.host import env_sync
+
+        line = next(line for line in self.lock.splitlines() if line.startswith(environments.REQUIREMENTS_PREFIX))
+        return env_sync.parse_lock("\n".join(line.removeprefix(environments.REQUIREMENTS_PREFIX).split()))
 
 
 class Tenancy(_Model):

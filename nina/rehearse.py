@@ -1156,10 +1156,11 @@ def validation_run_config(
 
 
 def rehearsal_pins(tenancy: TenancyPlan) -> dict[str, str]:
-    """What the rehearsal compares its nodes with: the environment's own pins (flwr and its
-    packages). Its SuperNodes run in this project's venv (Python 3.11, the test tools beside flwr),
-    not in a venv of the whole lock, which is for the hosts' Python 3.12; `nina validate` compares
-    deployed nodes with every pin of the lock."""
+    """What the rehearsal (and `nina validate`, from the outputs' lock header) compares each node
+    with: the environment's own pins (flwr and its packages). The rest of the lock (their
+    dependencies) is nina-env-sync's to install and check on hosts; the rehearsal's SuperNodes run
+    in this project's venv (Python 3.11, the test tools' packaging and uv beside flwr), not in a
+    venv of the hosts' Python 3.12 lock."""
     return tenancy.environment.pins()
 
 

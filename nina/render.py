@@ -27,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from nina import config, facts, services, templating
+from nina import config, environments, facts, services, templating
 from nina.host import install_files as installer
 from nina.plan import Member, TenancyPlan
 
@@ -136,7 +136,7 @@ def environment_files(lock: str, unit: str) -> list[DeliveredFile]:
     """The tenancy's training environment lock and the step that installs it into the Flower venv
     (nina-env-sync, run by every delivery: a no-op when in sync). A changed lock restarts `unit`
     through nina-env-sync only, once the venv holds it."""
-    if not lock.startswith("# nina-fl training environment"):
+    if not lock.startswith(environments.HEADER_START):
         raise ValueError("the environment lock is not one that `nina env lock` wrote (see nina.environments)")
     return [
         DeliveredFile(facts.FLOWER_ENV_LOCK, lock, 0o644),

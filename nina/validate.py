@@ -438,8 +438,9 @@ def validate(
                         f"Control API answers TLS for {facts.LOOPBACK} with the stack's CA; running validation_app "
                         f"({rounds} round(s), partitions {','.join(map(str, t.expected))})"
                     )
-                    # Every node must hold every pin of the tenancy's lock (nina-env-sync installs it whole).
-                    pins = doc.tenancies[t.tenancy].environment.pins
+                    # Every node must hold the environment's pins (flwr and its packages) at the lock's
+                    # versions; nina-env-sync has installed the rest of the lock, or failed the delivery.
+                    pins = doc.tenancies[t.tenancy].environment.requirements
                     result = run_app(
                         flwr, port, ca_file, t.expected, tmp, rounds=rounds, round_timeout=round_timeout, tag=t.tenancy, environment=pins
                     )

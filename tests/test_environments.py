@@ -266,3 +266,20 @@ def test_another_environment_changes_only_that_tenancys_kits_and_only_their_lock
         changed
     )
     assert set(before_files) == set(after_files)
+
+
+def test_the_outputs_carry_each_tenancys_environment_and_refuse_a_foreign_lock(kit_built) -> None:
+    import copy
+
+    from nina import outputs
+
+    doc = outputs.read(kit_built.outputs)
+    env = doc.tenancies["main"].environment
+    assert (env.name, env.variant, env.lock) == (facts.ENV_DEFAULT, "cpu", environments.read_lock(DEFAULT))
+    # What nina validate compares each node with (the definition's pins), and the whole lock.
+    assert env.requirements == DEFAULT.pins() and env.pins == environments.parse(env.lock)
+    for bad, says in [("flwr==1.31.0\n", "not a training environment lock"), (env.lock.replace("\nflwr==", "\nflwr>="), "not `name==version`")]:
+        broken = copy.deepcopy(kit_built.outputs)
+        broken["tenancies"]["main"]["environment"]["lock"] = bad
+        with pytest.raises(outputs.OutputsError, match=says):
+            outputs.read(broken)
