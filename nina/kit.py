@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import io
 import os
+import posixpath
 import shlex
 import tarfile
 import tempfile
@@ -62,6 +63,7 @@ BASE_IMAGES = {
     "cuda": f"nvidia/cuda:12.9.1-cudnn-runtime-ubuntu{facts.UBUNTU_RELEASE}",
 }
 CONTAINER_NAME = "nina-supernode"
+LOCK_NAME = posixpath.basename(facts.FLOWER_ENV_LOCK)  # the lock's name beside the Dockerfiles
 TAR_MTIME = 0
 DIR_MODE, PRIVATE_DIR_MODE = 0o755, 0o700
 
@@ -407,9 +409,18 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
             _text(tenancy.environment.lock),
             0o644,
             facts.FLOWER_ENV_LOCK,
+            scope="systemd",
             tag="supernode",
             about=f"the tenancy's training environment {tenancy.environment.name!r} ({tenancy.environment.variant}): "
-            "the lock the Flower venv and both container images install (pip --require-hashes)",
+            "the lock install.sh makes the Flower venv hold (pip --require-hashes --no-deps)",
+        ),
+        KitFile(
+            f"containers/{LOCK_NAME}",
+            _text(tenancy.environment.lock),
+            0o644,
+            f"{facts.SUPERNODE_CONTAINERS}/{LOCK_NAME}",
+            scope="containers",
+            about="the same lock, for build.sh: both images install it (pip --require-hashes --no-deps)",
         ),
         KitFile(
             _rel(facts.SUPERNODE_RUN_SCRIPT),
@@ -533,7 +544,7 @@ def _env() -> jinja2.Environment:
         base_images=BASE_IMAGES,
         container_name=CONTAINER_NAME,
         supernode_user=SUPERNODE_USER,
-        lock_name=facts.FLOWER_ENV_LOCK.rsplit("/", 1)[1],
+        lock_name=LOCK_NAME,
     )
     return env
 

@@ -235,7 +235,7 @@ def test_superlink_supernode_kit_venv_and_both_images_install_one_lock(kit_built
     assert kit_built.outputs["tenancies"]["main"]["environment"]["lock"] == lock
     files = _kit(kit_built.outputs, "hospital-a")
     lock_name = facts.FLOWER_ENV_LOCK.rsplit("/", 1)[1]
-    assert files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode() == lock
+    assert files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode() == lock == files[f"containers/{lock_name}"].decode()
     assert files["installer/nina/host/env_sync.py"].decode() == (REPO_ROOT / "nina/host/env_sync.py").read_text()
     install = files["install.sh"].decode()
     assert f"ENV_LOCK={facts.FLOWER_ENV_LOCK}" in install and '--lock "$ENV_LOCK" --venv "$VENV"' in install
@@ -243,6 +243,7 @@ def test_superlink_supernode_kit_venv_and_both_images_install_one_lock(kit_built
         docker = files[f"containers/Dockerfile.{variant}"].decode()
         assert f"COPY {lock_name} {facts.FLOWER_ENV_LOCK}" in docker
         assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker and "EXTRA_PIP_PACKAGES" not in docker
+    assert f'lock="$here/{lock_name}"' in files["containers/build.sh"].decode()
     assert f'cp "$lock" "$context/{lock_name}"' in files["containers/build.sh"].decode()
 
 
@@ -261,10 +262,10 @@ def test_another_environment_changes_only_that_tenancys_kits_and_only_their_lock
     before_files, after_files = _kit(kit_built.outputs, "hospital-a"), _kit(after, "hospital-a")
     changed = {p for p in before_files if before_files[p] != after_files.get(p)}
     # The lock, the payload that installs it, the checksums and their signature; nothing else.
-    assert facts.FLOWER_ENV_LOCK.lstrip("/") in changed and after_files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode() == lock
-    assert changed - {facts.FLOWER_ENV_LOCK.lstrip("/")} <= {"payloads/supernode.json", "SHA256SUMS", "SHA256SUMS.sig", "README.md"}, (
-        changed
-    )
+    locks = {facts.FLOWER_ENV_LOCK.lstrip("/"), "containers/flower_env.lock"}
+    assert locks <= changed and all(after_files[p].decode() == lock for p in locks)
+    payloads = {"payloads/supernode-systemd.json", "payloads/containers.json"}
+    assert changed - locks <= payloads | {"SHA256SUMS", "SHA256SUMS.sig", "README.md"}, changed
     assert set(before_files) == set(after_files)
 
 
@@ -278,7 +279,10 @@ def test_the_outputs_carry_each_tenancys_environment_and_refuse_a_foreign_lock(k
     assert (env.name, env.variant, env.lock) == (facts.ENV_DEFAULT, "cpu", environments.read_lock(DEFAULT))
     # What nina validate compares each node with (the definition's pins), and the whole lock.
     assert env.requirements == DEFAULT.pins() and env.pins == environments.parse(env.lock)
-    for bad, says in [("flwr==1.31.0\n", "not a training environment lock"), (env.lock.replace("\nflwr==", "\nflwr>="), "not `name==version`")]:
+    for bad, says in [
+        ("flwr==1.31.0\n", "not a training environment lock"),
+        (env.lock.replace("\nflwr==", "\nflwr>="), "not `name==version`"),
+    ]:
         broken = copy.deepcopy(kit_built.outputs)
         broken["tenancies"]["main"]["environment"]["lock"] = bad
         with pytest.raises(outputs.OutputsError, match=says):

@@ -78,8 +78,9 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         "etc/flwr/supernode/certs/client_credentials.pub": 0o644,
         "opt/flwr/supernode/run_supernode.sh": 0o755,
         "opt/flwr/supernode/supernode.service": 0o644,
-        # The tenancy's training environment lock (the venv and both images install it).
+        # The tenancy's training environment lock: for the venv, and beside the Dockerfiles for build.sh.
         "opt/python/flower_env.lock": 0o644,
+        "containers/flower_env.lock": 0o644,
     }
     if not own_keys:
         files["etc/flwr/supernode/certs/client_credentials"] = 0o600
