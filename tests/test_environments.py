@@ -287,3 +287,41 @@ def test_the_outputs_carry_each_tenancys_environment_and_refuse_a_foreign_lock(k
         broken["tenancies"]["main"]["environment"]["lock"] = bad
         with pytest.raises(outputs.OutputsError, match=says):
             outputs.read(broken)
+
+
+def test_install_sh_runs_the_kits_own_nina_env_sync(kit_built, tmp_path: Path) -> None:
+    """install.sh's command line for nina-env-sync, with the kit's files alone on its path: against
+    this project's venv (not the hosts' lock) it names the differences and exits 1."""
+    import re
+
+    files = _kit(kit_built.outputs, "hospital-a")
+    for path, content in files.items():
+        if path.startswith("installer/"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(content)
+    lock = tmp_path / "flower_env.lock"
+    lock.write_bytes(files[facts.FLOWER_ENV_LOCK.lstrip("/")])
+    m = re.search(r"^ENV_SYNC='([^']*)'$", files["install.sh"].decode(), re.M)
+    assert m is not None
+    venv_dir = Path(sys.executable).parent.parent
+    argv = [
+        sys.executable,
+        "-I",
+        "-B",
+        "-c",
+        m.group(1),
+        str(tmp_path / "installer"),
+        "--check",
+        "--lock",
+        str(lock),
+        "--venv",
+        str(venv_dir),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    ours = environments.parse(lock.read_text())["packaging"]
+    import importlib.metadata
+
+    mine = importlib.metadata.version("packaging")  # pyproject overrides flwr's cap here
+    assert mine != ours and f"packaging {mine} is installed, the lock has {ours}" in done.stdout
+    assert f"{venv_dir} is not in sync with {lock}" in done.stdout
