@@ -144,6 +144,8 @@ def _verify(tmp_path: Path, name: str, text: str) -> tuple[int, list[str]]:
         ("supernode.service", render.supernode_service),
         (facts.SUPERLINK_BACKUP_SERVICE, render.superlink_backup_service),
         (facts.SUPERLINK_BACKUP_TIMER, render.superlink_backup_timer),
+        (facts.ENV_SYNC_SERVICE, lambda: render.env_sync_service(facts.SUPERLINK_UNIT)),
+        (facts.ENV_SYNC_SERVICE, lambda: render.env_sync_service(facts.SUPERNODE_UNIT)),
     ],
 )
 def test_systemd_analyze_verify(tmp_path, name, fn):
