@@ -51,6 +51,7 @@ CONTAINER_FILES = {
     "containers/Dockerfile.cpu": 0o644,
     "containers/Dockerfile.cuda": 0o644,
     "containers/build.sh": 0o755,
+    "containers/flower_env.lock": 0o644,  # the tenancy's training environment, which both images install
     "containers/run-docker.sh": 0o755,
     "containers/run-docker-gpu.sh": 0o755,
     "containers/run-podman.sh": 0o755,
@@ -78,9 +79,8 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         "etc/flwr/supernode/certs/client_credentials.pub": 0o644,
         "opt/flwr/supernode/run_supernode.sh": 0o755,
         "opt/flwr/supernode/supernode.service": 0o644,
-        # The tenancy's training environment lock: for the venv, and beside the Dockerfiles for build.sh.
+        # The tenancy's training environment lock, for the venv (and in CONTAINER_FILES for build.sh).
         "opt/python/flower_env.lock": 0o644,
-        "containers/flower_env.lock": 0o644,
     }
     if not own_keys:
         files["etc/flwr/supernode/certs/client_credentials"] = 0o600
@@ -343,7 +343,10 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
             environments.read_lock(environments.DEFAULT),
         )
     )
-    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] != facts.LOCAL_CA_TRUST}
+    # The cloud host runs nina-env-sync as a unit of its own; install.sh runs the kit's copy itself (step 5).
+    env_sync = {facts.ENV_SYNC_BIN, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}"}
+    not_in_kit = {facts.LOCAL_CA_TRUST, *env_sync}
+    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] not in not_in_kit}
     # The kit carries the unit beside the run script; install.sh puts it where the delivery does.
     unit = f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}".lstrip("/")
     in_kit = {p: f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}".lstrip("/") if p == unit else p for p in delivered}
@@ -351,12 +354,13 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     assert {p: files[in_kit[p]] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
     # install.sh installs them with the cloud hosts' installer (the same program), from payloads
     # whose entries are the cloud delivery's: paths, contents, modes and owners.
-    assert {f"installer/{rel}": src.encode() for rel, src in render.installer_programs().items()} == {
+    programs = {**render.installer_programs(), "nina/host/env_sync.py": render.host_programs()["nina/host/env_sync.py"]}
+    assert {f"installer/{rel}": src.encode() for rel, src in programs.items()} == {
         p: c for p, c in files.items() if p.startswith("installer/")
     }
     assert render.installer_programs()["nina/host/install_files.py"] == render.host_programs()["nina/host/install_files.py"]
     kit_entries = [e for name in ("supernode", "supernode-systemd") for e in json.loads(files[f"payloads/{name}.json"])["files"]]
-    cloud_entries = [e for e in payload["files"] if e["path"] != facts.LOCAL_CA_TRUST]
+    cloud_entries = [e for e in payload["files"] if e["path"] not in not_in_kit]
     assert sorted(kit_entries, key=lambda e: e["path"]) == sorted(cloud_entries, key=lambda e: e["path"])
     assert json.loads(files["payloads/supernode.json"])["restart"] == []  # install.sh starts the services itself
     if o["placement"] == "onprem":
