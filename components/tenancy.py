@@ -23,6 +23,7 @@ from nina.plan import TenancyPlan
 class MemberArgs:
     member: MemberPlan
     fleet_address: str  # the tenancy's SuperLink Fleet API, in supernode.conf
+    environment_lock: str  # the tenancy's training environment lock (nina.environments)
     ca_cert_pem: pulumi.Input[str]
     superlink: command.remote.ConnectionArgs  # where the SuperNode key is registered
     superlink_files: pulumi.Resource  # the SuperLink's delivery: registering needs nina-membership there
@@ -56,7 +57,7 @@ class Member(pulumi.ComponentResource):
         )
         if args.node is not None and self.private_key_openssh is not None:
             payload = pulumi.Output.all(args.ca_cert_pem, self.private_key_openssh, self.public_key_openssh).apply(
-                lambda keys: render.supernode_delivery(m, args.fleet_address, *keys)
+                lambda keys: render.supernode_delivery(m, args.fleet_address, keys[0], keys[1], keys[2], args.environment_lock)
             )
             deliver(services.supernode.SERVICE, args.node, payload, moved, after=[registration])
         self.register_outputs({"public_key_openssh": self.public_key_openssh})
@@ -112,6 +113,7 @@ class Tenancy(pulumi.ComponentResource):
                 MemberArgs(
                     member=m,
                     fleet_address=t.fleet_address,
+                    environment_lock=t.environment_lock,
                     ca_cert_pem=ca.cert_pem,
                     superlink=args.superlink.connection,
                     superlink_files=superlink_files,

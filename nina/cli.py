@@ -1,6 +1,8 @@
 """The `nina` command line.
 
     nina config check --stack NAME [--dir DIR]   validate DIR/Pulumi.NAME.yaml's `nina:` keys
+    nina env lock [--stack NAME] [--check] [NAME ...]
+                                                 resolve training environments into environments/NAME.lock
     nina kit export (--stack NAME | --outputs FILE|-) (--org SLUG | --all) --out DIR
                                                  write each organisation's site kit (nina.kit)
     nina validate (--stack NAME | --outputs FILE|-) [--identity FILE | --agent] ...
@@ -30,13 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
-from nina import facts
+from nina import environments, facts
 from nina.config import (
     NAMESPACE,
     SECRET_INPUTS,
+    SLUG_RE,
     ConfigError,
     StackConfig,
+    TrainingEnvironment,
+    _describe,
+    _error_key,
     load_config,
     operator_keys,
     plain_secret_problem,
@@ -287,6 +294,81 @@ def _config_check(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print("ok")
     return EXIT_OK
+
+
+def _stack_environments(args: argparse.Namespace) -> list[environments.Environment] | None:
+    """The built-in environment and, with --stack, the stack's nina:training_environments (their
+    definitions only: their locks may not exist yet), or None after printing why not."""
+    found = [environments.DEFAULT]
+    if args.stack is None:
+        return found
+    path = stack_file(args.stack, args.dir)
+    try:
+        raw, problems = nina_namespace(read_stack_file(path))
+    except StackFileError as exc:
+        print(f"nina env lock: {exc}", file=sys.stderr)
+        return None
+    defined = raw.get("training_environments") or {}
+    try:
+        models = TypeAdapter(dict[str, TrainingEnvironment]).validate_python(defined)
+    except ValidationError as exc:
+        problems += [
+            (f"nina:training_environments.{_error_key(e).removeprefix('nina:')}", _describe(e)) for e in exc.errors(include_url=False)
+        ]
+        models = {}
+    for name, env in models.items():
+        try:
+            if name == facts.ENV_DEFAULT or not SLUG_RE.match(name):
+                raise ValueError(f"{name!r} cannot name an environment (reserved or not DNS-safe); nina config check says why")
+            found.append(environments.Environment(name, env.variant, tuple(env.packages), env.exclude_newer))
+        except ValueError as exc:
+            problems.append((f"nina:training_environments.{name}", str(exc)))
+    if problems:
+        print(f"{path}: {ConfigError(problems).message()}", file=sys.stderr)
+        return None
+    return found
+
+
+def _env_lock(args: argparse.Namespace) -> int:
+    """`nina env lock`: resolve each environment and write (or, with --check, compare) its lock."""
+    found = _stack_environments(args)
+    if found is None:
+        return EXIT_INVALID
+    by_name = {e.name: e for e in found}
+    unknown = [n for n in args.names if n not in by_name]
+    if unknown:
+        print(f"nina env lock: no training environment {', '.join(unknown)}; known: {', '.join(by_name)}", file=sys.stderr)
+        return EXIT_INVALID
+    lock_dir = Path(args.lock_dir)
+    failed = 0
+    for env in [by_name[n] for n in args.names] if args.names else found:
+        try:
+            text = environments.resolve(env)
+        except environments.LockError as exc:
+            print(f"nina env lock: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        path = environments.lock_path(env, lock_dir)
+        if args.check:
+            try:
+                same = path.read_text(encoding="utf-8") == text
+            except OSError:
+                same = False
+            if not same:
+                print(
+                    f"{path}: stale or missing (resolving {env.name!r} again gives other bytes); {environments.lock_fix(env)}",
+                    file=sys.stderr,
+                )
+                failed += 1
+                continue
+            print(f"{path}: up to date ({len(environments.parse(text))} packages)")
+            continue
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        print(f"{path}: {len(environments.parse(text))} packages, {hashlib.sha256(text.encode()).hexdigest()}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def format_plan(plan: Plan) -> str:
@@ -653,6 +735,24 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every organisation in the outputs")
     export.add_argument("--out", required=True, metavar="DIR", help="directory to write the kits into (created 0700)")
     export.set_defaults(func=_kit_export)
+
+    env = commands.add_parser("env", help="training environments (flwr and researchers' packages)")
+    env_commands = env.add_subparsers(dest="env_command", metavar="SUBCOMMAND")
+    env_commands.required = True
+    lock = env_commands.add_parser(
+        "lock",
+        help="resolve training environments into environments/NAME.lock (needs PyPI)",
+        description="Resolve each training environment (the built-in one and, with --stack, the stack's "
+        "nina:training_environments) with uv for the hosts' Python "
+        f"{facts.ENV_PYTHON_VERSION} on {facts.ENV_PYTHON_PLATFORM}, with every file's sha256, and write its lock. "
+        "With --check, write nothing and exit 1 if any committed lock differs from a fresh resolution.",
+    )
+    lock.add_argument("names", nargs="*", metavar="NAME", help="only these environments (default: all)")
+    lock.add_argument("--stack", help="also the environments of Pulumi.STACK.yaml")
+    lock.add_argument("--dir", default=".", help="directory holding the stack file (default: current directory)")
+    lock.add_argument("--lock-dir", default=str(environments.LOCK_DIR), help=f"where the locks are (default {environments.LOCK_DIR})")
+    lock.add_argument("--check", action="store_true", help="compare with the committed locks instead of writing them")
+    lock.set_defaults(func=_env_lock)
 
     rehearse = commands.add_parser(
         "rehearse",

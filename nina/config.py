@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from nina import facts, services, text
+from nina import environments, facts, services, text
 
 NAMESPACE = "nina"
 # \Z, not $: `$` also matches before a trailing newline, which would let "abc\n" through.
@@ -404,6 +404,35 @@ class FlowerConfig(_Strict):
         return value
 
 
+class TrainingEnvironment(_Strict):
+    """A training environment (README, "Training environments"): flwr and these exact pins,
+    locked in environments/<name>.lock by `nina env lock`."""
+
+    variant: Literal["cpu", "cuda"] = "cpu"
+    packages: list[str] = Field(default_factory=list, max_length=200)
+    exclude_newer: str = facts.ENV_EXCLUDE_NEWER
+
+    @field_validator("packages")
+    @classmethod
+    def _pins(cls, value: list[str]) -> list[str]:
+        names = []
+        for pin in value:
+            name, _ = environments.parse_pin(pin)
+            if name == "flwr":
+                raise ValueError(f"{pin!r}: flwr comes from nina:flower.version ({facts.FLWR_VERSION}); leave it out of packages")
+            if name in names:
+                raise ValueError(f"{name} is listed twice; keep one pin")
+            names.append(name)
+        return value
+
+    @field_validator("exclude_newer")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        if not environments.EXCLUDE_NEWER_RE.match(value):
+            raise ValueError(f"{_show(value)} is not a UTC time like {facts.ENV_EXCLUDE_NEWER!r} (files uploaded before it are used)")
+        return value
+
+
 # A Prometheus duration of one unit ("30m", "1h"): what `for:` and range windows take.
 DURATION_RE = re.compile(r"[1-9][0-9]{0,5}(s|m|h|d)\Z")
 
@@ -561,6 +590,8 @@ class Tenancy(_Strict):
     vpn_pool_cidr: Cidr | None = None
     # Partition ids of removed organisations: never given out again (their VPN addresses with them).
     retired_partition_ids: list[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list)
+    # Its training environment (nina:training_environments, or the built-in facts.ENV_DEFAULT).
+    training_environment: str = facts.ENV_DEFAULT
 
     _name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
@@ -594,6 +625,9 @@ class StackConfig(_Strict):
     organisations: list[Organisation] | None = None
     retired_partition_ids: list[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list)
     tenancies: list[Tenancy] | None = None
+    # Training environments by name (README, "Training environments"); the one-tenancy shorthand's choice.
+    training_environments: dict[str, TrainingEnvironment] = Field(default_factory=dict)
+    training_environment: str = facts.ENV_DEFAULT
     # Protect the CA and state volumes from deletion (turn off only for throwaway stacks).
     protect: bool = True
     # People who may log in to every host; their keys are delivered in place (no VM replaced).
@@ -613,9 +647,20 @@ class StackConfig(_Strict):
         # model_construct: `organisations: []` is reported by load_config, not by a crash here.
         return [
             Tenancy.model_construct(
-                name="main", organisations=list(self.organisations or []), retired_partition_ids=list(self.retired_partition_ids)
+                name="main",
+                organisations=list(self.organisations or []),
+                retired_partition_ids=list(self.retired_partition_ids),
+                training_environment=self.training_environment,
             )
         ]
+
+    def training_environment_of(self, tenancy: Tenancy) -> environments.Environment:
+        """The definition of the tenancy's training environment (valid after load_config)."""
+        name = tenancy.training_environment
+        if name == facts.ENV_DEFAULT:
+            return environments.DEFAULT
+        env = self.training_environments[name]
+        return environments.Environment(name, env.variant, tuple(env.packages), env.exclude_newer)
 
     def vpn_pool(self, tenancy: Tenancy) -> IPv4Network | None:
         """The tenancy's VPN pool, or None when it has no on-premise organisation (no VPN)."""
@@ -793,6 +838,7 @@ def _semantic_problems(cfg: StackConfig) -> Iterable[tuple[str, str]]:
     yield from _check_vpn(cfg)
     yield from _check_own_keys(cfg)
     yield from _check_operators(cfg)
+    yield from _check_training_environments(cfg)
 
 
 # PEM fields and the key line (a trailing newline): the only strings that may hold line breaks.
@@ -1189,3 +1235,35 @@ def _check_monitoring(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             f"disk_free_high ({a.disk_free_high}) < disk_free_medium ({a.disk_free_medium}) < disk_free_low ({a.disk_free_low}) "
             "must hold (less free space, higher severity); e.g. 0.1, 0.2 and 0.3",
         )
+
+
+def _check_training_environments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
+    for name in cfg.training_environments:
+        key = f"nina:training_environments.{name}"
+        if name == facts.ENV_DEFAULT:
+            yield (key, f"{name!r} is the built-in environment (flwr and {', '.join(facts.ENV_DEFAULT_PACKAGES)}); give yours another name")
+        elif not isinstance(name, str) or not SLUG_RE.match(name):
+            yield (f"nina:training_environments.{_show(name)}", f"the name is not DNS-safe; {SLUG_FIX}")
+    if cfg.tenancies is not None and cfg.training_environment != facts.ENV_DEFAULT:
+        yield (
+            "nina:training_environment",
+            "belongs to the one-tenancy shorthand (nina:organisations); with nina:tenancies, give each tenancy its own training_environment",
+        )
+    known = sorted({facts.ENV_DEFAULT, *cfg.training_environments})
+    checked: set[str] = set()
+    for t, ten in enumerate(cfg.all_tenancies):
+        key = "nina:training_environment" if cfg.tenancies is None else f"nina:tenancies[{t}].training_environment"
+        name = ten.training_environment
+        if name not in known:
+            yield (
+                key,
+                f"{_show(name)} is not a training environment; use one of {', '.join(known)} or define it in nina:training_environments",
+            )
+            continue
+        if name in checked or (name != facts.ENV_DEFAULT and not SLUG_RE.match(name)):
+            continue
+        checked.add(name)
+        try:
+            environments.read_lock(cfg.training_environment_of(ten))
+        except (environments.LockError, ValueError) as exc:
+            yield (key if name == facts.ENV_DEFAULT else f"nina:training_environments.{name}", str(exc))

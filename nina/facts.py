@@ -11,6 +11,22 @@ import posixpath
 
 # --- versions -------------------------------------------------------------------------
 FLWR_VERSION = "1.31.0"
+# --- training environments (issue 13; README, "Training environments") ---------------------
+# A tenancy's Flower venv (its SuperLink, its cloud SuperNodes, hospitals' systemd SuperNodes and
+# the kit's CPU and CUDA images) installs one lock: flwr and the environment's pinned packages,
+# resolved by `nina env lock` with uv for the hosts' Python (Ubuntu 24.04's python3) and platform,
+# from PyPI files uploaded before ENV_EXCLUDE_NEWER (so resolving again gives the same lock).
+ENV_PYTHON_VERSION = "3.12"
+ENV_PYTHON_PLATFORM = "x86_64-manylinux_2_28"
+ENV_EXCLUDE_NEWER = "2026-12-01T00:00:00Z"
+ENV_VARIANTS = ("cpu", "cuda")
+# The built-in environment every tenancy gets unless it names another: flwr and what the
+# validation app imports (numpy; the same release as this project's venv, for the rehearsal).
+ENV_DEFAULT = "default"
+ENV_DEFAULT_PACKAGES = ("numpy==2.4.6",)
+# The committed locks: <project>/environments/<name>.lock.
+ENV_LOCK_DIR = "environments"
+ENV_LOCK_SUFFIX = ".lock"
 UBUNTU_RELEASE = "24.04"
 # Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
 KEYCLOAK_VERSION = "26.3.0"
@@ -96,6 +112,11 @@ SERVICE_USERS = {
 
 # --- directory layout (manual 4.1.1) -----------------------------------------------
 FLOWER_VENV = "/opt/python/flower_env"
+# The tenancy's lock as its hosts hold it (delivered), installed into FLOWER_VENV by nina-env-sync.
+FLOWER_ENV_LOCK = "/opt/python/flower_env.lock"
+ENV_SYNC_BIN = "/usr/local/sbin/nina-env-sync"
+ENV_SYNC_SERVICE = "nina-env-sync.service"  # a delivery's "run" step (nina.host.env_sync)
+ENV_SYNC_TIMEOUT = "1h"  # pip installing a CUDA environment (torch and its nvidia-* wheels) takes minutes
 JUPYTER_VENV = "/opt/python/jupyter_env"
 ETC_FLWR = "/etc/flwr"
 SUPERLINK_ETC = "/etc/flwr/superlink"

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import io
 import os
+import posixpath
 import shlex
 import tarfile
 import tempfile
@@ -62,6 +63,7 @@ BASE_IMAGES = {
     "cuda": f"nvidia/cuda:12.9.1-cudnn-runtime-ubuntu{facts.UBUNTU_RELEASE}",
 }
 CONTAINER_NAME = "nina-supernode"
+LOCK_NAME = posixpath.basename(facts.FLOWER_ENV_LOCK)  # the lock's name beside the Dockerfiles
 TAR_MTIME = 0
 DIR_MODE, PRIVATE_DIR_MODE = 0o755, 0o700
 
@@ -96,6 +98,7 @@ class Tenancy:
     superlink_ip: str
     fleet_address: str
     vpn: schema.Vpn | None
+    environment: schema.TrainingEnvironment  # its training environment: the lock the kit installs
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def parse_outputs(raw: Any) -> StackOutputs:
         ca_cert_pem=doc.ca_cert_pem,
         ca_fingerprint=doc.ca_fingerprint,
         tenancies={
-            name: Tenancy(name, t.superlink.host, t.superlink.internal_ip, t.superlink.fleet_address, t.vpn)
+            name: Tenancy(name, t.superlink.host, t.superlink.internal_ip, t.superlink.fleet_address, t.vpn, t.environment)
             for name, t in doc.tenancies.items()
         },
         organisations=dict(sorted(orgs.items())),
@@ -402,6 +405,24 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
             about="the SuperNode's public key, registered at the SuperLink",
         ),
         KitFile(
+            _rel(facts.FLOWER_ENV_LOCK),
+            _text(tenancy.environment.lock),
+            0o644,
+            facts.FLOWER_ENV_LOCK,
+            scope="systemd",
+            tag="supernode",
+            about=f"the tenancy's training environment {tenancy.environment.name!r} ({tenancy.environment.variant}): "
+            "the lock install.sh makes the Flower venv hold (pip --require-hashes --no-deps)",
+        ),
+        KitFile(
+            f"containers/{LOCK_NAME}",
+            _text(tenancy.environment.lock),
+            0o644,
+            f"{facts.SUPERNODE_CONTAINERS}/{LOCK_NAME}",
+            scope="containers",
+            about="the same lock, for build.sh: both images install it (pip --require-hashes --no-deps)",
+        ),
+        KitFile(
             _rel(facts.SUPERNODE_RUN_SCRIPT),
             _text(render.run_supernode_sh()),
             0o755,
@@ -536,6 +557,7 @@ def _env() -> jinja2.Environment:
         supernode_user=SUPERNODE_USER,
         # What a site installs for its GPU (the checks' advice): the branch the cloud GPU hosts run.
         gpu_driver_packages=[p.format(branch=facts.GPU_DRIVER_BRANCH) for p in facts.GPU_DRIVER_PACKAGES],
+        lock_name=LOCK_NAME,
     )
     return env
 
@@ -618,6 +640,14 @@ def _installer_files(files: Sequence[KitFile]) -> tuple[list[KitFile], list[KitP
         )
         for rel, source in render.installer_programs().items()
     ]
+    programs.append(
+        KitFile(
+            f"{INSTALLER_DIR}/nina/host/env_sync.py",
+            render.host_programs()["nina/host/env_sync.py"].encode(),
+            0o644,
+            about="nina-env-sync (as on the cloud hosts): install.sh makes the Flower venv hold exactly the training environment lock",
+        )
+    )
     groups: dict[tuple[str, str], list[KitFile]] = {}
     for f in files:
         if f.dest is not None:

@@ -39,7 +39,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from nina import facts, pem, text, tlscrypt
+from nina import environments, facts, pem, text, tlscrypt
 from nina.keys import KeyError_, check_openssh_public_key
 from nina.localpki import fingerprint_sha256
 from nina.plan import Host as HostPlan
@@ -277,10 +277,46 @@ class Organisation(_Model):
         return self.placement == ONPREM
 
 
+def _environment_lock(value: str) -> str:
+    from nina.host import env_sync
+
+    if not value.startswith(environments.HEADER_START) or f"\n{environments.REQUIREMENTS_PREFIX}" not in value:
+        raise ValueError("is not a training environment lock that `nina env lock` wrote")
+    pins = env_sync.parse_lock(value)
+    if "flwr" not in pins:
+        raise ValueError("names no flwr; it is not a training environment lock")
+    return value
+
+
+class TrainingEnvironment(_Model):
+    """The tenancy's training environment (README, "Training environments"): what its Flower venvs,
+    its kits' venvs and images install, and what `nina validate` compares every node with."""
+
+    name: Slug
+    variant: Literal["cpu", "cuda"]
+    lock: Annotated[Str, AfterValidator(_environment_lock)]
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Every pin of the lock (canonical name -> version)."""
+        from nina.host import env_sync
+
+        return env_sync.parse_lock(self.lock)
+
+    @property
+    def requirements(self) -> dict[str, str]:
+        """The environment's own pins (flwr and its packages), as the lock's header states them."""
+        from nina.host import env_sync
+
+        line = next(line for line in self.lock.splitlines() if line.startswith(environments.REQUIREMENTS_PREFIX))
+        return env_sync.parse_lock("\n".join(line.removeprefix(environments.REQUIREMENTS_PREFIX).split()))
+
+
 class Tenancy(_Model):
     superlink: Superlink
     vpn: Vpn | None
     organisations: dict[Slug, Organisation]
+    environment: TrainingEnvironment
 
 
 class Host(_Model):
@@ -656,7 +692,8 @@ def organisation(m: Member, public_key_openssh: Any, vpn_client_cert_pem: Any, *
 
 
 def tenancy(t: TenancyPlan, vpn_doc: dict[str, Any] | None, organisations: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    return _place(Tenancy, superlink=superlink(t), vpn=vpn_doc, organisations=dict(organisations))
+    environment = _place(TrainingEnvironment, name=t.environment.name, variant=t.environment.variant, lock=t.environment_lock)
+    return _place(Tenancy, superlink=superlink(t), vpn=vpn_doc, organisations=dict(organisations), environment=environment)
 
 
 def host(h: HostPlan, fixed_ip: Any, floating_ip: Any) -> dict[str, Any]:

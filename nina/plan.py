@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from ipaddress import IPv4Network
 
-from nina import facts, pem
+from nina import environments, facts, pem
 from nina.config import StackConfig
+from nina.environments import Environment
 from nina.firewall import DATABASE_CLIENT_ROLES, PER_TENANCY_ZONES, PORT_TABLE, Flow
 
 
@@ -137,6 +138,9 @@ class TenancyPlan:
     members: tuple[Member, ...]
     certificate: Certificate
     vpn: VpnPlan | None = None
+    # Its training environment and the committed lock its Flower venvs and kits install.
+    environment: Environment = environments.DEFAULT
+    environment_lock: str = ""
 
     @property
     def fleet_address(self) -> str:
@@ -335,6 +339,8 @@ def build_plan(cfg: StackConfig) -> Plan:
                 members=members_of[ten.name],
                 certificate=_superlink_certificate(cfg, sl),
                 vpn=vpn,
+                environment=cfg.training_environment_of(ten),
+                environment_lock=environments.read_lock(cfg.training_environment_of(ten)),
             )
         )
 

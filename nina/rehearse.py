@@ -51,7 +51,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -482,6 +482,16 @@ class RunResult:
             hosts = ", ".join(f"{p}@{h}" for p, h in sorted(r.get("hosts", {}).items())) or "-"
             miss = f"  MISSING {r['missing']}" if r.get("missing") else ""
             lines.append(f"{r.get('round', '?'):>5}  {parts:<16} {hosts}{miss}")
+            # Each distinct environment once, with the partitions that reported it.
+            groups: dict[str, list[str]] = {}
+            for p, env in sorted(r.get("environments", {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+                gpu = f"gpu {'usable' if env.get('gpu-usable') else 'not usable'} ({env.get('gpu-how', '?')})"
+                pkgs = " ".join(str(env.get("packages", "")).split(","))
+                groups.setdefault(f"python {env.get('python', '?')}, {pkgs}, {gpu}", []).append(p)
+            for text, parts_of in groups.items():
+                lines.append(f"{'':>5}  {'env ' + ','.join(parts_of):<16} {text}")
+            for problem in r.get("environment-errors", []):
+                lines.append(f"{'':>5}  {'ENV DIFFERS':<16} {problem}")
         return "\n".join(lines)
 
 
@@ -1046,7 +1056,7 @@ class Rehearsal:
         app = self._app_copy()
         summary = self.dir / f"{tag}-summary.json"
         summary.unlink(missing_ok=True)
-        run_config = validation_run_config(expected, rounds, round_timeout, str(summary))
+        run_config = validation_run_config(expected, rounds, round_timeout, str(summary), rehearsal_pins(self.tenancy))
         cmd = flwrcli.run_command(self.venv / "bin" / "flwr", app, facts.REHEARSAL_CONNECTION, run_config)
         proc = self._spawn(f"flwr-{tag}", cmd, self._env(FLWR_HOME=str(self.cli_home)))
         budget = round_timeout * (rounds + 1) + 90
@@ -1125,14 +1135,33 @@ class AppRun:
         )
 
 
-def validation_run_config(expected: Sequence[int], rounds: int, round_timeout: float, summary_path: str | None = None) -> str:
-    """The `--run-config` of a validation run that every partition in `expected` must answer."""
+def validation_run_config(
+    expected: Sequence[int],
+    rounds: int,
+    round_timeout: float,
+    summary_path: str | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> str:
+    """The `--run-config` of a validation run that every partition in `expected` must answer, each
+    with exactly the `environment` pins (name -> version) installed."""
+    pins = ",".join(f"{name}=={version}" for name, version in sorted((environment or {}).items()))
+    if any(c in pins for c in '"\\ \n'):
+        raise ValueError(f"environment pins {pins[:80]!r} hold a quote, backslash or blank")
     text = (
         f"num-server-rounds={int(rounds)} expected-nodes={len(expected)} "
         f'expected-partitions="{",".join(map(str, expected))}" wait-seconds={int(round_timeout)} '
-        f"round-timeout={int(round_timeout)}"
+        f'round-timeout={int(round_timeout)} environment="{pins}"'
     )
     return text + (f' summary-path="{summary_path}"' if summary_path else "")
+
+
+def rehearsal_pins(tenancy: TenancyPlan) -> dict[str, str]:
+    """What the rehearsal (and `nina validate`, from the outputs' lock header) compares each node
+    with: the environment's own pins (flwr and its packages). The rest of the lock (their
+    dependencies) is nina-env-sync's to install and check on hosts; the rehearsal's SuperNodes run
+    in this project's venv (Python 3.11, the test tools' packaging and uv beside flwr), not in a
+    venv of the hosts' Python 3.12 lock."""
+    return tenancy.environment.pins()
 
 
 def judge_run(
@@ -1163,6 +1192,13 @@ def judge_run(
             missing = sorted(set(expected) - set(r.get("partitions", [])))
             if missing:
                 error = f"round {r.get('round')}: partitions {missing} did not answer"
+                break
+            if r.get("environment-errors"):
+                error = f"round {r.get('round')}: a node's training environment is not its tenancy's: " + "; ".join(r["environment-errors"])
+                break
+            unreported = sorted(set(map(str, r.get("partitions", []))) - set(r.get("environments", {})))
+            if unreported:
+                error = f"round {r.get('round')}: partitions {', '.join(unreported)} reported no training environment"
                 break
         if not rounds:
             error = "no rounds ran"

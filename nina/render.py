@@ -27,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from nina import config, facts, services, templating
+from nina import config, environments, facts, services, templating
 from nina.host import install_files as installer
 from nina.plan import Member, TenancyPlan
 
@@ -123,6 +123,33 @@ def cert_expiry_service() -> str:
 def cert_expiry_timer() -> str:
     """facts.CERT_EXPIRY_TIMER: hourly, catching up a missed run after downtime."""
     return _render("cert-expiry.timer.j2")
+
+
+def env_sync_service(unit: str) -> str:
+    """facts.ENV_SYNC_SERVICE: one run of nina-env-sync (nina.host.env_sync) that try-restarts `unit`."""
+    if unit not in (facts.SUPERLINK_UNIT, facts.SUPERNODE_UNIT):
+        raise ValueError(f"{unit!r} is not a Flower unit")
+    return _render("env-sync.service.j2", unit=unit)
+
+
+def environment_files(lock: str, unit: str) -> list[DeliveredFile]:
+    """The tenancy's training environment lock and the step that installs it into the Flower venv
+    (nina-env-sync, run by every delivery: a no-op when in sync). A changed lock restarts `unit`
+    through nina-env-sync only, once the venv holds it."""
+    if not lock.startswith(environments.HEADER_START):
+        raise ValueError("the environment lock is not one that `nina env lock` wrote (see nina.environments)")
+    return [
+        DeliveredFile(facts.FLOWER_ENV_LOCK, lock, 0o644),
+        DeliveredFile(facts.ENV_SYNC_BIN, launcher("env_sync"), 0o755),
+        DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}", env_sync_service(unit), 0o644),
+    ]
+
+
+def _flower_payload(files: list[DeliveredFile], units: Sequence[str], lock: str, unit: str) -> str:
+    """A Flower service's payload: its files and the environment's; the service is restarted by a
+    change of its own files (the installer) or of the venv (nina-env-sync), never twice for a lock."""
+    own = [f.path for f in files]
+    return delivery_payload([*files, *environment_files(lock, unit)], list(units), run=[facts.ENV_SYNC_SERVICE], restart_when={unit: own})
 
 
 def superlink_service() -> str:
@@ -283,7 +310,7 @@ def superlink_delivery(tenancy: TenancyPlan, ca_cert_pem: str, cert_pem: str, ke
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_SERVICE}", federation_metrics_service(tenancy.name), 0o644),
         DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_TIMER}", federation_metrics_timer(), 0o644),
     ]
-    return delivery_payload(files, list(services.superlink.UNITS))
+    return _flower_payload(files, services.superlink.UNITS, tenancy.environment_lock, facts.SUPERLINK_UNIT)
 
 
 AUTOMATION_KEY_COMMENT = "nina-automation"  # pulumi-command only; never give it to a person
@@ -345,8 +372,10 @@ def supernode_delivery(
     ca_cert_pem: str,
     private_key_openssh: str,
     public_key_openssh: str,
+    environment_lock: str,
 ) -> str:
-    """CA, OpenSSH key pair and supernode.conf for a member's SuperNode; restarts supernode.service."""
+    """CA, OpenSSH key pair and supernode.conf for a member's SuperNode, and its tenancy's training
+    environment lock (`environment_files`); restarts supernode.service."""
     ca = _text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
     user, group = facts.SERVICE_USERS["supernode"], facts.SYSTEM_GROUP
     certs = facts.SUPERNODE_CERTS
@@ -366,7 +395,7 @@ def supernode_delivery(
         _ca_trust(ca),
         *service_files(facts.SUPERNODE_RUN_SCRIPT, run_supernode_sh(), facts.SUPERNODE_UNIT, supernode_service()),
     ]
-    return delivery_payload(files, list(services.supernode.UNITS))
+    return _flower_payload(files, services.supernode.UNITS, environment_lock, facts.SUPERNODE_UNIT)
 
 
 # --- host programs (no secrets: they go into user-data) ----------------------------------
@@ -396,6 +425,7 @@ HOST_PROGRAM_FILES = (
     "host/federation_metrics.py",
     "host/cert_expiry.py",
     "host/hub_docker.py",
+    "host/env_sync.py",
     "host/gpu_driver.py",
 )
 

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,13 +361,14 @@ def run_app(
     round_timeout: float,
     app_src: Path = VALIDATION_APP,
     tag: str = "run",
+    environment: Mapping[str, str] | None = None,
 ) -> RunResult:
     """validation_app/ with `flwr run` against the tunnel's local port; judged as the rehearsal judges."""
     address = f"{facts.LOOPBACK}:{port}"
     flwrcli.write_connection(workdir / "flwr-home", facts.VALIDATE_CONNECTION, address, str(ca_file))
     app = flwrcli.app_copy(app_src, workdir / f"app-{tag}")
     # No summary-path: the ServerApp runs on the SuperLink host; its NINA-SUMMARY line streams back.
-    run_config = validation_run_config(expected, rounds, round_timeout)
+    run_config = validation_run_config(expected, rounds, round_timeout, environment=environment)
     log = workdir / f"flwr-{tag}.log"
     env = flwrcli.env(workdir / "flwr-home", dict(os.environ))
     started = time.monotonic()
@@ -437,7 +438,12 @@ def validate(
                         f"Control API answers TLS for {facts.LOOPBACK} with the stack's CA; running validation_app "
                         f"({rounds} round(s), partitions {','.join(map(str, t.expected))})"
                     )
-                    result = run_app(flwr, port, ca_file, t.expected, tmp, rounds=rounds, round_timeout=round_timeout, tag=t.tenancy)
+                    # Every node must hold the environment's pins (flwr and its packages) at the lock's
+                    # versions; nina-env-sync has installed the rest of the lock, or failed the delivery.
+                    pins = doc.tenancies[t.tenancy].environment.requirements
+                    result = run_app(
+                        flwr, port, ca_file, t.expected, tmp, rounds=rounds, round_timeout=round_timeout, tag=t.tenancy, environment=pins
+                    )
                 log(result.table())
                 log(f"run time {result.seconds:.1f} s")
                 who = ", ".join(f"{pid} {slug}" for slug, pid in sorted(t.partitions.items(), key=lambda kv: kv[1]))

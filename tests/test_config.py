@@ -1122,3 +1122,52 @@ def test_gpu_driver_branch_refusal_names_the_branches():
 
 def test_gpu_unknown_key_is_refused():
     problems(base(gpu={"driver": 580}))
+
+
+# --- training environments (nina:training_environments, issue 13) ------------------------------
+
+
+def test_training_environment_defaults_to_the_built_in_one() -> None:
+    from nina import environments
+
+    cfg = ok(base())
+    assert cfg.training_environment_of(cfg.all_tenancies[0]) == environments.DEFAULT
+    cfg = ok(two_tenancies())
+    assert {cfg.training_environment_of(t).name for t in cfg.all_tenancies} == {facts.ENV_DEFAULT}
+
+
+def test_training_environment_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nina import environments
+
+    problem(base(training_environment="tabular"), "nina:training_environment", "not a training environment", "nina:training_environments")
+    problem(base(training_environments={"default": {"packages": ["numpy==2.4.6"]}}), "nina:training_environments.default", "built-in")
+    problem(base(training_environments={"Tab Ular": {}}), "nina:training_environments.'Tab Ular'", "DNS-safe")
+    problem(base(training_environments={"tab": {"packages": ["numpy>=2"]}}), "nina:training_environments.tab.packages", "exact pin")
+    problem(
+        base(training_environments={"tab": {"packages": ["flwr==1.30.0"]}}),
+        "nina:training_environments.tab.packages",
+        "nina:flower.version",
+    )
+    problem(
+        base(training_environments={"tab": {"packages": ["numpy==2.4.6", "NumPy==2.4.5"]}}),
+        "nina:training_environments.tab.packages",
+        "twice",
+    )
+    problem(base(training_environments={"tab": {"variant": "rocm"}}), "nina:training_environments.tab.variant", "cpu")
+    problem(base(training_environments={"tab": {"exclude_newer": "now"}}), "nina:training_environments.tab.exclude_newer", "UTC time")
+    two = two_tenancies(training_environment="default")
+    assert ok(two)
+    two["training_environment"] = "tab"
+    two["training_environments"] = {"tab": {}}
+    problem(two, "nina:training_environment", "one-tenancy shorthand")
+    two = two_tenancies(training_environments={"tab": {"packages": ["numpy==2.4.6"]}})
+    two["tenancies"][1]["training_environment"] = "nosuch"
+    problem(two, "nina:tenancies[1].training_environment", "'nosuch' is not a training environment", "default, tab")
+    # A defined environment that is used needs its committed lock, matching its definition.
+    monkeypatch.setattr(environments, "LOCK_DIR", tmp_path)
+    two["tenancies"][1]["training_environment"] = "tab"
+    problem(two, "nina:training_environments.tab", "has no lock", "nina env lock tab")
+    problem(two, "nina:tenancies[0].training_environment", "has no lock environments/default.lock", "nina env lock default")
+    (tmp_path / "default.lock").write_text(environments.read_lock(environments.DEFAULT, environments.REPO_ROOT / facts.ENV_LOCK_DIR))
+    (tmp_path / "tab.lock").write_text(environments.read_lock(environments.DEFAULT, environments.REPO_ROOT / facts.ENV_LOCK_DIR))
+    problem(two, "nina:training_environments.tab", "does not match the environment's definition", "nina env lock tab")

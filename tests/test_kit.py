@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nina import cli, facts, kit, pem, render, services, troubleshooting, vpn
+from nina import cli, environments, facts, kit, pem, render, services, troubleshooting, vpn
 from nina.plan import Member
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,11 +47,13 @@ INSTALLER_FILES = {
     "installer/nina/host/__init__.py": 0o644,
     "installer/nina/host/install_files.py": 0o644,
     "installer/nina/host/trust.py": 0o644,
+    "installer/nina/host/env_sync.py": 0o644,  # nina-env-sync: install.sh makes the venv hold the lock
 }
 CONTAINER_FILES = {
     "containers/Dockerfile.cpu": 0o644,
     "containers/Dockerfile.cuda": 0o644,
     "containers/build.sh": 0o755,
+    "containers/flower_env.lock": 0o644,  # the tenancy's training environment, which both images install
     "containers/run-docker.sh": 0o755,
     "containers/run-docker-gpu.sh": 0o755,
     "containers/run-podman.sh": 0o755,
@@ -79,6 +81,8 @@ def expected_files(slug: str, onprem: bool, own_keys: bool) -> dict[str, int]:
         "etc/flwr/supernode/certs/client_credentials.pub": 0o644,
         "opt/flwr/supernode/run_supernode.sh": 0o755,
         "opt/flwr/supernode/supernode.service": 0o644,
+        # The tenancy's training environment lock, for the venv (and in CONTAINER_FILES for build.sh).
+        "opt/python/flower_env.lock": 0o644,
     }
     if not own_keys:
         files["etc/flwr/supernode/certs/client_credentials"] = 0o600
@@ -341,9 +345,13 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
             outputs["ca_cert_pem"],
             outputs["supernode_private_keys"][slug],
             o["supernode_public_key_openssh"],
+            environments.read_lock(environments.DEFAULT),
         )
     )
-    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] != facts.LOCAL_CA_TRUST}
+    # The cloud host runs nina-env-sync as a unit of its own; install.sh runs the kit's copy itself (step 5).
+    env_sync = {facts.ENV_SYNC_BIN, f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}"}
+    not_in_kit = {facts.LOCAL_CA_TRUST, *env_sync}
+    delivered = {f["path"].lstrip("/"): (f["content"].encode(), f["mode"]) for f in payload["files"] if f["path"] not in not_in_kit}
     # The kit carries the unit beside the run script; install.sh puts it where the delivery does.
     unit = f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}".lstrip("/")
     in_kit = {p: f"{facts.SUPERNODE_OPT}/{facts.SUPERNODE_UNIT}".lstrip("/") if p == unit else p for p in delivered}
@@ -351,12 +359,13 @@ def test_files_are_those_nina_render_and_nina_vpn_produce(kit_archives, kit_buil
     assert {p: files[in_kit[p]] for p in delivered} == {p: c for p, (c, _) in delivered.items()}
     # install.sh installs them with the cloud hosts' installer (the same program), from payloads
     # whose entries are the cloud delivery's: paths, contents, modes and owners.
-    assert {f"installer/{rel}": src.encode() for rel, src in render.installer_programs().items()} == {
+    programs = {**render.installer_programs(), "nina/host/env_sync.py": render.host_programs()["nina/host/env_sync.py"]}
+    assert {f"installer/{rel}": src.encode() for rel, src in programs.items()} == {
         p: c for p, c in files.items() if p.startswith("installer/")
     }
     assert render.installer_programs()["nina/host/install_files.py"] == render.host_programs()["nina/host/install_files.py"]
     kit_entries = [e for name in ("supernode", "supernode-systemd") for e in json.loads(files[f"payloads/{name}.json"])["files"]]
-    cloud_entries = [e for e in payload["files"] if e["path"] != facts.LOCAL_CA_TRUST]
+    cloud_entries = [e for e in payload["files"] if e["path"] not in not_in_kit]
     assert sorted(kit_entries, key=lambda e: e["path"]) == sorted(cloud_entries, key=lambda e: e["path"])
     assert json.loads(files["payloads/supernode.json"])["restart"] == []  # install.sh starts the services itself
     if o["placement"] == "onprem":
@@ -859,8 +868,9 @@ def test_container_files_follow_the_manual(kit_archives):
     files = contents(kit_archives["hospital-b"])
     for variant in ("cpu", "cuda"):
         docker = files[f"containers/Dockerfile.{variant}"].decode()
-        assert f'"flwr=={facts.FLWR_VERSION}"' in docker
-        assert not re.search(r"tensorflow|torch", docker.split("ARG BASE_IMAGE")[1]), "no training libraries by default"
+        # The tenancy's training environment, whole and hash-checked (tests/test_environments.py compares it).
+        assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker and "EXTRA_PIP_PACKAGES" not in docker
+        assert not re.search(r"tensorflow|torch", docker.split("ARG BASE_IMAGE")[1]), "no training libraries but the lock's"
         assert 'VOLUME ["/etc/flwr/supernode"]' in docker and 'VOLUME ["/media/data"]' in docker
         assert "\nUSER supernode\n" in docker and docker.rstrip().endswith('ENTRYPOINT ["bash", "run_supernode.sh"]')
     for name in ("run-docker.sh", "run-podman.sh", "run-docker-gpu.sh", "run-podman-gpu.sh"):
@@ -893,7 +903,8 @@ def test_readme_for_on_premise_organisation(kit_archives, kit_built):
     assert "systemctl status supernode" in readme and "journalctl -u supernode -f" in readme
     assert "/media/data" in readme and "re-issued kit" in readme
     assert "contact the NINA platform operators (QCIF)".lower() in readme.lower()
-    assert 'install.sh --platform-key-sha256 "$fp" --containers' in readme and "EXTRA_PIP_PACKAGES" in readme
+    assert 'install.sh --platform-key-sha256 "$fp" --containers' in readme and "training environment" in readme
+    assert "EXTRA_PIP_PACKAGES" not in readme
     for path in expected_files("hospital-a", True, False):
         assert f"`{path}`" in readme, path
 

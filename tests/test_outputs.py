@@ -69,6 +69,7 @@ def test_every_removed_key_is_named_with_the_kind_it_needs(kit_built):
             "a string or null",
             "a list",
             "one of 'onprem' or 'cloud'",
+            "one of 'cpu' or 'cuda'",
         }, problem
         checked += 1
     assert checked > 40

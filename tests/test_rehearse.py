@@ -52,6 +52,36 @@ def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
     assert f"VPN public IP {facts.REHEARSAL_PUBLIC_IP} is a documentation address" in out
     assert "rehearsal edit: each kit's supernode.conf copy: superlink_server=127.0.0.1" in out
     assert "ok: every organisation took part in every round" in out
+    # Every node reports the same training environment: the tenancy's pins, Python, the GPU and how that was found.
+    envs = re.findall(r"^\s+env (\S+)\s+python (\S+), (.*), gpu (.*)$", out, re.M)
+    assert len(envs) == ROUNDS and {e[0] for e in envs} == {"0,1"}, out
+    assert {e[2] for e in envs} == {f"flwr=={facts.FLWR_VERSION} {' '.join(facts.ENV_DEFAULT_PACKAGES)}"}, out
+    assert "ENV DIFFERS" not in out
+
+
+@pytest.mark.timeout(300)
+def test_a_node_with_another_version_of_a_locked_package_fails_validation(reh_rehearsal, tmp_path):
+    """One SuperNode sees numpy 2.4.5's metadata first on its path (as if someone had installed
+    another numpy on that host): the run fails, naming its partition, host, package and versions."""
+    r = reh_rehearsal()
+    other = tmp_path / "other-site"
+    numpy_version = dict(p.split("==") for p in facts.ENV_DEFAULT_PACKAGES)["numpy"]
+    dist = other / "numpy-2.4.5.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 2.4.5\n")
+    odd, fine = r.members[0], r.members[1]
+    r.start_superlink()
+    r.register_all()
+    r.start_supernode(odd.slug, env={"PYTHONPATH": str(other)})
+    r.start_supernode(fine.slug)
+    r.wait_online(len(r.members))
+    result = r.run_app(1)
+    assert not result.ok
+    assert f"partition {odd.partition_id} (" in (result.error or "")
+    assert f"numpy 2.4.5 installed, the tenancy's lock has {numpy_version}" in (result.error or ""), result.error
+    assert f"partition {fine.partition_id} (" not in (result.error or "")
+    table = result.table()
+    assert "ENV DIFFERS" in table and f"env {fine.partition_id}" in table and f"env {odd.partition_id}" in table, table
 
 
 def _check(row_id: str, **values: str) -> str:

@@ -134,6 +134,8 @@ def test_supernode_unit():
         ("supernode.service", render.supernode_service),
         (facts.SUPERLINK_BACKUP_SERVICE, render.superlink_backup_service),
         (facts.SUPERLINK_BACKUP_TIMER, render.superlink_backup_timer),
+        (facts.ENV_SYNC_SERVICE, lambda: render.env_sync_service(facts.SUPERLINK_UNIT)),
+        (facts.ENV_SYNC_SERVICE, lambda: render.env_sync_service(facts.SUPERNODE_UNIT)),
     ],
 )
 def test_systemd_analyze_verify(tmp_path, name, fn):
@@ -265,8 +267,20 @@ def test_superlink_delivery(render_plans):
         ),
         f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.FEDERATION_METRICS_TIMER}": (render.federation_metrics_timer(), 0o644, "root", "root"),
     }
+    # The tenancy's training environment: its lock and the step that installs it (nina-env-sync).
+    env_files = render.environment_files(tenancy.environment_lock, facts.SUPERLINK_UNIT)
+    expect |= {f.path: (f.content, f.mode, f.owner, f.group) for f in env_files}
     units = {f"{facts.SYSTEMD_SYSTEM_DIR}/{u}" for u in (facts.SUPERLINK_BACKUP_SERVICE, facts.SUPERLINK_BACKUP_TIMER)}
     assert {p: (f["content"], f["mode"], f["owner"], f["group"]) for p, f in files.items() if p not in units} == expect
+    data = json.loads(payload)
+    assert data["run"] == [facts.ENV_SYNC_SERVICE]
+    # A changed lock alone restarts the SuperLink only through nina-env-sync, once the venv holds it.
+    assert set(data["restart_when"][facts.SUPERLINK_UNIT]) == set(files) - {f.path for f in env_files}
+    assert f"--restart {facts.SUPERLINK_UNIT}" in files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}"]["content"]
+    with pytest.raises(ValueError, match="not a Flower unit"):
+        render.env_sync_service("sshd.service")
+    with pytest.raises(ValueError, match="nina env lock"):
+        render.environment_files("flwr==1.31.0\n", facts.SUPERLINK_UNIT)
     assert (
         f"ExecStart={facts.HOST_PYTHON} -I {facts.SUPERLINK_BACKUP_BIN} backup --keep {facts.SUPERLINK_BACKUP_KEEP}"
         in files[min(units)]["content"]
@@ -278,7 +292,7 @@ def test_supernode_delivery(render_plans):
     plan = render_plans["test"]
     member = plan.members()[0]
     address = plan.tenancies[0].fleet_address
-    payload = render.supernode_delivery(member, address, CA, SSH_KEY, SSH_PUB)
+    payload = render.supernode_delivery(member, address, CA, SSH_KEY, SSH_PUB, plan.tenancies[0].environment_lock)
     assert json.loads(payload)["restart"] == ["supernode.service"]
     files = _files(payload)
     c, sn = facts.SUPERNODE_CERTS, facts.SERVICE_USERS["supernode"]
@@ -290,6 +304,10 @@ def test_supernode_delivery(render_plans):
     assert (files[facts.SUPERNODE_RUN_SCRIPT]["content"], files[facts.SUPERNODE_RUN_SCRIPT]["mode"]) == (render.run_supernode_sh(), 0o755)
     assert files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.SUPERNODE_UNIT}"]["content"] == render.supernode_service()
     assert files[facts.LOCAL_CA_TRUST]["owner"] == "root"
+    assert files[facts.FLOWER_ENV_LOCK]["content"] == plan.tenancies[0].environment_lock
+    assert (files[facts.FLOWER_ENV_LOCK]["mode"], files[facts.FLOWER_ENV_LOCK]["owner"]) == (0o644, "root")
+    assert f"--restart {facts.SUPERNODE_UNIT}" in files[f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.ENV_SYNC_SERVICE}"]["content"]
+    assert json.loads(payload)["run"] == [facts.ENV_SYNC_SERVICE]
     # The deprecated flag is not passed (the run script's comment names it, its command does not).
     commands = [ln for ln in files[facts.SUPERNODE_RUN_SCRIPT]["content"].splitlines() if not ln.lstrip().startswith("#")]
     assert not any("--auth-supernode-public-key" in ln for ln in commands)
@@ -303,7 +321,7 @@ def test_delivery_refuses_wrong_material(render_plans):
         render.superlink_delivery(tenancy, CA, CERT, CERT)
     with pytest.raises(ValueError, match="private key"):
         # a SEC1 PEM key is refused by flower-supernode (exit 302): only OpenSSH format works
-        render.supernode_delivery(member, tenancy.fleet_address, CA, KEY, SSH_PUB)
+        render.supernode_delivery(member, tenancy.fleet_address, CA, KEY, SSH_PUB, tenancy.environment_lock)
 
 
 @pytest.mark.parametrize("path", ["etc/x", "/etc/../root/x", "/etc//x", "/etc/x/", "/"])

@@ -6,6 +6,7 @@ SuperLink and SuperNode (in a private network namespace) wired by these files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -236,7 +237,7 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     root = tmp_path / "root"
     first = installer(payload, "--root", str(root))
     assert first.returncode == 0, first.stderr
-    assert "14 changed, 0 unchanged" in first.stdout
+    assert "17 changed, 0 unchanged" in first.stdout
     for f in json.loads(payload)["files"]:
         target = root / f["path"].lstrip("/")
         st = target.stat()
@@ -252,12 +253,13 @@ def test_install_files_writes_delivery_once(tmp_path, installer, render_plans):
     )
 
     second = installer(payload, "--root", str(root))
-    assert second.returncode == 0 and "0 changed, 14 unchanged" in second.stdout
-    assert "wrote" not in second.stdout and "systemctl" not in second.stdout
+    assert second.returncode == 0 and "0 changed, 17 unchanged" in second.stdout
+    # Only the environment step (a no-op when the venv is in sync) runs again.
+    assert "wrote" not in second.stdout and "systemctl restart" not in second.stdout
 
     key.chmod(0o644)  # a mode drift is repaired
     third = installer(payload, "--root", str(root))
-    assert "1 changed, 13 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "1 changed, 16 unchanged" in third.stdout and stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_install_files_runs_units_only_on_change(tmp_path, installer, render_plans):
@@ -270,10 +272,24 @@ def test_install_files_runs_units_only_on_change(tmp_path, installer, render_pla
         "update-ca-certificates",
         "systemctl enable superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
         "systemctl restart superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
+        f"systemctl start {facts.ENV_SYNC_SERVICE}",
     ]
     installer.calls.unlink()
     installer(render.superlink_delivery(tenancy, CA, CERT, KEY), "--root", str(root), fake_commands=True)
-    assert not installer.calls.exists()
+    assert installer.calls.read_text().splitlines() == [f"systemctl start {facts.ENV_SYNC_SERVICE}"]
+    installer.calls.unlink()
+    # Another lock alone: the SuperLink is not restarted by the installer (nina-env-sync restarts it
+    # once the venv holds the new lock).
+    other = dataclasses.replace(tenancy, environment_lock=tenancy.environment_lock + "# another lock\n")
+    assert installer(render.superlink_delivery(other, CA, CERT, KEY), "--root", str(root), fake_commands=True).returncode == 0
+    assert installer.calls.read_text().splitlines() == [
+        "systemctl daemon-reload",
+        "systemctl enable nina-superlink-backup.timer nina-federation-metrics.timer",
+        "systemctl restart nina-superlink-backup.timer nina-federation-metrics.timer",
+        f"systemctl start {facts.ENV_SYNC_SERVICE}",
+    ]
+    installer(render.superlink_delivery(tenancy, CA, CERT, KEY), "--root", str(root), fake_commands=True)
+    installer.calls.unlink()
     # A new server certificate (same CA): restart, but no update-ca-certificates.
     renewed = render.superlink_delivery(tenancy, CA, CERT.replace("LEAF", "LEAF2"), KEY)
     assert installer(renewed, "--root", str(root), fake_commands=True).returncode == 0
@@ -281,6 +297,7 @@ def test_install_files_runs_units_only_on_change(tmp_path, installer, render_pla
         "systemctl daemon-reload",
         "systemctl enable superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
         "systemctl restart superlink.service nina-superlink-backup.timer nina-federation-metrics.timer",
+        f"systemctl start {facts.ENV_SYNC_SERVICE}",
     ]
 
 
@@ -291,7 +308,7 @@ def test_install_files_dry_run_touches_nothing(tmp_path, installer, render_plans
     proc = installer(payload, "--root", str(root), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert list(root.iterdir()) == []
-    assert proc.stdout.count("would write") == 14
+    assert proc.stdout.count("would write") == 17
     assert "would run update-ca-certificates" in proc.stdout
     assert "would run systemctl restart superlink.service" in proc.stdout
     # Even with real commands configured, a dry run runs none of them.
@@ -964,7 +981,14 @@ def test_end_to_end_real_flower(tmp_path, render_plans):
     installer = write(tmp_path / "nina-install-files", render.install_files_script(render.SOURCE_ROOT), 0o755)
     payloads = [
         render.superlink_delivery(tenancy, keys["ca"], keys["cert"], keys["key"]),
-        render.supernode_delivery(member, f"{facts.LOOPBACK}:{facts.SUPERLINK_FLEET_PORT}", keys["ca"], keys["node_key"], keys["node_pub"]),
+        render.supernode_delivery(
+            member,
+            f"{facts.LOOPBACK}:{facts.SUPERLINK_FLEET_PORT}",
+            keys["ca"],
+            keys["node_key"],
+            keys["node_pub"],
+            tenancy.environment_lock,
+        ),
     ]
     for payload in payloads:
         subprocess.run([sys.executable, str(installer), "--root", str(root)], input=payload, text=True, check=True, capture_output=True)

@@ -49,3 +49,50 @@ def test_the_server_expects_the_partitions_of_its_run_config_gaps_and_all():
     # Empty: every partition that has answered so far (ids have gaps, so no count would do).
     assert server_app._expected("", seen={0, 2, 5}) == {0, 2, 5}
     assert server_app._expected("", seen=set()) == set()
+
+
+def test_the_client_reports_its_environment_and_how_it_judged_the_gpu():
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from nina import facts
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={})
+    config = ConfigRecord({"local-epochs": 1, "learning-rate": 0.1, "environment-packages": "flwr,numpy,not-installed-here"})
+    msg = Message(
+        content=RecordDict({"arrays": task.to_record(task.initial_model()), "config": config}),
+        dst_node_id=1,
+        message_type=MessageType.TRAIN,
+    )
+    env = client_app.train(msg, context).content["environment"]
+    assert env["packages"] == f"flwr=={facts.FLWR_VERSION},not-installed-here==,numpy=={np.__version__}"
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert isinstance(env["gpu-usable"], bool) and env["gpu-how"]
+
+
+def test_environment_differences_name_package_and_both_versions():
+    from nina_validation import environment
+
+    expected = environment.parse_pins("flwr==1.31.0,NumPy==2.4.6,scikit_learn==1.7.2")
+    assert expected == {"flwr": "1.31.0", "numpy": "2.4.6", "scikit-learn": "1.7.2"}
+    assert environment.differences(expected, "flwr==1.31.0,numpy==2.4.6,scikit-learn==1.7.2") == []
+    assert environment.differences(expected, "flwr==1.31.0,numpy==2.4.5,scikit-learn==") == [
+        "numpy 2.4.5 installed, the tenancy's lock has 2.4.6",
+        "scikit-learn (not installed) installed, the tenancy's lock has 1.7.2",
+    ]
+    with pytest.raises(ValueError, match="name==version"):
+        environment.parse_pins("numpy>=2")
+
+
+def test_the_judge_fails_a_round_with_another_environment_even_if_the_app_said_ok():
+    from nina.rehearse import judge_run
+
+    env = {"python": "3.12.3", "packages": "flwr==1.31.0,numpy==2.4.6", "gpu-usable": False, "gpu-how": "no torch"}
+    good = {"round": 1, "partitions": [0, 1], "hosts": {"0": "a", "1": "b"}, "environments": {"0": env, "1": env}}
+    assert judge_run("", {"ok": True, "rounds": [good]}, [0, 1], 0, None, 1.0, "").ok
+    bad = {**good, "environment-errors": ["partition 1 (b): numpy 2.4.5 installed, the tenancy's lock has 2.4.6"]}
+    result = judge_run("", {"ok": True, "rounds": [bad]}, [0, 1], 0, None, 1.0, "")
+    assert not result.ok and "numpy 2.4.5 installed" in (result.error or "")
+    silent = {**good, "environments": {"0": env}}
+    result = judge_run("", {"ok": True, "rounds": [silent]}, [0, 1], 0, None, 1.0, "")
+    assert not result.ok and "partitions 1 reported no training environment" in (result.error or "")
+    assert "env 0,1" in judge_run("", {"ok": True, "rounds": [good]}, [0, 1], 0, None, 1.0, "").table()

@@ -1,4 +1,4 @@
-"""ClientApp: trains on its partition and reports its partition id and host name."""
+"""ClientApp: trains on its partition and reports its partition id, host name and training environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from nina_validation import task
+from nina_validation import environment, task
 
 app = ClientApp()
 
@@ -22,6 +22,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     model = task.train(model, x, y, task.integer(config["local-epochs"]), task.number(config["learning-rate"]))
     after = task.loss(model, x, y)
+    # The packages the ServerApp asks about (its tenancy's lock), with Python and the GPU.
+    names = [n for n in str(config.get("environment-packages", "")).split(",") if n]
     # MetricRecord holds numbers only: the host name travels in a ConfigRecord beside it.
     return Message(
         content=RecordDict(
@@ -36,6 +38,7 @@ def train(msg: Message, context: Context) -> Message:
                     }
                 ),
                 "node": ConfigRecord({"hostname": socket.gethostname(), "partition-id": partition_id}),
+                "environment": ConfigRecord(environment.report(names)),
             }
         ),
         reply_to=msg,

@@ -2,8 +2,9 @@
 
 Each round it prints one line `NINA-ROUND {json}` (round, partition ids and hosts that answered,
 losses) and at the end `NINA-SUMMARY {json}`; with run config `summary-path` it also writes the
-summary there. A missing partition, an error reply or too few nodes raises RuntimeError, so the
-run ends as failed (`flwr ls` shows it) and the summary says why.
+summary there. A missing partition, an error reply, too few nodes or a node whose training
+environment differs from run config `environment` (the tenancy's pins) raises RuntimeError, so the
+run ends as failed (`flwr ls` shows it) and the summary says why, naming node, package and versions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from nina_validation import task
+from nina_validation import environment, task
 
 app = ServerApp()
 
@@ -62,12 +63,18 @@ def main(grid: Grid, context: Context) -> None:
                     f"only {len(nodes)} of {expected_nodes} expected SuperNodes connected within {cfg.get('wait-seconds')} s"
                 )
             time.sleep(1)
+        expected_env = environment.parse_pins(str(cfg.get("environment", "")))
         model = task.to_record(task.initial_model())
         seen: set[int] = set()
         for rnd in range(1, rounds + 1):
             nodes = sorted(grid.get_node_ids())
             config = ConfigRecord(
-                {"server-round": rnd, "local-epochs": int(cfg["local-epochs"]), "learning-rate": float(cfg["learning-rate"])}
+                {
+                    "server-round": rnd,
+                    "local-epochs": int(cfg["local-epochs"]),
+                    "learning-rate": float(cfg["learning-rate"]),
+                    "environment-packages": ",".join(sorted(expected_env)),
+                }
             )
             messages = [
                 Message(
@@ -82,9 +89,19 @@ def main(grid: Grid, context: Context) -> None:
             good = [r for r in replies if not r.has_error()]
             errors = {int(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()}
             answered: dict[int, dict[str, Any]] = {}
+            envs: dict[str, dict[str, Any]] = {}
+            env_errors: list[str] = []
             for r in good:
                 m, info = r.content["metrics"], r.content["node"]
-                answered[task.integer(m["partition-id"])] = {
+                pid = task.integer(m["partition-id"])
+                host = str(info["hostname"])
+                env = r.content.get("environment", None)
+                if env is None:
+                    env_errors.append(f"partition {pid} ({host}) reported no environment (an old ClientApp?)")
+                else:
+                    envs[str(pid)] = {k: env[k] for k in ("python", "packages", "gpu-usable", "gpu-how")}
+                    env_errors += [f"partition {pid} ({host}): {d}" for d in environment.differences(expected_env, str(env["packages"]))]
+                answered[pid] = {
                     "host": str(info["hostname"]),
                     "node-id": int(r.metadata.src_node_id),
                     "loss-before": task.number(m["loss-before"]),
@@ -102,6 +119,8 @@ def main(grid: Grid, context: Context) -> None:
                 "missing": missing,
                 "errors": {str(k): v for k, v in errors.items()},
                 "loss-after": {str(p): round(a["loss-after"], 6) for p, a in sorted(answered.items())},
+                "environments": dict(sorted(envs.items())),
+                "environment-errors": env_errors,
             }
             summary["rounds"].append(line)
             _emit("NINA-ROUND", line)
@@ -111,6 +130,8 @@ def main(grid: Grid, context: Context) -> None:
                     + (f"; error replies {errors}" if errors else "")
                     + (f" ({len(nodes)} nodes connected)" if not good else "")
                 )
+            if env_errors:
+                raise RuntimeError(f"round {rnd}: a node's training environment is not its tenancy's: " + "; ".join(env_errors))
             model = aggregate_arrayrecords([r.content for r in good], "num-examples")
         summary["ok"] = True
     except Exception as exc:

@@ -1,0 +1,89 @@
+"""What a node's training environment is (ClientApp) and whether it is its tenancy's (ServerApp).
+
+The ServerApp's run config `environment` lists the tenancy's pins (`name==version,...`: flwr and
+the environment's packages, from its lock; `nina rehearse` and `nina validate` pass them). Each
+round it sends their names; each ClientApp reports the installed version of each (importlib.metadata,
+"" when absent), its Python and whether a GPU is usable, saying how that was determined:
+`torch.cuda.is_available()` when torch is installed, else `tensorflow`'s GPU devices, else only
+whether `nvidia-smi -L` lists a GPU (a driver sees one, no installed framework can use it: not usable).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import re
+import shutil
+import subprocess
+from typing import Any
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pins(spec: str) -> dict[str, str]:
+    """`name==version,...` -> canonical name -> version (empty spec: nothing to compare)."""
+    pins = {}
+    for item in spec.replace(" ", "").split(","):
+        if not item:
+            continue
+        name, sep, version = item.partition("==")
+        if not sep or not name or not version:
+            raise ValueError(f"run config environment: {item!r} is not name==version")
+        pins[canonical(name)] = version
+    return pins
+
+
+def installed_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def gpu() -> tuple[bool, str]:
+    """(usable, how it was determined)."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # type: ignore[import-not-found]  # only where an environment installs it
+
+        usable = bool(torch.cuda.is_available())
+        return usable, f"torch.cuda.is_available() is {usable}"
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf  # type: ignore[import-untyped]  # only where an environment installs it
+
+        devices = tf.config.list_physical_devices("GPU")
+        return bool(devices), f"tensorflow lists {len(devices)} GPU device(s)"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False, "no torch or tensorflow installed, no nvidia-smi"
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"no torch or tensorflow installed; nvidia-smi -L failed ({exc})"
+    count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    return False, f"no torch or tensorflow installed; nvidia-smi -L lists {count} GPU(s)"
+
+
+def report(names: list[str]) -> dict[str, Any]:
+    """This node's environment: Python, each named package's installed version, the GPU."""
+    usable, how = gpu()
+    versions = {canonical(n): installed_version(n) for n in sorted(names)}
+    return {
+        "python": platform.python_version(),
+        "packages": ",".join(f"{n}=={v}" for n, v in versions.items()),
+        "gpu-usable": usable,
+        "gpu-how": how,
+    }
+
+
+def differences(expected: dict[str, str], packages: str) -> list[str]:
+    """One phrase per package whose installed version is not the lock's (sorted)."""
+    have = dict(item.partition("==")[::2] for item in packages.split(",") if item)
+    found = []
+    for name, want in sorted(expected.items()):
+        got = have.get(name, "")
+        if got != want:
+            found.append(f"{name} {got or '(not installed)'} installed, the tenancy's lock has {want}")
+    return found
