@@ -37,7 +37,7 @@ import jinja2
 import yaml
 
 from nina import config, facts, keycloak, proxy, render, templating
-from nina.plan import Certificate, Host, Plan
+from nina.plan import Certificate, Host, Plan, host_certificate
 from nina.services import grafana as service
 
 SERVICE = "grafana"
@@ -95,21 +95,9 @@ def public(plan: Plan) -> bool:
 
 
 def certificate(plan: Plan) -> Certificate:
-    """The local-CA server certificate of Grafana's HTTPS: CN and DNS names the host's name (what
-    nginx's proxy_ssl_name checks), `<host>.<nina:cloud.dns_domain>` when set, and localhost (an
-    operator's SSH tunnel); IP addresses its fixed IP and 127.0.0.1."""
-    host = _host(plan)
-    names = [host.name]
-    if plan.cfg.cloud.dns_domain:
-        names.append(f"{host.name}.{plan.cfg.cloud.dns_domain}")
-    names.append("localhost")
-    return Certificate(
-        name="grafana",
-        common_name=host.name,
-        dns_names=tuple(dict.fromkeys(names)),
-        ip_addresses=(host.fixed_ip, facts.LOOPBACK),
-        server=True,
-    )
+    """The local-CA server certificate of Grafana's HTTPS (nina.plan.host_certificate: the host's
+    names, localhost for an operator's SSH tunnel, its fixed IP and 127.0.0.1)."""
+    return host_certificate("grafana", plan.cfg, _host(plan))
 
 
 def _secret_ref(key: str) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 import jinja2
 
 from nina import config, facts, flwrcli, keycloak, render, services, templating
-from nina.plan import Certificate, Host, Plan
+from nina.plan import Certificate, Host, Plan, host_certificate
 
 RUNTIME_SOURCE = Path(__file__).with_name("jupyterhub_runtime.py")
 AUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
@@ -334,13 +334,8 @@ def files(hub: HubInputs, client_secret: str, ca_cert_pem: str) -> dict[str, str
 
 def certificate(plan: Plan) -> Certificate:
     """The hub's internal HTTPS certificate (its proxy, reached by nginx, which verifies the host
-    name): CN and DNS SAN the host name (and `<host>.<dns_domain>` with nina:cloud.dns_domain),
-    IP SAN its fixed address."""
-    hub = jupyterhub_host(plan)
-    names = [hub.name]
-    if plan.cfg.cloud.dns_domain:
-        names.append(f"{hub.name}.{plan.cfg.cloud.dns_domain}")
-    return Certificate(name="jupyterhub", common_name=hub.name, dns_names=tuple(names), ip_addresses=(hub.fixed_ip,), server=True)
+    name; nina.plan.host_certificate): the host's names and fixed address, no loopback names."""
+    return host_certificate("jupyterhub", plan.cfg, jupyterhub_host(plan), loopback=False)
 
 
 def docker_plan(tenancies: list[str], images: list[str]) -> dict[str, Any]:

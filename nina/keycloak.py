@@ -29,7 +29,7 @@ from typing import Any
 import jinja2
 
 from nina import config, facts, proxy, templating
-from nina.plan import Certificate, Host, Plan
+from nina.plan import Certificate, Host, Plan, host_certificate
 
 # A PostgreSQL identifier nina writes unquoted-safe: lowercase, at most 63 bytes (NAMEDATALEN - 1).
 _PG_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -310,21 +310,9 @@ def client_ids(plan: Plan) -> list[str]:
 
 def certificate(plan: Plan) -> Certificate:
     """The local-CA server certificate of the keycloak host's internal HTTPS (facts.KEYCLOAK_PORT
-    and the management port): CN and DNS names its host name (what nginx's proxy_ssl_name checks),
-    `<host>.<nina:cloud.dns_domain>` when set, and localhost; IP addresses its fixed IP and
-    127.0.0.1 (where nina-keycloak-realm reaches it on the host)."""
-    host = keycloak_host(plan)
-    names = [host.name]
-    if plan.cfg.cloud.dns_domain:
-        names.append(f"{host.name}.{plan.cfg.cloud.dns_domain}")
-    names.append("localhost")
-    return Certificate(
-        name="keycloak",
-        common_name=host.name,
-        dns_names=tuple(dict.fromkeys(names)),
-        ip_addresses=(host.fixed_ip, facts.LOOPBACK),
-        server=True,
-    )
+    and the management port; nina.plan.host_certificate): its names, localhost and 127.0.0.1
+    (where nina-keycloak-realm reaches it on the host)."""
+    return host_certificate("keycloak", plan.cfg, keycloak_host(plan))
 
 
 # --- the delivery (`<host>-keycloak`; not declared by the components yet) ------------------------

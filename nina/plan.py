@@ -87,6 +87,21 @@ class Certificate:
     server: bool  # server auth (else client auth)
 
 
+def host_certificate(name: str, cfg: StackConfig, host: Host, loopback: bool = True) -> Certificate:
+    """A service host's local-CA server certificate for its internal HTTPS: CN and DNS name the
+    host's name (what nginx's proxy_ssl_name checks), `<host>.<nina:cloud.dns_domain>` when set,
+    IP its fixed address; with `loopback`, also localhost and 127.0.0.1 (an operator's SSH tunnel,
+    programs on the host itself)."""
+    names = [host.name]
+    if cfg.cloud.dns_domain:
+        names.append(f"{host.name}.{cfg.cloud.dns_domain}")
+    ips = [host.fixed_ip]
+    if loopback:
+        names.append("localhost")
+        ips.append(facts.LOOPBACK)
+    return Certificate(name=name, common_name=host.name, dns_names=tuple(dict.fromkeys(names)), ip_addresses=tuple(ips), server=True)
+
+
 @dataclass(frozen=True)
 class Member:
     """An organisation's SuperNode in its tenancy's federation. Nothing here depends on the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nina import facts
 from nina.config import load_config
-from nina.plan import build_plan
+from nina.plan import build_plan, host_certificate
 
 
 def base(**extra) -> dict:
@@ -117,3 +117,16 @@ def test_the_jupyterhub_host_gets_docker_s_volume_with_or_without_researcher_acc
     assert all(not h.volumes or {"jupyterhub", "keycloak", "superlink", "supernode"} & set(h.roles) for h in plain.hosts)
     # Stacks without a JupyterHub host get no such volume.
     assert not any(v.name == facts.JUPYTERHUB_VOLUME_NAME for h in build_plan(load_config(base())).hosts for v in h.volumes)
+
+
+def test_host_certificate_names_the_host_and_optionally_loopback():
+    plan = build_plan(load_config(base()))
+    host = next(h for h in plan.hosts if h.name == "gateway")
+    cert = host_certificate("svc", plan.cfg, host)
+    assert (cert.name, cert.common_name, cert.server) == ("svc", "gateway", True)
+    assert (cert.dns_names, cert.ip_addresses) == (("gateway", "localhost"), ("10.100.0.10", facts.LOOPBACK))
+    bare = host_certificate("svc", plan.cfg, host, loopback=False)
+    assert (bare.dns_names, bare.ip_addresses) == (("gateway",), ("10.100.0.10",))
+    named = build_plan(load_config(base(cloud={"dns_domain": "fl.example.org"})))
+    cert = host_certificate("svc", named.cfg, next(h for h in named.hosts if h.name == "gateway"))
+    assert cert.dns_names == ("gateway", "gateway.fl.example.org", "localhost")
