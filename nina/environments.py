@@ -179,6 +179,23 @@ def body_problem(env: Environment, text: str) -> str | None:
     return None
 
 
+def lock_differences(lock: dict[str, str], distributions: list[str], limit: int = facts.ENV_DIFFERENCES_LISTED) -> list[str]:
+    """How a node's whole installed set (the validation app's `distributions`, `name==version`
+    each) differs from its tenancy's whole lock: a package missing, extra (besides what the lock
+    deliberately keeps: env_sync.KEPT) or at another version, named with both versions, sorted;
+    at most `limit` of them, then "and N more". Names compare canonically (`Foo_Bar` is `foo-bar`)."""
+    have: dict[str, str] = {}
+    for item in distributions:
+        name, sep, version = str(item).partition("==")
+        if not sep or not name:
+            raise ValueError(f"reported distribution {str(item)[:80]!r} is not name==version")
+        have.setdefault(canonical(name), version)
+    found = env_sync.differences({canonical(n): v for n, v in lock.items()}, have)
+    if len(found) > limit:
+        return [*found[:limit], f"and {len(found) - limit} more"]
+    return found
+
+
 def lock_path(env: Environment, lock_dir: Path | None = None) -> Path:
     return (LOCK_DIR if lock_dir is None else lock_dir) / env.lock_file
 

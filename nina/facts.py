@@ -27,6 +27,9 @@ ENV_DEFAULT_PACKAGES = ("numpy==2.4.6",)
 # The committed locks: <project>/environments/<name>.lock.
 ENV_LOCK_DIR = "environments"
 ENV_LOCK_SUFFIX = ".lock"
+# `nina validate` compares each node's whole installed set with its tenancy's lock and lists at
+# most this many differences per node (then "and N more"): a wrong venv differs in dozens.
+ENV_DIFFERENCES_LISTED = 8
 UBUNTU_RELEASE = "24.04"
 # Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
 KEYCLOAK_VERSION = "26.3.0"

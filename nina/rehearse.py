@@ -38,6 +38,7 @@ SIGKILL) when the Rehearsal closes, also on errors and Ctrl-C. Every wait is bou
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -56,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nina import facts, flwrcli, kit, localpki, outputs, pem, render, tlscrypt
+from nina import environments, facts, flwrcli, kit, localpki, outputs, pem, render, tlscrypt
 from nina.host.membership import Failure, Worker, parse_json, script_interpreter  # one reader of flwr's JSON output
 from nina.plan import Certificate, Member, Plan, TenancyPlan
 
@@ -474,6 +475,7 @@ class RunResult:
     seconds: float
     output: str
     expected: list[int]
+    full_lock: int | None = None  # packages of the whole lock each node was compared with; None: the definition's pins only
 
     def table(self) -> str:
         lines = [f"{'round':>5}  {'partitions':<16} hosts"]
@@ -487,12 +489,25 @@ class RunResult:
             for p, env in sorted(r.get("environments", {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
                 gpu = f"gpu {'usable' if env.get('gpu-usable') else 'not usable'} ({env.get('gpu-how', '?')})"
                 pkgs = " ".join(str(env.get("packages", "")).split(","))
-                groups.setdefault(f"python {env.get('python', '?')}, {pkgs}, {gpu}", []).append(p)
+                groups.setdefault(f"python {env.get('python', '?')}, {pkgs}, {gpu}, {installed_set(env)}", []).append(p)
             for text, parts_of in groups.items():
                 lines.append(f"{'':>5}  {'env ' + ','.join(parts_of):<16} {text}")
             for problem in r.get("environment-errors", []):
                 lines.append(f"{'':>5}  {'ENV DIFFERS':<16} {problem}")
+        if self.full_lock is None:
+            lines.append("environments compared with the definition's pins (full-lock comparison: validate only)")
+        else:
+            lines.append(f"environments compared with the tenancy's whole lock ({self.full_lock} packages)")
         return "\n".join(lines)
+
+
+def installed_set(env: dict[str, Any]) -> str:
+    """A node's whole installed set in a table cell: how many, and a digest to tell sets apart."""
+    dists = env.get("distributions")
+    if not isinstance(dists, list):
+        return "installed set not reported"
+    digest = hashlib.sha256("\n".join(map(str, dists)).encode()).hexdigest()[:12]
+    return f"{len(dists)} installed (sha256 {digest})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -1172,8 +1187,15 @@ def judge_run(
     timeout_error: str | None,
     seconds: float,
     hint: str,
+    *,
+    lock: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Judge a validation run from its `flwr run --stream` output (and the summary file, if read)."""
+    """Judge a validation run from its `flwr run --stream` output (and the summary file, if read).
+
+    Two modes: without `lock` (`nina rehearse`, whose nodes run this project's venv) each node's
+    environment is judged by the definition's pins the ServerApp compared; with `lock` (`nina
+    validate`: the tenancy's whole lock, canonical name -> version) each node's whole installed
+    set must also be the lock's (environments.lock_differences)."""
     if summary is None:
         summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
     rounds = summary["rounds"] if summary else _round_lines(out)
@@ -1200,9 +1222,32 @@ def judge_run(
             if unreported:
                 error = f"round {r.get('round')}: partitions {', '.join(unreported)} reported no training environment"
                 break
+            if lock is not None:
+                problems = _lock_problems(r, lock)
+                if problems:
+                    error = f"round {r.get('round')}: a node's installed packages are not its tenancy's lock: " + "; ".join(problems)
+                    break
         if not rounds:
             error = "no rounds ran"
-    return RunResult(error is None, rounds, error, seconds, out, list(expected))
+    return RunResult(error is None, rounds, error, seconds, out, list(expected), None if lock is None else len(lock))
+
+
+def _lock_problems(r: dict[str, Any], lock: Mapping[str, str]) -> list[str]:
+    """Each partition's differences from the whole lock in one round, naming partition and host."""
+    problems = []
+    hosts = r.get("hosts", {})
+    for p, env in sorted(r.get("environments", {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+        who = f"partition {p} ({hosts.get(p, '?')})"
+        dists = env.get("distributions")
+        if not isinstance(dists, list):
+            problems.append(f"{who} reported no installed set (an old validation app?)")
+            continue
+        try:
+            found = environments.lock_differences(dict(lock), dists)
+        except ValueError as exc:
+            found = [str(exc)]
+        problems += [f"{who}: {d}" for d in found]
+    return problems
 
 
 def _round_lines(out: str) -> list[dict[str, Any]]:

@@ -362,8 +362,10 @@ def run_app(
     app_src: Path = VALIDATION_APP,
     tag: str = "run",
     environment: Mapping[str, str] | None = None,
+    lock: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """validation_app/ with `flwr run` against the tunnel's local port; judged as the rehearsal judges."""
+    """validation_app/ with `flwr run` against the tunnel's local port; judged as the rehearsal
+    judges, and with `lock` (the tenancy's whole lock) each node's whole installed set too."""
     address = f"{facts.LOOPBACK}:{port}"
     flwrcli.write_connection(workdir / "flwr-home", facts.VALIDATE_CONNECTION, address, str(ca_file))
     app = flwrcli.app_copy(app_src, workdir / f"app-{tag}")
@@ -382,7 +384,9 @@ def run_app(
     finally:
         stop(proc)
     out = log.read_text(errors="replace")
-    return judge_run(out, None, expected, proc.returncode, timed_out, time.monotonic() - started, "its output ends: " + _tail(out))
+    return judge_run(
+        out, None, expected, proc.returncode, timed_out, time.monotonic() - started, "its output ends: " + _tail(out), lock=lock
+    )
 
 
 def _tail(out: str, lines: int = 3) -> str:
@@ -438,11 +442,20 @@ def validate(
                         f"Control API answers TLS for {facts.LOOPBACK} with the stack's CA; running validation_app "
                         f"({rounds} round(s), partitions {','.join(map(str, t.expected))})"
                     )
-                    # Every node must hold the environment's pins (flwr and its packages) at the lock's
-                    # versions; nina-env-sync has installed the rest of the lock, or failed the delivery.
-                    pins = doc.tenancies[t.tenancy].environment.requirements
+                    # Every node must hold the environment's pins (flwr and its packages; the ServerApp
+                    # compares them) and nothing but the whole lock, each at the lock's version (judged here).
+                    env = doc.tenancies[t.tenancy].environment
                     result = run_app(
-                        flwr, port, ca_file, t.expected, tmp, rounds=rounds, round_timeout=round_timeout, tag=t.tenancy, environment=pins
+                        flwr,
+                        port,
+                        ca_file,
+                        t.expected,
+                        tmp,
+                        rounds=rounds,
+                        round_timeout=round_timeout,
+                        tag=t.tenancy,
+                        environment=env.requirements,
+                        lock=env.pins,
                     )
                 log(result.table())
                 log(f"run time {result.seconds:.1f} s")

@@ -18,6 +18,7 @@ import pytest
 from nina import environments, facts
 from nina.cli import main
 from nina.environments import DEFAULT, Environment, LockError
+from nina.host import env_sync
 
 
 def pypi_reachable() -> bool:
@@ -325,3 +326,54 @@ def test_install_sh_runs_the_kits_own_nina_env_sync(kit_built, tmp_path: Path) -
     mine = importlib.metadata.version("packaging")  # pyproject overrides flwr's cap here
     assert mine != ours and f"packaging {mine} is installed, the lock has {ours}" in done.stdout
     assert f"{venv_dir} is not in sync with {lock}" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# A node's whole installed set against the whole lock (`nina validate`'s judge)
+# ---------------------------------------------------------------------------------------
+
+LOCK = {"flwr": "1.31.0", "grpcio": "1.76.0", "numpy": "2.4.6", "protobuf": "5.29.5", "typing-extensions": "4.15.0"}
+SAME = ["flwr==1.31.0", "grpcio==1.76.0", "numpy==2.4.6", "protobuf==5.29.5", "typing-extensions==4.15.0"]
+
+
+def test_a_node_holding_exactly_the_lock_has_no_differences():
+    assert environments.lock_differences(LOCK, SAME) == []
+    # The tools the lock deliberately keeps beside it (pip) are no difference.
+    assert environments.lock_differences(LOCK, [*SAME, "pip==25.3"]) == []
+    assert "pip" in env_sync.KEPT
+
+
+def test_names_compare_canonically_on_both_sides():
+    assert environments.lock_differences({"typing_extensions": "4.15.0", "Foo.Bar": "1"}, ["typing-extensions==4.15.0", "foo-bar==1"]) == []
+    assert environments.lock_differences({"foo-bar": "1"}, ["Foo_Bar==1"]) == []
+    assert environments.lock_differences({"foo-bar": "1"}, ["Foo_Bar==2"]) == ["foo-bar 2 is installed, the lock has 1"]
+
+
+def test_missing_extra_and_other_versions_are_named_with_both_versions():
+    have = [d for d in SAME if not d.startswith("protobuf")] + ["requests==2.32.5"]
+    have = [d.replace("grpcio==1.76.0", "grpcio==1.75.1") for d in have]
+    assert environments.lock_differences(LOCK, have) == [
+        "grpcio 1.75.1 is installed, the lock has 1.76.0",
+        "protobuf is missing, the lock has 5.29.5",
+        "requests 2.32.5 is installed, the lock has no requests",
+    ]
+    # pip is kept only when the lock does not name it: a lock that pins pip holds the node to it.
+    assert environments.lock_differences({**LOCK, "pip": "25.3"}, [*SAME, "pip==24.0"]) == ["pip 24.0 is installed, the lock has 25.3"]
+
+
+def test_the_listing_is_bounded():
+    lock = {f"pkg{i:02d}": "1.0" for i in range(30)}
+    found = environments.lock_differences(lock, [f"pkg{i:02d}==2.0" for i in range(30)])
+    assert len(found) == facts.ENV_DIFFERENCES_LISTED + 1
+    assert found[0] == "pkg00 2.0 is installed, the lock has 1.0"
+    assert found[-1] == f"and {30 - facts.ENV_DIFFERENCES_LISTED} more"
+    assert environments.lock_differences(lock, [f"pkg{i:02d}==2.0" for i in range(30)], limit=2)[-1] == "and 28 more"
+    exactly = environments.lock_differences(lock, [f"pkg{i:02d}==1.0" for i in range(30 - facts.ENV_DIFFERENCES_LISTED)])
+    assert len(exactly) == facts.ENV_DIFFERENCES_LISTED and not exactly[-1].startswith("and ")
+
+
+def test_a_hostile_report_is_refused_not_trusted():
+    with pytest.raises(ValueError, match="is not name==version"):
+        environments.lock_differences(LOCK, [*SAME, "just-a-name"])
+    with pytest.raises(ValueError, match="is not name==version"):
+        environments.lock_differences(LOCK, ["==1.0"])

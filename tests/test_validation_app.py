@@ -96,3 +96,49 @@ def test_the_judge_fails_a_round_with_another_environment_even_if_the_app_said_o
     result = judge_run("", {"ok": True, "rounds": [silent]}, [0, 1], 0, None, 1.0, "")
     assert not result.ok and "partitions 1 reported no training environment" in (result.error or "")
     assert "env 0,1" in judge_run("", {"ok": True, "rounds": [good]}, [0, 1], 0, None, 1.0, "").table()
+
+
+def test_the_client_reports_its_whole_installed_set_sorted_and_canonical():
+    import importlib.metadata
+
+    from nina_validation import environment
+
+    dists = environment.distributions()
+    names = [d.split("==")[0] for d in dists]
+    assert names == sorted(names) and len(names) == len(set(names))  # sorted by name, each once
+    have = dict(d.split("==", 1) for d in dists)
+    assert have["flwr"] == importlib.metadata.version("flwr") and have["numpy"] == np.__version__
+    assert all(name == environment.canonical(name) for name in have)
+    assert "typing-extensions" in have  # a transitive dependency, by its canonical name (typing_extensions)
+    assert environment.report([])["distributions"] == dists
+
+
+def test_the_judge_compares_the_whole_installed_set_with_the_lock_in_validate_mode_only():
+    from nina.rehearse import judge_run
+
+    dists = ["flwr==1.31.0", "grpcio==1.76.0", "numpy==2.4.6", "pip==25.3"]
+    env = {"python": "3.12.3", "packages": "flwr==1.31.0,numpy==2.4.6", "gpu-usable": False, "gpu-how": "no torch", "distributions": dists}
+    other = {**env, "distributions": ["flwr==1.31.0", "grpcio==1.75.1", "numpy==2.4.6"]}
+    good = {"round": 1, "partitions": [0, 1], "hosts": {"0": "a", "1": "b"}, "environments": {"0": env, "1": env}}
+    bad = {**good, "environments": {"0": env, "1": other}}
+    lock = {"flwr": "1.31.0", "grpcio": "1.76.0", "numpy": "2.4.6"}
+    # Rehearsal mode (no lock): the definition's pins only, so another grpcio passes, and the table says so.
+    rehearsal = judge_run("", {"ok": True, "rounds": [bad]}, [0, 1], 0, None, 1.0, "")
+    assert rehearsal.ok and "full-lock comparison: validate only" in rehearsal.table()
+    # Validate mode: the whole lock.
+    passed = judge_run("", {"ok": True, "rounds": [good]}, [0, 1], 0, None, 1.0, "", lock=lock)
+    assert passed.ok and "compared with the tenancy's whole lock (3 packages)" in passed.table()
+    failed = judge_run("", {"ok": True, "rounds": [bad]}, [0, 1], 0, None, 1.0, "", lock=lock)
+    assert not failed.ok
+    assert failed.error == (
+        "round 1: a node's installed packages are not its tenancy's lock: partition 1 (b): grpcio 1.75.1 is installed, the lock has 1.76.0"
+    )
+    # Different sets show as different groups in the table (count and digest).
+    table = failed.table()
+    assert "env 0 " in table and "env 1 " in table and "4 installed (sha256 " in table and "3 installed (sha256 " in table
+    # A node (an old app) that does not report its installed set fails in validate mode.
+    old = {k: v for k, v in env.items() if k != "distributions"}
+    silent = {**good, "environments": {"0": env, "1": old}}
+    result = judge_run("", {"ok": True, "rounds": [silent]}, [0, 1], 0, None, 1.0, "", lock=lock)
+    assert not result.ok and "partition 1 (b) reported no installed set" in (result.error or "")
+    assert "installed set not reported" in result.table()

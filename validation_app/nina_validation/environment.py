@@ -6,6 +6,9 @@ round it sends their names; each ClientApp reports the installed version of each
 "" when absent), its Python and whether a GPU is usable, saying how that was determined:
 `torch.cuda.is_available()` when torch is installed, else `tensorflow`'s GPU devices, else only
 whether `nvidia-smi -L` lists a GPU (a driver sees one, no installed framework can use it: not usable).
+It also reports its whole installed set (`distributions`: every `name==version` its Python sees,
+canonical names, sorted, one string each in a ConfigRecord list), which `nina validate` compares
+with the tenancy's whole lock (nina.environments.lock_differences).
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ def installed_version(name: str) -> str:
         return ""
 
 
+def distributions() -> list[str]:
+    """Every distribution this Python sees, `name==version` (canonical name, sorted). A name found
+    twice on the path counts once, as importlib.metadata.version reads it: the first one."""
+    seen: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            seen.setdefault(canonical(name), dist.version)
+    return [f"{n}=={v}" for n, v in sorted(seen.items())]
+
+
 def gpu() -> tuple[bool, str]:
     """(usable, how it was determined)."""
     if importlib.util.find_spec("torch") is not None:
@@ -67,7 +81,8 @@ def gpu() -> tuple[bool, str]:
 
 
 def report(names: list[str]) -> dict[str, Any]:
-    """This node's environment: Python, each named package's installed version, the GPU."""
+    """This node's environment: Python, each named package's installed version, the GPU, and
+    every installed distribution."""
     usable, how = gpu()
     versions = {canonical(n): installed_version(n) for n in sorted(names)}
     return {
@@ -75,6 +90,7 @@ def report(names: list[str]) -> dict[str, Any]:
         "packages": ",".join(f"{n}=={v}" for n, v in versions.items()),
         "gpu-usable": usable,
         "gpu-how": how,
+        "distributions": distributions(),
     }
 
 

@@ -100,6 +100,10 @@ def main(grid: Grid, context: Context) -> None:
                     env_errors.append(f"partition {pid} ({host}) reported no environment (an old ClientApp?)")
                 else:
                     envs[str(pid)] = {k: env[k] for k in ("python", "packages", "gpu-usable", "gpu-how")}
+                    # The whole installed set, for `nina validate`'s comparison with the whole lock.
+                    dists = env.get("distributions", None)
+                    if isinstance(dists, list):
+                        envs[str(pid)]["distributions"] = [str(d) for d in dists]
                     env_errors += [f"partition {pid} ({host}): {d}" for d in environment.differences(expected_env, str(env["packages"]))]
                 answered[pid] = {
                     "host": str(info["hostname"]),
