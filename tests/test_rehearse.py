@@ -57,6 +57,8 @@ def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
     assert len(envs) == ROUNDS and {e[0] for e in envs} == {"0,1"}, out
     assert {e[2] for e in envs} == {f"flwr=={facts.FLWR_VERSION} {' '.join(facts.ENV_DEFAULT_PACKAGES)}"}, out
     assert "ENV DIFFERS" not in out
+    # Its nodes run this project's venv: only the definition's pins are compared, and it says so.
+    assert "environments compared with the definition's pins (full-lock comparison: validate only)" in out
 
 
 @pytest.mark.timeout(300)

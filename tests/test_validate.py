@@ -9,6 +9,7 @@ The fast ones check the ssh command line, ssh's failures as messages, and bad in
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ import pytest
 import sshlab
 
 from nina import cli, facts, outputs, rehearse, validate
+from nina.host import env_sync
 from nina.plan import Plan
 
 NINA = Path(sys.executable).parent / "nina"
@@ -169,6 +171,14 @@ class Federation:
         )
 
 
+def lab_lock(committed: str, **changed: str) -> str:
+    """The committed lock's header over this venv's whole installed set (`changed`: name -> another
+    version, as if the tenancy's lock held it)."""
+    header = "".join(line + "\n" for line in committed.splitlines() if line.startswith("#"))
+    have = {**env_sync.installed(sys.executable), **changed}
+    return header + "".join(f"{name}=={version}\n" for name, version in sorted(have.items()))
+
+
 @pytest.fixture(scope="module")
 def federation(reh_uat_plan: Plan, tmp_path_factory) -> Iterator[Federation]:
     reason = sshlab.unavailable_reason()
@@ -197,6 +207,11 @@ def federation(reh_uat_plan: Plan, tmp_path_factory) -> Iterator[Federation]:
         assert r.control_port == facts.SUPERLINK_CONTROL_PORT  # what the outputs' control_address says
         doc = rehearse.stack_outputs(plan, pki)
         doc["ops_ssh_private_key"] = key.read_text()
+        # The lab's SuperNodes run this project's venv (Python 3.11, the test tools beside flwr),
+        # not a venv of the committed lock for the hosts' Python 3.12: the lab's lock is the
+        # committed lock's header (the definition's pins, which this venv holds) over this venv's
+        # own whole installed set, as nina-env-sync lists a venv (its pip freeze, in effect).
+        doc["tenancies"][tenancy.name]["environment"]["lock"] = lab_lock(doc["tenancies"][tenancy.name]["environment"]["lock"])
         outputs_file = tmp / "outputs.json"
         outputs_file.write_text(json.dumps(doc))
         outputs_file.chmod(0o600)
@@ -372,6 +387,29 @@ def test_a_missing_organisation_fails_the_validation(federation):
     assert line.endswith("(partitions: 0 metro-north, 1 gold-coast)")
     assert "ok: every organisation" not in proc.stdout
     assert lab.pids(lab.op) == []
+
+
+@pytest.mark.slow
+def test_a_node_with_another_version_of_any_locked_package_fails_the_validation(federation, tmp_path):
+    """The whole lock, not only the definition's pins: a lock holding another grpcio (a
+    dependency of flwr the definition does not name) than the nodes' fails, naming it."""
+    doc = json.loads(federation.outputs.read_text())
+    env = doc["tenancies"]["main"]["environment"]
+    installed = env_sync.parse_lock(env["lock"])["grpcio"]
+    assert "grpcio" not in outputs.read(doc).tenancies["main"].environment.requirements
+    env["lock"] = lab_lock(env["lock"], grpcio="1.0.0")
+    other = tmp_path / "outputs-other-grpcio.json"
+    other.write_text(json.dumps(doc))
+    other.chmod(0o600)
+    proc = dataclasses.replace(federation, outputs=other).run("--rounds", "1", "--round-timeout", "30", timeout=300)
+    print(proc.stdout + proc.stderr)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("nina validate: tenancy main: FAILED: round 1: a node's installed packages are not its tenancy's lock: "), line
+    assert "partition 0 (" in line and "partition 1 (" in line and line.endswith("(partitions: 0 metro-north, 1 gold-coast)"), line
+    assert line.count(f"grpcio {installed} is installed, the lock has 1.0.0") == 2, line
+    assert "environments compared with the tenancy's whole lock" in proc.stdout
+    assert federation.lab.pids(federation.lab.op) == []
 
 
 @pytest.mark.slow
