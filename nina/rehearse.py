@@ -494,6 +494,8 @@ class RunResult:
                 lines.append(f"{'':>5}  {'env ' + ','.join(parts_of):<16} {text}")
             for problem in r.get("environment-errors", []):
                 lines.append(f"{'':>5}  {'ENV DIFFERS':<16} {problem}")
+            for problem in r.get("lock-differences", []):
+                lines.append(f"{'':>5}  {'LOCK DIFFERS':<16} {problem}")
         if self.full_lock is None:
             lines.append("environments compared with the definition's pins (full-lock comparison: validate only)")
         else:
@@ -1208,6 +1210,8 @@ def judge_run(
         error = summary.get("error") or "the ServerApp reported a failure"
     elif returncode not in (0, None):
         error = f"`flwr run` exited with code {returncode}"
+    if lock is not None:  # validate mode: every round's nodes against the whole lock (the table lists them too)
+        rounds = [{**r, "lock-differences": _lock_problems(r, lock)} for r in rounds]
     if error is None:
         # The app already checks this; check again here so a changed app cannot pass silently.
         for r in rounds:
@@ -1222,11 +1226,11 @@ def judge_run(
             if unreported:
                 error = f"round {r.get('round')}: partitions {', '.join(unreported)} reported no training environment"
                 break
-            if lock is not None:
-                problems = _lock_problems(r, lock)
-                if problems:
-                    error = f"round {r.get('round')}: a node's installed packages are not its tenancy's lock: " + "; ".join(problems)
-                    break
+            if r.get("lock-differences"):
+                error = f"round {r.get('round')}: a node's installed packages are not its tenancy's lock: " + "; ".join(
+                    r["lock-differences"]
+                )
+                break
         if not rounds:
             error = "no rounds ran"
     return RunResult(error is None, rounds, error, seconds, out, list(expected), None if lock is None else len(lock))

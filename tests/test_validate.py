@@ -409,6 +409,7 @@ def test_a_node_with_another_version_of_any_locked_package_fails_the_validation(
     assert "partition 0 (" in line and "partition 1 (" in line and line.endswith("(partitions: 0 metro-north, 1 gold-coast)"), line
     assert line.count(f"grpcio {installed} is installed, the lock has 1.0.0") == 2, line
     assert "environments compared with the tenancy's whole lock" in proc.stdout
+    assert "LOCK DIFFERS     partition 1 (" in proc.stdout and f"grpcio {installed} is installed, the lock has 1.0.0" in proc.stdout
     assert federation.lab.pids(federation.lab.op) == []
 
 

@@ -136,6 +136,8 @@ def test_the_judge_compares_the_whole_installed_set_with_the_lock_in_validate_mo
     # Different sets show as different groups in the table (count and digest).
     table = failed.table()
     assert "env 0 " in table and "env 1 " in table and "4 installed (sha256 " in table and "3 installed (sha256 " in table
+    assert "LOCK DIFFERS     partition 1 (b): grpcio 1.75.1 is installed, the lock has 1.76.0" in table
+    assert "LOCK DIFFERS" not in passed.table() and "LOCK DIFFERS" not in rehearsal.table()
     # A node (an old app) that does not report its installed set fails in validate mode.
     old = {k: v for k, v in env.items() if k != "distributions"}
     silent = {**good, "environments": {"0": env, "1": old}}
