@@ -33,7 +33,19 @@ from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 from test_cert_expiry import Host as CertHost
 from test_cert_expiry import make_cert
 from test_federation_metrics import flwr_like
-from test_monitoring import NODE_EXPORTER, PROMETHEUS, PROMTOOL, TOOLS, free_port, get_json, make_plan, raw_config, wait_for, write_tree
+from test_monitoring import (
+    NODE_EXPORTER,
+    PROMETHEUS,
+    PROMTOOL,
+    TOOLS,
+    free_port,
+    get_json,
+    make_plan,
+    raw_config,
+    stop_all,
+    wait_for,
+    write_tree,
+)
 
 from nina import dashboards, facts, monitoring, services
 from nina.config import load_config
@@ -414,14 +426,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
     finally:
         dcgm.shutdown()
         dcgm.server_close()
-        for p in started:
-            p.terminate()
-        for p in started:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_all(started)
 
 
 @needs_servers

@@ -715,10 +715,8 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
+def stop_all(started: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process still running, then wait for each (killing one that will not stop)."""
     for p in started:
         if p.poll() is None:
             p.terminate()
@@ -728,6 +726,13 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=5)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_all(started)
 
 
 def wait_for(what: str, check, deadline: float, proc_logs: list[Path]) -> Any:
