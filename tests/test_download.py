@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -157,3 +158,39 @@ def test_a_server_that_drips_the_body_is_cut_off_at_the_deadline(dir_fd, tmp_pat
         stop.set()
         sock.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_the_record_is_written_with_its_mode_read_back_and_never_through_a_link(dir_fd, tmp_path):
+    download.write_record("installed.json", {"version": "1.2.3", "sha256": "ab" * 32}, dir_fd=dir_fd, mode=0o600)
+    path = tmp_path / "installed.json"
+    assert download.read_record(str(path)) == {"version": "1.2.3", "sha256": "ab" * 32}
+    assert path.stat().st_mode & 0o777 == 0o600 and not (tmp_path / ".installed.json.tmp").exists()
+    # A link planted where the temporary file goes is not followed: the write fails, its target is untouched.
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    (tmp_path / ".installed.json.tmp").symlink_to(victim)
+    with pytest.raises(OSError):
+        download.write_record("installed.json", {"version": "9.9.9"}, dir_fd=dir_fd, mode=0o600)
+    assert victim.read_text() == "root's\n" and download.read_record(str(path)) == {"version": "1.2.3", "sha256": "ab" * 32}
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "{not json", "\x00"])
+def test_a_record_that_is_not_a_json_object_reads_as_none(tmp_path, text):
+    (tmp_path / "r.json").write_text(text)
+    assert download.read_record(str(tmp_path / "r.json")) is None
+    assert download.read_record(str(tmp_path / "missing.json")) is None
+
+
+@pytest.mark.parametrize(
+    ("version", "sha256", "words"),
+    [
+        ("1.2", "ab" * 32, "is not a release like 12.0.2"),
+        ("1.2.3", "xyz", "is not 64 hex digits"),
+        ("1.2.3;id", "ab" * 32, "is not a release"),
+    ],
+)
+def test_release_pins_are_checked_before_anything_runs(version, sha256, words):
+    with pytest.raises(Failure, match=words) as info:
+        download.release_pin(version, sha256, re.compile(r"\d+\.\d+\.\d+"), "12.0.2")
+    assert info.value.code == 2
+    assert download.release_pin("1.2.3", "AB" * 32, re.compile(r"\d+\.\d+\.\d+"), "12.0.2") == "ab" * 32

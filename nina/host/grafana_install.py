@@ -24,10 +24,8 @@ NINA_DPKG_QUERY. Exit codes: 0 ok, 1 failed, 2 bad input or refused. A module of
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
-import json
 import os
 import re
 import subprocess
@@ -45,7 +43,6 @@ DPKG_QUERY = os.environ.get("NINA_DPKG_QUERY", "dpkg-query")
 PACKAGE = "grafana"
 RECORD = "installed.json"  # in DOWNLOADS, written last
 VERSION_RE = re.compile(facts.GRAFANA_VERSION_PATTERN)
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_DEB_BYTES = 1 << 30  # Grafana 12's .deb is ~180 MB
 
 say = sayer(PROG)
@@ -56,15 +53,6 @@ def installed_version() -> str | None:
     proc = subprocess.run([DPKG_QUERY, "-W", "-f=${Status}\t${Version}", PACKAGE], capture_output=True, text=True, timeout=60)
     status, _, version = proc.stdout.strip().partition("\t")
     return version if proc.returncode == 0 and status == "install ok installed" else None
-
-
-def _record() -> dict[str, str] | None:
-    try:
-        with open(os.path.join(DOWNLOADS, RECORD), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _apt(argv: list[str]) -> None:
@@ -84,7 +72,7 @@ def install(version: str, sha256: str, url: str) -> str:
     dir_fd = os.open(DOWNLOADS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one run at a time (the unit, or an operator by hand)
-        if _record() == wanted and installed_version() == version:
+        if fetch.read_record(os.path.join(DOWNLOADS, RECORD)) == wanted and installed_version() == version:
             return f"Grafana {version} ({sha256[:12]}...) is installed; nothing to do"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(RECORD, dir_fd=dir_fd)  # no record until this install is done
@@ -102,29 +90,24 @@ def install(version: str, sha256: str, url: str) -> str:
         got = installed_version()
         if got != version:
             raise Failure(f"apt-get installed the .deb, but dpkg reports grafana {got or 'not installed'}, not {version}")
-        tmp = f".{RECORD}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-        with open(fd, "w", encoding="utf-8") as fh:
-            json.dump(wanted, fh, sort_keys=True)
-            fh.write("\n")
-        os.rename(tmp, RECORD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        fetch.write_record(RECORD, wanted, dir_fd=dir_fd, mode=0o600)
         return f"installed Grafana {version} from {url}"
     finally:
         os.close(dir_fd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Install the pinned, verified Grafana OSS release.")
-    parser.add_argument("--version", required=True, help="the release, e.g. 12.0.2 (nina:grafana.version)")
-    parser.add_argument("--sha256", required=True, help="the .deb's SHA-256 (nina:grafana.sha256)")
-    parser.add_argument("--url", help="where the .deb is (default: the release on dl.grafana.com)")
+    parser = fetch.release_parser(
+        PROG,
+        "Install the pinned, verified Grafana OSS release.",
+        version_example=facts.GRAFANA_VERSION,
+        setting="nina:grafana",
+        artifact=".deb",
+        default_url="dl.grafana.com",
+    )
     args = parser.parse_args(argv)
     try:
-        if not VERSION_RE.fullmatch(args.version):
-            raise Failure(f"--version {args.version!r} is not a release like {facts.GRAFANA_VERSION}", 2)
-        sha256 = args.sha256.lower()
-        if not SHA256_RE.fullmatch(sha256):
-            raise Failure(f"--sha256 {args.sha256!r} is not 64 hex digits", 2)
+        sha256 = fetch.release_pin(args.version, args.sha256, VERSION_RE, facts.GRAFANA_VERSION)
         url = args.url or facts.GRAFANA_RELEASE_URL.format(version=args.version)
         print(install(args.version, sha256, url), flush=True)
     except Failure as exc:

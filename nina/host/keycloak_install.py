@@ -30,11 +30,9 @@ library and nina.facts only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import grp
-import json
 import os
 import pwd
 import re
@@ -61,7 +59,6 @@ GROUP = os.environ.get("NINA_KEYCLOAK_GROUP", facts.SYSTEM_GROUP)
 RECORD = ".nina-install.json"  # in the release's directory, written last
 DATA = facts.KEYCLOAK_DATA_DIR
 VERSION_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PACKAGE_RE = re.compile(r"openjdk-\d{2}-jre-headless")
 MAX_ZIP_BYTES = 1 << 30  # Keycloak 26's zip is ~300 MB
 
@@ -131,15 +128,6 @@ def unpack(zip_path: str, dest: str, top: str) -> None:
     os.chmod(dest, 0o755)
 
 
-def _record(home: str) -> dict[str, str] | None:
-    try:
-        with open(os.path.join(home, RECORD), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _owner_ids() -> tuple[int, int]:
     try:
         return pwd.getpwnam(OWNER).pw_uid, grp.getgrnam(GROUP).gr_gid
@@ -184,7 +172,7 @@ def install(version: str, sha256: str, url: str, config: str) -> str:
     dir_fd = os.open(OPT, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one run at a time (the unit, or an operator by hand)
-        record = _record(home)
+        record = fetch.read_record(os.path.join(home, RECORD))
         if record == wanted and not trust.problem(home):
             return f"{home} already holds Keycloak {version} ({sha256[:12]}...) built with {config}; nothing to do"
         uid, gid = _owner_ids()
@@ -212,31 +200,30 @@ def install(version: str, sha256: str, url: str, config: str) -> str:
             os.mkdir(data, 0o750)
             os.chown(data, uid, gid)
             os.chmod(data, 0o750)
-        tmp = os.path.join(home, f".{RECORD}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(wanted, fh, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, os.path.join(home, RECORD))
+        home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fetch.write_record(RECORD, wanted, dir_fd=home_fd, mode=0o644)
+        finally:
+            os.close(home_fd)
         return done
     finally:
         os.close(dir_fd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Install the pinned, verified Keycloak release and build it.")
-    parser.add_argument("--version", required=True, help="the release, e.g. 26.3.0 (nina:keycloak.version)")
-    parser.add_argument("--sha256", required=True, help="the zip's SHA-256 (nina:keycloak.sha256)")
+    parser = fetch.release_parser(
+        PROG,
+        "Install the pinned, verified Keycloak release and build it.",
+        version_example=facts.KEYCLOAK_VERSION,
+        setting="nina:keycloak",
+        artifact="zip",
+        default_url="GitHub",
+    )
     parser.add_argument("--jdk", help="the JDK package to install first (nina:keycloak.jdk_package)")
     parser.add_argument("--config", default=facts.KEYCLOAK_CONF, help="keycloak.conf, whose build-time options the build takes")
-    parser.add_argument("--url", help="where the zip is (default: the release on GitHub)")
     args = parser.parse_args(argv)
     try:
-        if not VERSION_RE.fullmatch(args.version):
-            raise Failure(f"--version {args.version!r} is not a release like {facts.KEYCLOAK_VERSION}", 2)
-        sha256 = args.sha256.lower()
-        if not SHA256_RE.fullmatch(sha256):
-            raise Failure(f"--sha256 {args.sha256!r} is not 64 hex digits", 2)
+        sha256 = fetch.release_pin(args.version, args.sha256, VERSION_RE, facts.KEYCLOAK_VERSION)
         if args.jdk and ensure_jdk(args.jdk):
             say(f"installed {args.jdk}")
         url = args.url or facts.KEYCLOAK_RELEASE_URL.format(version=args.version)
