@@ -123,3 +123,11 @@ def test_bad_input_and_an_untrusted_directory_are_refused(server, host, capsys):
 
 def test_the_default_url_is_the_pinned_release_on_dl_grafana_com():
     assert facts.GRAFANA_RELEASE_URL.format(version=VERSION) == f"https://dl.grafana.com/oss/release/grafana_{VERSION}_amd64.deb"
+
+
+def test_a_deb_that_a_killed_run_left_behind_is_removed_by_the_next_run(server, host, capsys):  # noqa: F811
+    # Killed between the rename and apt-get: its .deb (another version's) stays; the next run removes it.
+    (host["downloads"] / "grafana_11.6.1_amd64.deb").write_bytes(b"x" * 1000)
+    (host["downloads"] / "operator-notes.txt").write_text("not ours\n")
+    assert run(server) == 0, capsys.readouterr().err
+    assert sorted(os.listdir(host["downloads"])) == sorted([gi.RECORD, "operator-notes.txt"])

@@ -14,7 +14,7 @@ release or digest re-runs a delivery, never a VM), in order:
    digest other than --sha256 is refused in one line and nothing is installed;
 3. `apt-get update` and `apt-get install ./grafana_V_amd64.deb`, which checks the package and
    installs what it depends on from Ubuntu's archive; the record is written last and the .deb
-   removed.
+   removed (a .deb or partial download that a killed run left is removed by the next run).
 
 Grafana's own unit is not used: nina delivers grafana-server.service (nina.grafana), which
 requires this unit. Environment overrides (tests): NINA_GRAFANA_DOWNLOADS, NINA_APT_GET,
@@ -43,6 +43,7 @@ DPKG_QUERY = os.environ.get("NINA_DPKG_QUERY", "dpkg-query")
 PACKAGE = "grafana"
 RECORD = "installed.json"  # in DOWNLOADS, written last
 VERSION_RE = re.compile(facts.GRAFANA_VERSION_PATTERN)
+DEB_RE = re.compile(r"grafana_[0-9A-Za-z.+~-]{1,64}_amd64\.deb")  # what install() renames a download to
 MAX_DEB_BYTES = 1 << 30  # Grafana 12's .deb is ~180 MB
 
 say = sayer(PROG)
@@ -76,6 +77,11 @@ def install(version: str, sha256: str, url: str) -> str:
             return f"Grafana {version} ({sha256[:12]}...) is installed; nothing to do"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(RECORD, dir_fd=dir_fd)  # no record until this install is done
+        # A .deb a killed run renamed but never removed (any version: ~180 MB each).
+        for leftover in os.listdir(dir_fd):
+            if DEB_RE.fullmatch(leftover):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover, dir_fd=dir_fd)
         name = fetch.download(url, dir_fd, sha256, "nina:grafana.sha256", suffix=".deb", max_bytes=MAX_DEB_BYTES)
         deb = f"grafana_{version}_amd64.deb"
         try:
