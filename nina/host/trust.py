@@ -64,10 +64,11 @@ def stat_problem(path: str, st: os.stat_result) -> str | None:
         return None  # a link cannot be changed in place; where it points is checked on its own
     if stat.S_ISDIR(mode) and mode & stat.S_ISVTX and st.st_uid == 0:
         return None  # /tmp: nobody can rename or remove another's entry
-    if mode & stat.S_IWGRP:
-        return f"{path} is writable by group {_group(st.st_gid)} (mode {stat.S_IMODE(mode):04o})"
+    # Everyone first: a mode 0777 directory is writable by far more than its group.
     if mode & stat.S_IWOTH:
         return f"{path} is writable by everyone (mode {stat.S_IMODE(mode):04o})"
+    if mode & stat.S_IWGRP:
+        return f"{path} is writable by group {_group(st.st_gid)} (mode {stat.S_IMODE(mode):04o})"
     return None
 
 
