@@ -123,7 +123,7 @@ class Platform(pulumi.ComponentResource):
                 deliver(
                     services.gpu.SERVICE,
                     targets[h.name],
-                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip),
+                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip, cfg.gpu.dcgm_version),
                     child,
                     after=[tenancies[h.tenancy]],
                 )

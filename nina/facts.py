@@ -650,6 +650,12 @@ NVIDIA_REPO_LIST = "/etc/apt/sources.list.d/nina-nvidia-cuda.list"
 # address only (port DCGM_EXPORTER_PORT, which the port table opens to the monitoring host alone).
 GPU_CUDA_MAJOR = {535: 12, 570: 12, 580: 13}
 DCGM_PACKAGES = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda{cuda}", "datacenter-gpu-manager-exporter")
+# nina:gpu.dcgm_version (optional; unpinned by default) pins DCGM's own packages, the first two
+# above (`<package>=<version>`), which NVIDIA versions together (e.g. 1:4.5.2-1); the exporter has
+# its own version scheme and stays unpinned. A strict Debian version: [epoch:]upstream[-revision],
+# no spaces, no '=' or shell characters (it reaches apt-get's argv and the driver's configuration).
+DCGM_PINNED_PACKAGES = DCGM_PACKAGES[:2]
+DEBIAN_VERSION_PATTERN = r"(?:[0-9]{1,5}:)?[0-9][A-Za-z0-9.+~]{0,63}(?:-[A-Za-z0-9.+~]{1,32})?"
 DCGM_UNIT = "nvidia-dcgm.service"
 DCGM_HOSTENGINE = "localhost:5555"
 DCGM_EXPORTER_BIN = "/usr/bin/dcgm-exporter"

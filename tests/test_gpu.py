@@ -103,15 +103,16 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 # --- the program under the mock harness ----------------------------------------------------------
 
 
-def gpu_stack(branch: int | None = None) -> dict:
+def gpu_stack(branch: int | None = None, dcgm_version: str | None = None) -> dict:
     cfg = copy.deepcopy(stack_config("test"))
     cfg["nina:supernode"] = {"gpu_flavor": "reservation:abc"}
     orgs = cfg["nina:organisations"]
     cloud = next(o for o in orgs if o["placement"] == "cloud")
     cloud["gpu"] = True
     cfg["nina:hosts"] = [{"name": "gateway", "roles": ["bastion"]}, {"name": "monitor", "roles": ["monitoring"]}]
-    if branch is not None:
-        cfg["nina:gpu"] = {"driver_branch": branch}
+    gpu_cfg = {"driver_branch": branch, "dcgm_version": dcgm_version}
+    if any(v is not None for v in gpu_cfg.values()):
+        cfg["nina:gpu"] = {k: v for k, v in gpu_cfg.items() if v is not None}
     return cfg
 
 
@@ -152,7 +153,7 @@ def test_a_new_driver_branch_replaces_no_vm_and_changes_only_the_gpu_delivery(br
     assert changed == set(gpu_deliveries(before)), changed
     (payload,) = gpu_deliveries(after).values()
     conf = next(f for f in payload["files"] if f["path"] == facts.GPU_DRIVER_CONF)
-    assert json.loads(conf["content"]) == {"branch": 570, "packages": gpu.driver_packages(570)}
+    assert json.loads(conf["content"]) == {"branch": 570, "dcgm_version": None, "packages": gpu.driver_packages(570)}
 
 
 def test_user_data_of_a_gpu_supernode_holds_nothing_of_the_driver(branch_change):
@@ -167,3 +168,20 @@ def test_dcgm_port_is_open_only_from_the_monitoring_host(branch_change):
     rules = [r for r in before.of_type(RULE) if r.inputs["portRangeMin"] == facts.DCGM_EXPORTER_PORT]
     assert [r.name for r in rules] == [f"monitoring->gpu-tcp-{facts.DCGM_EXPORTER_PORT}"]
     assert rules[0].inputs["remoteGroupId"] == "sg-monitoring-id" and not rules[0].inputs.get("remoteIpPrefix")
+
+
+def test_a_dcgm_pin_changes_only_the_gpu_delivery_and_pins_dcgm(branch_change):
+    before, _after = branch_change
+    after = run_program(gpu_stack(dcgm_version="1:4.5.2-1"))
+    assert after.error is None, after.error
+    instances_unchanged(before, after)
+    gone, added, changed = changed_names(before, after)
+    assert not gone and not added
+    assert changed == set(gpu_deliveries(before)), changed
+    (payload,) = gpu_deliveries(after).values()
+    conf = gpu_driver.parse_config(next(f for f in payload["files"] if f["path"] == facts.GPU_DRIVER_CONF)["content"])
+    assert conf.dcgm_version == "1:4.5.2-1" and "datacenter-gpu-manager-4-core=1:4.5.2-1" in conf.packages
+    # Unpinned (the default): the packages float.
+    (payload,) = gpu_deliveries(before).values()
+    conf = gpu_driver.parse_config(next(f for f in payload["files"] if f["path"] == facts.GPU_DRIVER_CONF)["content"])
+    assert conf.dcgm_version is None and not any("=" in p for p in conf.packages)

@@ -5,6 +5,7 @@ apt-get, nvidia-smi, shutdown), with the program's real marker file in a tempora
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -29,7 +30,8 @@ class HostDouble(gpu_driver.System):
         self.served = served  # what the key's URL answers (None: not asked for in these tests)
         self.fetches = 0
         self.monitoring_started = 0
-        self.packages = set(installed)
+        self.packages: dict[str, str] = {}  # name -> installed version
+        self._add(installed)
         self.smi_answer = smi
         self.reboots: list[str] = []
         self.installs: list[list[str]] = []
@@ -37,14 +39,19 @@ class HostDouble(gpu_driver.System):
         if reboot_required:
             (tmp_path / "reboot-required").write_text("*** System restart required ***\n")
 
-    def installed(self, package):
-        return package in self.packages
+    def _add(self, specs):
+        for spec in specs:
+            name, _, version = spec.partition("=")
+            self.packages[name] = version or "1.0-1"
+
+    def installed_version(self, package):
+        return self.packages.get(package)
 
     def install(self, packages):
         if self.install_fails:
             raise Failure("apt-get install -y --no-install-recommends x failed (exit 100): E: Unable to locate package")
         self.installs.append(list(packages))
-        self.packages |= set(packages)
+        self._add(packages)
 
     def smi(self):
         return self.smi_answer
@@ -158,6 +165,13 @@ def test_an_apt_failure_fails_the_step_without_a_reboot(tmp_path):
         json.dumps({"branch": "580", "packages": ["nvidia-driver-580-server", "nvidia-utils-580-server"]}),
         json.dumps({"branch": 580, "packages": ["nvidia-driver-580-server", "curl"]}),
         json.dumps({"branch": 580, "packages": ["nvidia-driver-580-server", "nvidia-utils-580-server"], "x": 1}),
+        # nina:gpu.dcgm_version reaches apt-get's argv: only a Debian version, matching the packages.
+        json.dumps({"branch": 580, "dcgm_version": None, "packages": gpu.driver_packages(580)} | {"x": 1}),
+        json.dumps({"branch": 580, "dcgm_version": "1:4.5.2-1 --yes", "packages": gpu.driver_packages(580)}),
+        json.dumps({"branch": 580, "dcgm_version": 4, "packages": gpu.driver_packages(580)}),
+        json.dumps({"branch": 580, "dcgm_version": "1:4.5.2-1", "packages": gpu.driver_packages(580)}),
+        json.dumps({"branch": 580, "dcgm_version": None, "packages": gpu.driver_packages(580, "1:4.5.2-1")}),
+        json.dumps({"branch": 580, "dcgm_version": "1:4.5.2-1", "packages": gpu.driver_packages(580, "1:4.5.3-1")}),
         json.dumps({"branch": 580, "packages": ["nvidia-driver-580-server; rm -rf /", "nvidia-utils-580-server"]}),
     ],
 )
@@ -245,3 +259,45 @@ def test_repository_key_step_comes_before_apt(tmp_path, test_key):
     with pytest.raises(Failure, match="refusing it"):
         gpu_driver.ensure(conf(), host)
     assert host.installs == [] and host.reboots == []
+
+
+# --- DCGM pinned by nina:gpu.dcgm_version -----------------------------------------------------
+
+PIN = "1:4.5.2-1"
+
+
+def test_a_pinned_dcgm_is_installed_at_its_version_and_a_new_pin_reinstalls_only_dcgm(tmp_path):
+    pinned = gpu_driver.parse_config(gpu.driver_conf(580, PIN))
+    assert pinned.dcgm_version == PIN
+    assert pinned.packages[2:4] == (f"datacenter-gpu-manager-4-core={PIN}", f"datacenter-gpu-manager-4-cuda13={PIN}")
+    assert pinned.packages[4] == "datacenter-gpu-manager-exporter"  # its own version scheme: not pinned
+    # The driver and the exporter are there; DCGM is at another version than the pin.
+    host = HostDouble(tmp_path, installed=[*gpu.driver_packages(580), "datacenter-gpu-manager-4-core=1:4.6.0-1"], smi=(0, GPU_LIST))
+    host.packages["datacenter-gpu-manager-4-cuda13"] = "1:4.6.0-1"
+    gpu_driver.ensure(pinned, host)
+    assert host.installs == [[f"datacenter-gpu-manager-4-core={PIN}", f"datacenter-gpu-manager-4-cuda13={PIN}"]]
+    assert host.reboots == []  # DCGM is not the driver: no reboot
+    # At its version: nothing to do. Unpinned again: any installed version will do.
+    gpu_driver.ensure(pinned, host)
+    gpu_driver.ensure(conf(580), host)
+    assert len(host.installs) == 1
+
+
+def test_the_real_install_allows_a_pin_to_go_down(monkeypatch, tmp_path):
+    seen: list[list[str]] = []
+
+    def run(argv, **kwargs):
+        seen.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(gpu_driver.subprocess, "run", run)
+    gpu_driver.System().install([f"datacenter-gpu-manager-4-core={PIN}"])
+    assert seen[-1] == ["apt-get", "install", "-y", "--no-install-recommends", "--allow-downgrades", f"datacenter-gpu-manager-4-core={PIN}"]
+
+
+def test_the_real_system_reads_dpkgs_version(tmp_path):
+    # dpkg-query is real on this machine: a package every Debian system has, and one that is absent.
+    system = gpu_driver.System()
+    version = system.installed_version("dpkg")
+    assert version and re.fullmatch(facts.DEBIAN_VERSION_PATTERN, version), version
+    assert system.installed_version("datacenter-gpu-manager-4-core-not-a-package") is None

@@ -3,16 +3,18 @@ and DCGM with its exporter running.
 
   nina-gpu-driver [--conf FILE]
 
-Reads the branch and its packages from facts.GPU_DRIVER_CONF (`{"branch": 580, "packages":
-["nvidia-driver-580-server", "nvidia-utils-580-server", <DCGM's>]}`, written by the host's
-`<host>-gpu` delivery from nina:gpu.driver_branch), then:
+Reads the branch and its packages from facts.GPU_DRIVER_CONF (`{"branch": 580, "dcgm_version":
+null, "packages": ["nvidia-driver-580-server", "nvidia-utils-580-server", <DCGM's>]}`, written by
+the host's `<host>-gpu` delivery from nina:gpu.driver_branch and nina:gpu.dcgm_version; a pinned
+DCGM package is `<name>=<version>`), then:
 
 0. makes sure NVIDIA's repository key is the keyring its apt source names
    (facts.NVIDIA_REPO_KEYRING): if that file is missing or holds another key, fetches
    facts.NVIDIA_REPO_KEY_URL over HTTPS and writes it only if gpg reports exactly the pinned
    fingerprint facts.NVIDIA_REPO_FINGERPRINT (else it fails and writes nothing);
-1. installs the packages that dpkg does not list as installed (`apt-get install`; apt replaces
-   another branch's driver, whose packages conflict with these);
+1. installs the packages that dpkg does not list as installed, or (a pinned one) not at its
+   version (`apt-get install --allow-downgrades`; apt replaces another branch's driver, whose
+   packages conflict with these; a new pin installs that version, up or down);
 2. asks the driver: `nvidia-smi -L` must list a GPU. Then it enables and starts DCGM's host
    engine (facts.DCGM_UNIT) and enables and restarts nina's exporter unit
    (facts.DCGM_EXPORTER_UNIT, which may have changed) and is done (exit 0);
@@ -57,6 +59,7 @@ say = sayer(PROG)
 class Config:
     branch: int
     packages: tuple[str, ...]
+    dcgm_version: str | None = None
 
 
 def parse_config(text: str) -> Config:
@@ -65,21 +68,37 @@ def parse_config(text: str) -> Config:
         raw = json.loads(text)
     except ValueError as exc:
         raise Failure(f"the configuration is not JSON: {exc}", 2) from None
-    if not isinstance(raw, dict) or set(raw) != {"branch", "packages"}:
-        raise Failure('the configuration must be {"branch": N, "packages": [...]}', 2)
-    branch, packages = raw["branch"], raw["packages"]
+    if not isinstance(raw, dict) or set(raw) != {"branch", "dcgm_version", "packages"}:
+        raise Failure('the configuration must be {"branch": N, "dcgm_version": null or "V", "packages": [...]}', 2)
+    branch, packages, version = raw["branch"], raw["packages"], raw["dcgm_version"]
     if type(branch) is not int or branch not in facts.GPU_DRIVER_BRANCHES:
         raise Failure(f"branch {branch!r} is not one of {', '.join(map(str, facts.GPU_DRIVER_BRANCHES))}", 2)
-    expected = packages_of(branch)
+    if version is not None and not (isinstance(version, str) and re.fullmatch(facts.DEBIAN_VERSION_PATTERN, version)):
+        raise Failure(f"dcgm_version {version!r} is not a Debian package version (like 1:4.5.2-1)", 2)
+    expected = packages_of(branch, version)
     if packages != expected:
         raise Failure(f"packages {packages!r} are not branch {branch}'s {expected}", 2)
-    return Config(branch, tuple(expected))
+    return Config(branch, tuple(expected), version)
 
 
-def packages_of(branch: int) -> list[str]:
-    """The driver's packages of `branch`, then DCGM's for its CUDA major version and the exporter."""
+def packages_of(branch: int, dcgm_version: str | None = None) -> list[str]:
+    """The driver's packages of `branch`, then DCGM's for its CUDA major version (each
+    `<name>=<dcgm_version>` when pinned) and the exporter."""
     cuda = facts.GPU_CUDA_MAJOR[branch]
-    return [p.format(branch=branch) for p in facts.GPU_DRIVER_PACKAGES] + [p.format(cuda=cuda) for p in facts.DCGM_PACKAGES]
+    pinned = {p.format(cuda=cuda) for p in facts.DCGM_PINNED_PACKAGES} if dcgm_version is not None else set()
+    dcgm = [p.format(cuda=cuda) for p in facts.DCGM_PACKAGES]
+    return [p.format(branch=branch) for p in facts.GPU_DRIVER_PACKAGES] + [f"{p}={dcgm_version}" if p in pinned else p for p in dcgm]
+
+
+def missing_packages(packages: tuple[str, ...], system: System) -> list[str]:
+    """The packages (as the configuration spells them) not installed, or not at their pinned version."""
+    missing = []
+    for spec in packages:
+        name, _, version = spec.partition("=")
+        have = system.installed_version(name)
+        if have is None or (version and have != version):
+            missing.append(spec)
+    return missing
 
 
 def fingerprints(key: bytes) -> list[str]:
@@ -153,13 +172,15 @@ class System:
             if proc.returncode != 0:
                 raise Failure(f"{' '.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()}; see journalctl -u {argv[-1]}")
 
-    def installed(self, package: str) -> bool:
-        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False)
-        return proc.returncode == 0 and proc.stdout.strip() == "install ok installed"
+    def installed_version(self, package: str) -> str | None:
+        """The version dpkg has installed of `package`, None if it is not installed."""
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}\t${Version}", package], capture_output=True, text=True, check=False)
+        status, _, version = proc.stdout.strip().partition("\t")
+        return version if proc.returncode == 0 and status == "install ok installed" and version else None
 
     def install(self, packages: list[str]) -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *packages]):
+        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "--allow-downgrades", *packages]):
             proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -227,7 +248,7 @@ def gpus(output: str) -> list[str]:
 def ensure(conf: Config, system: System) -> str:
     """Installs and checks the driver (the module's steps 0-3); returns what it did, in one line."""
     say(ensure_repository_key(system))
-    missing = [p for p in conf.packages if not system.installed(p)]
+    missing = missing_packages(conf.packages, system)
     if missing:
         say(f"installing {' '.join(missing)} (driver branch {conf.branch})")
         system.install(missing)
