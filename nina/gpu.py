@@ -73,3 +73,26 @@ def gpu_delivery(branch: int, listen_ip: str, dcgm_version: str | None = None) -
         render.DeliveredFile(f"{facts.SYSTEMD_SYSTEM_DIR}/{facts.GPU_DRIVER_UNIT}", driver_service(branch), 0o644),
     ]
     return render.delivery_payload(files, list(services.gpu.UNITS), run=list(services.gpu.STEPS))
+
+
+def reboot_dial_error_limit(seconds: float = facts.GPU_REBOOT_WAIT_SECONDS) -> int:
+    """The dial_error_limit of `<host>-gpu-ready`'s connection: the failed dials after which
+    pulumi-command's waits between them (facts.PULUMI_DIAL_RETRY) add up to `seconds`. A dial that
+    itself takes time (a VM that does not answer) only makes the budget longer."""
+    first, factor, cap = facts.PULUMI_DIAL_RETRY
+    waited, delay, failures = 0.0, first, 0
+    while waited < seconds:
+        failures += 1
+        waited += min(delay, cap)
+        delay *= factor
+    return failures
+
+
+def reboot_step() -> str:
+    """`<host>-gpu-reboot`'s command, after the delivery guard: its stdout is the step's report."""
+    return f"sudo {facts.GPU_DRIVER_BIN} reboot"
+
+
+def ready_step() -> str:
+    """`<host>-gpu-ready`'s command, after the delivery guard: the reboot step's report on stdin."""
+    return f"sudo {facts.GPU_DRIVER_BIN} ready"
