@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 
 import pytest
 
-from nina import facts, gpu
+from nina import facts, gpu, troubleshooting
 from nina.host import gpu_driver
 from nina.host.failure import Failure
 
@@ -544,3 +545,30 @@ def test_the_real_system_reads_the_boot_id_and_its_record(tmp_path):
     # No systemd as PID 1 on this machine: systemctl cannot say, and the state says so.
     if subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True).stdout.strip() == "offline":
         assert system.unit_state(facts.GPU_DRIVER_UNIT) == ("unknown", "")
+
+
+class SmiFromPath(HostDouble):
+    """TEST DOUBLE of the host, except nvidia-smi: the real System.smi runs whatever `nvidia-smi`
+    is first on PATH (here a test double script that answers as nvidia-smi does without a GPU)."""
+
+    smi = gpu_driver.System.smi
+
+
+@pytest.mark.troubleshooting("gpu-not-ready")
+def test_ready_on_a_host_whose_gpu_does_not_come_up_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    doubles = tmp_path / "test-doubles"
+    doubles.mkdir()
+    smi = doubles / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n# TEST DOUBLE of nvidia-smi on a VM without a GPU\necho 'No devices were found'\nexit 6\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{doubles}:{os.environ['PATH']}")
+    host = SmiFromPath(tmp_path)
+    row = troubleshooting.row("gpu-not-ready")
+    monkeypatch.setattr(gpu_driver.sys, "stdin", io.StringIO("no reboot needed\n"))
+    assert gpu_driver.main(["ready"], host) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and troubleshooting.fill(row.symptom, {}) in err, err
+    assert "nvidia-smi lists no GPU (No devices were found)" in err
+    assert f"journalctl -b -u {facts.GPU_DRIVER_UNIT} -u {facts.DCGM_UNIT} -u {facts.DCGM_EXPORTER_UNIT}" in err
+    check = subprocess.run(["sh", "-c", troubleshooting.fill(row.check, {})], capture_output=True, text=True, timeout=30)
+    assert "No devices were found" in check.stdout and "No devices were found" in row.shows
