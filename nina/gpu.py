@@ -1,6 +1,8 @@
 """A cloud GPU SuperNode's delivery (`<host>-gpu`, services.gpu): nina-gpu-driver
 (nina.host.gpu_driver), its configuration (the branch of nina:gpu.driver_branch and its Ubuntu
-packages) and its oneshot unit, started on every delivery. Pure: no pulumi."""
+packages, DCGM's pinned to nina:gpu.dcgm_version when set) and its oneshot unit, started on every
+delivery; and the two steps pulumi runs after it (`<host>-gpu-reboot`, `<host>-gpu-ready`:
+components.flower.reboot_and_wait) with the ready step's dial budget. Pure: no pulumi."""
 
 from __future__ import annotations
 
