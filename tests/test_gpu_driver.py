@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -543,7 +544,7 @@ def test_the_real_system_reads_the_boot_id_and_its_record(tmp_path):
         "/run/"
     )  # a reboot clears it
     # No systemd as PID 1 on this machine: systemctl cannot say, and the state says so.
-    if subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True).stdout.strip() == "offline":
+    if _no_systemd():
         assert system.unit_state(facts.GPU_DRIVER_UNIT) == ("unknown", "")
 
 
@@ -572,3 +573,27 @@ def test_ready_on_a_host_whose_gpu_does_not_come_up_fails_in_one_line(tmp_path, 
     assert f"journalctl -b -u {facts.GPU_DRIVER_UNIT} -u {facts.DCGM_UNIT} -u {facts.DCGM_EXPORTER_UNIT}" in err
     check = subprocess.run(["sh", "-c", troubleshooting.fill(row.check, {})], capture_output=True, text=True, timeout=30)
     assert "No devices were found" in check.stdout and "No devices were found" in row.shows
+
+
+def _no_systemd() -> bool:
+    if not (shutil.which("systemctl") and shutil.which("systemd-run")):
+        return False
+    return subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True).stdout.strip() == "offline"
+
+
+@pytest.mark.skipif(
+    not _no_systemd(),
+    reason="only where no systemd runs: elsewhere the real systemd-run would schedule a real reboot",
+)
+def test_the_real_systemd_run_parses_the_reboot_command_line():
+    # systemd-run parses its whole command line before it connects to the manager: here (no
+    # systemd as PID 1) it gets as far as the connection, so every option was accepted.
+    for unit, seconds in (
+        (facts.GPU_REBOOT_UNIT, facts.GPU_REBOOT_DELAY_SECONDS),
+        (facts.GPU_REBOOT_NOW_UNIT, facts.GPU_REBOOT_NOW_SECONDS),
+    ):
+        argv = gpu_driver.reboot_argv(unit, seconds, "nina-gpu-driver: loading the NVIDIA driver branch 580")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0 and "connect to bus" in proc.stderr, proc.stderr
+    bad = subprocess.run([*argv[:1], "--on-actve=5", *argv[2:]], capture_output=True, text=True, timeout=30)
+    assert "connect to bus" not in bad.stderr and bad.returncode != 0  # a wrong option is refused before that

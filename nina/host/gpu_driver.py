@@ -262,9 +262,7 @@ class System:
     def _reboot_in(self, unit: str, seconds: int, message: str) -> None:
         # A leftover of the same name (an earlier schedule in this boot) would make systemd-run fail.
         self._systemctl("stop", f"{unit}.timer", f"{unit}.service")
-        argv = ["systemd-run", f"--unit={unit}", f"--on-active={seconds}", "--timer-property=AccuracySec=1s"]
-        argv += [f"--description={message}", "/usr/bin/systemctl", "reboot"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(reboot_argv(unit, seconds, message), capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
             raise Failure(f"systemd-run --unit={unit} failed (exit {proc.returncode}): {proc.stderr.strip()}")
 
@@ -302,6 +300,12 @@ class System:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def reboot_argv(unit: str, seconds: int, message: str) -> list[str]:
+    """systemd-run's command line of a reboot `seconds` from now, as the transient timer `unit`."""
+    argv = ["systemd-run", f"--unit={unit}", f"--on-active={seconds}", "--timer-property=AccuracySec=1s"]
+    return [*argv, f"--description={message}", "/usr/bin/systemctl", "reboot"]
 
 
 def _atomic_write(path: str, data: bytes) -> None:
