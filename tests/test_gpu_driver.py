@@ -534,6 +534,15 @@ def test_main_reboot_prints_its_report_on_stdout_and_ready_reads_it_on_stdin(tmp
     assert capsys.readouterr().err.splitlines()[-1].startswith("nina-gpu-driver: FAILED: stdin holds 'garbage', not the reboot step's")
 
 
+@pytest.mark.parametrize("content", [None, "", "not-a-boot-id", BOOT_1.upper(), BOOT_1 + "0"])
+def test_a_boot_id_that_cannot_be_read_is_one_line(tmp_path, content):
+    path = tmp_path / "boot_id"
+    if content is not None:
+        path.write_text(content + "\n")
+    with pytest.raises(Failure, match=f"{path}"):
+        gpu_driver.System(boot_id=str(path)).boot_id()
+
+
 def test_the_real_system_reads_the_boot_id_and_its_record(tmp_path):
     system = gpu_driver.System(pending=str(tmp_path / "run/nina/p"))
     assert re.fullmatch(gpu_driver.BOOT_ID_RE, system.boot_id())  # this machine's real boot id
@@ -597,3 +606,35 @@ def test_the_real_systemd_run_parses_the_reboot_command_line():
         assert proc.returncode != 0 and "connect to bus" in proc.stderr, proc.stderr
     bad = subprocess.run([*argv[:1], "--on-actve=5", *argv[2:]], capture_output=True, text=True, timeout=30)
     assert "connect to bus" not in bad.stderr and bad.returncode != 0  # a wrong option is refused before that
+
+
+class SystemctlDouble(gpu_driver.System):
+    """The real System with a TEST DOUBLE of systemctl: units it says are loaded, every call recorded."""
+
+    def __init__(self, loaded):
+        super().__init__()
+        self.loaded = set(loaded)
+        self.calls: list[tuple[str, ...]] = []
+
+    def _systemctl(self, *args):
+        self.calls.append(args)
+        if args[0] == "show":
+            return subprocess.CompletedProcess(args, 0, "loaded\n" if args[-1] in self.loaded else "not-found\n", "")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("loaded", "stopped"),
+    [((facts.SSH_SOCKET, facts.SSH_UNIT), (facts.SSH_SOCKET, facts.SSH_UNIT)), ((facts.SSH_UNIT,), (facts.SSH_UNIT,))],
+)
+def test_stopping_sshd_stops_the_units_the_image_has(loaded, stopped):
+    system = SystemctlDouble(loaded)
+    system.stop_ssh()
+    assert system.calls[-1] == ("stop", *stopped)
+
+
+def test_a_host_without_sshd_units_fails_to_stop_it_in_one_line():
+    system = SystemctlDouble(())
+    with pytest.raises(Failure, match=f"neither {facts.SSH_SOCKET} nor {facts.SSH_UNIT} is loaded"):
+        system.stop_ssh()
+    assert all(call[0] == "show" for call in system.calls)

@@ -242,8 +242,14 @@ class System:
         _atomic_write(self.marker_path, f"{branch}\n".encode())
 
     def boot_id(self) -> str:
-        with open(self.boot_id_path, encoding="ascii") as f:
-            return f.read().strip()
+        try:
+            with open(self.boot_id_path, encoding="ascii", errors="replace") as f:
+                boot = f.read(100).strip()
+        except OSError as exc:
+            raise Failure(f"cannot read the boot id {self.boot_id_path}: {exc.strerror}") from None
+        if not re.fullmatch(BOOT_ID_RE, boot):
+            raise Failure(f"{self.boot_id_path} holds {boot[:40]!r}, not a boot id")
+        return boot
 
     def pending(self) -> str | None:
         """The pending-reboot record's text, None if there is none."""
@@ -276,9 +282,20 @@ class System:
         self._systemctl("stop", f"{facts.GPU_REBOOT_UNIT}.timer")  # gone already: nothing to cancel
 
     def stop_ssh(self) -> None:
-        proc = self._systemctl("stop", facts.SSH_SOCKET, facts.SSH_UNIT)
-        if proc.returncode != 0:
-            raise Failure(f"systemctl stop {facts.SSH_SOCKET} {facts.SSH_UNIT} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        # Only the units this image has (an sshd without socket activation has no ssh.socket).
+        units = [
+            u
+            for u in (facts.SSH_SOCKET, facts.SSH_UNIT)
+            if self._systemctl("show", "--property=LoadState", "--value", u).stdout.strip() == "loaded"
+        ]
+        proc = self._systemctl("stop", *units) if units else None
+        if proc is None or proc.returncode != 0:
+            why = (
+                f"exit {proc.returncode}: {proc.stderr.strip()}"
+                if proc is not None
+                else f"neither {facts.SSH_SOCKET} nor {facts.SSH_UNIT} is loaded"
+            )
+            raise Failure(f"systemctl stop {' '.join(units) or facts.SSH_UNIT} failed ({why})")
 
     def unit_state(self, unit: str) -> tuple[str, str]:
         """The unit's ActiveState and SubState (("unknown", "") if systemctl cannot say)."""
