@@ -38,14 +38,16 @@ class OperatorAccess(pulumi.ComponentResource):
         self.bastion_ip: pulumi.Output[str] | None = None
         self.register_outputs({"key_pair_name": self.key_pair_name})
 
-    def connection(self, host_ip: str) -> command.remote.ConnectionArgs:
-        """SSH to a private host's fixed address, jumping through the bastion's floating IP."""
+    def connection(self, host_ip: str, dial_error_limit: int = 30) -> command.remote.ConnectionArgs:
+        """SSH to a private host's fixed address, jumping through the bastion's floating IP.
+        `dial_error_limit` is the host's (the hop from the bastion, which stays up): a GPU host's
+        ready step gives it the budget of a reboot (nina.gpu.reboot_dial_error_limit)."""
         assert self.bastion_ip is not None, "set bastion_ip before connecting"
         return command.remote.ConnectionArgs(
             host=host_ip,
             user=facts.DEFAULT_LOGIN_USER,
             private_key=self.private_key_openssh,
-            dial_error_limit=30,
+            dial_error_limit=dial_error_limit,
             proxy=command.remote.ProxyConnectionArgs(
                 host=self.bastion_ip,
                 user=facts.DEFAULT_LOGIN_USER,

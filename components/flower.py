@@ -15,7 +15,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_openstack as openstack
 
-from nina import facts, render
+from nina import facts, gpu, render
 from nina.services import Service
 
 # Wait for first-boot bootstrap (users, venv, installer) and refuse a host whose bootstrap failed.
@@ -45,12 +45,16 @@ class FileDelivery(pulumi.ComponentResource):
         after = [*([target.base] if target.base is not None else []), *args.after]
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)) if after else opts
         super().__init__("nina:flower:FileDelivery", name, None, opts)
+        create = f"{_WAIT_FOR_BOOT}\n{render.receive_command()}"
+        # The host programs travel with every delivery, so changing one re-runs deliveries, not VMs.
+        bundle = pulumi.Output.secret(args.payload).apply(render.delivery_bundle)
+        # What re-runs the command besides its VM (steps that follow it take both as triggers).
+        self.revision: pulumi.Output[str] = bundle.apply(lambda text: render.delivery_revision(create, text))
         self.command = command.remote.Command(
             f"{name}-install",
             connection=target.connection,
-            create=f"{_WAIT_FOR_BOOT}\n{render.receive_command()}",
-            # The host programs travel with every delivery, so changing one re-runs deliveries, not VMs.
-            stdin=pulumi.Output.secret(args.payload).apply(render.delivery_bundle),
+            create=create,
+            stdin=bundle,
             # A new VM (same address, fresh disk) needs its files again.
             triggers=[target.instance.id],
             logging=command.remote.Logging.STDERR,
@@ -68,6 +72,35 @@ def deliver(
 ) -> FileDelivery:
     """The delivery `<host>-<service>` of a service's payload, after the host's base delivery and `after`."""
     return FileDelivery(f"{target.host}-{service.name}", FileDeliveryArgs(target, payload, after), opts)
+
+
+def reboot_and_wait(
+    name: str, delivery: FileDelivery, target: DeliveryTarget, wait_connection: command.remote.ConnectionArgs
+) -> tuple[command.remote.Command, command.remote.Command]:
+    """A GPU host's `<name>-reboot` and `<name>-ready` after its delivery `<name>` (nina.gpu):
+    the reboot its driver step left pending, then, over `wait_connection` (a dial budget as long
+    as a reboot), the wait for the new boot's driver, GPU and DCGM. Both re-run exactly when the
+    delivery does (its VM and its revision are their triggers); the ready step reads the reboot
+    step's report (its stdout) on stdin."""
+    triggers = [target.instance.id, delivery.revision]
+    reboot = command.remote.Command(
+        f"{name}-reboot",
+        connection=target.connection,
+        create=f"{_WAIT_FOR_BOOT}\n{gpu.reboot_step()}",
+        triggers=triggers,
+        logging=command.remote.Logging.STDERR,
+        opts=pulumi.ResourceOptions(parent=delivery, depends_on=[delivery.command]),
+    )
+    ready = command.remote.Command(
+        f"{name}-ready",
+        connection=wait_connection,
+        create=f"{_WAIT_FOR_BOOT}\n{gpu.ready_step()}",
+        stdin=reboot.stdout,
+        triggers=triggers,
+        logging=command.remote.Logging.STDERR,
+        opts=pulumi.ResourceOptions(parent=delivery, depends_on=[reboot]),
+    )
+    return reboot, ready
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pulumi
 from cloudinit.userdata import user_data
 from components.access import OperatorAccess, OperatorAccessArgs
 from components.database import Database, DatabaseArgs
-from components.flower import DeliveryTarget, deliver
+from components.flower import DeliveryTarget, deliver, reboot_and_wait
 from components.grafana import Grafana, GrafanaArgs
 from components.host import Host, HostArgs
 from components.network import Network, NetworkArgs
@@ -116,16 +116,23 @@ class Platform(pulumi.ComponentResource):
 
         # GPU SuperNodes (`<host>-gpu`, organisations with gpu: true): the NVIDIA driver of
         # nina:gpu.driver_branch, DCGM and its exporter on the host's fixed address, in place (a
-        # new branch replaces no VM). After the tenancy's
-        # deliveries: its step may schedule the host's one reboot for the branch.
+        # new branch replaces no VM). After the tenancy's deliveries: its step may leave the
+        # host's one reboot for the branch pending, which `<host>-gpu-reboot` carries out and
+        # `<host>-gpu-ready` waits for (a dial budget of facts.GPU_REBOOT_WAIT_SECONDS).
         for h in plan.hosts:
             if h.gpu and h.tenancy is not None:
-                deliver(
+                gpu_delivery = deliver(
                     services.gpu.SERVICE,
                     targets[h.name],
-                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip),
+                    gpu.gpu_delivery(cfg.gpu.driver_branch, h.fixed_ip, cfg.gpu.dcgm_version),
                     child,
                     after=[tenancies[h.tenancy]],
+                )
+                reboot_and_wait(
+                    f"{h.name}-{services.gpu.SERVICE.name}",
+                    gpu_delivery,
+                    targets[h.name],
+                    access.connection(h.fixed_ip, dial_error_limit=gpu.reboot_dial_error_limit()),
                 )
 
         database_outputs: dict[str, Any] | None = None

@@ -236,9 +236,24 @@ class SuperNodeSizing(_Strict):
 
 class GpuConfig(_Strict):
     """Cloud SuperNodes of organisations with `gpu: true` (nina.gpu): Ubuntu's NVIDIA server driver
-    nvidia-driver-<branch>-server. A new branch is delivered in place (one reboot per branch), no new VM."""
+    nvidia-driver-<branch>-server. A new branch is delivered in place (one reboot per branch), no new VM;
+    DCGM's packages are pinned to dcgm_version when it is set."""
 
     driver_branch: StrictInt = facts.GPU_DRIVER_BRANCH
+    # DCGM's packages (facts.DCGM_PINNED_PACKAGES) at this version; None: the repository's newest.
+    dcgm_version: str | None = None
+
+    @field_validator("dcgm_version", mode="before")
+    @classmethod
+    def _dcgm_version(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, str) or not re.fullmatch(facts.DEBIAN_VERSION_PATTERN, value):
+            raise ValueError(
+                f"{_show(value)} is not a Debian package version; write the one apt offers, like '1:4.5.2-1' "
+                f"(on a GPU host: apt-cache madison {facts.DCGM_PINNED_PACKAGES[0]}), or remove the key to install the newest"
+            )
+        return value
 
     @field_validator("driver_branch")
     @classmethod

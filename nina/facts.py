@@ -57,6 +57,7 @@ AUTHORIZED_KEYS_DIR = "/etc/ssh/nina-authorized-keys"
 LOGIN_AUTHORIZED_KEYS = f"{AUTHORIZED_KEYS_DIR}/{DEFAULT_LOGIN_USER}"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-nina-authorized-keys.conf"  # first: sshd takes an option's first value
 SSH_UNIT = "ssh.service"  # Debian's and Ubuntu's OpenSSH server
+SSH_SOCKET = "ssh.socket"  # Ubuntu 24.04 starts it by socket activation: both stop it listening
 NOVA_USER_DATA_LIMIT = 65535  # bytes, after base64
 USER_DATA_TARGET = 16 * 1024  # the hosts-v2 budget per host (bytes after base64), measured by benchmarks/program.py
 # Known AZ -> the external network that routers and floating IPs must use in that AZ.
@@ -637,6 +638,24 @@ GPU_DRIVER_BIN = "/usr/local/sbin/nina-gpu-driver"
 GPU_DRIVER_CONF = "/etc/nina/gpu-driver.json"
 GPU_DRIVER_MARKER = "/var/lib/nina/gpu-driver-reboot"
 REBOOT_REQUIRED = "/var/run/reboot-required"
+# The reboot `pulumi up` waits for (nina-gpu-driver's `reboot` and `ready` steps, the commands
+# `<host>-gpu-reboot` and `<host>-gpu-ready` after `<host>-gpu`). The install step records a
+# pending reboot for this boot under /run (a reboot clears it; the record names its boot id) and
+# schedules it GPU_REBOOT_DELAY_SECONDS later as a transient systemd timer (not `shutdown -r`, whose
+# /run/nologin would refuse the automation user's next login); the reboot step replaces it with one
+# GPU_REBOOT_NOW_SECONDS later, after sshd stops listening. `<host>-gpu-ready` redials for about
+# GPU_REBOOT_WAIT_SECONDS, then waits at most GPU_READY_WAIT_SECONDS for the boot-time unit and DCGM.
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+GPU_REBOOT_PENDING = "/run/nina/gpu-reboot-pending"
+GPU_REBOOT_UNIT = "nina-gpu-reboot"  # transient: .timer and .service (systemd-run --unit)
+GPU_REBOOT_NOW_UNIT = "nina-gpu-reboot-now"
+GPU_REBOOT_DELAY_SECONDS = 60
+GPU_REBOOT_NOW_SECONDS = 5
+GPU_REBOOT_WAIT_SECONDS = 600
+GPU_READY_WAIT_SECONDS = 900
+# pulumi-command (1.2) redials a connection with pulumi's retry.Until: the first wait 0.1 s, each
+# next one 1.5 times longer, at most 5 s; dial_error_limit counts the failed dials.
+PULUMI_DIAL_RETRY = (0.1, 1.5, 5.0)
 # NVIDIA's CUDA apt repository for Ubuntu 24.04 (DCGM and its exporter are there, not in Ubuntu's
 # archive). Its signing key (3bf863cc.pub) is fetched by the host and accepted only with this
 # fingerprint, then written as the keyring the source names (signed-by), trusted for nothing else.
@@ -650,6 +669,12 @@ NVIDIA_REPO_LIST = "/etc/apt/sources.list.d/nina-nvidia-cuda.list"
 # address only (port DCGM_EXPORTER_PORT, which the port table opens to the monitoring host alone).
 GPU_CUDA_MAJOR = {535: 12, 570: 12, 580: 13}
 DCGM_PACKAGES = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda{cuda}", "datacenter-gpu-manager-exporter")
+# nina:gpu.dcgm_version (optional; unpinned by default) pins DCGM's own packages, the first two
+# above (`<package>=<version>`), which NVIDIA versions together (e.g. 1:4.5.2-1); the exporter has
+# its own version scheme and stays unpinned. A strict Debian version: [epoch:]upstream[-revision],
+# no spaces, no '=' or shell characters (it reaches apt-get's argv and the driver's configuration).
+DCGM_PINNED_PACKAGES = DCGM_PACKAGES[:2]
+DEBIAN_VERSION_PATTERN = r"(?:[0-9]{1,5}:)?[0-9][A-Za-z0-9.+~]{0,63}(?:-[A-Za-z0-9.+~]{1,32})?"
 DCGM_UNIT = "nvidia-dcgm.service"
 DCGM_HOSTENGINE = "localhost:5555"
 DCGM_EXPORTER_BIN = "/usr/bin/dcgm-exporter"

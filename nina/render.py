@@ -15,6 +15,7 @@ Two kinds of output:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
@@ -445,6 +446,12 @@ def installer_programs() -> dict[str, str]:
 def delivery_bundle(payload: str) -> str:
     """What a delivery pipes into the receiver (`receive_command`): the host programs and the installer's payload."""
     return json.dumps({"programs": host_programs(), "payload": json.loads(payload)}, sort_keys=True) + "\n"
+
+
+def delivery_revision(create: str, bundle: str) -> str:
+    """A digest of what re-runs a delivery (its command and its bundle; its VM aside): steps that
+    must re-run exactly when it does take it as a trigger (a GPU host's reboot and ready steps)."""
+    return hashlib.sha256(json.dumps([create, bundle]).encode()).hexdigest()
 
 
 def receive_argv(lib: str, program: str) -> list[str]:

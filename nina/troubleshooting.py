@@ -49,6 +49,9 @@ FIXED: dict[str, str] = {
     "bootstrap_check": facts.BOOTSTRAP_CHECK_BIN,
     "state_dir": facts.SUPERLINK_STATE_DIR,
     "state_backup": facts.SUPERLINK_BACKUP_BIN,
+    "gpu_driver_unit": facts.GPU_DRIVER_UNIT,
+    "dcgm_unit": facts.DCGM_UNIT,
+    "dcgm_exporter_unit": facts.DCGM_EXPORTER_UNIT,
 }
 # One organisation's or host's own values: a kit fills them, the operators' table names them.
 PER_SITE = ("slug", "superlink_host", "fleet_port", "hostname")
@@ -183,6 +186,17 @@ ROWS: tuple[Row, ...] = (
         shows="`Use%` at 100%",
         fix="remove what is not the SuperLink's from it; or raise `superlink.state_volume_gb`, check with `pulumi preview` that the volume is extended, not replaced (not tried here), `pulumi up`, then `resize2fs` its file system on the host",
         test="tests/test_state_backup.py::test_restore_onto_a_full_state_volume_says_so",
+    ),
+    Row(
+        id="gpu-not-ready",
+        audience=OPERATOR,
+        symptom="nina-gpu-driver: FAILED: not ready:",
+        where="`pulumi up`: the error of a GPU host's `<host>-gpu-ready` (after the driver's reboot); the line names each thing missing",
+        cause="the GPU SuperNode rebooted but its GPU did not come up: no GPU passed to the VM, the driver not loaded, or DCGM or its exporter not running",
+        check="nvidia-smi -L",
+        shows="`No devices were found` (no GPU in the VM), or `NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver` (the driver is not loaded)",
+        fix="on the host: `journalctl -b -u {gpu_driver_unit} -u {dcgm_unit} -u {dcgm_exporter_unit}`; `lspci | grep -i nvidia` (does the flavor pass a GPU?); fix, then `pulumi up` again (the ready step re-runs alone)",
+        test="tests/test_gpu_driver.py::test_ready_on_a_host_whose_gpu_does_not_come_up_fails_in_one_line",
     ),
 )
 

@@ -1124,6 +1124,38 @@ def test_gpu_unknown_key_is_refused():
     problems(base(gpu={"driver": 580}))
 
 
+def test_gpu_dcgm_version_is_unpinned_by_default_and_kept_as_written():
+    assert load_config(base()).gpu.dcgm_version is None
+    for version in ("1:4.5.2-1", "4.4.1-1", "1:4.2.3~rc1-1ubuntu2", "4.5.2"):
+        assert load_config(base(gpu={"dcgm_version": version})).gpu.dcgm_version == version
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "",
+        " 1:4.5.2-1",
+        "1:4.5.2-1\n",
+        "latest",
+        "4.5.2-1 --allow-unauthenticated",
+        "1:4.5.2-1;reboot",
+        "=1:4.5.2-1",
+        "v4.5.2",
+        "1:4.5.2-",
+        ":4.5.2-1",
+        "x:4.5.2-1",
+        "4.5.2-1/noble",
+        4.5,
+        4,
+        True,
+        ["1:4.5.2-1"],
+        "1" * 200,
+    ],
+)
+def test_gpu_dcgm_version_that_is_not_a_debian_version_is_refused(version):
+    problem(base(gpu={"dcgm_version": version}), "nina:gpu.dcgm_version", "apt-cache madison datacenter-gpu-manager-4-core", "1:4.5.2-1")
+
+
 # --- training environments (nina:training_environments, issue 13) ------------------------------
 
 

@@ -2,6 +2,9 @@
 nina:gpu.driver_branch, and DCGM with its exporter from NVIDIA's repository (key pinned by
 fingerprint), installed and loaded by its delivery `nina.gpu.gpu_delivery` (`<host>-gpu`),
 in place: a new branch re-runs that delivery and replaces no VM. Nothing of it is in user-data.
+After the delivery, pulumi carries out the reboot its step left pending and waits for the host to
+come back with its GPU and DCGM (`<host>-gpu-reboot`, `<host>-gpu-ready`: nina-gpu-driver's
+`reboot` and `ready` steps, run over SSH, not units).
 
 Not a role: the plan gives it to the hosts whose organisation has `gpu: true` (Host.gpu), which
 are also the only hosts in the `gpu` zone (port facts.DCGM_EXPORTER_PORT from the monitoring host)."""
