@@ -150,9 +150,12 @@ def test_a_gpu_organisations_kit_builds_the_cuda_image_from_the_cuda_lock() -> N
     assert outs["tenancies"]["main"]["environment"] == {"name": "pytorch-cuda", "variant": "cuda", "lock": lock}
     files = _kit(outs, "gold-coast")
     docker = files["containers/Dockerfile.cuda"].decode()
-    assert f"ARG BASE_IMAGE={kit.BASE_IMAGES['cuda']}\nFROM ${{BASE_IMAGE}}" in docker and kit.BASE_IMAGES["cuda"].startswith(
-        "nvidia/cuda:"
-    )
+    # torch 2.15.0's wheels are CUDA 13's: the image is CUDA 13's base (what driver branch 580 runs), not a second CUDA.
+    assert environments.cuda_major(environments.parse(lock)) == 13
+    assert f"ARG BASE_IMAGE={kit.CUDA_WHEELS_BASE_IMAGES[13]}\nFROM ${{BASE_IMAGE}}" in docker
+    assert kit.CUDA_WHEELS_BASE_IMAGES[13] == "nvidia/cuda:13.0.2-base-ubuntu24.04"
+    assert f"from `{kit.CUDA_WHEELS_BASE_IMAGES[13]}`" in files["README.md"].decode()
+    assert f"ARG BASE_IMAGE={kit.BASE_IMAGES['cpu']}\n" in files["containers/Dockerfile.cpu"].decode()
     assert f"COPY flower_env.lock {facts.FLOWER_ENV_LOCK}" in docker
     assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker
     assert files["containers/flower_env.lock"].decode() == lock == files[facts.FLOWER_ENV_LOCK.lstrip("/")].decode()
