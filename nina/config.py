@@ -1265,7 +1265,7 @@ def _check_training_environments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
             "belongs to the one-tenancy shorthand (nina:organisations); with nina:tenancies, give each tenancy its own training_environment",
         )
     known = sorted({facts.ENV_DEFAULT, *cfg.training_environments})
-    checked: set[str] = set()
+    checked: dict[str, int | None] = {}  # environment -> the CUDA major of its lock (None: none, or no lock)
     for t, ten in enumerate(cfg.all_tenancies):
         key = "nina:training_environment" if cfg.tenancies is None else f"nina:tenancies[{t}].training_environment"
         name = ten.training_environment
@@ -1275,10 +1275,22 @@ def _check_training_environments(cfg: StackConfig) -> Iterable[tuple[str, str]]:
                 f"{_show(name)} is not a training environment; use one of {', '.join(known)} or define it in nina:training_environments",
             )
             continue
-        if name in checked or (name != facts.ENV_DEFAULT and not SLUG_RE.match(name)):
+        if name != facts.ENV_DEFAULT and not SLUG_RE.match(name):
             continue
-        checked.add(name)
-        try:
-            environments.read_lock(cfg.training_environment_of(ten))
-        except (environments.LockError, ValueError) as exc:
-            yield (key if name == facts.ENV_DEFAULT else f"nina:training_environments.{name}", str(exc))
+        if name not in checked:
+            checked[name] = None
+            try:
+                checked[name] = environments.cuda_major(environments.parse(environments.read_lock(cfg.training_environment_of(ten))))
+            except (environments.LockError, ValueError) as exc:
+                yield (key if name == facts.ENV_DEFAULT else f"nina:training_environments.{name}", str(exc))
+        # A CUDA runtime newer than the cloud GPU hosts' driver can run: torch would see no GPU.
+        cuda, branch = checked[name], cfg.gpu.driver_branch
+        gpu_cloud = sorted(org.slug for org in ten.organisations if org.gpu and org.placement == "cloud")
+        if cuda is not None and gpu_cloud and cuda > facts.GPU_CUDA_MAJOR[branch]:
+            newest = max(facts.GPU_DRIVER_BRANCHES, key=lambda b: facts.GPU_CUDA_MAJOR[b])
+            yield (
+                "nina:gpu.driver_branch",
+                f"driver branch {branch} runs CUDA up to {facts.GPU_CUDA_MAJOR[branch]}, but tenancy {ten.name}'s environment "
+                f"{name!r} installs CUDA {cuda} runtime wheels for its GPU organisations {', '.join(gpu_cloud)} (they would see "
+                f"no usable GPU); use driver_branch {newest} or an environment whose packages are built for CUDA {facts.GPU_CUDA_MAJOR[branch]}",
+            )

@@ -196,6 +196,21 @@ def lock_differences(lock: dict[str, str], distributions: list[str], limit: int 
     return found
 
 
+# The CUDA runtime wheel a CUDA lock holds: `nvidia-cuda-runtime-cu12` (CUDA 12 builds) or, from
+# CUDA 13 on, `nvidia-cuda-runtime` whose version's major is CUDA's.
+CUDA_RUNTIME_RE = re.compile(r"nvidia-cuda-runtime(?:-cu([0-9]{2}))?\Z")
+
+
+def cuda_major(pins: dict[str, str]) -> int | None:
+    """The CUDA major version of the runtime wheels a lock installs (None: it installs none)."""
+    for name, version in sorted(pins.items()):
+        m = CUDA_RUNTIME_RE.match(canonical(name))
+        if m:
+            major = m.group(1) or version.split(".", 1)[0]
+            return int(major) if major.isdigit() else None
+    return None
+
+
 def lock_path(env: Environment, lock_dir: Path | None = None) -> Path:
     return (LOCK_DIR if lock_dir is None else lock_dir) / env.lock_file
 

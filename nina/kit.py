@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nina import facts, gpu, render, services, templating, troubleshooting
+from nina import environments, facts, gpu, render, services, templating, troubleshooting
 from nina import outputs as schema
 from nina import vpn as vpn_files
 from nina.plan import Member
@@ -59,9 +59,35 @@ IMAGES = {
 }
 BASE_IMAGES = {
     "cpu": f"ubuntu:{facts.UBUNTU_RELEASE}",
-    # The manual uses the -devel image; -runtime has the CUDA/cuDNN libraries and is GBs smaller.
+    # For a lock without CUDA runtime wheels. The manual uses the -devel image; -runtime has the
+    # CUDA/cuDNN libraries and is GBs smaller.
     "cuda": f"nvidia/cuda:12.9.1-cudnn-runtime-ubuntu{facts.UBUNTU_RELEASE}",
 }
+# A lock that brings CUDA's libraries as wheels (PyPI's torch: nvidia-cuda-runtime and the rest,
+# environments.cuda_major) needs only CUDA's `base` image of that major: no second copy of CUDA and
+# cuDNN, and the image's NVIDIA_REQUIRE_CUDA, which the container toolkit checks against the host's
+# driver, is the wheels' major (13.0 is what driver branch 580 runs; 12.9 is the -cudnn-runtime
+# image's own requirement, unchanged).
+CUDA_WHEELS_BASE_IMAGES = {
+    12: f"nvidia/cuda:12.9.1-base-ubuntu{facts.UBUNTU_RELEASE}",
+    13: f"nvidia/cuda:13.0.2-base-ubuntu{facts.UBUNTU_RELEASE}",
+}
+
+
+def base_images(tenancy_name: str, environment: schema.TrainingEnvironment) -> dict[str, str]:
+    """Each image's base for a tenancy's training environment (its lock's CUDA wheels, if any)."""
+    major = environments.cuda_major(environment.pins)
+    if major is None:
+        return dict(BASE_IMAGES)
+    if major not in CUDA_WHEELS_BASE_IMAGES:
+        known = ", ".join(map(str, CUDA_WHEELS_BASE_IMAGES))
+        key = schema.at(schema.at("tenancies", tenancy_name), "environment.lock")
+        raise KitError(
+            [(key, f"environment {environment.name!r} brings CUDA {major} runtime wheels; the kit's CUDA image knows CUDA {known}")]
+        )
+    return {**BASE_IMAGES, "cuda": CUDA_WHEELS_BASE_IMAGES[major]}
+
+
 CONTAINER_NAME = "nina-supernode"
 LOCK_NAME = posixpath.basename(facts.FLOWER_ENV_LOCK)  # the lock's name beside the Dockerfiles
 TAR_MTIME = 0
@@ -532,7 +558,7 @@ def _payload_files(out: StackOutputs, org: Organisation) -> list[KitFile]:
                     about="SECRET: your VPN client private key",
                 )
             )
-    files += _container_files(org)
+    files += _container_files(org, base_images(org.tenancy, tenancy.environment))
     return files
 
 
@@ -552,7 +578,6 @@ def _env() -> jinja2.Environment:
         facts=facts,
         flwr_version=facts.FLWR_VERSION,
         images=IMAGES,
-        base_images=BASE_IMAGES,
         container_name=CONTAINER_NAME,
         supernode_user=SUPERNODE_USER,
         # What a site installs for its GPU (the checks' advice): the branch the cloud GPU hosts run.
@@ -566,14 +591,14 @@ def _render(name: str, **context: Any) -> str:
     return _env().get_template(name).render(**context)
 
 
-def _container_files(org: Organisation) -> list[KitFile]:
+def _container_files(org: Organisation, bases: Mapping[str, str]) -> list[KitFile]:
     files = []
     for variant in ("cpu", "cuda"):
         name = f"Dockerfile.{variant}"
         files.append(
             KitFile(
                 f"containers/{name}",
-                _text(_render("Dockerfile.j2", variant=variant)),
+                _text(_render("Dockerfile.j2", variant=variant, base_image=bases[variant])),
                 0o644,
                 f"{facts.SUPERNODE_CONTAINERS}/{name}",
                 scope="containers",
@@ -758,6 +783,7 @@ def kit_files(outputs: Mapping[str, Any] | StackOutputs, slug: str) -> list[KitF
         "tenancy": tenancy,
         "vpn": tenancy.vpn,
         "environment": out.environment,
+        "base_images": base_images(org.tenancy, tenancy.environment),
         "kit_name": f"{org.slug}{facts.SITEKIT_SUFFIX}",
         "held": held,
         "ubuntu": facts.UBUNTU_RELEASE,

@@ -1168,6 +1168,40 @@ def test_training_environment_defaults_to_the_built_in_one() -> None:
     assert {cfg.training_environment_of(t).name for t in cfg.all_tenancies} == {facts.ENV_DEFAULT}
 
 
+def readme_cuda_example() -> dict[str, Any]:
+    """README's CUDA training environment stanza (Training environments), as config (keys without `nina:`)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2]]
+    [block] = [b for b in blocks if b.startswith("  nina:training_environments:\n    pytorch-cuda:")]
+    return {k.removeprefix("nina:"): v for k, v in yaml.safe_load(block).items()}
+
+
+def test_the_readme_cuda_example_is_a_tenancys_environment_with_its_committed_lock() -> None:
+    """The stanza README shows, used by a tenancy with a cloud GPU organisation: `nina config
+    check` accepts it (its committed lock matches it), and the driver must run the lock's CUDA."""
+    from nina import environments
+
+    example = readme_cuda_example()
+    raw = base(organisations=[cloud_org("org-a", "10.101.0.0/24", gpu=True), org("org-b", gpu=True)], **example)
+    raw["training_environment"] = "pytorch-cuda"
+    raw["supernode"] = {"gpu_flavor": "reservation:0000"}
+    cfg = ok(raw)
+    env = cfg.training_environment_of(cfg.all_tenancies[0])
+    assert (env.name, env.variant) == ("pytorch-cuda", "cuda")
+    pins = environments.parse(environments.read_lock(env))
+    assert pins["torch"] == env.pins()["torch"] and pins["flwr"] == facts.FLWR_VERSION
+    # PyPI's Linux torch wheels carry the CUDA runtime as wheels: CUDA 13's for torch 2.15.
+    assert environments.cuda_major(pins) == 13 and {"nvidia-cublas", "nvidia-cudnn-cu13", "triton"} <= set(pins)
+    # Driver branches 535 and 570 run CUDA 12 at most: their GPU hosts would see no usable GPU.
+    for branch in (535, 570):
+        problem({**raw, "gpu": {"driver_branch": branch}}, "nina:gpu.driver_branch", f"branch {branch}", "CUDA 13", "org-a", "580")
+    assert ok({**raw, "gpu": {"driver_branch": 580}})
+    # Only cloud GPU hosts get nina's driver: with none, the branch is not judged against the lock.
+    assert ok(
+        {**raw, "gpu": {"driver_branch": 570}, "organisations": numbered([cloud_org("org-a", "10.101.0.0/24"), org("org-b", gpu=True)])}
+    )
+
+
 def test_training_environment_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nina import environments
 

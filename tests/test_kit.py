@@ -864,6 +864,23 @@ def test_every_shell_script_parses_and_passes_shellcheck(kit_archives, tmp_path)
     assert proc.returncode == 0, proc.stdout
 
 
+def test_the_cuda_images_base_follows_the_locks_cuda_wheels(kit_outputs):
+    """Without CUDA wheels in the lock (the built-in environment), the CUDA image keeps CUDA's
+    runtime and cuDNN image; with them, CUDA's base image of their major; an unknown major is
+    refused, naming the tenancy's lock."""
+    files = {f.path: f.content for f in kit.kit_files(kit_outputs, "hospital-b")}
+    assert f"ARG BASE_IMAGE={kit.BASE_IMAGES['cuda']}\n".encode() in files["containers/Dockerfile.cuda"]
+    env = kit_outputs["tenancies"]["main"]["environment"]
+    for runtime, major in (("nvidia-cuda-runtime-cu12==12.8.90", 12), ("nvidia-cuda-runtime==13.2.86", 13)):
+        env["lock"] = environments.read_lock(environments.DEFAULT) + runtime + " \\\n    --hash=sha256:" + "0" * 64 + "\n"
+        files = {f.path: f.content for f in kit.kit_files(kit_outputs, "hospital-b")}
+        assert f"ARG BASE_IMAGE={kit.CUDA_WHEELS_BASE_IMAGES[major]}\n".encode() in files["containers/Dockerfile.cuda"]
+        assert f"ARG BASE_IMAGE={kit.BASE_IMAGES['cpu']}\n".encode() in files["containers/Dockerfile.cpu"]
+    env["lock"] = environments.read_lock(environments.DEFAULT) + "nvidia-cuda-runtime==99.0.1 \\\n    --hash=sha256:" + "0" * 64 + "\n"
+    with pytest.raises(kit.KitError, match=r"tenancies\.main.*environment\.lock.*CUDA 99 runtime wheels"):
+        kit.kit_files(kit_outputs, "hospital-b")
+
+
 def test_container_files_follow_the_manual(kit_archives):
     files = contents(kit_archives["hospital-b"])
     for variant in ("cpu", "cuda"):

@@ -43,7 +43,10 @@ def _full_federation(r):
 
 
 @pytest.mark.timeout(300)
-def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
+def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, reh_uat_plan, capsys):
+    # uat's tenancy uses its own environment (Pulumi.uat.yaml `tabular`), not the built-in one.
+    env = reh_uat_plan.tenancies[0].environment
+    assert env.name == "tabular" and {"numpy", "scikit-learn"} <= set(env.pins())
     rc = cli.main(["rehearse", "--stack", "uat", "--dir", str(cfg_repo_root), "--rounds", str(ROUNDS)])
     out, err = capsys.readouterr()
     assert rc == cli.EXIT_OK, out + err
@@ -55,22 +58,28 @@ def test_nina_rehearse_uat_every_partition_every_round(cfg_repo_root, capsys):
     # Every node reports the same training environment: the tenancy's pins, Python, the GPU and how that was found.
     envs = re.findall(r"^\s+env (\S+)\s+python (\S+), (.*), gpu (.*)$", out, re.M)
     assert len(envs) == ROUNDS and {e[0] for e in envs} == {"0,1"}, out
-    assert {e[2] for e in envs} == {f"flwr=={facts.FLWR_VERSION} {' '.join(facts.ENV_DEFAULT_PACKAGES)}"}, out
+    assert {e[2] for e in envs} == {" ".join(env.requirements())}, out
+    assert {e[2] for e in envs} == {f"flwr=={facts.FLWR_VERSION} numpy=={env.pins()['numpy']} scikit-learn=={env.pins()['scikit-learn']}"}
     assert "ENV DIFFERS" not in out
     # Its nodes run this project's venv: only the definition's pins are compared, and it says so.
     assert "environments compared with the definition's pins (full-lock comparison: validate only)" in out
 
 
 @pytest.mark.timeout(300)
-def test_a_node_with_another_version_of_a_locked_package_fails_validation(reh_rehearsal, tmp_path):
-    """One SuperNode sees numpy 2.4.5's metadata first on its path (as if someone had installed
-    another numpy on that host): the run fails, naming its partition, host, package and versions."""
+@pytest.mark.parametrize(
+    ("package", "dist_name", "other_version"), [("numpy", "numpy", "2.4.5"), ("scikit-learn", "scikit_learn", "1.8.0")]
+)
+def test_a_node_with_another_version_of_a_locked_package_fails_validation(reh_rehearsal, tmp_path, package, dist_name, other_version):
+    """One SuperNode sees another version's metadata of one of uat's pinned packages first on its
+    path (as if someone had installed another numpy or scikit-learn on that host): the run fails,
+    naming its partition, host, package and both versions."""
     r = reh_rehearsal()
+    locked = r.plan.tenancies[0].environment.pins()[package]
+    assert locked != other_version
     other = tmp_path / "other-site"
-    numpy_version = dict(p.split("==") for p in facts.ENV_DEFAULT_PACKAGES)["numpy"]
-    dist = other / "numpy-2.4.5.dist-info"
+    dist = other / f"{dist_name}-{other_version}.dist-info"
     dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 2.4.5\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {other_version}\n")
     odd, fine = r.members[0], r.members[1]
     r.start_superlink()
     r.register_all()
@@ -80,7 +89,7 @@ def test_a_node_with_another_version_of_a_locked_package_fails_validation(reh_re
     result = r.run_app(1)
     assert not result.ok
     assert f"partition {odd.partition_id} (" in (result.error or "")
-    assert f"numpy 2.4.5 installed, the tenancy's lock has {numpy_version}" in (result.error or ""), result.error
+    assert f"{package} {other_version} installed, the tenancy's lock has {locked}" in (result.error or ""), result.error
     assert f"partition {fine.partition_id} (" not in (result.error or "")
     table = result.table()
     assert "ENV DIFFERS" in table and f"env {fine.partition_id}" in table and f"env {odd.partition_id}" in table, table
