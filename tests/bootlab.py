@@ -15,8 +15,9 @@ containers on network namespaces this module makes (test helper; root only).
   Nova's key pair), and a network config with the planned fixed address.
 - **Network**: the router namespace holds one bridge per segment (gateway `.1`, as the
   subnets), routes between them, and does what Neutron's router does for floating IPs (DNAT
-  in, SNAT out). From outside (operator, hospital) only the floating IPs' public ports are
-  forwarded (bastion SSH, VPN UDP 1194/TCP 443). Security groups are *not* enforced inside.
+  in, SNAT out) and for the declared RouterRoutes (a VPN pool via its OpenVPN server). From
+  outside (operator, hospital) only the floating IPs' public ports are forwarded (bastion SSH,
+  VPN UDP 1194/TCP 443). Security groups are *not* enforced inside.
 - **Registries**: nothing in the lab routes outside it. apt (HTTPS sources) and pip go through
   `labproxy.py`, which only tunnels to the registry hosts.
 
@@ -271,6 +272,9 @@ class Declared:
     operator_public_key: str
     operator_private_key: str
     outputs: dict[str, Any]
+    # The router's static routes (RouterRoute: destination CIDR -> next hop), e.g. a VPN pool via
+    # its OpenVPN server: what lets the monitoring host scrape on-premise exporters through the tunnel.
+    routes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_run(cls, run: Any) -> Declared:
@@ -315,7 +319,8 @@ class Declared:
             )
         keypair = by_type["openstack:compute/keypair:Keypair"][0]
         private = run.outputs["ops_ssh_private_key"]
-        return cls(hosts, commands, keypair.inputs["publicKey"].strip(), private, run.outputs)
+        routes = {r.inputs["destinationCidr"]: r.inputs["nextHop"] for r in by_type.get("openstack:networking/routerRoute:RouterRoute", [])}
+        return cls(hosts, commands, keypair.inputs["publicKey"].strip(), private, run.outputs, routes)
 
 
 # --- the lab -------------------------------------------------------------------------------
@@ -496,6 +501,8 @@ class Lab:
         self.rip("addr", "add", f"{REGISTRY_ADDRESS}/32", "dev", "lo")
         for h in self.declared.hosts.values():
             self._bridge(h.cidr, h.gateway)
+        for cidr, next_hop in sorted(self.declared.routes.items()):  # as Neutron's router does with RouterRoutes
+            self.rip("route", "add", cidr, "via", next_hop)
         ext = self._bridge(EXTERNAL_CIDR, EXTERNAL_ROUTER_IP)
         hosp_gw = str(next(iter(ipaddress.ip_network(HOSPITAL_CIDR).hosts())))
         hosp = self._bridge(HOSPITAL_CIDR, hosp_gw)

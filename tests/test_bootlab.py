@@ -40,7 +40,7 @@ import bootlab
 import pytest
 from harness import run_program, stack_config
 
-from nina import facts, troubleshooting
+from nina import facts, outputs, troubleshooting
 from nina.host.membership import parse_json
 from nina.rehearse import judge_run, validation_run_config
 
@@ -62,7 +62,41 @@ def lab_config() -> dict:
     # The hospital joins with the next id after test's (its uat id is taken by test-org-a).
     hospital = {**uat["nina:organisations"][0], "partition_id": 1 + max(o["partition_id"] for o in orgs)}
     cfg["nina:organisations"] = [*orgs, hospital]
+    # The monitoring host (Prometheus and Alertmanager from the archive), scraping every host and,
+    # through the VPN server, the hospital.
+    cfg["nina:hosts"] = [*cfg["nina:hosts"], {"name": MONITOR, "roles": ["monitoring"], "flavor": "m3.small"}]
     return cfg
+
+
+MONITOR = "monitor"
+TARGETS_SCRIPT = (
+    "import json, urllib.request; "
+    f"d = json.load(urllib.request.urlopen('http://{facts.LOOPBACK}:{facts.PROMETHEUS_PORT}/api/v1/targets?state=active', timeout=10)); "
+    "print(json.dumps(sorted([t['labels']['job'], t['scrapeUrl'], t['health'], t['lastError']] for t in d['data']['activeTargets'])))"
+)
+
+
+def prometheus_targets(m: bootlab.Machine) -> list[list[str]]:
+    """[job, scrape URL, health, last error] of each target Prometheus scrapes, asked on the host itself."""
+    proc = m.sh(f'python3 -c "{TARGETS_SCRIPT}"', check=False, timeout=60)
+    return json.loads(proc.stdout) if proc.returncode == 0 else []
+
+
+def prometheus_api(m: bootlab.Machine, path: str) -> dict:
+    script = f"import urllib.request; print(urllib.request.urlopen('http://{facts.LOOPBACK}:{facts.PROMETHEUS_PORT}{path}', timeout=10).read().decode())"
+    return json.loads(m.sh(f'python3 -c "{script}"', timeout=60).stdout)
+
+
+def wait_targets_up(m: bootlab.Machine, urls: set[str], timeout: float) -> list[list[str]]:
+    """Prometheus's targets once every one of `urls` is up (or fails, listing what it saw)."""
+    deadline = time.monotonic() + timeout
+    seen: list[list[str]] = []
+    while time.monotonic() < deadline:
+        seen = prometheus_targets(m)
+        if urls <= {url for _job, url, health, _err in seen if health == "up"}:
+            return seen
+        time.sleep(3)
+    raise AssertionError(f"Prometheus did not see every target up in {timeout:g} s; wanted {sorted(urls)}, saw {seen}")
 
 
 class Timer:
@@ -93,9 +127,10 @@ def delivered_state(lab: bootlab.Lab, declared: bootlab.Declared) -> dict[str, s
     for host in declared.hosts.values():
         m = lab.machines[host.name]
         out = m.sh(
-            f"find /etc/flwr /etc/openvpn /usr/local/share/ca-certificates {facts.SUPERLINK_ADMIN_FLWR_HOME} -type f "
-            "-exec sha256sum {} + 2>/dev/null | sort; stat -c '%n %a %U %G' $(find /etc/flwr /etc/openvpn -type f "
-            "2>/dev/null | sort) 2>/dev/null; for u in superlink supernode openvpn-server@server openvpn-server@server-tcp; do "
+            f"find /etc/flwr /etc/openvpn /usr/local/share/ca-certificates {facts.SUPERLINK_ADMIN_FLWR_HOME} {facts.PROMETHEUS_ETC} -type f "
+            f"-exec sha256sum {{}} + 2>/dev/null | sort; stat -c '%n %a %U %G' $(find /etc/flwr /etc/openvpn {facts.PROMETHEUS_ETC} -type f "
+            "2>/dev/null | sort) 2>/dev/null; for u in superlink supernode openvpn-server@server openvpn-server@server-tcp "
+            f"{facts.PROMETHEUS_UNIT} {facts.ALERTMANAGER_UNIT}; do "
             "echo $u $(systemctl show -p MainPID --value $u 2>/dev/null); done",
             check=False,
         ).stdout
@@ -148,7 +183,11 @@ def validate(lab: bootlab.Lab, declared: bootlab.Declared, workdir: Path, tag: s
         home.mkdir(exist_ok=True)
         (home / facts.FLWR_CONFIG_FILE).write_text(f'[superlink.lab]\naddress = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n')
         expected = sorted(o["partition_id"] for t in declared.outputs["tenancies"].values() for o in t["organisations"].values())
-        config = validation_run_config(expected, ROUNDS, ROUND_TIMEOUT)
+        # As `nina validate` does: every node holds the environment's pins (the ServerApp compares
+        # them) and its whole installed set is the tenancy's lock (judged below): what nina-env-sync
+        # made of the cloud hosts' venvs and install.sh of the hospital's.
+        [environment] = [t.environment for t in outputs.read(declared.outputs).tenancies.values()]
+        config = validation_run_config(expected, ROUNDS, ROUND_TIMEOUT, environment=environment.requirements)
         flwr = Path(sys.executable).parent / "flwr"
         env = {
             "PATH": os.environ["PATH"],
@@ -164,7 +203,9 @@ def validate(lab: bootlab.Lab, declared: bootlab.Declared, workdir: Path, tag: s
             timeout=ROUND_TIMEOUT * (ROUNDS + 1) + 120,
             env=env,
         )
-        result = judge_run(proc.stdout + proc.stderr, None, expected, proc.returncode, None, time.monotonic() - t0, "")
+        result = judge_run(
+            proc.stdout + proc.stderr, None, expected, proc.returncode, None, time.monotonic() - t0, "", lock=environment.pins
+        )
         return result
     finally:
         tunnel.terminate()
@@ -222,6 +263,38 @@ def test_boot_lab_hosts_boot_take_deliveries_and_federate_with_a_hospital():
             (workdir / "bootlab-timings.json").write_text(json.dumps(timer.phases, indent=1) + "\n")
         if not os.environ.get("NINA_BOOTLAB_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _monitoring_comes_up(lab: bootlab.Lab, declared: bootlab.Declared, mon: bootlab.Machine) -> None:
+    """The monitoring host after its deliveries: Prometheus and Alertmanager from the archive, on
+    loopback only, with nina's rules loaded, Alertmanager found, and every cloud host's node
+    exporter up (the on-premise one comes once the hospital has installed its kit)."""
+    for unit in (facts.PROMETHEUS_UNIT, facts.ALERTMANAGER_UNIT):
+        mon.wait_for(f"systemctl is-active --quiet {unit}", 120, f"{unit} active")
+    for port in (facts.PROMETHEUS_PORT, facts.ALERTMANAGER_PORT):
+        mon.wait_for(f"ss -Hltn 'sport = :{port}' | grep -q LISTEN", 60, f"port {port}")
+        assert bootlab.port_of(mon, port) == {facts.LOOPBACK}, (port, bootlab.port_of(mon, port))
+    # Its time series are on the host's volume, not its root disk.
+    assert mon.sh(f"findmnt -n -o SOURCE --target {facts.PROMETHEUS_TSDB}").stdout.strip().startswith(facts.VOLUME_BY_ID_PREFIX)
+    cloud = {f"http://{h.fixed_ip}:{facts.NODE_EXPORTER_PORT}/metrics" for h in declared.hosts.values()}
+    seen = wait_targets_up(mon, cloud, 180)
+    assert {job for job, *_ in seen} >= {"prometheus", "alertmanager", "node"}, seen
+    rules = prometheus_api(mon, "/api/v1/rules")["data"]["groups"]
+    names = {r["name"] for g in rules for r in g["rules"]}
+    assert {"TargetDown", "BackupFailed", "CertificateExpiringSoon"} <= names, sorted(names)
+    assert all(r.get("health") == "ok" for g in rules for r in g["rules"]), [
+        r for g in rules for r in g["rules"] if r.get("health") != "ok"
+    ]
+    managers = prometheus_api(mon, "/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in managers] == [f"http://{facts.LOOPBACK}:{facts.ALERTMANAGER_PORT}/api/v2/alerts"], managers
+    # The SuperLink's federation metrics (nina's textfile collector) reach Prometheus, one series per tenancy.
+    deadline = time.monotonic() + 120
+    while True:
+        q = prometheus_api(mon, "/api/v1/query?query=nina_federation_supernodes_registered")["data"]["result"]
+        if q or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert sorted(r["metric"].get("tenancy") for r in q) == sorted(declared.outputs["tenancies"]), q
 
 
 def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.DeclaredHost, workdir: Path, timer: Timer) -> None:
@@ -307,6 +380,8 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
     members = json.loads(sl.sh(f"{facts.MEMBERSHIP_BIN} list").stdout)
     nodes = registered_nodes(sl)
     assert nodes == sorted(m["node-id"] for m in members["members"]) and len(nodes) == 3, (nodes, members)
+    with timer.phase("monitoring: Prometheus scrapes every cloud host"):
+        _monitoring_comes_up(lab, declared, machines[MONITOR])
 
     before = delivered_state(lab, declared)
     with timer.phase("deliveries and registrations (second run)"):
@@ -345,6 +420,11 @@ def _scenario(lab: bootlab.Lab, declared: bootlab.Declared, broken: bootlab.Decl
         assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     hospital.wait_for(f"ip -4 -o addr show | grep -q ' {org['vpn_address']}/'", 120, f"the pinned VPN address {org['vpn_address']}")
     hospital.wait_for(f"systemctl is-active --quiet {facts.SUPERNODE_UNIT}", 60, "the hospital's supernode.service")
+    # The monitoring host scrapes the hospital's node exporter on its VPN address, through the router's
+    # route to the pool and the VPN server's tunnel (nothing else of the hospital is reachable).
+    with timer.phase("monitoring: the hospital's exporter through the tunnel"):
+        hospital_exporter = f"http://{org['vpn_address']}:{facts.NODE_EXPORTER_PORT}/metrics"
+        wait_targets_up(machines[MONITOR], {hospital_exporter}, 180)
     # The hospital's network reaches the VPN server's public address and nothing else of the cloud.
     blocked = hospital.sh(f"timeout 5 bash -c 'exec 3<>/dev/tcp/{vpn.floating_ip}/22'", check=False)
     assert blocked.returncode != 0, "the hospital reached SSH on the VPN server's public address"
