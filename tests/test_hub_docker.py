@@ -204,11 +204,52 @@ def test_images_are_pulled_and_a_failure_names_the_image(lab, tmp_path, monkeypa
 def test_a_bad_plan_file_is_refused_before_docker_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NINA_DOCKER", "/bin/false")
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps({"networks": [{"tenancy": "main", "network": "nina-main", "bridge": "x" * 16}], "images": []}))
+    path.write_text(json.dumps({"networks": [{"tenancy": "main", "network": "nina-main", "bridge": "x" * 16}], "images": [], "builds": []}))
     assert hub_docker.main(["networks", str(path)]) == 2
     assert "networks[0].bridge" in capsys.readouterr().err
     assert hub_docker.main(["networks", str(tmp_path / "missing.json")]) == 2
     assert hub_docker.main(["bogus"]) == 2
+
+
+HOSTILE_BUILDS = [
+    (None, "builds[0] must be"),  # keys missing
+    ({"tenancy": "gone"}, "builds[0].tenancy 'gone'"),
+    ({"base": "quay.io/jupyter/other-notebook"}, "builds[0].base"),
+    ({"image": "evil/main/scipy-notebook:0123456789ab"}, "builds[0].image"),
+    ({"image": "nina-notebook/beta/scipy-notebook:0123456789ab"}, "builds[0].image"),  # another tenancy's name
+    ({"image": "nina-notebook/main/scipy-notebook:latest"}, "builds[0].image"),
+    ({"context": "/etc/jupyterhub/builds/main/../../../root"}, "builds[0].context"),
+    ({"context": "/"}, "builds[0].context"),
+    ({"context": "/etc/jupyterhub/builds/main/other-notebook"}, "builds[0].context"),  # not its image's
+    ({"tenancy": 7}, "builds[0] must be"),
+]
+
+
+@pytest.mark.parametrize(("change", "said"), HOSTILE_BUILDS)
+def test_a_hostile_build_entry_is_refused_in_one_line_before_docker_runs(tmp_path, monkeypatch, capsys, change, said):
+    monkeypatch.setenv("NINA_DOCKER", "/bin/false")
+    good = {
+        "tenancy": "main",
+        "base": "quay.io/jupyter/scipy-notebook",
+        "image": "nina-notebook/main/scipy-notebook:0123456789ab",
+        "context": "/etc/jupyterhub/builds/main/scipy-notebook",
+    }
+    build = {"tenancy": "main"} if change is None else {**good, **change}
+    raw = json.loads(jupyterhub.docker_plan_json(["main", "beta"], [good["base"]]))
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**raw, "builds": [good]}))
+    assert hub_docker.load_plan(str(path))["builds"] == [good]
+    path.write_text(json.dumps({**raw, "builds": [build]}))
+    assert hub_docker.main(["images", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], err
+    path.write_text(json.dumps({**raw, "builds": [good, good]}))
+    assert hub_docker.main(["images", str(path)]) == 2
+    assert "two builds share an image" in capsys.readouterr().err
+    path.write_text(json.dumps(raw | {"builds": None}))
+    assert hub_docker.main(["images", str(path)]) == 2
+    path.write_text(json.dumps({k: v for k, v in raw.items() if k != "builds"}))
+    assert hub_docker.main(["images", str(path)]) == 2
 
 
 def test_a_docker_that_answers_garbage_ends_in_one_line(tmp_path, monkeypatch, capsys):
@@ -221,7 +262,9 @@ def test_a_docker_that_answers_garbage_ends_in_one_line(tmp_path, monkeypatch, c
     fake.chmod(0o755)
     monkeypatch.setenv("NINA_DOCKER", str(fake))
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps({"networks": [{"tenancy": "main", "network": "nina-main", "bridge": "nbr-0123456789"}], "images": []}))
+    path.write_text(
+        json.dumps({"networks": [{"tenancy": "main", "network": "nina-main", "bridge": "nbr-0123456789"}], "images": [], "builds": []})
+    )
     assert hub_docker.main(["networks", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "docker network inspect" in err[0] and "JSON" in err[0], err
