@@ -389,8 +389,11 @@ JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
 # configured image with the tenancy's training-environment lock installed (pip --require-hashes
 # --no-deps) in a venv that sees the image's own packages, its bin first on PATH and a kernel for
 # it. Built by the images step from a context the delivery writes, tagged
-# <JUPYTERHUB_BUILD_REPO>/<tenancy>-<image name>:<JUPYTERHUB_BUILD_TAG_CHARS hex of its content's
+# <JUPYTERHUB_BUILD_REPO>/<tenancy>/<image name>:<JUPYTERHUB_BUILD_TAG_CHARS hex of its content's
 # sha256> and labelled JUPYTERHUB_BUILD_LABEL=<tenancy> (only images so labelled are ever removed).
+# A path component of a docker image reference (distribution's grammar): nina.config's image
+# check and nina-jupyterhub-docker's check of the derived images' tags.
+DOCKER_PATH_COMPONENT_PATTERN = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 JUPYTERHUB_BUILDS = "/etc/jupyterhub/builds"  # one build context (Dockerfile, lock, kernel.json) per image
 JUPYTERHUB_BUILD_REPO = "nina-notebook"
 JUPYTERHUB_BUILD_TAG_CHARS = 12

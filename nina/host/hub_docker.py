@@ -56,11 +56,11 @@ BRIDGE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}\Z")
 IMAGE_RE = re.compile(r"^[a-z0-9][A-Za-z0-9._/:@-]{0,254}\Z")
 TENANCY_RE = re.compile(facts.SLUG_PATTERN)
 # A docker path component (the derived images' tenancy and image-name parts, nina.config's labels).
-_COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+_COMPONENT = facts.DOCKER_PATH_COMPONENT_PATTERN
 BUILD_IMAGE_RE = re.compile(
     rf"^{re.escape(facts.JUPYTERHUB_BUILD_REPO)}/({_COMPONENT})/({_COMPONENT}):[0-9a-f]{{{facts.JUPYTERHUB_BUILD_TAG_CHARS}}}\Z"
 )
-BUILD_CONTEXT_RE = re.compile(rf"^{re.escape(facts.JUPYTERHUB_BUILDS)}/({_COMPONENT})/({_COMPONENT})\Z")
+BUILDS_ROOT = facts.JUPYTERHUB_BUILDS  # where every build context must be (the tests' is elsewhere)
 BUILD_KEYS = {"tenancy", "base", "image", "context"}
 
 
@@ -127,11 +127,12 @@ def check_builds(path: str, builds: list[Any], tenancies: set[str], images: list
             raise Failure(f"{path}: builds[{i}].tenancy {b['tenancy']!r} is not a tenancy of the plan's networks", 2)
         if b["base"] not in images:
             raise Failure(f"{path}: builds[{i}].base {b['base']!r} is not one of the plan's images", 2)
-        image, context = BUILD_IMAGE_RE.match(b["image"]), BUILD_CONTEXT_RE.match(b["context"])
+        image = BUILD_IMAGE_RE.match(b["image"])
+        context = re.match(rf"^{re.escape(BUILDS_ROOT)}/({_COMPONENT})/({_COMPONENT})\Z", b["context"])
         if image is None or image.group(1) != b["tenancy"]:
             raise Failure(f"{path}: builds[{i}].image {b['image']!r} is not {facts.JUPYTERHUB_BUILD_REPO}/<tenancy>/<name>:<hex>", 2)
         if context is None or context.groups() != image.groups():
-            raise Failure(f"{path}: builds[{i}].context {b['context']!r} is not {facts.JUPYTERHUB_BUILDS}/<tenancy>/<name> of its image", 2)
+            raise Failure(f"{path}: builds[{i}].context {b['context']!r} is not {BUILDS_ROOT}/<tenancy>/<name> of its image", 2)
     for key in ("image", "context"):
         values = [b[key] for b in builds]
         if len(set(values)) != len(values):
@@ -253,12 +254,20 @@ def images(plan: dict[str, Any]) -> list[str]:
     return problems + remove_stale_builds({b["image"] for b in plan["builds"]})
 
 
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # docker's legacy builder colours a step's stderr
+
+
 def build_failure(proc: subprocess.CompletedProcess[str]) -> str:
-    """docker's last words, and before them pip's (or nina's own) error line if the build printed one."""
-    lines = [line.strip() for line in f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines() if line.strip()]
-    said = [line for line in lines if line.startswith(("ERROR:", "nina:"))]
+    """docker's last words, and before them pip's (or nina's own) error line and the line after it
+    (pip names the package there) if the build printed one."""
+    text = ANSI_RE.sub("", f"{proc.stdout or ''}\n{proc.stderr or ''}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [i for i, line in enumerate(lines) if line.startswith(("ERROR:", "nina:"))]
     last = last_words(proc)
-    return f"{said[-1]} | {last}" if said and said[-1] != last else last
+    if not said:
+        return last
+    error = " ".join(lines[said[-1] : said[-1] + 2])
+    return f"{error} | {last}"
 
 
 def build(b: dict[str, str]) -> str | None:
