@@ -394,7 +394,7 @@ JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
 # A path component of a docker image reference (distribution's grammar): nina.config's image
 # check and nina-jupyterhub-docker's check of the derived images' tags.
 DOCKER_PATH_COMPONENT_PATTERN = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-JUPYTERHUB_BUILDS = "/etc/jupyterhub/builds"  # one build context (Dockerfile, lock, kernel.json) per image
+JUPYTERHUB_BUILDS = "/etc/jupyterhub/builds"  # per tenancy a build context: Dockerfile.<image name> each, lock, kernel.json
 JUPYTERHUB_BUILD_REPO = "nina-notebook"
 JUPYTERHUB_BUILD_TAG_CHARS = 12
 JUPYTERHUB_BUILD_LABEL = "org.nina-fl.notebook-tenancy"

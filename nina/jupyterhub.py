@@ -186,10 +186,11 @@ def _image_name(image: str) -> str:
 
 @dataclass(frozen=True)
 class NotebookBuild:
-    """The derived notebook image of one (tenancy, configured image): its build context's files
-    (file name -> text: the Dockerfile, the tenancy's lock, the kernelspec) and a tag derived from
-    the base reference and those files, so the same config gives the same tag and any change of
-    the lock (or of the recipe) a new one."""
+    """The derived notebook image of one (tenancy, configured image): the files it is built from
+    (file name -> text: its Dockerfile `Dockerfile.<image name>`, the tenancy's lock, the
+    kernelspec; the tenancy's images share one context directory, so the lock is delivered once
+    per tenancy) and a tag derived from the base reference and those files, so the same config
+    gives the same tag and any change of the lock (or of the recipe) a new one."""
 
     tenancy: str
     base: str  # the configured image (nina:researcher_access.notebook_images)
@@ -201,8 +202,12 @@ class NotebookBuild:
 
     @property
     def context(self) -> str:
-        """Where the delivery writes the build context on the hub host."""
-        return posixpath.join(facts.JUPYTERHUB_BUILDS, self.tenancy, self.label)
+        """Where the delivery writes the tenancy's build context on the hub host."""
+        return posixpath.join(facts.JUPYTERHUB_BUILDS, self.tenancy)
+
+    @property
+    def dockerfile(self) -> str:
+        return dockerfile_name(self.label)
 
     @property
     def image(self) -> str:
@@ -238,12 +243,16 @@ def notebook_dockerfile(tenancy: TenancyAccess, base: str) -> str:
     )
 
 
+def dockerfile_name(label: str) -> str:
+    return f"{facts.JUPYTERHUB_BUILD_FILES['dockerfile']}.{label}"
+
+
 def notebook_build(tenancy: TenancyAccess, base: str) -> NotebookBuild:
     if not tenancy.lock:
         raise ValueError(f"tenancy {tenancy.name!r} has no training environment lock: its notebook images cannot install it")
     names = facts.JUPYTERHUB_BUILD_FILES
     files = {
-        names["dockerfile"]: notebook_dockerfile(tenancy, base),
+        dockerfile_name(_image_name(base)): notebook_dockerfile(tenancy, base),
         names["lock"]: tenancy.lock,
         names["kernel"]: json.dumps(kernelspec(tenancy), indent=2, sort_keys=True) + "\n",
     }
@@ -424,11 +433,14 @@ def certificate(plan: Plan) -> Certificate:
 
 def docker_plan(tenancies: list[str], images: list[str], builds: Sequence[NotebookBuild] = ()) -> dict[str, Any]:
     """What nina.host.hub_docker makes: each tenancy's network (name and Linux bridge), the
-    images it pulls, and the derived notebook images it builds (tag, base, context directory)."""
+    images it pulls, and the derived notebook images it builds (tag, base, context directory and
+    Dockerfile in it)."""
     return {
         "networks": [{"tenancy": t, "network": tenancy_network(t), "bridge": tenancy_bridge(t)} for t in tenancies],
         "images": list(images),
-        "builds": [{"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context} for b in builds],
+        "builds": [
+            {"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context, "dockerfile": b.dockerfile} for b in builds
+        ],
     }
 
 
@@ -438,8 +450,15 @@ def docker_plan_json(tenancies: list[str], images: list[str], builds: Sequence[N
 
 
 def build_files(builds: Sequence[NotebookBuild]) -> list[render.DeliveredFile]:
-    """Every build context's files, root's and world-readable (the lock is no secret)."""
-    return [render.DeliveredFile(posixpath.join(b.context, name), text, 0o644) for b in builds for name, text in b.files]
+    """Every build context's files, once each (a tenancy's images share its lock and kernelspec),
+    sorted, root's and world-readable (the lock is no secret)."""
+    files: dict[str, str] = {}
+    for b in builds:
+        for name, text in b.files:
+            path = posixpath.join(b.context, name)
+            if files.setdefault(path, text) != text:
+                raise ValueError(f"two notebook builds need different {path}")
+    return [render.DeliveredFile(path, text, 0o644) for path, text in sorted(files.items())]
 
 
 def service_unit() -> str:

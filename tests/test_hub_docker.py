@@ -231,7 +231,9 @@ HOSTILE_BUILDS = [
     ({"image": "nina-notebook/main/scipy-notebook:latest"}, "builds[0].image"),
     ({"context": "/etc/jupyterhub/builds/main/../../../root"}, "builds[0].context"),
     ({"context": "/"}, "builds[0].context"),
-    ({"context": "/etc/jupyterhub/builds/main/other-notebook"}, "builds[0].context"),  # not its image's
+    ({"context": "/etc/jupyterhub/builds/beta"}, "builds[0].context"),  # another tenancy's
+    ({"dockerfile": "../../../../root/Dockerfile"}, "builds[0].dockerfile"),
+    ({"dockerfile": "Dockerfile.other-notebook"}, "builds[0].dockerfile"),  # not its image's
     ({"tenancy": 7}, "builds[0] must be"),
 ]
 
@@ -243,7 +245,8 @@ def test_a_hostile_build_entry_is_refused_in_one_line_before_docker_runs(tmp_pat
         "tenancy": "main",
         "base": "quay.io/jupyter/scipy-notebook",
         "image": "nina-notebook/main/scipy-notebook:0123456789ab",
-        "context": "/etc/jupyterhub/builds/main/scipy-notebook",
+        "context": "/etc/jupyterhub/builds/main",
+        "dockerfile": "Dockerfile.scipy-notebook",
     }
     build = {"tenancy": "main"} if change is None else {**good, **change}
     raw = json.loads(jupyterhub.docker_plan_json(["main", "beta"], [good["base"]]))
@@ -257,6 +260,9 @@ def test_a_hostile_build_entry_is_refused_in_one_line_before_docker_runs(tmp_pat
     path.write_text(json.dumps({**raw, "builds": [good, good]}))
     assert hub_docker.main(["images", str(path)]) == 2
     assert "two builds share an image" in capsys.readouterr().err
+    path.write_text(json.dumps({**raw, "builds": [good, {**good, "image": good["image"].replace("0123", "3210")}]}))
+    assert hub_docker.main(["images", str(path)]) == 2
+    assert "two builds share a Dockerfile" in capsys.readouterr().err
     path.write_text(json.dumps(raw | {"builds": None}))
     assert hub_docker.main(["images", str(path)]) == 2
     path.write_text(json.dumps({k: v for k, v in raw.items() if k != "builds"}))
@@ -392,7 +398,7 @@ def build_plan(tmp_path: Path, base: str, lock: str) -> tuple[str, jupyterhub.No
     """A plan with the derived image of tenancy main, its context written under tmp_path."""
     tenancy = jupyterhub.TenancyAccess("main", "10.0.0.10:9093", "toy", lock)
     build = jupyterhub.notebook_build(tenancy, base)
-    context = tmp_path / "builds" / build.tenancy / build.label
+    context = tmp_path / "builds" / build.tenancy
     context.mkdir(parents=True, exist_ok=True)
     for name, text in build.files:
         (context / name).write_text(text)

@@ -615,8 +615,9 @@ def test_each_tenancy_gets_a_derived_notebook_image_of_each_configured_one(plan,
     for b in builds:
         tenancy = next(t for t in plan.tenancies if t.name == b.tenancy)
         files = dict(b.files)
-        assert set(files) == set(facts.JUPYTERHUB_BUILD_FILES.values())
-        dockerfile = files[facts.JUPYTERHUB_BUILD_FILES["dockerfile"]]
+        assert set(files) == {f"Dockerfile.{b.label}", facts.JUPYTERHUB_BUILD_FILES["lock"], facts.JUPYTERHUB_BUILD_FILES["kernel"]}
+        assert b.dockerfile == f"Dockerfile.{b.label}"
+        dockerfile = files[b.dockerfile]
         assert re.search(rf"^FROM {re.escape(b.base)}\n", dockerfile, re.M)
         # The tenancy's committed lock, whole, installed as the hosts install it, into a venv that
         # sees the image's own packages; its bin first on PATH; back to the notebook user.
@@ -628,7 +629,7 @@ def test_each_tenancy_gets_a_derived_notebook_image_of_each_configured_one(plan,
         kernel = json.loads(files[facts.JUPYTERHUB_BUILD_FILES["kernel"]])
         assert kernel["argv"][:3] == [f"{facts.NOTEBOOK_ENV}/bin/python", "-m", "ipykernel_launcher"] and kernel["language"] == "python"
         assert b.image == f"{facts.JUPYTERHUB_BUILD_REPO}/{b.tenancy}/{b.label}:{b.image.rsplit(':', 1)[1]}"
-        assert b.context == f"{facts.JUPYTERHUB_BUILDS}/{b.tenancy}/{b.label}"
+        assert b.context == f"{facts.JUPYTERHUB_BUILDS}/{b.tenancy}"
     assert len({b.image for b in builds}) == len(builds)
     # Deterministic: the same config gives the same tags, files and plan.
     assert jupyterhub.notebook_builds(jupyterhub.inputs(plan)) == builds
@@ -639,9 +640,15 @@ def test_each_tenancy_gets_a_derived_notebook_image_of_each_configured_one(plan,
         for name, text in b.files:
             entry = delivered[f"{b.context}/{name}"]
             assert (entry["content"], entry["mode"], entry["owner"]) == (text, 0o644, "root")
+    # Each tenancy's lock is delivered once, beside its images' Dockerfiles.
+    for t in plan.tenancies:
+        under = sorted(p for p in delivered if p.startswith(f"{facts.JUPYTERHUB_BUILDS}/{t.name}/"))
+        assert [p.rsplit("/", 1)[1] for p in under] == sorted(
+            ["environment.lock", "kernel.json", *(f"Dockerfile.{jupyterhub.config.image_name(i)}" for i in facts.JUPYTERHUB_IMAGES)]
+        )
     plan_text = delivered[facts.JUPYTERHUB_DOCKER_PLAN]["content"]
     assert json.loads(plan_text)["builds"] == [
-        {"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context} for b in builds
+        {"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context, "dockerfile": b.dockerfile} for b in builds
     ]
     from nina.host import hub_docker
 

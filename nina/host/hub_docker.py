@@ -6,7 +6,7 @@
 
 The plan file (facts.JUPYTERHUB_DOCKER_PLAN, written by nina.jupyterhub.jupyterhub_delivery) is
 {"networks": [{"tenancy", "network", "bridge"}, ...], "images": [image, ...],
- "builds": [{"tenancy", "base", "image", "context"}, ...]}.
+ "builds": [{"tenancy", "base", "image", "context", "dockerfile"}, ...]}.
 
 networks: each tenancy's network is a bridge network named `network` whose Linux bridge is named
 `bridge` (com.docker.network.bridge.name: the name the hub host's firewall matches, exactly as
@@ -18,9 +18,9 @@ uses it. A network still used is never touched: the run says which containers ho
 (exit 1) after doing everything else; stop those notebooks (the hub's admin page) and deliver again.
 Networks without nina's label are never removed.
 
-images: `docker pull` of each image, in order; then each build: `docker build` of its context
-(the delivery writes it under facts.JUPYTERHUB_BUILDS: Dockerfile, the tenancy's lock, a
-kernelspec) in the host's network (pip reaches PyPI as the host does), tagged `image` and labelled
+images: `docker pull` of each image, in order; then each build: `docker build -f <dockerfile>` of
+its tenancy's context (the delivery writes it under facts.JUPYTERHUB_BUILDS/<tenancy>: a
+Dockerfile per image, the tenancy's lock, a kernelspec) in the host's network (pip reaches PyPI as the host does), tagged `image` and labelled
 facts.JUPYTERHUB_BUILD_LABEL=<tenancy>, unless an image of that tag exists ("unchanged": the tag
 is derived from the base reference and the context's content). Then every image with nina's
 build label whose tag is not in the plan (an older lock, a tenancy or base gone) is removed unless
@@ -61,7 +61,7 @@ BUILD_IMAGE_RE = re.compile(
     rf"^{re.escape(facts.JUPYTERHUB_BUILD_REPO)}/({_COMPONENT})/({_COMPONENT}):[0-9a-f]{{{facts.JUPYTERHUB_BUILD_TAG_CHARS}}}\Z"
 )
 BUILDS_ROOT = facts.JUPYTERHUB_BUILDS  # where every build context must be (the tests' is elsewhere)
-BUILD_KEYS = {"tenancy", "base", "image", "context"}
+BUILD_KEYS = {"tenancy", "base", "image", "context", "dockerfile"}
 
 
 def docker_command() -> list[str]:
@@ -122,21 +122,25 @@ def check_builds(path: str, builds: list[Any], tenancies: set[str], images: list
     directory of nina's own forms, both naming that tenancy; no tag or context twice."""
     for i, b in enumerate(builds):
         if not isinstance(b, dict) or set(b) != BUILD_KEYS or not all(isinstance(v, str) for v in b.values()):
-            raise Failure(f"{path}: builds[{i}] must be {{tenancy, base, image, context}} (strings)", 2)
+            raise Failure(f"{path}: builds[{i}] must be {{tenancy, base, image, context, dockerfile}} (strings)", 2)
         if b["tenancy"] not in tenancies:
             raise Failure(f"{path}: builds[{i}].tenancy {b['tenancy']!r} is not a tenancy of the plan's networks", 2)
         if b["base"] not in images:
             raise Failure(f"{path}: builds[{i}].base {b['base']!r} is not one of the plan's images", 2)
         image = BUILD_IMAGE_RE.match(b["image"])
-        context = re.match(rf"^{re.escape(BUILDS_ROOT)}/({_COMPONENT})/({_COMPONENT})\Z", b["context"])
+        context = re.match(rf"^{re.escape(BUILDS_ROOT)}/({_COMPONENT})\Z", b["context"])
         if image is None or image.group(1) != b["tenancy"]:
             raise Failure(f"{path}: builds[{i}].image {b['image']!r} is not {facts.JUPYTERHUB_BUILD_REPO}/<tenancy>/<name>:<hex>", 2)
-        if context is None or context.groups() != image.groups():
-            raise Failure(f"{path}: builds[{i}].context {b['context']!r} is not {BUILDS_ROOT}/<tenancy>/<name> of its image", 2)
-    for key in ("image", "context"):
-        values = [b[key] for b in builds]
-        if len(set(values)) != len(values):
-            raise Failure(f"{path}: two builds share an {key}" if key == "image" else f"{path}: two builds share a {key}", 2)
+        if context is None or context.group(1) != b["tenancy"]:
+            raise Failure(f"{path}: builds[{i}].context {b['context']!r} is not {BUILDS_ROOT}/<its tenancy>", 2)
+        if b["dockerfile"] != f"{facts.JUPYTERHUB_BUILD_FILES['dockerfile']}.{image.group(2)}":
+            raise Failure(f"{path}: builds[{i}].dockerfile {b['dockerfile']!r} is not the Dockerfile of its image's name", 2)
+    images_built = [b["image"] for b in builds]
+    if len(set(images_built)) != len(images_built):
+        raise Failure(f"{path}: two builds share an image", 2)
+    dockerfiles = [(b["context"], b["dockerfile"]) for b in builds]
+    if len(set(dockerfiles)) != len(dockerfiles):
+        raise Failure(f"{path}: two builds share a Dockerfile", 2)
 
 
 def inspect_networks(names: list[str]) -> list[dict[str, Any]]:
@@ -286,6 +290,8 @@ def build(b: dict[str, str]) -> str | None:
         f"{facts.JUPYTERHUB_BUILD_BASE_LABEL}={b['base']}",
         "--tag",
         b["image"],
+        "--file",
+        os.path.join(b["context"], b["dockerfile"]),
         b["context"],
     )
     if proc.returncode != 0:
