@@ -118,7 +118,7 @@ def _dns_domain(value: str) -> str:
 
 # A docker image reference (distribution's grammar, lower-case registry): [registry[:port]/]path[:tag][@sha256:...].
 # It reaches `docker pull` (nina-jupyterhub-docker, which refuses anything else) and DockerSpawner.
-_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_PATH = facts.DOCKER_PATH_COMPONENT_PATTERN
 _IMAGE_DOMAIN = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])(?:\.(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9]))*(?::[0-9]{1,5})?"
 IMAGE_RE = re.compile(
     rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?\Z"

@@ -386,6 +386,27 @@ JUPYTERHUB_IMAGES_UNIT = "nina-jupyterhub-images.service"
 # The label that marks a network as a nina tenancy network (value: the tenancy): only those are
 # ever removed, and only when no container uses them.
 JUPYTERHUB_NETWORK_LABEL = "org.nina-fl.tenancy"
+# Each (tenancy, notebook image) gets a derived image (nina.jupyterhub.notebook_builds): the
+# configured image with the tenancy's training-environment lock installed (pip --require-hashes
+# --no-deps) in a venv that sees the image's own packages, its bin first on PATH and a kernel for
+# it. Built by the images step from a context the delivery writes, tagged
+# <JUPYTERHUB_BUILD_REPO>/<tenancy>/<image name>:<JUPYTERHUB_BUILD_TAG_CHARS hex of its content's
+# sha256> and labelled JUPYTERHUB_BUILD_LABEL=<tenancy> (only images so labelled are ever removed).
+# A path component of a docker image reference (distribution's grammar): nina.config's image
+# check and nina-jupyterhub-docker's check of the derived images' tags.
+DOCKER_PATH_COMPONENT_PATTERN = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+JUPYTERHUB_BUILDS = "/etc/jupyterhub/builds"  # per tenancy a build context: Dockerfile.<image name> each, lock, kernel.json
+JUPYTERHUB_BUILD_REPO = "nina-notebook"
+JUPYTERHUB_BUILD_TAG_CHARS = 12
+JUPYTERHUB_BUILD_LABEL = "org.nina-fl.notebook-tenancy"
+JUPYTERHUB_BUILD_BASE_LABEL = "org.nina-fl.notebook-base"
+JUPYTERHUB_BUILD_FILES = {"dockerfile": "Dockerfile", "lock": "environment.lock", "kernel": "kernel.json"}
+NOTEBOOK_ENV = "/opt/nina/env"  # in the derived image: the venv holding the tenancy's lock
+NOTEBOOK_ENV_LOCK = "/opt/nina/environment.lock"
+NOTEBOOK_KERNELS_DIR = "/usr/local/share/jupyter/kernels"  # a system kernelspec directory of Jupyter's
+NOTEBOOK_KERNEL_NAME = "nina"
+# The docker-stacks images' notebook user: their Dockerfiles define ENV NB_UID and end with USER ${NB_UID}.
+NOTEBOOK_UID_VARIABLE = "NB_UID"
 DOCKER_GROUP = "docker"
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 # Where docker takes its networks' subnets on the JupyterHub host (docker0 and one per tenancy):

@@ -21,7 +21,11 @@ payload: those files with their owners, the hub's TLS key pair (`certificate(pla
 local CA signs for it), `jupyterhub.service`, the host's notebook firewall
 (`nina.notebook_firewall.firewall_files`), and two oneshot steps every delivery runs
 (`nina-install-files` "run"): the tenancies' docker networks and the notebook images' pre-pull
-(`nina.host.hub_docker`, from `docker_plan_json`). Only a change of the hub's own files restarts
+(`nina.host.hub_docker`, from `docker_plan_json`) followed by the builds of the derived notebook
+images (`notebook_builds`: per tenancy and configured image, the image with the tenancy's
+training-environment lock in a venv; their contexts under facts.JUPYTERHUB_BUILDS). The settings
+map each image label to the tenancy's derived image, which the pre-spawn hook makes the spawner
+run. Only a change of the hub's own files restarts
 the hub (`restart_when`); only a change of the firewall's restarts the firewall.
 
 Pure: never imports pulumi; deterministic output.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +82,8 @@ def realm_path(realm: str = facts.KEYCLOAK_REALM) -> str:
 class TenancyAccess:
     name: str
     control_address: str  # the SuperLink's Control API, ip:port
+    environment: str = ""  # its training environment's name
+    lock: str = ""  # ... and that environment's committed lock, which its notebook images install
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def inputs(plan: Plan) -> HubInputs:
         keycloak_internal_url=f"https://{keycloak_host(plan).fixed_ip}:{facts.KEYCLOAK_PORT}",
         bind_url=f"https://{hub.fixed_ip}:{facts.JUPYTERHUB_PORT}",
         hub_bind_url=f"http://{hub.fixed_ip}:{facts.JUPYTERHUB_HUB_PORT}",
-        tenancies=tuple(TenancyAccess(t.name, t.control_address) for t in plan.tenancies),
+        tenancies=tuple(TenancyAccess(t.name, t.control_address, t.environment.name, t.environment_lock) for t in plan.tenancies),
         images=tuple(access.notebook_images),
         realm=plan.cfg.keycloak.realm,
         ssl_cert=facts.JUPYTERHUB_SSL_CERT,
@@ -177,10 +184,96 @@ def _image_name(image: str) -> str:
     return config.image_name(image)
 
 
+@dataclass(frozen=True)
+class NotebookBuild:
+    """The derived notebook image of one (tenancy, configured image): the files it is built from
+    (file name -> text: its Dockerfile `Dockerfile.<image name>`, the tenancy's lock, the
+    kernelspec; the tenancy's images share one context directory, so the lock is delivered once
+    per tenancy) and a tag derived from the base reference and those files, so the same config
+    gives the same tag and any change of the lock (or of the recipe) a new one."""
+
+    tenancy: str
+    base: str  # the configured image (nina:researcher_access.notebook_images)
+    files: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return _image_name(self.base)
+
+    @property
+    def context(self) -> str:
+        """Where the delivery writes the tenancy's build context on the hub host."""
+        return posixpath.join(facts.JUPYTERHUB_BUILDS, self.tenancy)
+
+    @property
+    def dockerfile(self) -> str:
+        return dockerfile_name(self.label)
+
+    @property
+    def image(self) -> str:
+        digest = hashlib.sha256(self.base.encode("utf-8"))
+        for name, text in self.files:
+            digest.update(f"\0{name}\0{len(text.encode('utf-8'))}\0".encode())
+            digest.update(text.encode("utf-8"))
+        return f"{facts.JUPYTERHUB_BUILD_REPO}/{self.tenancy}/{self.label}:{digest.hexdigest()[: facts.JUPYTERHUB_BUILD_TAG_CHARS]}"
+
+
+def kernelspec(tenancy: TenancyAccess) -> dict[str, Any]:
+    """The Jupyter kernelspec of the derived image's venv (ipykernel is the base image's, seen
+    through --system-site-packages)."""
+    return {
+        "argv": [f"{facts.NOTEBOOK_ENV}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python 3 (nina: {tenancy.name}, environment {tenancy.environment or 'default'})",
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+
+
+def notebook_dockerfile(tenancy: TenancyAccess, base: str) -> str:
+    return (
+        _env()
+        .get_template("Dockerfile.notebook.j2")
+        .render(
+            tenancy=tenancy.name,
+            environment=tenancy.environment or "default",
+            base=base,
+            kernel_dir=posixpath.join(facts.NOTEBOOK_KERNELS_DIR, facts.NOTEBOOK_KERNEL_NAME),
+            uid_ref="${" + facts.NOTEBOOK_UID_VARIABLE + "}",
+        )
+    )
+
+
+def dockerfile_name(label: str) -> str:
+    return f"{facts.JUPYTERHUB_BUILD_FILES['dockerfile']}.{label}"
+
+
+def notebook_build(tenancy: TenancyAccess, base: str) -> NotebookBuild:
+    if not tenancy.lock:
+        raise ValueError(f"tenancy {tenancy.name!r} has no training environment lock: its notebook images cannot install it")
+    names = facts.JUPYTERHUB_BUILD_FILES
+    files = {
+        dockerfile_name(_image_name(base)): notebook_dockerfile(tenancy, base),
+        names["lock"]: tenancy.lock,
+        names["kernel"]: json.dumps(kernelspec(tenancy), indent=2, sort_keys=True) + "\n",
+    }
+    return NotebookBuild(tenancy.name, base, tuple(sorted(files.items())))
+
+
+def notebook_builds(hub: HubInputs) -> list[NotebookBuild]:
+    """One derived image per (tenancy, configured image), in the plan's tenancy order and the
+    images' configured order."""
+    return [notebook_build(t, image) for t in hub.tenancies for image in hub.images]
+
+
 def _tenancy_settings(hub: HubInputs, tenancy: TenancyAccess) -> dict[str, Any]:
     directory = hub.tenancy_dir(tenancy.name)
+    builds = [notebook_build(tenancy, image) for image in hub.images]
     return {
         "name": tenancy.name,
+        # What the pre-spawn hook makes the spawner run: the image label the researcher picks
+        # (allowed_images' keys) -> this tenancy's derived image; and the default's.
+        "images": {b.label: b.image for b in builds},
+        "image": builds[0].image,
         "group": tenancy_group(tenancy.name),
         "network": tenancy_network(tenancy.name),
         "bridge": tenancy_bridge(tenancy.name),  # what the pre-spawn hook checks docker has (nina.notebook_firewall)
@@ -338,17 +431,34 @@ def certificate(plan: Plan) -> Certificate:
     return host_certificate("jupyterhub", plan.cfg, jupyterhub_host(plan), loopback=False)
 
 
-def docker_plan(tenancies: list[str], images: list[str]) -> dict[str, Any]:
-    """What nina.host.hub_docker makes: each tenancy's network (name and Linux bridge) and the images."""
+def docker_plan(tenancies: list[str], images: list[str], builds: Sequence[NotebookBuild] = ()) -> dict[str, Any]:
+    """What nina.host.hub_docker makes: each tenancy's network (name and Linux bridge), the
+    images it pulls, and the derived notebook images it builds (tag, base, context directory and
+    Dockerfile in it)."""
     return {
         "networks": [{"tenancy": t, "network": tenancy_network(t), "bridge": tenancy_bridge(t)} for t in tenancies],
         "images": list(images),
+        "builds": [
+            {"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context, "dockerfile": b.dockerfile} for b in builds
+        ],
     }
 
 
-def docker_plan_json(tenancies: list[str], images: list[str]) -> str:
+def docker_plan_json(tenancies: list[str], images: list[str], builds: Sequence[NotebookBuild] = ()) -> str:
     """facts.JUPYTERHUB_DOCKER_PLAN's content."""
-    return json.dumps(docker_plan(tenancies, images), indent=2, sort_keys=True) + "\n"
+    return json.dumps(docker_plan(tenancies, images, builds), indent=2, sort_keys=True) + "\n"
+
+
+def build_files(builds: Sequence[NotebookBuild]) -> list[render.DeliveredFile]:
+    """Every build context's files, once each (a tenancy's images share its lock and kernelspec),
+    sorted, root's and world-readable (the lock is no secret)."""
+    files: dict[str, str] = {}
+    for b in builds:
+        for name, text in b.files:
+            path = posixpath.join(b.context, name)
+            if files.setdefault(path, text) != text:
+                raise ValueError(f"two notebook builds need different {path}")
+    return [render.DeliveredFile(path, text, 0o644) for path, text in sorted(files.items())]
 
 
 def service_unit() -> str:
@@ -366,7 +476,7 @@ def service_unit() -> str:
 
 _STEPS = {
     facts.JUPYTERHUB_NETWORKS_UNIT: ("networks", "each tenancy's docker network (bridge named for the firewall)", "5min"),
-    facts.JUPYTERHUB_IMAGES_UNIT: ("images", "pull the notebook images (manual 4.1.2.14)", "2h"),
+    facts.JUPYTERHUB_IMAGES_UNIT: ("images", "pull the notebook images (manual 4.1.2.14), build each tenancy's from them", "2h"),
 }
 
 
@@ -393,6 +503,7 @@ def jupyterhub_delivery(plan: Plan, client_secret: str, ca_cert_pem: str, cert_p
     from nina import notebook_firewall  # it imports this module
 
     hub = inputs(plan)
+    builds = notebook_builds(hub)
     ca = render.checked_text(ca_cert_pem, "CA certificate", "BEGIN CERTIFICATE")
     config = [render.DeliveredFile(path, text, *_owned(path)) for path, text in files(hub, client_secret, ca).items()]
     units = facts.SYSTEMD_SYSTEM_DIR
@@ -408,7 +519,10 @@ def jupyterhub_delivery(plan: Plan, client_secret: str, ca_cert_pem: str, cert_p
     out = [
         *own,
         *(f for f in config if f not in own),
-        render.DeliveredFile(facts.JUPYTERHUB_DOCKER_PLAN, docker_plan_json([t.name for t in hub.tenancies], list(hub.images)), 0o644),
+        render.DeliveredFile(
+            facts.JUPYTERHUB_DOCKER_PLAN, docker_plan_json([t.name for t in hub.tenancies], list(hub.images), builds), 0o644
+        ),
+        *build_files(builds),
         render.DeliveredFile(facts.JUPYTERHUB_DOCKER_BIN, render.launcher("hub_docker"), 0o755),
         *(render.DeliveredFile(f"{units}/{unit}", step_unit(unit), 0o644) for unit in services.jupyterhub.STEPS),
         *firewall,

@@ -4,7 +4,8 @@ The rendered `jupyterhub_config.py` is a fixed template that calls `configure(c,
 the settings file (written by `nina.jupyterhub`) is plain data, and this module is the only
 logic: it sets the traits the settings name, and installs the spawner's `pre_spawn_hook`,
 which gives each researcher's notebook the federation of their tenancy (its docker network,
-the CA certificate and a flwr config.toml naming the tenancy's SuperLink, mounted read-only).
+the CA certificate and a flwr config.toml naming the tenancy's SuperLink, mounted read-only) and
+its notebook images (the configured ones with the tenancy's training environment installed).
 
 Standalone: standard library only (the hub's venv imports it by file, without nina).
 """
@@ -70,6 +71,14 @@ def make_pre_spawn_hook(tenancies: Sequence[Mapping[str, Any]]) -> Any:
         if not spawner.has_trait("network_name"):
             return None
         spawner.network_name = tenancy["network"]
+        # The tenancy's derived images (its training environment installed), by the labels the
+        # researcher picks from. DockerSpawner.start resolves user_options' image through
+        # allowed_images *after* this hook (and sets self.image from it), so the override is the
+        # mapping itself, not only self.image.
+        images = tenancy.get("images")
+        if images:
+            spawner.allowed_images = dict(images)
+            spawner.image = tenancy["image"]
         spawner.volumes = {**spawner.volumes, **tenancy["volumes"]}
         docker = getattr(spawner, "docker", None)
         if docker is None:

@@ -603,3 +603,130 @@ def test_a_notebook_never_starts_on_a_network_the_firewall_does_not_filter(plan)
     for wrong in (None, "br-0123456789ab", jupyterhub.tenancy_bridge("main")):
         with pytest.raises(PermissionError, match="bridge"):
             asyncio.run(spawn(Spawner(wrong)))
+
+
+# --- the tenancies' notebook images (their training environment installed) -------------------------
+
+
+def test_each_tenancy_gets_a_derived_notebook_image_of_each_configured_one(plan, pki, tmp_path):
+    hub = jupyterhub.inputs(plan)
+    builds = jupyterhub.notebook_builds(hub)
+    assert [(b.tenancy, b.base) for b in builds] == [(t, i) for t in ("main", "beta") for i in facts.JUPYTERHUB_IMAGES]
+    for b in builds:
+        tenancy = next(t for t in plan.tenancies if t.name == b.tenancy)
+        files = dict(b.files)
+        assert set(files) == {f"Dockerfile.{b.label}", facts.JUPYTERHUB_BUILD_FILES["lock"], facts.JUPYTERHUB_BUILD_FILES["kernel"]}
+        assert b.dockerfile == f"Dockerfile.{b.label}"
+        dockerfile = files[b.dockerfile]
+        assert re.search(rf"^FROM {re.escape(b.base)}\n", dockerfile, re.M)
+        # The tenancy's committed lock, whole, installed as the hosts install it, into a venv that
+        # sees the image's own packages; its bin first on PATH; back to the notebook user.
+        assert files[facts.JUPYTERHUB_BUILD_FILES["lock"]] == tenancy.environment_lock
+        assert f"python3 -m venv --system-site-packages {facts.NOTEBOOK_ENV}" in dockerfile
+        assert "--require-hashes --no-deps -r " + facts.NOTEBOOK_ENV_LOCK in dockerfile
+        assert f"\nENV PATH={facts.NOTEBOOK_ENV}/bin:${{PATH}}\n" in dockerfile
+        assert dockerfile.rstrip().splitlines()[-1] == "USER ${NB_UID}"
+        kernel = json.loads(files[facts.JUPYTERHUB_BUILD_FILES["kernel"]])
+        assert kernel["argv"][:3] == [f"{facts.NOTEBOOK_ENV}/bin/python", "-m", "ipykernel_launcher"] and kernel["language"] == "python"
+        assert b.image == f"{facts.JUPYTERHUB_BUILD_REPO}/{b.tenancy}/{b.label}:{b.image.rsplit(':', 1)[1]}"
+        assert b.context == f"{facts.JUPYTERHUB_BUILDS}/{b.tenancy}"
+    assert len({b.image for b in builds}) == len(builds)
+    # Deterministic: the same config gives the same tags, files and plan.
+    assert jupyterhub.notebook_builds(jupyterhub.inputs(plan)) == builds
+    # The delivery writes each context and the plan the images step reads (which it accepts).
+    payload = _delivery(plan, pki)
+    delivered = {f["path"]: f for f in payload["files"]}
+    for b in builds:
+        for name, text in b.files:
+            entry = delivered[f"{b.context}/{name}"]
+            assert (entry["content"], entry["mode"], entry["owner"]) == (text, 0o644, "root")
+    # Each tenancy's lock is delivered once, beside its images' Dockerfiles.
+    for t in plan.tenancies:
+        under = sorted(p for p in delivered if p.startswith(f"{facts.JUPYTERHUB_BUILDS}/{t.name}/"))
+        assert [p.rsplit("/", 1)[1] for p in under] == sorted(
+            ["environment.lock", "kernel.json", *(f"Dockerfile.{jupyterhub.config.image_name(i)}" for i in facts.JUPYTERHUB_IMAGES)]
+        )
+    plan_text = delivered[facts.JUPYTERHUB_DOCKER_PLAN]["content"]
+    assert json.loads(plan_text)["builds"] == [
+        {"tenancy": b.tenancy, "base": b.base, "image": b.image, "context": b.context, "dockerfile": b.dockerfile} for b in builds
+    ]
+    from nina.host import hub_docker
+
+    (tmp_path / "docker-plan.json").write_text(plan_text)
+    assert hub_docker.load_plan(str(tmp_path / "docker-plan.json"))["builds"] == json.loads(plan_text)["builds"]
+    # The settings map each label the researcher picks to the tenancy's derived image.
+    tenancies = {
+        t["name"]: t for t in json.loads(delivered[f"{facts.JUPYTERHUB_CONFIG}/{facts.JUPYTERHUB_SETTINGS_FILE}"]["content"])["tenancies"]
+    }
+    for t in ("main", "beta"):
+        mine = [b for b in builds if b.tenancy == t]
+        assert tenancies[t]["images"] == {b.label: b.image for b in mine} and tenancies[t]["image"] == mine[0].image
+
+
+def test_a_changed_lock_changes_only_that_tenancys_tags(plan):
+    hub = jupyterhub.inputs(plan)
+    main, beta = hub.tenancies
+    changed = dataclasses.replace(main, lock=main.lock + "# changed\n")
+    before = {(b.tenancy, b.base): b.image for b in jupyterhub.notebook_builds(hub)}
+    after = {(b.tenancy, b.base): b.image for b in jupyterhub.notebook_builds(dataclasses.replace(hub, tenancies=(changed, beta)))}
+    assert {k for k in before if before[k] != after[k]} == {("main", i) for i in facts.JUPYTERHUB_IMAGES}
+    # A tenancy without a lock has no notebook image to build: refused, naming it.
+    with pytest.raises(ValueError, match="'main' has no training environment lock"):
+        jupyterhub.notebook_builds(dataclasses.replace(hub, tenancies=(dataclasses.replace(main, lock=""), beta)))
+
+
+def test_the_spawner_runs_the_tenancys_derived_image_of_the_label_picked(plan):
+    """The real DockerSpawner: its start() resolves user_options' image through allowed_images
+    *after* the pre-spawn hook, so the hook maps the labels; what start() then pulls and runs is
+    the user's tenancy's derived image (a label of no image is still refused by dockerspawner)."""
+    import asyncio
+
+    from dockerspawner import DockerSpawner
+    from tornado import web
+
+    settings = jupyterhub.settings(jupyterhub.inputs(plan), SECRET)
+    traits = settings["traits"]["DockerSpawner"]
+    builds = {(b.tenancy, b.label): b.image for b in jupyterhub.notebook_builds(jupyterhub.inputs(plan))}
+    hook = jupyterhub_runtime.make_pre_spawn_hook(settings["tenancies"])
+
+    class Started(Exception):
+        pass
+
+    def spawn(group: str, options: dict[str, str]) -> str:
+        user = SimpleNamespace(name="rita", groups=[SimpleNamespace(name=group)], url="/user/rita/")
+        spawner = DockerSpawner(user=user, **traits)
+        spawner.user_options = options
+        tenancy = next(t for t in settings["tenancies"] if t["group"] == group)
+
+        async def docker(method: str, *args: object) -> dict[str, object]:
+            assert method == "inspect_network"
+            return {"Options": {jupyterhub_runtime.BRIDGE_OPTION: tenancy["bridge"]}}
+
+        pulled: list[str] = []
+
+        async def pull_image(image: str) -> None:
+            pulled.append(image)
+            raise Started
+
+        spawner.docker = docker
+        spawner.pull_image = pull_image
+
+        async def run() -> None:
+            checked = hook(spawner)
+            if checked is not None:
+                await checked
+            await spawner.start()
+
+        with pytest.raises(Started):
+            asyncio.run(run())
+        assert spawner.image == pulled[0]
+        return pulled[0]
+
+    labels = [jupyterhub.config.image_name(i) for i in facts.JUPYTERHUB_IMAGES]
+    assert spawn("tenancy-beta", {}) == builds[("beta", labels[0])]
+    assert spawn("tenancy-beta", {"image": labels[1]}) == builds[("beta", labels[1])]
+    assert spawn("tenancy-main", {"image": labels[2]}) == builds[("main", labels[2])]
+    # The upstream reference or another tenancy's image are not labels: refused.
+    for wrong in (facts.JUPYTERHUB_IMAGES[1], builds[("main", labels[1])]):
+        with pytest.raises(web.HTTPError):
+            spawn("tenancy-beta", {"image": wrong})

@@ -169,3 +169,36 @@ def test_researcher_rules_are_the_port_table_rows(run):
 def test_postgres_admits_only_the_keycloak_host(run):
     idp = run.outputs["hosts"]["idp"]["fixed_ip"]
     assert run.outputs["database"]["allowed_cidrs"] == [f"{idp}/32"]
+
+
+def test_a_tenancys_environment_change_updates_its_notebook_images_and_replaces_no_vm(raw, tmp_path, monkeypatch):
+    """Another training environment for main (a lock committed beside the default: here the
+    default's resolution under a header of its own, so no PyPI is needed) changes main's SuperLink
+    and SuperNodes' deliveries and the hub's, whose plan builds main's images from the new lock;
+    no VM and no user-data changes, and beta's images keep their tags."""
+    from nina import environments
+
+    default = environments.DEFAULT
+    other = environments.Environment("tabular", packages=default.packages)
+    text = environments.read_lock(default)
+    (tmp_path / default.lock_file).write_text(text)
+    (tmp_path / other.lock_file).write_text(environments.header(other) + text.removeprefix(environments.header(default)))
+    monkeypatch.setattr(environments, "LOCK_DIR", tmp_path)
+    changed_raw = copy.deepcopy(raw)
+    changed_raw["training_environments"] = {"tabular": {"packages": list(other.packages)}}
+    changed_raw["tenancies"][0]["training_environment"] = "tabular"
+    before, after = before_and_after(_pulumi_config(raw), _pulumi_config(changed_raw), "test")
+    instances_unchanged(before, after)
+    assert before.user_data() == after.user_data()
+    gone, added, changed = changed_names(before, after)
+    assert not gone and not added
+    assert "hub-jupyterhub-install" in changed
+    assert {n for n in changed if n != "hub-jupyterhub-install" and not n.endswith(("-superlink-install", "-supernode-install"))} == set()
+    old, new = _files(before, "hub-jupyterhub"), _files(after, "hub-jupyterhub")
+    old_builds = {(b["tenancy"], b["base"]): b["image"] for b in json.loads(old[facts.JUPYTERHUB_DOCKER_PLAN]["content"])["builds"]}
+    new_builds = {(b["tenancy"], b["base"]): b["image"] for b in json.loads(new[facts.JUPYTERHUB_DOCKER_PLAN]["content"])["builds"]}
+    assert set(old_builds) == set(new_builds)
+    assert {k for k in old_builds if old_builds[k] != new_builds[k]} == {k for k in old_builds if k[0] == "main"}
+    lock = environments.read_lock(other)
+    assert {p for p, f in new.items() if p.startswith(f"{facts.JUPYTERHUB_BUILDS}/main/") and f["content"] == lock}
+    assert all(f["content"] != lock for p, f in new.items() if p.startswith(f"{facts.JUPYTERHUB_BUILDS}/beta/"))

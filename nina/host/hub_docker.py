@@ -1,10 +1,12 @@
 """nina-jupyterhub-docker: the JupyterHub host's docker state, from the plan file its delivery writes.
 
   nina-jupyterhub-docker networks   each tenancy's notebook network, removing nina's stale ones
-  nina-jupyterhub-docker images     pull every notebook image (manual 4.1.2.14)
+  nina-jupyterhub-docker images     pull every notebook image (manual 4.1.2.14), then build
+                                    each tenancy's derived notebook images
 
 The plan file (facts.JUPYTERHUB_DOCKER_PLAN, written by nina.jupyterhub.jupyterhub_delivery) is
-{"networks": [{"tenancy", "network", "bridge"}, ...], "images": [image, ...]}.
+{"networks": [{"tenancy", "network", "bridge"}, ...], "images": [image, ...],
+ "builds": [{"tenancy", "base", "image", "context", "dockerfile"}, ...]}.
 
 networks: each tenancy's network is a bridge network named `network` whose Linux bridge is named
 `bridge` (com.docker.network.bridge.name: the name the hub host's firewall matches, exactly as
@@ -16,8 +18,15 @@ uses it. A network still used is never touched: the run says which containers ho
 (exit 1) after doing everything else; stop those notebooks (the hub's admin page) and deliver again.
 Networks without nina's label are never removed.
 
-images: `docker pull` of each image, in order; every image is tried, then exit 1 naming each
-one that could not be pulled, with docker's last words.
+images: `docker pull` of each image, in order; then each build: `docker build -f <dockerfile>` of
+its tenancy's context (the delivery writes it under facts.JUPYTERHUB_BUILDS/<tenancy>: a
+Dockerfile per image, the tenancy's lock, a kernelspec) in the host's network (pip reaches PyPI as the host does), tagged `image` and labelled
+facts.JUPYTERHUB_BUILD_LABEL=<tenancy>, unless an image of that tag exists ("unchanged": the tag
+is derived from the base reference and the context's content). Then every image with nina's
+build label whose tag is not in the plan (an older lock, a tenancy or base gone) is removed unless
+a container uses it (then it is kept, said, and removed by a later run). Every pull and build is
+tried, then exit 1 naming each that failed, with docker's last words (for a build, pip's error
+line too, e.g. a hash that does not match the lock).
 
 Environment override (tests): NINA_DOCKER, the docker command (default `docker`), split like a
 shell would. Exit codes: 0 ok, 1 a docker step failed or a network is in use, 2 bad plan file.
@@ -46,6 +55,13 @@ NETWORK_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 BRIDGE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}\Z")
 IMAGE_RE = re.compile(r"^[a-z0-9][A-Za-z0-9._/:@-]{0,254}\Z")
 TENANCY_RE = re.compile(facts.SLUG_PATTERN)
+# A docker path component (the derived images' tenancy and image-name parts, nina.config's labels).
+_COMPONENT = facts.DOCKER_PATH_COMPONENT_PATTERN
+BUILD_IMAGE_RE = re.compile(
+    rf"^{re.escape(facts.JUPYTERHUB_BUILD_REPO)}/({_COMPONENT})/({_COMPONENT}):[0-9a-f]{{{facts.JUPYTERHUB_BUILD_TAG_CHARS}}}\Z"
+)
+BUILDS_ROOT = facts.JUPYTERHUB_BUILDS  # where every build context must be (the tests' is elsewhere)
+BUILD_KEYS = {"tenancy", "base", "image", "context", "dockerfile"}
 
 
 def docker_command() -> list[str]:
@@ -79,11 +95,11 @@ def load_plan(path: str) -> dict[str, Any]:
         raise Failure(f"{path} does not exist (the hub's delivery writes it)", 2) from None
     except (OSError, ValueError) as exc:
         raise Failure(f"{path} cannot be read as JSON: {exc}", 2) from None
-    if not isinstance(plan, dict) or set(plan) != {"networks", "images"}:
-        raise Failure(f'{path}: expected an object with exactly "networks" and "images"', 2)
-    networks, images = plan["networks"], plan["images"]
-    if not isinstance(networks, list) or not isinstance(images, list):
-        raise Failure(f'{path}: "networks" and "images" must be lists', 2)
+    if not isinstance(plan, dict) or set(plan) != {"networks", "images", "builds"}:
+        raise Failure(f'{path}: expected an object with exactly "networks", "images" and "builds"', 2)
+    networks, images, builds = plan["networks"], plan["images"], plan["builds"]
+    if not isinstance(networks, list) or not isinstance(images, list) or not isinstance(builds, list):
+        raise Failure(f'{path}: "networks", "images" and "builds" must be lists', 2)
     for i, n in enumerate(networks):
         if not isinstance(n, dict) or set(n) != {"tenancy", "network", "bridge"} or not all(isinstance(v, str) for v in n.values()):
             raise Failure(f"{path}: networks[{i}] must be {{tenancy, network, bridge}} (strings)", 2)
@@ -97,7 +113,34 @@ def load_plan(path: str) -> dict[str, Any]:
     for i, image in enumerate(images):
         if not isinstance(image, str) or not IMAGE_RE.match(image):
             raise Failure(f"{path}: images[{i}] {image!r} is not an image reference", 2)
+    check_builds(path, builds, {n["tenancy"] for n in networks}, images)
     return plan
+
+
+def check_builds(path: str, builds: list[Any], tenancies: set[str], images: list[str]) -> None:
+    """The builds' entries: a tenancy of the plan, a base the step pulls, a tag and a context
+    directory of nina's own forms, both naming that tenancy; no tag or context twice."""
+    for i, b in enumerate(builds):
+        if not isinstance(b, dict) or set(b) != BUILD_KEYS or not all(isinstance(v, str) for v in b.values()):
+            raise Failure(f"{path}: builds[{i}] must be {{tenancy, base, image, context, dockerfile}} (strings)", 2)
+        if b["tenancy"] not in tenancies:
+            raise Failure(f"{path}: builds[{i}].tenancy {b['tenancy']!r} is not a tenancy of the plan's networks", 2)
+        if b["base"] not in images:
+            raise Failure(f"{path}: builds[{i}].base {b['base']!r} is not one of the plan's images", 2)
+        image = BUILD_IMAGE_RE.match(b["image"])
+        context = re.match(rf"^{re.escape(BUILDS_ROOT)}/({_COMPONENT})\Z", b["context"])
+        if image is None or image.group(1) != b["tenancy"]:
+            raise Failure(f"{path}: builds[{i}].image {b['image']!r} is not {facts.JUPYTERHUB_BUILD_REPO}/<tenancy>/<name>:<hex>", 2)
+        if context is None or context.group(1) != b["tenancy"]:
+            raise Failure(f"{path}: builds[{i}].context {b['context']!r} is not {BUILDS_ROOT}/<its tenancy>", 2)
+        if b["dockerfile"] != f"{facts.JUPYTERHUB_BUILD_FILES['dockerfile']}.{image.group(2)}":
+            raise Failure(f"{path}: builds[{i}].dockerfile {b['dockerfile']!r} is not the Dockerfile of its image's name", 2)
+    images_built = [b["image"] for b in builds]
+    if len(set(images_built)) != len(images_built):
+        raise Failure(f"{path}: two builds share an image", 2)
+    dockerfiles = [(b["context"], b["dockerfile"]) for b in builds]
+    if len(set(dockerfiles)) != len(dockerfiles):
+        raise Failure(f"{path}: two builds share a Dockerfile", 2)
 
 
 def inspect_networks(names: list[str]) -> list[dict[str, Any]]:
@@ -198,7 +241,8 @@ def networks(plan: dict[str, Any]) -> list[str]:
 
 
 def images(plan: dict[str, Any]) -> list[str]:
-    """Pull every image; returns one problem per image that could not be pulled."""
+    """Pull every image, build every derived one, remove nina's stale builds; returns one problem
+    per image that could not be pulled or built."""
     problems = []
     for image in plan["images"]:
         print(f"pulling {image}", flush=True)
@@ -207,6 +251,76 @@ def images(plan: dict[str, Any]) -> list[str]:
             problems.append(f"cannot pull notebook image {image}: {last_words(proc)}")
         else:
             print(f"pulled {image}", flush=True)
+    for b in plan["builds"]:
+        problem = build(b)
+        if problem:
+            problems.append(problem)
+    return problems + remove_stale_builds({b["image"] for b in plan["builds"]})
+
+
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # docker's legacy builder colours a step's stderr
+
+
+def build_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """docker's last words, and before them pip's (or nina's own) error line and the line after it
+    (pip names the package there) if the build printed one."""
+    text = ANSI_RE.sub("", f"{proc.stdout or ''}\n{proc.stderr or ''}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [i for i, line in enumerate(lines) if line.startswith(("ERROR:", "nina:"))]
+    last = last_words(proc)
+    if not said:
+        return last
+    error = " ".join(lines[said[-1] : said[-1] + 2])
+    return f"{error} | {last}"
+
+
+def build(b: dict[str, str]) -> str | None:
+    """Build one derived image unless its tag exists; returns the problem, if any."""
+    if docker("image", "inspect", "--format", "{{.Id}}", b["image"]).returncode == 0:
+        print(f"unchanged {b['image']} (tenancy {b['tenancy']}, from {b['base']})", flush=True)
+        return None
+    print(f"building {b['image']} (tenancy {b['tenancy']}, from {b['base']})", flush=True)
+    proc = docker(
+        "build",
+        "--network",
+        "host",
+        "--label",
+        f"{facts.JUPYTERHUB_BUILD_LABEL}={b['tenancy']}",
+        "--label",
+        f"{facts.JUPYTERHUB_BUILD_BASE_LABEL}={b['base']}",
+        "--tag",
+        b["image"],
+        "--file",
+        os.path.join(b["context"], b["dockerfile"]),
+        b["context"],
+    )
+    if proc.returncode != 0:
+        return f"cannot build notebook image {b['image']} of tenancy {b['tenancy']} from {b['base']}: {build_failure(proc)}"
+    print(f"built {b['image']}", flush=True)
+    return None
+
+
+def remove_stale_builds(wanted: set[str]) -> list[str]:
+    """Remove every image tag with nina's build label that the plan does not name, unless a
+    container uses it (kept: a running notebook of an older lock; a later run removes it)."""
+    problems = []
+    listed = checked(
+        docker("image", "ls", "--filter", f"label={facts.JUPYTERHUB_BUILD_LABEL}", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"),
+        "docker image ls",
+    )
+    for line in sorted(set(listed.splitlines())):
+        ref, _, image_id = line.strip().partition(" ")
+        if not ref or ref in wanted or ref.endswith(":<none>"):
+            continue
+        users = checked(docker("ps", "-a", "--filter", f"ancestor={image_id}", "--format", "{{.Names}}"), "docker ps").split()
+        if users:
+            print(f"kept {ref} (no longer in the plan, used by container(s) {', '.join(sorted(users))})", flush=True)
+            continue
+        proc = docker("rmi", ref)
+        if proc.returncode != 0:
+            problems.append(f"cannot remove stale notebook image {ref}: {last_words(proc)}")
+        else:
+            print(f"removed {ref} (no longer in the plan)", flush=True)
     return problems
 
 
