@@ -328,9 +328,9 @@ def _kit(outputs: dict, slug: str) -> dict[str, bytes]:
 
 
 def test_superlink_supernode_kit_venv_and_both_images_install_one_lock(kit_built) -> None:
-    """The SuperLink's delivery, a cloud SuperNode's, and a hospital's kit (its systemd venv via
-    install.sh and nina-env-sync, and both Dockerfiles via build.sh) all install the tenancy's
-    committed lock, whole, with pip --require-hashes --no-deps."""
+    """The SuperLink's delivery, a cloud SuperNode's, a hospital's kit (its systemd venv via
+    install.sh and nina-env-sync, and both Dockerfiles via build.sh) and the tenancy's JupyterHub
+    notebook images all install the tenancy's committed lock, whole, with pip --require-hashes --no-deps."""
     from nina import render
     from nina.config import load_config
     from nina.plan import build_plan
@@ -369,6 +369,15 @@ def test_superlink_supernode_kit_venv_and_both_images_install_one_lock(kit_built
         assert f"--require-hashes --no-deps -r {facts.FLOWER_ENV_LOCK}" in docker and "EXTRA_PIP_PACKAGES" not in docker
     assert f'lock="$here/{lock_name}"' in files["containers/build.sh"].decode()
     assert f'cp "$lock" "$context/{lock_name}"' in files["containers/build.sh"].decode()
+    # ... and the JupyterHub notebook image of the tenancy (each configured image, derived on the hub host).
+    from nina import jupyterhub
+
+    access = jupyterhub.TenancyAccess(tenancy.name, tenancy.control_address, tenancy.environment.name, tenancy.environment_lock)
+    for image in facts.JUPYTERHUB_IMAGES:
+        build = dict(jupyterhub.notebook_build(access, image).files)
+        assert build[facts.JUPYTERHUB_BUILD_FILES["lock"]] == lock
+        dockerfile = build[jupyterhub.dockerfile_name(jupyterhub._image_name(image))]
+        assert f"--require-hashes --no-deps -r {facts.NOTEBOOK_ENV_LOCK}" in dockerfile and f"FROM {image}\n" in dockerfile
 
 
 @pytest.mark.slow
