@@ -41,8 +41,14 @@ from nina import facts
 PROG = "nina-env-sync"
 # What a venv has of its own and the lock never names.
 KEPT = frozenset({"pip"})
-# `name==version \` at the start of a lock line (hashes follow on indented continuation lines).
-_REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: \\)?\Z")
+# The only lines a lock holds (what `nina env lock` writes, and pip reads as nothing but pins): a
+# requirement `name==version`, then, joined to it by ` \`, indented `--hash=sha256:<hex>` lines; and
+# comments. Anything else pip would read as an option of its own (`--index-url`, `-r FILE`, `-e URL`,
+# `--no-binary`, `--config-settings`...), as root: refused. The version: PEP 440's characters only
+# (no `;marker`, `@url`, `,` or wildcard).
+_REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!_-]*)(?: \\)?\Z")
+_HASH = re.compile(r"    --hash=sha256:[0-9a-f]{64}(?: \\)?\Z")
+_COMMENT = re.compile(r"[ \t]*(#.*)?\Z")
 _LIST_SCRIPT = (
     "import importlib.metadata as m, json, sys\n"
     "json.dump(sorted([d.metadata['Name'], d.version] for d in m.distributions() if d.metadata['Name']), sys.stdout)\n"
@@ -61,13 +67,22 @@ def canonical(name: str) -> str:
 def parse_lock(text: str) -> dict[str, str]:
     """canonical name -> version of each requirement of a lock; ValueError on any other line."""
     pins: dict[str, str] = {}
+    continued = False  # the line before ended with ` \`: this one must be a hash
     for line in text.splitlines():
-        if not line or line[0] in " \t#-":
+        if continued:
+            m = _HASH.match(line)
+            if m is None:
+                raise ValueError(f"lock line {line[:80]!r} continues a requirement and is not `    --hash=sha256:<64 hex digits>`")
+        elif _COMMENT.match(line):
             continue
-        m = _REQUIREMENT.match(line)
-        if m is None:
-            raise ValueError(f"lock line {line[:80]!r} is not `name==version`")
-        pins[canonical(m.group(1))] = m.group(2)
+        else:
+            m = _REQUIREMENT.match(line)
+            if m is None:
+                raise ValueError(f"lock line {line[:80]!r} is not `name==version` (a lock holds pins, their hashes and comments only)")
+            pins[canonical(m.group(1))] = m.group(2)
+        continued = line.endswith(" \\")
+    if continued:
+        raise ValueError(f"lock line {line[:80]!r} ends with ` \\` and no hash line follows (a truncated lock)")
     return pins
 
 
