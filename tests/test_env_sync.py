@@ -173,3 +173,30 @@ def test_a_lock_line_that_is_not_a_pin_hash_or_comment_is_refused(tmp_path: Path
     assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(tmp_path), "--check"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"nina-env-sync: cannot read the lock {tmp_path / 'l'}: lock line ") and err.count("\n") == 1, err
+
+
+def test_a_venv_whose_python_prints_more_than_the_listing_is_still_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Careless operator: something pip-installed by hand into the venv ships a .pth file that prints
+    # (site runs its `import` lines at every start, -I or not); the listing was read as JSON as it
+    # came, so nina-env-sync, root's delivery step, died with a JSONDecodeError traceback, and could
+    # never remove the package that printed.
+    d = tmp_path / "flower_env"
+    venv.create(d, with_pip=False)
+    (site,) = (d / "lib").glob("python3*/site-packages")
+    (site / "noisy.pth").write_text("import sys; print('Welcome to the cluster')\n")
+    (tmp_path / "l").write_text(GOOD_LOCK)
+    assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(d), "--check"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and f"nina-env-sync: flwr is missing, the lock has {facts.FLWR_VERSION}" in out, (out, err)
+
+
+@pytest.mark.parametrize("said", ["Segmentation fault", '[["flwr", 5]]', "{}", ""])
+def test_a_python_that_does_not_answer_the_listing_is_one_refusal_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], said: str) -> None:
+    d = tmp_path / "flower_env"
+    (d / "bin").mkdir(parents=True)
+    (d / "bin" / "python").write_text(f"#!/bin/sh\nprintf '%s\\n' {said!r}\n")
+    (d / "bin" / "python").chmod(0o755)
+    (tmp_path / "l").write_text(GOOD_LOCK)
+    assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(d), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nina-env-sync: cannot list the venv's packages with {d}/bin/python: ") and err.count("\n") == 1, err

@@ -49,8 +49,12 @@ KEPT = frozenset({"pip"})
 _REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!_-]*)(?: \\)?\Z")
 _HASH = re.compile(r"    --hash=sha256:[0-9a-f]{64}(?: \\)?\Z")
 _COMMENT = re.compile(r"[ \t]*(#.*)?\Z")
+# The listing's line of the venv's output: after it, JSON [[name, version], ...]. Whatever else the
+# venv's python prints (a package's .pth file runs at every start, -I or not) is not the listing.
+_LISTING = "nina-env-sync listing: "
 _LIST_SCRIPT = (
     "import importlib.metadata as m, json, sys\n"
+    f"sys.stdout.write({_LISTING!r})\n"
     "json.dump(sorted([d.metadata['Name'], d.version] for d in m.distributions() if d.metadata['Name']), sys.stdout)\n"
 )
 
@@ -92,7 +96,14 @@ def installed(python: str) -> dict[str, str]:
         out = subprocess.run([python, "-I", "-c", _LIST_SCRIPT], capture_output=True, text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SyncError(f"cannot list the venv's packages with {python}: {exc}") from None
-    return {canonical(name): version for name, version in json.loads(out)}
+    lines = [line for line in out.splitlines() if line.startswith(_LISTING)]
+    try:
+        pairs = json.loads(lines[-1].removeprefix(_LISTING)) if lines else None
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise SyncError(f"cannot list the venv's packages with {python}: it printed {out[-200:]!r}, not the listing") from None
+    return {canonical(name): version for name, version in pairs}
 
 
 def differences(lock: dict[str, str], have: dict[str, str]) -> list[str]:
