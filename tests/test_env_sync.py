@@ -191,7 +191,9 @@ def test_a_venv_whose_python_prints_more_than_the_listing_is_still_compared(tmp_
 
 
 @pytest.mark.parametrize("said", ["Segmentation fault", '[["flwr", 5]]', "{}", ""])
-def test_a_python_that_does_not_answer_the_listing_is_one_refusal_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], said: str) -> None:
+def test_a_python_that_does_not_answer_the_listing_is_one_refusal_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], said: str
+) -> None:
     d = tmp_path / "flower_env"
     (d / "bin").mkdir(parents=True)
     (d / "bin" / "python").write_text(f"#!/bin/sh\nprintf '%s\\n' {said!r}\n")
