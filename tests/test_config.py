@@ -1181,7 +1181,12 @@ def test_a_hostile_environment_name_is_refused_and_names_no_file(name: str, monk
 
     read: list[str] = []
     real = environments.read_lock
-    monkeypatch.setattr(environments, "read_lock", lambda env, lock_dir=None: read.append(env.name) or real(env, lock_dir))
+
+    def reading(env: environments.Environment, lock_dir: Path | None = None) -> str:
+        read.append(env.name)
+        return real(env, lock_dir)
+
+    monkeypatch.setattr(environments, "read_lock", reading)
     found = problems(base(training_environments={name: {}}, training_environment=name))
     assert any(k.startswith("nina:training_environments.") and "not DNS-safe" in m for k, m in found), found
     assert name not in read
