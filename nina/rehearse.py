@@ -1272,6 +1272,8 @@ def _round_shape(r: Any) -> str | None:
     """Why a round line is not what the validation app writes (None: it is)."""
     if not isinstance(r, dict):
         return "not an object"
+    if not isinstance(r.get("round", 0), int):
+        return "round is not a number"
     if not isinstance(r.get("partitions", []), list) or not all(type(p) is int for p in r.get("partitions", [])):
         return "partitions is not a list of numbers"
     for key in ("hosts", "environments"):

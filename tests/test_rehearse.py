@@ -390,6 +390,8 @@ def test_the_judge_shows_a_nodes_hostile_report_as_bounded_printable_text(lock):
         {"round": 1, "partitions": [0], "environments": {"0": "not a mapping"}},
         {"round": 1, "partitions": "0", "environments": {}},
         {"round": 1, "partitions": 5, "environments": {}},
+        {"round": {"x": 1}, "partitions": [0], "environments": {}},
+        {"round": [1], "partitions": [0], "environments": {}},
         {"round": 1, "partitions": [0], "hosts": [], "environments": {"0": {"distributions": "flwr==1"}}},
         "not a round",
     ],
