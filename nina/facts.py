@@ -30,6 +30,10 @@ ENV_LOCK_SUFFIX = ".lock"
 # `nina validate` compares each node's whole installed set with its tenancy's lock and lists at
 # most this many differences per node (then "and N more"): a wrong venv differs in dozens.
 ENV_DIFFERENCES_LISTED = 8
+# Characters of any one string of a node's report that nina rehearse/validate show (a hostname, a
+# version, a GPU note); the rest is cut, so a hostile node cannot flood the operator's terminal.
+REPORT_STRING_CHARS = 300
+REPORT_ERROR_CHARS = 4000  # of the ServerApp's error, which joins every node's problem
 UBUNTU_RELEASE = "24.04"
 # Keycloak (manual 4.1.2.9: 26.3.0 on OpenJDK 21): the defaults of nina:keycloak.version / jdk_package.
 KEYCLOAK_VERSION = "26.3.0"

@@ -60,6 +60,7 @@ from typing import Any
 from nina import environments, facts, flwrcli, kit, localpki, outputs, pem, render, tlscrypt
 from nina.host.membership import Failure, Worker, parse_json, script_interpreter  # one reader of flwr's JSON output
 from nina.plan import Certificate, Member, Plan, TenancyPlan
+from nina.text import shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VALIDATION_APP = REPO_ROOT / "validation_app"
@@ -1200,14 +1201,34 @@ def judge_run(
     set must also be the lock's (environments.lock_differences)."""
     if summary is None:
         summary = next((json.loads(line.split(SUMMARY_PREFIX, 1)[1]) for line in out.splitlines() if SUMMARY_PREFIX in line), None)
-    rounds = summary["rounds"] if summary else _round_lines(out)
+    # Everything below comes from the nodes' reports, through the ServerApp: each string bounded and
+    # printable before it reaches a table, an error or the operator's terminal; a shape the app does
+    # not write is a failed run, not a traceback.
+    # The ServerApp's own error joins every node's problem: longer, but printable too.
+    app_error = summary.get("error") if isinstance(summary, dict) else None
+    summary = _tame(summary)
+    malformed = None
+    if summary is not None and (not isinstance(summary, dict) or not isinstance(summary.get("rounds", []), list)):
+        summary, malformed = None, "the ServerApp's summary is malformed (not an object with a list of rounds)"
+    raw_rounds = summary.get("rounds", []) if summary else _tame(_round_lines(out))
+    rounds = []
+    for i, r in enumerate(raw_rounds, 1):
+        why = _round_shape(r)
+        if why is None:
+            rounds.append(r)
+        elif malformed is None:
+            malformed = f"round line {i} from the ServerApp is malformed: {why}"
     error = None
     if timeout_error:
         error = timeout_error
+    elif malformed is not None:
+        error = malformed
     elif summary is None:
         error = f"the ServerApp wrote no summary (flwr run exit {returncode}); {hint}"
     elif not summary.get("ok"):
-        error = summary.get("error") or "the ServerApp reported a failure"
+        error = (
+            shown(app_error, facts.REPORT_ERROR_CHARS) if isinstance(app_error, str) and app_error else "the ServerApp reported a failure"
+        )
     elif returncode not in (0, None):
         error = f"`flwr run` exited with code {returncode}"
     if lock is not None:  # validate mode: every round's nodes against the whole lock (the table lists them too)
@@ -1233,7 +1254,40 @@ def judge_run(
                 break
         if not rounds:
             error = "no rounds ran"
-    return RunResult(error is None, rounds, error, seconds, out, list(expected), None if lock is None else len(lock))
+    return RunResult(error is None, rounds, error and shown(error), seconds, out, list(expected), None if lock is None else len(lock))
+
+
+def _tame(value: Any) -> Any:
+    """A parsed report with every string (keys too) bounded to facts.REPORT_STRING_CHARS and printable."""
+    if isinstance(value, str):
+        return shown(value, facts.REPORT_STRING_CHARS)
+    if isinstance(value, dict):
+        return {_tame(k): _tame(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tame(v) for v in value]
+    return value
+
+
+def _round_shape(r: Any) -> str | None:
+    """Why a round line is not what the validation app writes (None: it is)."""
+    if not isinstance(r, dict):
+        return "not an object"
+    if not isinstance(r.get("round", 0), int):
+        return "round is not a number"
+    if not isinstance(r.get("partitions", []), list) or not all(type(p) is int for p in r.get("partitions", [])):
+        return "partitions is not a list of numbers"
+    for key in ("hosts", "environments"):
+        if not isinstance(r.get(key, {}), dict):
+            return f"{key} is not an object"
+    for key in ("environment-errors", "missing"):
+        if not isinstance(r.get(key, []), list):
+            return f"{key} is not a list"
+    for p, env in r.get("environments", {}).items():
+        if not isinstance(env, dict):
+            return f"the environment of partition {p} is not an object"
+        if not isinstance(env.get("distributions", []), list):
+            return f"the installed set of partition {p} is not a list"
+    return None
 
 
 def _lock_problems(r: dict[str, Any], lock: Mapping[str, str]) -> list[str]:

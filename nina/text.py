@@ -33,3 +33,12 @@ def refusal(value: str, *, newlines: bool = False) -> str | None:
     if found is None:
         return None
     return f"contains a control or invisible character ({found}); write it as plain printable text"
+
+
+def shown(value: str, limit: int | None = None) -> str:
+    """Text that someone else wrote (a node's report), fit for an operator's terminal and log: each
+    non-printable character (control, escape, format, separator) written as its Python escape, so
+    it is seen and never acted on, and at most `limit` characters, then "...". Not a refusal: the
+    operator needs to see what was sent."""
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in value)
+    return out if limit is None or len(out) <= limit else out[:limit] + "..."

@@ -1237,3 +1237,22 @@ def test_training_environment_refusals(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "default.lock").write_text(environments.read_lock(environments.DEFAULT, environments.REPO_ROOT / facts.ENV_LOCK_DIR))
     (tmp_path / "tab.lock").write_text(environments.read_lock(environments.DEFAULT, environments.REPO_ROOT / facts.ENV_LOCK_DIR))
     problem(two, "nina:training_environments.tab", "does not match the environment's definition", "nina env lock tab")
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", "-rf", "..", "tab\n", "tåb", "tab\u202e", "x" * 64])
+def test_a_hostile_environment_name_is_refused_and_names_no_file(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name becomes environments/<name>.lock and a `nina env lock NAME` argument: a path, a
+    # leading dash or a control character must be refused before any file is read by that name.
+    from nina import environments
+
+    read: list[str] = []
+    real = environments.read_lock
+
+    def reading(env: environments.Environment, lock_dir: Path | None = None) -> str:
+        read.append(env.name)
+        return real(env, lock_dir)
+
+    monkeypatch.setattr(environments, "read_lock", reading)
+    found = problems(base(training_environments={name: {}}, training_environment=name))
+    assert any(k.startswith("nina:training_environments.") and "not DNS-safe" in m for k, m in found), found
+    assert name not in read

@@ -134,3 +134,71 @@ def test_differences_ignore_the_venvs_own_pip_only() -> None:
         "numpy 2.4.5 is installed, the lock has 2.4.6",
         "setuptools 70 is installed, the lock has no setuptools",
     ]
+
+
+HASH = "    --hash=sha256:" + "0" * 64
+GOOD_LOCK = f"# comment\nflwr=={facts.FLWR_VERSION} \\\n{HASH} \\\n{HASH}\n    # via a comment uv writes\nnumpy==2.4.6 \\\n{HASH}\n"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "--index-url https://evil.example/simple",  # pip follows it (checked by hand: "Looking in indexes: ...")
+        "--extra-index-url https://evil.example/simple",
+        "-i https://evil.example/simple",
+        "--find-links /tmp/planted",
+        "-f /tmp/planted",
+        "-r /etc/shadow",  # root's pip reads another file, and prints its first lines in the error
+        "-c other.txt",
+        "-e git+https://evil.example/x.git#egg=x",
+        "--no-binary :all:",  # every package built from source: setup.py run as root
+        "--trusted-host evil.example",
+        "    --index-url https://evil.example/simple",  # indented, yet not a continuation: pip reads it as an option
+        "\t-r other.txt",
+        f"numpy==2.4.6;python_version>'3' \\\n{HASH}",  # a marker glued to the version
+        f"numpy==2.4.6@https://evil.example/numpy.whl \\\n{HASH}",
+        f"numpy==2.4.6 \\\n    --config-settings=--build-option=--evil \\\n{HASH}",  # a per-requirement option in the continuation
+        f"numpy==2.4.6 \\\n    --hash=sha256:{'0' * 63}",  # a short hash
+        "numpy==2.4.6 \\\n--index-url https://evil.example/simple",  # an option joined to the requirement by its backslash
+        "numpy==2.4.6 \\",  # a continuation that never comes
+    ],
+)
+def test_a_lock_line_that_is_not_a_pin_hash_or_comment_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], hostile: str) -> None:
+    assert env_sync.parse_lock(GOOD_LOCK) == {"flwr": facts.FLWR_VERSION, "numpy": "2.4.6"}
+    text = GOOD_LOCK.replace("numpy==2.4.6 \\\n" + HASH + "\n", hostile + "\n")
+    assert text != GOOD_LOCK
+    with pytest.raises(ValueError, match="lock line"):
+        env_sync.parse_lock(text)
+    (tmp_path / "l").write_text(text)
+    assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nina-env-sync: cannot read the lock {tmp_path / 'l'}: lock line ") and err.count("\n") == 1, err
+
+
+def test_a_venv_whose_python_prints_more_than_the_listing_is_still_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Careless operator: something pip-installed by hand into the venv ships a .pth file that prints
+    # (site runs its `import` lines at every start, -I or not); the listing was read as JSON as it
+    # came, so nina-env-sync, root's delivery step, died with a JSONDecodeError traceback, and could
+    # never remove the package that printed.
+    d = tmp_path / "flower_env"
+    venv.create(d, with_pip=False)
+    (site,) = (d / "lib").glob("python3*/site-packages")
+    (site / "noisy.pth").write_text("import sys; print('Welcome to the cluster')\n")
+    (tmp_path / "l").write_text(GOOD_LOCK)
+    assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(d), "--check"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and f"nina-env-sync: flwr is missing, the lock has {facts.FLWR_VERSION}" in out, (out, err)
+
+
+@pytest.mark.parametrize("said", ["Segmentation fault", '[["flwr", 5]]', "{}", ""])
+def test_a_python_that_does_not_answer_the_listing_is_one_refusal_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], said: str
+) -> None:
+    d = tmp_path / "flower_env"
+    (d / "bin").mkdir(parents=True)
+    (d / "bin" / "python").write_text(f"#!/bin/sh\nprintf '%s\\n' {said!r}\n")
+    (d / "bin" / "python").chmod(0o755)
+    (tmp_path / "l").write_text(GOOD_LOCK)
+    assert env_sync.main(["--lock", str(tmp_path / "l"), "--venv", str(d), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nina-env-sync: cannot list the venv's packages with {d}/bin/python: ") and err.count("\n") == 1, err

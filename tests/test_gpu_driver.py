@@ -638,3 +638,14 @@ def test_a_host_without_sshd_units_fails_to_stop_it_in_one_line():
     with pytest.raises(Failure, match=f"neither {facts.SSH_SOCKET} nor {facts.SSH_UNIT} is loaded"):
         system.stop_ssh()
     assert all(call[0] == "show" for call in system.calls)
+
+
+def test_repository_key_on_a_host_without_gpg_fails_in_one_line_and_writes_nothing(tmp_path, test_key, monkeypatch, capsys):
+    # nina declares no gpg package for the GPU host: on an image without it, checking NVIDIA's key
+    # raised FileNotFoundError out of root's unit as a traceback.
+    armored, fpr = test_key
+    host = HostDouble(tmp_path, served=armored)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(Failure, match=r"gpg .*apt-get install gpg"):
+        gpu_driver.ensure_repository_key(host, pinned=fpr)
+    assert not (tmp_path / "keyrings/nina-nvidia-cuda.gpg").exists()

@@ -1503,3 +1503,64 @@ def test_onprem_gpu_kit_carries_the_dcgm_exporter_on_its_vpn_address_only(kit_ar
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "DCGM is not installed: nina-dcgm-exporter.service stays off" in proc.stdout
     assert "systemctl enable nina-dcgm-exporter.service" not in proc.stdout
+
+
+# --- root and PATH: what install.sh runs by name must come from directories only root can change
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's PATH is checked (run the tests as root)")
+@pytest.mark.parametrize(
+    "how",
+    ["world-writable", "user-owned", "sticky", "link-to-writable", "link-in-writable", "empty-entry", "relative", "missing-under-writable"],
+)
+def test_root_refuses_a_path_that_others_can_plant_programs_in(kit_archives, tmp_path, how):
+    # Careless operator: `su` without `-`, `sudo -E`, or sudo's env_keep carries a user's PATH into
+    # root's; a `timedatectl` (or openssl, systemctl, nvidia-smi...) planted there ran as root
+    # (checked: install.sh --check ran it as uid 0 before this check).
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran-as-root"
+    tool = f'#!/bin/sh\necho "$(id -u)" > {shlex.quote(str(marker))}\necho yes\n'
+    entry = str(planted)
+    if how == "world-writable":
+        planted.chmod(0o777)
+    elif how == "user-owned":
+        os.chown(planted, 65534, 65534)
+    elif how == "sticky":
+        planted.chmod(0o1777)  # others cannot rename what is there, but they can add a file of their own
+    elif how == "link-to-writable":
+        planted.chmod(0o777)
+        (tmp_path / "link").symlink_to(planted)
+        entry = str(tmp_path / "link")
+    elif how == "empty-entry":
+        entry = ""  # the current directory
+    elif how == "relative":
+        entry = "planted"
+    elif how == "link-in-writable":
+        planted.chmod(0o777)
+        (planted / "bin").symlink_to("/usr/bin")  # root's directory, through a link anyone can replace
+        entry = str(planted / "bin")
+    elif how == "missing-under-writable":
+        planted.chmod(0o777)
+        entry = str(planted / "bin")  # not there yet: anyone can create it
+    (planted / "timedatectl").write_text(tool)
+    (planted / "timedatectl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{entry}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(top / "install.sh"), "--check"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and not marker.exists(), (proc.stdout, proc.stderr)
+    assert "install.sh: ERROR: refusing to run as root with this PATH" in proc.stderr and proc.stdout == "", proc.stderr
+    assert "sudo" in proc.stderr  # the fix: sudo's secure_path
+    # The installing run refuses the same way, before it reads a file.
+    proc = install(top, env=env)
+    assert proc.returncode == 1 and not marker.exists() and "refusing to run as root with this PATH" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's PATH is checked (run the tests as root)")
+def test_root_runs_with_a_path_of_root_only_directories(kit_archives, tmp_path):
+    top = extract(kit_archives["hospital-b"], tmp_path / "kit")
+    doubles, log = make_doubles(tmp_path, timedatectl=(0, "yes\n"))
+    doubles.chmod(0o755)
+    proc = install(top, "--check", "--root", str(ubuntu_root(tmp_path)), env=with_doubles(doubles), fingerprint=None)
+    assert "refusing" not in proc.stderr and check_lines(proc.stdout)["time sync"] == "OK", proc.stderr
+    assert "timedatectl show" in log.read_text()

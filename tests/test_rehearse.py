@@ -351,3 +351,74 @@ def test_replaced_supernode_key_old_refused_new_admitted(reh_rehearsal):
     result = r.run_app(ROUNDS, tag="new-kit")
     assert result.ok, (result.error, result.output[-2000:])
     assert [row["partitions"] for row in result.rounds] == [[0, 1]] * ROUNDS
+
+
+# ---------------------------------------------------------------------------------------
+# The judge reads what nodes reported: a hostile node must not write into the operator's terminal
+# ---------------------------------------------------------------------------------------
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x1b[1A\r\u202e"  # retitle, clear the screen, move up, overwrite, reverse the text
+
+
+def _hostile_round() -> dict:
+    env = {
+        "python": "3.12.3" + ESCAPES,
+        "packages": "flwr==1.31.0,numpy==2.4.6" + ESCAPES,
+        "gpu-usable": False,
+        "gpu-how": "x" * 100_000 + ESCAPES,
+        "distributions": ["flwr==1.31.0", "numpy==2.4.6" + ESCAPES, "evil" + ESCAPES + "==1"],
+    }
+    return {
+        "round": 1,
+        "partitions": [0],
+        "hosts": {"0": "node" + ESCAPES},
+        "environments": {"0": env},
+        "environment-errors": ["partition 0 (node" + ESCAPES + "): numpy 2.4.6" + ESCAPES + " installed, the tenancy's lock has 2.4.6"],
+    }
+
+
+@pytest.mark.parametrize("lock", [None, {"flwr": "1.31.0", "numpy": "2.4.6"}])
+def test_the_judge_shows_a_nodes_hostile_report_as_bounded_printable_text(lock):
+    from nina.rehearse import judge_run
+
+    result = judge_run("", {"ok": True, "rounds": [_hostile_round()]}, [0], 0, None, 1.0, "", lock=lock)
+    assert not result.ok
+    for shown in (result.table(), result.error or ""):
+        assert not any(ch in shown for ch in "\x1b\x07\r\u202e"), repr(shown[:300])
+        assert len(shown) < 20_000  # the 100 kB string is cut, not printed
+    assert "\\x1b]0;owned" in result.table()  # shown escaped, so the operator sees what was sent
+    # Validate mode names the planted distribution, escaped.
+    if lock is not None:
+        assert "evil\\x1b" in (result.error or "") or "evil\\x1b" in result.table()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"round": 1, "partitions": [0], "environments": ["not", "a", "mapping"]},
+        {"round": 1, "partitions": [0], "environments": {"0": "not a mapping"}},
+        {"round": 1, "partitions": "0", "environments": {}},
+        {"round": 1, "partitions": 5, "environments": {}},
+        {"round": {"x": 1}, "partitions": [0], "environments": {}},
+        {"round": [1], "partitions": [0], "environments": {}},
+        {"round": 1, "partitions": [0], "hosts": [], "environments": {"0": {"distributions": "flwr==1"}}},
+        "not a round",
+    ],
+)
+def test_a_malformed_round_is_a_failed_run_not_a_traceback(bad):
+    from nina.rehearse import judge_run
+
+    for lock in (None, {"flwr": "1.31.0"}):
+        result = judge_run("", {"ok": True, "rounds": [bad]}, [0], 0, None, 1.0, "", lock=lock)
+        assert not result.ok and "malformed" in (result.error or ""), result.error
+        result.table()
+
+
+def test_the_serverapps_own_error_is_shown_printable_and_bounded():
+    from nina.rehearse import judge_run
+
+    error = "round 1: a node's training environment is not its tenancy's: " + "; ".join(f"partition {i} (n{i}\x1b[2J)" for i in range(2000))
+    result = judge_run("", {"ok": False, "error": error, "rounds": []}, [0], 1, None, 1.0, "")
+    assert not result.ok and (result.error or "").startswith("round 1: a node's training environment")
+    assert "\x1b" not in (result.error or "") and "(n0\\x1b[2J)" in (result.error or "")
+    assert len(result.error or "") <= facts.REPORT_ERROR_CHARS + 3

@@ -144,3 +144,40 @@ def test_the_judge_compares_the_whole_installed_set_with_the_lock_in_validate_mo
     result = judge_run("", {"ok": True, "rounds": [silent]}, [0, 1], 0, None, 1.0, "", lock=lock)
     assert not result.ok and "partition 1 (b) reported no installed set" in (result.error or "")
     assert "installed set not reported" in result.table()
+
+
+def test_a_partial_or_mistyped_environment_report_is_a_named_problem_not_a_crash():
+    # A node's ClientApp (an old or altered one) reports an environment without `python`, or with a
+    # number where text belongs: the ServerApp indexed env["python"] and died with "KeyError: 'python'".
+    from nina_validation import environment
+
+    expected = {"flwr": "1.31.0", "numpy": "2.4.6"}
+    good = {
+        "python": "3.12.3",
+        "packages": "flwr==1.31.0,numpy==2.4.6",
+        "gpu-usable": False,
+        "gpu-how": "no torch",
+        "distributions": ["flwr==1.31.0"],
+    }
+    record, problems = environment.judged("partition 1 (b)", good, expected)
+    assert problems == [] and record == good
+    assert environment.judged("partition 1 (b)", None, expected) == (None, ["partition 1 (b) reported no environment (an old ClientApp?)"])
+    partial = {k: v for k, v in good.items() if k != "python"}
+    assert environment.judged("partition 1 (b)", partial, expected) == (
+        None,
+        ["partition 1 (b) reported an incomplete environment (python missing or not text/true-false)"],
+    )
+    typed = {**good, "packages": 5, "gpu-usable": "yes"}
+    assert environment.judged("partition 1 (b)", typed, expected)[1] == [
+        "partition 1 (b) reported an incomplete environment (packages, gpu-usable missing or not text/true-false)"
+    ]
+    # The installed set is optional (an older ClientApp), but when sent it is a list of text.
+    assert environment.judged("partition 1 (b)", {**good, "distributions": [1, 2]}, expected)[1] == [
+        "partition 1 (b) reported an incomplete environment (distributions missing or not text/true-false)"
+    ]
+    older = {k: v for k, v in good.items() if k != "distributions"}
+    assert environment.judged("partition 1 (b)", older, expected) == (older, [])
+    other = {**good, "packages": "flwr==1.31.0,numpy==2.4.5"}
+    assert environment.judged("partition 1 (b)", other, expected)[1] == [
+        "partition 1 (b): numpy 2.4.5 installed, the tenancy's lock has 2.4.6"
+    ]

@@ -41,10 +41,20 @@ from nina import facts
 PROG = "nina-env-sync"
 # What a venv has of its own and the lock never names.
 KEPT = frozenset({"pip"})
-# `name==version \` at the start of a lock line (hashes follow on indented continuation lines).
-_REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: \\)?\Z")
+# The only lines a lock holds (what `nina env lock` writes, and pip reads as nothing but pins): a
+# requirement `name==version`, then, joined to it by ` \`, indented `--hash=sha256:<hex>` lines; and
+# comments. Anything else pip would read as an option of its own (`--index-url`, `-r FILE`, `-e URL`,
+# `--no-binary`, `--config-settings`...), as root: refused. The version: PEP 440's characters only
+# (no `;marker`, `@url`, `,` or wildcard).
+_REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!_-]*)(?: \\)?\Z")
+_HASH = re.compile(r"    --hash=sha256:[0-9a-f]{64}(?: \\)?\Z")
+_COMMENT = re.compile(r"[ \t]*(#.*)?\Z")
+# The listing's line of the venv's output: after it, JSON [[name, version], ...]. Whatever else the
+# venv's python prints (a package's .pth file runs at every start, -I or not) is not the listing.
+_LISTING = "nina-env-sync listing: "
 _LIST_SCRIPT = (
     "import importlib.metadata as m, json, sys\n"
+    f"sys.stdout.write({_LISTING!r})\n"
     "json.dump(sorted([d.metadata['Name'], d.version] for d in m.distributions() if d.metadata['Name']), sys.stdout)\n"
 )
 
@@ -61,13 +71,22 @@ def canonical(name: str) -> str:
 def parse_lock(text: str) -> dict[str, str]:
     """canonical name -> version of each requirement of a lock; ValueError on any other line."""
     pins: dict[str, str] = {}
+    continued = False  # the line before ended with ` \`: this one must be a hash
     for line in text.splitlines():
-        if not line or line[0] in " \t#-":
+        if continued:
+            m = _HASH.match(line)
+            if m is None:
+                raise ValueError(f"lock line {line[:80]!r} continues a requirement and is not `    --hash=sha256:<64 hex digits>`")
+        elif _COMMENT.match(line):
             continue
-        m = _REQUIREMENT.match(line)
-        if m is None:
-            raise ValueError(f"lock line {line[:80]!r} is not `name==version`")
-        pins[canonical(m.group(1))] = m.group(2)
+        else:
+            m = _REQUIREMENT.match(line)
+            if m is None:
+                raise ValueError(f"lock line {line[:80]!r} is not `name==version` (a lock holds pins, their hashes and comments only)")
+            pins[canonical(m.group(1))] = m.group(2)
+        continued = line.endswith(" \\")
+    if continued:
+        raise ValueError(f"lock line {line[:80]!r} ends with ` \\` and no hash line follows (a truncated lock)")
     return pins
 
 
@@ -77,7 +96,14 @@ def installed(python: str) -> dict[str, str]:
         out = subprocess.run([python, "-I", "-c", _LIST_SCRIPT], capture_output=True, text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SyncError(f"cannot list the venv's packages with {python}: {exc}") from None
-    return {canonical(name): version for name, version in json.loads(out)}
+    lines = [line for line in out.splitlines() if line.startswith(_LISTING)]
+    try:
+        pairs = json.loads(lines[-1].removeprefix(_LISTING)) if lines else None
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise SyncError(f"cannot list the venv's packages with {python}: it printed {out[-200:]!r}, not the listing") from None
+    return {canonical(name): version for name, version in pairs}
 
 
 def differences(lock: dict[str, str], have: dict[str, str]) -> list[str]:

@@ -127,13 +127,21 @@ def missing_packages(packages: tuple[str, ...], system: System) -> list[str]:
     return missing
 
 
+def _gpg(args: list[str], key: bytes) -> subprocess.CompletedProcess[bytes]:
+    """gpg with `key` on stdin; Failure (one line) if gpg is missing or hangs."""
+    try:
+        return subprocess.run(["gpg", *args], input=key, capture_output=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise Failure("gpg is needed to check NVIDIA's repository key and is not installed: apt-get install gpg") from None
+    except subprocess.TimeoutExpired:
+        raise Failure("gpg did not answer within 60 s while checking NVIDIA's repository key") from None
+
+
 def fingerprints(key: bytes) -> list[str]:
     """The primary keys' fingerprints in `key` (armored or binary OpenPGP), as gpg reads them,
     without importing it anywhere (a throwaway GNUPGHOME)."""
     with tempfile.TemporaryDirectory() as home:
-        proc = subprocess.run(
-            ["gpg", "--homedir", home, "--batch", "--with-colons", "--show-keys"], input=key, capture_output=True, timeout=60, check=False
-        )
+        proc = _gpg(["--homedir", home, "--batch", "--with-colons", "--show-keys"], key)
     if proc.returncode != 0:
         return []
     found, primary = [], False
@@ -152,7 +160,7 @@ def dearmor(key: bytes) -> bytes:
     if not key.lstrip().startswith(b"-----BEGIN PGP"):
         return key
     with tempfile.TemporaryDirectory() as home:
-        proc = subprocess.run(["gpg", "--homedir", home, "--batch", "--dearmor"], input=key, capture_output=True, timeout=60, check=False)
+        proc = _gpg(["--homedir", home, "--batch", "--dearmor"], key)
     if proc.returncode != 0 or not proc.stdout:
         raise Failure("gpg --dearmor could not read NVIDIA's repository key")
     return proc.stdout

@@ -103,3 +103,25 @@ def differences(expected: dict[str, str], packages: str) -> list[str]:
         if got != want:
             found.append(f"{name} {got or '(not installed)'} installed, the tenancy's lock has {want}")
     return found
+
+
+# What a ClientApp's environment report holds, and the type of each ("distributions": optional).
+REPORTED = {"python": str, "packages": str, "gpu-usable": bool, "gpu-how": str}
+
+
+def judged(who: str, env: Any, expected: dict[str, str]) -> tuple[dict[str, Any] | None, list[str]]:
+    """A node's environment report as the round line shows it (None: none usable) and its problems,
+    each naming `who`: nothing reported, a key missing or of another type, or a package at another
+    version than the tenancy's lock (`differences`)."""
+    if env is None:
+        return None, [f"{who} reported no environment (an old ClientApp?)"]
+    bad = [k for k, kind in REPORTED.items() if not isinstance(env.get(k, None), kind)]
+    dists = env.get("distributions", None)
+    if dists is not None and not (isinstance(dists, list) and all(isinstance(d, str) for d in dists)):
+        bad.append("distributions")
+    if bad:
+        return None, [f"{who} reported an incomplete environment ({', '.join(bad)} missing or not text/true-false)"]
+    record = {k: env[k] for k in REPORTED}
+    if dists is not None:
+        record["distributions"] = list(dists)
+    return record, [f"{who}: {d}" for d in differences(expected, env["packages"])]

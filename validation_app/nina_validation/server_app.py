@@ -95,16 +95,11 @@ def main(grid: Grid, context: Context) -> None:
                 m, info = r.content["metrics"], r.content["node"]
                 pid = task.integer(m["partition-id"])
                 host = str(info["hostname"])
-                env = r.content.get("environment", None)
-                if env is None:
-                    env_errors.append(f"partition {pid} ({host}) reported no environment (an old ClientApp?)")
-                else:
-                    envs[str(pid)] = {k: env[k] for k in ("python", "packages", "gpu-usable", "gpu-how")}
-                    # The whole installed set, for `nina validate`'s comparison with the whole lock.
-                    dists = env.get("distributions", None)
-                    if isinstance(dists, list):
-                        envs[str(pid)]["distributions"] = [str(d) for d in dists]
-                    env_errors += [f"partition {pid} ({host}): {d}" for d in environment.differences(expected_env, str(env["packages"]))]
+                # Its report, with the whole installed set for `nina validate`'s comparison with the whole lock.
+                record, problems = environment.judged(f"partition {pid} ({host})", r.content.get("environment", None), expected_env)
+                if record is not None:
+                    envs[str(pid)] = record
+                env_errors += problems
                 answered[pid] = {
                     "host": str(info["hostname"]),
                     "node-id": int(r.metadata.src_node_id),
