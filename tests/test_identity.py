@@ -82,6 +82,10 @@ ADDED_SINCE_FIXTURE = (
     # A cloud GPU SuperNode's driver delivery (nina.gpu), new with issue 13: the all-in-one case's
     # GPU organisation.
     "$nina:flower:FileDelivery$command:remote:Command::supernode-test-org-b-gpu-install",
+    # ... and the reboot that `pulumi up` carries out and waits for after it (nina.gpu, issue 13):
+    # commands only, no cloud state.
+    "$nina:flower:FileDelivery$command:remote:Command::supernode-test-org-b-gpu-reboot",
+    "$nina:flower:FileDelivery$command:remote:Command::supernode-test-org-b-gpu-ready",
 )
 
 
