@@ -181,3 +181,29 @@ def test_a_partial_or_mistyped_environment_report_is_a_named_problem_not_a_crash
     assert environment.judged("partition 1 (b)", other, expected)[1] == [
         "partition 1 (b): numpy 2.4.5 installed, the tenancy's lock has 2.4.6"
     ]
+
+
+@pytest.mark.parametrize(
+    ("metrics", "node", "words"),
+    [
+        ({"partition-id": 3, "loss-before": 1.0, "loss-after": 0.5}, {}, "KeyError: 'hostname'"),
+        ({"loss-before": 1.0, "loss-after": 0.5}, {"hostname": "h"}, "KeyError: 'partition-id'"),
+        ({"partition-id": 3, "loss-before": 1.0, "loss-after": 0.5}, {"hostname": 7}, "hostname is a int, not a string"),
+        ({"partition-id": 3, "loss-before": 1.0}, {"hostname": "h"}, "KeyError: 'loss-after'"),
+    ],
+)
+def test_a_reply_without_its_partition_host_or_losses_is_an_error_reply_not_a_crash(metrics, node, words):
+    """An old or altered ClientApp's reply: the ServerApp names what is wrong (the round fails
+    with it as that node's error reply) instead of dying with KeyError: 'hostname'."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    good = RecordDict(
+        {"metrics": MetricRecord({"partition-id": 3, "loss-before": 1.0, "loss-after": 0.5}), "node": ConfigRecord({"hostname": "h"})}
+    )
+    assert server_app._reply(good) == (3, "h")
+    bad = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
+    with pytest.raises(ValueError, match="malformed reply") as info:
+        server_app._reply(bad)
+    assert words in str(info.value)
+    with pytest.raises(ValueError, match=r"malformed reply \(KeyError: 'node'\)"):
+        server_app._reply(RecordDict({"metrics": MetricRecord(metrics)}))

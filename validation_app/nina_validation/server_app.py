@@ -48,6 +48,22 @@ def _finish(summary: dict, path: str) -> None:
         tmp.replace(p)
 
 
+def _reply(content: RecordDict) -> tuple[int, str]:
+    """The partition id and host name a node's reply states, or ValueError saying what is missing
+    or mistyped (an old or altered ClientApp: its reply is an error reply, not a crash)."""
+    try:
+        metrics, node = content["metrics"], content["node"]
+        pid = task.integer(metrics["partition-id"])
+        for key in ("loss-before", "loss-after"):
+            task.number(metrics[key])
+        host = node["hostname"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed reply ({type(exc).__name__}: {exc})"[:200]) from None
+    if not isinstance(host, str):
+        raise ValueError(f"malformed reply (hostname is a {type(host).__name__}, not a string)")
+    return pid, host
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -91,17 +107,21 @@ def main(grid: Grid, context: Context) -> None:
             answered: dict[int, dict[str, Any]] = {}
             envs: dict[str, dict[str, Any]] = {}
             env_errors: list[str] = []
-            for r in good:
-                m, info = r.content["metrics"], r.content["node"]
-                pid = task.integer(m["partition-id"])
-                host = str(info["hostname"])
+            for r in list(good):
+                try:
+                    pid, host = _reply(r.content)
+                except ValueError as exc:  # counted as that node's error reply
+                    errors[int(r.metadata.src_node_id)] = str(exc)
+                    good.remove(r)
+                    continue
+                m = r.content["metrics"]
                 # Its report, with the whole installed set for `nina validate`'s comparison with the whole lock.
                 record, problems = environment.judged(f"partition {pid} ({host})", r.content.get("environment", None), expected_env)
                 if record is not None:
                     envs[str(pid)] = record
                 env_errors += problems
                 answered[pid] = {
-                    "host": str(info["hostname"]),
+                    "host": host,
                     "node-id": int(r.metadata.src_node_id),
                     "loss-before": task.number(m["loss-before"]),
                     "loss-after": task.number(m["loss-after"]),
