@@ -154,7 +154,8 @@ def test_second_run_does_nothing(server, host, capsys):
     assert run(server, host, make_zip()) == 0
     before = tree(host["opt"])
     requests, builds = len(server.requests), host["log"].read_text()
-    host["dpkg"].write_text("#!/bin/sh\necho 'install ok installed'\n")
+    # As dpkg-query answers nina's query (-f='${Status}\t${Version}') for an installed JDK.
+    host["dpkg"].write_text("#!/bin/sh\nprintf 'install ok installed\\t21.0.5+11-1\\n'\n")
     host["apt_log"].unlink()
     capsys.readouterr()
     assert run(server, host, make_zip()) == 0

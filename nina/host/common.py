@@ -1,10 +1,12 @@
-"""Small helpers several host programs share: a file's SHA-256 and the UTC time stamp that names a
-backup. A module of nina (nina.host): standard library only."""
+"""Small helpers several host programs share: a file's SHA-256, the UTC time stamp that names a
+backup, and the version of a package dpkg has installed. A module of nina (nina.host): standard
+library only."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 
 
@@ -20,3 +22,11 @@ def sha256_file(path: str) -> str:
 def utc_stamp() -> str:
     """The UTC time as YYYYmmddTHHMMSSZ (a backup's name), or $NINA_NOW when set (tests)."""
     return os.environ.get("NINA_NOW") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def installed_version(package: str, dpkg_query: str = "dpkg-query") -> str | None:
+    """The version of `package` dpkg has installed, or None when it is not installed (the
+    install programs' and nina-gpu-driver's one question to dpkg)."""
+    proc = subprocess.run([dpkg_query, "-W", "-f=${Status}\t${Version}", package], capture_output=True, text=True, timeout=60, check=False)
+    status, _, version = proc.stdout.strip().partition("\t")
+    return version if proc.returncode == 0 and status == "install ok installed" and version else None

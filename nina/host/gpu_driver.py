@@ -63,6 +63,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from nina import facts
+from nina.host import common
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-gpu-driver"
@@ -215,9 +216,10 @@ class System:
 
     def installed_version(self, package: str) -> str | None:
         """The version dpkg has installed of `package`, None if it is not installed."""
-        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}\t${Version}", package], capture_output=True, text=True, check=False)
-        status, _, version = proc.stdout.strip().partition("\t")
-        return version if proc.returncode == 0 and status == "install ok installed" and version else None
+        try:
+            return common.installed_version(package)
+        except subprocess.TimeoutExpired:
+            raise Failure(f"dpkg-query did not answer within 60 s about {package} (is another apt or dpkg run holding its lock?)") from None
 
     def install(self, packages: list[str]) -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

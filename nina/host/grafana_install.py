@@ -32,8 +32,8 @@ import subprocess
 import sys
 
 from nina import facts
+from nina.host import common, trust
 from nina.host import download as fetch
-from nina.host import trust
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-grafana-install"
@@ -51,9 +51,7 @@ say = sayer(PROG)
 
 def installed_version() -> str | None:
     """The version of package grafana dpkg has installed, or None."""
-    proc = subprocess.run([DPKG_QUERY, "-W", "-f=${Status}\t${Version}", PACKAGE], capture_output=True, text=True, timeout=60)
-    status, _, version = proc.stdout.strip().partition("\t")
-    return version if proc.returncode == 0 and status == "install ok installed" else None
+    return common.installed_version(PACKAGE, DPKG_QUERY)
 
 
 def _apt(argv: list[str]) -> None:

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from nina import facts
 from nina.host import download as fetch
 from nina.host import trust
-from nina.host.common import sha256_file
+from nina.host.common import installed_version, sha256_file
 from nina.host.failure import Failure, sayer
 
 PROG = "nina-keycloak-install"
@@ -69,8 +69,7 @@ def ensure_jdk(package: str) -> bool:
     """apt-get install `package` unless dpkg has it installed; True if it installed it."""
     if not PACKAGE_RE.fullmatch(package):
         raise Failure(f"--jdk {package!r} is not an openjdk-NN-jre-headless package", 2)
-    status = subprocess.run([DPKG_QUERY, "-W", "-f=${Status}", package], capture_output=True, text=True, timeout=60)
-    if status.returncode == 0 and status.stdout.strip() == "install ok installed":
+    if installed_version(package, DPKG_QUERY) is not None:
         return False
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in ([APT_GET, "update", "-q"], [APT_GET, "install", "-y", "-q", "--no-install-recommends", package]):
