@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from nina.host import common
+
 _REFUSED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 _CONTROL_NAMES = {"\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\t": "TAB", "\x1b": "ESCAPE", "\x00": "NUL", "\x7f": "DELETE"}
 
@@ -35,10 +37,6 @@ def refusal(value: str, *, newlines: bool = False) -> str | None:
     return f"contains a control or invisible character ({found}); write it as plain printable text"
 
 
-def shown(value: str, limit: int | None = None) -> str:
-    """Text that someone else wrote (a node's report), fit for an operator's terminal and log: each
-    non-printable character (control, escape, format, separator) written as its Python escape, so
-    it is seen and never acted on, and at most `limit` characters, then "...". Not a refusal: the
-    operator needs to see what was sent."""
-    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in value)
-    return out if limit is None or len(out) <= limit else out[:limit] + "..."
+# Text that someone else wrote (a node's report), escaped and bounded for the operator's terminal:
+# the one function nina.host's programs use too (they cannot import this module on a host).
+shown = common.printable

@@ -1,6 +1,6 @@
 """Small helpers several host programs share: a file's SHA-256, the UTC time stamp that names a
-backup, and the version of a package dpkg has installed. A module of nina (nina.host): standard
-library only."""
+backup, the version of a package dpkg has installed, and text someone else wrote made fit for a
+terminal. A module of nina (nina.host): standard library only."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def installed_version(package: str, dpkg_query: str = "dpkg-query") -> str | Non
     proc = subprocess.run([dpkg_query, "-W", "-f=${Status}\t${Version}", package], capture_output=True, text=True, timeout=60, check=False)
     status, _, version = proc.stdout.strip().partition("\t")
     return version if proc.returncode == 0 and status == "install ok installed" and version else None
+
+
+def printable(value: str, limit: int | None = None) -> str:
+    """Text that someone else wrote (a node's report, a server's reply), fit for an operator's
+    terminal and log: each non-printable character (control, escape, format, separator) written as
+    its Python escape, so it is seen and never acted on, and at most `limit` characters, then
+    "...". Not a refusal: the operator needs to see what was sent."""
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in value)
+    return out if limit is None or len(out) <= limit else out[:limit] + "..."

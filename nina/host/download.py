@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 
+from nina.host import common
 from nina.host.failure import Failure
 
 TIMEOUT = 60  # seconds for each network read
@@ -39,8 +40,7 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 def _printable(text: str) -> str:
     """What a server sent (a status line, a reason), as one printable line: control characters
     escaped (no new log line, no terminal escape), at most REASON_CHARS."""
-    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text.strip())
-    return shown if len(shown) <= REASON_CHARS else shown[:REASON_CHARS] + "..."
+    return common.printable(text.strip(), REASON_CHARS)
 
 
 def download(url: str, dir_fd: int, expected: str, setting: str, *, suffix: str, max_bytes: int) -> str:
